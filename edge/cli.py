@@ -1,0 +1,311 @@
+"""The `lastmile` command: one entry point for the devices, the depot and the simulated day.
+
+Each subcommand imports what it needs when it runs, so `lastmile identify` does not load
+paho and no subcommand but the camera's would ever load OpenCV.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+
+def _identify(args: argparse.Namespace) -> int:
+    from edge.identify import ParcelId, Rejection, identify, parse_cli_code, to_json
+
+    result: ParcelId | Rejection
+    try:
+        result = identify(parse_cli_code(args.code))
+    except Rejection as rejection:
+        result = rejection
+    doc = to_json(result)
+    if args.json:
+        print(json.dumps(doc))
+    elif doc["valid"]:
+        facts = doc.get("details")
+        details = " ".join(f"{k}={v}" for k, v in facts.items()) if isinstance(facts, dict) else ""
+        print(f"{doc['kind']} {doc['id']}" + (f"  ({details})" if details else ""))
+    else:
+        print(f"rejected: {doc['error']}")
+    return 0 if doc["valid"] else 1
+
+
+def _wait_for_signal() -> None:
+    """Block until SIGTERM or SIGINT without polling."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(3600):
+        pass
+
+
+def _password(args: argparse.Namespace) -> str:
+    if args.password_file:
+        return Path(args.password_file).read_text().strip()
+    password = os.environ.get("LASTMILE_MQTT_PASSWORD")
+    if not password:
+        raise SystemExit("lastmile: give --password-file or set LASTMILE_MQTT_PASSWORD")
+    return password
+
+
+class _Device(Protocol):
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def _run_device(name: str, make: Callable[[], _Device]) -> int:
+    """Build and start a device, run until SIGTERM/SIGINT, stop it; exit 2 if it cannot start."""
+    from edge.errors import EdgeError
+    from sync.errors import SyncError
+
+    try:
+        device = make()
+        device.start()
+    except (EdgeError, SyncError, OSError) as exc:
+        print(f"lastmile {name}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        _wait_for_signal()
+    finally:
+        device.stop()
+    return 0
+
+
+def _van(args: argparse.Namespace) -> int:
+    from edge.van import JsonLinesFeedback, Van, load_config
+
+    return _run_device("van", lambda: Van(load_config(args.config), JsonLinesFeedback()))
+
+
+def _locker(args: argparse.Namespace) -> int:
+    from edge.locker_device import LockerDevice
+
+    return _run_device("locker", lambda: LockerDevice.from_config_file(args.config))
+
+
+def _depot(args: argparse.Namespace) -> int:
+    from sync.depot import Depot, DepotStore
+    from sync.errors import SyncError
+    from sync.mqtt import BrokerAddress
+
+    if args.db is None:
+        raise SystemExit("lastmile depot: --db is required to run the depot")
+    try:
+        store = DepotStore(args.db)
+    except SyncError as exc:
+        print(f"lastmile depot: {exc}", file=sys.stderr)
+        return 2
+    address = BrokerAddress(
+        args.host, args.port, args.username, _password(args), tls_ca=args.ca_file
+    )
+    depot = Depot(store, address)
+    depot.start()
+    running = {"depot": "running", "db": str(args.db), "broker": f"{args.host}:{args.port}"}
+    print(json.dumps(running), flush=True)
+    try:
+        _wait_for_signal()
+    finally:
+        depot.stop()
+        store.close()
+    return 0
+
+
+def _depot_keygen(args: argparse.Namespace) -> int:
+    """Make the depot's two keys: one signs commands, one opens sealed pickup credentials."""
+    import base64
+
+    from sync.signing import generate_keypair, generate_sealing_keypair, write_private_key
+
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    sign_private, sign_public = generate_keypair()
+    seal_private, seal_public = generate_sealing_keypair()
+    write_private_key(out / "command-signing.pem", sign_private)
+    write_private_key(out / "credential-sealing.pem", seal_private)
+    print(
+        json.dumps(
+            {
+                "command_signing_key": str(out / "command-signing.pem"),
+                "credential_sealing_key": str(out / "credential-sealing.pem"),
+                "locker_config": {
+                    "depot": {
+                        "command_keys": [base64.b64encode(sign_public).decode()],
+                        "sealing_key": base64.b64encode(seal_public).decode(),
+                    }
+                },
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+def _depot_command(args: argparse.Namespace) -> int:
+    """Sign one command for one device and publish it on the device's command topic."""
+    import time
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from sync.signing import load_signing_key, sign_command
+    from sync.wire import command_topic
+
+    fields: dict[str, object] = {}
+    for item in args.args:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"lastmile depot command: {item!r} is not key=value")
+        try:  # numbers and JSON literals as such, anything else as text
+            fields[key] = json.loads(value)
+        except json.JSONDecodeError:
+            fields[key] = value
+    payload = sign_command(
+        load_signing_key(Path(args.key).read_bytes()),
+        target=args.target,
+        action=args.action,
+        args=fields,
+        ttl_s=args.ttl,
+        now=time.time(),
+    )
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=f"{args.username}-cli", protocol=mqtt.MQTTv5
+    )
+    client.username_pw_set(args.username, _password(args))
+    if args.ca_file:
+        client.tls_set(ca_certs=args.ca_file)
+    client.connect(args.host, args.port)
+    client.loop_start()
+    try:
+        info = client.publish(command_topic(args.target, args.action), payload, qos=1)
+        info.wait_for_publish(10)
+        if not info.is_published():
+            print("lastmile depot command: the broker did not take the command", file=sys.stderr)
+            return 1
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    print(
+        json.dumps(
+            {"sent": json.loads(payload)["id"], "target": args.target, "action": args.action}
+        )
+    )
+    return 0
+
+
+def _sim(args: argparse.Namespace) -> int:
+    from simulators.day import run_from_args
+
+    if not args.verbose:
+        # The day injects line noise and dead zones on purpose; their warnings are the
+        # expected story, told by the progress lines instead.
+        logging.getLogger().setLevel(logging.ERROR)
+    return run_from_args(args)
+
+
+def _sim_lockboard(args: argparse.Namespace) -> int:
+    from simulators.lockboard import run_from_args
+
+    return run_from_args(args)
+
+
+def _broker_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="MQTT broker host")
+    p.add_argument("--port", type=int, default=1883, help="MQTT broker port")
+    p.add_argument("--username", default="depot", help="the depot's broker account")
+    p.add_argument(
+        "--password-file", help="file holding the broker password (else env LASTMILE_MQTT_PASSWORD)"
+    )
+    p.add_argument("--ca-file", help="CA certificate of a TLS broker (default: plain TCP)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lastmile",
+        description="Devices at the end of the parcel chain: van scanner, depot sync, simulator.",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="log more (-v info, -vv debug) to stderr"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("identify", help="say what a scanned code means, or why it is rejected")
+    p.add_argument(
+        "code",
+        help="the scanned text; optional AIM prefix such as ]C1; "
+        "write the GS separator as <GS> or \\x1d",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_identify)
+
+    p = sub.add_parser("van", help="run the van device: scanner, journal, uplink")
+    p.add_argument("--config", required=True, type=Path, help="the van's TOML configuration")
+    p.set_defaults(func=_van)
+
+    p = sub.add_parser("locker", help="run a parcel locker: lock boards, keypad, scanner, sync")
+    p.add_argument("--config", required=True, type=Path, help="the locker's TOML configuration")
+    p.set_defaults(func=_locker)
+
+    p = sub.add_parser(
+        "depot",
+        help="run the depot: store, verify and acknowledge events "
+        "(or: `lastmile depot keygen|command --help`)",
+    )
+    p.add_argument("--db", type=Path, help="the depot's SQLite database (to run the depot)")
+    _broker_options(p)
+    p.set_defaults(func=_depot)
+    tools = p.add_subparsers(dest="depot_tool", metavar="TOOL", required=False)
+    k = tools.add_parser("keygen", help="make the depot's command-signing and sealing keys")
+    k.add_argument("--out", type=Path, required=True, help="directory for the private keys")
+    k.set_defaults(func=_depot_keygen)
+    c = tools.add_parser("command", help="sign a command for a device and publish it")
+    c.add_argument("target", help="the device id, e.g. locker-1")
+    c.add_argument("action", help="reserve | extend_hold | remote_open")
+    c.add_argument(
+        "args",
+        nargs="*",
+        help="key=value arguments, e.g. parcel=RB123456785GB "
+        "hours=48 (values that parse as JSON are sent as such)",
+    )
+    c.add_argument("--key", required=True, help="the depot's command-signing key (PEM)")
+    c.add_argument("--ttl", type=float, default=300.0, help="seconds the command stays valid")
+    _broker_options(c)
+    c.set_defaults(func=_depot_command)
+
+    p = sub.add_parser(
+        "sim",
+        help="run a simulated delivery day end to end "
+        "(or one simulated device: `lastmile sim lockboard --help`)",
+    )
+    from simulators.day import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=_sim)
+    devices = p.add_subparsers(dest="device", metavar="DEVICE", required=False)
+    lb = devices.add_parser("lockboard", help="serve simulated Kerong CU16 lock boards on a pty")
+    from simulators.lockboard import add_arguments as add_lockboard_arguments
+
+    add_lockboard_arguments(lb)
+    lb.set_defaults(func=_sim_lockboard)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,912 @@
+"""The parcel locker: compartments, drop-off, pickup, holds, returns, alarms, remote commands.
+
+Owns what happens between a person and a door. One controller thread owns the lock-board bus
+and all state; scanner reads, keypad entries and depot commands are queued to it, and the
+boards are polled on a timer (they never report by themselves). Every fact is an event in the
+journal, and the locker's state (which compartment holds which parcel, which door was opened
+for what) lives in tables of the same SQLite file, written in the same transaction as the
+event that changed it — so a power cut at any instant leaves state and journal agreeing, and
+a restart resumes from them and a fresh board poll.
+
+Must never: open a door for a wrong code or an unverified command, confirm a deposit before
+the door closed on a parcel, issue a credential twice, hold a pickup code in plaintext
+anywhere (journal, tables, logs), or take a failed board read for "door closed".
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from drivers.lockboard import BoardStatus, LockBoardError, LockBus
+from edge.credentials import (
+    CredentialError,
+    KeypadGuard,
+    StoredCredential,
+    issue_credential,
+    lookup_tag,
+    sealed_for_depot,
+    verify_code,
+    verify_qr,
+)
+from edge.errors import EdgeError
+from edge.identify import Rejection, identify
+from edge.locker_config import CompartmentSpec, LockerConfig
+from sync.journal import Journal, JournalTransaction
+from sync.signing import CommandRejected, CommandVerifier, ReplayStore, SqliteReplayStore
+
+log = logging.getLogger("edge.locker")
+
+SCHEMA_VERSION = 1
+_SCHEMA = [
+    """CREATE TABLE compartments (
+        id TEXT PRIMARY KEY, board INTEGER NOT NULL, lock INTEGER NOT NULL,
+        size TEXT NOT NULL, state TEXT NOT NULL DEFAULT 'free',
+        parcel TEXT, reserved_for TEXT, reserved_until_ns INTEGER, out_reason TEXT)""",
+    """CREATE TABLE parcels (
+        parcel TEXT PRIMARY KEY, compartment TEXT NOT NULL, state TEXT NOT NULL,
+        deposited_ns INTEGER NOT NULL, hold_until_ns INTEGER NOT NULL,
+        credential TEXT NOT NULL, code_tag TEXT NOT NULL, qr_tag TEXT NOT NULL)""",
+    "CREATE INDEX parcels_code_tag ON parcels(code_tag)",
+    "CREATE INDEX parcels_qr_tag ON parcels(qr_tag)",
+    "CREATE TABLE locker_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE openings (
+        compartment TEXT PRIMARY KEY, purpose TEXT NOT NULL, parcel TEXT,
+        unlocked_ns INTEGER NOT NULL, door_seen_open INTEGER NOT NULL DEFAULT 0,
+        bigger INTEGER NOT NULL DEFAULT 0)""",
+    "CREATE TABLE keypad (id INTEGER PRIMARY KEY CHECK (id = 1), guard TEXT NOT NULL)",
+]
+
+# Keypad lines (a serial keypad sends its keys, then CR, like a scanner without AIM).
+COURIER_PREFIX = "*"  # "*<badge>": a courier identifies on the keypad
+KEY_DOESNT_FIT = "#1"
+KEY_COLLECT_RETURNS = "#2"
+KEY_LOGOUT = "#0"
+# Scanner data with these prefixes is not a parcel label.
+BADGE_PREFIX = "LMC:"
+QR_PREFIX = "LMQR:"
+
+ALARM = "alarm"
+
+
+class LockerError(EdgeError):
+    """A locker action could not be carried out."""
+
+
+class Display(Protocol):
+    """What the person at the locker sees (a screen; a JSON line in the CLI)."""
+
+    def show(self, message: str, **facts: Any) -> None: ...
+
+
+class JsonLinesDisplay:
+    """The CLI's display: one JSON object per line on stdout, flushed."""
+
+    def __init__(self, stream: Any = None) -> None:
+        import sys
+
+        self._out = stream or sys.stdout
+        self._lock = threading.Lock()
+
+    def show(self, message: str, **facts: Any) -> None:
+        with self._lock:
+            self._out.write(json.dumps({"display": message, **facts}) + "\n")
+            self._out.flush()
+
+
+@dataclass
+class _Door:
+    open: bool
+    item: bool
+    open_since: float | None = None
+    left_open_alarmed: bool = False
+    mismatch_alarmed: bool = False
+
+
+@dataclass
+class _CourierSession:
+    badge: str
+    until: float
+    dropoff_parcel: str | None = None
+    returns: list[str] = field(default_factory=list)
+
+
+class Locker:
+    """A running locker. Inputs are queued (`scan`, `key`, `command`); `start()` runs it."""
+
+    def __init__(
+        self,
+        config: LockerConfig,
+        journal: Journal,
+        bus: LockBus,
+        display: Display,
+        *,
+        replay_store: ReplayStore | None = None,
+    ) -> None:
+        self.config = config
+        self.journal = journal
+        self.bus = bus
+        self.display = display
+        self._specs: dict[str, CompartmentSpec] = {c.id: c for c in config.compartments}
+        self._by_lock = {(c.board, c.lock): c.id for c in config.compartments}
+        self._inbox: queue.Queue[Callable[[], None]] = queue.Queue()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._doors: dict[str, _Door] = {}
+        self._unlock_started: dict[str, float] = {}  # monotonic time of each pending unlock
+        self._offline: set[int] = set()
+        self._courier: _CourierSession | None = None
+        self._last_expiry_check = 0.0
+        self.polls = 0
+        # Set once every board has answered a poll since start: the locker knows its doors.
+        self.boards_seen = threading.Event()
+        journal.ensure_tables("locker", SCHEMA_VERSION, _SCHEMA)
+        self._sync_compartments()
+        self._salt = self._locker_salt()
+        # Compartments with a recorded opening; only this thread writes openings, so the set
+        # mirrors the table and a poll need not ask SQLite about every door.
+        self._open_cids = {str(r[0]) for r in journal.query("SELECT compartment FROM openings")}
+        self._own_store: SqliteReplayStore | None = None
+        if replay_store is None:
+            # Its own small file beside the journal: ids of commands already carried out.
+            replay_store = self._own_store = SqliteReplayStore(
+                config.journal.with_name(config.journal.name + ".commands")
+            )
+        self._verifier = CommandVerifier(
+            config.command_keys, target=config.device_id, seen=replay_store
+        )
+        self._guard = self._load_guard()
+        # Guessing courier badges is throttled like guessing pickup codes.
+        self._badge_guard = KeypadGuard()
+
+    def _locker_salt(self) -> bytes:
+        rows = self.journal.query("SELECT value FROM locker_meta WHERE key='lookup_salt'")
+        if rows:
+            return bytes.fromhex(str(rows[0][0]))
+        salt = secrets.token_bytes(16)
+        with self.journal.transaction("cannot store the lookup salt") as tx:
+            tx.execute(
+                "INSERT INTO locker_meta(key, value) VALUES ('lookup_salt', ?)", (salt.hex(),)
+            )
+        return salt
+
+    def _load_guard(self) -> KeypadGuard:
+        rows = self.journal.query("SELECT guard FROM keypad WHERE id=1")
+        if not rows:
+            return KeypadGuard()
+        try:
+            return KeypadGuard.from_record(json.loads(rows[0][0]))
+        except (CredentialError, ValueError) as exc:
+            # A damaged record must not keep the locker from starting, nor reset silently.
+            with self.journal.transaction() as tx:
+                self._alarm(tx, "keypad_state_damaged", error=str(exc))
+            return KeypadGuard()
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="locker", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._inbox.put(lambda: None)
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        if self._own_store is not None:
+            self._own_store.close()
+            self._own_store = None
+
+    # --- inputs (any thread) ---------------------------------------------------------------
+
+    def scan(self, data: str, aim: str | None = None) -> None:
+        """A read from the locker's scanner: a parcel label, a courier badge or a pickup QR."""
+        self._inbox.put(lambda: self._on_scan(data, aim))
+
+    def key(self, line: str) -> None:
+        """A line from the keypad: a pickup code, a courier code, or a function key."""
+        self._inbox.put(lambda: self._on_key(line.strip()))
+
+    def command(self, name: str, payload: bytes) -> None:
+        """A depot command as it came off the wire; verified before anything is done."""
+        self._inbox.put(lambda: self._on_command(name, payload))
+
+    # --- the controller thread -------------------------------------------------------------
+
+    def _run(self) -> None:
+        next_poll = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                job = self._inbox.get(timeout=max(0.0, next_poll - time.monotonic()))
+            except queue.Empty:
+                job = None
+            try:
+                if job is not None:
+                    job()
+                now = time.monotonic()
+                if now >= next_poll:
+                    # Scheduled before polling: a poll that fails must not make the loop spin,
+                    # and the rate stays the configured one however long a poll takes.
+                    next_poll = max(next_poll + self.config.poll_interval_s, now)
+                    self._poll()
+            except Exception:
+                # One bad input or a transient board fault must not stop the locker.
+                log.exception("locker controller step failed")
+
+    # --- state helpers ---------------------------------------------------------------------
+
+    def _sync_compartments(self) -> None:
+        known = {r[0] for r in self.journal.query("SELECT id FROM compartments")}
+        with self.journal.transaction("cannot record compartments") as tx:
+            for c in self.config.compartments:
+                if c.id not in known:
+                    tx.execute(
+                        "INSERT INTO compartments(id, board, lock, size) VALUES (?,?,?,?)",
+                        (c.id, c.board, c.lock, c.size),
+                    )
+                    tx.append(
+                        "compartment_installed",
+                        {"compartment": c.id, "size": c.size, "board": c.board, "lock": c.lock},
+                    )
+
+    def _compartment(self, cid: str) -> dict[str, Any]:
+        row = self.journal.query("SELECT state, parcel FROM compartments WHERE id=?", (cid,))
+        state, parcel = row[0]
+        return {"state": state, "parcel": parcel}
+
+    def _opening(self, cid: str) -> dict[str, Any] | None:
+        rows = self.journal.query(
+            "SELECT purpose, parcel, unlocked_ns, door_seen_open, bigger "
+            "FROM openings WHERE compartment=?",
+            (cid,),
+        )
+        if not rows:
+            return None
+        p, parcel, at, seen, bigger = rows[0]
+        return {
+            "purpose": p,
+            "parcel": parcel,
+            "unlocked_ns": at,
+            "seen": bool(seen),
+            "bigger": bool(bigger),
+        }
+
+    def _now_ns(self) -> int:
+        return self.journal.clock.wall_ns()
+
+    def _alarm(self, tx: JournalTransaction, alarm: str, **facts: Any) -> None:
+        tx.append(ALARM, {"alarm": alarm, **facts})
+        log.warning("alarm %s %s", alarm, facts)
+
+    def _choose(self, parcel: str, min_rank: float = 0.0) -> str | None:
+        """The compartment reserved for the parcel, else the smallest free one big enough."""
+        reserved = self.journal.query(
+            "SELECT id FROM compartments WHERE state='reserved' AND reserved_for=?", (parcel,)
+        )
+        if (
+            reserved
+            and min_rank == 0.0
+            and self._specs[str(reserved[0][0])].board not in self._offline
+        ):
+            return str(reserved[0][0])
+        free = self._free_ids()
+        fitting = [c for c in free if self.config.size_rank(self._specs[c].size) > min_rank]
+        if not fitting:
+            return None
+        return min(fitting, key=lambda c: (self.config.size_rank(self._specs[c].size), c))
+
+    def _open(self, cid: str, purpose: str, parcel: str | None, *, bigger: bool = False) -> None:
+        """Record why a door is being opened, then pulse its lock; the record comes first so a
+        power cut between the two leaves a known, resumable situation."""
+        with self.journal.transaction("cannot record an unlock") as tx:
+            self._record_opening(tx, cid, purpose, parcel, bigger=bigger)
+        self._pulse(cid, purpose)
+
+    def _record_opening(
+        self,
+        tx: JournalTransaction,
+        cid: str,
+        purpose: str,
+        parcel: str | None,
+        *,
+        bigger: bool = False,
+    ) -> None:
+        tx.execute(
+            "INSERT INTO openings(compartment, purpose, parcel, unlocked_ns, bigger) "
+            "VALUES (?,?,?,?,?)",
+            (cid, purpose, parcel, self._now_ns(), int(bigger)),
+        )
+        tx.append("door_unlocked", {"compartment": cid, "purpose": purpose, "parcel": parcel})
+
+    def _pulse(self, cid: str, purpose: str) -> None:
+        """After the opening is committed: the unlock frame, and the jam timer starts."""
+        spec = self._specs[cid]
+        self._open_cids.add(cid)
+        try:
+            self.bus.unlock(spec.board, spec.lock)
+        except LockBoardError as exc:
+            log.error("unlock of %s failed: %s", cid, exc)  # the jam timer decides what it was
+        self._unlock_started[cid] = time.monotonic()
+        self.display.show("door open", compartment=cid, purpose=purpose)
+
+    # --- scanner and keypad ------------------------------------------------------------------
+
+    def _courier_active(self) -> _CourierSession | None:
+        if self._courier is not None and time.monotonic() > self._courier.until:
+            self._courier = None
+        return self._courier
+
+    def _login(self, badge: str) -> None:
+        now = time.monotonic()
+        if self._badge_guard.check(now) is not None:
+            with self.journal.transaction() as tx:
+                tx.append("courier_refused", {"reason": "courier login locked"})
+            self.display.show("courier login locked")
+            return
+        known = badge in self.config.courier_badges
+        lockout = self._badge_guard.record_attempt(known, now)
+        if lockout is not None:
+            with self.journal.transaction() as tx:
+                self._alarm(tx, "badge_guessing", seconds=lockout.seconds)
+        if not known:
+            with self.journal.transaction() as tx:
+                tx.append("courier_refused", {"badge_known": False})
+            self.display.show("unknown courier")
+            return
+        self._courier = _CourierSession(badge, time.monotonic() + self.config.courier_session_s)
+        with self.journal.transaction() as tx:
+            tx.append("courier_identified", {"courier": badge})
+        self.display.show("courier welcome: scan a parcel, #2 to collect returns", courier=badge)
+
+    def _on_scan(self, data: str, aim: str | None) -> None:
+        if data.startswith(BADGE_PREFIX):
+            self._login(data[len(BADGE_PREFIX) :])
+        elif data.startswith(QR_PREFIX):
+            self._pickup("qr", data[len(QR_PREFIX) :])
+        elif self._courier_active() is not None:
+            self._dropoff(data, aim)
+        else:
+            self.display.show("scan your pickup QR code or enter your code")
+
+    def _on_key(self, line: str) -> None:
+        courier = self._courier_active()
+        if line.startswith(COURIER_PREFIX):
+            self._login(line[len(COURIER_PREFIX) :])
+        elif line == KEY_LOGOUT and courier is not None:
+            self._courier = None
+            self.display.show("goodbye")
+        elif line == KEY_DOESNT_FIT and courier is not None:
+            self._doesnt_fit()
+        elif line == KEY_COLLECT_RETURNS and courier is not None:
+            self._collect_returns(courier)
+        elif line.isdigit():
+            self._pickup("code", line)
+        else:
+            self.display.show("unknown key")
+
+    # --- drop-off ----------------------------------------------------------------------------
+
+    def _dropoff(self, data: str, aim: str | None) -> None:
+        try:
+            parcel = identify(data, aim).id
+        except Rejection as rejection:
+            with self.journal.transaction() as tx:
+                tx.append("dropoff_refused", {"raw": data, "reason": rejection.reason})
+            self.display.show("parcel refused", reason=rejection.reason)
+            return
+        held = self.journal.query(
+            "SELECT compartment, state FROM parcels WHERE parcel=? AND "
+            "state IN ('stored', 'expired')",
+            (parcel,),
+        )
+        busy = self.journal.query("SELECT compartment FROM openings WHERE parcel=?", (parcel,))
+        if held or busy:
+            reason = "parcel is already in this locker"
+            with self.journal.transaction() as tx:
+                tx.append("dropoff_refused", {"parcel": parcel, "reason": reason})
+            self.display.show("parcel refused", reason=reason)
+            return
+        cid = self._choose(parcel)
+        if cid is None:
+            with self.journal.transaction() as tx:
+                tx.append("dropoff_refused", {"parcel": parcel, "reason": "locker full"})
+            self.display.show("locker full", parcel=parcel)
+            return
+        self._open(cid, "dropoff", parcel)
+
+    def _doesnt_fit(self) -> None:
+        rows = self.journal.query(
+            "SELECT compartment, parcel FROM openings WHERE purpose='dropoff'"
+        )
+        if not rows:
+            self.display.show("no drop-off in progress")
+            return
+        cid = str(rows[0][0])
+        with self.journal.transaction() as tx:
+            tx.execute("UPDATE openings SET bigger=1 WHERE compartment=?", (cid,))
+            tx.append("parcel_does_not_fit", {"compartment": cid, "parcel": rows[0][1]})
+        self.display.show("close the door empty; a bigger compartment will open", compartment=cid)
+
+    def _deposit(self, tx: JournalTransaction, cid: str, parcel: str) -> None:
+        while True:  # two parcels in one locker must never share a code
+            issued = issue_credential()
+            code_tag = lookup_tag(issued.code, self._salt, is_code=True)
+            clash = self.journal.query(
+                "SELECT 1 FROM parcels WHERE code_tag=? AND state IN ('stored', 'expired')",
+                (code_tag,),
+            )
+            if not clash:
+                break
+        qr_tag = lookup_tag(issued.qr_token, self._salt, is_code=False)
+        now = self._now_ns()
+        hold_until = now + int(self.config.hold_s * 1e9)
+        tx.execute(
+            "INSERT OR REPLACE INTO parcels(parcel, compartment, state, deposited_ns, "
+            "hold_until_ns, credential, code_tag, qr_tag) VALUES (?,?,?,?,?,?,?,?)",
+            (
+                parcel,
+                cid,
+                "stored",
+                now,
+                hold_until,
+                json.dumps(issued.stored.to_record()),
+                code_tag,
+                qr_tag,
+            ),
+        )
+        tx.execute(
+            "UPDATE compartments SET state='occupied', parcel=?, reserved_for=NULL, "
+            "reserved_until_ns=NULL WHERE id=?",
+            (parcel, cid),
+        )
+        secret = {"code": issued.code, "qr": QR_PREFIX + issued.qr_token}
+        sealed = (
+            sealed_for_depot(
+                secret,
+                self.config.depot_sealing_key,
+                locker_id=self.config.device_id,
+                parcel_id=parcel,
+            )
+            if self.config.depot_sealing_key
+            else None
+        )
+        tx.append(
+            "parcel_deposited",
+            {
+                "parcel": parcel,
+                "compartment": cid,
+                "size": self._specs[cid].size,
+                "hold_until_ns": hold_until,
+                "credential_for_depot": sealed,
+            },
+        )
+
+    # --- pickup ------------------------------------------------------------------------------
+
+    def _pickup(self, method: str, secret: str) -> None:
+        """One pickup attempt: found by its lookup tag in one hash, verified against the
+        parcel's own salted hash, recorded (right or wrong) in the same commit as the opening
+        it causes, so one fsync stands between the last key and the unlock frame."""
+        now = time.monotonic()
+        is_code = method == "code"
+        if is_code:
+            wait = self._guard.check(now)
+            if wait is not None:
+                with self.journal.transaction() as tx:
+                    tx.append(
+                        "pickup_attempt", {"method": method, "ok": False, "reason": "keypad locked"}
+                    )
+                self.display.show("keypad locked", seconds=round(wait))
+                return
+        match = self._find_credential(secret, is_code)
+        offline = match is not None and self._specs[match[1]].board in self._offline
+        busy = match is not None and (match[1] in self._open_cids or offline)
+        with self.journal.transaction() as tx:
+            if is_code:
+                lockout = self._guard.record_attempt(match is not None, now)
+                tx.execute(
+                    "INSERT OR REPLACE INTO keypad(id, guard) VALUES (1, ?)",
+                    (json.dumps(self._guard.to_record()),),
+                )
+                if lockout is not None:
+                    tx.append(
+                        "keypad_locked", {"seconds": lockout.seconds, "lockouts": lockout.count}
+                    )
+            tx.append(
+                "pickup_attempt",
+                {
+                    "method": method,
+                    "ok": match is not None,
+                    **({"parcel": match[0]} if match else {}),
+                },
+            )
+            if match is not None and not busy:
+                self._record_opening(tx, match[1], "pickup", match[0])
+        if match is None:
+            self.display.show("code not recognised")
+        elif offline:
+            self.display.show(
+                "your compartment cannot be opened right now; try again soon", compartment=match[1]
+            )
+        elif busy:
+            self.display.show("your door is already open", compartment=match[1])
+        else:
+            self._pulse(match[1], "pickup")
+
+    def _find_credential(self, secret: str, is_code: bool) -> tuple[str, str] | None:
+        tag = lookup_tag(secret, self._salt, is_code=is_code)
+        if tag is None:
+            return None
+        column = "code_tag" if is_code else "qr_tag"
+        rows = self.journal.query(
+            f"SELECT parcel, compartment, credential FROM parcels "
+            f"WHERE {column}=? AND state='stored'",
+            (tag,),
+        )
+        for parcel, cid, record in rows:
+            try:
+                stored = StoredCredential.from_record(json.loads(record))
+            except (CredentialError, ValueError) as exc:
+                # A damaged record opens nothing, and the attempt is still counted.
+                log.error("credential of %s is damaged: %s", parcel, exc)
+                continue
+            if verify_code(stored, secret) if is_code else verify_qr(stored, secret):
+                return str(parcel), str(cid)
+        return None
+
+    # --- returns -----------------------------------------------------------------------------
+
+    def _collect_returns(self, courier: _CourierSession) -> None:
+        courier.returns = [
+            str(r[0])
+            for r in self.journal.query(
+                "SELECT compartment FROM parcels WHERE state='expired' ORDER BY compartment"
+            )
+        ]
+        if not courier.returns:
+            self.display.show("no parcels to return")
+            return
+        self._next_return(courier)
+
+    def _next_return(self, courier: _CourierSession) -> None:
+        while courier.returns:
+            cid = courier.returns.pop(0)
+            parcel = self._compartment(cid)["parcel"]
+            if parcel is not None:
+                self._open(cid, "return", parcel)
+                return
+        self.display.show("all returns collected")
+
+    def _expire_holds(self) -> None:
+        now = self._now_ns()
+        lapsed = self.journal.query(
+            "SELECT id, reserved_for FROM compartments WHERE "
+            "state='reserved' AND reserved_until_ns <= ?",
+            (now,),
+        )
+        if lapsed:
+            with self.journal.transaction() as tx:
+                for cid, parcel in lapsed:
+                    tx.execute(
+                        "UPDATE compartments SET state='free', reserved_for=NULL, "
+                        "reserved_until_ns=NULL WHERE id=?",
+                        (cid,),
+                    )
+                    tx.append("reservation_lapsed", {"compartment": cid, "parcel": parcel})
+        due = self.journal.query(
+            "SELECT parcel, compartment FROM parcels WHERE state='stored' AND hold_until_ns <= ?",
+            (now,),
+        )
+        if not due:
+            return
+        with self.journal.transaction() as tx:
+            for parcel, cid in due:
+                tx.execute("UPDATE parcels SET state='expired' WHERE parcel=?", (parcel,))
+                tx.append("hold_expired", {"parcel": parcel, "compartment": cid})
+
+    # --- commands ----------------------------------------------------------------------------
+
+    def _on_command(self, name: str, payload: bytes) -> None:
+        try:
+            cmd = self._verifier.verify(payload, now=time.time())
+        except CommandRejected as rejected:
+            with self.journal.transaction() as tx:
+                tx.append(
+                    "command_refused",
+                    {"topic": name, "reason": rejected.reason, "detail": str(rejected)},
+                )
+            return
+        pulse: str | None = None
+        try:
+            # The change and its `command_accepted` commit together: the depot hears of
+            # every reservation or extension that took effect, and of no other.
+            with self.journal.transaction() as tx:
+                facts, pulse = self._apply(tx, cmd.action, cmd.args)
+                tx.append("command_accepted", {"id": cmd.id, "action": cmd.action, **facts})
+        except (LockerError, KeyError, TypeError, ValueError) as exc:
+            reason = str(exc) if isinstance(exc, LockerError) else f"bad arguments: {exc!r}"
+            with self.journal.transaction() as tx:
+                tx.append("command_failed", {"id": cmd.id, "action": cmd.action, "reason": reason})
+            return
+        if pulse is not None:
+            self._pulse(pulse, "remote_open")
+
+    def _apply(
+        self, tx: JournalTransaction, action: str, args: Mapping[str, Any]
+    ) -> tuple[dict[str, Any], str | None]:
+        """Carry out a verified command inside `tx`; returns its facts and a door to pulse."""
+        if action == "reserve":
+            parcel = str(args["parcel"])
+            already = self.journal.query(
+                "SELECT id FROM compartments WHERE state='reserved' AND reserved_for=?", (parcel,)
+            )
+            if already:  # a depot retry with a new id must not hold a second compartment
+                return {"parcel": parcel, "compartment": str(already[0][0]), "again": True}, None
+            size = str(args.get("size", min(self.config.sizes, key=self.config.size_rank)))
+            if size not in self.config.sizes:
+                raise LockerError(f"unknown size {size!r}")
+            rank = self.config.size_rank(size)
+            free = [
+                c for c in self._free_ids() if self.config.size_rank(self._specs[c].size) >= rank
+            ]
+            if not free:
+                raise LockerError(f"no free compartment of size {size} or bigger")
+            cid = min(free, key=lambda c: (self.config.size_rank(self._specs[c].size), c))
+            until = self._now_ns() + int(float(args.get("hours", 24)) * 3600e9)
+            tx.execute(
+                "UPDATE compartments SET state='reserved', reserved_for=?, "
+                "reserved_until_ns=? WHERE id=?",
+                (parcel, until, cid),
+            )
+            return {"parcel": parcel, "compartment": cid}, None
+        if action == "extend_hold":
+            parcel = str(args["parcel"])
+            hours = float(args["hours"])
+            rows = self.journal.query(
+                "SELECT hold_until_ns FROM parcels WHERE parcel=? AND "
+                "state IN ('stored','expired')",
+                (parcel,),
+            )
+            if not rows:
+                raise LockerError(f"parcel {parcel} is not in this locker")
+            until = int(rows[0][0]) + int(hours * 3600e9)
+            tx.execute(
+                "UPDATE parcels SET hold_until_ns=?, state='stored' WHERE parcel=?", (until, parcel)
+            )
+            return {"parcel": parcel, "hold_until_ns": until}, None
+        if action == "remote_open":
+            cid = str(args["compartment"])
+            if cid not in self._specs:
+                raise LockerError(f"no compartment {cid}")
+            if cid in self._open_cids:
+                raise LockerError(f"compartment {cid} is already open")
+            if self._specs[cid].board in self._offline:
+                raise LockerError(f"the board of {cid} is off the bus")
+            self._record_opening(tx, cid, "remote_open", self._compartment(cid)["parcel"])
+            return {"compartment": cid}, cid
+        raise LockerError(f"unknown action {action!r}")
+
+    def _free_ids(self) -> list[str]:
+        """Free compartments, without an opening, on boards that answer."""
+        return [
+            str(r[0])
+            for r in self.journal.query(
+                "SELECT id FROM compartments WHERE state='free' AND id NOT IN "
+                "(SELECT compartment FROM openings)"
+            )
+            if self._specs[str(r[0])].board not in self._offline
+        ]
+
+    # --- polling the boards --------------------------------------------------------------------
+
+    def _poll(self) -> None:
+        self.polls += 1
+        results = self.bus.poll_all()
+        for board, result in results.items():
+            if isinstance(result, LockBoardError):
+                if board not in self._offline:
+                    self._offline.add(board)
+                    with self.journal.transaction() as tx:
+                        self._alarm(tx, "board_offline", board=board, error=str(result))
+                continue
+            if board in self._offline:
+                self._offline.discard(board)
+                with self.journal.transaction() as tx:
+                    tx.append("board_back_online", {"board": board})
+            self._observe_board(result)
+        if not self.boards_seen.is_set() and not self._offline:
+            self.boards_seen.set()
+        now = time.monotonic()
+        if now - self._last_expiry_check > 1.0:
+            self._last_expiry_check = now
+            self._expire_holds()
+
+    def _observe_board(self, status: BoardStatus) -> None:
+        now = time.monotonic()
+        for lock in range(len(status.door_open)):
+            cid = self._by_lock.get((status.board, lock))
+            if cid is None:
+                continue
+            is_open, item = status.door_open[lock], status.item_present[lock]
+            door = self._doors.get(cid)
+            opening = self._opening(cid) if cid in self._open_cids else None
+            if door is None:  # first sight since start: recovery
+                door = self._doors[cid] = _Door(is_open, item, now if is_open else None)
+                self._recover(cid, door, opening)
+                continue
+            if is_open and not door.open:
+                door.open_since = now
+                if opening is not None:
+                    with self.journal.transaction() as tx:
+                        tx.execute(
+                            "UPDATE openings SET door_seen_open=1 WHERE compartment=?", (cid,)
+                        )
+                        tx.append("door_opened", {"compartment": cid})
+                else:
+                    with self.journal.transaction() as tx:
+                        self._alarm(tx, "forced_open", compartment=cid)
+            elif not is_open and door.open:
+                door.open_since = None
+                if opening is not None:
+                    self._closed(cid, opening, item)
+                else:
+                    with self.journal.transaction() as tx:
+                        tx.append("door_closed", {"compartment": cid, "item_present": item})
+            item_changed = item != door.item
+            just_closed = door.open and not is_open
+            door.open, door.item = is_open, item
+            if opening is not None and not is_open and not opening["seen"]:
+                if item_changed:
+                    # Opened, used and shut between two polls: the contents prove it opened.
+                    self._closed(cid, opening, item)
+                    continue
+                started = self._unlock_started.get(cid, now)
+                if now - started > self.config.jam_timeout_s:
+                    self._jammed(cid, opening)
+            if (
+                is_open
+                and door.open_since is not None
+                and now - door.open_since > self.config.door_open_alarm_s
+                and not door.left_open_alarmed
+            ):
+                door.left_open_alarmed = True
+                with self.journal.transaction() as tx:
+                    self._alarm(
+                        tx, "door_left_open", compartment=cid, seconds=round(now - door.open_since)
+                    )
+            if not is_open and opening is None and (item_changed or just_closed):
+                # Only when something changed: the record cannot change behind our back.
+                self._check_contents(cid, door, item)
+            if not is_open:
+                door.left_open_alarmed = False
+
+    def _check_contents(self, cid: str, door: _Door, item: bool) -> None:
+        state = self._compartment(cid)
+        expected = state["parcel"] is not None
+        if item != expected and state["state"] != "out_of_service":
+            if not door.mismatch_alarmed:
+                door.mismatch_alarmed = True
+                with self.journal.transaction() as tx:
+                    self._alarm(
+                        tx,
+                        "item_mismatch",
+                        compartment=cid,
+                        sensor_item=item,
+                        recorded_parcel=state["parcel"],
+                    )
+        else:
+            door.mismatch_alarmed = False
+
+    def _recover(self, cid: str, door: _Door, opening: dict[str, Any] | None) -> None:
+        """After a restart: an opening recorded before the cut is finished from what the
+        sensors say now; a door found open is handled as an open door."""
+        if opening is None:
+            if door.open:
+                with self.journal.transaction() as tx:
+                    self._alarm(tx, "forced_open", compartment=cid, at_start=True)
+            else:
+                self._check_contents(cid, door, door.item)
+            return
+        if door.open:
+            with self.journal.transaction() as tx:
+                tx.execute("UPDATE openings SET door_seen_open=1 WHERE compartment=?", (cid,))
+                tx.append("opening_resumed", {"compartment": cid, "purpose": opening["purpose"]})
+            self._unlock_started[cid] = time.monotonic()
+        elif opening["seen"]:
+            self._closed(cid, opening, door.item)
+        else:
+            # Unlocked before the cut but never seen open: the pulse may not have happened.
+            # Close the opening as if the door had closed on whatever is inside now.
+            self._closed(cid, opening, door.item)
+
+    def _jammed(self, cid: str, opening: dict[str, Any]) -> None:
+        with self.journal.transaction() as tx:
+            tx.execute("DELETE FROM openings WHERE compartment=?", (cid,))
+            tx.execute(
+                "UPDATE compartments SET state='out_of_service', out_reason='jammed' WHERE id=?",
+                (cid,),
+            )
+            self._alarm(tx, "lock_jammed", compartment=cid, purpose=opening["purpose"])
+        self._open_cids.discard(cid)
+        self._unlock_started.pop(cid, None)
+        if opening["purpose"] == "dropoff" and opening["parcel"]:
+            nxt = self._choose(opening["parcel"])
+            if nxt is not None:
+                self._open(nxt, "dropoff", opening["parcel"])
+                return
+            self.display.show("locker full", parcel=opening["parcel"])
+        else:
+            self.display.show("this door is stuck; support has been called", compartment=cid)
+
+    def _closed(self, cid: str, opening: dict[str, Any], item: bool) -> None:
+        purpose, parcel = opening["purpose"], opening["parcel"]
+        self._unlock_started.pop(cid, None)
+        reopen_bigger = False
+        with self.journal.transaction("cannot record a closed door") as tx:
+            tx.execute("DELETE FROM openings WHERE compartment=?", (cid,))
+            if purpose == "dropoff":
+                if item and not opening["bigger"]:
+                    self._deposit(tx, cid, parcel)
+                elif item:
+                    self._alarm(
+                        tx,
+                        "item_mismatch",
+                        compartment=cid,
+                        sensor_item=True,
+                        recorded_parcel=None,
+                        note="closed with item after no-fit",
+                    )
+                else:
+                    tx.append(
+                        "dropoff_abandoned",
+                        {"compartment": cid, "parcel": parcel, "does_not_fit": opening["bigger"]},
+                    )
+                    reopen_bigger = opening["bigger"]
+            elif purpose == "pickup":
+                if item:
+                    tx.append("pickup_incomplete", {"compartment": cid, "parcel": parcel})
+                else:
+                    tx.execute("UPDATE parcels SET state='picked_up' WHERE parcel=?", (parcel,))
+                    tx.execute(
+                        "UPDATE compartments SET state='free', parcel=NULL WHERE id=?", (cid,)
+                    )
+                    tx.append("parcel_picked_up", {"compartment": cid, "parcel": parcel})
+            elif purpose == "return":
+                if item:
+                    tx.append("return_incomplete", {"compartment": cid, "parcel": parcel})
+                else:
+                    tx.execute("UPDATE parcels SET state='returned' WHERE parcel=?", (parcel,))
+                    tx.execute(
+                        "UPDATE compartments SET state='free', parcel=NULL WHERE id=?", (cid,)
+                    )
+                    tx.append("parcel_returned", {"compartment": cid, "parcel": parcel})
+            else:
+                tx.append(
+                    "door_closed", {"compartment": cid, "item_present": item, "purpose": purpose}
+                )
+        self._open_cids.discard(cid)
+        if purpose == "dropoff" and item and not opening["bigger"]:
+            self.display.show("parcel stored; thank you", compartment=cid, parcel=parcel)
+        elif purpose == "pickup":
+            self.display.show(
+                "parcel still inside" if item else "enjoy your parcel", compartment=cid
+            )
+        elif purpose == "return":
+            courier = self._courier_active()
+            if courier is not None:
+                self._next_return(courier)
+        if reopen_bigger:
+            rank = self.config.size_rank(self._specs[cid].size)
+            nxt = self._choose(parcel, min_rank=rank)
+            if nxt is None:
+                self.display.show("no bigger compartment free", parcel=parcel)
+            else:
+                self._open(nxt, "dropoff", parcel)

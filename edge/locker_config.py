@@ -1,0 +1,154 @@
+"""A parcel locker's configuration: its boards, its compartments and their sizes, its keys.
+
+Read from TOML. Sizes are named (S, M, L…) with inner dimensions in centimetres and ordered
+by volume, so "the smallest free compartment that fits" and "a bigger one" are well defined.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from drivers.lockboard import BoardConfig
+from edge.errors import EdgeError
+from sync.mqtt import BrokerAddress
+
+DEFAULT_HOLD_H = 72.0
+DEFAULT_SIZES = {"S": (8.0, 38.0, 64.0), "M": (19.0, 38.0, 64.0), "L": (41.0, 38.0, 64.0)}
+
+
+class LockerConfigError(EdgeError):
+    """The locker configuration is missing something or contradicts itself."""
+
+
+@dataclass(frozen=True)
+class CompartmentSpec:
+    """One door of the locker: where its lock is on the bus, and how big it is inside."""
+
+    id: str
+    board: int
+    lock: int
+    size: str
+
+
+@dataclass
+class LockerConfig:
+    device_id: str
+    journal: Path
+    lockboard_port: str
+    boards: list[BoardConfig]
+    compartments: list[CompartmentSpec]
+    sizes: dict[str, tuple[float, float, float]] = field(
+        default_factory=lambda: dict(DEFAULT_SIZES)
+    )
+    hold_s: float = DEFAULT_HOLD_H * 3600
+    door_open_alarm_s: float = 120.0
+    jam_timeout_s: float = 3.0
+    poll_interval_s: float = 0.25
+    courier_badges: frozenset[str] = frozenset()
+    courier_session_s: float = 300.0
+    depot_sealing_key: bytes | None = None
+    command_keys: list[bytes] = field(default_factory=list)
+    scanner_port: str | None = None
+    keypad_port: str | None = None
+    broker: BrokerAddress | None = None
+    sync: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        seen: set[tuple[int, int]] = set()
+        boards = {b.board for b in self.boards}
+        for c in self.compartments:
+            if c.size not in self.sizes:
+                raise LockerConfigError(f"compartment {c.id}: unknown size {c.size!r}")
+            if c.board not in boards:
+                raise LockerConfigError(f"compartment {c.id}: board {c.board} not configured")
+            if not 0 <= c.lock < 16:
+                raise LockerConfigError(f"compartment {c.id}: lock {c.lock} is not 0..15")
+            if (c.board, c.lock) in seen:
+                raise LockerConfigError(f"compartment {c.id}: board {c.board} lock {c.lock} twice")
+            seen.add((c.board, c.lock))
+        if len({c.id for c in self.compartments}) != len(self.compartments):
+            raise LockerConfigError("compartment ids must be unique")
+
+    def size_rank(self, size: str) -> float:
+        w, h, d = self.sizes[size]
+        return w * h * d
+
+
+def _key(text: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except ValueError as exc:
+        raise LockerConfigError(f"a key is not base64: {exc}") from exc
+
+
+def load_locker_config(path: str | os.PathLike[str]) -> LockerConfig:
+    """Read a locker's TOML file (see README for an example)."""
+    base = Path(path).parent
+    try:
+        doc = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise LockerConfigError(f"cannot read locker config {path}: {exc}") from exc
+    try:
+        device_id = str(doc["device_id"])
+        sizes = {
+            str(k): (float(v[0]), float(v[1]), float(v[2]))
+            for k, v in doc.get("sizes", DEFAULT_SIZES).items()
+        }
+        board_docs = doc["lockboard"].get("boards", [{"board": 0}])
+        boards = [
+            BoardConfig(
+                board=int(b["board"]),
+                lock_bit_open=bool(b.get("lock_bit_open", True)),
+                item_bit_present=bool(b.get("item_bit_present", True)),
+            )
+            for b in board_docs
+        ]
+        compartments = [
+            CompartmentSpec(str(c["id"]), int(c["board"]), int(c["lock"]), str(c["size"]))
+            for c in doc["compartments"]
+        ]
+        broker = None
+        if "broker" in doc:
+            b = doc["broker"]
+            password = b.get("password")
+            if "password_file" in b:
+                password = (base / b["password_file"]).read_text().strip()
+            password = password or os.environ.get("LASTMILE_MQTT_PASSWORD")
+            if not password:
+                raise LockerConfigError("broker password missing")
+            broker = BrokerAddress(
+                str(b.get("host", "127.0.0.1")),
+                int(b["port"]),
+                str(b.get("username", device_id)),
+                password,
+                tls_ca=str(base / b["ca_file"]) if "ca_file" in b else None,
+            )
+        depot = doc.get("depot", {})
+        return LockerConfig(
+            device_id=device_id,
+            journal=base / doc.get("journal", f"{device_id}.journal.db"),
+            lockboard_port=str(doc["lockboard"]["port"]),
+            boards=boards,
+            compartments=compartments,
+            sizes=sizes,
+            hold_s=float(doc.get("hold_hours", DEFAULT_HOLD_H)) * 3600,
+            door_open_alarm_s=float(doc.get("door_open_alarm_s", 120.0)),
+            jam_timeout_s=float(doc.get("jam_timeout_s", 3.0)),
+            poll_interval_s=float(doc.get("poll_interval_s", 0.25)),
+            courier_badges=frozenset(str(x) for x in doc.get("couriers", {}).get("badges", [])),
+            depot_sealing_key=_key(depot["sealing_key"]) if "sealing_key" in depot else None,
+            command_keys=[_key(k) for k in depot.get("command_keys", [])],
+            scanner_port=doc.get("scanner", {}).get("port"),
+            keypad_port=doc.get("keypad", {}).get("port"),
+            broker=broker,
+            sync=dict(doc.get("sync", {})),
+        )
+    except KeyError as exc:
+        raise LockerConfigError(f"locker config {path} lacks {exc}") from exc
+    except (TypeError, ValueError, OSError) as exc:
+        raise LockerConfigError(f"locker config {path}: {exc}") from exc

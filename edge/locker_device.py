@@ -1,0 +1,96 @@
+"""A locker device as it runs: lock boards, keypad, scanner, journal and uplink, wired up.
+
+The keypad is a serial line like the scanner (keys, then CR); both are read with the scanner
+driver. Depot commands arrive through the uplink and go to the locker unverified: the locker
+checks their signatures itself.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+
+from drivers.lockboard import LockBus
+from drivers.scanner import Scan, ScanFramer, ScannerReader
+from edge.locker import Display, JsonLinesDisplay, Locker
+from edge.locker_config import LockerConfig, load_locker_config
+from sync.clock import Clock
+from sync.journal import Journal
+from sync.uplink import Uplink
+
+INPUT_WAIT_S = 5.0
+
+
+class LockerDevice:
+    """Everything a locker process runs; `start()` and `stop()` it as one."""
+
+    def __init__(
+        self, config: LockerConfig, display: Display, *, clock: Clock | None = None
+    ) -> None:
+        self.config = config
+        self.journal = Journal(config.journal, config.device_id, clock=clock)
+        self.bus = LockBus(config.lockboard_port, config.boards)
+        self.display = display
+        self.locker = Locker(config, self.journal, self.bus, display)
+        self.readers: list[ScannerReader] = []
+        self._inputs_up: list[threading.Event] = []
+        if config.scanner_port:
+            self.readers.append(
+                ScannerReader(
+                    config.scanner_port, on_scan=self._scanned, on_connection=self._watch_input()
+                )
+            )
+        if config.keypad_port:
+            # A person may type the same wrong code twice in a row: no debounce on keys.
+            self.readers.append(
+                ScannerReader(
+                    config.keypad_port,
+                    on_scan=self._keyed,
+                    framer=ScanFramer(b"\r", debounce_s=0.0),
+                    on_connection=self._watch_input(),
+                )
+            )
+        self.uplink = (
+            Uplink(self.journal, config.broker, on_command=self.locker.command, **config.sync)
+            if config.broker
+            else None
+        )
+
+    @classmethod
+    def from_config_file(cls, path: str | os.PathLike[str]) -> LockerDevice:
+        return cls(load_locker_config(path), JsonLinesDisplay())
+
+    def _watch_input(self) -> Callable[[bool], None]:
+        up = threading.Event()
+        self._inputs_up.append(up)
+        return lambda connected: up.set() if connected else up.clear()
+
+    def _scanned(self, scan: Scan) -> None:
+        self.locker.scan(scan.data, scan.aim)
+
+    def _keyed(self, scan: Scan) -> None:
+        self.locker.key(scan.data)
+
+    def start(self) -> None:
+        self.bus.open()
+        self.locker.start()
+        for reader in self.readers:
+            reader.start()
+        if self.uplink is not None:
+            self.uplink.start()
+        # Tell the person the locker is ready only when its keypad and scanner are readable.
+        ready = all(up.wait(INPUT_WAIT_S) for up in self._inputs_up)
+        self.display.show(
+            "ready" if ready else "ready, but an input device is missing",
+            locker=self.config.device_id,
+        )
+
+    def stop(self) -> None:
+        for reader in self.readers:
+            reader.stop()
+        self.locker.stop()
+        if self.uplink is not None:
+            self.uplink.stop()
+        self.bus.close()
+        self.journal.close()

@@ -1,0 +1,5 @@
+"""The exception root of the simulators package."""
+
+
+class SimulatorError(Exception):
+    """A simulator could not set up or drive its end of a wire."""

@@ -1,0 +1,733 @@
+"""Kerong CU16 lock boards on a pseudo-terminal, for tests, bench runs and `lastmile sim`.
+
+It owns the boards' side of the RS-485 wire (PROTOCOLS.md section 3) and implements it on its
+own: it never imports from ``drivers``, so a framing bug shared by both sides cannot pass a
+test. A driver opens `path` exactly as it would open ``/dev/ttyUSB0``.
+
+The wire, as this simulator reads the reference:
+
+- host frames ``02 ADDR CMD 03 SUM``, ADDR = board << 4 | lock, SUM = sum of the 4 bytes
+  before it & 0xFF. A frame with a bad checksum is ignored without a reply, as a real board
+  does; bytes that are no frame are skipped until the next STX.
+- status reply ``02 ADDR 35 L1-8 L9-16 S1-8 S9-16 03 SUM``, SUM = sum of the 8 bytes before
+  it & 0xFF, ADDR = board << 4 (lock nibble 0). Bit n of the 16-bit bitmaps is lock n (the
+  manual's lock n+1), written in each board's configured polarity.
+
+Door physics: an unlock pulse releases the lock and the door springs ajar at once, so the
+lock bit shows "open" on the next status; the door stays open until a simulated person
+pushes it shut (`close_door`, `open_and`). Item sensors see a parcel whether the door is open
+or not; a person can only put or take one through an open door.
+
+Must never: block a test forever (every write has a bounded wait, the serving thread stops on
+`close`), or guess at what the driver meant: a frame it cannot read gets no answer.
+
+How the pty is used: raw mode (no echo, no CR/LF translation), and unlike
+simulators/scanner.py the simulator keeps a slave fd open for its whole life. Reading a pty
+master while no slave fd is open fails with EIO, and the boards must be able to listen before
+and between the driver's opens. Nobody reads that fd: the host's flush on open still drops
+bytes sent before it opened.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import heapq
+import itertools
+import logging
+import os
+import select
+import signal
+import sys
+import threading
+import time
+import tty
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import NamedTuple
+
+from simulators.errors import SimulatorError
+
+__all__ = [
+    "Exchange",
+    "HostFrame",
+    "HostFrameParser",
+    "SimulatedLockBoards",
+    "add_arguments",
+    "encode_status_reply",
+    "main",
+    "run_from_args",
+]
+
+log = logging.getLogger("simulators.lockboard")
+
+STX = 0x02  # start of every frame
+ETX = 0x03  # before the checksum
+STATUS_ONE = 0x30  # host: status of the addressed board
+UNLOCK = 0x31  # host: pulse the addressed lock
+STATUS_ALL = 0x32  # host: every board reports (best effort: each online board replies in turn)
+UNLOCK_ALL = 0x33  # host: pulse every lock of the addressed board
+STATUS_REPLY = 0x35  # board: status reply
+SET_PULSE = 0x37  # host: set the unlock pulse time (accepted and ignored: no timing modelled)
+
+HOST_FRAME_LEN = 5
+MAX_BOARDS = 16
+MAX_LOCKS = 16
+
+WRITE_TIMEOUT_S = 1.0  # how long a reply waits for the host to drain the pty before it is lost
+
+
+def _sum8(data: bytes | bytearray) -> int:
+    return sum(data) & 0xFF
+
+
+def encode_status_reply(board: int, lock_bits: int, item_bits: int, *, lock: int = 0) -> bytes:
+    """The 9-byte status reply; bits exactly as they go on the wire (polarity applied)."""
+    if not (0 <= board < MAX_BOARDS and 0 <= lock < MAX_LOCKS):
+        raise SimulatorError(f"no address for board {board} lock {lock}")
+    if not (0 <= lock_bits <= 0xFFFF and 0 <= item_bits <= 0xFFFF):
+        raise SimulatorError("bitmaps are 16 bits")
+    body = bytes(
+        (
+            STX,
+            board << 4 | lock,
+            STATUS_REPLY,
+            lock_bits & 0xFF,
+            lock_bits >> 8,
+            item_bits & 0xFF,
+            item_bits >> 8,
+            ETX,
+        )
+    )
+    return body + bytes((_sum8(body),))
+
+
+class HostFrame(NamedTuple):
+    """A 5-byte frame from the host; ``valid`` is False when its checksum is wrong."""
+
+    board: int
+    lock: int
+    cmd: int
+    raw: bytes
+    valid: bool
+
+
+class HostFrameParser:
+    """Cuts the host-to-board byte stream into frames, as a board's firmware would.
+
+    A candidate is STX ADDR CMD ETX SUM. One whose ETX is missing is no frame: only its STX
+    is dropped and the search goes on. One with ETX
+    in place but a wrong SUM is returned with ``valid=False`` (a board ignores it) and also
+    only its STX is dropped. Splits anywhere are fine; at most 4 bytes are held.
+    """
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[HostFrame]:
+        buf = self._buf
+        buf += data
+        out: list[HostFrame] = []
+        while True:
+            start = buf.find(STX)
+            if start < 0:
+                buf.clear()
+                break
+            del buf[:start]
+            if len(buf) > 3 and buf[3] != ETX:
+                del buf[:1]
+                continue
+            if len(buf) < HOST_FRAME_LEN:
+                break
+            raw = bytes(buf[:HOST_FRAME_LEN])
+            valid = _sum8(raw[:4]) == raw[4]
+            del buf[: HOST_FRAME_LEN if valid else 1]
+            out.append(HostFrame(raw[1] >> 4, raw[1] & 0x0F, raw[2], raw, valid))
+        return out
+
+
+class Exchange(NamedTuple):
+    """One frame the boards received and what they sent back (None: no reply).
+
+    ``at`` is time.monotonic() when the reply started going out, or when the frame was read if no
+    reply was sent. A slow board's entry appears when its reply goes out.
+    """
+
+    at: float
+    received: bytes
+    reply: bytes | None
+
+
+@dataclass
+class _Compartment:
+    door_open: bool = False
+    item: bool = False
+    jammed: bool = False
+    unlocks: int = 0
+
+
+@dataclass
+class _Board:
+    address: int
+    lock_bit_open: bool
+    item_bit_present: bool
+    compartments: list[_Compartment]
+    online: bool = True
+    delay_s: float = 0.0
+
+    def bits(self) -> tuple[int, int]:
+        locks = items = 0
+        for n in range(MAX_LOCKS):
+            c = self.compartments[n] if n < len(self.compartments) else _Compartment()
+            locks |= (c.door_open == self.lock_bit_open) << n
+            items |= (c.item == self.item_bit_present) << n
+        return locks, items
+
+
+@dataclass(order=True)
+class _Timer:
+    due: float
+    seq: int
+    action: Callable[[], None] = field(compare=False)
+
+
+class SimulatedLockBoards:
+    """``boards`` CU16 boards (addresses 0..boards-1) on one bus, behind a pseudo-terminal.
+
+    ``link`` makes `path` a symlink to the pty slave (like ``/dev/serial/by-id/...``).
+    ``lock_bit_open`` / ``item_bit_present`` set each board's bit polarity (one value for all,
+    or one per board). ``locks_per_board`` locks are wired; unlocking another does nothing and
+    its bits read "closed, empty". ``silent_unlock`` makes unlock (0x31, 0x33) unanswered, as
+    on some firmware; otherwise the board replies with its status after the lock moved.
+    ``byte_delay_s`` sends replies one byte at a time with that gap (a slow UART).
+
+    ``on_unlock(board, lock)`` is called on the serving thread after an unlock opened a closed
+    door; it must not block (the boards stop answering while it runs): script a person with
+    `after`, e.g. ``sim.after(0.5, lambda: sim.open_and(b, l, put=True))``. Controls may be
+    called from any thread.
+    """
+
+    def __init__(
+        self,
+        boards: int = 1,
+        *,
+        link: str | os.PathLike[str] | None = None,
+        lock_bit_open: bool | Sequence[bool] = True,
+        item_bit_present: bool | Sequence[bool] = True,
+        locks_per_board: int = MAX_LOCKS,
+        silent_unlock: bool = False,
+        byte_delay_s: float = 0.0,
+        write_timeout_s: float = WRITE_TIMEOUT_S,
+        on_unlock: Callable[[int, int], None] | None = None,
+    ) -> None:
+        if not 1 <= boards <= MAX_BOARDS:
+            raise SimulatorError(f"a bus holds 1-{MAX_BOARDS} boards, not {boards}")
+        if not 1 <= locks_per_board <= MAX_LOCKS:
+            raise SimulatorError(f"a board has 1-{MAX_LOCKS} locks, not {locks_per_board}")
+        if byte_delay_s < 0 or write_timeout_s < 0:
+            raise SimulatorError("byte_delay_s and write_timeout_s must not be negative")
+        lock_pol = _per_board(lock_bit_open, boards, "lock_bit_open")
+        item_pol = _per_board(item_bit_present, boards, "item_bit_present")
+        self._boards = [
+            _Board(b, lock_pol[b], item_pol[b], [_Compartment() for _ in range(locks_per_board)])
+            for b in range(boards)
+        ]
+        self._link = Path(link) if link is not None else None
+        self._byte_delay_s = byte_delay_s
+        self._write_timeout_s = write_timeout_s
+        self.on_unlock = on_unlock
+        # One re-entrant lock for the board state, the fault settings and the history, with a
+        # condition that is notified whenever any of them changes (see wait_until).
+        self._state = threading.RLock()
+        self._changed = threading.Condition(self._state)
+        self._silent_unlock = silent_unlock
+        self._corrupt = 0
+        self._corrupt_index = 3
+        self._wrong_address = 0
+        self._noise = b""
+        self._history: list[Exchange] = []
+        self._timers: list[_Timer] = []
+        self._seq = itertools.count()
+        self._write_lock = threading.Lock()  # one reply on the wire at a time
+        self._stopping = threading.Event()
+        self._closed = False
+        self._fds_closed = False
+
+        master, slave = os.openpty()
+        try:
+            tty.setraw(slave)  # the host must see exactly the boards' bytes, and no echo
+            self._device = os.ttyname(slave)
+            os.set_blocking(master, False)
+            # Wakes the serving thread's select for new timers and for close().
+            self._wake_r, self._wake_w = os.pipe()
+            os.set_blocking(self._wake_w, False)
+        except BaseException:
+            os.close(master)
+            os.close(slave)
+            raise
+        self._master, self._slave = master, slave
+        try:
+            if self._link is not None:
+                _point_link(self._link, self._device)
+        except BaseException:
+            self._close_fds()
+            raise
+        self._thread = threading.Thread(
+            target=self._serve, name=f"lockboards {self._device}", daemon=True
+        )
+        self._thread.start()
+        log.info("%d simulated lock board(s) at %s (%s)", boards, self.path, self._device)
+
+    # -- where the driver connects -------------------------------------------------------------
+
+    @property
+    def path(self) -> str:
+        """What a driver opens: the symlink if one was asked for, else the pty slave."""
+        return str(self._link) if self._link is not None else self._device
+
+    @property
+    def device(self) -> str:
+        return self._device
+
+    @property
+    def boards(self) -> int:
+        return len(self._boards)
+
+    # -- a person at the locker ----------------------------------------------------------------
+
+    def door_open(self, board: int, lock: int) -> bool:
+        with self._state:
+            return self._compartment(board, lock).door_open
+
+    def item_present(self, board: int, lock: int) -> bool:
+        with self._state:
+            return self._compartment(board, lock).item
+
+    def put_parcel(self, board: int, lock: int) -> None:
+        """A parcel goes in through the open door; SimulatorError if the door is shut."""
+        with self._changed:
+            self._open_compartment(board, lock, "put a parcel in").item = True
+            self._changed.notify_all()
+
+    def take_parcel(self, board: int, lock: int) -> None:
+        """The parcel comes out through the open door; SimulatorError if the door is shut."""
+        with self._changed:
+            self._open_compartment(board, lock, "take a parcel out").item = False
+            self._changed.notify_all()
+
+    def close_door(self, board: int, lock: int) -> None:
+        """A person pushes the door shut and the lock latches (nothing if already shut)."""
+        with self._changed:
+            self._compartment(board, lock).door_open = False
+            self._changed.notify_all()
+
+    def open_and(
+        self, board: int, lock: int, *, put: bool = False, take: bool = False, close: bool = True
+    ) -> None:
+        """A person swings the released door open, puts and/or takes a parcel, shuts it.
+
+        All at once: no status can see half of it. SimulatorError if the door is locked.
+        """
+        with self._changed:
+            c = self._open_compartment(board, lock, "open it")
+            if take:
+                c.item = False
+            if put:
+                c.item = True
+            if close:
+                c.door_open = False
+            self._changed.notify_all()
+
+    # -- faults ---------------------------------------------------------------------------------
+
+    def jam(self, board: int, lock: int) -> None:
+        """Unlock pulses on this lock do nothing (the board still receives and answers)."""
+        self._set(board, lock, jammed=True)
+
+    def unjam(self, board: int, lock: int) -> None:
+        self._set(board, lock, jammed=False)
+
+    def force_open(self, board: int, lock: int) -> None:
+        """The door opens without an unlock (pried open, or a lock that failed)."""
+        self._set(board, lock, door_open=True)
+
+    def set_offline(self, board: int, offline: bool = True) -> None:
+        """Take the board off the bus: it neither answers nor acts on frames."""
+        with self._changed:
+            self._board(board).online = not offline
+            self._changed.notify_all()
+
+    def slow(self, board: int, delay_s: float) -> None:
+        """The board's replies go out ``delay_s`` after the request (0 for normal)."""
+        if delay_s < 0:
+            raise SimulatorError("delay_s must not be negative")
+        with self._changed:
+            self._board(board).delay_s = delay_s
+
+    def corrupt_next(self, n: int = 1, *, index: int = 3) -> None:
+        """The next ``n`` replies have byte ``index`` inverted (XOR 0xFF).
+
+        The default index (L1-8) keeps STX, command and ETX in place, so the host sees a
+        frame with a bad checksum; inverting any one byte always changes the sum.
+        """
+        if n < 0 or not 0 <= index < 9:
+            raise SimulatorError("need n >= 0 and a byte index 0-8")
+        with self._changed:
+            self._corrupt, self._corrupt_index = n, index
+
+    def reply_from_wrong_address(self, n: int = 1) -> None:
+        """The next ``n`` replies carry the address of board (asked + 1) % 16, checksum valid."""
+        if n < 0:
+            raise SimulatorError("n must not be negative")
+        with self._changed:
+            self._wrong_address = n
+
+    def noise_before_next(self, noise: bytes) -> None:
+        """Send ``noise`` on the wire right before the next reply (a glitch, a collision)."""
+        with self._changed:
+            self._noise = bytes(noise)
+
+    @property
+    def silent_unlock(self) -> bool:
+        return self._silent_unlock
+
+    @silent_unlock.setter
+    def silent_unlock(self, silent: bool) -> None:
+        with self._changed:
+            self._silent_unlock = silent
+
+    # -- what happened --------------------------------------------------------------------------
+
+    @property
+    def history(self) -> list[Exchange]:
+        """A copy of every frame received so far and the reply it got."""
+        with self._state:
+            return list(self._history)
+
+    def unlock_count(self, board: int, lock: int) -> int:
+        """Unlock pulses this lock's board received while online (jammed ones included)."""
+        with self._state:
+            return self._compartment(board, lock).unlocks
+
+    def wait_until(self, predicate: Callable[[], bool], timeout_s: float) -> bool:
+        """Wait until ``predicate()`` holds, re-checked after every change; False on timeout.
+
+        The predicate runs with the state lock held; it may call the controls above.
+        """
+        with self._changed:
+            return self._changed.wait_for(predicate, timeout_s)
+
+    def after(self, delay_s: float, action: Callable[[], None]) -> None:
+        """Run ``action`` on the serving thread ``delay_s`` from now (a scripted person)."""
+        self._schedule(time.monotonic() + delay_s, action)
+
+    # -- life -----------------------------------------------------------------------------------
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop serving and remove the pty and the link; safe to call twice."""
+        if self._closed:
+            return
+        if self._thread is threading.current_thread():
+            raise SimulatorError("close() from the serving thread (on_unlock or after) would hang")
+        self._closed = True
+        self._stopping.set()
+        self._wake()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise SimulatorError(f"lock-board simulator did not stop within {timeout} s")
+        link = self._link
+        if link is not None and link.is_symlink() and os.readlink(link) == self._device:
+            link.unlink()
+        self._close_fds()
+        log.info("simulated lock boards at %s closed", self._device)
+
+    def __enter__(self) -> SimulatedLockBoards:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _board(self, board: int) -> _Board:
+        if not 0 <= board < len(self._boards):
+            raise SimulatorError(f"no board {board}; boards are 0-{len(self._boards) - 1}")
+        return self._boards[board]
+
+    def _compartment(self, board: int, lock: int) -> _Compartment:
+        compartments = self._board(board).compartments
+        if not 0 <= lock < len(compartments):
+            raise SimulatorError(f"board {board} has locks 0-{len(compartments) - 1}, not {lock}")
+        return compartments[lock]
+
+    def _open_compartment(self, board: int, lock: int, doing: str) -> _Compartment:
+        c = self._compartment(board, lock)
+        if not c.door_open:
+            raise SimulatorError(f"board {board} lock {lock} is shut: cannot {doing}")
+        return c
+
+    def _set(self, board: int, lock: int, **values: bool) -> None:
+        with self._changed:
+            c = self._compartment(board, lock)
+            for name, value in values.items():
+                setattr(c, name, value)
+            self._changed.notify_all()
+
+    def _schedule(self, due: float, action: Callable[[], None]) -> None:
+        with self._state:
+            heapq.heappush(self._timers, _Timer(due, next(self._seq), action))
+        self._wake()
+
+    def _wake(self) -> None:
+        with self._state:  # never write to the fd number after close() released it
+            if self._fds_closed:
+                return
+            with contextlib.suppress(BlockingIOError):  # the pipe is full of wake-ups already
+                os.write(self._wake_w, b"\0")
+
+    def _serve(self) -> None:
+        parser = HostFrameParser()
+        try:
+            while not self._stopping.is_set():
+                with self._state:
+                    due = self._timers[0].due if self._timers else None
+                wait = None if due is None else max(0.0, due - time.monotonic())
+                readable, _, _ = select.select([self._master, self._wake_r], [], [], wait)
+                if self._wake_r in readable:
+                    os.read(self._wake_r, 4096)
+                if self._master in readable:
+                    try:
+                        data = os.read(self._master, 4096)
+                    except BlockingIOError:
+                        data = b""
+                    for frame in parser.feed(data):
+                        self._handle(frame)
+                self._run_due_timers()
+        except Exception:
+            log.exception("lock-board simulator on %s died", self._device)
+            raise
+
+    def _run_due_timers(self) -> None:
+        while not self._stopping.is_set():
+            with self._state:
+                if not self._timers or self._timers[0].due > time.monotonic():
+                    return
+                timer = heapq.heappop(self._timers)
+            try:
+                timer.action()
+            except Exception:
+                log.exception("scheduled lock-board action failed")
+
+    def _handle(self, frame: HostFrame) -> None:
+        now = time.monotonic()
+        opened: list[tuple[int, int]] = []
+        replies: list[tuple[_Board, bytes]] = []
+        with self._changed:
+            if not frame.valid:
+                log.info("ignoring host frame with bad checksum: %s", frame.raw.hex(" "))
+            elif frame.cmd == STATUS_ALL:
+                replies = [(b, self._reply(b)) for b in self._boards if b.online]
+            elif frame.board < len(self._boards) and self._boards[frame.board].online:
+                board = self._boards[frame.board]
+                if frame.cmd == STATUS_ONE:
+                    replies = [(board, self._reply(board))]
+                elif frame.cmd in (UNLOCK, UNLOCK_ALL):
+                    locks = [frame.lock] if frame.cmd == UNLOCK else range(MAX_LOCKS)
+                    opened = [(board.address, n) for n in locks if self._pulse(board, n)]
+                    if not self._silent_unlock:
+                        replies = [(board, self._reply(board))]
+                elif frame.cmd != SET_PULSE:
+                    log.info("board %d ignores command 0x%02x", board.address, frame.cmd)
+            if not replies:
+                self._history.append(Exchange(now, frame.raw, None))
+            self._changed.notify_all()
+        for board, reply in replies:
+            if board.delay_s > 0:
+                self._schedule(now + board.delay_s, self._sender(frame.raw, reply))
+            else:
+                self._send(frame.raw, reply)
+        hook = self.on_unlock
+        for board_address, lock in opened:
+            if hook is not None:
+                try:
+                    hook(board_address, lock)
+                except Exception:
+                    log.exception("on_unlock hook failed for board %d lock %d", board_address, lock)
+
+    def _pulse(self, board: _Board, lock: int) -> bool:
+        """Fire one lock; True when it opened a closed door."""
+        if lock >= len(board.compartments):
+            return False  # no lock wired to this output
+        c = board.compartments[lock]
+        c.unlocks += 1
+        if c.jammed or c.door_open:
+            return False
+        c.door_open = True
+        log.info("board %d lock %d: door sprang open", board.address, lock)
+        return True
+
+    def _reply(self, board: _Board) -> bytes:
+        """The board's status reply as it goes out, with any injected fault applied."""
+        locks, items = board.bits()
+        address = board.address
+        if self._wrong_address > 0:
+            self._wrong_address -= 1
+            address = (address + 1) % MAX_BOARDS
+        reply = bytearray(encode_status_reply(address, locks, items))
+        if self._corrupt > 0:
+            self._corrupt -= 1
+            reply[self._corrupt_index] ^= 0xFF
+        noise, self._noise = self._noise, b""
+        return noise + bytes(reply)
+
+    def _sender(self, received: bytes, reply: bytes) -> Callable[[], None]:
+        return lambda: self._send(received, reply)
+
+    def _send(self, received: bytes, reply: bytes) -> None:
+        # The exchange is recorded before the first byte goes out: the host may have read the
+        # reply and asked about it before this thread runs again. A short write corrects it.
+        with self._changed:
+            index = len(self._history)
+            self._history.append(Exchange(time.monotonic(), received, bytes(reply)))
+            self._changed.notify_all()
+        sent = bytearray()
+        if self._byte_delay_s > 0:
+            for i in range(len(reply)):
+                if i:
+                    time.sleep(self._byte_delay_s)  # UART pacing, not waiting for an outcome
+                sent += self._write(reply[i : i + 1])
+        else:
+            sent += self._write(reply)
+        if bytes(sent) != reply:
+            with self._changed:
+                at = self._history[index].at
+                self._history[index] = Exchange(at, received, bytes(sent))
+                self._changed.notify_all()
+
+    def _write(self, data: bytes) -> bytes:
+        """Write to the master; return what the pty accepted within the write timeout."""
+        with self._write_lock:
+            view = memoryview(data)
+            give_up_at = time.monotonic() + self._write_timeout_s
+            while view and not self._stopping.is_set():
+                try:
+                    view = view[os.write(self._master, view) :]
+                except BlockingIOError:
+                    left = give_up_at - time.monotonic()
+                    if left <= 0:
+                        break
+                    select.select([], [self._master], [], min(left, 0.1))
+                except OSError as e:
+                    log.warning("lock-board reply lost on %s: %s", self._device, e)
+                    break
+            if view:
+                log.warning("nobody drained %s: %d reply bytes lost", self._device, len(view))
+            return data[: len(data) - len(view)]
+
+    def _close_fds(self) -> None:
+        with self._state:
+            self._fds_closed = True
+        for fd in (self._master, self._slave, self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _per_board(value: bool | Sequence[bool], boards: int, name: str) -> list[bool]:
+    if isinstance(value, bool):
+        return [value] * boards
+    values = [bool(v) for v in value]
+    if len(values) != boards:
+        raise SimulatorError(f"{name}: {len(values)} values for {boards} boards")
+    return values
+
+
+def _point_link(link: Path, target: str) -> None:
+    if link.exists() and not link.is_symlink():
+        raise SimulatorError(f"{link} exists and is not a symlink; not replacing it")
+    # Build the new link beside the old and rename over it: never a half-made link.
+    tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(target)
+    os.replace(tmp, link)
+
+
+# -- command line: `lastmile sim lockboard` ---------------------------------------------------
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--boards", type=int, default=1, help="boards on the bus, 1-16 (default 1)")
+    p.add_argument("--link", type=Path, help="make this path a symlink to the pty")
+    p.add_argument(
+        "--locks", type=int, default=MAX_LOCKS, help="locks wired per board (default 16)"
+    )
+    p.add_argument(
+        "--silent-unlock", action="store_true", help="firmware that does not answer an unlock"
+    )
+    p.add_argument(
+        "--lock-bit-closed", action="store_true", help="lock bitmap 1 means closed (default open)"
+    )
+    p.add_argument(
+        "--item-bit-absent", action="store_true", help="sensor bitmap 1 means empty (default item)"
+    )
+    p.add_argument(
+        "--close-after",
+        type=float,
+        metavar="S",
+        help="a person pushes each unlocked door shut S seconds after it opened (default never)",
+    )
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    try:
+        sim = SimulatedLockBoards(
+            args.boards,
+            link=args.link,
+            lock_bit_open=not args.lock_bit_closed,
+            item_bit_present=not args.item_bit_absent,
+            locks_per_board=args.locks,
+            silent_unlock=args.silent_unlock,
+        )
+    except (SimulatorError, OSError) as e:
+        print(f"lastmile sim lockboard: {e}", file=sys.stderr)
+        return 2
+    with sim:
+        if args.close_after is not None:
+            delay = float(args.close_after)
+
+            def person(board: int, lock: int) -> None:
+                sim.after(delay, lambda: sim.close_door(board, lock))
+
+            sim.on_unlock = person
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            print(sim.path, flush=True)
+            while not stop.wait(0.5):
+                pass
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="lastmile sim lockboard", description="Serve simulated Kerong CU16 lock boards."
+    )
+    add_arguments(p)
+    return run_from_args(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

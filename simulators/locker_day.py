@@ -1,0 +1,1320 @@
+"""Parcel lockers in the simulated day: the real locker software, simulated people around it.
+
+Owns the lockers' part of `lastmile sim`. Each locker is the real locker device (its journal on
+a ScaledClock, its lock-board bus on a SimulatedLockBoards pseudo-terminal with two boards of
+eight compartments, its uplink reaching the broker through its own LinkProxy), built by the
+scenario runner (simulators/day.py) from a `LockerSetup`: like every simulator, this module
+never imports the device software it stands in front of. Around it, scripted from the seed:
+
+- couriers whose door attempts failed bring those parcels: badge scan, parcel label, and a
+  person who puts the parcel in once the locker has seen the door open, then shuts it;
+- customers collect them by code or QR, the secret opened from the sealed credential the
+  *depot* stored (so it has travelled through the sync); some mistype first, one attacker
+  guesses until the keypad locks; some parcels are never collected, expire, and a courier
+  takes them back on the evening returns round;
+- the depot's side that `sync.depot.Depot` does not do itself (it holds the sealing and the
+  command-signing private keys): reading credentials out of the depot's store, and signing
+  `reserve` and `extend_hold` commands it publishes on the depot's own MQTT session;
+- faults: a jammed lock during a drop-off, a forced door, a door left open past the alarm,
+  a board off the bus for a while, a dead zone on the locker's link.
+
+People act only through the locker's inputs (scanner reads, keypad lines) and the boards'
+test-side controls, and only after the locker has reported what a person would see (its
+display and its journal's events). They know the keypad and scanner conventions as printed on
+the locker, written down here on their own, so a change on the locker's side shows as a day
+that goes wrong. Their steps run in order on one thread per locker, queued by the day's
+scheduler at their simulated time, so a person waiting for a door never holds up the vans.
+
+Must never: read a pickup code anywhere but from what the depot stored, touch a door before the
+locker has seen it open, wait without a bound, or count a fault as injected that was not.
+Door, jam and keypad timers of the locker run on real (monotonic) time while holds run on the
+simulated clock: the settings below are chosen for that, and every wait is on an event, not a
+fixed sleep, so the script holds at any `--speed`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal, Protocol, TypeVar
+
+import paho.mqtt.client as mqtt
+
+from simulators.day import DAY_END_H, DAY_START_H
+from simulators.link import LinkProxy
+from simulators.lockboard import SimulatedLockBoards
+from simulators.parcels import GS, Label
+from sync.clock import ScaledClock
+from sync.depot import Depot, DepotStore
+from sync.journal import Journal
+from sync.mqtt import BrokerAddress
+from sync.signing import (
+    PICKUP_CREDENTIAL_PURPOSE,
+    SealError,
+    associated_data,
+    generate_keypair,
+    generate_sealing_keypair,
+    load_sealing_key,
+    load_signing_key,
+    sign_command,
+    unseal,
+)
+from sync.uplink import Uplink
+from sync.wire import Event, command_topic
+
+log = logging.getLogger("simulators.locker_day")
+
+T = TypeVar("T")
+
+# The hardware of every simulated locker: two CU16 boards with eight doors each.
+BOARDS = 2
+LOCK_SIZES = ("S", "S", "S", "S", "M", "M", "M", "L")  # lock 0..7 of each board
+LARGEST = "L"
+
+# What the locker's front says: a courier shows a badge (scanned, or typed after "*"), "#1" says
+# a parcel does not fit, "#2" collects returns, "#0" logs out; a pickup QR reads "LMQR:...".
+BADGE_PREFIX = "LMC:"
+COURIER_PREFIX = "*"
+KEY_DOESNT_FIT = "#1"
+KEY_COLLECT_RETURNS = "#2"
+KEY_LOGOUT = "#0"
+
+# The locker's real-time settings, kept short because every second of them is 40 simulated
+# minutes at the default speed, and a person's steps wait them out. The door alarm must still be
+# far above how long a scripted person keeps a door open (about one poll); a jam cannot be
+# mistaken for a slow poll, since the poll that would time it out sees the door open.
+POLL_INTERVAL_S = 0.05
+JAM_TIMEOUT_S = 0.4
+DOOR_OPEN_ALARM_S = 0.5
+
+# How long a person waits (real seconds) for the locker to react before giving up.
+WAIT_S = 8.0
+# A customer waits this long for the depot's message with the code (a locker in a dead zone
+# syncs its deposit late).
+CREDENTIAL_WAIT_S = 15.0
+# The depot's commands cross the locker's link, which may be reconnecting after a cut.
+COMMAND_WAIT_S = 12.0
+COMMAND_TTL_S = 600.0
+# A board outage lasts until the locker noticed it (three unanswered polls), then its simulated
+# length but at most this long in real time: the people at the locker wait meanwhile, since
+# the locker would send them to doors it cannot open (see board_outage).
+OUTAGE_AFTER_ALARM_S = 0.3
+# The people at a locker finish their queue within this after the day's last action; then the
+# rest give up at once (a locker that stopped answering must not hold the day for minutes).
+FINISH_S = 20.0
+
+# The scenario.
+MIN_REDIRECTS_PER_LOCKER = 4  # enough parcels for every kind of visit in a small run
+UNCOLLECTED_SHARE = 0.15
+QR_SHARE = 0.4
+WRONG_FIRST_SHARE = 0.3
+RESERVE_SHARE = 0.3
+ATTACKER_CODES = 6  # five wrong codes lock the keypad; the sixth meets the lockout
+RETURNS_ROUND_H = 17.5
+RETURNS_BADGE = "R-1"
+DOOR_STUCK = "this door is stuck; support has been called"  # the locker's display text
+
+Fate = Literal["pickup", "extended", "uncollected", "overnight"]
+Method = Literal["code", "qr"]
+
+
+@dataclass(frozen=True)
+class Compartment:
+    """One door of a simulated locker: where its lock is on the bus, and its size."""
+
+    id: str
+    board: int
+    lock: int
+    size: str
+
+
+def compartments() -> list[Compartment]:
+    """A1-A8 on board 0, B1-B8 on board 1, sizes as LOCK_SIZES."""
+    return [
+        Compartment(f"{'AB'[board]}{lock + 1}", board, lock, size)
+        for board in range(BOARDS)
+        for lock, size in enumerate(LOCK_SIZES)
+    ]
+
+
+def parcel_id(label: Label) -> str:
+    """The parcel id a label carries, as the label maker (simulators.parcels) printed it: the
+    SSCC without its AI, the IMpb after the ZIP field, else the whole text."""
+    if label.aim == "]C1" and label.data.startswith("00"):
+        return label.data[2:20]
+    if label.aim == "]C1" and label.data.startswith("420") and GS in label.data:
+        return label.data.split(GS, 1)[1]
+    return label.data
+
+
+@dataclass(frozen=True)
+class LockerSetup:
+    """Everything the scenario runner needs to build one real locker device for the day."""
+
+    name: str
+    journal: Path
+    lockboard_port: str
+    boards: int
+    compartments: list[Compartment]
+    hold_s: float  # on the journal's clock: simulated seconds
+    door_open_alarm_s: float
+    jam_timeout_s: float
+    poll_interval_s: float
+    courier_badges: frozenset[str]
+    depot_sealing_key: bytes
+    command_key: bytes
+    broker: BrokerAddress
+    sync: Mapping[str, Any]
+    clock: ScaledClock
+    display: Display
+
+
+class Display(Protocol):
+    def show(self, message: str, **facts: Any) -> None: ...
+
+
+class LockerInputs(Protocol):
+    """What the people and the day use of a running locker controller."""
+
+    @property
+    def boards_seen(self) -> threading.Event: ...
+
+    def scan(self, data: str, aim: str | None = None) -> None: ...
+
+    def key(self, line: str) -> None: ...
+
+    def stop(self, timeout: float = 5.0) -> None: ...
+
+
+class LockerDeviceLike(Protocol):
+    """A locker device as the scenario runner built it."""
+
+    @property
+    def locker(self) -> LockerInputs: ...
+
+    @property
+    def journal(self) -> Journal: ...
+
+    @property
+    def uplink(self) -> Uplink | None: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+BuildLocker = Callable[[LockerSetup], LockerDeviceLike]
+
+
+def courier_badge(van: str) -> str:
+    """The badge of the courier who drives `van`."""
+    return f"C-{van}"
+
+
+# --- the plan -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DoorStop:
+    """A van's stop: its courier scanned `label` at the customer's door at `at_h`."""
+
+    van: str
+    label: Label
+    at_h: float
+
+
+@dataclass
+class Redirect:
+    """A parcel nobody took at the door, brought to a locker, and what happens to it there."""
+
+    stop: DoorStop
+    parcel: str
+    locker: int
+    drop_h: float
+    fate: Fate = "pickup"
+    pickup_h: float | None = None
+    method: Method = "code"
+    wrong_first: bool = False
+    leave_open: bool = False
+    reserve: str | None = None  # the size the depot reserves before the drop-off
+    reserve_h: float | None = None
+    jam: bool = False
+    doesnt_fit: bool = False
+    extend_h: float | None = None
+
+
+@dataclass
+class LockerScript:
+    """One locker's day as planned: its parcels, the faults, the attacker, the returns round."""
+
+    redirects: list[Redirect] = field(default_factory=list)
+    forced_h: float = 12.0
+    outage_h: float = 12.0
+    outage_len_h: float = 0.5
+    outage_board: int = 0
+    attack_h: float | None = None
+    cut: tuple[float, float] | None = None
+    returns_h: float = RETURNS_ROUND_H
+
+
+def plan_lockers(
+    rng: random.Random,
+    stops: Sequence[DoorStop],
+    lockers: int,
+    *,
+    share: float,
+    hold_h: float,
+) -> list[LockerScript]:
+    """Which stops fail and go to which locker, and every visit and fault of every locker."""
+    usable: list[DoorStop] = []
+    parcel_of: list[str] = []
+    seen_ids: set[str] = set()
+    for s in stops:
+        if s.at_h > DAY_END_H - 0.8:
+            continue  # too late to reach a locker before the day ends
+        pid = parcel_id(s.label)
+        if pid in seen_ids:
+            continue
+        seen_ids.add(pid)
+        usable.append(s)
+        parcel_of.append(pid)
+    picked: list[int] = []
+    for van in dict.fromkeys(s.van for s in stops):
+        own = [i for i, s in enumerate(usable) if s.van == van]
+        want = max(1, round(share * sum(1 for s in stops if s.van == van)))
+        picked += rng.sample(own, min(want, len(own)))
+    picked.sort(key=lambda i: usable[i].at_h)
+    assigned = {i: n % lockers for n, i in enumerate(picked)}
+    spare = sorted(set(range(len(usable))) - set(picked), key=lambda i: usable[i].at_h)
+    early_stop_h = RETURNS_ROUND_H - hold_h - 0.8
+    for j in range(lockers):
+        # Every locker needs a parcel early enough to expire before the returns round, and
+        # enough parcels for each kind of visit.
+        mine = [i for i, k in assigned.items() if k == j]
+        has_early = any(usable[i].at_h <= early_stop_h for i in mine)
+        if not has_early and spare and usable[spare[0]].at_h <= early_stop_h:
+            mine.append(spare.pop(0))
+        while len(mine) < MIN_REDIRECTS_PER_LOCKER and spare:
+            mine.append(spare.pop(rng.randrange(len(spare))))
+        assigned.update({i: j for i in mine})
+
+    scripts = [LockerScript() for _ in range(lockers)]
+    for i in sorted(assigned, key=lambda i: (usable[i].at_h, i)):
+        stop = usable[i]
+        r = Redirect(stop, parcel_of[i], assigned[i], stop.at_h + rng.uniform(0.2, 0.6))
+        scripts[assigned[i]].redirects.append(r)
+    for j, script in enumerate(scripts):
+        _plan_visits(rng, script, hold_h)
+        _plan_faults(rng, script, first=j == 0)
+    return scripts
+
+
+def _plan_visits(rng: random.Random, script: LockerScript, hold_h: float) -> None:
+    mine = script.redirects
+    if not mine:
+        return
+    early = [r for r in mine if r.drop_h + hold_h + 0.2 <= script.returns_h]
+    if early:
+        n = max(1, round(UNCOLLECTED_SHARE * len(mine)))
+        for r in rng.sample(early, min(n, len(early))):
+            r.fate = "uncollected"
+    rest = [r for r in mine if r.fate == "pickup"]
+    extendable = [r for r in rest if r.drop_h + hold_h + 1.2 <= DAY_END_H - 0.2]
+    if len(rest) >= 3 and extendable:
+        r = rng.choice(extendable)
+        r.fate = "extended"
+        r.extend_h = r.drop_h + rng.uniform(0.4, hold_h - 0.8)
+        r.pickup_h = r.drop_h + hold_h + rng.uniform(0.2, 1.0)
+    for r in rest:
+        if r.fate != "pickup":
+            continue
+        # Within the hold with an hour to spare (the people may run late), and within the day:
+        # what stays overnight then expires long after the returns round.
+        latest = min(hold_h - 1.0, DAY_END_H - 0.3 - r.drop_h)
+        if latest < 0.3:
+            r.fate = "overnight"
+        else:
+            r.pickup_h = r.drop_h + rng.uniform(0.3, latest)
+    pickups = [r for r in mine if r.pickup_h is not None]
+    for r in pickups:
+        r.method = "qr" if rng.random() < QR_SHARE else "code"
+        r.wrong_first = r.method == "code" and rng.random() < WRONG_FIRST_SHARE
+    if len(pickups) >= 2 and len({r.method for r in pickups}) == 1:
+        flip = rng.choice(pickups)  # a small run still sees both ways to collect
+        flip.method = "qr" if flip.method == "code" else "code"
+        flip.wrong_first = False
+    by_code = [r for r in pickups if r.method == "code"]
+    if by_code and not any(r.wrong_first for r in by_code):
+        rng.choice(by_code).wrong_first = True
+    if pickups:
+        rng.choice(pickups).leave_open = True
+    for r in mine:
+        if rng.random() < RESERVE_SHARE:
+            r.reserve = rng.choices(["S", "M", "L"], weights=[5, 3, 1])[0]
+    jam = rng.choice(mine)
+    jam.jam = True
+    jam.reserve = jam.reserve or "S"  # the reservation says which lock the courier will meet
+    plain = [r for r in mine if r.reserve is None]
+    if plain:
+        rng.choice(plain).doesnt_fit = True
+    for r in mine:
+        if r.reserve is not None:
+            # The depot reserves once the door attempt failed, before the courier arrives.
+            r.reserve_h = r.stop.at_h + rng.uniform(0.05, r.drop_h - r.stop.at_h - 0.05)
+
+
+def _plan_faults(rng: random.Random, script: LockerScript, *, first: bool) -> None:
+    script.forced_h = rng.uniform(9.0, 16.5)
+    script.outage_h = rng.uniform(10.0, 16.0)
+    script.outage_len_h = rng.uniform(0.3, 0.8)
+    script.outage_board = rng.randrange(BOARDS)
+    script.attack_h = rng.uniform(13.0, 16.5) if first else None
+    # One dead zone on the locker's link, kept clear of the depot's commands so a command never
+    # waits out a whole cut.
+    commands = [t for r in script.redirects for t in (r.reserve_h, r.extend_h) if t is not None]
+    for _ in range(50):
+        start = rng.uniform(DAY_START_H + 1.0, 16.5)
+        end = start + rng.uniform(10, 40) / 60
+        if all(not start - 0.1 <= t <= end + 0.25 for t in commands):
+            script.cut = (start, end)
+            break
+
+
+# --- what a person at the locker notices ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Seen:
+    """Something the locker did: a committed journal event, or a text on its display."""
+
+    kind: str  # the event's kind, or "display"
+    facts: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class OpenDoor:
+    """A door the locker unlocked for someone and has since seen open."""
+
+    compartment: str
+    parcel: str | None
+    at: int  # where its door_opened is in the watch
+
+
+class LockerWatch:
+    """The locker's display and its committed events as one ordered record people wait on.
+
+    It is the locker's Display and a journal listener; both are called on the locker's own
+    thread, so what a person reads is in the order the locker did it.
+    """
+
+    def __init__(self) -> None:
+        self._seen: list[Seen] = []
+        self._cond = threading.Condition()
+        self._aborted = False
+
+    def show(self, message: str, **facts: Any) -> None:
+        with self._cond:
+            self._seen.append(Seen("display", {"display": message, **facts}))
+            self._cond.notify_all()
+
+    def on_events(self, events: list[Event]) -> None:
+        with self._cond:
+            self._seen.extend(Seen(e.kind, e.payload) for e in events)
+            self._cond.notify_all()
+
+    def mark(self) -> int:
+        """Where the record ends now: wait for what happens after this."""
+        with self._cond:
+            return len(self._seen)
+
+    def snapshot(self) -> list[Seen]:
+        with self._cond:
+            return list(self._seen)
+
+    def abort(self) -> None:
+        """Every wait returns None from now on (the day is being torn down)."""
+        with self._cond:
+            self._aborted = True
+            self._cond.notify_all()
+
+    @property
+    def aborted(self) -> bool:
+        return self._aborted
+
+    def wait(self, find: Callable[[Sequence[Seen]], T | None], timeout: float) -> T | None:
+        """`find(record)` once it is not None, re-checked after every change; None on timeout."""
+        found: list[T] = []
+
+        def ready() -> bool:
+            if self._aborted:
+                return True
+            result = find(self._seen)
+            if result is None:
+                return False
+            found.append(result)
+            return True
+
+        with self._cond:
+            self._cond.wait_for(ready, timeout)
+        return found[0] if found else None
+
+
+def _find(seen: Sequence[Seen], after: int, kind: str, **match: Any) -> int | None:
+    for i in range(after, len(seen)):
+        s = seen[i]
+        if s.kind == kind and all(s.facts.get(k) == v for k, v in match.items()):
+            return i
+    return None
+
+
+def _door_finder(
+    after: int, purpose: str, parcel: str | None, ends: frozenset[str]
+) -> Callable[[Sequence[Seen]], tuple[OpenDoor | str] | None]:
+    """The latest door unlocked after `after` for `purpose` (and `parcel`) once seen open; or
+    the text or event by which the locker said no door will open (an item of `ends`)."""
+
+    def find(seen: Sequence[Seen]) -> tuple[OpenDoor | str] | None:
+        unlock: int | None = None
+        ended: str | None = None
+        for i in range(after, len(seen)):
+            s = seen[i]
+            if (
+                s.kind == "door_unlocked"
+                and s.facts.get("purpose") == purpose
+                and (parcel is None or s.facts.get("parcel") == parcel)
+            ):
+                unlock, ended = i, None
+            elif s.kind in ends or (s.kind == "display" and s.facts.get("display") in ends):
+                ended = s.kind if s.kind != "display" else str(s.facts["display"])
+        if unlock is not None:
+            cid = str(seen[unlock].facts["compartment"])
+            opened = _find(seen, unlock + 1, "door_opened", compartment=cid)
+            if opened is not None:
+                return (OpenDoor(cid, seen[unlock].facts.get("parcel"), opened),)
+        return None if ended is None else (ended,)
+
+    return find
+
+
+def _holds(seen: Sequence[Seen]) -> dict[str, tuple[int, bool]]:
+    """Parcels in the locker: when their hold ends (ns on its clock), and whether it expired."""
+    holds: dict[str, tuple[int, bool]] = {}
+    for s in seen:
+        parcel = str(s.facts.get("parcel"))
+        extended = s.kind == "command_accepted" and s.facts.get("action") == "extend_hold"
+        if s.kind == "parcel_deposited" or extended:
+            holds[parcel] = (int(s.facts["hold_until_ns"]), False)
+        elif s.kind == "hold_expired" and parcel in holds:
+            holds[parcel] = (holds[parcel][0], True)
+        elif s.kind in ("parcel_picked_up", "parcel_returned"):
+            holds.pop(parcel, None)
+    return holds
+
+
+def _idle_compartments(seen: Sequence[Seen], all_ids: Sequence[str]) -> list[str]:
+    """Compartments the locker has said hold no parcel, are reserved for none, and work."""
+    holding: set[str] = set()
+    reserved: dict[str, str] = {}  # compartment -> the parcel it is kept for
+    broken: set[str] = set()
+    for s in seen:
+        cid, parcel = str(s.facts.get("compartment")), str(s.facts.get("parcel"))
+        if s.kind == "parcel_deposited":
+            holding.add(cid)
+            reserved = {c: p for c, p in reserved.items() if p != parcel}
+        elif s.kind in ("parcel_picked_up", "parcel_returned"):
+            holding.discard(cid)
+        elif s.kind == "command_accepted" and s.facts.get("action") == "reserve":
+            reserved[cid] = parcel
+        elif s.kind == "reservation_lapsed":
+            reserved.pop(cid, None)
+        elif s.kind == "alarm" and s.facts.get("alarm") == "lock_jammed":
+            broken.add(cid)
+    return [c for c in all_ids if c not in holding and c not in reserved and c not in broken]
+
+
+# --- the depot's side -----------------------------------------------------------------------
+
+
+class DepotDesk:
+    """What the depot does for lockers beyond `sync.depot.Depot`: it opens the pickup
+    credentials the lockers sealed to it (from the events the depot stored) to tell customers,
+    and signs commands that it publishes on the depot's own MQTT session."""
+
+    def __init__(
+        self,
+        store: DepotStore,
+        depot: Depot,
+        *,
+        sealing_private_pem: bytes,
+        signing_private_pem: bytes,
+    ) -> None:
+        self._store = store
+        self._depot = depot
+        self._sealing = load_sealing_key(sealing_private_pem)
+        self._signing = load_signing_key(signing_private_pem)
+        self._opened: dict[tuple[str, str], dict[str, str]] = {}
+        self._lock = threading.Lock()
+        self.credentials_opened = 0
+        self.credentials_unreadable = 0
+        self.commands_sent = 0
+
+    def _open_stored(self, locker: str) -> None:
+        """Open every credential of `locker` the depot has stored and not opened yet."""
+        rows = self._store.query(
+            "SELECT payload FROM events WHERE device=? AND kind='parcel_deposited'", (locker,)
+        )
+        for (text,) in rows:
+            payload = json.loads(str(text))
+            parcel, sealed = str(payload["parcel"]), payload.get("credential_for_depot")
+            if (locker, parcel) in self._opened or not isinstance(sealed, str):
+                continue
+            try:
+                plain = unseal(
+                    self._sealing,
+                    sealed,
+                    associated_data(PICKUP_CREDENTIAL_PURPOSE, locker, parcel),
+                )
+            except SealError:
+                self.credentials_unreadable += 1
+                self._opened[(locker, parcel)] = {}
+                continue
+            self._opened[(locker, parcel)] = {str(k): str(v) for k, v in json.loads(plain).items()}
+            self.credentials_opened += 1
+
+    def credential(
+        self, locker: str, parcel: str, timeout: float, *, give_up: Callable[[], bool]
+    ) -> dict[str, str] | None:
+        """The code and QR of `parcel`, once the locker's deposit event is at the depot."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                self._open_stored(locker)
+                found = self._opened.get((locker, parcel))
+            if found:
+                return found
+            if found is not None or time.monotonic() > deadline or give_up():
+                return None
+            time.sleep(0.02)
+
+    def known_codes(self, locker: str) -> set[str]:
+        """Every pickup code of `locker` the depot knows (so a guess is surely wrong)."""
+        with self._lock:
+            self._open_stored(locker)
+            return {c["code"] for (lk, _p), c in self._opened.items() if lk == locker and c}
+
+    def send(self, locker: str, action: str, args: Mapping[str, Any]) -> str | None:
+        """Sign a command for `locker` and publish it; its id, or None if it could not go."""
+        payload = sign_command(
+            self._signing,
+            target=locker,
+            action=action,
+            args=args,
+            ttl_s=COMMAND_TTL_S,
+            now=time.time(),  # the locker checks commands against its real wall clock
+        )
+        session = self._depot.session
+        for _ in range(3):
+            if not session.wait_connected(5.0):
+                continue
+            info = session.client.publish(command_topic(locker, action), payload, qos=1)
+            if info.rc == mqtt.MQTT_ERR_SUCCESS:
+                self.commands_sent += 1
+                return str(json.loads(payload)["id"])
+            time.sleep(0.1)
+        log.warning("depot could not publish %s for %s", action, locker)
+        return None
+
+
+# --- one locker and the people at it --------------------------------------------------------
+
+
+@dataclass
+class LockerTally:
+    """What the script did to one locker (the injected side; the locker's side is its events)."""
+
+    redirected: int = 0
+    max_lag_min: float = 0.0  # simulated minutes the people ran behind their schedule
+    jams_injected: int = 0
+    forced_open_injected: int = 0
+    doors_left_open_injected: int = 0
+    board_outages_injected: int = 0
+    lockout_attacks: int = 0
+    keypad_fallbacks_to_qr: int = 0
+    dead_zones: int = 0
+    gave_up: Counter[str] = field(default_factory=Counter)
+    step_errors: int = 0
+
+
+class _People:
+    """The people at one locker, one after another: steps run in order on one thread."""
+
+    def __init__(self, name: str, tally: LockerTally) -> None:
+        self._jobs: queue.Queue[tuple[str, float, Callable[[], None]] | None] = queue.Queue()
+        self._tally = tally
+        self._thread = threading.Thread(target=self._run, name=f"people-{name}", daemon=True)
+        self.max_lag_s = 0.0  # the longest a step waited for the one before it (real time)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def put(self, what: str, step: Callable[[], None]) -> None:
+        self._jobs.put((what, time.monotonic(), step))
+
+    def finish(self, timeout: float) -> bool:
+        """Let the queue run out; True when every step has run within `timeout`."""
+        self._jobs.put(None)
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            what, queued, step = job
+            self.max_lag_s = max(self.max_lag_s, time.monotonic() - queued)
+            try:
+                step()
+            except Exception:
+                self._tally.step_errors += 1
+                log.exception("locker step %r failed", what)
+
+
+class SimulatedLocker:
+    """One locker of the day: its boards, the real locker device, its link, its people."""
+
+    def __init__(
+        self,
+        name: str,
+        password: str,
+        *,
+        build: BuildLocker,
+        workdir: Path,
+        broker_host: str,
+        broker_port: int,
+        mqtt5: bool,
+        tls_ca: str | None = None,
+        clock: ScaledClock,
+        sealing_public: bytes,
+        command_public: bytes,
+        hold_h: float,
+        badges: frozenset[str],
+        sync: Mapping[str, Any],
+        desk: DepotDesk,
+        seed: int,
+    ) -> None:
+        self.name = name
+        self.clock = clock
+        self.speed = clock.speed
+        self.desk = desk
+        self.rng = random.Random(f"{name}/{seed}")
+        self.tally = LockerTally()
+        self.watch = LockerWatch()
+        self.deposited: set[str] = set()
+        self.reserved: dict[str, str] = {}
+        specs = compartments()
+        self.where = {c.id: (c.board, c.lock) for c in specs}
+        self.size = {c.id: c.size for c in specs}
+        self._closers: list[Callable[[], None]] = []
+        try:
+            self.boards = SimulatedLockBoards(
+                BOARDS, link=workdir / f"{name}.lockbus", locks_per_board=len(LOCK_SIZES)
+            )
+            self._closers.append(self.boards.close)
+            self.link = LinkProxy(broker_host, broker_port, name=name)
+            self.link.start()
+            self._closers.append(self.link.stop)
+            self.device = build(
+                LockerSetup(
+                    name=name,
+                    journal=workdir / f"{name}.journal.db",
+                    lockboard_port=self.boards.path,
+                    boards=BOARDS,
+                    compartments=specs,
+                    hold_s=hold_h * 3600,
+                    door_open_alarm_s=DOOR_OPEN_ALARM_S,
+                    jam_timeout_s=JAM_TIMEOUT_S,
+                    poll_interval_s=POLL_INTERVAL_S,
+                    courier_badges=badges,
+                    depot_sealing_key=sealing_public,
+                    command_key=command_public,
+                    broker=BrokerAddress(
+                        "127.0.0.1", self.link.port, name, password, mqtt5=mqtt5, tls_ca=tls_ca
+                    ),
+                    sync=dict(sync),
+                    clock=clock,
+                    display=self.watch,
+                )
+            )
+            self._closers.insert(0, self.device.stop)
+            self.device.journal.add_listener(self.watch.on_events)
+        except BaseException:
+            self.close()
+            raise
+        self.people = _People(name, self.tally)
+
+    @property
+    def journal(self) -> Journal:
+        return self.device.journal
+
+    def start(self) -> bool:
+        """Start the locker and its people; True once it has looked at its boards."""
+        self.device.start()
+        self.people.start()
+        return self.device.locker.boards_seen.wait(5.0)
+
+    def end_of_day(self, timeout: float) -> bool:
+        """The last visitor leaves; the controller stops so no hold expires after the day.
+
+        False when people were still waiting for the locker after `timeout`: they give up.
+        """
+        done = self.people.finish(timeout)
+        self.tally.max_lag_min = round(self.people.max_lag_s * self.speed / 60, 1)
+        if not done:
+            self.watch.abort()
+            self.people.finish(5.0)
+        self.device.locker.stop()
+        return done
+
+    def close(self) -> None:
+        self.watch.abort()
+        for close in self._closers:
+            try:
+                close()
+            except Exception:
+                log.exception("closing %s", self.name)
+        self._closers.clear()
+
+    def parcels_inside(self) -> int:
+        return len(_holds(self.watch.snapshot()))
+
+    # --- the schedule ---------------------------------------------------------------------
+
+    def schedule(self, script: LockerScript) -> list[tuple[float, str, Callable[[], None]]]:
+        """(simulated hour, what, action) for the day's scheduler; people's steps are queued."""
+        self.tally.redirected = len(script.redirects)
+        out: list[tuple[float, str, Callable[[], None]]] = []
+
+        def person(at_h: float, what: str, step: Callable[[], None]) -> None:
+            out.append((at_h, what, partial(self.people.put, what, step)))
+
+        for r in script.redirects:
+            if r.reserve_h is not None:
+                person(r.reserve_h, "depot reserves", partial(self.reserve, r))
+            person(r.drop_h, "drop-off", partial(self.dropoff, r))
+            if r.extend_h is not None:
+                person(r.extend_h, "depot extends hold", partial(self.extend_hold, r))
+            if r.pickup_h is not None:
+                person(r.pickup_h, f"pickup ({r.method})", partial(self.pickup, r))
+        person(script.forced_h, "forced door", self.force_door)
+        person(
+            script.outage_h,
+            "board offline",
+            partial(self.board_outage, script.outage_board, script.outage_len_h),
+        )
+        if script.attack_h is not None:
+            person(script.attack_h, "keypad attacker", self.attack)
+        person(script.returns_h, "returns round", self.collect_returns)
+        if script.cut is not None:
+            self.tally.dead_zones += 1
+            out.append((script.cut[0], "cut (reset)", partial(self.link.cut, "reset")))
+            out.append((script.cut[1], "restore", self.link.restore))
+        return out
+
+    # --- waiting like a person --------------------------------------------------------------
+
+    def _gave_up(self, what: str) -> None:
+        self.tally.gave_up[what] += 1
+        log.warning("%s: %s", self.name, what)
+
+    def _wait_event(
+        self, after: int, kind: str, timeout: float = WAIT_S, **match: Any
+    ) -> int | None:
+        at = self.watch.wait(lambda seen: _find(seen, after, kind, **match), timeout)
+        if at is None:
+            self._gave_up(f"no {kind}")
+        return at
+
+    def _wait_door(
+        self, after: int, purpose: str, parcel: str | None, ends: frozenset[str]
+    ) -> OpenDoor | str | None:
+        """The door the locker opened for us, the reason it will not, or None on timeout."""
+        found = self.watch.wait(_door_finder(after, purpose, parcel, ends), WAIT_S)
+        if found is None:
+            self._gave_up(f"no {purpose} door opened")
+            return None
+        return found[0]
+
+    def _keyed(self, line: str) -> Seen | None:
+        """Type a code and read what the locker made of it (its pickup_attempt)."""
+        mark = self.watch.mark()
+        self.device.locker.key(line)
+        at = self._wait_event(mark, "pickup_attempt", method="code")
+        return None if at is None else self.watch.snapshot()[at]
+
+    def _scanned_qr(self, qr: str) -> Seen | None:
+        mark = self.watch.mark()
+        self.device.locker.scan(qr, "]Q1")
+        at = self._wait_event(mark, "pickup_attempt", method="qr")
+        return None if at is None else self.watch.snapshot()[at]
+
+    def _command(self, action: str, args: Mapping[str, Any]) -> Seen | None:
+        mark = self.watch.mark()
+        command_id = self.desk.send(self.name, action, args)
+        if command_id is None:
+            self._gave_up(f"{action} not sent")
+            return None
+
+        def outcome(seen: Sequence[Seen]) -> Seen | None:
+            for s in seen[mark:]:
+                if s.kind in ("command_accepted", "command_failed"):
+                    if s.facts.get("id") == command_id:
+                        return s
+                elif s.kind == "command_refused" and command_id in str(s.facts.get("detail")):
+                    return s
+            return None
+
+        result = self.watch.wait(outcome, COMMAND_WAIT_S)
+        if result is None:
+            self._gave_up(f"no answer to {action}")
+        return result
+
+    # --- the people's steps -------------------------------------------------------------------
+
+    def reserve(self, r: Redirect) -> None:
+        """The depot reserves a compartment for a parcel a courier is bringing."""
+        result = self._command("reserve", {"parcel": r.parcel, "size": r.reserve, "hours": 4})
+        if result is not None and result.kind == "command_accepted":
+            self.reserved[r.parcel] = str(result.facts["compartment"])
+
+    def extend_hold(self, r: Redirect) -> None:
+        """The customer asked the depot for more time."""
+        if r.parcel in self.deposited:
+            self._command("extend_hold", {"parcel": r.parcel, "hours": 2.5})
+
+    def dropoff(self, r: Redirect) -> None:
+        """A courier brings a parcel nobody took at the door."""
+        locker = self.device.locker
+        mark = self.watch.mark()
+        if r.jam and r.parcel in self.reserved:
+            # The reserved compartment's lock has seized: the locker must notice and move on.
+            self.boards.jam(*self.where[self.reserved[r.parcel]])
+            self.tally.jams_injected += 1
+        locker.scan(BADGE_PREFIX + courier_badge(r.stop.van))
+        locker.scan(r.stop.label.data, r.stop.label.aim)
+        ends = frozenset({"dropoff_refused", "locker full", "no bigger compartment free"})
+        door = self._wait_door(mark, "dropoff", r.parcel, ends)
+        if isinstance(door, OpenDoor) and r.doesnt_fit and self.size[door.compartment] != LARGEST:
+            locker.key(KEY_DOESNT_FIT)
+            fit = self._wait_event(door.at, "parcel_does_not_fit", compartment=door.compartment)
+            if fit is not None:
+                self.boards.close_door(*self.where[door.compartment])  # shut it, still empty
+                door = self._wait_door(door.at, "dropoff", r.parcel, ends)
+        if isinstance(door, OpenDoor):
+            board, lock = self.where[door.compartment]
+            self.boards.put_parcel(board, lock)
+            self.boards.close_door(board, lock)
+            if self._wait_event(door.at, "parcel_deposited", parcel=r.parcel) is not None:
+                self.deposited.add(r.parcel)
+        elif isinstance(door, str):
+            self.tally.gave_up[f"drop-off: {door}"] += 1
+        locker.key(KEY_LOGOUT)
+
+    def pickup(self, r: Redirect) -> None:
+        """The customer comes with the code or QR the depot sent them."""
+        if r.parcel not in self.deposited:
+            return  # it never went in: the depot told nobody to come
+        hold = _holds(self.watch.snapshot()).get(r.parcel)
+        if hold is None or hold[1] or self.clock.wall_ns() >= hold[0]:
+            self._gave_up("customer came after the hold")
+            return
+        secrets = self.desk.credential(
+            self.name, r.parcel, CREDENTIAL_WAIT_S, give_up=lambda: self.watch.aborted
+        )
+        if secrets is None:
+            self._gave_up("no credential at the depot")
+            return
+        mark = self.watch.mark()
+        if r.method == "code":
+            if r.wrong_first:
+                self._keyed(self._typo(secrets["code"]))
+            attempt = self._keyed(secrets["code"])
+            if attempt is not None and attempt.facts.get("reason") == "keypad locked":
+                self.tally.keypad_fallbacks_to_qr += 1  # the screen says so: scan the QR instead
+                attempt = self._scanned_qr(secrets["qr"])
+        else:
+            attempt = self._scanned_qr(secrets["qr"])
+        if attempt is None or not attempt.facts.get("ok"):
+            self._gave_up("pickup refused")
+            return
+        door = self._wait_door(mark, "pickup", r.parcel, frozenset({DOOR_STUCK}))
+        if not isinstance(door, OpenDoor):
+            return
+        board, lock = self.where[door.compartment]
+        self.boards.take_parcel(board, lock)
+        if r.leave_open:
+            # Walks off with the parcel; someone shuts the door once the locker complained.
+            self.tally.doors_left_open_injected += 1
+            self._wait_event(
+                door.at,
+                "alarm",
+                DOOR_OPEN_ALARM_S + WAIT_S,
+                alarm="door_left_open",
+                compartment=door.compartment,
+            )
+        self.boards.close_door(board, lock)
+        self._wait_event(door.at, "parcel_picked_up", parcel=r.parcel)
+
+    def attack(self) -> None:
+        """Someone tries codes until the keypad locks."""
+        known = self.desk.known_codes(self.name)
+        self.tally.lockout_attacks += 1
+        for _ in range(ATTACKER_CODES):
+            code = f"{self.rng.randrange(10**6):06d}"
+            while code in known:
+                code = f"{self.rng.randrange(10**6):06d}"
+            self._keyed(code)
+
+    def force_door(self) -> None:
+        """A free compartment is pried open, found empty, pushed shut again."""
+        free = _idle_compartments(self.watch.snapshot(), sorted(self.where))
+        if not free:
+            self._gave_up("no free compartment to force")
+            return
+        cid = self.rng.choice(free)
+        board, lock = self.where[cid]
+        mark = self.watch.mark()
+        self.boards.force_open(board, lock)
+        self.tally.forced_open_injected += 1
+        self._wait_event(mark, "alarm", alarm="forced_open", compartment=cid)
+        self.boards.close_door(board, lock)
+        self._wait_event(mark, "door_closed", compartment=cid)
+
+    def board_outage(self, board: int, length_h: float) -> None:
+        """A board drops off the bus (a loose RS-485 wire) and comes back.
+
+        Nobody uses the locker meanwhile: it would unlock doors on the missing board (it does
+        not skip offline boards when it picks a compartment) and, when the board is back,
+        take those doors for jammed ones.
+        """
+        mark = self.watch.mark()
+        started = time.monotonic()
+        self.boards.set_offline(board, True)
+        self.tally.board_outages_injected += 1
+        try:
+            self._wait_event(mark, "alarm", alarm="board_offline", board=board)
+            noticed = time.monotonic()
+            rest = min(OUTAGE_AFTER_ALARM_S, length_h * 3600 / self.speed - (noticed - started))
+            if rest > 0:
+                self.watch.wait(lambda _seen: None, rest)
+        finally:
+            self.boards.set_offline(board, False)
+        self._wait_event(mark, "board_back_online", board=board)
+
+    def collect_returns(self) -> None:
+        """The evening round: a courier takes every parcel whose hold ran out."""
+
+        def all_due_expired(seen: Sequence[Seen]) -> bool | None:
+            now = self.clock.wall_ns()
+            due = [p for p, (until, done) in _holds(seen).items() if until <= now and not done]
+            return True if not due else None
+
+        # The locker checks holds about once a real second; a courier comes when the list is out.
+        if self.watch.wait(all_due_expired, WAIT_S) is None:
+            self._gave_up("holds not expired in time")
+        locker = self.device.locker
+        locker.key(COURIER_PREFIX + RETURNS_BADGE)
+        ends = frozenset({"all returns collected", "no parcels to return", DOOR_STUCK})
+        for _round in range(3):  # again if more expired while the courier was at it
+            cursor = self.watch.mark()
+            locker.key(KEY_COLLECT_RETURNS)
+            while isinstance(door := self._wait_door(cursor, "return", None, ends), OpenDoor):
+                board, lock = self.where[door.compartment]
+                self.boards.take_parcel(board, lock)
+                self.boards.close_door(board, lock)
+                done = self._wait_event(door.at, "parcel_returned", compartment=door.compartment)
+                if done is None:
+                    break
+                cursor = done
+            if not any(expired for _until, expired in _holds(self.watch.snapshot()).values()):
+                break
+        locker.key(KEY_LOGOUT)
+
+    def _typo(self, code: str) -> str:
+        at = self.rng.randrange(len(code))
+        digit = self.rng.choice([d for d in "0123456789" if d != code[at]])
+        return code[:at] + digit + code[at + 1 :]
+
+
+# --- all lockers of the day -----------------------------------------------------------------
+
+
+class LockerDay:
+    """The lockers of one simulated day: accounts, keys, devices, script, and their figures."""
+
+    def __init__(
+        self, count: int, *, seed: int, speed: float, hold_h: float, redirect_share: float
+    ) -> None:
+        self.names = [f"locker-{j + 1}" for j in range(count)]
+        self.seed = seed
+        self.speed = speed
+        self.hold_h = hold_h
+        self.redirect_share = redirect_share
+        # Its own random stream: the vans' day is the same with and without lockers.
+        self.rng = random.Random(f"lockers/{seed}")
+        self.passwords = {n: f"pw-{n}-{self.rng.getrandbits(64):x}" for n in self.names}
+        self._sealing_private, self._sealing_public = generate_sealing_keypair()
+        self._command_private, self._command_public = generate_keypair()
+        self.lockers: list[SimulatedLocker] = []
+        self.desk: DepotDesk | None = None
+        self.scripts: list[LockerScript] = []
+
+    def start(
+        self,
+        build: BuildLocker,
+        *,
+        workdir: Path,
+        broker_host: str,
+        broker_port: int,
+        mqtt5: bool,
+        tls_ca: str | None = None,
+        depot: Depot,
+        store: DepotStore,
+        wall_start_ns: int,
+        vans: Sequence[str],
+        sync: Mapping[str, Any],
+    ) -> None:
+        """Build (with `build`) and start every locker; the depot must be running."""
+        self.desk = DepotDesk(
+            store,
+            depot,
+            sealing_private_pem=self._sealing_private,
+            signing_private_pem=self._command_private,
+        )
+        badges = frozenset({courier_badge(v) for v in vans} | {RETURNS_BADGE})
+        for name in self.names:
+            site = SimulatedLocker(
+                name,
+                self.passwords[name],
+                build=build,
+                workdir=workdir,
+                broker_host=broker_host,
+                broker_port=broker_port,
+                mqtt5=mqtt5,
+                tls_ca=tls_ca,
+                clock=ScaledClock(wall_start_ns, self.speed, boot_id=f"boot-{name}-{self.seed}"),
+                sealing_public=self._sealing_public,
+                command_public=self._command_public,
+                hold_h=self.hold_h,
+                badges=badges,
+                sync=sync,
+                desk=self.desk,
+                seed=self.seed,
+            )
+            self.lockers.append(site)
+        for site in self.lockers:
+            if not site.start():
+                log.warning("%s never polled its boards", site.name)
+
+    def schedule(
+        self, stops: Sequence[DoorStop]
+    ) -> list[tuple[float, str, str, Callable[[], None]]]:
+        """(simulated hour, device, what, action) of every locker action of the day."""
+        self.scripts = plan_lockers(
+            self.rng, stops, len(self.lockers), share=self.redirect_share, hold_h=self.hold_h
+        )
+        return [
+            (at_h, site.name, what, run)
+            for site, script in zip(self.lockers, self.scripts, strict=True)
+            for at_h, what, run in site.schedule(script)
+        ]
+
+    @property
+    def links(self) -> list[LinkProxy]:
+        return [site.link for site in self.lockers]
+
+    @property
+    def journals(self) -> list[tuple[str, Journal]]:
+        return [(site.name, site.journal) for site in self.lockers]
+
+    def end_of_day(self) -> None:
+        for site in self.lockers:
+            if not site.end_of_day(FINISH_S):
+                log.error("%s: people still busy at the end of the day", site.name)
+
+    def drain(self, deadline: float) -> None:
+        for site in self.lockers:
+            uplink = site.device.uplink
+            if uplink is not None:
+                uplink.wait_acked(site.journal.last_seq, max(0.1, deadline - time.monotonic()))
+
+    def progress(self) -> list[str]:
+        parts = []
+        for site in self.lockers:
+            uplink = site.device.uplink
+            state = (
+                "dead zone"
+                if site.link.is_cut
+                else ("online" if uplink is not None and uplink.connected else "offline")
+            )
+            parts.append(
+                f"{site.name} {site.journal.last_seq} events, {site.journal.unacked} unsent, "
+                f"{state}, {site.parcels_inside()} parcels in"
+            )
+        return parts
+
+    def close(self) -> None:
+        """Stop every locker, all at once (each uplink takes up to a second to stop)."""
+        threads = [threading.Thread(target=site.close) for site in self.lockers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    def report(self, store: DepotStore) -> dict[str, Any]:
+        """The lockers' figures, counted from the events the depot stored."""
+        return locker_figures(
+            [(site, _depot_events(store, site.name)) for site in self.lockers],
+            self.desk,
+            redirects_traced=_redirects_traced(store, self.scripts, self.names),
+        )
+
+
+def _depot_events(store: DepotStore, device: str) -> list[tuple[str, dict[str, Any]]]:
+    rows = store.query(
+        "SELECT kind, payload FROM events WHERE device=? ORDER BY journal, seq", (device,)
+    )
+    return [(str(kind), json.loads(str(payload))) for kind, payload in rows]
+
+
+def _redirects_traced(store: DepotStore, scripts: Sequence[LockerScript], names: list[str]) -> int:
+    """Redirected parcels the depot saw both scanned by a van and deposited in their locker."""
+    scanned = {
+        json.loads(str(p)).get("parcel")
+        for (p,) in store.query("SELECT payload FROM events WHERE kind='parcel_scanned'")
+    }
+    traced = 0
+    for name, script in zip(names, scripts, strict=True):
+        deposited = {
+            p.get("parcel") for k, p in _depot_events(store, name) if k == "parcel_deposited"
+        }
+        traced += sum(1 for r in script.redirects if r.parcel in scanned and r.parcel in deposited)
+    return traced
+
+
+FIGURES = (
+    "redirected",
+    "dropoffs",
+    "dropoffs_refused",
+    "does_not_fit",
+    "pickups",
+    "pickups_by_code",
+    "pickups_by_qr",
+    "expired",
+    "returned",
+    "wrong_code_attempts",
+    "keypad_locked_refusals",
+    "keypad_fallbacks_to_qr",
+    "lockouts",
+    "reservations",
+    "holds_extended",
+    "commands_refused",
+    "forced_open_injected",
+    "forced_open_detected",
+    "jams_injected",
+    "doors_left_open_injected",
+    "board_outages_injected",
+    "dead_zones",
+    "events",
+    "reconnects",
+    "resends",
+)
+
+
+def locker_figures(
+    sites: Sequence[tuple[SimulatedLocker, list[tuple[str, dict[str, Any]]]]],
+    desk: DepotDesk | None,
+    *,
+    redirects_traced: int = 0,
+) -> dict[str, Any]:
+    """Totals over all lockers (`count`, FIGURES, `alarms` by kind) and `per_locker`."""
+    per_locker: dict[str, dict[str, Any]] = {}
+    totals: Counter[str] = Counter()
+    alarms: Counter[str] = Counter()
+    gave_up: Counter[str] = Counter()
+    for site, events in sites:
+        kinds = Counter(kind for kind, _ in events)
+        attempts = [p for kind, p in events if kind == "pickup_attempt"]
+        accepted = Counter(str(p.get("action")) for kind, p in events if kind == "command_accepted")
+        site_alarms = Counter(str(p.get("alarm")) for kind, p in events if kind == "alarm")
+        t = site.tally
+        uplink = site.device.uplink
+        figures: dict[str, Any] = {
+            "redirected": t.redirected,
+            "dropoffs": kinds["parcel_deposited"],
+            "dropoffs_refused": kinds["dropoff_refused"],
+            "does_not_fit": kinds["parcel_does_not_fit"],
+            "pickups": kinds["parcel_picked_up"],
+            "pickups_by_code": sum(1 for p in attempts if p.get("ok") and p["method"] == "code"),
+            "pickups_by_qr": sum(1 for p in attempts if p.get("ok") and p["method"] == "qr"),
+            "expired": kinds["hold_expired"],
+            "returned": kinds["parcel_returned"],
+            # Codes the locker checked and found wrong (not those it refused unchecked).
+            "wrong_code_attempts": sum(
+                1
+                for p in attempts
+                if p["method"] == "code" and not p.get("ok") and "reason" not in p
+            ),
+            "keypad_locked_refusals": sum(
+                1 for p in attempts if p.get("reason") == "keypad locked"
+            ),
+            "keypad_fallbacks_to_qr": t.keypad_fallbacks_to_qr,
+            "lockouts": kinds["keypad_locked"],
+            "reservations": accepted["reserve"],
+            "holds_extended": accepted["extend_hold"],
+            "commands_refused": kinds["command_refused"] + kinds["command_failed"],
+            "forced_open_injected": t.forced_open_injected,
+            "forced_open_detected": site_alarms["forced_open"],
+            "jams_injected": t.jams_injected,
+            "doors_left_open_injected": t.doors_left_open_injected,
+            "board_outages_injected": t.board_outages_injected,
+            "dead_zones": t.dead_zones,
+            "events": site.journal.last_seq,
+            "reconnects": max(0, uplink.session.connects - 1) if uplink is not None else 0,
+            "resends": uplink.resends if uplink is not None else 0,
+        }
+        totals.update({k: int(figures[k]) for k in FIGURES})
+        alarms.update(site_alarms)
+        gave_up.update(t.gave_up)
+        per_locker[site.name] = {
+            **figures,
+            "alarms": dict(sorted(site_alarms.items())),
+            "acked": site.journal.acked_seq,
+            "gave_up": dict(sorted(t.gave_up.items())),
+            "step_errors": t.step_errors,
+            "people_max_lag_min": t.max_lag_min,
+        }
+    return {
+        "count": len(sites),
+        **{k: totals[k] for k in FIGURES},
+        "alarms": dict(sorted(alarms.items())),
+        "redirects_traced_at_depot": redirects_traced,
+        "credentials_opened_at_depot": desk.credentials_opened if desk else 0,
+        "credentials_unreadable_at_depot": desk.credentials_unreadable if desk else 0,
+        "commands_sent": desk.commands_sent if desk else 0,
+        "gave_up": dict(sorted(gave_up.items())),
+        "step_errors": sum(site.tally.step_errors for site, _ in sites),
+        "people_max_lag_min": max((site.tally.max_lag_min for site, _ in sites), default=0.0),
+        "per_locker": per_locker,
+    }
+
+
+def no_lockers() -> dict[str, Any]:
+    """The `lockers` figures of a day without lockers."""
+    return locker_figures([], None)

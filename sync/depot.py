@@ -1,0 +1,361 @@
+"""The depot end of the sync: store every device's events once, verify, acknowledge.
+
+Owns the depot's SQLite store (events deduplicated on device, journal and sequence number; each
+device journal's hash chain verified; gaps recorded; malformed payloads quarantined with the
+reason) and the MQTT service that feeds it. Must never acknowledge an event before it is
+durably stored, and never stop because one device sent garbage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+
+from sync.errors import SyncError, WireError
+from sync.mqtt import BrokerAddress, MqttSession
+from sync.wire import (
+    TOPIC_ROOT,
+    Ack,
+    Batch,
+    ack_topic,
+    canonical_payload,
+    decode_batch,
+    encode_ack,
+    genesis_hash,
+    split_topic,
+)
+
+log = logging.getLogger("sync.depot")
+
+STORE_SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE streams (
+    device      TEXT NOT NULL,
+    journal     TEXT NOT NULL,
+    head_seq    INTEGER NOT NULL,
+    head_hash   BLOB NOT NULL,
+    first_seen_ns INTEGER NOT NULL,
+    last_seen_ns  INTEGER NOT NULL,
+    nacked_at   INTEGER,
+    PRIMARY KEY (device, journal)
+);
+CREATE TABLE events (
+    device      TEXT NOT NULL,
+    journal     TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    uuid        TEXT NOT NULL,
+    boot_id     TEXT NOT NULL,
+    mono_ns     INTEGER NOT NULL,
+    wall_ns     INTEGER NOT NULL,
+    wall_synced INTEGER NOT NULL,
+    kind        TEXT NOT NULL,
+    payload     TEXT NOT NULL,
+    hash        BLOB NOT NULL,
+    received_ns INTEGER NOT NULL,
+    PRIMARY KEY (device, journal, seq)
+);
+CREATE TABLE gaps (
+    id          INTEGER PRIMARY KEY,
+    device      TEXT NOT NULL,
+    journal     TEXT NOT NULL,
+    expected_seq INTEGER NOT NULL,
+    got_seq     INTEGER NOT NULL,
+    received_ns INTEGER NOT NULL
+);
+CREATE TABLE quarantine (
+    id          INTEGER PRIMARY KEY,
+    topic       TEXT NOT NULL,
+    reason      TEXT NOT NULL,
+    payload     BLOB NOT NULL,
+    received_ns INTEGER NOT NULL
+);
+CREATE TABLE device_status (
+    device      TEXT PRIMARY KEY,
+    status      TEXT NOT NULL,
+    updated_ns  INTEGER NOT NULL
+);
+"""
+
+
+class DepotStoreError(SyncError):
+    """The depot's own database cannot be used (a person must look at it)."""
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What one batch did: the ack to send, how many events were new, and any gap seen."""
+
+    ack: Ack
+    stored: int
+    duplicates: int
+    gap: bool
+
+
+class DepotStore:
+    """The depot's SQLite database. One writer (the ingest thread); callers hold no lock."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=10.0
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # An ack promises durability to a device that will then delete its copy.
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._migrate()
+            if self._db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                raise DepotStoreError(f"depot database {self.path} fails its integrity check")
+        except sqlite3.DatabaseError as exc:
+            raise DepotStoreError(f"depot database {self.path} cannot be used: {exc}") from exc
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version == STORE_SCHEMA_VERSION:
+            return
+        if version != 0:
+            raise DepotStoreError(f"depot database schema {version} is not {STORE_SCHEMA_VERSION}")
+        self._db.execute("BEGIN IMMEDIATE")
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                self._db.execute(statement)
+        self._db.execute(f"PRAGMA user_version={STORE_SCHEMA_VERSION}")
+        self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # --- ingest --------------------------------------------------------------------------
+
+    def ingest(self, batch: Batch) -> IngestResult:
+        """Store the new events of a verified batch in one transaction and say what to ack.
+
+        A batch that starts beyond the stored head is a gap: nothing is stored (the chain
+        cannot be checked across it) and the ack asks the device to resend. A batch that
+        overlaps what is stored must agree with it hash for hash, or it is a fork.
+        """
+        now = time.time_ns()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                result = self._ingest(batch, now)
+                self._db.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                raise
+        return result
+
+    def _ingest(self, batch: Batch, now: int) -> IngestResult:
+        dev, jnl = batch.device, batch.journal_id
+        row = self._db.execute(
+            "SELECT head_seq, head_hash, nacked_at FROM streams WHERE device=? AND journal=?",
+            (dev, jnl),
+        ).fetchone()
+        if row is None:
+            head, head_hash, nacked_at = 0, genesis_hash(jnl), None
+            self._db.execute(
+                "INSERT INTO streams(device, journal, head_seq, head_hash, first_seen_ns, "
+                "last_seen_ns) VALUES (?,?,?,?,?,?)",
+                (dev, jnl, 0, head_hash, now, now),
+            )
+        else:
+            head, head_hash, nacked_at = row[0], bytes(row[1]), row[2]
+        first = batch.first_seq
+        if first > head + 1:
+            self._db.execute(
+                "INSERT INTO gaps(device, journal, expected_seq, got_seq, received_ns) "
+                "VALUES (?,?,?,?,?)",
+                (dev, jnl, head + 1, first, now),
+            )
+            # Ask for a resend once per head position: the batches behind the lost one
+            # would otherwise each trigger another rewind on the device.
+            resend = head + 1 if nacked_at != head else None
+            self._db.execute(
+                "UPDATE streams SET nacked_at=?, last_seen_ns=? WHERE device=? AND journal=?",
+                (head, now, dev, jnl),
+            )
+            return IngestResult(Ack(jnl, head, resend), 0, 0, gap=True)
+        expected_prev = head_hash if first == head + 1 else self._hash_at(dev, jnl, first - 1)
+        if batch.prev_hash != expected_prev:
+            raise WireError(f"batch for {dev}/{jnl} at {first} does not continue the stored chain")
+        fresh = [e for e in batch.events if e.seq > head]
+        duplicates = len(batch.events) - len(fresh)
+        if duplicates:
+            overlap_end = batch.events[duplicates - 1]
+            if overlap_end.hash != self._hash_at(dev, jnl, overlap_end.seq):
+                raise WireError(f"batch for {dev}/{jnl} contradicts stored events (fork)")
+        self._db.executemany(
+            "INSERT INTO events(device, journal, seq, uuid, boot_id, mono_ns, wall_ns, "
+            "wall_synced, kind, payload, hash, received_ns) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            [
+                (
+                    dev,
+                    jnl,
+                    e.seq,
+                    e.uuid,
+                    e.boot_id,
+                    e.mono_ns,
+                    e.wall_ns,
+                    int(e.wall_synced),
+                    e.kind,
+                    canonical_payload(e.payload),
+                    e.hash,
+                    now,
+                )
+                for e in fresh
+            ],
+        )
+        if fresh:
+            head, head_hash = fresh[-1].seq, fresh[-1].hash
+        self._db.execute(
+            "UPDATE streams SET head_seq=?, head_hash=?, last_seen_ns=? "
+            "WHERE device=? AND journal=?",
+            (head, head_hash, now, dev, jnl),
+        )
+        return IngestResult(Ack(jnl, head), len(fresh), duplicates, gap=False)
+
+    def _hash_at(self, dev: str, jnl: str, seq: int) -> bytes:
+        if seq == 0:
+            return genesis_hash(jnl)
+        row = self._db.execute(
+            "SELECT hash FROM events WHERE device=? AND journal=? AND seq=?", (dev, jnl, seq)
+        ).fetchone()
+        return bytes(row[0]) if row else b""
+
+    def quarantine(self, topic: str, reason: str, payload: bytes) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO quarantine(topic, reason, payload, received_ns) VALUES (?,?,?,?)",
+                (topic, reason, payload, time.time_ns()),
+            )
+
+    def set_status(self, device: str, status: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO device_status(device, status, updated_ns) VALUES (?,?,?) "
+                "ON CONFLICT(device) DO UPDATE SET status=excluded.status, "
+                "updated_ns=excluded.updated_ns",
+                (device, status, time.time_ns()),
+            )
+
+    # --- questions ------------------------------------------------------------------------
+
+    def query(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        """Read-only questions for tools, tests and the simulated day's report."""
+        with self._lock:
+            return list(self._db.execute(sql, params).fetchall())
+
+    def head(self, device: str, journal: str) -> int:
+        rows = self.query(
+            "SELECT head_seq FROM streams WHERE device=? AND journal=?", (device, journal)
+        )
+        return int(str(rows[0][0])) if rows else 0
+
+    def missing_seqs(self) -> int:
+        """Sequence numbers below each stream's head that are not stored (should be 0)."""
+        rows = self.query(
+            "SELECT coalesce(sum(s.head_seq - (SELECT count(*) FROM events e "
+            "WHERE e.device=s.device AND e.journal=s.journal)), 0) FROM streams s"
+        )
+        return int(str(rows[0][0]))
+
+
+def _status_state(text: str) -> str:
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError:
+        return "unknown"
+    return str(doc.get("state", "unknown")) if isinstance(doc, dict) else "unknown"
+
+
+class Depot:
+    """The depot's MQTT service: batches in, verified and stored, acknowledgements out."""
+
+    def __init__(
+        self,
+        store: DepotStore,
+        address: BrokerAddress,
+        *,
+        client_id: str = "depot",
+        on_stored: Callable[[str, IngestResult], None] | None = None,
+        on_status: Callable[[str, str], None] | None = None,
+    ) -> None:
+        """`on_stored(device, result)` runs after each stored batch, before its ack is sent;
+        `on_status(device, state)` after a device's online/offline status was stored."""
+        self.store = store
+        self._on_stored = on_stored
+        self._on_status = on_status
+        self.batches = 0
+        self.quarantined = 0
+        self.session = MqttSession(
+            address,
+            client_id=client_id,
+            on_connected=self._connected,
+            on_message=self._message,
+            backoff_min_s=0.2,
+            backoff_max_s=10.0,
+        )
+
+    def start(self) -> None:
+        self.session.start()
+
+    def stop(self) -> None:
+        self.session.stop()
+
+    def _connected(self, client: mqtt.Client) -> None:
+        client.subscribe([(f"{TOPIC_ROOT}/+/events", 1), (f"{TOPIC_ROOT}/+/status", 1)])
+
+    def _message(self, msg: mqtt.MQTTMessage) -> None:
+        payload = bytes(msg.payload)
+        try:
+            device, leaf = split_topic(msg.topic)
+        except WireError as exc:
+            self._quarantine(msg.topic, str(exc), payload)
+            return
+        if leaf == "status":
+            text = payload.decode("utf-8", "replace")[:500]
+            self.store.set_status(device, text)
+            if self._on_status is not None:
+                self._on_status(device, _status_state(text))
+            return
+        try:
+            batch = decode_batch(payload)
+            if batch.device != device:
+                raise WireError(f"batch names device {batch.device!r} on {device!r}'s topic")
+            result = self.store.ingest(batch)
+        except WireError as exc:
+            self._quarantine(msg.topic, str(exc), payload)
+            return
+        self.batches += 1
+        if self._on_stored is not None:
+            self._on_stored(device, result)
+        log.info(
+            "%s: stored %d new events, %d duplicates; acknowledged %d",
+            device,
+            result.stored,
+            result.duplicates,
+            result.ack.seq,
+        )
+        if result.gap:
+            log.warning("%s: gap before %d (have %d)", device, batch.first_seq, result.ack.seq)
+        if result.gap and result.ack.resend_from is None:
+            return
+        self.session.client.publish(ack_topic(device), encode_ack(result.ack), qos=1, retain=True)
+
+    def _quarantine(self, topic: str, reason: str, payload: bytes) -> None:
+        self.quarantined += 1
+        log.error("quarantined payload on %s: %s", topic, reason)
+        self.store.quarantine(topic, reason, payload)

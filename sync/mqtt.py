@@ -1,0 +1,272 @@
+"""One MQTT v5 connection that stays up: connect, back off with jitter, reconnect, repeat.
+
+Both ends of the sync (a device's uplink and the depot) keep a session through this class so
+they share one reconnect policy. paho's own reconnect doubles a delay without jitter, which
+makes a fleet reconnect in lock-step after a depot outage; here every wait is drawn at random
+from the upper half of an exponentially growing window ("equal jitter").
+
+It runs paho's network loop in one thread of its own; every callback (connected, message,
+tick) runs in that thread, so the owner's state needs no locks against the network.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+log = logging.getLogger("sync.mqtt")
+
+LOOP_WAKE_S = 1.0  # upper bound of an idle wait in the network thread; not a poll of work
+CONNACK_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    """Where a session connects and as whom.
+
+    `tls_ca` names the CA file the broker's certificate must chain to (TLS 1.2+); without it
+    the session is plain TCP, for a broker on the same host or a trusted network.
+    `mqtt5=False` is only for the embedded demo broker (amqtt speaks MQTT 3.1.1): the session
+    then keeps a persistent 3.1.1 session and sends no v5 properties; the wire is unchanged.
+    """
+
+    host: str
+    port: int
+    username: str
+    password: str
+    mqtt5: bool = True
+    tls_ca: str | None = None  # CA file to verify the broker with; None: plain TCP
+
+
+@dataclass(frozen=True)
+class Will:
+    topic: str
+    payload: bytes
+
+
+def new_properties(packet_type: int) -> Properties:
+    """MQTT v5 properties for one packet type (paho's constructor is not annotated)."""
+    return Properties(packet_type)  # type: ignore[no-untyped-call]
+
+
+def backoff_delay(attempt: int, low: float, high: float, rng: random.Random) -> float:
+    """Equal-jitter exponential backoff: uniform in [w/2, w] with w = min(high, low·2^attempt)."""
+    window = min(high, low * (2 ** min(attempt, 30)))
+    return rng.uniform(window / 2, window)
+
+
+class MqttSession:
+    """A persistent MQTT v5 session (clean_start=False, session expiry) with our reconnect policy.
+
+    `on_connected(client)` runs after every successful CONNACK (subscribe there);
+    `on_message(msg)` for each message; `on_tick()` after every pass of the network loop,
+    at least once a second and right after any network activity.
+    """
+
+    def __init__(
+        self,
+        address: BrokerAddress,
+        client_id: str,
+        *,
+        on_connected: Callable[[mqtt.Client], None],
+        on_message: Callable[[mqtt.MQTTMessage], None],
+        on_tick: Callable[[], None] = lambda: None,
+        will: Will | None = None,
+        keepalive_s: int = 30,
+        session_expiry_s: int = 7 * 24 * 3600,
+        backoff_min_s: float = 0.5,
+        backoff_max_s: float = 60.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.address = address
+        self._on_connected = on_connected
+        self._on_message = on_message
+        self._on_tick = on_tick
+        self._keepalive = keepalive_s
+        self._expiry = session_expiry_s
+        self._backoff = (backoff_min_s, backoff_max_s)
+        self._rng = rng or random.Random()
+        self._stop = threading.Event()
+        self._connected = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.connects = 0
+        self._ever_opened = False
+        self._name = client_id
+        c = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=mqtt.MQTTv5 if address.mqtt5 else mqtt.MQTTv311,
+            clean_session=None if address.mqtt5 else False,
+            reconnect_on_failure=False,
+        )
+        c.username_pw_set(address.username, address.password)
+        if address.tls_ca is not None:
+            # Verify the broker's certificate and host name against the pinned CA; never fall
+            # back to plaintext if TLS fails.
+            c.tls_set(ca_certs=address.tls_ca)
+        c.connect_timeout = 5.0
+        if will is not None:
+            c.will_set(will.topic, will.payload, qos=1, retain=True)
+        c.on_connect = self._handle_connect
+        c.on_disconnect = self._handle_disconnect
+        c.on_message = self._handle_message
+        self.client = c
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name=f"mqtt-{self._name}", daemon=True)
+        self._thread.start()
+
+    def stop(
+        self, before_disconnect: Callable[[mqtt.Client], None] | None = None, timeout: float = 5.0
+    ) -> None:
+        """Leave cleanly: optionally publish a last word, then DISCONNECT (no will is sent)."""
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join(timeout)
+        if self._connected.is_set():
+            if before_disconnect is not None:
+                before_disconnect(self.client)
+                self._drain_outgoing(timeout=2.0)
+            self.client.disconnect()
+            self.client.loop(timeout=0.2)
+        self._thread = None
+
+    def _drain_outgoing(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.client.want_write():
+            self.client.loop(timeout=0.1)
+        self.client.loop(timeout=0.1)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    # --- the network thread ----------------------------------------------------------------
+
+    def _run(self) -> None:
+        attempt = 0
+        first = True
+        while not self._stop.is_set():
+            if not first:
+                delay = backoff_delay(attempt, *self._backoff, self._rng)
+                log.info("%s: reconnecting in %.2f s", self.address.username, delay)
+                if self._stop.wait(delay):
+                    break
+            first = False
+            attempt += 1
+            if not self._open():
+                continue
+            if self._serve():
+                attempt = 0
+        self._connected.clear()
+
+    def _open(self) -> bool:
+        try:
+            if not self._ever_opened:
+                self._ever_opened = True
+                if self.address.mqtt5:
+                    props = new_properties(PacketTypes.CONNECT)
+                    props.SessionExpiryInterval = self._expiry
+                    self.client.connect(
+                        self.address.host,
+                        self.address.port,
+                        self._keepalive,
+                        clean_start=False,
+                        properties=props,
+                    )
+                else:
+                    self.client.connect(self.address.host, self.address.port, self._keepalive)
+            else:
+                self.client.reconnect()
+        except (OSError, mqtt.WebsocketConnectionError, ValueError) as exc:
+            log.info(
+                "%s: cannot reach broker %s:%d: %s",
+                self.address.username,
+                self.address.host,
+                self.address.port,
+                exc,
+            )
+            return False
+        return True
+
+    def _serve(self) -> bool:
+        """Run the loop until the connection drops; True when the session got connected."""
+        deadline = time.monotonic() + CONNACK_TIMEOUT_S
+        got_connected = False
+        while not self._stop.is_set():
+            rc = self.client.loop(timeout=LOOP_WAKE_S)
+            if self._connected.is_set():
+                got_connected = True
+                try:
+                    self._on_tick()
+                except Exception:
+                    log.exception("%s: tick failed", self.address.username)
+            elif got_connected or time.monotonic() > deadline:
+                break
+            if rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_AGAIN):
+                log.info("%s: connection lost (%s)", self.address.username, rc.name)
+                break
+        if not self._stop.is_set():
+            self._connected.clear()
+            try:
+                self.client.disconnect()
+            except Exception:  # the socket may already be gone
+                log.debug("disconnect after loss failed", exc_info=True)
+        return got_connected
+
+    # --- paho callbacks (in the network thread) ---------------------------------------------
+
+    def _handle_connect(
+        self,
+        client: mqtt.Client,
+        _u: object,
+        _f: mqtt.ConnectFlags,
+        reason: ReasonCode,
+        _p: Properties | None,
+    ) -> None:
+        if reason.is_failure:
+            log.error("%s: broker refused the connection: %s", self.address.username, reason)
+            return
+        self.connects += 1
+        self._connected.set()
+        try:
+            self._on_connected(client)
+        except Exception:
+            log.exception("%s: on_connected failed", self.address.username)
+
+    def _handle_disconnect(
+        self,
+        _c: mqtt.Client,
+        _u: object,
+        _f: mqtt.DisconnectFlags,
+        reason: ReasonCode,
+        _p: Properties | None,
+    ) -> None:
+        self._connected.clear()
+        log.info("%s: disconnected: %s", self.address.username, reason)
+
+    def _handle_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        try:
+            self._on_message(msg)
+        except Exception:
+            # A bug on one message must not take the session down; the payload is logged by
+            # the owner (the depot quarantines malformed payloads before this can happen).
+            log.exception("%s: message handler failed on %s", self.address.username, msg.topic)

@@ -1,0 +1,211 @@
+"""The device end of the sync: the journal's unacknowledged events go to the depot.
+
+Owns the send cursor, the window of batches in flight, and what to do when the depot's
+acknowledgement says something. Must never drop an event the depot has not acknowledged:
+it keeps nothing of its own — the journal is the outbox, and after any reconnect, lost batch or
+silence it simply resends from the depot's last acknowledgement (the depot deduplicates).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+
+from sync.errors import JournalError, WireError
+from sync.journal import Journal
+from sync.mqtt import BrokerAddress, MqttSession, Will, new_properties
+from sync.wire import (
+    BATCH_CONTENT_TYPE,
+    BATCH_ENCODING,
+    ack_topic,
+    command_topic,
+    decode_ack,
+    encode_batch,
+    encode_status,
+    events_topic,
+    status_topic,
+)
+
+log = logging.getLogger("sync.uplink")
+
+
+class Uplink:
+    """Drains a journal to the depot over MQTT and records the depot's acknowledgements.
+
+    A batch is at most `batch_events` events; at most `window_events` events are sent beyond
+    the last acknowledgement, so a backlog of days drains without filling paho's RAM queue.
+    If the acknowledgement does not move for `ack_timeout_s` while events are in flight, the
+    batches are presumed lost (a broker restarted without persistence) and are sent again.
+    """
+
+    def __init__(
+        self,
+        journal: Journal,
+        address: BrokerAddress,
+        *,
+        batch_events: int = 1000,
+        window_events: int = 5000,
+        ack_timeout_s: float = 10.0,
+        keepalive_s: int = 30,
+        backoff_min_s: float = 0.5,
+        backoff_max_s: float = 60.0,
+        prune_every_s: float = 60.0,
+        on_command: Callable[[str, bytes], None] | None = None,
+    ) -> None:
+        """`on_command(name, payload)` receives depot commands (`…/cmd/<name>`), unverified:
+        the device checks signatures itself. It runs in the network thread: hand off, return."""
+        self.journal = journal
+        self.device = journal.device_id
+        self._on_command = on_command
+        self._batch = batch_events
+        self._window = window_events
+        self._ack_timeout = ack_timeout_s
+        self._prune_every = prune_every_s
+        self._next = journal.acked_seq + 1
+        self._last_progress = time.monotonic()
+        self._last_prune = 0.0
+        self._acked_changed = threading.Condition()
+        self.batches_sent = 0
+        self.payload_bytes_sent = 0
+        self.resends = 0
+        self._props = new_properties(PacketTypes.PUBLISH)
+        self._props.ContentType = BATCH_CONTENT_TYPE
+        self._props.UserProperty = ("enc", BATCH_ENCODING)
+        self.session = MqttSession(
+            address,
+            client_id=self.device,
+            on_connected=self._connected,
+            on_message=self._message,
+            on_tick=self._pump,
+            will=Will(status_topic(self.device), encode_status("offline", journal.clock.boot_id)),
+            keepalive_s=keepalive_s,
+            backoff_min_s=backoff_min_s,
+            backoff_max_s=backoff_max_s,
+        )
+
+    def start(self) -> None:
+        self.session.start()
+
+    def stop(self) -> None:
+        def goodbye(client: mqtt.Client) -> None:
+            client.publish(
+                status_topic(self.device),
+                encode_status("offline", self.journal.clock.boot_id),
+                qos=1,
+                retain=True,
+            )
+
+        self.session.stop(before_disconnect=goodbye)
+
+    @property
+    def connected(self) -> bool:
+        return self.session.connected
+
+    def wait_acked(self, seq: int, timeout: float) -> bool:
+        """Block until the depot has acknowledged `seq` (for tests, tools and shutdown)."""
+        deadline = time.monotonic() + timeout
+        with self._acked_changed:
+            while self.journal.acked_seq < seq:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._acked_changed.wait(left)
+        return True
+
+    # --- in the network thread ---------------------------------------------------------------
+
+    def _connected(self, client: mqtt.Client) -> None:
+        client.subscribe(ack_topic(self.device), qos=1)
+        client.subscribe(command_topic(self.device), qos=1)
+        client.publish(
+            status_topic(self.device),
+            encode_status("online", self.journal.clock.boot_id, journal=self.journal.journal_id),
+            qos=1,
+            retain=True,
+        )
+        # Whatever was in flight on the old connection may be gone: resend from the ack.
+        self._rewind("reconnected")
+
+    def _rewind(self, why: str) -> None:
+        if self._next != self.journal.acked_seq + 1:
+            log.info("%s: resending from %d (%s)", self.device, self.journal.acked_seq + 1, why)
+            self.resends += 1
+        self._next = self.journal.acked_seq + 1
+        self._last_progress = time.monotonic()
+
+    def _message(self, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic != ack_topic(self.device):
+            prefix = command_topic(self.device, "")
+            if msg.topic.startswith(prefix) and self._on_command is not None:
+                self._on_command(msg.topic[len(prefix) :], bytes(msg.payload))
+            else:
+                log.info("%s: message on %s ignored (no handler)", self.device, msg.topic)
+            return
+        try:
+            ack = decode_ack(bytes(msg.payload))
+        except WireError as exc:
+            log.error("%s: malformed ack ignored: %s", self.device, exc)
+            return
+        if ack.journal_id != self.journal.journal_id:
+            log.info("%s: ack for another journal %s ignored", self.device, ack.journal_id)
+            return
+        try:
+            moved = self.journal.mark_acked(ack.seq)
+        except JournalError as exc:
+            log.error("%s: %s", self.device, exc)
+            return
+        if moved:
+            self._last_progress = time.monotonic()
+            with self._acked_changed:
+                self._acked_changed.notify_all()
+        if ack.resend_from is not None:
+            self._rewind(f"depot asked for {ack.resend_from}")
+        elif self._next <= ack.seq:
+            self._next = ack.seq + 1
+        self._pump()
+
+    def _pump(self) -> None:
+        if not self.session.connected:
+            return
+        now = time.monotonic()
+        acked = self.journal.acked_seq
+        if self._next > acked + 1 and now - self._last_progress > self._ack_timeout:
+            self._rewind(f"no ack for {self._ack_timeout:.0f} s")
+        while self._next <= self.journal.last_seq:
+            room = self._window - (self._next - 1 - acked)
+            if room <= 0:
+                break
+            try:
+                prev, events = self.journal.read(self._next - 1, min(self._batch, room))
+            except JournalError as exc:
+                log.error("%s: cannot read the journal to send: %s", self.device, exc)
+                return
+            if not events:
+                break
+            payload = encode_batch(self.device, self.journal.journal_id, prev, events)
+            props = self._props if self.session.address.mqtt5 else None
+            info = self.session.client.publish(
+                events_topic(self.device), payload, qos=1, properties=props
+            )
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                log.info("%s: publish refused (%s); will resend", self.device, info.rc)
+                return
+            if self._next == acked + 1:
+                self._last_progress = now
+            self._next = events[-1].seq + 1
+            self.batches_sent += 1
+            self.payload_bytes_sent += len(payload)
+        if now - self._last_prune > self._prune_every:
+            self._last_prune = now
+            try:
+                pruned = self.journal.prune()
+            except JournalError as exc:
+                log.error("%s: %s", self.device, exc)
+            else:
+                if pruned:
+                    log.info("%s: pruned %d acknowledged events", self.device, pruned)

@@ -1,0 +1,292 @@
+"""The MQTT wire contract between a device and the depot, version 1.
+
+Owns the topic tree, the canonical form of an event that its hash chain is computed over, and
+the compressed batch that carries events to the depot. It never touches a socket or a database:
+the uplink and the depot do, and both speak through this module so they cannot disagree.
+The contract is written down for people in docs/WIRE.md; a change here is a change there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sync.errors import WireError
+
+WIRE_VERSION = 1
+TOPIC_ROOT = f"lastmile/v{WIRE_VERSION}"
+BATCH_CONTENT_TYPE = "application/vnd.lastmile.events.v1+json"
+BATCH_ENCODING = "zlib"  # sent as MQTT v5 user property "enc"
+MAX_BATCH_BYTES = 4 * 1024 * 1024  # a batch larger than this, decompressed, is refused
+_ZLIB_LEVEL = 9
+
+
+def events_topic(device: str) -> str:
+    """Device → depot: batches of journal events (QoS 1)."""
+    return f"{TOPIC_ROOT}/{device}/events"
+
+
+def status_topic(device: str) -> str:
+    """Device → everyone: retained online/offline status; also the device's last will."""
+    return f"{TOPIC_ROOT}/{device}/status"
+
+
+def ack_topic(device: str) -> str:
+    """Depot → device: retained highest contiguous sequence number the depot has stored."""
+    return f"{TOPIC_ROOT}/{device}/ack"
+
+
+def command_topic(device: str, name: str = "#") -> str:
+    """Depot → device: commands (later issues: manifests, locker reservations)."""
+    return f"{TOPIC_ROOT}/{device}/cmd/{name}"
+
+
+def split_topic(topic: str) -> tuple[str, str]:
+    """`lastmile/v1/van-7/events` → (`van-7`, `events`); raises WireError for foreign topics."""
+    parts = topic.split("/")
+    if len(parts) < 4 or "/".join(parts[:2]) != TOPIC_ROOT or not parts[2]:
+        raise WireError(f"topic {topic!r} is not under {TOPIC_ROOT}/<device>/")
+    return parts[2], "/".join(parts[3:])
+
+
+# --- events and their hash chain -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Event:
+    """One fact a device recorded, exactly as its journal holds it."""
+
+    seq: int
+    uuid: str  # 32 lower-case hex digits
+    boot_id: str
+    mono_ns: int
+    wall_ns: int
+    wall_synced: bool
+    kind: str
+    payload: Mapping[str, Any]
+    hash: bytes
+
+
+def canonical_payload(payload: Mapping[str, Any]) -> str:
+    """The one JSON text of a payload that the journal stores and the hash covers."""
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def genesis_hash(journal_id: str) -> bytes:
+    """The `previous hash` of a journal's first event: ties the chain to that journal."""
+    return hashlib.sha256(b"lastmile-journal-v1\0" + journal_id.encode()).digest()
+
+
+def chain_hash(
+    prev: bytes,
+    seq: int,
+    uuid: str,
+    boot_id: str,
+    mono_ns: int,
+    wall_ns: int,
+    wall_synced: bool,
+    kind: str,
+    payload_json: str,
+) -> bytes:
+    """SHA-256 over the previous hash and the event's canonical fields.
+
+    Any change to a stored event, a missing event or a reordering changes every later hash, so
+    the depot detects tampering, corruption and forks by recomputing the chain of a batch.
+    """
+    fields = [seq, uuid, boot_id, mono_ns, wall_ns, wall_synced, kind]
+    head = json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(prev + head.encode() + b"\n" + payload_json.encode()).digest()
+
+
+# --- batches -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Consecutive events of one journal, as the depot receives them."""
+
+    device: str
+    journal_id: str
+    prev_hash: bytes
+    events: list[Event]
+
+    @property
+    def first_seq(self) -> int:
+        return self.events[0].seq
+
+    @property
+    def last_seq(self) -> int:
+        return self.events[-1].seq
+
+
+def encode_batch(device: str, journal_id: str, prev_hash: bytes, events: Sequence[Event]) -> bytes:
+    """Columnar JSON, deltas for clocks, dictionaries for repeated strings, then zlib.
+
+    Per-event hashes are not sent: the depot recomputes the chain from `prev` and must arrive
+    at `last`. That keeps 64 incompressible hex digits per event off a cellular link.
+    """
+    if not events:
+        raise WireError("a batch needs at least one event")
+    for a, b in itertools.pairwise(events):
+        if b.seq != a.seq + 1:
+            raise WireError(f"batch events must be consecutive: {a.seq} then {b.seq}")
+    boots: list[str] = []
+    kinds: list[str] = []
+    mono: list[int] = []
+    wall: list[int] = []
+    prev_mono = prev_wall = 0
+    for e in events:
+        if e.boot_id not in boots:
+            boots.append(e.boot_id)
+        if e.kind not in kinds:
+            kinds.append(e.kind)
+        mono.append(e.mono_ns - prev_mono)
+        wall.append(e.wall_ns - prev_wall)
+        prev_mono, prev_wall = e.mono_ns, e.wall_ns
+    doc = {
+        "v": WIRE_VERSION,
+        "dev": device,
+        "jnl": journal_id,
+        "first": events[0].seq,
+        "prev": prev_hash.hex(),
+        "last": events[-1].hash.hex(),
+        "boots": boots,
+        "b": [boots.index(e.boot_id) for e in events],
+        "u": [e.uuid for e in events],
+        "m": mono,
+        "w": wall,
+        "s": "".join("1" if e.wall_synced else "0" for e in events),
+        "kinds": kinds,
+        "k": [kinds.index(e.kind) for e in events],
+        "p": [e.payload for e in events],
+    }
+    text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+    return zlib.compress(text.encode(), _ZLIB_LEVEL)
+
+
+def _field(doc: Mapping[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+    value = doc.get(name)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+        raise WireError(f"field {name!r} is missing or not {getattr(kind, '__name__', kind)}")
+    return value
+
+
+def decode_batch(payload: bytes) -> Batch:
+    """Decompress, validate every field, and recompute the hash chain.
+
+    Raises WireError with a reason a person can act on; the depot quarantines the payload
+    with that reason and keeps running.
+    """
+    try:
+        d = zlib.decompressobj()
+        text = d.decompress(payload, MAX_BATCH_BYTES)
+        if d.unconsumed_tail:
+            raise WireError(f"batch larger than {MAX_BATCH_BYTES} bytes decompressed")
+        doc = json.loads(text)
+    except zlib.error as exc:
+        raise WireError(f"payload is not zlib data: {exc}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WireError(f"payload is not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise WireError("batch is not a JSON object")
+    if doc.get("v") != WIRE_VERSION:
+        raise WireError(f"unsupported batch version {doc.get('v')!r}")
+    device = _field(doc, "dev", str)
+    journal_id = _field(doc, "jnl", str)
+    first = _field(doc, "first", int)
+    if first < 1:
+        raise WireError(f"first sequence number {first} is below 1")
+    try:
+        prev = bytes.fromhex(_field(doc, "prev", str))
+        last = bytes.fromhex(_field(doc, "last", str))
+    except ValueError:
+        raise WireError("prev/last are not hex") from None
+    boots = _field(doc, "boots", list)
+    kinds = _field(doc, "kinds", list)
+    b, u, m, w, k, p = (_field(doc, n, list) for n in ("b", "u", "m", "w", "k", "p"))
+    s = _field(doc, "s", str)
+    n = len(u)
+    if n == 0 or any(len(col) != n for col in (b, m, w, k, p, s)):
+        raise WireError("batch columns are empty or of different lengths")
+    if not all(isinstance(x, str) for x in boots + kinds):
+        raise WireError("boots/kinds must be strings")
+    events: list[Event] = []
+    h = prev
+    mono = wall = 0
+    for i in range(n):
+        bi, ki, uid, dm, dw, pl = b[i], k[i], u[i], m[i], w[i], p[i]
+        if not (isinstance(bi, int) and 0 <= bi < len(boots)):
+            raise WireError(f"event {first + i}: bad boot index")
+        if not (isinstance(ki, int) and 0 <= ki < len(kinds)):
+            raise WireError(f"event {first + i}: bad kind index")
+        if not (isinstance(uid, str) and len(uid) == 32 and _is_hex(uid)):
+            raise WireError(f"event {first + i}: uuid is not 32 hex digits")
+        if not (isinstance(dm, int) and isinstance(dw, int)):
+            raise WireError(f"event {first + i}: clock deltas are not integers")
+        if not isinstance(pl, dict):
+            raise WireError(f"event {first + i}: payload is not an object")
+        if s[i] not in "01":
+            raise WireError(f"event {first + i}: sync flag is not 0/1")
+        mono += dm
+        wall += dw
+        seq = first + i
+        h = chain_hash(
+            h, seq, uid, boots[bi], mono, wall, s[i] == "1", kinds[ki], canonical_payload(pl)
+        )
+        events.append(Event(seq, uid, boots[bi], mono, wall, s[i] == "1", kinds[ki], pl, h))
+    if h != last:
+        raise WireError("hash chain does not verify: the recomputed last hash differs")
+    return Batch(device=device, journal_id=journal_id, prev_hash=prev, events=events)
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdef" for c in text)
+
+
+# --- acknowledgements and status -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ack:
+    """The depot's promise: every event of `journal_id` up to `seq` is durably stored.
+
+    `resend_from` is set when the depot saw a gap (a batch got lost on the way): the device
+    should resend from there at once instead of waiting for its ack timeout.
+    """
+
+    journal_id: str
+    seq: int
+    resend_from: int | None = None
+
+
+def encode_ack(ack: Ack) -> bytes:
+    doc: dict[str, Any] = {"v": WIRE_VERSION, "jnl": ack.journal_id, "seq": ack.seq}
+    if ack.resend_from is not None:
+        doc["resend"] = ack.resend_from
+    return json.dumps(doc).encode()
+
+
+def decode_ack(payload: bytes) -> Ack:
+    try:
+        doc = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WireError(f"ack is not JSON: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("v") != WIRE_VERSION:
+        raise WireError("ack is not a version-1 object")
+    seq = _field(doc, "seq", int)
+    if seq < 0:
+        raise WireError("ack sequence number is negative")
+    resend = doc.get("resend")
+    if resend is not None and (not isinstance(resend, int) or isinstance(resend, bool)):
+        raise WireError("ack resend is not an integer")
+    return Ack(journal_id=_field(doc, "jnl", str), seq=seq, resend_from=resend)
+
+
+def encode_status(state: str, boot_id: str, **extra: Any) -> bytes:
+    """`online` (retained, sent on connect) or `offline` (the last will, and on clean stop)."""
+    return json.dumps({"v": WIRE_VERSION, "state": state, "boot": boot_id, **extra}).encode()

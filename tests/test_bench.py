@@ -1,0 +1,69 @@
+"""The benchmarks still run and report every figure they promise (small sizes, no timing)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def bench(tmp_path: Path, *args: str) -> dict[str, object]:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", *args, "--json", "--dir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    report: dict[str, object] = json.loads(done.stdout)
+    return report
+
+
+@pytest.mark.slow
+def test_bench_sync_reports_ours_against_the_baseline(tmp_path: Path) -> None:
+    r = bench(tmp_path, "sync", "--events", "3000", "--baseline-events", "300")
+    assert r["events"] == 3000 and r["baseline_events"] == 300
+    assert r["depot_verified"] is True
+    for key in (
+        "events_per_s",
+        "wire_bytes_per_event",
+        "baseline_events_per_s",
+        "baseline_wire_bytes_per_event",
+        "ratio",
+        "targets_met",
+    ):
+        assert key in r
+
+
+@pytest.mark.slow
+def test_bench_scan_reports_latency_against_a_bare_commit(tmp_path: Path) -> None:
+    r = bench(tmp_path, "scan", "--scans", "20", "--warmup", "2")
+    assert r["n"] == 20
+    for key in ("p50_ms", "p99_ms", "baseline_p99_ms", "ratio_p99", "targets_met"):
+        assert key in r
+
+
+@pytest.mark.slow
+def test_bench_idle_reports_cpu_and_memory(tmp_path: Path) -> None:
+    r = bench(tmp_path, "idle", "--window", "2", "--settle", "0.5")
+    assert r["van_alive_through_window"] is True
+    for key in ("cpu_percent", "rss_mb", "baseline_cpu_percent", "baseline_rss_mb", "targets_met"):
+        assert key in r
+
+
+@pytest.mark.slow
+def test_bench_locker_reports_unlock_latency_and_polling_cpu(tmp_path: Path) -> None:
+    r = bench(tmp_path, "locker", "--n", "2", "--parcels", "3", "--warmup", "0",
+              "--window", "1", "--settle", "0.2")
+    assert r["n"] == 2 and r["n_1_parcel"] == 2 and r["stored_parcels"] == 3
+    assert r["locker_alive_through_window"] is True
+    for key in ("unlock_p99_ms", "unlock_p99_ms_1_parcel", "baseline_unlock_p99_ms",
+                "poll_cpu_percent", "poll_hz", "baseline_cpu_percent", "targets_met"):
+        assert key in r

@@ -1,0 +1,76 @@
+"""The `lastmile` command as a user runs it: subcommands, identify, and the simulated day."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def lastmile(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edge.cli", *args], cwd=ROOT, text=True,
+                          capture_output=True, timeout=timeout, check=False)
+
+
+def test_help_lists_every_subcommand_and_the_readme_documents_them() -> None:
+    out = lastmile("--help").stdout
+    readme = (ROOT / "README.md").read_text()
+    for command in ("identify", "van", "locker", "depot", "depot keygen", "depot command",
+                    "sim", "sim lockboard"):
+        assert command.split()[0] in out
+        assert f"lastmile {command}" in readme
+
+
+@pytest.mark.parametrize(
+    ("code", "kind", "ident"),
+    [
+        ("RB123456785GB", "s10", "RB123456785GB"),
+        ("]C100157035381410375177<GS>42012345", "sscc", "157035381410375177"),
+        ("]C100157035381410375177\\x1d42012345", "sscc", "157035381410375177"),
+        ("1Z5R89390357567127", "ups", "1Z5R89390357567127"),
+    ],
+)
+def test_identify_json_for_valid_codes(code: str, kind: str, ident: str) -> None:
+    result = lastmile("identify", "--json", code)
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["valid"] is True and doc["kind"] == kind and doc["id"] == ident
+    assert doc["error"] is None
+
+
+def test_identify_rejects_with_a_reason_and_exit_1() -> None:
+    result = lastmile("identify", "--json", "RB123456786GB")
+    assert result.returncode == 1
+    doc = json.loads(result.stdout)
+    assert doc["valid"] is False and doc["id"] is None and "check digit" in doc["error"]
+    plain = lastmile("identify", "hello")
+    assert plain.returncode == 1 and plain.stdout.startswith("rejected:")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("broker", ["mosquitto", "embedded"])
+def test_simulated_day_delivers_every_event_exactly_once(broker: str) -> None:
+    result = lastmile("sim", "--json", "--vans", "2", "--parcels", "25", "--seed", "4",
+                      "--speed", "12000", "--broker", broker)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    for key in ("events_created", "events_at_depot", "events_lost", "duplicates", "gaps"):
+        assert key in report
+    assert report["events_created"] >= 2 * 50
+    assert report["events_at_depot"] == report["events_created"]
+    assert (report["events_lost"], report["duplicates"], report["gaps"]) == (0, 0, 0)
+    assert report["scans_confirmed"] == report["scans_confirmed_at_depot"] > 0
+    assert report["dead_zones"] >= 4
+    assert report["broker"] == ("Broker" if broker == "mosquitto" else "EmbeddedBroker")
+
+
+def test_simulated_day_prints_progress_and_a_summary() -> None:
+    result = lastmile("sim", "--vans", "1", "--parcels", "10", "--speed", "20000")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "day over" in result.stdout
+    assert "OK: every event exactly once at the depot" in result.stdout
