@@ -5,6 +5,17 @@ Every driver error derives from :class:`DriverError`.
 """
 
 from drivers.errors import DriverError
+from drivers.gnss import (
+    BadNmeaChecksum,
+    BadSentence,
+    Fix,
+    GnssCounters,
+    GnssError,
+    GnssReader,
+    NmeaFramer,
+    distance_m,
+    parse_sentence,
+)
 from drivers.lockboard import (
     BadChecksum,
     BoardConfig,
@@ -24,15 +35,22 @@ from drivers.scanner import Rejected, Scan, ScanFramer, ScannerError, ScannerRea
 
 __all__ = [
     "BadChecksum",
+    "BadNmeaChecksum",
+    "BadSentence",
     "BoardConfig",
     "BoardOffline",
     "BoardStatus",
     "BusError",
     "DriverError",
+    "Fix",
     "FrameError",
     "GarbledReply",
+    "GnssCounters",
+    "GnssError",
+    "GnssReader",
     "LockBoardError",
     "LockBus",
+    "NmeaFramer",
     "Rejected",
     "ReplyParser",
     "Scan",
@@ -41,5 +59,7 @@ __all__ = [
     "ScannerReader",
     "StatusReply",
     "WrongAddress",
+    "distance_m",
     "encode_command",
+    "parse_sentence",
 ]

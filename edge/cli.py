@@ -83,7 +83,16 @@ def _run_device(name: str, make: Callable[[], _Device]) -> int:
 def _van(args: argparse.Namespace) -> int:
     from edge.van import JsonLinesFeedback, Van, load_config
 
-    return _run_device("van", lambda: Van(load_config(args.config), JsonLinesFeedback()))
+    def make() -> Van:
+        feedback = JsonLinesFeedback()
+        van = Van(load_config(args.config), feedback)
+        # With [round] enabled: courier commands as JSON lines on stdin, a reply line each.
+        # End of stdin only ends the input; the van runs until SIGTERM/SIGINT as before.
+        if sys.stdin is not None:  # None when started without any stdin at all
+            van.take_courier_input(sys.stdin.fileno(), feedback.reply)
+        return van
+
+    return _run_device("van", make)
 
 
 def _locker(args: argparse.Namespace) -> int:

@@ -3,23 +3,31 @@
 Owns the order of things at the moment of a scan: identify the code, store the event durably,
 and only then tell the courier (the confirmation beep is a callback after the commit). A scan
 that cannot be stored — disk full, journal broken — is refused out loud, never confirmed.
-Must never talk to the broker itself: the uplink drains the journal on its own schedule.
+With `[round] enabled = true` the scans go to the delivery round (edge/delivery.py), which
+also takes the depot's manifests and the courier's input; without it a scan is a plain
+`parcel_scanned` fact. Must never talk to the broker itself: the uplink drains the journal on
+its own schedule, and depot commands arrive through it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import queue
+import select
 import sys
 import threading
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from drivers.scanner import Rejected, Scan, ScanFramer, ScannerReader
+from edge.delivery import SCAN_REJECTED as SCAN_REJECTED  # one name for both desks
+from edge.delivery import CourierFeedback, DeliveryRound, Position, RoundError, Tone
 from edge.errors import EdgeError
 from edge.identify import Rejection, identify
 from sync import BrokerAddress, Clock, Event, Journal, JournalError, JournalFull
@@ -28,7 +36,9 @@ from sync.uplink import Uplink
 log = logging.getLogger("edge.van")
 
 PARCEL_SCANNED = "parcel_scanned"
-SCAN_REJECTED = "scan_rejected"
+MANIFEST_COMMAND = "manifest"
+#: A courier input line longer than this is refused whole (nobody types 64 KiB).
+MAX_COURIER_LINE = 64 * 1024
 SYNC_SETTINGS = frozenset(
     {
         "batch_events",
@@ -72,6 +82,14 @@ class JsonLinesFeedback:
 
     def refused(self, reason: str, raw: str) -> None:
         self._emit({"refused": reason, "raw": raw})
+
+    def tell(self, tone: Tone, say: str, facts: Mapping[str, Any]) -> None:
+        """The delivery round's feedback: `{"tone": ..., "say": ..., <event and payload>}`."""
+        self._emit({"tone": tone, "say": say, **facts})
+
+    def reply(self, doc: Mapping[str, Any]) -> None:
+        """The answer to one courier input line, on the same stream as the tones."""
+        self._emit(doc)
 
 
 class ScanDesk:
@@ -137,6 +155,9 @@ class VanConfig:
     scanner_baudrate: int = 9600
     retention_s: float = 7 * 24 * 3600.0
     sync: dict[str, Any] = field(default_factory=dict)
+    round_enabled: bool = False
+    gnss_port: str | None = None
+    gnss_baudrate: int = 9600
 
 
 class ConfigError(EdgeError):
@@ -172,6 +193,11 @@ def load_config(path: str | os.PathLike[str]) -> VanConfig:
                 f"unknown [sync] settings {sorted(unknown)}; known: {sorted(SYNC_SETTINGS)}"
             )
         device_id = str(doc["device_id"])
+        round_ = _section(doc, "round", {"enabled"})
+        enabled = round_.get("enabled", False)
+        if not isinstance(enabled, bool):
+            raise ConfigError("[round] enabled must be true or false")
+        gnss = _section(doc, "gnss", {"port", "baudrate"})
         return VanConfig(
             device_id=device_id,
             journal=Path(path).parent / doc.get("journal", f"{device_id}.journal.db"),
@@ -187,11 +213,121 @@ def load_config(path: str | os.PathLike[str]) -> VanConfig:
             ),
             retention_s=float(doc.get("retention_hours", 168)) * 3600.0,
             sync=sync,
+            round_enabled=enabled,
+            gnss_port=str(gnss["port"]) if "port" in gnss else None,
+            gnss_baudrate=int(gnss.get("baudrate", 9600)),
         )
     except KeyError as exc:
         raise ConfigError(f"config {path} lacks {exc}") from exc
     except OSError as exc:
         raise ConfigError(f"config {path}: {exc}") from exc
+
+
+def _section(doc: Mapping[str, Any], name: str, known: set[str]) -> dict[str, Any]:
+    section = doc.get(name, {})
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"[{name}] must be a table")
+    unknown = set(section) - known
+    if unknown:
+        raise ConfigError(f"unknown [{name}] settings {sorted(unknown)}; known: {sorted(known)}")
+    return dict(section)
+
+
+class _GnssReader(Protocol):
+    """What the van needs of drivers.gnss.GnssReader."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def current(self, max_age_s: float | None = None) -> Position | None: ...
+
+
+def _open_gnss(config: VanConfig) -> _GnssReader:
+    # Imported only when a receiver is configured: a van without one never loads the driver.
+    from drivers.errors import DriverError
+    from drivers.gnss import GnssReader
+
+    assert config.gnss_port is not None
+    try:
+        return GnssReader(config.gnss_port, baudrate=config.gnss_baudrate)
+    except DriverError as exc:
+        raise ConfigError(f"[gnss] {exc}") from exc
+
+
+class CourierInput:
+    """Courier commands as JSON lines on a file descriptor (stdin in the CLI), one reply each.
+
+    Reads the raw descriptor with `select` on it and a wake-up pipe: `stop()` ends the thread
+    at once without polling, and no thread is left holding a buffered stream's lock at exit.
+    End of input only ends the reading; the van runs on until it is stopped.
+    """
+
+    def __init__(
+        self,
+        fd: int,
+        handle: Callable[[str], Mapping[str, Any]],
+        reply: Callable[[Mapping[str, Any]], None],
+    ) -> None:
+        self._fd = fd
+        self._handle = handle
+        self._reply = reply
+        self._wake_r, self._wake_w = os.pipe()
+        self._thread = threading.Thread(target=self._run, name="courier-input", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def _run(self) -> None:
+        pending = b""
+        skipping = False  # inside a line already refused as too long, up to its newline
+        while True:
+            try:
+                ready, _, _ = select.select([self._fd, self._wake_r], [], [])
+            except (OSError, ValueError):
+                return
+            if self._wake_r in ready:
+                return
+            try:
+                chunk = os.read(self._fd, 65536)
+            except OSError as exc:
+                log.error("courier input unreadable: %s", exc)
+                return
+            if not chunk:
+                if pending.strip():
+                    self._answer(pending)
+                log.info("courier input closed; the van keeps running")
+                return
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                if skipping:
+                    skipping = False
+                elif line.strip():
+                    self._answer(line)
+            if len(pending) > MAX_COURIER_LINE:
+                pending, skipping = b"", True
+                self._reply({"error": f"input line longer than {MAX_COURIER_LINE} bytes"})
+
+    def _answer(self, line: bytes) -> None:
+        try:
+            answer = self._handle(line.decode("utf-8", errors="replace"))
+        except Exception as exc:  # one bad line must not end the courier's input
+            log.exception("courier input failed")
+            answer = {"error": f"internal error: {exc}"}
+        try:
+            self._reply(answer)
+        except Exception:
+            log.exception("courier reply failed")
 
 
 class Van:
@@ -205,16 +341,88 @@ class Van:
             config.journal, config.device_id, clock=clock, retention_s=config.retention_s
         )
         self.desk = ScanDesk(self.journal, feedback)
+        self.round: DeliveryRound | None = None
+        self.gnss: _GnssReader | None = None
+        self._manifests: queue.Queue[bytes | None] = queue.Queue()
+        self._round_worker: threading.Thread | None = None
+        self._courier_input: CourierInput | None = None
+        try:
+            if config.round_enabled:
+                if not isinstance(feedback, CourierFeedback):
+                    raise ConfigError("the delivery round needs feedback that can tell() tones")
+                if config.gnss_port:
+                    self.gnss = _open_gnss(config)
+                self.round = DeliveryRound(
+                    self.journal,
+                    feedback,
+                    van_id=config.device_id,
+                    position=self._position,
+                    clock=clock,
+                )
+            elif config.gnss_port:
+                log.warning("[gnss] is configured but [round] is not enabled: GNSS not used")
+        except BaseException:
+            self.journal.close()
+            raise
         self.scanner_ready = threading.Event()
         self.scanner = ScannerReader(
             config.scanner_port,
-            on_scan=self.desk.on_scan,
+            on_scan=self.round.on_scan if self.round is not None else self.desk.on_scan,
             on_reject=self.desk.on_reject,
             on_connection=self._scanner_connection,
             framer=ScanFramer(SUFFIXES[config.scanner_suffix]),
             baudrate=config.scanner_baudrate,
         )
-        self.uplink = Uplink(self.journal, config.broker, **config.sync)
+        self.uplink = Uplink(self.journal, config.broker, on_command=self._command, **config.sync)
+
+    def _position(self) -> Position | None:
+        return self.gnss.current() if self.gnss is not None else None
+
+    def _command(self, name: str, payload: bytes) -> None:
+        # In the MQTT network thread: hand the manifest to the round's worker and return.
+        if name != MANIFEST_COMMAND:
+            log.info(
+                "%s: depot command %r ignored: a van takes only manifests",
+                self.config.device_id,
+                name,
+            )
+        elif self.round is None:
+            log.info("%s: manifest ignored: [round] enabled is not set", self.config.device_id)
+        else:
+            self._manifests.put(payload)
+
+    def _apply_manifests(self) -> None:
+        assert self.round is not None
+        while (payload := self._manifests.get()) is not None:
+            try:
+                self.round.apply_manifest(payload)
+            except Exception:
+                log.exception("%s: manifest could not be applied", self.config.device_id)
+
+    def courier(self, doc: Mapping[str, Any]) -> dict[str, Any]:
+        """One courier command (see DeliveryRound.courier); RoundError when it is refused."""
+        if self.round is None:
+            raise RoundError("round_disabled", "the delivery round is off: [round] enabled = true")
+        return self.round.courier(doc)
+
+    def courier_line(self, line: str) -> dict[str, Any]:
+        """One JSON line of courier input -> its reply: `{"reply": do, ...}` or an error."""
+        try:
+            doc = json.loads(line)
+        except ValueError as exc:
+            return {"error": f"not JSON: {exc}"}
+        do = doc.get("do") if isinstance(doc, dict) else None
+        try:
+            return {"reply": do, **self.courier(doc)}
+        except RoundError as exc:
+            return {"reply": do, "error": str(exc), "reason": exc.reason}
+        except EdgeError as exc:
+            return {"reply": do, "error": str(exc)}
+
+    def take_courier_input(self, fd: int, reply: Callable[[Mapping[str, Any]], None]) -> None:
+        """Read courier commands as JSON lines from `fd` once started (with the round on only)."""
+        if self.round is not None:
+            self._courier_input = CourierInput(fd, self.courier_line, reply)
 
     def _scanner_connection(self, up: bool) -> None:
         # The courier's screen shows this; a scanner that is unplugged cannot be scanned with.
@@ -229,12 +437,28 @@ class Van:
             self.scanner_ready.clear()
 
     def start(self) -> None:
+        if self.round is not None:
+            self._round_worker = threading.Thread(
+                target=self._apply_manifests, name="van-manifests", daemon=True
+            )
+            self._round_worker.start()
+        if self.gnss is not None:
+            self.gnss.start()
         self.uplink.start()
         self.scanner.start()
+        if self._courier_input is not None:
+            self._courier_input.start()
 
     def stop(self) -> None:
+        if self._courier_input is not None:
+            self._courier_input.stop()
         self.scanner.stop()
         self.uplink.stop()
+        if self._round_worker is not None:
+            self._manifests.put(None)  # after the uplink: no manifest arrives any more
+            self._round_worker.join(10)
+        if self.gnss is not None:
+            self.gnss.stop()
         self.journal.close()
 
     def __enter__(self) -> Van:

@@ -115,6 +115,7 @@ FINISH_S = 20.0
 # The scenario.
 MIN_REDIRECTS_PER_LOCKER = 4  # enough parcels for every kind of visit in a small run
 UNCOLLECTED_SHARE = 0.15
+SAME_DAY_PICKUP = 0.6  # of those who come: the rest come the next morning
 QR_SHARE = 0.4
 WRONG_FIRST_SHARE = 0.3
 RESERVE_SHARE = 0.3
@@ -1074,6 +1075,8 @@ class LockerDay:
         self.lockers: list[SimulatedLocker] = []
         self.desk: DepotDesk | None = None
         self.scripts: list[LockerScript] = []
+        # Set by the scenario runner: queue a person's visit at a simulated hour.
+        self.on_visit: Callable[[float, str, str, Callable[[], None]], None] | None = None
 
     def start(
         self,
@@ -1134,6 +1137,98 @@ class LockerDay:
             for site, script in zip(self.lockers, self.scripts, strict=True)
             for at_h, what, run in site.schedule(script)
         ]
+
+    @property
+    def command_signing_pem(self) -> bytes:
+        """The depot's command-signing key of this run (the lockers trust its public half)."""
+        return self._command_private
+
+    # --- the depot-driven day (simulators/day.py): redirects decided by the depot ----------
+
+    def script_faults(
+        self, *, first_day: bool = True
+    ) -> list[tuple[float, str, str, Callable[[], None]]]:
+        """(simulated hour, device, what, action) of each locker's faults and returns round.
+
+        The parcels are not scripted here: the depot decides which failed parcels go to which
+        locker, and the couriers `bring` them. On a later day only the returns round runs.
+        """
+        if not self.scripts:
+            self.scripts = [LockerScript() for _ in self.lockers]
+        out: list[tuple[float, str, str, Callable[[], None]]] = []
+        for j, (site, script) in enumerate(zip(self.lockers, self.scripts, strict=True)):
+            if first_day:
+                _plan_faults(self.rng, script, first=j == 0)
+                out += [(at_h, site.name, what, run) for at_h, what, run in site.schedule(script)]
+            else:
+                step = partial(site.people.put, "returns round", site.collect_returns)
+                out.append((script.returns_h, site.name, "returns round", step))
+        return out
+
+    def bring(self, van: str, label: Label, parcel: str, locker: str, at_h: float) -> bool:
+        """A courier hands `parcel` over at `locker` now; True once it is in a compartment.
+
+        The customer's visit is drawn here (from the lockers' own random stream) and handed to
+        `on_visit` for the day's scheduler: most come within the hold, some never do.
+        """
+        index = self.names.index(locker)
+        site = self.lockers[index]
+        script = self.scripts[index]
+        r = Redirect(DoorStop(van, label, at_h), parcel, index, at_h)
+        same_day = min(DAY_END_H - 0.3 - at_h, self.hold_h - 1.0)
+        # Drawn per parcel, so two couriers arriving at once cannot swap their customers' fates.
+        rng = random.Random(f"{parcel}/{self.seed}")
+        if rng.random() < UNCOLLECTED_SHARE:
+            r.fate = "uncollected"
+        elif same_day >= 0.3 and rng.random() < SAME_DAY_PICKUP:
+            r.pickup_h = at_h + rng.uniform(0.3, same_day)
+        else:
+            # Next morning (an hour past 24 is the next day's; the night is part of the hold).
+            morning = 24.0 + DAY_START_H + rng.uniform(0.2, 3.0)
+            if morning > at_h + self.hold_h - 0.5:
+                r.fate = "overnight"
+            else:
+                r.pickup_h = morning
+        if r.pickup_h is not None:
+            r.method = "qr" if rng.random() < QR_SHARE else "code"
+            r.wrong_first = r.method == "code" and rng.random() < WRONG_FIRST_SHARE
+        if r.pickup_h is not None and not any(x.leave_open for x in script.redirects):
+            r.leave_open = True  # one customer per locker walks off leaving the door open
+        reserved = next(
+            (
+                str(seen.facts["compartment"])
+                for seen in site.watch.snapshot()
+                if seen.kind == "command_accepted"
+                and seen.facts.get("action") == "reserve"
+                and seen.facts.get("parcel") == parcel
+            ),
+            None,
+        )
+        if reserved is not None:
+            site.reserved[parcel] = reserved
+            if not any(x.jam for x in script.redirects):
+                r.jam = True  # the compartment the depot reserved has a seized lock
+        script.redirects.append(r)
+        site.tally.redirected += 1
+        done = threading.Event()
+
+        def drop() -> None:
+            try:
+                site.dropoff(r)
+            finally:
+                done.set()
+
+        site.people.put("drop-off", drop)
+        if not done.wait(WAIT_S * 3) or parcel not in site.deposited:
+            return False
+        if r.pickup_h is not None and self.on_visit is not None:
+            self.on_visit(
+                r.pickup_h,
+                site.name,
+                f"pickup ({r.method})",
+                partial(site.people.put, f"pickup ({r.method})", partial(site.pickup, r)),
+            )
+        return True
 
     @property
     def links(self) -> list[LinkProxy]:
@@ -1197,7 +1292,9 @@ def _redirects_traced(store: DepotStore, scripts: Sequence[LockerScript], names:
     """Redirected parcels the depot saw both scanned by a van and deposited in their locker."""
     scanned = {
         json.loads(str(p)).get("parcel")
-        for (p,) in store.query("SELECT payload FROM events WHERE kind='parcel_scanned'")
+        for (p,) in store.query(
+            "SELECT payload FROM events WHERE kind IN ('parcel_scanned', 'parcel_scanned_at_stop')"
+        )
     }
     traced = 0
     for name, script in zip(names, scripts, strict=True):

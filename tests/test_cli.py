@@ -55,22 +55,26 @@ def test_identify_rejects_with_a_reason_and_exit_1() -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("broker", ["mosquitto", "embedded"])
 def test_simulated_day_delivers_every_event_exactly_once(broker: str) -> None:
-    result = lastmile("sim", "--json", "--vans", "2", "--parcels", "25", "--seed", "4",
-                      "--speed", "12000", "--broker", broker)
+    result = lastmile("sim", "--json", "--vans", "2", "--parcels", "20", "--seed", "4",
+                      "--speed", "6000", "--broker", broker)
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout)
-    for key in ("events_created", "events_at_depot", "events_lost", "duplicates", "gaps"):
+    for key in ("events_created", "events_at_depot", "events_lost", "duplicates", "gaps",
+                "parcels", "first_attempt_success_rate", "pod_complete_rate",
+                "unaccounted_parcels", "webhooks_sent", "webhooks_duplicated",
+                "webhooks_dead_lettered"):
         assert key in report
-    assert report["events_created"] >= 2 * 50
+    assert report["events_created"] >= 2 * 40
     assert report["events_at_depot"] == report["events_created"]
     assert (report["events_lost"], report["duplicates"], report["gaps"]) == (0, 0, 0)
-    assert report["scans_confirmed"] == report["scans_confirmed_at_depot"] > 0
-    assert report["dead_zones"] >= 4
+    assert report["confirmed_to_courier"] == report["confirmed_at_depot"] > 0
+    assert report["unaccounted_parcels"] == 0 and sum(report["parcels"].values()) == 40
+    assert report["dead_zones"] >= 2
     assert report["broker"] == ("Broker" if broker == "mosquitto" else "EmbeddedBroker")
 
 
 def test_simulated_day_prints_progress_and_a_summary() -> None:
-    result = lastmile("sim", "--vans", "1", "--parcels", "10", "--speed", "20000")
+    result = lastmile("sim", "--vans", "1", "--parcels", "10", "--days", "1", "--speed", "8000")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "day over" in result.stdout
-    assert "OK: every event exactly once at the depot" in result.stdout
+    assert "manifests issued" in result.stdout and "days over" in result.stdout
+    assert "OK: every event exactly once, every parcel accounted for" in result.stdout

@@ -1,0 +1,207 @@
+"""The depot service's settings, read from one TOML file.
+
+Owns the shape of `depot.toml` and its validation: every mistake is reported with the key
+that holds it, before anything starts, so an operator never finds out at the first failed
+delivery that a locker's coordinates were typed as text.
+
+Example::
+
+    [depot]
+    db = "depot.db"                    # relative paths are relative to this file
+    lat = 52.3676
+    lon = 4.9041
+    vans = ["van-1", "van-2"]
+    api = "127.0.0.1:8080"             # the HTTP JSON API ("" to disable)
+    signing_key = "keys/command-signing.pem"
+    sealing_key = "keys/credential-sealing.pem"
+
+    [broker]
+    host = "127.0.0.1"
+    port = 8883
+    username = "depot"
+    password_file = "depot.password"
+    ca_file = "ca.crt"
+
+    [webhooks]
+    secrets_file = "webhook-secrets.toml"  # key id (merchant, or "customer") = "secret"
+    max_attempts = 8
+    backoff_base_s = 30
+    backoff_max_s = 3600
+
+    [policy]
+    max_attempts = 2
+    max_locker_km = 3.0
+    locker_hold_h = 48
+
+    [[lockers]]
+    name = "locker-1"
+    lat = 52.37
+    lon = 4.90
+    compartments = { S = 8, M = 6, L = 2 }
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge.errors import EdgeError
+from sync.mqtt import BrokerAddress
+
+SIZES = ("S", "M", "L")
+
+
+class DepotConfigError(EdgeError):
+    """The depot's settings file cannot be used; the message names the key."""
+
+
+@dataclass(frozen=True)
+class LockerSiteConfig:
+    """A parcel locker the depot may redirect parcels to."""
+
+    name: str
+    lat: float
+    lon: float
+    compartments: Mapping[str, int]
+
+
+@dataclass
+class DepotConfig:
+    db: Path
+    lat: float
+    lon: float
+    vans: list[str]
+    broker: BrokerAddress | None = None
+    api: tuple[str, int] | None = None
+    signing_key: Path | None = None
+    sealing_key: Path | None = None
+    webhook_secrets: dict[str, bytes] = field(default_factory=dict)
+    webhook_max_attempts: int = 8
+    webhook_backoff_base_s: float = 30.0
+    webhook_backoff_max_s: float = 3600.0
+    max_attempts: int = 2
+    max_locker_km: float = 3.0
+    locker_hold_h: float = 48.0
+    lockers: list[LockerSiteConfig] = field(default_factory=list)
+
+
+def _number(
+    section: Mapping[str, Any], key: str, where: str, default: float | None = None
+) -> float:
+    value = section.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise DepotConfigError(f"{where}.{key} must be a number")
+    return float(value)
+
+
+def _int(section: Mapping[str, Any], key: str, where: str, default: int) -> int:
+    value = section.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise DepotConfigError(f"{where}.{key} must be a positive integer")
+    return value
+
+
+def _path(base: Path, value: Any, key: str) -> Path:
+    if not isinstance(value, str) or not value:
+        raise DepotConfigError(f"{key} must be a path")
+    p = Path(value)
+    return p if p.is_absolute() else base / p
+
+
+def load_depot_config(path: str | os.PathLike[str]) -> DepotConfig:
+    """Read and check `depot.toml`; raises DepotConfigError naming the first bad key."""
+    file = Path(path)
+    try:
+        doc = tomllib.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise DepotConfigError(f"cannot read {file}: {exc}") from None
+    base = file.parent
+    depot = doc.get("depot")
+    if not isinstance(depot, dict):
+        raise DepotConfigError("[depot] section is missing")
+    vans = depot.get("vans", [])
+    if not isinstance(vans, list) or not all(isinstance(v, str) and v for v in vans):
+        raise DepotConfigError("depot.vans must be a list of van device names")
+    config = DepotConfig(
+        db=_path(base, depot.get("db"), "depot.db"),
+        lat=_number(depot, "lat", "depot"),
+        lon=_number(depot, "lon", "depot"),
+        vans=list(vans),
+    )
+    api = depot.get("api", "")
+    if api:
+        host, sep, port = str(api).rpartition(":")
+        if not sep or not port.isdigit():
+            raise DepotConfigError("depot.api must be HOST:PORT")
+        config.api = (host or "127.0.0.1", int(port))
+    for key in ("signing_key", "sealing_key"):
+        if key in depot:
+            setattr(config, key, _path(base, depot[key], f"depot.{key}"))
+    broker = doc.get("broker")
+    if isinstance(broker, dict):
+        password = ""
+        if "password_file" in broker:
+            pw_path = _path(base, broker["password_file"], "broker.password_file")
+            try:
+                password = pw_path.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise DepotConfigError(f"broker.password_file: {exc}") from None
+        else:
+            password = os.environ.get("LASTMILE_MQTT_PASSWORD", "")
+        ca = broker.get("ca_file")
+        config.broker = BrokerAddress(
+            str(broker.get("host", "127.0.0.1")),
+            int(_number(broker, "port", "broker", 1883)),
+            str(broker.get("username", "depot")),
+            password,
+            tls_ca=str(_path(base, ca, "broker.ca_file")) if ca else None,
+        )
+    hooks = doc.get("webhooks", {})
+    if not isinstance(hooks, dict):
+        raise DepotConfigError("[webhooks] must be a table")
+    if "secrets_file" in hooks:
+        secrets_path = _path(base, hooks["secrets_file"], "webhooks.secrets_file")
+        try:
+            secrets = tomllib.loads(secrets_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise DepotConfigError(f"webhooks.secrets_file: {exc}") from None
+        for key_id, secret in secrets.items():
+            if not isinstance(secret, str) or len(secret) < 16:
+                raise DepotConfigError(
+                    f"webhook secret {key_id!r} must be a string of at least 16 characters"
+                )
+            config.webhook_secrets[str(key_id)] = secret.encode()
+    config.webhook_max_attempts = _int(hooks, "max_attempts", "webhooks", 8)
+    config.webhook_backoff_base_s = _number(hooks, "backoff_base_s", "webhooks", 30.0)
+    config.webhook_backoff_max_s = _number(hooks, "backoff_max_s", "webhooks", 3600.0)
+    policy = doc.get("policy", {})
+    if not isinstance(policy, dict):
+        raise DepotConfigError("[policy] must be a table")
+    config.max_attempts = _int(policy, "max_attempts", "policy", 2)
+    config.max_locker_km = _number(policy, "max_locker_km", "policy", 3.0)
+    config.locker_hold_h = _number(policy, "locker_hold_h", "policy", 48.0)
+    lockers = doc.get("lockers", [])
+    if not isinstance(lockers, list):
+        raise DepotConfigError("[[lockers]] must be an array of tables")
+    for i, item in enumerate(lockers):
+        where = f"lockers[{i}]"
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise DepotConfigError(f"{where}.name must be a device name")
+        comps = item.get("compartments", {})
+        if not isinstance(comps, dict) or not all(
+            k in SIZES and isinstance(v, int) and v >= 0 for k, v in comps.items()
+        ):
+            raise DepotConfigError(f"{where}.compartments must map S/M/L to counts")
+        config.lockers.append(
+            LockerSiteConfig(
+                item["name"],
+                _number(item, "lat", where),
+                _number(item, "lon", where),
+                dict(comps),
+            )
+        )
+    return config

@@ -1,0 +1,292 @@
+"""The exceptions policy: what happens to a parcel after a delivery attempt fails.
+
+Owns the decision after a failure and the reason table that names failures in the industry's
+codes (docs/DELIVERY.md, "Failure reasons"). Both the van (which writes the codes into its
+`delivery_failed` events) and the depot (which decides what follows) import it from here, so
+the two can never disagree on what a reason means.
+
+Everything here is a pure function of its arguments: no clock, no database, no network, no
+logging. The depot service feeds in what it knows (the reason, how many attempts were made,
+which lockers have which compartments free) and carries out the answer.
+
+The rules, in order:
+
+1. ``refused`` and ``damaged``: return to sender at once. A recipient who refused the parcel
+   will not take it tomorrow, and a damaged parcel is the merchant's claim to settle.
+2. ``address_not_found``: return to sender. A second drive to an address that cannot be found
+   fails again; the merchant must correct the address and send it afresh.
+3. ``not_at_home``, ``no_access``, ``business_closed`` (the address is right, nobody could take
+   the parcel):
+
+   a. if the recipient accepts lockers (``locker_ok``) and a locker within ``max_locker_km``
+      (default 3 km, straight line from the stop, inclusive) has a free compartment that fits,
+      redirect to the nearest such locker (ties by locker name). Sizes are ordered S < M < L
+      and a bigger compartment fits a smaller parcel; sizes other than these in a locker's
+      ``free`` table are ignored. Lockers in ``tried_lockers`` are skipped;
+   b. else, if ``attempts < max_attempts`` (default 2), a second attempt on the next round;
+   c. else, return to sender.
+
+   The locker comes before the second attempt whatever the attempt count: a parcel in a
+   locker near home is delivered sooner and costs no second drive.
+4. A locker hold that expired: return to sender (:func:`decide_after_hold_expired`); the
+   recipient had the whole hold to collect it.
+5. A reservation the locker refused (no free compartment after all): rule 3 again with that
+   locker added to the tried ones (:func:`decide_after_reservation_refused`), so the next
+   nearest locker is tried, then a second attempt, then the return.
+
+``attempts`` counts the delivery attempts made so far, the failed one included: after the
+first failed door ``attempts`` is 1, so with the default ``max_attempts`` of 2 the parcel gets
+one more drive. A redirect to a locker is not an attempt at the door.
+
+Must never: decide on a reason it does not know (it raises :class:`PolicyError` rather than
+guess), send a parcel to a locker the recipient refused or one that has no fitting
+compartment, or read anything but its arguments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Literal
+
+from edge.depot.routing import haversine_m
+from edge.errors import EdgeError
+
+__all__ = [
+    "DEFAULT_MAX_ATTEMPTS",
+    "DEFAULT_MAX_LOCKER_KM",
+    "DELIVERED_CODES",
+    "FAILURE_REASONS",
+    "LOCKER_SIZES",
+    "RETURN_AT_ONCE",
+    "X12_IN_LOCKER",
+    "X12_RETURNED",
+    "ActionKind",
+    "LockerSite",
+    "NextAction",
+    "PolicyError",
+    "ReasonCodes",
+    "decide_after_failure",
+    "decide_after_hold_expired",
+    "decide_after_reservation_refused",
+    "fits",
+]
+
+#: Locker compartment sizes from smallest to largest (InPost A/B/C: 8, 19, 41 cm high).
+LOCKER_SIZES: tuple[str, ...] = ("S", "M", "L")
+DEFAULT_MAX_ATTEMPTS = 2
+DEFAULT_MAX_LOCKER_KM = 3.0
+
+#: X12 214 status when a parcel is waiting in a locker ("available for pickup").
+X12_IN_LOCKER = "AU"
+#: X12 214 status when a parcel went back to the merchant ("returned to shipper").
+X12_RETURNED = "3"
+
+ActionKind = Literal["second_attempt", "locker", "return_to_sender"]
+
+
+class PolicyError(EdgeError):
+    """The policy was asked about something it has no rule for; `reason` says what."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ReasonCodes:
+    """How one delivery outcome is named in UPU tracking, X12 214 and INOVERT.
+
+    ``inovert`` is None where INOVERT has no justification for it (docs/DELIVERY.md leaves it
+    blank rather than pick a near miss).
+    """
+
+    upu: str
+    x12: str
+    inovert: str | None
+    text: str
+
+
+#: Every failure reason a van may report, with its codes (docs/DELIVERY.md, "Failure reasons").
+FAILURE_REASONS: Mapping[str, ReasonCodes] = MappingProxyType(
+    {
+        "not_at_home": ReasonCodes("EMH", "AH", "REN|DAF", "recipient not at home"),
+        "no_access": ReasonCodes("EMH", "AH", None, "no access to the address"),
+        "address_not_found": ReasonCodes("EMH", "AH", "REN|CAD", "address not found"),
+        "refused": ReasonCodes("EMH", "AH", "REN|SNC", "refused by the recipient"),
+        "damaged": ReasonCodes("EMH", "AH", None, "parcel damaged"),
+        "business_closed": ReasonCodes("EMH", "AH", None, "business closed"),
+    }
+)
+#: A delivered parcel's codes.
+DELIVERED_CODES = ReasonCodes("EMI", "D", "LIV|CFM", "delivered")
+
+#: Reasons after which the parcel goes back to the merchant without another try.
+RETURN_AT_ONCE: Mapping[str, str] = MappingProxyType(
+    {
+        "refused": "the recipient refused it; it goes back to the merchant",
+        "damaged": "it is damaged; the merchant settles the claim",
+        "address_not_found": (
+            "the address could not be found and another drive would fail again; "
+            "the merchant must correct it"
+        ),
+    }
+)
+
+
+@dataclass(frozen=True)
+class LockerSite:
+    """A parcel locker as the policy sees it: where it is and how many compartments are free.
+
+    ``free`` maps a size letter to the number of free compartments of that size.
+    """
+
+    name: str
+    lat: float
+    lon: float
+    free: Mapping[str, int]
+
+
+@dataclass(frozen=True)
+class NextAction:
+    """What to do with a parcel next; ``reason`` says why, in words for a dispatcher."""
+
+    kind: ActionKind
+    locker: str | None
+    reason: str
+
+
+def fits(parcel_size: str, compartment_size: str) -> bool:
+    """Whether a parcel of one size goes into a compartment of another (bigger fits smaller)."""
+    _require_size(parcel_size)
+    if compartment_size not in LOCKER_SIZES:
+        return False
+    return LOCKER_SIZES.index(compartment_size) >= LOCKER_SIZES.index(parcel_size)
+
+
+def decide_after_failure(
+    *,
+    reason: str,
+    attempts: int,
+    locker_ok: bool,
+    size: str,
+    stop_lat: float,
+    stop_lon: float,
+    lockers: Sequence[LockerSite],
+    tried_lockers: Iterable[str] = (),
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    max_locker_km: float = DEFAULT_MAX_LOCKER_KM,
+) -> NextAction:
+    """The next action after a failed attempt at the door (rules 1-3 of the module docstring)."""
+    codes = FAILURE_REASONS.get(reason)
+    if codes is None:
+        known = ", ".join(FAILURE_REASONS)
+        raise PolicyError(f"unknown failure reason {reason!r} (known: {known})")
+    if attempts < 0:
+        raise PolicyError(f"attempts must not be negative, got {attempts}")
+    if max_attempts < 1:
+        raise PolicyError(f"max_attempts must be at least 1, got {max_attempts}")
+    _require_size(size)
+
+    at_once = RETURN_AT_ONCE.get(reason)
+    if at_once is not None:
+        return NextAction("return_to_sender", None, f"{codes.text}: {at_once}")
+
+    if locker_ok:
+        found = _nearest_fitting_locker(
+            size, stop_lat, stop_lon, lockers, frozenset(tried_lockers), max_locker_km
+        )
+        if found is not None:
+            site, km = found
+            return NextAction(
+                "locker",
+                site.name,
+                f"{codes.text}: {site.name} is {km:.1f} km away with a free compartment "
+                f"for a size {size} parcel",
+            )
+        why_not = f"no locker within {max_locker_km:g} km has a free compartment for size {size}"
+    else:
+        why_not = "the recipient does not accept a locker"
+
+    if attempts < max_attempts:
+        return NextAction(
+            "second_attempt",
+            None,
+            f"{codes.text}: {why_not}; attempt {attempts} of {max_attempts}, "
+            "so another attempt on the next round",
+        )
+    return NextAction(
+        "return_to_sender",
+        None,
+        f"{codes.text}: {why_not}, and all {max_attempts} attempts are used",
+    )
+
+
+def decide_after_reservation_refused(
+    *,
+    refused_locker: str,
+    reason: str,
+    attempts: int,
+    locker_ok: bool,
+    size: str,
+    stop_lat: float,
+    stop_lon: float,
+    lockers: Sequence[LockerSite],
+    tried_lockers: Iterable[str] = (),
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    max_locker_km: float = DEFAULT_MAX_LOCKER_KM,
+) -> NextAction:
+    """A locker refused the reservation (rule 5): decide again, never that locker again.
+
+    ``reason`` is the failure at the door that led to the redirect in the first place.
+    """
+    return decide_after_failure(
+        reason=reason,
+        attempts=attempts,
+        locker_ok=locker_ok,
+        size=size,
+        stop_lat=stop_lat,
+        stop_lon=stop_lon,
+        lockers=lockers,
+        tried_lockers=(*tried_lockers, refused_locker),
+        max_attempts=max_attempts,
+        max_locker_km=max_locker_km,
+    )
+
+
+def decide_after_hold_expired(locker: str) -> NextAction:
+    """A locker hold ran out uncollected (rule 4): the parcel goes back to the merchant."""
+    return NextAction(
+        "return_to_sender",
+        None,
+        f"hold expired at {locker}: the recipient did not collect it in time",
+    )
+
+
+def _require_size(size: str) -> None:
+    if size not in LOCKER_SIZES:
+        raise PolicyError(f"parcel size {size!r} is not one of {', '.join(LOCKER_SIZES)}")
+
+
+def _nearest_fitting_locker(
+    size: str,
+    lat: float,
+    lon: float,
+    lockers: Sequence[LockerSite],
+    tried: frozenset[str],
+    max_km: float,
+) -> tuple[LockerSite, float] | None:
+    candidates: list[tuple[float, str, LockerSite]] = []
+    for site in lockers:
+        if site.name in tried:
+            continue
+        if not any(n > 0 and fits(size, s) for s, n in site.free.items()):
+            continue
+        km = haversine_m(lat, lon, site.lat, site.lon) / 1000.0
+        if km <= max_km:
+            candidates.append((km, site.name, site))
+    if not candidates:
+        return None
+    km, _, site = min(candidates, key=lambda c: (c[0], c[1]))
+    return site, km

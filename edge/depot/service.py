@@ -1,0 +1,578 @@
+"""The depot service: events in, parcel states, exceptions handled, manifests and notices out.
+
+Owns the orchestration around `sync.depot.Depot` (which stores every device event exactly
+once): after each stored batch it projects the new events onto the parcel book, applies the
+exceptions policy to what changed, and sends what follows from it: a signed `reserve` to a
+locker, an updated manifest to a van, webhooks to merchants and customers.
+
+Everything the depot promises to send is written to a table first (manifests, commands,
+webhooks) in the same SQLite file as the events, and sent from there; a row is marked sent only
+once the broker (PUBACK) or the receiver (2xx) has it. A crash between the two resends, and
+the far end is built to take that: a van ignores a manifest version it already runs, a
+locker refuses a command id it has seen, a webhook receiver dedups on the event id.
+
+Must never: publish anything from the MQTT network thread (it would stall the acks), or
+decide the same failure twice (the book's projection is idempotent per event, and the
+policy runs only on the transitions that projection returns).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge.depot.config import DepotConfig
+from edge.depot.imports import ImportResult, read_import
+from edge.depot.policy import LockerSite, NextAction, PolicyError, decide_after_failure
+from edge.depot.routing import build_manifest, plan_routes
+from edge.depot.tracking import Notification, ParcelBook, Transition
+from edge.errors import EdgeError
+from edge.manifest import Manifest, Stop
+from sync.clock import Clock, SystemClock
+from sync.depot import Depot, DepotStore
+from sync.webhooks import WebhookSender, enqueue
+from sync.webhooks import ensure_schema as ensure_webhook_schema
+from sync.wire import command_topic
+
+log = logging.getLogger(__name__)
+
+COMMAND_TTL_S = 600.0  # a reserve that has not reached the locker in 10 min is sent afresh
+PUBACK_WAIT_S = 5.0
+IDLE_WAKE_S = 1.0  # retries of unsent manifests and commands; no work is done when idle
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS manifests (
+        van TEXT NOT NULL, day TEXT NOT NULL, version INTEGER NOT NULL, body BLOB NOT NULL,
+        issued_ns INTEGER NOT NULL, published_ns INTEGER,
+        PRIMARY KEY (van, day, version))""",
+    """CREATE TABLE IF NOT EXISTS depot_commands (
+        id TEXT PRIMARY KEY, target TEXT NOT NULL, action TEXT NOT NULL, args TEXT NOT NULL,
+        created_ns INTEGER NOT NULL, published_ns INTEGER, attempts INTEGER NOT NULL DEFAULT 0)""",
+)
+
+
+class DepotServiceError(EdgeError):
+    """The depot cannot do what was asked (no broker, no key, no such van)."""
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    manifests: dict[str, Manifest]
+    unassigned: list[str]
+
+
+class DepotService:
+    """One depot: its store, parcel book, policy, outboxes, and HTTP API."""
+
+    def __init__(
+        self,
+        config: DepotConfig,
+        *,
+        clock: Clock | None = None,
+        signing_key_pem: bytes | None = None,
+    ) -> None:
+        self.config = config
+        self.clock: Clock = clock or SystemClock()
+        self.store = DepotStore(config.db)
+        self.book = ParcelBook(config.db, notify=self._notify)
+        self._db = sqlite3.connect(config.db, timeout=10.0, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db_lock = threading.RLock()
+        with self._db_lock, self._db:
+            for stmt in _SCHEMA:
+                self._db.execute(stmt)
+            ensure_webhook_schema(self._db)
+        pem = signing_key_pem
+        if pem is None and config.signing_key is not None:
+            pem = config.signing_key.read_bytes()
+        self._signing_key: Any = None
+        if pem is not None:
+            from sync.signing import load_signing_key
+
+            self._signing_key = load_signing_key(pem)
+        self.depot: Depot | None = None
+        if config.broker is not None:
+            self.depot = Depot(self.store, config.broker, on_stored=self._stored)
+        self.webhooks = WebhookSender(
+            config.db,
+            secret_for=self._secret_for,
+            clock=self.clock,
+            max_attempts=config.webhook_max_attempts,
+            backoff_base_s=config.webhook_backoff_base_s,
+            backoff_max_s=config.webhook_backoff_max_s,
+        )
+        self.api: Any = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._pass_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._tried_lockers: dict[str, list[str]] = {}
+        self.decisions: list[tuple[str, NextAction]] = []
+
+    # --- running ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.config.api is not None:
+            from edge.depot.http import DepotApi
+
+            host, port = self.config.api
+            self.api = DepotApi(self.book, host=host, port=port)
+            self.api.start()
+        self.webhooks.start()
+        self._thread = threading.Thread(target=self._run, name="depot-logistics", daemon=True)
+        self._thread.start()
+        if self.depot is not None:
+            self.depot.start()
+
+    def stop(self) -> None:
+        if self.depot is not None:
+            self.depot.stop()
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        self.webhooks.stop()
+        if self.api is not None:
+            self.api.stop()
+        self.book.close()
+        with self._db_lock:
+            self._db.close()
+        self.store.close()
+
+    def __enter__(self) -> DepotService:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _stored(self, device: str, result: object) -> None:
+        # On the MQTT network thread: only wake the worker, never work here.
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(IDLE_WAKE_S)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            try:
+                self.process()
+            except Exception:  # the loop must outlive one bad event; the event stays stored
+                log.exception("depot logistics pass failed; retrying on the next wake")
+
+    def process(self) -> int:
+        """One pass: project stored events, react to what changed, send what is due."""
+        with self._pass_lock:
+            return self._process()
+
+    def _process(self) -> int:
+        handled = 0
+        while True:
+            transitions = self.book.project_new_events()
+            for t in transitions:
+                self._react(t)
+            handled += len(transitions)
+            if not transitions:
+                break
+        self._publish_manifests()
+        self._publish_commands()
+        self.webhooks.wake()
+        return handled
+
+    def settled(self) -> bool:
+        """Nothing left to do: every stored event projected, every manifest, command and
+        webhook sent (or dead-lettered)."""
+        from sync.webhooks import stats
+
+        with self._pass_lock:  # not halfway through a pass: its reactions are not written yet
+            return self._settled(stats)
+
+    def _settled(self, stats: Any) -> bool:
+        last = self.store.query("SELECT coalesce(max(rowid), 0) FROM events")[0][0]
+        with self._db_lock:
+            hooks = stats(self._db)
+            unsent = self._db.execute(
+                "SELECT (SELECT count(*) FROM depot_commands WHERE published_ns IS NULL) + "
+                "(SELECT count(*) FROM manifests m WHERE published_ns IS NULL AND issued_ns = "
+                "(SELECT max(issued_ns) FROM manifests WHERE van=m.van))"
+            ).fetchone()[0]
+        return (
+            int(str(last)) <= self.book.projected_rowid() and hooks["pending"] == 0 and not unsent
+        )
+
+    # --- parcels in, manifests out ------------------------------------------------------------
+
+    def import_parcels(
+        self, source: str | Path | bytes, *, format: str | None = None
+    ) -> ImportResult:
+        """Validate and receive an import; bad rows are reported, good rows are received."""
+        result = read_import(source, format=format)  # type: ignore[arg-type]
+        now = self.clock.wall_ns()
+        for record in result.records:
+            self.book.receive(record.to_doc(), now_ns=now, source="import")
+        self._wake.set()
+        return result
+
+    def plan_day(self, day: str, vans: Sequence[str] | None = None) -> PlanResult:
+        """Assign every parcel waiting at the depot to a van and issue each van's manifest."""
+        vans = list(vans or self.config.vans)
+        if not vans:
+            raise DepotServiceError("no vans to plan for (depot.vans is empty)")
+        waiting = self.book.awaiting_assignment()
+        records = [r for r in waiting if r.get("next_action") != "return_to_sender"]
+        from edge.depot.imports import ParcelRecord
+
+        plans = plan_routes(
+            [ParcelRecord.from_doc(r["record"]) for r in records],
+            vans,
+            (self.config.lat, self.config.lon),
+        )
+        lockers = {site.name: site for site in self.config.lockers}
+        manifests: dict[str, Manifest] = {}
+        for van, stops in plans.items():
+            version = self._next_version(van, day)
+            manifest = build_manifest(
+                van,
+                version,
+                day,
+                stops,
+                depot=(self.config.lat, self.config.lon),
+                issued_at=self.clock.wall_ns() / 1e9,
+            )
+            manifest = self._with_locker_stops(manifest, records, lockers)
+            self._issue(manifest)
+            for stop in manifest.stops:
+                for parcel in stop.parcels:
+                    self.book.assign(parcel, van, stop.stop, version)
+            manifests[van] = manifest
+        self._wake.set()
+        return PlanResult(manifests, [])
+
+    def _with_locker_stops(
+        self,
+        manifest: Manifest,
+        records: Sequence[Mapping[str, Any]],
+        lockers: Mapping[str, Any],
+    ) -> Manifest:
+        """Parcels whose next action is a locker drop leave their address stop for a locker
+        stop at the end of the round (the courier drops them after the last door)."""
+        moving = {
+            str(r["id"]): str(r["locker"])
+            for r in records
+            if r.get("next_action") == "locker" and r.get("locker")
+        }
+        moving = {p: lk for p, lk in moving.items() if manifest.stop_of(p) is not None}
+        if not moving:
+            return manifest
+        return _move_to_lockers(manifest, moving, lockers, version=manifest.version)
+
+    def current_manifest(self, van: str, day: str | None = None) -> Manifest | None:
+        with self._db_lock:
+            if day is None:
+                row = self._db.execute(
+                    "SELECT body FROM manifests WHERE van=? ORDER BY issued_ns DESC, version DESC "
+                    "LIMIT 1",
+                    (van,),
+                ).fetchone()
+            else:
+                row = self._db.execute(
+                    "SELECT body FROM manifests WHERE van=? AND day=? ORDER BY version DESC "
+                    "LIMIT 1",
+                    (van, day),
+                ).fetchone()
+        return Manifest.from_json(bytes(row[0])) if row else None
+
+    def _next_version(self, van: str, day: str) -> int:
+        with self._db_lock:
+            row = self._db.execute(
+                "SELECT max(version) FROM manifests WHERE van=? AND day=?", (van, day)
+            ).fetchone()
+        return int(row[0] or 0) + 1
+
+    def _issue(self, manifest: Manifest) -> None:
+        with self._db_lock, self._db:
+            self._db.execute(
+                "INSERT INTO manifests (van, day, version, body, issued_ns) VALUES (?,?,?,?,?)",
+                (
+                    manifest.van,
+                    manifest.day,
+                    manifest.version,
+                    manifest.to_json(),
+                    self.clock.wall_ns(),
+                ),
+            )
+
+    def _publish_manifests(self) -> None:
+        """Publish, retained, the newest unpublished manifest of each van."""
+        if self.depot is None or not self.depot.session.connected:
+            return
+        with self._db_lock:
+            rows = self._db.execute(
+                "SELECT m.van, m.day, m.version, m.body FROM manifests m WHERE m.published_ns "
+                "IS NULL AND m.issued_ns = (SELECT max(issued_ns) FROM manifests WHERE van=m.van)"
+            ).fetchall()
+        for van, day, version, body in rows:
+            info = self.depot.session.client.publish(
+                command_topic(str(van), "manifest"), bytes(body), qos=1, retain=True
+            )
+            try:
+                info.wait_for_publish(PUBACK_WAIT_S)
+            except (RuntimeError, ValueError):
+                return  # not queued: the connection went away; the next pass retries
+            if not info.is_published():
+                return
+            with self._db_lock, self._db:
+                self._db.execute(
+                    "UPDATE manifests SET published_ns=? WHERE van=? AND day=? AND version<=? "
+                    "AND published_ns IS NULL",
+                    (self.clock.wall_ns(), van, day, version),
+                )
+            log.info("manifest %s v%d published", van, version)
+
+    # --- the exceptions policy -----------------------------------------------------------------
+
+    def _react(self, t: Transition) -> None:
+        if t.state == "attempted":
+            self._after_failure(t.parcel, reason=str(t.details.get("reason", "")))
+        elif t.state == "hold_expired":
+            self.book.set_next_action(t.parcel, "return_to_sender", reason="locker hold expired")
+            self.decisions.append(
+                (t.parcel, NextAction("return_to_sender", None, "locker hold expired"))
+            )
+        elif t.state == "reserve_failed":
+            self._after_failure(t.parcel, reason=None)
+        elif t.state == "returning":
+            # Back at the depot, or taken out of a locker by the returns courier who drives to
+            # the linehaul hub: either way the parcel is handed to the return to the merchant.
+            self.book.mark_returned_to_sender(t.parcel)
+
+    def _after_failure(self, parcel: str, *, reason: str | None) -> None:
+        info = self.book.parcel(parcel)
+        if info is None:
+            return
+        record = info.get("record") or {}
+        tried = self._tried_lockers.setdefault(parcel, [])
+        if reason is None:  # a reservation refused: same failure, next locker
+            reason = str(info.get("last_reason") or "not_at_home")
+        try:
+            decision = self._decide(parcel, info, record, reason, tried)
+        except PolicyError as exc:  # e.g. a reason this depot does not know: a person decides
+            log.error("no policy decision for %s: %s", parcel, exc)
+            return
+        self.decisions.append((parcel, decision))
+        state = self.book.set_next_action(
+            parcel, decision.kind, locker=decision.locker, reason=decision.reason
+        )
+        if state == "returning":  # already back at the depot: hand it to the return at once
+            self.book.mark_returned_to_sender(parcel)
+        if decision.kind == "locker" and decision.locker is not None:
+            tried.append(decision.locker)
+            self.send_command(
+                decision.locker,
+                "reserve",
+                {
+                    "parcel": parcel,
+                    "size": str(record.get("size", "S")),
+                    "hours": self.config.locker_hold_h,
+                },
+            )
+            van = info.get("van")
+            if van and info.get("state") not in ("at_depot",):
+                self._redirect_on_route(str(van), parcel, decision.locker)
+
+    def _decide(
+        self,
+        parcel: str,
+        info: Mapping[str, Any],
+        record: Mapping[str, Any],
+        reason: str,
+        tried: list[str],
+    ) -> NextAction:
+        return decide_after_failure(
+            reason=reason,
+            attempts=int(info.get("attempts") or 0),
+            locker_ok=bool(record.get("locker_ok", True)),
+            size=str(record.get("size", "S")),
+            stop_lat=float(record.get("lat", self.config.lat)),
+            stop_lon=float(record.get("lon", self.config.lon)),
+            lockers=self._locker_sites(),
+            tried_lockers=tuple(tried),
+            max_attempts=self.config.max_attempts,
+            max_locker_km=self.config.max_locker_km,
+        )
+
+    def _locker_sites(self) -> list[LockerSite]:
+        """Free compartments per locker: its sizes minus the parcels held or reserved there."""
+        busy = self.book.locker_occupancy()
+        sites = []
+        for site in self.config.lockers:
+            free = dict(site.compartments)
+            for size, n in busy.get(site.name, {}).items():
+                free[size] = max(0, free.get(size, 0) - n)
+            sites.append(LockerSite(site.name, site.lat, site.lon, free))
+        return sites
+
+    def _redirect_on_route(self, van: str, parcel: str, locker: str) -> None:
+        """A van still out gets a new manifest version with the parcel moved to a locker stop."""
+        current = self.current_manifest(van)
+        if current is None or current.stop_of(parcel) is None:
+            return
+        lockers = {site.name: site for site in self.config.lockers}
+        updated = _move_to_lockers(current, {parcel: locker}, lockers, version=current.version + 1)
+        updated = Manifest(
+            van=updated.van,
+            version=self._next_version(van, current.day),
+            day=updated.day,
+            stops=updated.stops,
+            issued_at=self.clock.wall_ns() / 1e9,
+            depot=updated.depot,
+        )
+        self._issue(updated)
+        stop = next(s.stop for s in updated.stops if parcel in s.parcels)
+        self.book.assign(parcel, van, stop, updated.version)
+
+    # --- signed commands ---------------------------------------------------------------------
+
+    def send_command(self, target: str, action: str, args: Mapping[str, Any]) -> str:
+        """Queue a signed command; it is signed afresh (same id) each time it is published."""
+        import uuid
+
+        cid = uuid.uuid4().hex
+        parcel = args.get("parcel")
+        if parcel:
+            # A locker's answer names only the command id: the book maps it back to the parcel.
+            self.book.note_command(cid, locker=target, action=action, parcel=str(parcel))
+        with self._db_lock, self._db:
+            self._db.execute(
+                "INSERT INTO depot_commands (id, target, action, args, created_ns) "
+                "VALUES (?,?,?,?,?)",
+                (cid, target, action, json.dumps(dict(args), sort_keys=True), self.clock.wall_ns()),
+            )
+        self._wake.set()
+        return cid
+
+    def _publish_commands(self) -> None:
+        if self.depot is None or not self.depot.session.connected:
+            return
+        if self._signing_key is None:
+            return
+        from sync.signing import sign_command
+
+        with self._db_lock:
+            rows = self._db.execute(
+                "SELECT id, target, action, args FROM depot_commands WHERE published_ns IS NULL "
+                "ORDER BY created_ns"
+            ).fetchall()
+        for cid, target, action, args in rows:
+            payload = sign_command(
+                self._signing_key,
+                target=str(target),
+                action=str(action),
+                args=json.loads(str(args)),
+                ttl_s=COMMAND_TTL_S,
+                now=time.time(),  # a locker checks commands against its own wall clock
+                command_id=str(cid),
+            )
+            info = self.depot.session.client.publish(
+                command_topic(str(target), str(action)), payload, qos=1
+            )
+            try:
+                info.wait_for_publish(PUBACK_WAIT_S)
+            except (RuntimeError, ValueError):
+                return
+            if not info.is_published():
+                return
+            with self._db_lock, self._db:
+                self._db.execute(
+                    "UPDATE depot_commands SET published_ns=?, attempts=attempts+1 WHERE id=?",
+                    (self.clock.wall_ns(), cid),
+                )
+
+    # --- notifications --------------------------------------------------------------------------
+
+    def _notify(self, conn: sqlite3.Connection, n: Notification) -> None:
+        key_id = n.audience if n.audience == "customer" else str(n.body.get("merchant") or "")
+        enqueue(
+            conn,
+            event_id=n.event_id,
+            url=n.url,
+            body=n.body,
+            key_id=key_id,
+            now_ns=self.clock.wall_ns(),
+        )
+
+    def _secret_for(self, key_id: str) -> bytes:
+        try:
+            return self.config.webhook_secrets[key_id]
+        except KeyError:
+            raise DepotServiceError(f"no webhook secret for {key_id!r}") from None
+
+
+def _move_to_lockers(
+    manifest: Manifest,
+    moving: Mapping[str, str],
+    lockers: Mapping[str, Any],
+    *,
+    version: int,
+) -> Manifest:
+    """A copy of `manifest` with each parcel in `moving` taken off its stop and put on a
+    locker stop (one per locker, appended after the existing stops or extended)."""
+    stops: list[Stop] = []
+    locker_stops: dict[str, list[str]] = {}
+    for s in manifest.stops:
+        kept = tuple(p for p in s.parcels if p not in moving)
+        if s.kind == "locker" and s.locker is not None:
+            locker_stops.setdefault(s.locker, []).extend(kept)
+            continue
+        stops.append(_renumber(s, len(stops) + 1, kept))
+    for parcel, locker in moving.items():
+        locker_stops.setdefault(locker, []).append(parcel)
+    for locker, parcels in locker_stops.items():
+        site = lockers.get(locker)
+        lat, lon = (site.lat, site.lon) if site is not None else (0.0, 0.0)
+        stops.append(
+            Stop(
+                stop=len(stops) + 1,
+                kind="locker",
+                lat=lat,
+                lon=lon,
+                parcels=tuple(dict.fromkeys(parcels)),
+                address=f"parcel locker {locker}",
+                locker=locker,
+            )
+        )
+    return Manifest(
+        van=manifest.van,
+        version=version,
+        day=manifest.day,
+        stops=tuple(stops),
+        issued_at=manifest.issued_at,
+        depot=manifest.depot,
+    )
+
+
+def _renumber(s: Stop, number: int, parcels: tuple[str, ...]) -> Stop:
+    return Stop(
+        stop=number,
+        kind=s.kind,
+        lat=s.lat,
+        lon=s.lon,
+        parcels=parcels,
+        address=s.address,
+        recipient=s.recipient,
+        window=s.window,
+        instructions=s.instructions,
+        locker=s.locker,
+    )

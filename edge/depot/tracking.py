@@ -1,0 +1,1379 @@
+"""The depot's parcel book: every parcel's state, its timeline, and who is told about it.
+
+Owns the parcel tables (`parcels`, `timeline`, `vans`, `unmatched`, `van_days`,
+`locker_commands`, `projection`, `book_meta`) in the same SQLite file as `sync.depot`'s
+`events`, and the projection that turns those stored device events into parcel states
+following docs/DELIVERY.md. A batch of events, the states and timeline entries it causes, the
+notifications about them and the projection cursor commit in ONE transaction: a crash at any
+instant leaves the book either before the batch or after it, never half-way, and a timeline
+entry is unique per (parcel, device event uuid), so an event is never applied twice even if the
+cursor were rewound.
+
+Must never: write to a table of `sync.depot` (it only reads `events`), touch
+`PRAGMA user_version` (that number belongs to `DepotStore`, which refuses a file whose version
+it does not know), move a parcel out of a final state (`delivered`, `picked_up`,
+`returned_to_sender`), drop an event about a parcel it does not know (it goes to `unmatched`
+and is applied when the parcel arrives), or let a pickup code or sealed credential reach a
+table or a notification (they travel sealed, elsewhere).
+
+State decisions beyond the contract's diagram (docs/DELIVERY.md, "Parcel states"):
+
+- Device facts are physical truth, but they reach the depot per device in order and across
+  devices in any order (a van in a dead zone reports its redirect after the locker reported
+  the deposit). A fact whose state the parcel has already passed (the parcel is reachable from
+  it by the usual steps) is *late*: it is kept in the timeline with its own time and step,
+  marked `late`, and changes nothing. A fact that contradicts a final state (delivered after
+  picked up) is an `anomaly` entry and changes nothing. A fact about a non-final parcel that
+  is not a usual step (delivered while `received`) is applied, because the device saw it, and
+  marked `irregular`.
+- `at_depot` and `in_locker` may follow any non-final state: a scan at the depot and a locker
+  door closing on the parcel are decisive about where it is.
+- Returns: `parcel_returned_to_depot` makes a parcel `returning` when its next action is
+  `return_to_sender`, else `at_depot`; `set_next_action(..., "return_to_sender")` turns an
+  `at_depot` parcel `returning`; a courier collecting an expired parcel from a locker
+  (`parcel_returned`) makes it `returning`. A parcel stays `returning` until a person books it
+  handed back (`mark_returned_to_sender`), because only then has it left the depot.
+- `hold_expired` is a state (the parcel is still in the compartment, no longer collectable);
+  it becomes `returning` when the courier takes it out, or `in_locker` again when the depot
+  extends the hold.
+- A device event's time is its wall clock when the device says that clock was synchronised,
+  else the depot's receipt time (a van without a real-time clock may think it is 1970). The
+  timeline is ordered by projection order, never by those times.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sqlite3
+import threading
+import urllib.parse
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from edge.errors import EdgeError
+from sync.clock import Clock, SystemClock
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1  # in book_meta, not PRAGMA user_version (that one is DepotStore's)
+BUSY_TIMEOUT_S = 5.0
+DEPOT_DEVICE = "depot"  # the `device` of timeline entries the depot itself makes
+
+STATES = (
+    "received",
+    "loaded",
+    "out_for_delivery",
+    "attempted",
+    "redirected",
+    "in_locker",
+    "hold_expired",
+    "returning",
+    "at_depot",
+    "delivered",
+    "picked_up",
+    "returned_to_sender",
+)
+FINAL_STATES = frozenset({"delivered", "picked_up", "returned_to_sender"})
+_NON_FINAL = tuple(s for s in STATES if s not in FINAL_STATES)
+
+# The usual steps (docs/DELIVERY.md); anything else is late, irregular or an anomaly.
+_CONTRACT_STEPS: dict[str, frozenset[str]] = {
+    "received": frozenset({"loaded", "returned_to_sender"}),
+    "at_depot": frozenset({"loaded", "returned_to_sender"}),
+    "loaded": frozenset({"out_for_delivery"}),
+    "out_for_delivery": frozenset({"attempted", "delivered", "redirected"}),
+    "attempted": frozenset({"attempted", "out_for_delivery", "delivered", "redirected"}),
+    "redirected": frozenset({"attempted", "delivered"}),
+    "in_locker": frozenset({"picked_up", "hold_expired"}),
+    "hold_expired": frozenset({"picked_up", "in_locker"}),
+    "returning": frozenset({"returned_to_sender"}),
+}
+# Where the parcel physically is, said by the place itself, may follow any non-final state.
+_PLACES = frozenset({"at_depot", "in_locker", "returning"})
+_USUAL = {state: _CONTRACT_STEPS[state] | (_PLACES - {state}) for state in _NON_FINAL}
+
+
+def _reachable(start: str) -> frozenset[str]:
+    seen: set[str] = set()
+    todo = deque([start])
+    while todo:
+        for nxt in _USUAL.get(todo.popleft(), frozenset()):
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return frozenset(seen)
+
+
+_LATER = {state: _reachable(state) for state in STATES}
+
+# Outcomes customers and merchants are told about.
+NOTIFIED_STATES = frozenset(
+    {
+        "received",
+        "out_for_delivery",
+        "attempted",
+        "delivered",
+        "in_locker",
+        "picked_up",
+        "returned_to_sender",
+    }
+)
+REASON_TEXT = {
+    "not_at_home": "nobody was at home",
+    "no_access": "the courier could not get to the door",
+    "address_not_found": "the address could not be found",
+    "refused": "the parcel was refused",
+    "damaged": "the parcel is damaged",
+    "business_closed": "the business was closed",
+}
+# docs/DELIVERY.md "Failure reasons": the French INOVERT situation|justification, where defined.
+INOVERT = {
+    "not_at_home": "REN|DAF",
+    "address_not_found": "REN|CAD",
+    "refused": "REN|SNC",
+    "delivered": "LIV|CFM",
+}
+Source = Literal["import", "arrival_scan"]
+Audience = Literal["merchant", "customer"]
+
+_TIMELINE_NS = uuid.UUID("6f1c6a55-29f4-4d0e-9a43-61e1a1a7c0de")
+_RECORD_COLUMNS = (
+    "raw",
+    "merchant",
+    "recipient",
+    "address",
+    "lat",
+    "lon",
+    "window",
+    "instructions",
+    "webhook",
+    "customer_webhook",
+    "size",
+    "locker_ok",
+)
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS book_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS parcels (
+        id TEXT PRIMARY KEY, raw TEXT, state TEXT NOT NULL, van TEXT, stop INTEGER,
+        attempts INTEGER NOT NULL DEFAULT 0, last_reason TEXT, locker TEXT, compartment TEXT,
+        next_action TEXT, merchant TEXT, recipient TEXT, address TEXT, lat REAL, lon REAL,
+        "window" TEXT, instructions TEXT, webhook TEXT, customer_webhook TEXT, size TEXT,
+        locker_ok INTEGER, received_ns INTEGER NOT NULL, updated_ns INTEGER NOT NULL,
+        record TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS parcels_state ON parcels(state)",
+    """CREATE TABLE IF NOT EXISTS timeline (
+        id INTEGER PRIMARY KEY, uuid TEXT NOT NULL UNIQUE, parcel TEXT NOT NULL,
+        at_ns INTEGER NOT NULL, state TEXT NOT NULL, step TEXT NOT NULL, device TEXT NOT NULL,
+        event_uuid TEXT NOT NULL, details TEXT NOT NULL, UNIQUE (parcel, event_uuid))""",
+    """CREATE TABLE IF NOT EXISTS projection (
+        id INTEGER PRIMARY KEY CHECK (id = 1), last_rowid INTEGER NOT NULL,
+        updated_ns INTEGER NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS vans (
+        van TEXT PRIMARY KEY, manifest_version INTEGER NOT NULL, day TEXT NOT NULL,
+        updated_ns INTEGER NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS unmatched (
+        event_rowid INTEGER NOT NULL, event_uuid TEXT NOT NULL, parcel TEXT NOT NULL,
+        device TEXT NOT NULL, kind TEXT NOT NULL, reason TEXT NOT NULL,
+        recorded_ns INTEGER NOT NULL, resolved_ns INTEGER, PRIMARY KEY (event_uuid, parcel))""",
+    "CREATE INDEX IF NOT EXISTS unmatched_open ON unmatched(parcel) WHERE resolved_ns IS NULL",
+    """CREATE TABLE IF NOT EXISTS van_days (
+        event_uuid TEXT PRIMARY KEY, van TEXT NOT NULL, day TEXT, at_ns INTEGER NOT NULL,
+        report TEXT NOT NULL, discrepancies TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS locker_commands (
+        id TEXT PRIMARY KEY, locker TEXT NOT NULL, action TEXT NOT NULL, parcel TEXT,
+        noted_ns INTEGER NOT NULL)""",
+)
+
+
+class TrackingError(EdgeError):
+    """The parcel book cannot do what was asked."""
+
+
+class ParcelBookError(TrackingError):
+    """The book's tables cannot be used (a person must look at the file; nothing is deleted)."""
+
+
+class UnknownParcelError(TrackingError):
+    """No parcel with this id was ever received at the depot."""
+
+    def __init__(self, parcel: str) -> None:
+        super().__init__(f"unknown parcel {parcel!r}")
+        self.parcel = parcel
+
+
+class ParcelStateError(TrackingError):
+    """The parcel's state does not allow this (a final state is never left)."""
+
+    def __init__(self, parcel: str, state: str, wanted: str) -> None:
+        super().__init__(f"parcel {parcel} is {state}; cannot {wanted}")
+        self.parcel = parcel
+        self.state = state
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One message to a merchant or a customer, committed with the state change it reports.
+
+    `event_id` is stable (`<timeline entry uuid>:<audience>`), so a receiver can dedup.
+    """
+
+    event_id: str
+    audience: Audience
+    url: str
+    body: Mapping[str, Any]
+
+
+Notify = Callable[[sqlite3.Connection, Notification], None]
+
+
+def _no_notify(conn: sqlite3.Connection, notification: Notification) -> None:
+    """The default: tell nobody (tests and tools that only read the book)."""
+
+
+@dataclass(frozen=True)
+class Transition:
+    """Something the projection did that the exceptions policy may have to act on.
+
+    `state` is the state the parcel entered (`attempted` again for a second failed attempt),
+    or `reserve_failed` when a locker refused a reservation: the parcel is where it was
+    (`previous`), and the policy must choose again.
+    """
+
+    parcel: str
+    state: str
+    previous: str
+    step: str
+    device: str
+    event_uuid: str
+    at_ns: int
+    details: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class TimelineEntry:
+    """One line of a parcel's history, as stored; `parcel_kind` is the id's kind if known."""
+
+    uuid: str
+    parcel: str
+    parcel_kind: str | None
+    at_ns: int
+    state: str
+    step: str
+    device: str
+    event_uuid: str
+    details: Mapping[str, Any]
+
+
+def iso_utc(ns: int) -> str:
+    """ISO-8601 UTC with milliseconds and `Z`; out-of-range device clocks are clamped."""
+    try:
+        moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=ns // 1000)
+    except OverflowError:
+        moment = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC) if ns > 0 else datetime.min
+        moment = moment.replace(tzinfo=UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _is_http_url(url: object) -> bool:
+    if not isinstance(url, str) or not url:
+        return False
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def _text(payload: Mapping[str, Any], key: str) -> str | None:
+    value = payload.get(key)
+    return value if isinstance(value, str) and value else None
+
+
+def _ids(value: object) -> list[str]:
+    return [p for p in value if isinstance(p, str) and p] if isinstance(value, list) else []
+
+
+def _loads(text: object) -> dict[str, Any]:
+    try:
+        doc = json.loads(str(text))
+    except (TypeError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _dumps(doc: Mapping[str, Any]) -> str:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+# --- reading the book --------------------------------------------------------------------
+
+
+class _ParcelQueries:
+    """The questions anyone may ask the book; answered from whatever connection `_reading`
+    lends (the book's own under its lock, or a read-only view's)."""
+
+    def _reading(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        raise NotImplementedError
+
+    def parcel(self, parcel: str) -> dict[str, Any] | None:
+        """Everything the book holds about one parcel (the policy's input), or None."""
+        with self._reading() as conn:
+            cur = conn.execute("SELECT * FROM parcels WHERE id=?", (parcel,))
+            row = cur.fetchone()
+            if row is None:
+                return None
+            names = [d[0] for d in cur.description]
+        info = dict(zip(names, row, strict=True))
+        info["record"] = _loads(info["record"])
+        info["window"] = json.loads(info["window"]) if info["window"] else None
+        info["locker_ok"] = None if info["locker_ok"] is None else bool(info["locker_ok"])
+        return info
+
+    def track(self, parcel: str) -> dict[str, Any]:
+        """A parcel's state and history for people (`lastmile depot track`, the HTTP API).
+
+        Webhook URLs and the raw record stay out: they may carry a merchant's tokens.
+        """
+        with self._reading() as conn:
+            row = conn.execute(
+                "SELECT id, state, attempts, last_reason, van, stop, locker, compartment, "
+                "next_action, merchant, recipient, address, updated_ns FROM parcels WHERE id=?",
+                (parcel,),
+            ).fetchone()
+            if row is None:
+                raise UnknownParcelError(parcel)
+            entries = conn.execute(
+                "SELECT at_ns, state, step, device, details FROM timeline WHERE parcel=? "
+                "ORDER BY id",
+                (parcel,),
+            ).fetchall()
+        return {
+            "parcel": row[0],
+            "state": row[1],
+            "final": row[1] in FINAL_STATES,
+            "attempts": row[2],
+            "last_reason": row[3],
+            "van": row[4],
+            "stop": row[5],
+            "locker": row[6],
+            "compartment": row[7],
+            "next_action": row[8],
+            "merchant": row[9],
+            "recipient": row[10],
+            "address": row[11],
+            "updated": iso_utc(row[12]),
+            "timeline": [
+                {
+                    "at": iso_utc(e[0]),
+                    "state": e[1],
+                    "step": e[2],
+                    "device": e[3],
+                    "details": _loads(e[4]),
+                }
+                for e in entries
+            ],
+        }
+
+    def parcels(self, state: str | None = None) -> list[dict[str, Any]]:
+        """One summary line per parcel, optionally only those in `state`."""
+        if state is not None and state not in STATES:
+            raise TrackingError(f"unknown state {state!r}; states are {', '.join(STATES)}")
+        sql = (
+            "SELECT id, state, attempts, van, stop, locker, next_action, merchant, updated_ns "
+            "FROM parcels"
+        )
+        with self._reading() as conn:
+            if state is None:
+                rows = conn.execute(sql + " ORDER BY id").fetchall()
+            else:
+                rows = conn.execute(sql + " WHERE state=? ORDER BY id", (state,)).fetchall()
+        keys = ("parcel", "state", "attempts", "van", "stop", "locker", "next_action", "merchant")
+        return [{**dict(zip(keys, r[:8], strict=True)), "updated": iso_utc(r[8])} for r in rows]
+
+    def counts_by_state(self) -> dict[str, int]:
+        """Parcels per state, every state named (zeros included)."""
+        with self._reading() as conn:
+            rows = conn.execute("SELECT state, count(*) FROM parcels GROUP BY state").fetchall()
+        counts = dict.fromkeys(STATES, 0)
+        counts.update({str(s): int(n) for s, n in rows})
+        return counts
+
+    def van_versions(self) -> dict[str, dict[str, Any]]:
+        """The manifest each van said it runs (`manifest_applied`), by van."""
+        with self._reading() as conn:
+            rows = conn.execute(
+                "SELECT van, manifest_version, day, updated_ns FROM vans ORDER BY van"
+            ).fetchall()
+        return {
+            str(v): {"manifest_version": int(n), "day": str(d), "updated": iso_utc(int(u))}
+            for v, n, d, u in rows
+        }
+
+    def timeline_entries(self, parcels: Sequence[str] | None = None) -> list[TimelineEntry]:
+        """Stored timeline entries in projection order; raises for a parcel never received."""
+        with self._reading() as conn:
+            if parcels is None:
+                rows = conn.execute(
+                    "SELECT t.uuid, t.parcel, p.record, t.at_ns, t.state, t.step, t.device, "
+                    "t.event_uuid, t.details FROM timeline t JOIN parcels p ON p.id = t.parcel "
+                    "ORDER BY t.parcel, t.id"
+                ).fetchall()
+            else:
+                rows = []
+                for pid in parcels:
+                    if conn.execute("SELECT 1 FROM parcels WHERE id=?", (pid,)).fetchone() is None:
+                        raise UnknownParcelError(pid)
+                    rows.extend(
+                        conn.execute(
+                            "SELECT t.uuid, t.parcel, p.record, t.at_ns, t.state, t.step, "
+                            "t.device, t.event_uuid, t.details FROM timeline t "
+                            "JOIN parcels p ON p.id = t.parcel WHERE t.parcel=? ORDER BY t.id",
+                            (pid,),
+                        ).fetchall()
+                    )
+        entries = []
+        for r in rows:
+            kind = _loads(r[2]).get("kind")
+            entries.append(
+                TimelineEntry(
+                    uuid=str(r[0]),
+                    parcel=str(r[1]),
+                    parcel_kind=kind if isinstance(kind, str) else None,
+                    at_ns=int(r[3]),
+                    state=str(r[4]),
+                    step=str(r[5]),
+                    device=str(r[6]),
+                    event_uuid=str(r[7]),
+                    details=_loads(r[8]),
+                )
+            )
+        return entries
+
+    def awaiting_assignment(self) -> list[dict[str, Any]]:
+        """Parcels at the depot (`received`, `at_depot`) that a day plan may put on a van."""
+        with self._reading() as conn:
+            rows = conn.execute(
+                "SELECT id, state, next_action, locker, attempts, record FROM parcels "
+                "WHERE state IN ('received', 'at_depot') ORDER BY id"
+            ).fetchall()
+        return [
+            {
+                "id": r[0],
+                "state": r[1],
+                "next_action": r[2],
+                "locker": r[3],
+                "attempts": r[4],
+                "record": _loads(r[5]),
+            }
+            for r in rows
+        ]
+
+    def locker_occupancy(self) -> dict[str, dict[str, int]]:
+        """Compartments held or reserved per locker and parcel size, as far as the book knows."""
+        with self._reading() as conn:
+            rows = conn.execute(
+                "SELECT locker, coalesce(size, 'S'), count(*) FROM parcels "
+                "WHERE locker IS NOT NULL AND compartment IS NOT NULL "
+                "AND state NOT IN ('delivered', 'picked_up', 'returned_to_sender', 'returning') "
+                "GROUP BY locker, coalesce(size, 'S')"
+            ).fetchall()
+        busy: dict[str, dict[str, int]] = {}
+        for locker, size, n in rows:
+            busy.setdefault(str(locker), {})[str(size)] = int(n)
+        return busy
+
+    def unmatched(self, *, include_resolved: bool = False) -> list[dict[str, Any]]:
+        """Device events about parcels the book did not know when they were projected."""
+        sql = (
+            "SELECT event_rowid, event_uuid, parcel, device, kind, reason, recorded_ns, "
+            "resolved_ns FROM unmatched"
+        )
+        if not include_resolved:
+            sql += " WHERE resolved_ns IS NULL"
+        with self._reading() as conn:
+            rows = conn.execute(sql + " ORDER BY event_rowid, parcel").fetchall()
+        keys = ("event_rowid", "event_uuid", "parcel", "device", "kind", "reason")
+        return [{**dict(zip(keys, r[:6], strict=True)), "resolved": r[7] is not None} for r in rows]
+
+    def reconciliations(self, van: str | None = None) -> list[dict[str, Any]]:
+        """Each van's `day_closed` report with the differences from the book at that moment."""
+        with self._reading() as conn:
+            rows = conn.execute(
+                "SELECT van, day, at_ns, report, discrepancies FROM van_days "
+                + ("WHERE van=? " if van is not None else "")
+                + "ORDER BY at_ns, van",
+                (van,) if van is not None else (),
+            ).fetchall()
+        return [
+            {
+                "van": r[0],
+                "day": r[1],
+                "at": iso_utc(r[2]),
+                "report": _loads(r[3]),
+                "discrepancies": json.loads(r[4]),
+            }
+            for r in rows
+        ]
+
+    def projected_rowid(self) -> int:
+        """The last `events.rowid` the projection has applied."""
+        with self._reading() as conn:
+            row = conn.execute("SELECT last_rowid FROM projection WHERE id=1").fetchone()
+        return int(row[0]) if row else 0
+
+
+class ParcelView(_ParcelQueries):
+    """A read-only connection to the book for one reader thread (an HTTP request).
+
+    SQLite connections belong to one thread; a view per request keeps readers off the
+    writer's lock, and WAL lets them read while the projection writes.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        uri = f"file:{urllib.parse.quote(str(Path(path).resolve()))}?mode=ro"
+        try:
+            self._db = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S)
+        except sqlite3.Error as exc:
+            raise ParcelBookError(f"cannot read the parcel book at {path}: {exc}") from exc
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        yield self._db
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> ParcelView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --- what a device event says about parcels ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class _StoredEvent:
+    rowid: int
+    device: str
+    uuid: str
+    at_ns: int
+    depot_time: bool
+    kind: str
+    payload: Mapping[str, Any]
+
+
+TargetRule = Callable[[str, str | None], str | None]  # (state, next_action) -> target
+
+
+@dataclass(frozen=True)
+class _Fact:
+    """What one event says about one parcel: a timeline step, maybe a state to enter, and
+    columns to set when the fact is current (not late, not an anomaly)."""
+
+    parcel: str
+    step: str
+    target: str | TargetRule | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+    sets: Mapping[str, Any] = field(default_factory=dict)
+    sets_only_if: Mapping[str, Any] = field(default_factory=dict)
+    failed_attempt: str | None = None  # the reason, when the fact is a failed attempt
+
+
+def _returned_to_depot_target(state: str, next_action: str | None) -> str:
+    return "returning" if next_action == "return_to_sender" else "at_depot"
+
+
+def _hold_extended_target(state: str, next_action: str | None) -> str | None:
+    return "in_locker" if state == "hold_expired" else None
+
+
+def _pod(payload: Mapping[str, Any]) -> dict[str, Any]:
+    pod = payload.get("pod")
+    return {"pod": pod} if isinstance(pod, dict) else {}
+
+
+def _van_facts(ev: _StoredEvent, loaded_of_van: Callable[[str], list[str]]) -> list[_Fact]:
+    p, kind, dev = ev.payload, ev.kind, ev.device
+    parcel = _text(p, "parcel")
+    stop = p.get("stop") if isinstance(p.get("stop"), int) else None
+    if kind == "departed":
+        loaded = _ids(p["loaded"]) if "loaded" in p else loaded_of_van(dev)
+        details = {"van": dev, "manifest_version": p.get("version")}
+        facts = [_Fact(x, "out_for_delivery", "out_for_delivery", details) for x in loaded]
+        facts += [_Fact(x, "not_loaded", None, {"van": dev}) for x in _ids(p.get("missing"))]
+        return facts
+    if kind == "day_closed":
+        return [_Fact(x, "unaccounted", None, {"van": dev}) for x in _ids(p.get("unaccounted"))]
+    if parcel is None:
+        return []
+    if kind == "parcel_loaded":
+        details = {"van": dev, "stop": stop, "shelf": p.get("shelf")}
+        return [_Fact(parcel, "loaded", "loaded", details, {"van": dev, "stop": stop})]
+    if kind == "parcel_delivered":
+        details = {
+            "van": dev,
+            "stop": stop,
+            "to": p.get("to"),
+            "name": p.get("name"),
+            "neighbour_address": p.get("neighbour_address"),
+            "upu": p.get("upu", "EMI"),
+            "x12": p.get("x12", "D"),
+            "inovert": INOVERT["delivered"],
+            **_pod(p),
+        }
+        return [_Fact(parcel, "delivered", "delivered", details)]
+    if kind == "delivery_failed":
+        reason = _text(p, "reason") or "unknown"
+        details = {
+            "van": dev,
+            "stop": stop,
+            "reason": reason,
+            "reason_text": REASON_TEXT.get(reason, reason.replace("_", " ")),
+            "van_attempt": p.get("attempt"),
+            "upu": p.get("upu", "EMH"),
+            "x12": p.get("x12", "AH"),
+            **({"inovert": INOVERT[reason]} if reason in INOVERT else {}),
+            **_pod(p),
+        }
+        return [_Fact(parcel, "attempted", "attempted", details, failed_attempt=reason)]
+    if kind == "parcel_redirected":
+        locker = _text(p, "locker")
+        details = {"van": dev, "stop": stop, "locker": locker, **_pod(p)}
+        sets = {"locker": locker} if locker else {}
+        return [_Fact(parcel, "redirected", "redirected", details, sets)]
+    if kind == "parcel_dropped_at_locker":
+        locker = _text(p, "locker")
+        details = {
+            "van": dev,
+            "stop": stop,
+            "locker": locker,
+            "compartment": p.get("compartment"),
+            "x12": "AU",
+            **_pod(p),
+        }
+        sets = {"locker": locker} if locker else {}
+        return [_Fact(parcel, "dropped_at_locker", "in_locker", details, sets)]
+    if kind == "parcel_returned_to_depot":
+        details = {"van": dev}
+        return [_Fact(parcel, "returned_to_depot", _returned_to_depot_target, details)]
+    return []
+
+
+def _locker_facts(ev: _StoredEvent, command_parcel: Callable[[str], str | None]) -> list[_Fact]:
+    p, kind, dev = ev.payload, ev.kind, ev.device
+    parcel = _text(p, "parcel")
+    compartment = _text(p, "compartment")
+    where = {"locker": dev, "compartment": compartment}
+    if kind == "command_accepted" and parcel is not None:
+        action = p.get("action")
+        if action == "reserve":
+            details = {**where, "command": p.get("id"), "again": bool(p.get("again", False))}
+            sets = {"locker": dev, "compartment": compartment}
+            return [_Fact(parcel, "locker_reserved", None, details, sets)]
+        if action == "extend_hold":
+            until = p.get("hold_until_ns")
+            details = {
+                "locker": dev,
+                "hold_until": iso_utc(until) if isinstance(until, int) else None,
+            }
+            return [_Fact(parcel, "hold_extended", _hold_extended_target, details)]
+        return []
+    if kind == "command_failed":
+        command = _text(p, "id")
+        target = parcel or (command_parcel(command) if command else None)
+        if target is None:
+            return []
+        details = {"locker": dev, "command": command, "reason": p.get("reason")}
+        if p.get("action") == "reserve":
+            return [_Fact(target, "reserve_failed", None, details)]
+        return [_Fact(target, "command_failed", None, {**details, "action": p.get("action")})]
+    if parcel is None:
+        return []
+    if kind == "parcel_deposited":
+        until = p.get("hold_until_ns")
+        details = {
+            **where,
+            "size": p.get("size"),
+            "hold_until": iso_utc(until) if isinstance(until, int) else None,
+            "x12": "AU",
+        }  # credential_for_depot stays out: the depot's credential desk unseals it elsewhere
+        return [_Fact(parcel, "in_locker", "in_locker", details, where)]
+    if kind == "parcel_picked_up":
+        return [_Fact(parcel, "picked_up", "picked_up", where, {"compartment": None})]
+    if kind == "hold_expired":
+        return [_Fact(parcel, "hold_expired", "hold_expired", where)]
+    if kind == "parcel_returned":
+        sets = {"compartment": None}
+        return [_Fact(parcel, "collected_for_return", "returning", where, sets)]
+    if kind == "reservation_lapsed":
+        return [
+            _Fact(
+                parcel,
+                "reservation_lapsed",
+                None,
+                where,
+                {"compartment": None},
+                sets_only_if={"locker": dev, "compartment": compartment},
+            )
+        ]
+    return []
+
+
+_VAN_KINDS = frozenset(
+    {
+        "manifest_applied",
+        "parcel_loaded",
+        "departed",
+        "parcel_delivered",
+        "delivery_failed",
+        "parcel_redirected",
+        "parcel_dropped_at_locker",
+        "parcel_returned_to_depot",
+        "day_closed",
+    }
+)
+_LOCKER_KINDS = frozenset(
+    {
+        "command_accepted",
+        "command_failed",
+        "parcel_deposited",
+        "parcel_picked_up",
+        "hold_expired",
+        "parcel_returned",
+        "reservation_lapsed",
+    }
+)
+_NEEDS_PARCEL = (_VAN_KINDS | _LOCKER_KINDS) - {
+    "manifest_applied",
+    "departed",
+    "day_closed",
+    "command_accepted",
+}
+
+
+# --- the book ------------------------------------------------------------------------------
+
+
+class ParcelBook(_ParcelQueries):
+    """The depot's parcels. One writer connection behind a lock; readers may use `view()`.
+
+    Example::
+
+        book = ParcelBook("depot.db", notify=my_outbox)
+        book.receive({"id": "RR123456785NL", "merchant": "shop", ...}, now_ns=t)
+        for t in book.project_new_events():
+            ...  # the exceptions policy reacts to t.state
+        book.track("RR123456785NL")["state"]
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        notify: Notify | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._notify = notify or _no_notify
+        self._clock: Clock = clock or SystemClock()
+        self._lock = threading.RLock()
+        try:
+            self._db = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S
+            )
+            self._db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # A notification promised in this file must survive the power cut after COMMIT.
+            self._db.execute("PRAGMA synchronous=FULL")
+            if self._db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                raise ParcelBookError(f"depot database {self.path} fails its integrity check")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise ParcelBookError(f"parcel book {self.path} cannot be used: {exc}") from exc
+
+    def _migrate(self) -> None:
+        with self._transaction():
+            has_meta = self._db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='book_meta'"
+            ).fetchone()
+            if has_meta:
+                row = self._db.execute(
+                    "SELECT value FROM book_meta WHERE key='schema_version'"
+                ).fetchone()
+                found = int(row[0]) if row else 0
+                if found == SCHEMA_VERSION:
+                    return
+                if found > SCHEMA_VERSION:
+                    raise ParcelBookError(
+                        f"parcel book schema {found} is newer than this software ({SCHEMA_VERSION})"
+                    )
+            for statement in _SCHEMA:
+                self._db.execute(statement)
+            self._db.execute(
+                "INSERT OR REPLACE INTO book_meta(key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+            self._db.execute(
+                "INSERT OR IGNORE INTO projection(id, last_rowid, updated_ns) VALUES (1, 0, ?)",
+                (self._clock.wall_ns(),),
+            )
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction on the book's connection; callers hold `_lock`."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+            self._db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+            raise
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            yield self._db
+
+    def view(self) -> ParcelView:
+        """A read-only connection of its own, for a reader on another thread."""
+        return ParcelView(self.path)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> ParcelBook:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- the depot's own facts -------------------------------------------------------------
+
+    def receive(
+        self, record_doc: Mapping[str, Any], *, now_ns: int, source: Source = "import"
+    ) -> bool:
+        """Add a parcel in state `received`; True if it is new to the book.
+
+        Idempotent on the parcel id: a re-import adds no timeline entry and never resets the
+        state; it updates the parcel's data (address, webhooks, ...) with the values it
+        carries, because a merchant's correction must reach the next manifest. An arrival scan
+        of a parcel still `received` adds its own timeline entry (the parcel is physically
+        here now).
+        """
+        parcel = record_doc.get("id")
+        if not isinstance(parcel, str) or not parcel:
+            raise TrackingError("a parcel record needs a non-empty string id")
+        if source not in ("import", "arrival_scan"):
+            raise TrackingError(f"unknown source {source!r} (import or arrival_scan)")
+        try:
+            record_text = _dumps(record_doc)
+        except (TypeError, ValueError) as exc:
+            raise TrackingError(f"parcel record {parcel} is not JSON: {exc}") from None
+        columns = self._record_columns(record_doc)
+        with self._lock, self._transaction() as conn:
+            row = conn.execute("SELECT state, record FROM parcels WHERE id=?", (parcel,)).fetchone()
+            created = row is None
+            if created:
+                conn.execute(
+                    "INSERT INTO parcels (id, state, received_ns, updated_ns, record, "
+                    + ", ".join(f'"{c}"' for c in columns)
+                    + ") VALUES (?, 'received', ?, ?, ?"
+                    + ", ?" * len(columns)
+                    + ")",
+                    (parcel, now_ns, now_ns, record_text, *columns.values()),
+                )
+                state = "received"
+            else:
+                state = str(row[0])
+                given = {k: v for k, v in columns.items() if v is not None}
+                merged = {
+                    **_loads(row[1]),
+                    **{k: v for k, v in record_doc.items() if v is not None},
+                }
+                conn.execute(
+                    "UPDATE parcels SET record=?"
+                    + "".join(f', "{c}"=?' for c in given)
+                    + " WHERE id=?",
+                    (_dumps(merged), *given.values(), parcel),
+                )
+            if state == "received":
+                self._record_entry(
+                    conn,
+                    parcel=parcel,
+                    event_uuid=f"receive:{source}",
+                    at_ns=now_ns,
+                    state="received",
+                    step="received",
+                    device=DEPOT_DEVICE,
+                    details={"source": source},
+                    notify=created,
+                )
+        return created
+
+    @staticmethod
+    def _record_columns(doc: Mapping[str, Any]) -> dict[str, Any]:
+        columns: dict[str, Any] = {}
+        for key in _RECORD_COLUMNS:
+            value = doc.get(key)
+            if key in ("lat", "lon"):
+                number = isinstance(value, int | float) and not isinstance(value, bool)
+                columns[key] = float(value) if number and value is not None else None
+            elif key == "window":
+                columns[key] = json.dumps(list(value)) if isinstance(value, list | tuple) else None
+            elif key == "locker_ok":
+                columns[key] = int(value) if isinstance(value, bool) else None
+            else:
+                columns[key] = str(value) if isinstance(value, str | int) and value != "" else None
+        return columns
+
+    def assign(self, parcel: str, van: str, stop: int, manifest_version: int) -> None:
+        """Record that a manifest puts the parcel on `van` at `stop` (its state stays)."""
+        with self._lock, self._transaction() as conn:
+            state = self._state_of(conn, parcel)
+            if state in FINAL_STATES:
+                raise ParcelStateError(parcel, state, f"assign it to {van}")
+            last = conn.execute(
+                "SELECT details FROM timeline WHERE parcel=? AND step='assigned' "
+                "ORDER BY id DESC LIMIT 1",
+                (parcel,),
+            ).fetchone()
+            details = {"van": van, "stop": stop, "manifest_version": manifest_version}
+            if last is not None and _loads(last[0]) == details:
+                return  # the same assignment again (a retried plan): one entry is enough
+            conn.execute(
+                "UPDATE parcels SET van=?, stop=?, updated_ns=? WHERE id=?",
+                (van, stop, self._clock.wall_ns(), parcel),
+            )
+            self._record_entry(
+                conn,
+                parcel=parcel,
+                event_uuid=f"assign:{uuid.uuid4().hex}",
+                at_ns=self._clock.wall_ns(),
+                state=state,
+                step="assigned",
+                device=DEPOT_DEVICE,
+                details=details,
+                notify=False,
+            )
+
+    def set_next_action(
+        self, parcel: str, kind: str, *, locker: str | None = None, reason: str
+    ) -> str:
+        """Record what the exceptions policy decided (`second_attempt`, `locker`,
+        `return_to_sender`, ...) and return the parcel's state afterwards.
+
+        The policy is decided elsewhere; the book only keeps the decision and its reason in
+        the timeline. `return_to_sender` on a parcel at the depot makes it `returning`. A
+        parcel already in a final state keeps it and the decision is not recorded (the
+        policy may race a pickup).
+        """
+        if not kind:
+            raise TrackingError("a next action needs a kind")
+        with self._lock, self._transaction() as conn:
+            state = self._state_of(conn, parcel)
+            if state in FINAL_STATES:
+                log.info("next action %s for %s ignored: parcel is %s", kind, parcel, state)
+                return state
+            new_state = state
+            if kind == "return_to_sender" and state == "at_depot":
+                new_state = "returning"
+            now = self._clock.wall_ns()
+            conn.execute(
+                "UPDATE parcels SET next_action=?, state=?, updated_ns=?, "
+                "locker=coalesce(?, locker) WHERE id=?",
+                (kind, new_state, now, locker, parcel),
+            )
+            self._record_entry(
+                conn,
+                parcel=parcel,
+                event_uuid=f"next_action:{uuid.uuid4().hex}",
+                at_ns=now,
+                state=new_state,
+                step="next_action",
+                device=DEPOT_DEVICE,
+                details={"kind": kind, "locker": locker, "reason": reason},
+                notify=new_state != state,
+            )
+        return new_state
+
+    def mark_returned_to_sender(self, parcel: str) -> None:
+        """A person at the depot booked the parcel handed back to its sender (final).
+
+        Only a parcel at the depot can be handed back: `received`, `at_depot`, `returning`.
+        Booking it twice is harmless.
+        """
+        with self._lock, self._transaction() as conn:
+            state = self._state_of(conn, parcel)
+            if state == "returned_to_sender":
+                return
+            if state not in ("received", "at_depot", "returning"):
+                raise ParcelStateError(parcel, state, "book it returned to sender")
+            now = self._clock.wall_ns()
+            conn.execute(
+                "UPDATE parcels SET state='returned_to_sender', updated_ns=? WHERE id=?",
+                (now, parcel),
+            )
+            self._record_entry(
+                conn,
+                parcel=parcel,
+                event_uuid="returned_to_sender",
+                at_ns=now,
+                state="returned_to_sender",
+                step="returned_to_sender",
+                device=DEPOT_DEVICE,
+                details={"from": state, "x12": "3"},
+                notify=True,
+            )
+
+    def note_command(self, command_id: str, *, locker: str, action: str, parcel: str) -> None:
+        """Remember which parcel a signed locker command is about.
+
+        A locker's `command_failed` names only the command id; without this note a refused
+        reservation cannot be tied to its parcel and goes to `unmatched`.
+        """
+        with self._lock, self._transaction() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO locker_commands(id, locker, action, parcel, noted_ns) "
+                "VALUES (?,?,?,?,?)",
+                (command_id, locker, action, parcel, self._clock.wall_ns()),
+            )
+
+    @staticmethod
+    def _state_of(conn: sqlite3.Connection, parcel: str) -> str:
+        row = conn.execute("SELECT state FROM parcels WHERE id=?", (parcel,)).fetchone()
+        if row is None:
+            raise UnknownParcelError(parcel)
+        return str(row[0])
+
+    # --- the projection --------------------------------------------------------------------
+
+    def project_new_events(self, limit: int = 1000) -> list[Transition]:
+        """Apply stored device events not yet projected (and earlier unmatched events whose
+        parcel has since been received); return what the policy may have to act on.
+
+        One transaction per call: states, timeline, notifications and the cursor commit
+        together. If `notify` raises, nothing of the batch remains and the next call retries.
+        """
+        if limit < 1:
+            raise TrackingError("limit must be at least 1")
+        with self._lock:
+            if not self._db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='events'"
+            ).fetchone():
+                return []  # DepotStore has not created its tables yet: nothing stored
+            with self._transaction() as conn:
+                transitions = self._replay_unmatched(conn)
+                cursor = int(
+                    conn.execute("SELECT last_rowid FROM projection WHERE id=1").fetchone()[0]
+                )
+                rows = conn.execute(
+                    "SELECT rowid, device, uuid, wall_ns, wall_synced, received_ns, kind, "
+                    "payload FROM events WHERE rowid > ? ORDER BY rowid LIMIT ?",
+                    (cursor, limit),
+                ).fetchall()
+                for row in rows:
+                    transitions.extend(self._project(conn, _event_of(row)))
+                if rows:
+                    conn.execute(
+                        "UPDATE projection SET last_rowid=?, updated_ns=? WHERE id=1",
+                        (int(rows[-1][0]), self._clock.wall_ns()),
+                    )
+        return transitions
+
+    def _replay_unmatched(self, conn: sqlite3.Connection) -> list[Transition]:
+        pending = conn.execute(
+            "SELECT u.event_rowid, u.event_uuid, u.parcel FROM unmatched u "
+            "JOIN parcels p ON p.id = u.parcel WHERE u.resolved_ns IS NULL "
+            "ORDER BY u.event_rowid"
+        ).fetchall()
+        transitions: list[Transition] = []
+        for rowid, event_uuid, parcel in pending:
+            row = conn.execute(
+                "SELECT rowid, device, uuid, wall_ns, wall_synced, received_ns, kind, payload "
+                "FROM events WHERE rowid=?",
+                (rowid,),
+            ).fetchone()
+            if row is not None:
+                transitions.extend(self._project(conn, _event_of(row), only_parcel=str(parcel)))
+            conn.execute(
+                "UPDATE unmatched SET resolved_ns=? WHERE event_uuid=? AND parcel=?",
+                (self._clock.wall_ns(), event_uuid, parcel),
+            )
+        return transitions
+
+    def _project(
+        self, conn: sqlite3.Connection, ev: _StoredEvent, *, only_parcel: str | None = None
+    ) -> list[Transition]:
+        if ev.kind not in _VAN_KINDS and ev.kind not in _LOCKER_KINDS:
+            return []  # scans, alarms, keypad attempts: device facts that move no parcel
+        if only_parcel is None:
+            self._van_side_effects(conn, ev)
+        if ev.kind in _VAN_KINDS:
+            facts = _van_facts(ev, lambda van: self._loaded_of(conn, van))
+        else:
+            facts = _locker_facts(ev, lambda cid: self._command_parcel(conn, cid))
+        if not facts and only_parcel is None and ev.kind in _NEEDS_PARCEL:
+            self._unmatched(conn, ev, "", "the event names no parcel the depot can tie it to")
+        transitions = []
+        for fact in facts:
+            if only_parcel is not None and fact.parcel != only_parcel:
+                continue
+            t = self._apply(conn, ev, fact)
+            if t is not None:
+                transitions.append(t)
+        return transitions
+
+    @staticmethod
+    def _loaded_of(conn: sqlite3.Connection, van: str) -> list[str]:
+        rows = conn.execute(
+            "SELECT id FROM parcels WHERE van=? AND state='loaded' ORDER BY id", (van,)
+        ).fetchall()
+        return [str(r[0]) for r in rows]
+
+    @staticmethod
+    def _command_parcel(conn: sqlite3.Connection, command_id: str) -> str | None:
+        row = conn.execute(
+            "SELECT parcel FROM locker_commands WHERE id=?", (command_id,)
+        ).fetchone()
+        return str(row[0]) if row and row[0] else None
+
+    def _van_side_effects(self, conn: sqlite3.Connection, ev: _StoredEvent) -> None:
+        """Facts about a van rather than a parcel; idempotent, so a replay changes nothing."""
+        p = ev.payload
+        if ev.kind == "manifest_applied":
+            version, day = p.get("version"), p.get("day")
+            if not isinstance(version, int) or not isinstance(day, str):
+                return
+            row = conn.execute(
+                "SELECT manifest_version, day FROM vans WHERE van=?", (ev.device,)
+            ).fetchone()
+            if row is not None and (str(row[1]), int(row[0])) >= (day, version):
+                return  # a van only moves forward (docs/DELIVERY.md)
+            conn.execute(
+                "INSERT INTO vans(van, manifest_version, day, updated_ns) VALUES (?,?,?,?) "
+                "ON CONFLICT(van) DO UPDATE SET manifest_version=excluded.manifest_version, "
+                "day=excluded.day, updated_ns=excluded.updated_ns",
+                (ev.device, version, day, ev.at_ns),
+            )
+        elif ev.kind == "day_closed":
+            day = p.get("day")
+            if not isinstance(day, str):
+                row = conn.execute("SELECT day FROM vans WHERE van=?", (ev.device,)).fetchone()
+                day = str(row[0]) if row else None
+            expected = {
+                "delivered": {"delivered"},
+                "in_locker": {"in_locker", "hold_expired", "picked_up", "returning"},
+                "returned": {"at_depot", "returning", "returned_to_sender"},
+            }
+            report = {key: _ids(p.get(key)) for key in (*expected, "unaccounted")}
+            discrepancies = []
+            for key, states in expected.items():
+                for parcel in report[key]:
+                    row = conn.execute("SELECT state FROM parcels WHERE id=?", (parcel,)).fetchone()
+                    book = str(row[0]) if row else None
+                    if book not in states:
+                        discrepancies.append({"parcel": parcel, "van_says": key, "book_says": book})
+            conn.execute(
+                "INSERT OR IGNORE INTO van_days(event_uuid, van, day, at_ns, report, "
+                "discrepancies) VALUES (?,?,?,?,?,?)",
+                (ev.uuid, ev.device, day, ev.at_ns, _dumps(report), json.dumps(discrepancies)),
+            )
+
+    def _unmatched(self, conn: sqlite3.Connection, ev: _StoredEvent, parcel: str, why: str) -> None:
+        conn.execute(
+            "INSERT OR IGNORE INTO unmatched(event_rowid, event_uuid, parcel, device, kind, "
+            "reason, recorded_ns) VALUES (?,?,?,?,?,?,?)",
+            (ev.rowid, ev.uuid, parcel, ev.device, ev.kind, why, self._clock.wall_ns()),
+        )
+        log.warning("%s from %s about %r kept unmatched: %s", ev.kind, ev.device, parcel, why)
+
+    def _apply(self, conn: sqlite3.Connection, ev: _StoredEvent, fact: _Fact) -> Transition | None:
+        row = conn.execute(
+            "SELECT state, next_action, attempts, locker, compartment FROM parcels WHERE id=?",
+            (fact.parcel,),
+        ).fetchone()
+        if row is None:
+            self._unmatched(conn, ev, fact.parcel, "the depot has not received this parcel")
+            return None
+        if conn.execute(
+            "SELECT 1 FROM timeline WHERE parcel=? AND event_uuid=?", (fact.parcel, ev.uuid)
+        ).fetchone():
+            return None  # applied before (a rewound cursor, a replay): never twice
+        current, next_action = str(row[0]), row[1]
+        target = fact.target(current, next_action) if callable(fact.target) else fact.target
+        verdict = _judge(current, target)
+        step, details = fact.step, dict(fact.details)
+        if ev.depot_time:
+            details["time"] = "depot receipt (device clock not synchronised)"
+        new_state = target if verdict in ("move", "irregular") and target else current
+        if verdict == "irregular":
+            details["irregular"] = f"{current} -> {target} is not a usual step"
+        elif verdict == "late":
+            details["late"] = f"the parcel was already {current}"
+        elif verdict == "anomaly":
+            details = {"event": ev.kind, "would_be": target, "state": current, **details}
+            details["anomaly"] = f"{ev.kind} contradicts the final state {current}"
+            step = "anomaly"
+        sets: dict[str, Any] = {}
+        columns = {"locker": row[3], "compartment": row[4]}
+        if verdict in ("none", "move", "repeat", "irregular") and all(
+            columns[k] == v for k, v in fact.sets_only_if.items()
+        ):
+            sets.update(fact.sets)
+        if fact.failed_attempt is not None and verdict != "anomaly":
+            sets["attempts"] = int(row[2]) + 1
+            sets["last_reason"] = fact.failed_attempt
+            details["attempts"] = sets["attempts"]
+        sets["state"] = new_state
+        sets["updated_ns"] = self._clock.wall_ns()
+        conn.execute(
+            "UPDATE parcels SET " + ", ".join(f"{k}=?" for k in sets) + " WHERE id=?",
+            (*sets.values(), fact.parcel),
+        )
+        moved = verdict in ("move", "irregular")
+        self._record_entry(
+            conn,
+            parcel=fact.parcel,
+            event_uuid=ev.uuid,
+            at_ns=ev.at_ns,
+            state=new_state,
+            step=step,
+            device=ev.device,
+            details=details,
+            notify=moved,
+        )
+        if verdict == "anomaly":
+            log.warning("anomaly for %s: %s", fact.parcel, details["anomaly"])
+        if moved or step == "reserve_failed":
+            return Transition(
+                parcel=fact.parcel,
+                state=new_state if moved else step,
+                previous=current,
+                step=step,
+                device=ev.device,
+                event_uuid=ev.uuid,
+                at_ns=ev.at_ns,
+                details=details,
+            )
+        return None
+
+    def _record_entry(
+        self,
+        conn: sqlite3.Connection,
+        *,
+        parcel: str,
+        event_uuid: str,
+        at_ns: int,
+        state: str,
+        step: str,
+        device: str,
+        details: Mapping[str, Any],
+        notify: bool,
+    ) -> None:
+        """One timeline entry, and the notifications about it in the same transaction."""
+        entry = uuid.uuid5(_TIMELINE_NS, f"{parcel}\0{event_uuid}").hex
+        cur = conn.execute(
+            "INSERT OR IGNORE INTO timeline(uuid, parcel, at_ns, state, step, device, "
+            "event_uuid, details) VALUES (?,?,?,?,?,?,?,?)",
+            (entry, parcel, at_ns, state, step, device, event_uuid, _dumps(details)),
+        )
+        if cur.rowcount != 1 or not notify or state not in NOTIFIED_STATES:
+            return
+        row = conn.execute(
+            'SELECT merchant, webhook, customer_webhook, locker, "window" FROM parcels WHERE id=?',
+            (parcel,),
+        ).fetchone()
+        merchant, webhook, customer_webhook, locker, window = row
+        body_details = _public_details(state, details, locker, window)
+        audiences: tuple[tuple[Audience, object], ...] = (
+            ("merchant", webhook),
+            ("customer", customer_webhook),
+        )
+        for audience, url in audiences:
+            if url is None:
+                continue
+            if not _is_http_url(url):
+                log.warning(
+                    "%s webhook of %s is not an http(s) URL; not notified", audience, parcel
+                )
+                continue
+            event_id = f"{entry}:{audience}"
+            body = {
+                "event_id": event_id,
+                "parcel": parcel,
+                "state": state,
+                "at": iso_utc(at_ns),
+                "details": body_details,
+                "merchant": merchant,
+            }
+            self._notify(conn, Notification(event_id, audience, str(url), body))
+
+
+Verdict = Literal["none", "move", "repeat", "late", "anomaly", "irregular"]
+
+
+def _judge(current: str, target: str | None) -> Verdict:
+    """How a fact that says the parcel is now `target` relates to its `current` state."""
+    if target is None:
+        return "none"
+    if current in FINAL_STATES:
+        if target == current:
+            return "repeat"
+        return "late" if current in _LATER.get(target, frozenset()) else "anomaly"
+    if target in _USUAL.get(current, frozenset()):
+        return "move"
+    if target == current:
+        return "repeat"
+    if current in _LATER.get(target, frozenset()):
+        return "late"
+    return "irregular"
+
+
+def _public_details(
+    state: str, details: Mapping[str, Any], locker: object, window: object
+) -> dict[str, Any]:
+    """What a merchant or customer is told: no proof-of-delivery fixes, no codes."""
+    if state == "received":
+        return {"source": details.get("source")}
+    if state == "out_for_delivery":
+        return {"window": json.loads(window)} if isinstance(window, str) else {}
+    if state == "attempted":
+        keep = ("reason", "reason_text", "attempts", "upu", "x12", "inovert")
+        return {k: details[k] for k in keep if k in details}
+    if state == "delivered":
+        said = ("to", "name", "neighbour_address", "upu", "x12")
+        return {k: details[k] for k in said if details.get(k) is not None}
+    if state == "in_locker":
+        found = {"locker": details.get("locker") or locker, "x12": "AU"}
+        if details.get("hold_until"):
+            found["hold_until"] = details["hold_until"]
+        return found
+    if state == "picked_up":
+        return {"locker": details.get("locker") or locker}
+    if state == "returned_to_sender":
+        return {"x12": "3"}
+    return {}
+
+
+def _event_of(row: Sequence[Any]) -> _StoredEvent:
+    rowid, device, event_uuid, wall_ns, wall_synced, received_ns, kind, payload = row
+    synced = bool(wall_synced)
+    return _StoredEvent(
+        rowid=int(rowid),
+        device=str(device),
+        uuid=str(event_uuid),
+        at_ns=int(wall_ns) if synced else int(received_ns),
+        depot_time=not synced,
+        kind=str(kind),
+        payload=_loads(payload),
+    )

@@ -1,0 +1,230 @@
+"""A van's manifest: which parcels it carries, to which stops, in which order.
+
+Owns the manifest document both ends agree on (docs/DELIVERY.md): the depot builds and
+publishes it, the van parses and runs it. Parsing is strict: a van must refuse a manifest it
+cannot fully understand rather than drive a round with half of it.
+
+Must never: guess a missing field, or accept a stop list whose numbering has holes (the
+shelf positions and the courier's route are derived from it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge.errors import EdgeError
+
+MANIFEST_VERSION = 1
+STOP_KINDS = ("address", "locker")
+
+
+class ManifestError(EdgeError):
+    """A manifest document that cannot be used as it is; `reason` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"unusable manifest: {reason}")
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Stop:
+    """One place the van stops at, with the parcels due there."""
+
+    stop: int
+    lat: float
+    lon: float
+    parcels: tuple[str, ...]
+    kind: str = "address"
+    address: str = ""
+    recipient: str = ""
+    window: tuple[str, str] | None = None
+    instructions: str = ""
+    locker: str | None = None
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "stop": self.stop,
+            "kind": self.kind,
+            "lat": self.lat,
+            "lon": self.lon,
+            "address": self.address,
+            "recipient": self.recipient,
+            "window": list(self.window) if self.window else None,
+            "instructions": self.instructions,
+            "locker": self.locker,
+            "parcels": list(self.parcels),
+        }
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A van's round for one day, at one version."""
+
+    van: str
+    version: int
+    day: str
+    stops: tuple[Stop, ...]
+    issued_at: float = 0.0
+    depot: tuple[float, float] | None = None
+    _due: dict[str, int] = field(default_factory=dict, init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        due: dict[str, int] = {}
+        for s in self.stops:
+            for p in s.parcels:
+                if p in due:
+                    raise ManifestError(f"parcel {p} is due at stops {due[p]} and {s.stop}")
+                due[p] = s.stop
+        self._due.update(due)
+
+    @property
+    def parcels(self) -> list[str]:
+        return list(self._due)
+
+    def stop_of(self, parcel: str) -> int | None:
+        """The stop a parcel is due at, or None when it is not on this manifest."""
+        return self._due.get(parcel)
+
+    def stop(self, number: int) -> Stop:
+        if not 1 <= number <= len(self.stops):
+            raise ManifestError(f"no stop {number} (stops 1..{len(self.stops)})")
+        return self.stops[number - 1]
+
+    def shelf_of(self, parcel: str) -> int | None:
+        """Loading position in reverse stop order: the last stop's parcels go in first.
+
+        Shelf 1 is the deepest; parcels of one stop share consecutive shelves in manifest
+        order, so the courier finds a stop's parcels side by side.
+        """
+        if parcel not in self._due:
+            return None
+        n = 0
+        for s in reversed(self.stops):
+            for p in s.parcels:
+                n += 1
+                if p == parcel:
+                    return n
+        return None  # pragma: no cover - _due and stops agree by construction
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "v": MANIFEST_VERSION,
+            "van": self.van,
+            "version": self.version,
+            "day": self.day,
+            "issued_at": self.issued_at,
+            "depot": {"lat": self.depot[0], "lon": self.depot[1]} if self.depot else None,
+            "stops": [s.to_doc() for s in self.stops],
+        }
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_doc(), separators=(",", ":"), ensure_ascii=False).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> Manifest:
+        try:
+            doc = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ManifestError(f"not JSON: {exc}") from None
+        return cls.from_doc(doc)
+
+    @classmethod
+    def from_doc(cls, doc: Any) -> Manifest:
+        if not isinstance(doc, Mapping):
+            raise ManifestError("not a JSON object")
+        if doc.get("v") != MANIFEST_VERSION:
+            raise ManifestError(f"document version {doc.get('v')!r}, expected {MANIFEST_VERSION}")
+        van = _text(doc, "van", required=True)
+        version = doc.get("version")
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise ManifestError("version must be a positive integer")
+        raw_stops = doc.get("stops")
+        if not isinstance(raw_stops, Sequence) or isinstance(raw_stops, str):
+            raise ManifestError("stops must be a list")
+        stops = tuple(_stop(s, i + 1) for i, s in enumerate(raw_stops))
+        depot = doc.get("depot")
+        where = None
+        if depot is not None:
+            if not isinstance(depot, Mapping):
+                raise ManifestError("depot must be an object")
+            where = (_coord(depot, "lat", 90), _coord(depot, "lon", 180))
+        issued = doc.get("issued_at", 0.0)
+        if (
+            not isinstance(issued, int | float)
+            or isinstance(issued, bool)
+            or not math.isfinite(issued)
+        ):
+            raise ManifestError("issued_at must be a number")
+        return cls(
+            van=van,
+            version=version,
+            day=_text(doc, "day", required=True),
+            stops=stops,
+            issued_at=float(issued),
+            depot=where,
+        )
+
+
+def _text(doc: Mapping[str, Any], key: str, *, required: bool = False) -> str:
+    value = doc.get(key)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str) or (required and not value):
+        raise ManifestError(f"{key} must be {'a non-empty' if required else 'a'} string")
+    return value
+
+
+def _coord(doc: Mapping[str, Any], key: str, limit: float) -> float:
+    value = doc.get(key)
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or abs(value) > limit
+    ):
+        raise ManifestError(f"{key} must be a number within ±{limit}")
+    return float(value)
+
+
+def _stop(doc: Any, expected: int) -> Stop:
+    if not isinstance(doc, Mapping):
+        raise ManifestError(f"stop {expected} is not an object")
+    if doc.get("stop") != expected:
+        raise ManifestError(f"stop numbers must run 1..n in order; got {doc.get('stop')!r}")
+    kind = doc.get("kind", "address")
+    if kind not in STOP_KINDS:
+        raise ManifestError(f"stop {expected}: kind must be one of {', '.join(STOP_KINDS)}")
+    parcels = doc.get("parcels")
+    if (
+        not isinstance(parcels, Sequence)
+        or isinstance(parcels, str)
+        or not all(isinstance(p, str) and p for p in parcels)
+    ):
+        raise ManifestError(f"stop {expected}: parcels must be a list of parcel ids")
+    window = doc.get("window")
+    if window is not None and not (
+        isinstance(window, Sequence)
+        and not isinstance(window, str)
+        and len(window) == 2
+        and all(isinstance(w, str) for w in window)
+    ):
+        raise ManifestError(f"stop {expected}: window must be [from, to]")
+    locker = doc.get("locker")
+    if kind == "locker" and not (isinstance(locker, str) and locker):
+        raise ManifestError(f"stop {expected}: a locker stop must name its locker")
+    return Stop(
+        stop=expected,
+        kind=kind,
+        lat=_coord(doc, "lat", 90),
+        lon=_coord(doc, "lon", 180),
+        address=_text(doc, "address"),
+        recipient=_text(doc, "recipient"),
+        window=(str(window[0]), str(window[1])) if window else None,
+        instructions=_text(doc, "instructions"),
+        locker=locker if isinstance(locker, str) and locker else None,
+        parcels=tuple(parcels),
+    )

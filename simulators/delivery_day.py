@@ -1,0 +1,451 @@
+"""Couriers and the people at the doors in the simulated delivery day.
+
+Owns the world outside the van: where each parcel's recipient lives and what happens at the
+door (at home, a neighbour, a safe place, nobody, a refusal, a damaged box, an address that
+cannot be found), and the courier who works through the van's manifest: loading in the
+morning (scanning one parcel of another van by mistake, now and then leaving one behind),
+driving from stop to stop with the GNSS receiver following the road (tunnels lose the fix; a
+parked van is sometimes a street away), scanning at the door (sometimes the wrong parcel
+first, sometimes a label that will not read), recording the outcome, taking redirected
+parcels to lockers, and scanning back what returns in the evening.
+
+The courier acts only through the van's inputs (its scanner's pseudo-terminal, its GNSS
+pseudo-terminal, its courier commands) and reads only what the van shows (its status, its
+journal's events, its manifest). Like every simulator here it never imports the device
+software it stands in front of; the scenario runner (simulators/day.py) hands it the van.
+
+Must never: decide a parcel's fate from what the van or the depot knows (fates are drawn from
+the seed before the day starts), wait without a bound, or tell the van something the courier
+could not know (a parcel it never scanned is never "delivered with a scan").
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from simulators.parcels import Label
+from sync.journal import Journal
+from sync.wire import Event
+
+log = logging.getLogger("simulators.delivery_day")
+
+DRIVE_MPS = 8.0  # town driving with traffic lights, about 29 km/h
+SERVICE_S = (90.0, 300.0)  # parking, walking to the door, waiting, walking back
+LOAD_SCAN_S = 12.0  # one parcel from the cage to its shelf
+EVENT_WAIT_S = 5.0  # real seconds a courier waits for the van to react before giving up
+REREAD_GAP_S = 0.4  # real seconds between two reads of one label (the driver debounces 0.3 s)
+
+FIRST_ATTEMPT_FAILURE = 0.10
+SECOND_ATTEMPT_FAILURE = 0.30
+FAILURES = {  # reason: weight, as the seed documents describe a town's failed doors
+    "not_at_home": 55,
+    "no_access": 10,
+    "business_closed": 8,
+    "address_not_found": 9,
+    "refused": 12,
+    "damaged": 6,
+}
+HANDOVER = {"recipient": 75, "neighbour": 15, "safe_place": 10}
+WRONG_STOP_SCAN = 0.02
+UNREADABLE_LABEL = 0.015
+TUNNEL_STOP = 0.04
+FAR_PARKING = 0.03
+LEFT_BEHIND = 0.3  # chance that a van leaves one parcel at the depot in the morning
+
+
+class Watchable(Protocol):
+    def add_listener(self, fn: Callable[[list[Event]], None]) -> None: ...
+
+
+class StopLike(Protocol):
+    @property
+    def stop(self) -> int: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def lat(self) -> float: ...
+    @property
+    def lon(self) -> float: ...
+    @property
+    def parcels(self) -> tuple[str, ...]: ...
+    @property
+    def locker(self) -> str | None: ...
+
+
+class ManifestLike(Protocol):
+    @property
+    def version(self) -> int: ...
+    @property
+    def day(self) -> str: ...
+    @property
+    def stops(self) -> Sequence[StopLike]: ...
+
+
+class VanLike(Protocol):
+    """What a courier uses of the van: its commands, its screen, its manifest, its journal."""
+
+    @property
+    def journal(self) -> Journal: ...
+
+    def courier(self, doc: Mapping[str, Any]) -> dict[str, Any]: ...
+
+    def manifest(self) -> ManifestLike | None: ...
+
+
+class ScannerLike(Protocol):
+    def scan(self, data: str, aim: str = "]C0") -> None: ...
+
+
+class GnssLike(Protocol):
+    def move_to(self, lat: float, lon: float) -> None: ...
+    def follow(self, route: list[tuple[float, float]], speed_mps: float) -> None: ...
+    def tunnel(self, on: bool = True) -> None: ...
+
+
+class LockerDropper(Protocol):
+    """The lockers' side: a courier hands a parcel over at a locker (blocking, bounded)."""
+
+    def bring(self, van: str, label: Label, parcel: str, locker: str, at_h: float) -> bool: ...
+
+
+@dataclass(frozen=True)
+class Household:
+    """The truth about one parcel's recipient, drawn from the seed."""
+
+    parcel: str
+    label: Label
+    lat: float
+    lon: float
+    address: str
+    recipient: str
+    merchant: str
+    size: str
+    locker_ok: bool
+    window: tuple[str, str] | None
+    fates: tuple[tuple[str, str], ...]  # per attempt: ("deliver", to) or ("fail", reason)
+
+    def fate(self, attempt: int) -> tuple[str, str]:
+        return self.fates[min(attempt, len(self.fates)) - 1]
+
+
+def draw_fates(rng: random.Random) -> tuple[tuple[str, str], ...]:
+    """What happens at the door on the first, second and third visit."""
+    out = []
+    for failure in (FIRST_ATTEMPT_FAILURE, SECOND_ATTEMPT_FAILURE, SECOND_ATTEMPT_FAILURE):
+        if rng.random() < failure:
+            reason = rng.choices(list(FAILURES), list(FAILURES.values()))[0]
+            out.append(("fail", reason))
+        else:
+            out.append(("deliver", rng.choices(list(HANDOVER), list(HANDOVER.values()))[0]))
+    return tuple(out)
+
+
+def offset(lat: float, lon: float, metres: float, bearing_deg: float) -> tuple[float, float]:
+    """The point `metres` away from (lat, lon) in direction `bearing_deg` (flat-earth; short)."""
+    b = math.radians(bearing_deg)
+    dlat = metres * math.cos(b) / 111_320.0
+    dlon = metres * math.sin(b) / (111_320.0 * math.cos(math.radians(lat)))
+    return lat + dlat, lon + dlon
+
+
+def metres(a: tuple[float, float], b: tuple[float, float]) -> float:
+    """Great-circle distance, written here apart from the van's own."""
+    la1, lo1, la2, lo2 = map(math.radians, (*a, *b))
+    h = (
+        math.sin((la2 - la1) / 2) ** 2
+        + math.cos(la1) * math.cos(la2) * math.sin((lo2 - lo1) / 2) ** 2
+    )
+    return 2 * 6_371_000.0 * math.asin(math.sqrt(h))
+
+
+class JournalWatch:
+    """The courier's eyes on the van's screen: the events its journal committed, in order."""
+
+    def __init__(self, journal: Watchable) -> None:
+        self._events: list[Event] = []
+        self._cond = threading.Condition()
+        self._abort = False
+        journal.add_listener(self._on_events)
+
+    def _on_events(self, events: list[Event]) -> None:
+        with self._cond:
+            self._events.extend(events)
+            self._cond.notify_all()
+
+    def mark(self) -> int:
+        with self._cond:
+            return len(self._events)
+
+    def abort(self) -> None:
+        with self._cond:
+            self._abort = True
+            self._cond.notify_all()
+
+    def wait(self, after: int, kinds: Sequence[str], timeout: float, **match: Any) -> Event | None:
+        """The first event after `after` of one of `kinds` whose payload has `match`."""
+
+        def find() -> Event | None:
+            for e in self._events[after:]:
+                if e.kind in kinds and all(e.payload.get(k) == v for k, v in match.items()):
+                    return e
+            return None
+
+        with self._cond:
+            self._cond.wait_for(lambda: self._abort or find() is not None, timeout)
+            return find()
+
+
+@dataclass
+class CourierTally:
+    """What the courier did (the injected side); the van's side is its events."""
+
+    loaded: int = 0
+    left_behind: list[str] = field(default_factory=list)
+    wrong_van_scans: int = 0
+    wrong_van_refused: int = 0
+    wrong_stop_scans: int = 0
+    wrong_stop_refused: int = 0
+    unreadable_labels: int = 0
+    tunnel_stops: int = 0
+    far_stops: int = 0
+    delivered: int = 0
+    failed: Counter[str] = field(default_factory=Counter)
+    locker_drops: int = 0
+    locker_drops_failed: int = 0
+    returned: int = 0
+    refusals: Counter[str] = field(default_factory=Counter)
+    gave_up: Counter[str] = field(default_factory=Counter)
+    manifest_versions: list[int] = field(default_factory=list)
+
+
+class Courier:
+    """One van's courier for the days of the run; `round()` works one day's manifest."""
+
+    def __init__(
+        self,
+        name: str,
+        van: VanLike,
+        *,
+        scanner: ScannerLike,
+        gnss: GnssLike,
+        world: Mapping[str, Household],
+        depot: tuple[float, float],
+        sim_wait: Callable[[float], bool],
+        hour: Callable[[], float],
+        rng: random.Random,
+        lockers: LockerDropper | None,
+        strangers: Sequence[Label],
+    ) -> None:
+        self.name = name
+        self.van = van
+        self.scanner = scanner
+        self.gnss = gnss
+        self.world = world
+        self.depot = depot
+        self.sim_wait = sim_wait  # wait simulated seconds; False when the run is stopping
+        self.hour = hour
+        self.rng = rng
+        self.lockers = lockers
+        self.strangers = list(strangers)  # labels of other vans' parcels, for a wrong pick
+        self.tally = CourierTally()
+        self.watch = JournalWatch(van.journal)
+        self.attempts: Counter[str] = Counter()
+        self.on_van: set[str] = set()
+        self._last_read: dict[str, float] = {}
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _do(self, doc: Mapping[str, Any]) -> dict[str, Any] | None:
+        try:
+            return self.van.courier(doc)
+        except Exception as exc:  # the van refused: count it, the courier carries on
+            reason = getattr(exc, "reason", type(exc).__name__)
+            self.tally.refusals[f"{doc.get('do')}: {reason}"] += 1
+            log.info("%s: van refused %s: %s", self.name, doc, exc)
+            return None
+
+    def _scan(self, label: Label, kinds: Sequence[str], **match: Any) -> Event | None:
+        # The scanner driver counts identical reads within its debounce window (real time) as
+        # one; simulated minutes pass in milliseconds, so the courier waits that out.
+        since = time.monotonic() - self._last_read.get(label.data, -1e9)
+        if since < REREAD_GAP_S:
+            time.sleep(REREAD_GAP_S - since)
+        mark = self.watch.mark()
+        self.scanner.scan(label.data, aim=label.aim)
+        self._last_read[label.data] = time.monotonic()
+        event = self.watch.wait(mark, kinds, EVENT_WAIT_S, **match)
+        if event is None:
+            self.tally.gave_up[f"no answer to a scan ({'/'.join(kinds)})"] += 1
+        return event
+
+    def _drive(self, frm: tuple[float, float], to: tuple[float, float]) -> bool:
+        self.gnss.follow([frm, to], DRIVE_MPS)
+        return self.sim_wait(metres(frm, to) / DRIVE_MPS + 30.0)
+
+    # --- the day ----------------------------------------------------------------------------
+
+    def wait_manifest(self, day: str, timeout: float) -> ManifestLike | None:
+        """The van's manifest for `day`, once the van has applied it."""
+        mark = 0
+        while True:
+            m = self.van.manifest()
+            if m is not None and m.day == day:
+                return m
+            e = self.watch.wait(mark, ("manifest_applied",), timeout, day=day)
+            if e is None:
+                m = self.van.manifest()
+                return m if m is not None and m.day == day else None
+            mark = self.watch.mark()
+
+    def round(self, day: str) -> None:
+        """Load, drive the stops, drop redirected parcels at lockers, return, close the day."""
+        manifest = self.wait_manifest(day, EVENT_WAIT_S * 2)
+        if manifest is None:
+            self.tally.gave_up["no manifest"] += 1
+            return
+        self.tally.manifest_versions.append(manifest.version)
+        self.gnss.move_to(*self.depot)
+        self._load(manifest)
+        self._do({"do": "depart"})
+        where = self.depot
+        done: set[int] = set()
+        while True:
+            manifest = self.van.manifest() or manifest
+            if manifest.version not in self.tally.manifest_versions:
+                self.tally.manifest_versions.append(manifest.version)
+            todo = [s for s in manifest.stops if s.stop not in done and self._has_work(s)]
+            if not todo:
+                break
+            # Doors first, in the manifest's order; locker stops once the doors are done.
+            doors = [s for s in todo if s.kind != "locker"]
+            stop = doors[0] if doors else todo[0]
+            done.add(stop.stop)
+            if not self._drive(where, (stop.lat, stop.lon)):
+                return
+            where = (stop.lat, stop.lon)
+            if stop.kind == "locker":
+                self._locker_stop(stop)
+            else:
+                self._door_stop(stop)
+        if not self._drive(where, self.depot):
+            return
+        self.gnss.move_to(*self.depot)
+        self._do({"do": "end_round"})
+        for parcel in sorted(self.on_van):
+            e = self._scan(
+                self.world[parcel].label,
+                ("parcel_returned_to_depot", "return_refused"),
+            )
+            if e is not None and e.kind == "parcel_returned_to_depot":
+                self.tally.returned += 1
+                self.sim_wait(LOAD_SCAN_S)
+        self.on_van.clear()
+        self._do({"do": "close_day"})
+
+    def _has_work(self, stop: StopLike) -> bool:
+        return any(p in self.on_van for p in stop.parcels)
+
+    def _load(self, manifest: ManifestLike) -> None:
+        order = [p for s in reversed(manifest.stops) for p in s.parcels if p in self.world]
+        left = None
+        if order and self.rng.random() < LEFT_BEHIND:
+            left = self.rng.choice(order)
+            self.tally.left_behind.append(left)
+        stranger_at = self.rng.randrange(len(order) + 1) if self.strangers else -1
+        for i, parcel in enumerate(order):
+            if i == stranger_at:
+                label = self.rng.choice(self.strangers)
+                self.tally.wrong_van_scans += 1
+                e = self._scan(label, ("load_refused", "parcel_loaded", "scan_rejected"))
+                if e is not None and e.kind == "load_refused":
+                    self.tally.wrong_van_refused += 1
+            if parcel == left:
+                continue
+            e = self._scan(self.world[parcel].label, ("parcel_loaded", "load_refused"))
+            if e is not None and e.kind == "parcel_loaded":
+                self.tally.loaded += 1
+                self.on_van.add(parcel)
+            if not self.sim_wait(LOAD_SCAN_S):
+                return
+
+    def _arrive(self, stop: StopLike) -> None:
+        lat, lon = stop.lat, stop.lon
+        if self.rng.random() < FAR_PARKING:
+            lat, lon = offset(lat, lon, self.rng.uniform(140, 300), self.rng.uniform(0, 360))
+            self.tally.far_stops += 1
+        else:
+            lat, lon = offset(lat, lon, self.rng.uniform(3, 40), self.rng.uniform(0, 360))
+        self.gnss.move_to(lat, lon)
+        self.tunnel = self.rng.random() < TUNNEL_STOP
+        if self.tunnel:
+            self.gnss.tunnel(True)  # an underground car park: no sky, no fix
+            self.tally.tunnel_stops += 1
+        self.sim_wait(5.0)  # a few epochs at the new place before the courier taps "arrived"
+        self._do({"do": "arrive", "stop": stop.stop})
+
+    def _door_stop(self, stop: StopLike) -> None:
+        self._arrive(stop)
+        here = [p for p in stop.parcels if p in self.on_van]
+        if here and self.strangers is not None and self.rng.random() < WRONG_STOP_SCAN:
+            later = [p for p in self.on_van if p not in stop.parcels]
+            if later:
+                self.tally.wrong_stop_scans += 1
+                e = self._scan(
+                    self.world[self.rng.choice(later)].label,
+                    ("stop_scan_refused", "parcel_scanned_at_stop"),
+                )
+                if e is not None and e.kind == "stop_scan_refused":
+                    self.tally.wrong_stop_refused += 1
+        for parcel in here:
+            home = self.world[parcel]
+            if self.rng.random() < UNREADABLE_LABEL:
+                self.tally.unreadable_labels += 1  # torn label: the courier types the outcome
+            else:
+                self._scan(home.label, ("parcel_scanned_at_stop", "stop_scan_refused"))
+            self.attempts[parcel] += 1
+            what, how = home.fate(self.attempts[parcel])
+            self.sim_wait(self.rng.uniform(*SERVICE_S))
+            if what == "deliver":
+                doc: dict[str, Any] = {"do": "deliver", "parcel": parcel, "to": how}
+                if how == "recipient":
+                    doc["name"] = home.recipient
+                elif how == "neighbour":
+                    doc["name"] = f"neighbour of {home.recipient}"
+                    doc["neighbour_address"] = f"next door to {home.address}"
+                else:
+                    doc["photo"] = f"photo://{self.name}/{parcel}.jpg"
+                if self._do(doc) is not None:
+                    self.tally.delivered += 1
+                    self.on_van.discard(parcel)
+            else:
+                if self._do({"do": "fail", "parcel": parcel, "reason": how}) is not None:
+                    self.tally.failed[how] += 1
+        if self.tunnel:
+            self.gnss.tunnel(False)
+
+    def _locker_stop(self, stop: StopLike) -> None:
+        self._arrive(stop)
+        for parcel in [p for p in stop.parcels if p in self.on_van]:
+            home = self.world[parcel]
+            self._scan(home.label, ("parcel_scanned_at_stop", "stop_scan_refused"))
+            ok = (
+                self.lockers.bring(self.name, home.label, parcel, str(stop.locker), self.hour())
+                if self.lockers is not None
+                else False
+            )
+            if not ok:
+                self.tally.locker_drops_failed += 1
+                continue  # still on the van: it comes back to the depot tonight
+            if self._do({"do": "drop", "parcel": parcel}) is not None:
+                self.tally.locker_drops += 1
+                self.on_van.discard(parcel)
+        if self.tunnel:
+            self.gnss.tunnel(False)

@@ -1,0 +1,576 @@
+"""A GNSS receiver on a pseudo-terminal, for tests, bench runs and the simulated day.
+
+It owns the receiver's side of the wire (PROTOCOLS.md section 4): one ``$GNRMC`` and one
+``$GNGGA`` sentence per epoch, CR LF terminated, written to a pty master from a background
+thread, so a driver opens the slave path exactly as it would open ``/dev/ttyACM0``. Epochs
+follow a `sync.clock.Clock`, so under a `ScaledClock` the antenna moves along its route in
+simulated time. Test-side controls move the antenna, take the sky away (`tunnel`), degrade
+HDOP, corrupt sentences and pull the cable; `history` records what was written.
+
+It writes NMEA on its own, checksum included, and must never import from ``drivers``: a
+formatting bug shared by both sides would pass every test.
+
+It must never block a test forever or spin: the master is non-blocking, bytes nobody reads
+are dropped after a short bounded wait (a receiver's UART does not wait for its host), and the
+epoch thread sleeps on an Event between epochs. At high clock speeds it skips epochs rather
+than write more than ``max_real_rate_hz`` per real second.
+
+The pty behaviour it relies on (raw mode kept after the slave fd closes, bytes written before
+the host opens the port being flushed by pyserial, closing the master as the unplug) is
+described in simulators/scanner.py and pinned by tests/test_scanner_serial.py.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import logging
+import math
+import os
+import random
+import select
+import threading
+import time
+import tty
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from simulators.errors import SimulatorError
+from sync.clock import Clock, SystemClock
+
+__all__ = ["SimulatedGnss", "WrittenSentence"]
+
+log = logging.getLogger("simulators.gnss")
+
+# A receiver's UART does not wait for its host: bytes the pty will not take within this are
+# dropped. Short, so that close() is never held up by a host that stopped reading.
+WRITE_TIMEOUT_S = 0.05
+# Longest the epoch thread sleeps without looking at the clock again: bounds the damage of a
+# clock whose speed changed, or a wall clock that jumped.
+MAX_SLEEP_S = 0.25
+# Times are written with two decimals (hhmmss.ss); faster epochs would share a time field.
+MAX_RATE_HZ = 100.0
+
+EARTH_RADIUS_M = 6_371_008.8  # IUGG mean radius, for route lengths.
+MPS_PER_KNOT = 1852.0 / 3600.0
+DEFAULT_POSITION = (52.37403, 4.88969)  # Amsterdam Centraal, a depot-ish place to stand.
+_EPOCH0 = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+@dataclass(frozen=True)
+class WrittenSentence:
+    """One thing the pty accepted, and what the simulated world was when it was made.
+
+    ``lat``/``lon`` are where the antenna was at the epoch; they were written only when
+    ``fix`` is True. ``sim_ns`` is the clock's ``monotonic_ns()`` of the epoch, ``utc`` its
+    time in the sentence; both are None for `write_raw` bytes. ``at`` is the real
+    ``time.monotonic()`` when the write finished.
+    """
+
+    at: float
+    kind: str  # "RMC", "GGA" or "raw"
+    sim_ns: int | None
+    utc: dt.datetime | None
+    lat: float | None
+    lon: float | None
+    fix: bool
+    corrupted: bool
+    data: bytes
+
+
+@dataclass(frozen=True)
+class _Route:
+    points: tuple[tuple[float, float], ...]
+    legs_m: tuple[float, ...]  # Length of each leg, points[i] -> points[i + 1].
+    speed_mps: float
+    started_ns: int  # Clock monotonic_ns() when the vehicle set off.
+
+
+class SimulatedGnss:
+    """A GNSS receiver plugged into a pseudo-terminal; `path` is what the driver opens.
+
+    ``link`` makes `path` a stable symlink to the pty slave, like ``/dev/serial/by-id/...``,
+    which survives `unplug`/`replug` while the ``/dev/pts/N`` behind it changes.
+
+    Epochs sit on whole multiples of ``1 / rate_hz`` simulated seconds of ``clock.wall_ns()``
+    (real receivers align them to the second), at most ``max_real_rate_hz`` per real second:
+    at 2400x a 1 Hz receiver would owe 2400 epochs a second, so most are skipped, and the ones
+    written still carry their true simulated time and position. ``corrupt_share`` is the
+    chance that a sentence gets one character flipped, drawn from ``random.Random(seed)``.
+    """
+
+    def __init__(
+        self,
+        link: str | os.PathLike[str] | None = None,
+        *,
+        clock: Clock | None = None,
+        rate_hz: float = 1.0,
+        seed: int = 0,
+        corrupt_share: float = 0.0,
+        max_real_rate_hz: float = 20.0,
+        position: tuple[float, float] = DEFAULT_POSITION,
+        hdop: float = 0.9,
+        satellites: int = 10,
+        altitude_m: float = 2.0,
+        talker: str = "GN",
+        write_timeout_s: float = WRITE_TIMEOUT_S,
+    ) -> None:
+        if not 0 < rate_hz <= MAX_RATE_HZ:
+            raise SimulatorError(f"rate_hz must be in (0, {MAX_RATE_HZ}]")
+        if not max_real_rate_hz > 0:
+            raise SimulatorError("max_real_rate_hz must be positive")
+        if not 0.0 <= corrupt_share <= 1.0:
+            raise SimulatorError("corrupt_share must be between 0 and 1")
+        if write_timeout_s < 0:
+            raise SimulatorError("write_timeout_s must not be negative")
+        if len(talker) != 2 or not talker.isalpha() or not talker.isupper():
+            raise SimulatorError(f"talker {talker!r} is not two capital letters")
+        _check_position(*position)
+        self._link = Path(link) if link is not None else None
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        self._period_ns = round(1e9 / rate_hz)
+        self._min_gap_s = 1.0 / max_real_rate_hz
+        self._corrupt_share = corrupt_share
+        self._rng = random.Random(seed)
+        self._talker = talker
+        self._write_timeout_s = write_timeout_s
+
+        # The simulated world and the history, under one lock with a condition notified
+        # whenever the history grows (see wait_until).
+        self._state = threading.RLock()
+        self._changed = threading.Condition(self._state)
+        self._position = position
+        self._route: _Route | None = None
+        self._fix_lost = False
+        self._hdop = hdop
+        self._satellites = satellites
+        self._altitude_m = altitude_m
+        self._corrupt_next = 0
+        self._history: list[WrittenSentence] = []
+
+        # Held around every use of the master fd so unplug() from one thread cannot close it
+        # (and let the kernel reuse its number) under a write from the epoch thread.
+        self._io = threading.Lock()
+        self._master: int | None = None
+        self._device = ""
+        self._overflowing = False  # Logged once per stretch of nobody reading.
+        self._closed = False
+        self._stopping = threading.Event()
+        self._plug()
+        self._thread = threading.Thread(
+            target=self._run, name=f"gnss-sim {self._device}", daemon=True
+        )
+        self._thread.start()
+
+    # -- where the driver connects -------------------------------------------------------------
+
+    @property
+    def path(self) -> str:
+        """What a driver opens: the symlink if one was asked for, else the pty slave."""
+        return str(self._link) if self._link is not None else self._device
+
+    @property
+    def device(self) -> str:
+        """The current pty slave (``/dev/pts/N``); it changes on every replug."""
+        return self._device
+
+    @property
+    def plugged(self) -> bool:
+        return self._master is not None
+
+    # -- the antenna and the sky ---------------------------------------------------------------
+
+    def move_to(self, lat: float, lon: float) -> None:
+        """Stand still at this position from the next epoch on (ends any `follow`)."""
+        _check_position(lat, lon)
+        with self._state:
+            self._position, self._route = (lat, lon), None
+
+    def follow(self, route: Sequence[tuple[float, float]], speed_mps: float) -> None:
+        """Drive along the waypoints at ``speed_mps`` of simulated time, starting now.
+
+        The position is interpolated along the polyline by the simulated time elapsed, and
+        stays at the last waypoint once it is reached.
+        """
+        if not route:
+            raise SimulatorError("a route needs at least one waypoint")
+        if not speed_mps > 0:
+            raise SimulatorError("speed_mps must be positive")
+        for lat, lon in route:
+            _check_position(lat, lon)
+        points = tuple((float(lat), float(lon)) for lat, lon in route)
+        legs = tuple(_ground_distance_m(a, b) for a, b in itertools.pairwise(points))
+        with self._state:
+            self._route = _Route(points, legs, speed_mps, self._clock.monotonic_ns())
+
+    def position(self) -> tuple[float, float]:
+        """Where the antenna is now in simulated time, fix or not."""
+        with self._state:
+            lat, lon, _, _ = self._kinematics(self._clock.monotonic_ns())
+            return lat, lon
+
+    @property
+    def arrived(self) -> bool:
+        """True when standing still: no route, or at the end of it."""
+        with self._state:
+            return self._kinematics(self._clock.monotonic_ns())[2] == 0.0
+
+    def tunnel(self, on: bool = True) -> None:
+        """No sky: RMC status V, GGA quality 0, empty position fields, as receivers send."""
+        with self._state:
+            self._fix_lost = on
+
+    def lose_fix(self) -> None:
+        self.tunnel(True)
+
+    def regain_fix(self) -> None:
+        self.tunnel(False)
+
+    def set_hdop(self, hdop: float) -> None:
+        """Horizontal dilution of precision in the GGA (0.5 open sky ... 20 an urban canyon)."""
+        if not hdop > 0:
+            raise SimulatorError("hdop must be positive")
+        with self._state:
+            self._hdop = hdop
+
+    def set_satellites(self, satellites: int) -> None:
+        if not 0 <= satellites <= 99:
+            raise SimulatorError("satellites must be 0-99 (two digits in the GGA)")
+        with self._state:
+            self._satellites = satellites
+
+    def corrupt_next(self, n: int = 1) -> None:
+        """The next ``n`` sentences get one character flipped, so their checksum fails."""
+        if n < 0:
+            raise SimulatorError("n must not be negative")
+        with self._state:
+            self._corrupt_next = n
+
+    def write_raw(self, data: bytes) -> None:
+        """Send bytes as they are: noise, a half sentence, a sentence of another kind."""
+        self._check_open()
+        data = bytes(data)
+        accepted = self._write(data)
+        if accepted:
+            raw = WrittenSentence(
+                at=time.monotonic(),
+                kind="raw",
+                sim_ns=None,
+                utc=None,
+                lat=None,
+                lon=None,
+                fix=False,
+                corrupted=False,
+                data=accepted,
+            )
+            self._record([raw])
+
+    # -- the cable ------------------------------------------------------------------------------
+
+    def unplug(self) -> None:
+        """Pull the cable: the pty disappears, and so does the symlink to it."""
+        self._check_open()
+        with self._io:
+            if self._master is None:
+                raise SimulatorError("GNSS receiver is already unplugged")
+            os.close(self._master)
+            self._master = None
+        if self._link is not None and self._link.is_symlink():
+            self._link.unlink()
+        log.info("GNSS receiver unplugged from %s", self._device)
+
+    def replug(self) -> None:
+        """Plug back in: a fresh pty, and the symlink points at it."""
+        self._check_open()
+        if self._master is not None:
+            raise SimulatorError("GNSS receiver is already plugged in")
+        self._plug()
+
+    def close(self) -> None:
+        """Stop the epochs and unplug for good; safe to call twice."""
+        if self._closed:
+            return
+        self._stopping.set()
+        self._thread.join(2.0)
+        if self._master is not None:
+            self.unplug()
+        self._closed = True
+        if self._thread.is_alive():
+            raise SimulatorError("GNSS simulator thread did not stop within 2 s")
+
+    def __enter__(self) -> SimulatedGnss:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- what happened --------------------------------------------------------------------------
+
+    @property
+    def history(self) -> list[WrittenSentence]:
+        """A copy of everything the pty accepted, in order."""
+        with self._state:
+            return list(self._history)
+
+    def wait_until(self, predicate: Callable[[], bool], timeout_s: float) -> bool:
+        """Wait until ``predicate()`` holds, re-checked after every write; False on timeout.
+
+        The predicate runs with the state lock held; it may read `history` and the controls.
+        """
+        with self._changed:
+            return self._changed.wait_for(predicate, timeout_s)
+
+    # -- the epoch thread -----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._epochs_until_stopped()
+        except Exception:
+            log.exception("GNSS simulator on %s died", self._device)
+            raise
+
+    def _epochs_until_stopped(self) -> None:
+        clock, period = self._clock, self._period_ns
+        real0, sim0 = time.monotonic_ns(), clock.monotonic_ns()
+        last_epoch: int | None = None
+        last_written = -math.inf
+        while not self._stopping.is_set():
+            wall = clock.wall_ns()
+            epoch = wall // period
+            if last_epoch is None or epoch > last_epoch:
+                # The epoch's own simulated instant, not "now": the thread may wake late.
+                sim_ns = clock.monotonic_ns() - (wall - epoch * period)
+                self._emit(epoch * period, sim_ns)
+                last_epoch, last_written = epoch, time.monotonic()
+            # Sleep until the next epoch boundary in simulated time, but no sooner than the
+            # real-rate cap allows. The speed is measured, since the Clock protocol does not
+            # say it; until it can be measured, wake at the cap's pace.
+            real_elapsed = time.monotonic_ns() - real0
+            speed = (clock.monotonic_ns() - sim0) / real_elapsed if real_elapsed > 1e6 else 0.0
+            if speed > 0:
+                sim_left = (last_epoch + 1) * period - clock.wall_ns()
+                wait = min(MAX_SLEEP_S, sim_left / speed / 1e9)
+            else:
+                wait = self._min_gap_s
+            wait = max(wait, last_written + self._min_gap_s - time.monotonic(), 0.0)
+            self._stopping.wait(wait)
+
+    def _emit(self, wall_ns: int, sim_ns: int) -> None:
+        utc = _EPOCH0 + dt.timedelta(microseconds=wall_ns // 1000)
+        with self._state:
+            lat, lon, speed, course = self._kinematics(sim_ns)
+            fix = not self._fix_lost
+            sentences = [
+                ("RMC", self._rmc(utc, fix, lat, lon, speed, course)),
+                ("GGA", self._gga(utc, fix, lat, lon)),
+            ]
+            out: list[tuple[str, bytes, bool]] = []
+            for kind, body in sentences:
+                corrupt = False
+                if self._corrupt_next > 0:
+                    self._corrupt_next -= 1
+                    corrupt = True
+                elif self._corrupt_share > 0 and self._rng.random() < self._corrupt_share:
+                    corrupt = True
+                data = _frame(body)
+                out.append((kind, self._flip(data) if corrupt else data, corrupt))
+        written = []
+        for kind, data, corrupt in out:
+            if self._write(data) == data:
+                written.append(
+                    WrittenSentence(
+                        time.monotonic(), kind, sim_ns, utc, lat, lon, fix, corrupt, data
+                    )
+                )
+        self._record(written)
+
+    def _record(self, written: list[WrittenSentence]) -> None:
+        if not written:
+            return
+        with self._changed:
+            self._history.extend(written)
+            self._changed.notify_all()
+
+    def _kinematics(self, sim_ns: int) -> tuple[float, float, float, float | None]:
+        """(lat, lon, speed m/s, course degrees or None) at ``sim_ns``; lock held."""
+        route = self._route
+        if route is None:
+            return self._position[0], self._position[1], 0.0, None
+        travelled = route.speed_mps * max(0, sim_ns - route.started_ns) / 1e9
+        for i, leg in enumerate(route.legs_m):
+            a, b = route.points[i], route.points[i + 1]
+            if travelled < leg:
+                f = travelled / leg
+                lat = a[0] + (b[0] - a[0]) * f
+                lon = a[1] + (b[1] - a[1]) * f
+                return lat, lon, route.speed_mps, _bearing_deg(a, b)
+            travelled -= leg
+        end = route.points[-1]
+        return end[0], end[1], 0.0, None
+
+    def _rmc(
+        self,
+        utc: dt.datetime,
+        fix: bool,
+        lat: float,
+        lon: float,
+        speed_mps: float,
+        course: float | None,
+    ) -> str:
+        hms, date = _nmea_time(utc), utc.strftime("%d%m%y")
+        if not fix:
+            return f"{self._talker}RMC,{hms},V,,,,,,,{date},,,N"
+        knots = speed_mps / MPS_PER_KNOT
+        course_field = f"{course:.2f}" if course is not None else ""
+        return (
+            f"{self._talker}RMC,{hms},A,{_lat_fields(lat)},{_lon_fields(lon)},"
+            f"{knots:.3f},{course_field},{date},,,A"
+        )
+
+    def _gga(self, utc: dt.datetime, fix: bool, lat: float, lon: float) -> str:
+        hms = _nmea_time(utc)
+        if not fix:
+            return f"{self._talker}GGA,{hms},,,,,0,00,99.99,,,,,,"
+        return (
+            f"{self._talker}GGA,{hms},{_lat_fields(lat)},{_lon_fields(lon)},1,"
+            f"{self._satellites:02d},{self._hdop:.2f},{self._altitude_m:.1f},M,46.9,M,,"
+        )
+
+    def _flip(self, sentence: bytes) -> bytes:
+        """Flip one low bit of one character between ``$`` and ``*``: line noise.
+
+        Changing a single byte always changes the XOR checksum; the flip is kept away from
+        the framing characters so the host still sees one line, just a bad one.
+        """
+        star = sentence.rindex(b"*")
+        i = self._rng.randrange(1, star)
+        flipped = sentence[i] ^ 0x01
+        if flipped in b"$*\r\n":
+            flipped = sentence[i] ^ 0x02
+        return sentence[:i] + bytes([flipped]) + sentence[i + 1 :]
+
+    # -- the pty ---------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SimulatorError("simulated GNSS receiver is closed")
+
+    def _plug(self) -> None:
+        master, slave = os.openpty()
+        try:
+            # No echo, no CR/LF translation: the host must see exactly the receiver's bytes.
+            tty.setraw(slave)
+            self._device = os.ttyname(slave)
+        except OSError:
+            os.close(master)
+            raise
+        finally:
+            os.close(slave)  # The raw settings stay with the pty.
+        os.set_blocking(master, False)
+        if self._link is not None:
+            try:
+                self._point_link(self._device)
+            except BaseException:
+                os.close(master)
+                raise
+        with self._io:
+            self._master = master
+            self._overflowing = False
+        log.info("GNSS receiver plugged in at %s (%s)", self.path, self._device)
+
+    def _point_link(self, target: str) -> None:
+        assert self._link is not None
+        link = self._link
+        if link.exists() and not link.is_symlink():
+            raise SimulatorError(f"{link} exists and is not a symlink; not replacing it")
+        # Build the new link beside the old and rename over it, so a driver retrying its
+        # open never sees a half-made link.
+        tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(target)
+        os.replace(tmp, link)
+
+    def _write(self, data: bytes) -> bytes:
+        """Write to the master; return what the pty accepted, dropping what it would not."""
+        with self._io:
+            master = self._master
+            if master is None:
+                return b""  # Unplugged: the receiver talks into the void.
+            view = memoryview(data)
+            give_up_at = time.monotonic() + self._write_timeout_s
+            while view:
+                try:
+                    view = view[os.write(master, view) :]
+                except BlockingIOError:
+                    left = give_up_at - time.monotonic()
+                    if left <= 0:
+                        break
+                    select.select([], [master], [], left)  # until the host drains, or the bound
+                except OSError as e:
+                    log.warning("GNSS write failed on %s: %s", self._device, e)
+                    break
+            if view and not self._overflowing:
+                log.warning("nobody drains the GNSS pty %s: dropping sentences", self._device)
+            self._overflowing = bool(view)
+            return data[: len(data) - len(view)]
+
+
+# ---- NMEA, written independently of drivers.gnss -------------------------------------------------
+
+
+def _frame(body: str) -> bytes:
+    """``$`` + body + ``*`` + checksum (XOR of the body's bytes, two hex digits) + CR LF."""
+    raw = body.encode("ascii")
+    checksum = 0
+    for byte in raw:
+        checksum ^= byte
+    return b"$" + raw + b"*" + f"{checksum:02X}".encode("ascii") + b"\r\n"
+
+
+def _nmea_time(utc: dt.datetime) -> str:
+    return f"{utc:%H%M%S}.{utc.microsecond // 10_000:02d}"
+
+
+def _angle_fields(value: float, degree_digits: int, hemispheres: str) -> str:
+    # In whole 1e-5 minutes, so rounding can never print "60.00000" minutes.
+    units = round(abs(value) * 60 * 100_000)
+    degrees, rest = divmod(units, 60 * 100_000)
+    minutes, fraction = divmod(rest, 100_000)
+    hemisphere = hemispheres[0] if value >= 0 else hemispheres[1]
+    return f"{degrees:0{degree_digits}d}{minutes:02d}.{fraction:05d},{hemisphere}"
+
+
+def _lat_fields(lat: float) -> str:
+    return _angle_fields(lat, 2, "NS")
+
+
+def _lon_fields(lon: float) -> str:
+    return _angle_fields(lon, 3, "EW")
+
+
+def _check_position(lat: float, lon: float) -> None:
+    if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):
+        raise SimulatorError(f"({lat}, {lon}) is not a position on Earth")
+
+
+def _ground_distance_m(a: tuple[float, float], b: tuple[float, float]) -> float:
+    p1, p2 = math.radians(a[0]), math.radians(b[0])
+    dp, dl = p2 - p1, math.radians(b[1] - a[1])
+    h = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(h)))
+
+
+def _bearing_deg(a: tuple[float, float], b: tuple[float, float]) -> float:
+    """Initial great-circle bearing from a to b, 0-360 degrees clockwise from true north."""
+    p1, p2 = math.radians(a[0]), math.radians(b[0])
+    dl = math.radians(b[1] - a[1])
+    y = math.sin(dl) * math.cos(p2)
+    x = math.cos(p1) * math.sin(p2) - math.sin(p1) * math.cos(p2) * math.cos(dl)
+    return math.degrees(math.atan2(y, x)) % 360.0

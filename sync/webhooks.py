@@ -1,0 +1,786 @@
+"""The depot's webhook outbox: customer and merchant notifications, signed, retried, never lost.
+
+Owns: the `webhook_outbox` table (in the depot's own SQLite file, so a parcel's state change and
+the notification about it commit in ONE transaction), the signature scheme below, and the
+sender thread that POSTs due rows, retries with backoff and dead-letters what cannot be sent.
+Must never: delete a row (the sender only changes a row's state), store a secret (a row names
+the key id; the secret is looked up when signing), mark a row sent without a 2xx answer,
+follow a redirect with a signed body, or commit the caller's transaction for it.
+
+Signature scheme (version 1; receivers implement it from this text)::
+
+    POST <url>
+    Content-Type: application/json
+    X-Lastmile-Event-Id: <event id>          idempotency key: receivers dedup on it
+    X-Lastmile-Key-Id: <key id>              which shared secret signed it (rotation)
+    X-Lastmile-Attempt: <n>                  1 on the first try; informational, not signed
+    X-Lastmile-Signature: t=<unix seconds>,v1=<hex>
+
+    <hex> = lowercase hex of HMAC-SHA256(secret, ASCII(str(t)) + b"." + body)
+
+The body is the exact bytes stored at enqueue, signed and sent unchanged. The timestamp is inside
+the MAC, so a receiver that rejects `|now - t| > 300 s` also rejects a replayed capture; the
+event id is outside it but a receiver keys its dedup on it only after the MAC has verified the
+body, which names the event too. A receiver may find several `v1=` entries during a key rotation
+and must accept the request if any one verifies. `t` is the sending host's real wall clock
+(`time.time()`), never the injected clock: a replay window is a fact about the real network, and
+a simulated clock running 2400x would age every request past any tolerance in a fraction of a
+real second.
+
+Delivery promise: at-least-once on the wire, exactly-once per event id at a receiver that dedups.
+A row is marked sent only after a 2xx; a crash (kill -9, power cut) between the receiver's 2xx
+and the commit of that mark makes the row go out once more after restart, with the same event id.
+A row for the same event id is never enqueued twice (INSERT OR IGNORE on the unique event id).
+
+Outcomes per attempt:
+- 2xx: sent.
+- 4xx other than 408 and 429 (410 Gone included): the receiver refused the request itself, and
+  sending the same bytes again cannot change its mind. Dead-lettered at once.
+- Anything else (network error, timeout, 3xx, 408, 429, 5xx, a missing secret): retried after
+  equal-jitter exponential backoff (`sync.mqtt.backoff_delay`: uniform in [w/2, w],
+  w = min(backoff_max_s, backoff_base_s * 2^(attempts-1))), or later if the receiver's
+  `Retry-After` asks for it (capped at backoff_max_s); after `max_attempts` tries it is dead.
+A dead letter keeps its body, its attempts and its last error; `retry_dead()` requeues it.
+
+The sender is one scheduler thread that owns its SQLite connection and all writes, plus a small
+thread pool for the POSTs. At most one request per URL is in flight, so a receiver is never
+hammered in parallel; different URLs proceed in parallel. Order is not promised: a row in backoff
+does not hold back later rows, so one receiver being down never blocks another.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import email.utils
+import hashlib
+import hmac
+import http.client
+import json
+import logging
+import queue
+import random
+import re
+import sqlite3
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from email.message import Message
+from pathlib import Path
+from typing import Any, Literal
+
+from sync.clock import Clock, SystemClock
+from sync.errors import SyncError
+from sync.mqtt import backoff_delay
+
+log = logging.getLogger("sync.webhooks")
+
+SCHEMA_VERSION = 1
+
+CONTENT_TYPE = "application/json"
+SIGNATURE_HEADER = "X-Lastmile-Signature"
+EVENT_ID_HEADER = "X-Lastmile-Event-Id"
+KEY_ID_HEADER = "X-Lastmile-Key-Id"
+ATTEMPT_HEADER = "X-Lastmile-Attempt"
+USER_AGENT = "lastmile-depot-webhooks/1"
+SIGNATURE_VERSION = "v1"
+DEFAULT_TOLERANCE_S = 300.0
+
+# Upper bound of one idle wait in the scheduler thread, in real seconds. Rows committed by
+# another process (an operator's retry_dead, a second depot tool) cannot call wake(); this is
+# how soon they are noticed. One indexed SELECT per period, not a poll of the network.
+RECHECK_S = 2.0
+ERROR_TEXT_MAX = 500  # characters of last_error kept per row
+RESPONSE_READ_MAX = 2048  # bytes of a response body read (for the error text); the rest is unread
+
+State = Literal["pending", "sent", "dead"]
+
+_EVENT_ID = re.compile(r"[\x21-\x7e]{1,200}")  # visible ASCII: safe in a header, no CR/LF
+_KEY_ID = re.compile(r"[\x21-\x7e]{0,200}")
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS webhook_schema (version INTEGER NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS webhook_outbox (
+        id              INTEGER PRIMARY KEY,
+        event_id        TEXT NOT NULL UNIQUE,
+        url             TEXT NOT NULL,
+        body            BLOB NOT NULL,
+        key_id          TEXT NOT NULL,
+        state           TEXT NOT NULL DEFAULT 'pending'
+                        CHECK (state IN ('pending', 'sent', 'dead')),
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_ns INTEGER NOT NULL,
+        last_error      TEXT,
+        created_ns      INTEGER NOT NULL,
+        sent_ns         INTEGER,
+        dead_ns         INTEGER,
+        status_code     INTEGER
+    )""",
+    # The scheduler's two questions: what is due now, and when is the next one due.
+    "CREATE INDEX IF NOT EXISTS webhook_outbox_due ON webhook_outbox(next_attempt_ns, id) "
+    "WHERE state = 'pending'",
+    "CREATE INDEX IF NOT EXISTS webhook_outbox_state ON webhook_outbox(state)",
+)
+
+_ENTRY_COLUMNS = (
+    "id, event_id, url, body, key_id, state, attempts, next_attempt_ns, last_error, "
+    "created_ns, sent_ns, dead_ns, status_code"
+)
+
+
+class WebhookError(SyncError):
+    """The outbox refused a row (bad event id, URL or body) or its schema cannot be used."""
+
+
+class SignatureError(WebhookError):
+    """A webhook's signature does not verify; `reason` says which check failed."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    """One row of the outbox, as an operator or a test sees it."""
+
+    id: int
+    event_id: str
+    url: str
+    body: bytes
+    key_id: str
+    state: State
+    attempts: int
+    next_attempt_ns: int
+    last_error: str | None
+    created_ns: int
+    sent_ns: int | None
+    dead_ns: int | None
+    status_code: int | None
+
+    @classmethod
+    def _from_row(cls, row: tuple[Any, ...]) -> OutboxEntry:
+        return cls(
+            id=int(row[0]),
+            event_id=str(row[1]),
+            url=str(row[2]),
+            body=bytes(row[3]),
+            key_id=str(row[4]),
+            state=row[5],
+            attempts=int(row[6]),
+            next_attempt_ns=int(row[7]),
+            last_error=row[8],
+            created_ns=int(row[9]),
+            sent_ns=row[10],
+            dead_ns=row[11],
+            status_code=row[12],
+        )
+
+
+# --- signing -------------------------------------------------------------------------------
+
+
+def sign(secret: bytes, timestamp: int, body: bytes) -> str:
+    """The `X-Lastmile-Signature` value for `body` signed at `timestamp` (unix seconds)."""
+    mac = hmac.new(secret, f"{int(timestamp)}.".encode("ascii") + body, hashlib.sha256)
+    return f"t={int(timestamp)},{SIGNATURE_VERSION}={mac.hexdigest()}"
+
+
+def verify(
+    secret: bytes,
+    header: str,
+    body: bytes,
+    now: float,
+    tolerance_s: float = DEFAULT_TOLERANCE_S,
+) -> int:
+    """Check a signature header against `body`; return its timestamp or raise SignatureError.
+
+    It raises rather than returning False so that a receiver cannot forget to look at the
+    answer. `now` is the receiver's unix time in seconds; a timestamp further than
+    `tolerance_s` from it, in either direction, is refused (a replay, or a badly set clock).
+    """
+    timestamp: int | None = None
+    candidates: list[str] = []
+    for part in header.split(","):
+        name, sep, value = part.strip().partition("=")
+        if not sep:
+            raise SignatureError(f"malformed signature header element {part.strip()!r}")
+        if name == "t":
+            if timestamp is not None or not value.isascii() or not value.isdigit():
+                raise SignatureError("missing, repeated or non-numeric timestamp")
+            timestamp = int(value)
+        elif name == SIGNATURE_VERSION:
+            candidates.append(value)
+        # Other schemes (v0, a future v2) are ignored, so a receiver survives an upgrade.
+    if timestamp is None:
+        raise SignatureError("no timestamp in the signature header")
+    if not candidates:
+        raise SignatureError(f"no {SIGNATURE_VERSION} signature in the header")
+    if abs(now - timestamp) > tolerance_s:
+        raise SignatureError(
+            f"timestamp {timestamp} is {now - timestamp:+.0f} s from now "
+            f"(tolerance {tolerance_s:.0f} s)"
+        )
+    expected = sign(secret, timestamp, body).rpartition("=")[2]
+    # compare_digest on every candidate: no early exit that leaks which one nearly matched.
+    matches = [hmac.compare_digest(expected, c) for c in candidates]
+    if not any(matches):
+        raise SignatureError("signature does not match the body")
+    return timestamp
+
+
+# --- the outbox table ----------------------------------------------------------------------
+
+
+def _table_exists(conn: sqlite3.Connection, name: str) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+    ).fetchone()
+    return row is not None
+
+
+def _schema_version(conn: sqlite3.Connection) -> int | None:
+    if not _table_exists(conn, "webhook_schema"):
+        if _table_exists(conn, "webhook_outbox"):
+            raise WebhookError("a webhook_outbox table exists without a webhook_schema version")
+        return None
+    row = conn.execute("SELECT max(version) FROM webhook_schema").fetchone()
+    return None if row is None or row[0] is None else int(row[0])
+
+
+def ensure_schema(conn: sqlite3.Connection) -> None:
+    """Create the outbox tables in `conn`'s database if they are missing.
+
+    The depot's file is shared, and `PRAGMA user_version` belongs to the depot's event store,
+    so the outbox keeps its own version in `webhook_schema`. Inside a caller's transaction it
+    works in a savepoint; otherwise in its own BEGIN IMMEDIATE, which takes the write lock
+    before re-reading the version, so two processes starting at once do not both create.
+    """
+    version = _schema_version(conn)
+    if version == SCHEMA_VERSION:
+        return
+    if version is not None:
+        raise WebhookError(
+            f"webhook outbox schema {version} is not {SCHEMA_VERSION} (no migration exists)"
+        )
+    own = not conn.in_transaction
+    conn.execute("BEGIN IMMEDIATE" if own else "SAVEPOINT webhook_schema")
+    try:
+        if _schema_version(conn) is None:
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            conn.execute("INSERT INTO webhook_schema(version) VALUES (?)", (SCHEMA_VERSION,))
+        conn.execute("COMMIT" if own else "RELEASE webhook_schema")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            if own:
+                conn.execute("ROLLBACK")
+            else:
+                conn.execute("ROLLBACK TO webhook_schema")
+                conn.execute("RELEASE webhook_schema")
+        raise
+
+
+def _autocommits(conn: sqlite3.Connection) -> bool:
+    """True when a statement on `conn` now would commit by itself (no transaction around it).
+
+    In Python's legacy mode (isolation_level "" and friends) the module opens a transaction
+    before an INSERT, and the caller commits later; only an autocommit connection that has not
+    run BEGIN would commit the row alone, apart from the state change it reports.
+    """
+    if conn.in_transaction:
+        return False
+    return conn.isolation_level is None or getattr(conn, "autocommit", None) is True
+
+
+def _encode_body(body: bytes | Mapping[str, Any]) -> bytes:
+    if isinstance(body, bytes | bytearray | memoryview):
+        raw = bytes(body)
+        try:
+            json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise WebhookError(f"webhook body is not UTF-8 JSON: {exc}") from None
+        return raw
+    try:
+        text = json.dumps(
+            dict(body), ensure_ascii=False, separators=(",", ":"), sort_keys=True, allow_nan=False
+        )
+    except (TypeError, ValueError) as exc:
+        raise WebhookError(f"webhook body cannot be JSON: {exc}") from None
+    return text.encode("utf-8")
+
+
+def _check_url(url: str) -> None:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise WebhookError(f"webhook URL {url!r} is not an http(s) URL with a host")
+    if any(ch.isspace() or ord(ch) < 0x20 for ch in url):
+        raise WebhookError(f"webhook URL {url!r} contains whitespace or control characters")
+
+
+def enqueue(
+    conn: sqlite3.Connection,
+    *,
+    event_id: str,
+    url: str,
+    body: bytes | Mapping[str, Any],
+    key_id: str,
+    now_ns: int,
+) -> bool:
+    """Add a notification to the outbox inside the caller's transaction; True if it is new.
+
+    Nothing is committed here: the row commits (or rolls back) with the state change it
+    reports, which is why the outbox lives in the depot's own file. The event id is the
+    idempotency key: the first enqueue of an id wins and later ones are ignored, so replaying
+    a projection after a crash cannot notify anyone twice. A mapping body is stored as compact
+    JSON with sorted keys; those exact bytes are what gets signed and sent.
+
+    Raises WebhookError, before anything is written, for an event id that is not visible ASCII
+    (it travels in a header), a URL that is not http(s), a body that is not JSON, or a call
+    on an autocommit connection outside a transaction.
+    """
+    if not _EVENT_ID.fullmatch(event_id):
+        raise WebhookError(f"event id {event_id!r} must be 1-200 visible ASCII characters")
+    if not _KEY_ID.fullmatch(key_id):
+        raise WebhookError(f"key id {key_id!r} must be at most 200 visible ASCII characters")
+    _check_url(url)
+    raw = _encode_body(body)
+    if _autocommits(conn):
+        raise WebhookError(
+            "enqueue outside a transaction: BEGIN first, so the notification commits with "
+            "the state change it reports"
+        )
+    cur = conn.execute(
+        "INSERT OR IGNORE INTO webhook_outbox(event_id, url, body, key_id, state, attempts, "
+        "next_attempt_ns, created_ns) VALUES (?, ?, ?, ?, 'pending', 0, ?, ?)",
+        (event_id, url, raw, key_id, now_ns, now_ns),
+    )
+    if cur.rowcount == 1:
+        return True
+    row = conn.execute(
+        "SELECT url, body, key_id FROM webhook_outbox WHERE event_id = ?", (event_id,)
+    ).fetchone()
+    if row is not None and (row[0], bytes(row[1]), row[2]) != (url, raw, key_id):
+        log.warning(
+            "webhook %s enqueued again with different content; the first version stands",
+            event_id,
+        )
+    return False
+
+
+def stats(conn: sqlite3.Connection) -> dict[str, int]:
+    """Row counts by state and the attempts made over all rows (the outbox is the truth)."""
+    counts = {"pending": 0, "sent": 0, "dead": 0, "attempts": 0}
+    for state, n, attempts in conn.execute(
+        "SELECT state, count(*), coalesce(sum(attempts), 0) FROM webhook_outbox GROUP BY state"
+    ):
+        counts[str(state)] = int(n)
+        counts["attempts"] += int(attempts)
+    return counts
+
+
+def entry(conn: sqlite3.Connection, event_id: str) -> OutboxEntry | None:
+    """The outbox row for one event id, whatever its state."""
+    row = conn.execute(
+        f"SELECT {_ENTRY_COLUMNS} FROM webhook_outbox WHERE event_id = ?", (event_id,)
+    ).fetchone()
+    return None if row is None else OutboxEntry._from_row(row)
+
+
+def dead_letters(conn: sqlite3.Connection, limit: int | None = None) -> list[OutboxEntry]:
+    """Dead letters, oldest first: what a person must look at (kept forever, never deleted)."""
+    sql = f"SELECT {_ENTRY_COLUMNS} FROM webhook_outbox WHERE state = 'dead' ORDER BY id"
+    params: tuple[int, ...] = ()
+    if limit is not None:
+        sql += " LIMIT ?"
+        params = (int(limit),)
+    return [OutboxEntry._from_row(r) for r in conn.execute(sql, params)]
+
+
+def retry_dead(conn: sqlite3.Connection, event_id: str) -> bool:
+    """Requeue a dead letter by hand (an operator action, after fixing the receiver or a key).
+
+    The row gets a fresh budget of attempts and is due at once (next_attempt_ns = 0 is due on
+    any clock); its last error stays until the next attempt replaces it. Commit is the caller's
+    (an autocommit connection commits at once); a sender in another process notices the row
+    within RECHECK_S, one in this process at once after `wake()`. True if a dead row changed.
+    """
+    cur = conn.execute(
+        "UPDATE webhook_outbox SET state = 'pending', attempts = 0, next_attempt_ns = 0, "
+        "dead_ns = NULL WHERE event_id = ? AND state = 'dead'",
+        (event_id,),
+    )
+    return cur.rowcount == 1
+
+
+# --- delivery ------------------------------------------------------------------------------
+
+
+def _permanent(status: int) -> bool:
+    """A 4xx other than 408 (timeout) and 429 (slow down): the receiver refused the request."""
+    return 400 <= status < 500 and status not in (408, 429)
+
+
+def _retry_after_s(headers: Message | None) -> float | None:
+    value = headers.get("Retry-After") if headers is not None else None
+    if not value:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when.timestamp() - time.time()) if when.tzinfo is not None else None
+
+
+def _clean(text: str) -> str:
+    return " ".join(text.split())[:ERROR_TEXT_MAX]
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """Never follow a redirect: a signed body goes only to the URL it was enqueued for.
+
+    urllib would turn a POST answered 302 into a GET without the body, whose 200 would look
+    like a delivery. Returning None makes urllib raise the 3xx as an HTTPError, which the
+    sender counts as a failed attempt.
+    """
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: Any,
+        code: int,
+        msg: str,
+        headers: Message,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        return None
+
+
+@dataclass(frozen=True)
+class _Due:
+    id: int
+    event_id: str
+    url: str
+    body: bytes
+    key_id: str
+    attempts: int  # attempts made before this one
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    due: _Due
+    status: int | None  # the HTTP status, if a response came back
+    error: str | None  # None exactly when the status was 2xx
+    retry_after_s: float | None = None
+
+
+class WebhookSender:
+    """The thread that delivers due outbox rows from the depot's database file.
+
+    It has its own SQLite connection (WAL, synchronous=FULL) and is the only writer of
+    delivery state; the depot only inserts rows and calls `wake()` after committing them.
+    Backoff is scheduled on `clock` (simulated time in the simulated day); a wait is turned
+    into real seconds through the clock's `speed` (1 for SystemClock) and never exceeds
+    RECHECK_S. `delivered`, `retried` and `dead_lettered` count this instance's recorded
+    outcomes since it was made; the table is the truth.
+    """
+
+    def __init__(
+        self,
+        db_path: str | Path,
+        *,
+        secret_for: Callable[[str], bytes],
+        clock: Clock | None = None,
+        max_attempts: int = 8,
+        backoff_base_s: float = 30.0,
+        backoff_max_s: float = 3600.0,
+        timeout_s: float = 5.0,
+        concurrency: int = 4,
+        rng: random.Random | None = None,
+    ) -> None:
+        if max_attempts < 1 or concurrency < 1:
+            raise ValueError("max_attempts and concurrency must be at least 1")
+        if not 0 < backoff_base_s <= backoff_max_s:
+            raise ValueError("backoff needs 0 < backoff_base_s <= backoff_max_s")
+        self.db_path = Path(db_path)
+        self.clock: Clock = clock or SystemClock()
+        self.max_attempts = max_attempts
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self.timeout_s = timeout_s
+        self.concurrency = concurrency
+        self._secret_for = secret_for
+        self._rng = rng or random.Random()
+        speed = float(getattr(self.clock, "speed", 1.0))
+        self._speed = speed if speed > 0 else 1.0
+        self._opener = urllib.request.build_opener(_RefuseRedirects())
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._done: queue.SimpleQueue[_Outcome] = queue.SimpleQueue()
+        self._unapplied: list[_Outcome] = []
+        # Rows whose POST is running or whose outcome is not yet written; only the scheduler
+        # thread touches these (pool threads hand results over through `_done`).
+        self._in_flight: dict[int, _Due] = {}
+        self._futures: dict[int, concurrent.futures.Future[None]] = {}
+        self.delivered = 0
+        self.retried = 0
+        self.dead_lettered = 0
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open the database (creating the outbox tables if needed) and start delivering.
+
+        The connection is opened here, in the caller's thread, so an unusable database
+        raises now instead of dying quietly inside the thread.
+        """
+        if self._thread is not None:
+            return
+        conn = sqlite3.connect(
+            self.db_path, isolation_level=None, check_same_thread=False, timeout=10.0
+        )
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            # A row marked sent is never sent again: the mark must survive a power cut.
+            conn.execute("PRAGMA synchronous=FULL")
+            ensure_schema(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        self._stop.clear()
+        # POSTs cut off by an earlier stop() were never recorded: their rows are pending
+        # again, and a late answer from one of them goes to the old queue, not this one.
+        self._done = queue.SimpleQueue()
+        self._unapplied.clear()
+        self._in_flight.clear()
+        self._futures.clear()
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=self.concurrency, thread_name_prefix="webhook-post"
+        )
+        self._thread = threading.Thread(target=self._run, name="webhook-sender", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop promptly: POSTs already on the wire get up to timeout_s to finish and be
+        recorded; one cut off is recorded as nothing and goes out again after a restart."""
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(self.timeout_s + 10.0)
+        self._thread = None
+
+    def wake(self) -> None:
+        """Look at the outbox now (call after committing new rows or a retry_dead)."""
+        self._wake.set()
+
+    def __enter__(self) -> WebhookSender:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- the scheduler thread --------------------------------------------------------------
+
+    def _run(self) -> None:
+        conn = self._conn
+        assert conn is not None and self._pool is not None
+        try:
+            while not self._stop.is_set():
+                # Cleared before looking, so a wake() during this pass is not lost.
+                self._wake.clear()
+                try:
+                    self._apply(conn)
+                    now = self.clock.wall_ns()
+                    self._dispatch(conn, now)
+                    wait = self._wait_s(conn, now)
+                except sqlite3.Error:
+                    # A locked or failing database must not kill the thread: outcomes stay
+                    # in memory (their rows stay in flight) until they can be written.
+                    log.exception("webhook outbox: database error; trying again shortly")
+                    wait = RECHECK_S
+                self._wake.wait(wait)
+            concurrent.futures.wait(list(self._futures.values()), timeout=self.timeout_s)
+            try:
+                self._apply(conn)
+            except sqlite3.Error:
+                log.exception("webhook outbox: outcomes lost at stop; those rows will resend")
+        finally:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+            conn.close()
+            self._conn = None
+
+    def _dispatch(self, conn: sqlite3.Connection, now: int) -> None:
+        free = self.concurrency - len(self._in_flight)
+        if free <= 0:
+            return
+        busy_urls = {d.url for d in self._in_flight.values()}
+        cur = conn.execute(
+            "SELECT id, event_id, url, body, key_id, attempts FROM webhook_outbox "
+            "WHERE state = 'pending' AND next_attempt_ns <= ? ORDER BY id",
+            (now,),
+        )
+        try:
+            for row in cur:
+                due = _Due(
+                    int(row[0]), str(row[1]), str(row[2]), bytes(row[3]), str(row[4]), int(row[5])
+                )
+                if due.id in self._in_flight or due.url in busy_urls:
+                    continue
+                busy_urls.add(due.url)
+                self._in_flight[due.id] = due
+                self._futures[due.id] = self._submit(due)
+                free -= 1
+                if free == 0:
+                    break
+        finally:
+            cur.close()
+
+    def _submit(self, due: _Due) -> concurrent.futures.Future[None]:
+        assert self._pool is not None
+        done = self._done
+
+        def post() -> None:
+            try:
+                outcome = self._post(due)
+            except BaseException as exc:  # never leave a row in flight forever
+                outcome = _Outcome(due, None, _clean(f"sender bug: {exc!r}"))
+            done.put(outcome)
+            self._wake.set()
+
+        return self._pool.submit(post)
+
+    def _wait_s(self, conn: sqlite3.Connection, now: int) -> float:
+        """Real seconds until the next row falls due (rows due now but not sent wait for an
+        in-flight POST to finish, which wakes this thread)."""
+        row = conn.execute(
+            "SELECT min(next_attempt_ns) FROM webhook_outbox "
+            "WHERE state = 'pending' AND next_attempt_ns > ?",
+            (now,),
+        ).fetchone()
+        if row is None or row[0] is None:
+            return RECHECK_S
+        real = (int(row[0]) - self.clock.wall_ns()) / 1e9 / self._speed
+        return min(RECHECK_S, max(0.0, real))
+
+    # --- one POST (in a pool thread) -------------------------------------------------------
+
+    def _post(self, due: _Due) -> _Outcome:
+        try:
+            secret = self._secret_for(due.key_id)
+        except Exception as exc:
+            return _Outcome(due, None, _clean(f"no secret for key id {due.key_id!r}: {exc}"))
+        request = urllib.request.Request(
+            due.url,
+            data=due.body,
+            method="POST",
+            headers={
+                "Content-Type": CONTENT_TYPE,
+                "User-Agent": USER_AGENT,
+                EVENT_ID_HEADER: due.event_id,
+                KEY_ID_HEADER: due.key_id,
+                ATTEMPT_HEADER: str(due.attempts + 1),
+                SIGNATURE_HEADER: sign(secret, int(time.time()), due.body),
+            },
+        )
+        try:
+            with self._opener.open(request, timeout=self.timeout_s) as response:
+                response.read(RESPONSE_READ_MAX)
+                return _Outcome(due, int(response.status), None)
+        except urllib.error.HTTPError as exc:  # every non-2xx answer, 3xx included
+            try:
+                detail = exc.read(RESPONSE_READ_MAX).decode("utf-8", "replace")
+            except (OSError, http.client.HTTPException):
+                detail = ""
+            finally:
+                exc.close()
+            error = _clean(f"HTTP {exc.code} {exc.reason}: {detail}")
+            return _Outcome(due, exc.code, error, _retry_after_s(exc.headers))
+        except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
+            reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+            return _Outcome(due, None, _clean(f"{type(exc).__name__}: {reason}"))
+
+    # --- recording outcomes (scheduler thread) ---------------------------------------------
+
+    def _apply(self, conn: sqlite3.Connection) -> None:
+        while True:
+            try:
+                self._unapplied.append(self._done.get_nowait())
+            except queue.Empty:
+                break
+        if not self._unapplied:
+            return
+        now = self.clock.wall_ns()
+        verdicts: list[str] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            verdicts = [self._record(conn, o, now) for o in self._unapplied]
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        for outcome, verdict in zip(self._unapplied, verdicts, strict=True):
+            self._in_flight.pop(outcome.due.id, None)
+            self._futures.pop(outcome.due.id, None)
+            if verdict == "sent":
+                self.delivered += 1
+            elif verdict == "dead":
+                self.dead_lettered += 1
+            else:
+                self.retried += 1
+        self._unapplied.clear()
+
+    def _record(self, conn: sqlite3.Connection, o: _Outcome, now: int) -> str:
+        due = o.due
+        attempts = due.attempts + 1
+        if o.error is None:
+            conn.execute(
+                "UPDATE webhook_outbox SET state = 'sent', attempts = ?, sent_ns = ?, "
+                "status_code = ? WHERE id = ? AND state = 'pending'",
+                (attempts, now, o.status, due.id),
+            )
+            log.debug("webhook %s sent (HTTP %s, attempt %d)", due.event_id, o.status, attempts)
+            return "sent"
+        if o.status is not None and _permanent(o.status):
+            error = _clean(f"permanent refusal, not retried: {o.error}")
+        elif attempts >= self.max_attempts:
+            error = _clean(f"gave up after {attempts} attempts: {o.error}")
+        else:
+            delay = backoff_delay(attempts - 1, self.backoff_base_s, self.backoff_max_s, self._rng)
+            if o.retry_after_s is not None:
+                # Not before the receiver asked, but never parked beyond our own ceiling.
+                delay = max(delay, min(o.retry_after_s, self.backoff_max_s))
+            conn.execute(
+                "UPDATE webhook_outbox SET attempts = ?, next_attempt_ns = ?, last_error = ?, "
+                "status_code = ? WHERE id = ? AND state = 'pending'",
+                (attempts, now + int(delay * 1e9), o.error, o.status, due.id),
+            )
+            log.info(
+                "webhook %s attempt %d failed (%s); retrying in %.1f s",
+                due.event_id,
+                attempts,
+                o.error,
+                delay,
+            )
+            return "retry"
+        conn.execute(
+            "UPDATE webhook_outbox SET state = 'dead', attempts = ?, dead_ns = ?, "
+            "last_error = ?, status_code = ? WHERE id = ? AND state = 'pending'",
+            (attempts, now, error, o.status, due.id),
+        )
+        log.warning("webhook %s dead-lettered: %s", due.event_id, error)
+        return "dead"
