@@ -15,7 +15,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 
 def _identify(args: argparse.Namespace) -> int:
@@ -101,13 +101,160 @@ def _locker(args: argparse.Namespace) -> int:
     return _run_device("locker", lambda: LockerDevice.from_config_file(args.config))
 
 
+def _depot_service_config(args: argparse.Namespace) -> Any:
+    from edge.depot.config import DepotConfigError, load_depot_config
+
+    if getattr(args, "config", None) is None:
+        raise SystemExit(f"lastmile depot {args.depot_tool}: --config is required")
+    try:
+        return load_depot_config(args.config)
+    except DepotConfigError as exc:
+        raise SystemExit(f"lastmile depot: {exc}") from None
+
+
+def _depot_run_service(args: argparse.Namespace) -> int:
+    """The whole depot: ingest, parcel states, policy, manifests, webhooks, HTTP API."""
+    from edge.depot.service import DepotService
+
+    config = _depot_service_config(args)
+    if config.broker is None:
+        raise SystemExit("lastmile depot: the config has no [broker]")
+
+    def make() -> _Device:
+        service = DepotService(config)
+        print(
+            json.dumps(
+                {
+                    "depot": "running",
+                    "db": str(config.db),
+                    "api": f"http://{config.api[0]}:{config.api[1]}" if config.api else None,
+                }
+            ),
+            flush=True,
+        )
+        return service
+
+    return _run_device("depot", make)
+
+
+def _depot_import(args: argparse.Namespace) -> int:
+    """Receive parcels from a merchant's CSV or JSON file; print what was refused and why."""
+    from edge.depot.service import DepotService
+
+    service = DepotService(_depot_service_config(args))
+    try:
+        result = service.import_parcels(args.file, format=args.format)
+    finally:
+        service.stop()
+    print(
+        json.dumps(
+            {
+                "received": len(result.records),
+                "refused": [
+                    {"row": p.line_or_index, "field": p.field, "reason": p.reason}
+                    for p in result.errors
+                ],
+                "warnings": [
+                    {"row": p.line_or_index, "field": p.field, "reason": p.reason}
+                    for p in result.warnings
+                ],
+            },
+            indent=2,
+        )
+    )
+    return 0 if not result.errors else 1
+
+
+def _depot_plan(args: argparse.Namespace) -> int:
+    """Assign waiting parcels to vans and issue manifests; the running depot publishes them."""
+    import time
+
+    from edge.depot.service import DepotService
+
+    service = DepotService(_depot_service_config(args))
+    try:
+        day = args.day or time.strftime("%Y-%m-%d")
+        plan = service.plan_day(day, args.vans or None)
+    finally:
+        service.stop()
+    print(
+        json.dumps(
+            {
+                "day": day,
+                "manifests": {
+                    van: {"version": m.version, "stops": len(m.stops), "parcels": len(m.parcels)}
+                    for van, m in plan.manifests.items()
+                },
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+def _open_book(args: argparse.Namespace) -> Any:
+    from edge.depot.tracking import ParcelView
+
+    db = args.db if args.db is not None else _depot_service_config(args).db
+    if not Path(db).exists():
+        raise SystemExit(f"lastmile depot: no depot database at {db}")
+    return ParcelView(db)
+
+
+def _depot_track(args: argparse.Namespace) -> int:
+    """A parcel's state and timeline, as a person at the depot's desk wants to read it."""
+    from edge.depot.tracking import UnknownParcelError
+    from edge.identify import Rejection, identify, parse_cli_code
+
+    book = _open_book(args)
+    try:
+        try:
+            parcel = identify(parse_cli_code(args.parcel)).id
+        except Rejection:
+            parcel = args.parcel  # a depot may hold ids the rules no longer accept
+        try:
+            doc = book.track(parcel)
+        except UnknownParcelError:
+            print(f"lastmile depot track: no parcel {parcel} at this depot", file=sys.stderr)
+            return 1
+    finally:
+        book.close()
+    if args.json:
+        print(json.dumps(doc, indent=2, ensure_ascii=False))
+        return 0
+    where = ", ".join(
+        f"{k} {doc[k]}" for k in ("van", "stop", "locker", "next_action") if doc.get(k)
+    )
+    print(f"{doc['parcel']}: {doc['state']}" + (f" ({where})" if where else ""))
+    for entry in doc["timeline"]:
+        details = entry.get("details") or {}
+        extra = details.get("reason") or details.get("to") or ""
+        print(f"  {entry['at']}  {entry['step']:<24} {entry['device'] or '':<10} {extra}")
+    return 0
+
+
+def _depot_epcis(args: argparse.Namespace) -> int:
+    """The timelines as one GS1 EPCIS 2.0 JSON-LD document."""
+    from edge.depot.epcis import export_epcis
+
+    book = _open_book(args)
+    try:
+        doc = export_epcis(book, args.parcels or None)
+    finally:
+        book.close()
+    print(json.dumps(doc, indent=2, ensure_ascii=False))
+    return 0
+
+
 def _depot(args: argparse.Namespace) -> int:
     from sync.depot import Depot, DepotStore
     from sync.errors import SyncError
     from sync.mqtt import BrokerAddress
 
+    if args.config is not None:
+        return _depot_run_service(args)
     if args.db is None:
-        raise SystemExit("lastmile depot: --db is required to run the depot")
+        raise SystemExit("lastmile depot: --config (the whole depot) or --db (ingest only)")
     try:
         store = DepotStore(args.db)
     except SyncError as exc:
@@ -268,10 +415,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the depot: store, verify and acknowledge events "
         "(or: `lastmile depot keygen|command --help`)",
     )
-    p.add_argument("--db", type=Path, help="the depot's SQLite database (to run the depot)")
+    p.add_argument(
+        "--config", type=Path, help="the depot's TOML settings: run the whole depot service"
+    )
+    p.add_argument("--db", type=Path, help="the depot's SQLite database (event ingest only)")
     _broker_options(p)
-    p.set_defaults(func=_depot)
+    p.set_defaults(func=_depot, depot_tool="")
     tools = p.add_subparsers(dest="depot_tool", metavar="TOOL", required=False)
+    i = tools.add_parser("import", help="receive parcels from a merchant's CSV or JSON file")
+    i.add_argument("file", type=Path, help="the import file")
+    i.add_argument("--format", choices=["csv", "json"], help="default: from the file name")
+    i.add_argument("--config", type=Path, required=True, help="the depot's TOML settings")
+    i.set_defaults(func=_depot_import)
+    pl = tools.add_parser("plan", help="assign waiting parcels to vans and issue manifests")
+    pl.add_argument("--config", type=Path, required=True, help="the depot's TOML settings")
+    pl.add_argument("--day", help="the delivery day, YYYY-MM-DD (default: today, UTC)")
+    pl.add_argument("--vans", nargs="*", help="only these vans (default: depot.vans)")
+    pl.set_defaults(func=_depot_plan)
+    t = tools.add_parser("track", help="a parcel's state and timeline")
+    t.add_argument("parcel", help="the parcel id or its barcode text")
+    t.add_argument("--json", action="store_true", help="print one JSON object")
+    t.add_argument("--config", type=Path, help="the depot's TOML settings (for its database)")
+    t.add_argument("--db", type=Path, help="or the depot's database directly")
+    t.set_defaults(func=_depot_track)
+    e = tools.add_parser("epcis", help="export timelines as GS1 EPCIS 2.0 JSON-LD")
+    e.add_argument("parcels", nargs="*", help="these parcels (default: all)")
+    e.add_argument("--config", type=Path, help="the depot's TOML settings (for its database)")
+    e.add_argument("--db", type=Path, help="or the depot's database directly")
+    e.set_defaults(func=_depot_epcis)
     k = tools.add_parser("keygen", help="make the depot's command-signing and sealing keys")
     k.add_argument("--out", type=Path, required=True, help="directory for the private keys")
     k.set_defaults(func=_depot_keygen)

@@ -285,6 +285,8 @@ def run_day(
 
     def new_clock(name: str) -> ScaledClock:
         c = ScaledClock(start_ns, plan.speed, boot_id=f"boot-{name}-{plan.seed}")
+        if clocks:
+            c.catch_up(clocks[0])
         clocks.append(c)
         return c
 
@@ -470,6 +472,9 @@ def run_day(
                 vans=names,
                 sync=sync_settings,
             )
+            for site in lockers.lockers:
+                site.clock.catch_up(master)
+                clocks.append(site.clock)  # the night passes for the lockers' holds too
         for name, van, scanner, gnss in zip(names, vans, scanners, gnss_sims, strict=True):
             couriers.append(
                 Courier(

@@ -118,6 +118,16 @@ class ScaledClock:
     def wall_synced(self) -> bool:
         return self.synced
 
+    def catch_up(self, other: ScaledClock) -> None:
+        """Read the same simulated time as `other`, when that is ahead (never go back).
+
+        Clocks of one simulation are made one after another; without this, a device built a
+        second of real time later would live 40 simulated minutes in the past.
+        """
+        if other.speed != self.speed or other.wall_start_ns != self.wall_start_ns:
+            raise ValueError("only clocks of one simulation (same start, same speed) agree")
+        self._real0 = min(self._real0, other._real0)
+
     def skip(self, seconds: float) -> None:
         """Jump simulated time forward by `seconds` (a night between two simulated days).
 

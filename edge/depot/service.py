@@ -81,7 +81,7 @@ class DepotService:
         self.config = config
         self.clock: Clock = clock or SystemClock()
         self.store = DepotStore(config.db)
-        self.book = ParcelBook(config.db, notify=self._notify)
+        self.book = ParcelBook(config.db, notify=self._notify, clock=self.clock)
         self._db = sqlite3.connect(config.db, timeout=10.0, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
