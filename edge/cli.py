@@ -165,6 +165,33 @@ def _depot_import(args: argparse.Namespace) -> int:
     return 0 if not result.errors else 1
 
 
+def _depot_arrive(args: argparse.Namespace) -> int:
+    """Arrival scans at the depot's dock: each code checked by the scanner rules, then received.
+
+    Codes come as arguments or, with none, one per line on stdin (a keyboard-wedge scanner
+    types into the terminal). Prints one JSON line per code; exit 1 if any was rejected.
+    """
+    from edge.depot.service import DepotService
+    from edge.identify import Rejection, parse_cli_code
+
+    service = DepotService(_depot_service_config(args))
+    rejected = 0
+    try:
+        codes = args.codes or (line.strip() for line in sys.stdin)
+        for code in codes:
+            if not code:
+                continue
+            try:
+                parcel = service.arrival_scan(parse_cli_code(code))
+                print(json.dumps({"received": parcel}), flush=True)
+            except Rejection as exc:
+                rejected += 1
+                print(json.dumps({"rejected": code, "reason": exc.reason}), flush=True)
+    finally:
+        service.stop()
+    return 1 if rejected else 0
+
+
 def _depot_plan(args: argparse.Namespace) -> int:
     """Assign waiting parcels to vans and issue manifests; the running depot publishes them."""
     import time
@@ -181,6 +208,7 @@ def _depot_plan(args: argparse.Namespace) -> int:
         json.dumps(
             {
                 "day": day,
+                "waiting_for_address": plan.unassigned,
                 "manifests": {
                     van: {"version": m.version, "stops": len(m.stops), "parcels": len(m.parcels)}
                     for van, m in plan.manifests.items()
@@ -427,6 +455,10 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--format", choices=["csv", "json"], help="default: from the file name")
     i.add_argument("--config", type=Path, required=True, help="the depot's TOML settings")
     i.set_defaults(func=_depot_import)
+    a = tools.add_parser("arrive", help="arrival scans at the depot (codes, or lines on stdin)")
+    a.add_argument("codes", nargs="*", help="scanned codes (default: one per line on stdin)")
+    a.add_argument("--config", type=Path, required=True, help="the depot's TOML settings")
+    a.set_defaults(func=_depot_arrive)
     pl = tools.add_parser("plan", help="assign waiting parcels to vans and issue manifests")
     pl.add_argument("--config", type=Path, required=True, help="the depot's TOML settings")
     pl.add_argument("--day", help="the delivery day, YYYY-MM-DD (default: today, UTC)")

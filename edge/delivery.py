@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from drivers.scanner import Scan
+from edge.codes import DELIVERED_CODES, FAILURE_REASONS
 from edge.errors import EdgeError
 from edge.identify import Rejection, identify
 from edge.manifest import Manifest, ManifestError, Stop
@@ -61,26 +62,6 @@ FAR_M = 100.0
 EARTH_RADIUS_M = 6_371_008.8  # IUGG mean radius
 
 
-@dataclass(frozen=True)
-class EventCodes:
-    """One outcome's status codes in the three vocabularies carriers and posts exchange."""
-
-    upu: str  # UPU EDI event code (EMSEVT)
-    x12: str  # ANSI X12 214 shipment status code
-    inovert: str | None  # La Poste INOVERT event|reason, where one exists
-
-
-# Duplicates FAILURE_REASONS of edge/depot/policy.py (the depot's side of the same table):
-# the van must name the codes without loading the depot's logistics. Unify when both exist.
-FAILURE_REASONS: Mapping[str, EventCodes] = {
-    "not_at_home": EventCodes("EMH", "AH", "REN|DAF"),
-    "no_access": EventCodes("EMH", "AH", None),
-    "address_not_found": EventCodes("EMH", "AH", "REN|CAD"),
-    "refused": EventCodes("EMH", "AH", "REN|SNC"),
-    "damaged": EventCodes("EMH", "AH", None),
-    "business_closed": EventCodes("EMH", "AH", None),
-}
-DELIVERED_CODES = EventCodes("EMI", "D", "LIV|CFM")
 DELIVERED_TO = ("recipient", "neighbour", "safe_place")
 
 # Phases of a round. `idle`: no manifest yet; `closed`: the day is reconciled. In both a scan

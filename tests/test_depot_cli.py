@@ -79,8 +79,18 @@ def test_import_plan_track_and_export(tmp_path: Path) -> None:
     assert doc["received"] == 3
     assert len(doc["refused"]) == 1 and "check digit" in doc["refused"][0]["reason"]
 
+    # The dock scans one of them and one that came without data, and refuses a smudged label.
+    arrived = lastmile(
+        "depot", "arrive", GOOD[0], "RC123456785GB", "RB123456786GB", "--config", str(config)
+    )
+    assert arrived.returncode == 1
+    lines = [json.loads(line) for line in arrived.stdout.splitlines()]
+    assert lines[0] == {"received": GOOD[0]} and lines[1] == {"received": "RC123456785GB"}
+    assert lines[2]["rejected"] == "RB123456786GB" and "check digit" in lines[2]["reason"]
+
     planned = lastmile("depot", "plan", "--config", str(config), "--day", "2026-11-23")
     assert planned.returncode == 0, planned.stderr
+    assert json.loads(planned.stdout)["waiting_for_address"] == ["RC123456785GB"]
     manifests = json.loads(planned.stdout)["manifests"]
     assert sum(m["parcels"] for m in manifests.values()) == 3
     assert all(m["version"] == 1 for m in manifests.values())
@@ -89,7 +99,8 @@ def test_import_plan_track_and_export(tmp_path: Path) -> None:
     assert tracked.returncode == 0, tracked.stderr
     parcel = json.loads(tracked.stdout)
     assert parcel["parcel"] == GOOD[0] and parcel["state"] == "received"
-    assert [e["step"] for e in parcel["timeline"]] == ["received", "assigned"]
+    assert [e["step"] for e in parcel["timeline"]] == ["received", "received", "assigned"]
+    assert parcel["timeline"][1]["details"]["source"] == "arrival_scan"
     plain = lastmile("depot", "track", GOOD[0], "--db", str(tmp_path / "depot.db"))
     assert plain.returncode == 0 and plain.stdout.startswith(f"{GOOD[0]}: received")
     missing = lastmile("depot", "track", "RR000000000NL", "--config", str(config))

@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal
 
+from edge.codes import DELIVERED_CODES, FAILURE_REASONS, X12_IN_LOCKER, X12_RETURNED, ReasonCodes
 from edge.depot.routing import haversine_m
 from edge.errors import EdgeError
 
@@ -78,10 +79,6 @@ LOCKER_SIZES: tuple[str, ...] = ("S", "M", "L")
 DEFAULT_MAX_ATTEMPTS = 2
 DEFAULT_MAX_LOCKER_KM = 3.0
 
-#: X12 214 status when a parcel is waiting in a locker ("available for pickup").
-X12_IN_LOCKER = "AU"
-#: X12 214 status when a parcel went back to the merchant ("returned to shipper").
-X12_RETURNED = "3"
 
 ActionKind = Literal["second_attempt", "locker", "return_to_sender"]
 
@@ -93,34 +90,6 @@ class PolicyError(EdgeError):
         super().__init__(reason)
         self.reason = reason
 
-
-@dataclass(frozen=True)
-class ReasonCodes:
-    """How one delivery outcome is named in UPU tracking, X12 214 and INOVERT.
-
-    ``inovert`` is None where INOVERT has no justification for it (docs/DELIVERY.md leaves it
-    blank rather than pick a near miss).
-    """
-
-    upu: str
-    x12: str
-    inovert: str | None
-    text: str
-
-
-#: Every failure reason a van may report, with its codes (docs/DELIVERY.md, "Failure reasons").
-FAILURE_REASONS: Mapping[str, ReasonCodes] = MappingProxyType(
-    {
-        "not_at_home": ReasonCodes("EMH", "AH", "REN|DAF", "recipient not at home"),
-        "no_access": ReasonCodes("EMH", "AH", None, "no access to the address"),
-        "address_not_found": ReasonCodes("EMH", "AH", "REN|CAD", "address not found"),
-        "refused": ReasonCodes("EMH", "AH", "REN|SNC", "refused by the recipient"),
-        "damaged": ReasonCodes("EMH", "AH", None, "parcel damaged"),
-        "business_closed": ReasonCodes("EMH", "AH", None, "business closed"),
-    }
-)
-#: A delivered parcel's codes.
-DELIVERED_CODES = ReasonCodes("EMI", "D", "LIV|CFM", "delivered")
 
 #: Reasons after which the parcel goes back to the merchant without another try.
 RETURN_AT_ONCE: Mapping[str, str] = MappingProxyType(

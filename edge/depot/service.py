@@ -225,14 +225,42 @@ class DepotService:
         self._wake.set()
         return result
 
+    def arrival_scan(self, code: str, aim: str | None = None) -> str:
+        """A parcel scanned at the depot's dock: validated by the scanner rules, then received.
+
+        Its recipient data may already be here (the merchant's import) or follow later; a
+        parcel without an address waits at the depot and is left out of planning until then.
+        Raises `edge.identify.Rejection` for a code that is not a valid parcel id.
+        """
+        from edge.identify import identify
+
+        parcel = identify(code, aim)
+        self.book.receive(
+            {"id": parcel.id, "raw": parcel.raw, "kind": parcel.kind},
+            now_ns=self.clock.wall_ns(),
+            source="arrival_scan",
+        )
+        self._wake.set()
+        return parcel.id
+
     def plan_day(self, day: str, vans: Sequence[str] | None = None) -> PlanResult:
         """Assign every parcel waiting at the depot to a van and issue each van's manifest."""
         vans = list(vans or self.config.vans)
         if not vans:
             raise DepotServiceError("no vans to plan for (depot.vans is empty)")
-        waiting = self.book.awaiting_assignment()
-        records = [r for r in waiting if r.get("next_action") != "return_to_sender"]
         from edge.depot.imports import ParcelRecord
+
+        waiting = self.book.awaiting_assignment()
+        records, unassigned = [], []
+        for r in waiting:
+            if r.get("next_action") == "return_to_sender":
+                continue
+            try:
+                ParcelRecord.from_doc(r["record"])
+            except (EdgeError, KeyError, TypeError, ValueError):
+                unassigned.append(str(r["id"]))  # scanned in, but no address data yet
+                continue
+            records.append(r)
 
         plans = plan_routes(
             [ParcelRecord.from_doc(r["record"]) for r in records],
@@ -258,7 +286,7 @@ class DepotService:
                     self.book.assign(parcel, van, stop.stop, version)
             manifests[van] = manifest
         self._wake.set()
-        return PlanResult(manifests, [])
+        return PlanResult(manifests, unassigned)
 
     def _with_locker_stops(
         self,
