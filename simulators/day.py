@@ -386,6 +386,7 @@ def run_day(
                 broker.host, broker.port, depot_user, depot_pw, mqtt5=broker.mqtt5, tls_ca=tls_ca
             ),
             webhook_secrets=dict(secrets),
+            webhook_max_attempts=12,  # about 1.75 to 3.5 simulated hours of retries
             webhook_backoff_base_s=60.0,
             webhook_backoff_max_s=1800.0,
             max_locker_km=4.0,
@@ -505,20 +506,14 @@ def run_day(
                 break
             # Which parcel each van carries, so a courier can pick one of another van by mistake.
             for courier in couriers:
-                mine = (
-                    set(planned.manifests[courier.name].parcels)
-                    if courier.name in planned.manifests
-                    else set()
-                )
                 others = [
                     world[p].label
                     for v, m in planned.manifests.items()
                     if v != courier.name
                     for p in m.parcels
+                    if p in world
                 ]
                 courier.strangers = rng.sample(others, min(3, len(others)))
-                courier.on_van -= set()  # what stayed on the van overnight was scanned back
-                del mine
             if day == 1:
                 cuts_planned += _plan_disturbances(
                     plan, rng, scheduler, names, scanners, links, receiver

@@ -28,10 +28,14 @@ def _mod10(digits: str) -> int:
     return (10 - total % 10) % 10
 
 
+def _s10_check(serial: str) -> int:
+    c = 11 - sum(int(d) * w for d, w in zip(serial, (8, 6, 4, 2, 3, 5, 9, 7), strict=True)) % 11
+    return {10: 0, 11: 5}.get(c, c)
+
+
 def s10(rng: random.Random) -> Label:
     serial = "".join(rng.choice(string.digits) for _ in range(8))
-    c = 11 - sum(int(d) * w for d, w in zip(serial, (8, 6, 4, 2, 3, 5, 9, 7), strict=True)) % 11
-    check = {10: 0, 11: 5}.get(c, c)
+    check = _s10_check(serial)
     service = rng.choice(["RR", "RB", "CP", "EE", "LX"])
     return Label(f"{service}{serial}{check}{rng.choice(['GB', 'NL', 'FR', 'DE'])}", "]C0", "post")
 
@@ -78,12 +82,16 @@ def random_label(rng: random.Random) -> Label:
 
 
 def smudged_s10(rng: random.Random) -> Label:
-    """An S10 label with one serial digit misread (a smudged print).
+    """An S10 label with one serial digit misread (a smudged print) that its check digit catches.
 
-    S10's mod-11 weights catch every single-digit substitution, so this label must always be
-    refused; the mod-10 and mod-7 schemes of other carriers miss some, so they are not used.
+    S10's mod-11 check misses some single-digit substitutions: remainders 0 and 6 both print
+    check digit 5 (11 and 5), so a misread is drawn again until the printed check digit no
+    longer matches the serial. The mod-10 and mod-7 schemes of other carriers miss more.
     """
     label = s10(rng)
-    i = rng.randrange(2, 10)
-    wrong = str((int(label.data[i]) + rng.randint(1, 9)) % 10)
-    return Label(label.data[:i] + wrong + label.data[i + 1 :], label.aim, label.carrier)
+    while True:
+        i = rng.randrange(2, 10)
+        wrong = str((int(label.data[i]) + rng.randint(1, 9)) % 10)
+        data = label.data[:i] + wrong + label.data[i + 1 :]
+        if _s10_check(data[2:10]) != int(data[10]):
+            return Label(data, label.aim, label.carrier)

@@ -24,7 +24,7 @@ Example::
 
     [webhooks]
     secrets_file = "webhook-secrets.toml"  # key id (merchant, or "customer") = "secret"
-    max_attempts = 8
+    max_attempts = 12                  # about 2.5 to 5 hours of retries at the defaults
     backoff_base_s = 30
     backoff_max_s = 3600
 
@@ -80,7 +80,7 @@ class DepotConfig:
     signing_key: Path | None = None
     sealing_key: Path | None = None
     webhook_secrets: dict[str, bytes] = field(default_factory=dict)
-    webhook_max_attempts: int = 8
+    webhook_max_attempts: int = 12
     webhook_backoff_base_s: float = 30.0
     webhook_backoff_max_s: float = 3600.0
     max_attempts: int = 2
@@ -175,7 +175,7 @@ def load_depot_config(path: str | os.PathLike[str]) -> DepotConfig:
                     f"webhook secret {key_id!r} must be a string of at least 16 characters"
                 )
             config.webhook_secrets[str(key_id)] = secret.encode()
-    config.webhook_max_attempts = _int(hooks, "max_attempts", "webhooks", 8)
+    config.webhook_max_attempts = _int(hooks, "max_attempts", "webhooks", 12)
     config.webhook_backoff_base_s = _number(hooks, "backoff_base_s", "webhooks", 30.0)
     config.webhook_backoff_max_s = _number(hooks, "backoff_max_s", "webhooks", 3600.0)
     policy = doc.get("policy", {})
