@@ -1,4 +1,4 @@
-"""`python -m bench {sync,scan,idle,locker} [--json]`: measured figures, each against a baseline.
+"""`python -m bench BENCHMARK [--json]`: measured figures, each against a baseline.
 
 Every benchmark measures its own figure and its baseline in the same run, on the same machine
 and disk, and prints one JSON object (`--json`) or one readable line. The exit status says
@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
 
-from bench import idle, locker, scan, sync
+from bench import idle, locker, route, scan, sync
 from bench.rig import BenchError
 
 BENCHMARKS: dict[str, tuple[ModuleType, str]] = {
@@ -27,6 +27,8 @@ BENCHMARKS: dict[str, tuple[ModuleType, str]] = {
                    "vs a sleeping python"),
     "locker": (locker, "pickup code's last key to the unlock frame, vs a bare LockBus.unlock; "
                        "CPU of a locker polling 3 boards, vs a sleeping python"),
+    "route": (route, "length of the depot's planned rounds and planning time, vs nearest "
+                     "neighbour alone and the import's order"),
 }
 
 

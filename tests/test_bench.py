@@ -67,3 +67,11 @@ def test_bench_locker_reports_unlock_latency_and_polling_cpu(tmp_path: Path) -> 
     for key in ("unlock_p99_ms", "unlock_p99_ms_1_parcel", "baseline_unlock_p99_ms",
                 "poll_cpu_percent", "poll_hz", "baseline_cpu_percent", "targets_met"):
         assert key in r
+
+
+def test_bench_route_reports_plan_length_against_its_baselines(tmp_path: Path) -> None:
+    r = bench(tmp_path, "route", "--parcels", "60", "--vans", "2", "--repeat", "1")
+    assert r["parcels"] == 60 and sum(r["stops_per_van"]) <= 60 and len(r["stops_per_van"]) == 2
+    assert 0 < r["km_planned"] <= r["km_nearest_neighbour_only"]
+    assert r["ratio_planned_vs_nearest_neighbour"] <= 1.0
+    assert r["ratio_planned_vs_import_order"] < 1.0
