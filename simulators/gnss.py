@@ -265,7 +265,7 @@ class SimulatedGnss:
                 corrupted=False,
                 data=accepted,
             )
-            self._record([raw])
+            self._record(raw)
 
     # -- the cable ------------------------------------------------------------------------------
 
@@ -381,21 +381,27 @@ class SimulatedGnss:
                     corrupt = True
                 data = _frame(body)
                 out.append((kind, self._flip(data) if corrupt else data, corrupt))
-        written = []
         for kind, data, corrupt in out:
-            if self._write(data) == data:
-                written.append(
-                    WrittenSentence(
-                        time.monotonic(), kind, sim_ns, utc, lat, lon, fix, corrupt, data
-                    )
-                )
-        self._record(written)
+            # Recorded before the first byte goes out: the receiver may have read and counted
+            # the sentence before this thread runs again. One the pty did not take is removed.
+            entry = WrittenSentence(
+                time.monotonic(), kind, sim_ns, utc, lat, lon, fix, corrupt, data
+            )
+            self._record(entry)
+            if self._write(data) != data:
+                self._unrecord(entry)
 
-    def _record(self, written: list[WrittenSentence]) -> None:
-        if not written:
-            return
+    def _record(self, entry: WrittenSentence) -> None:
         with self._changed:
-            self._history.extend(written)
+            self._history.append(entry)
+            self._changed.notify_all()
+
+    def _unrecord(self, entry: WrittenSentence) -> None:
+        with self._changed:
+            for i in range(len(self._history) - 1, -1, -1):
+                if self._history[i] is entry:
+                    del self._history[i]
+                    break
             self._changed.notify_all()
 
     def _kinematics(self, sim_ns: int) -> tuple[float, float, float, float | None]:

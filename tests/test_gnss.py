@@ -515,6 +515,10 @@ def test_reader_gets_fixes_matching_what_the_simulator_wrote(
     sim: SimulatedGnss, reader: GnssReader, inbox: Inbox
 ) -> None:
     fix = inbox.fixes.get(timeout=WAIT_S)
+    if fix.speed_mps is None:
+        # The port opened between an epoch's RMC and its GGA: that epoch arrives GGA-only.
+        # The next one is whole.
+        fix = inbox.fixes.get(timeout=WAIT_S)
     lat, lon = sim.position()
     assert distance_m(fix.lat, fix.lon, lat, lon) < 0.05  # 1e-5 minutes is 1.9 cm
     assert fix.accuracy_m == pytest.approx(0.9 * UERE_M)
