@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
 
-from bench import idle, locker, route, scan, sync
+from bench import decode, idle, locker, route, scan, sync
 from bench.rig import BenchError
 
 BENCHMARKS: dict[str, tuple[ModuleType, str]] = {
@@ -29,6 +29,8 @@ BENCHMARKS: dict[str, tuple[ModuleType, str]] = {
                        "CPU of a locker polling 3 boards, vs a sleeping python"),
     "route": (route, "length of the depot's planned rounds and planning time, vs nearest "
                      "neighbour alone and the import's order"),
+    "decode": (decode, "camera decoder on real barcode photos, tilted copies and 1280x720 "
+                       "frames, vs zxing-cpp alone and pyzbar alone"),
 }
 
 

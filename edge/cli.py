@@ -38,6 +38,88 @@ def _identify(args: argparse.Namespace) -> int:
     return 0 if doc["valid"] else 1
 
 
+_CONTROL_NAMES = {
+    0x04: "EOT",
+    0x09: "HT",
+    0x0A: "LF",
+    0x0D: "CR",
+    0x1C: "FS",
+    0x1D: "GS",
+    0x1E: "RS",
+    0x1F: "US",
+}
+
+
+def _printable(text: str) -> str:
+    """Control characters as ``<GS>``, ``<CR>``... (``<0x07>`` for unnamed ones); `lastmile
+    identify` takes ``<GS>``, ``<RS>`` and ``<EOT>`` back."""
+    return "".join(
+        f"<{_CONTROL_NAMES.get(ord(c), f'0x{ord(c):02x}')}>"
+        if ord(c) < 0x20 or ord(c) == 0x7F
+        else c
+        for c in text
+    )
+
+
+def _decode(args: argparse.Namespace) -> int:
+    """Decode barcodes in image files as the camera would: one result per image.
+
+    Exit status: 2 if any file could not be read as an image (its line says so), else 1 if
+    any image held no symbol, else 0.
+    """
+    import time
+
+    import cv2
+    import numpy as np
+
+    from drivers.camera import Decoder
+
+    decoder = Decoder(budget_ms=args.budget_ms or None)
+    decoder.warm_up()  # the first image is not charged for loading the decoders
+    unreadable = empty = 0
+    for path in args.images:
+        reason = "not an image (PNG, JPEG, BMP, TIFF...)"
+        try:
+            image = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_COLOR)
+        except OSError as exc:
+            image, reason = None, exc.strerror or str(exc)
+        except cv2.error:  # an empty file
+            image = None
+        if image is None:
+            unreadable += 1
+            if args.json:
+                doc = {"path": path, "symbols": [], "ms": None, "error": reason}
+                print(json.dumps(doc), flush=True)
+            else:
+                print(f"{path}: error: {reason}", file=sys.stderr, flush=True)
+            continue
+        started = time.perf_counter()
+        symbols = decoder.decode(image)
+        ms = round((time.perf_counter() - started) * 1000, 2)
+        empty += not symbols
+        if args.json:
+            doc = {
+                "path": path,
+                "symbols": [
+                    {
+                        "text": s.text,
+                        "format": s.format,
+                        "aim": s.aim,
+                        "corners": [list(p) for p in s.corners],
+                    }
+                    for s in symbols
+                ],
+                "ms": ms,
+            }
+            print(json.dumps(doc), flush=True)
+            continue
+        print(f"{path}: {len(symbols)} symbol{'' if len(symbols) == 1 else 's'} in {ms} ms")
+        for s in symbols:
+            corners = " ".join(f"({x:g},{y:g})" for x, y in s.corners)
+            print(f"  {s.format} {s.aim or '-'} {_printable(s.text)}  at {corners}")
+    return 2 if unreadable else 1 if empty else 0
+
+
 def _wait_for_signal() -> None:
     """Block until SIGTERM or SIGINT without polling."""
     stop = threading.Event()
@@ -429,6 +511,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_identify)
+
+    p = sub.add_parser(
+        "decode",
+        help="decode the barcodes in image files as the camera would",
+        description="Decode the barcodes in image files as the camera would. Exit status: "
+        "2 if a file is not a readable image, else 1 if an image held no symbol, else 0.",
+    )
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG...)")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object per image: path, symbols (text, format, aim, corners), ms",
+    )
+    p.add_argument(
+        "--budget-ms",
+        type=float,
+        default=15.0,
+        help="the decoder's time budget per image, as on the camera (default 15; 0: none)",
+    )
+    p.set_defaults(func=_decode)
 
     p = sub.add_parser("van", help="run the van device: scanner, journal, uplink")
     p.add_argument("--config", required=True, type=Path, help="the van's TOML configuration")
