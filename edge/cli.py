@@ -596,7 +596,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "sim",
-        help="run a simulated delivery day end to end "
+        help="run simulated delivery days end to end (two by default) "
         "(or one simulated device: `lastmile sim lockboard --help`)",
     )
     from simulators.day import add_arguments

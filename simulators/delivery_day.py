@@ -260,6 +260,7 @@ class Courier:
         self.attempts: Counter[str] = Counter()
         self.on_van: set[str] = set()
         self._last_read: dict[str, float] = {}
+        self.tunnel = False  # the current stop has no sky (set on arrival)
 
     # --- helpers ---------------------------------------------------------------------------
 
@@ -394,7 +395,7 @@ class Courier:
     def _door_stop(self, stop: StopLike) -> None:
         self._arrive(stop)
         here = [p for p in stop.parcels if p in self.on_van]
-        if here and self.strangers is not None and self.rng.random() < WRONG_STOP_SCAN:
+        if here and self.rng.random() < WRONG_STOP_SCAN:
             later = [p for p in self.on_van if p not in stop.parcels]
             if later:
                 self.tally.wrong_stop_scans += 1

@@ -269,7 +269,9 @@ def test_camera_on_a_video_file_yields_frames_and_drops_the_old_ones(tmp_path: P
     with Camera(str(video), queue_frames=2, reopen_min_s=5, reopen_max_s=5) as camera:
         first = camera.read(timeout=5)
         assert isinstance(first, Frame) and first.image.shape == (48, 64, 3)
-        time.sleep(0.8)  # not reading: about 20 frames go by at 25 fps
+        deadline = time.monotonic() + 5  # not reading: frames go by and old ones are dropped
+        while camera.dropped < 8 and time.monotonic() < deadline:
+            time.sleep(0.01)
         queued = [camera.read(timeout=0.5) for _ in range(2)]
         assert all(isinstance(f, Frame) for f in queued)
         seqs = [f.seq for f in queued if f is not None]

@@ -395,7 +395,7 @@ class DepotService:
         if reason is None:  # a reservation refused: same failure, next locker
             reason = str(info.get("last_reason") or "not_at_home")
         try:
-            decision = self._decide(parcel, info, record, reason, tried)
+            decision = self._decide(info, record, reason, tried)
         except PolicyError as exc:  # e.g. a reason this depot does not know: a person decides
             log.error("no policy decision for %s: %s", parcel, exc)
             return
@@ -422,7 +422,6 @@ class DepotService:
 
     def _decide(
         self,
-        parcel: str,
         info: Mapping[str, Any],
         record: Mapping[str, Any],
         reason: str,
@@ -458,14 +457,12 @@ class DepotService:
         if current is None or current.stop_of(parcel) is None:
             return
         lockers = {site.name: site for site in self.config.lockers}
-        updated = _move_to_lockers(current, {parcel: locker}, lockers, version=current.version + 1)
-        updated = Manifest(
-            van=updated.van,
+        updated = _move_to_lockers(
+            current,
+            {parcel: locker},
+            lockers,
             version=self._next_version(van, current.day),
-            day=updated.day,
-            stops=updated.stops,
             issued_at=self.clock.wall_ns() / 1e9,
-            depot=updated.depot,
         )
         self._issue(updated)
         stop = next(s.stop for s in updated.stops if parcel in s.parcels)
@@ -554,6 +551,7 @@ def _move_to_lockers(
     lockers: Mapping[str, Any],
     *,
     version: int,
+    issued_at: float | None = None,
 ) -> Manifest:
     """A copy of `manifest` with each parcel in `moving` taken off its stop and put on a
     locker stop (one per locker, appended after the existing stops or extended)."""
@@ -586,7 +584,7 @@ def _move_to_lockers(
         version=version,
         day=manifest.day,
         stops=tuple(stops),
-        issued_at=manifest.issued_at,
+        issued_at=manifest.issued_at if issued_at is None else issued_at,
         depot=manifest.depot,
     )
 
