@@ -209,6 +209,7 @@ _PRIOR_MS_PER_MP = {
     "crop": 6.0,
     "zxing": 20.0,
     "zxing/linear": 10.0,
+    "zxing/bars": 4.0,
     "zbar": 30.0,
     "zbar/rows": 6.0,
 }
@@ -217,6 +218,25 @@ _MIN_STEP_MS = 0.1
 
 class CameraError(DriverError):
     """A camera or an image that cannot be used as given; retrying will not help."""
+
+
+def parse_source(value: object) -> int | str:
+    """A configured camera source as `Camera` takes it: digits are a device index.
+
+    "0" must become the integer 0: OpenCV opens an int as a device index and a string as a
+    path or URL, so "0" would be looked for as a file. Anything else is kept as written, not
+    joined to a directory: a source may be a URL.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise CameraError(f"a camera source is a string or a device index, not {value!r}")
+    if isinstance(value, int) or (value.isascii() and value.isdigit()):
+        index = int(value)
+        if index < 0:
+            raise CameraError(f"camera device index {index} is negative")
+        return index
+    if not value.strip():
+        raise CameraError("the camera source is empty")
+    return value
 
 
 @dataclass(frozen=True)
@@ -302,9 +322,10 @@ class _Costs:
     """What each step costs on this machine, in ms per megapixel, learnt as it runs.
 
     Steps: ``full`` (zxing-cpp on the whole frame), ``regions`` (the region search),
-    ``crop`` (straightening and treating a crop), ``zxing`` and ``zxing/linear`` (zxing-cpp
-    on a crop, every reader or the linear ones), ``zbar`` (the whole frame) and ``zbar/rows``
-    (a linear crop, along its rows).
+    ``crop`` (straightening and treating a crop), ``zxing``, ``zxing/linear`` and
+    ``zxing/bars`` (zxing-cpp on a crop: every reader; the linear ones and PDF417's; the
+    linear ones alone, kept apart because PDF417's reader costs ten times theirs), ``zbar``
+    (the whole frame) and ``zbar/rows`` (a linear crop, along its rows).
     """
 
     def __init__(self) -> None:
@@ -364,8 +385,13 @@ class Decoder:
        (a linear crop with the linear readers along its rows; any other crop with every
        reader, both ways round and inverted, for a phone screen in dark mode), then for a
        linear crop with zbar along its rows (the second opinion); as it is, and after CLAHE,
-       a sharpening and Otsu binarisation, in the order of `_attempts`. Once a code has been
-       read, only regions not much weaker than the best get one more untreated look.
+       a sharpening and Otsu binarisation, then as last resorts for the best region
+       straightened at twice the resolution or thresholded globally (`_LAST_RESORTS`), in
+       the order of `_attempts`: the attempts most likely to read come first, so that a
+       slower machine, whose budget ends sooner, loses only the unlikely ones. PDF417's
+       reader, ten times the cost of the linear ones, looks only at untreated linear crops.
+       Once a code has been read, only regions not much weaker than the best get one more
+       untreated look.
     3. zbar's second opinion on the whole frame (linear codes and QR), if nothing was read.
 
     zbar runs after zxing-cpp's region crops, not before: on the bench's photos, tilted
@@ -424,9 +450,9 @@ class Decoder:
         self._regions = regions
         self._max_regions = max_regions
         self._costs = _Costs()
-        # zxingcpp.BarcodeFormats for a linear crop (True) and for any other image (False),
-        # built on first use: zxingcpp is imported lazily.
-        self._zxing_formats: dict[bool, Any] = {}
+        # zxingcpp.BarcodeFormats per kind of image (see `_zxing`), built on first use:
+        # zxingcpp is imported lazily.
+        self._zxing_formats: dict[str, Any] = {}
         self._zbar: _Zbar | None = None
         self._zbar_types = [t for t, name in _ZBAR_TYPES.items() if name in names]
         self.second_opinion = second_opinion and bool(self._zbar_types)
@@ -480,45 +506,65 @@ class Decoder:
         regions = _Regions(_find_regions(gray, self._max_regions), self._count_miss)
         with clock.timing("regions", _analysis_pixels(gray)):
             next(iter(regions), None)  # the search itself, and the first region
-        crops: dict[int, tuple[Image, Callable[[list[tuple[float, float]]], Points]]] = {}
+        crops: dict[
+            tuple[int, int], tuple[Image, Callable[[list[tuple[float, float]]], Points]]
+        ] = {}
         best_score = 0.0
-        for index, region, (treatment, treat) in _attempts(regions):
+        for index, region, treatment in _attempts(regions):
             best_score = max(best_score, region.score)
             if found.covers(region):
                 continue
             if found.symbols and (
-                treatment != "plain" or region.score < best_score * _AFTER_A_READ
+                treatment is not _PLAIN or region.score < best_score * _AFTER_A_READ
             ):
                 # Once a code was read, what is left is most often print and clutter: only
                 # regions not much weaker than the best get one more (untreated) look.
                 continue
-            pixels = _crop_pixels(region)
-            step = "zxing/linear" if region.linear else "zxing"
-            if not clock.fits("crop", pixels) or not clock.fits(step, pixels):
+            linear = region.linear
+            use_zbar = treatment.zbar and linear and self._zbar is not None
+            if not treatment.zxing and not use_zbar:
+                continue
+            # A straightened linear crop reads along its rows: only the linear readers (and
+            # PDF417's) look at it, along the rows. PDF417's reader only on the untreated
+            # crop: it costs ten times the others' on a crop that holds one, and where the
+            # untreated crop failed the treated ones almost never read it (the same code's
+            # 2D region, tried early by `_attempts`, is its better chance). Any other crop
+            # may also hold a linear code that the region's outline did not line up: every
+            # reader, both ways.
+            kind = "any" if not linear else "linear" if treatment is _PLAIN else "bars"
+            step = {"any": "zxing", "linear": "zxing/linear", "bars": "zxing/bars"}[kind]
+            pixels = _crop_pixels(region, treatment.scale)
+            first_step = step if treatment.zxing else "zbar/rows"
+            if not clock.fits("crop", pixels) or not clock.fits(first_step, pixels):
                 return
             try:
                 with clock.timing("crop", pixels):
-                    if index not in crops:
-                        crop, to_image = _straighten(gray, region)
-                        crops[index] = (crop, _perspective(to_image))
-                    crop, back = crops[index]
-                    treated = treat(crop)
+                    key = (index, treatment.scale)
+                    if key not in crops:
+                        crop, to_image = _straighten(gray, region, treatment.scale)
+                        crops[key] = (crop, _perspective(to_image))
+                    crop, back = crops[key]
+                    treated = treatment.apply(crop)
             except Exception:
                 self.misses += 1
-                log.warning("%s crop of a region failed", treatment, exc_info=True)
+                log.warning("%s crop of a region failed", treatment.name, exc_info=True)
                 continue
-            # A straightened linear crop reads along its rows: only the linear readers (and
-            # PDF417's) look at it, along the rows. Any other crop may also hold a linear
-            # code that the region's outline did not line up: every reader, both ways.
-            linear = region.linear
-            for read in self._zxing(treated, step, clock, rotate=not linear, linear=linear):
-                found.add(_symbol(read, back, f"zxing/region/{treatment}"))
+            if treatment.zxing:
+                for read in self._zxing(
+                    treated,
+                    step,
+                    clock,
+                    rotate=not linear,
+                    kind=kind,
+                    global_threshold=treatment.global_threshold,
+                ):
+                    found.add(_symbol(read, back, f"zxing/region/{treatment.name}"))
             # zbar on 2D crops costs more than it finds (and it reads only QR there).
-            if found.covers(region) or self._zbar is None or not linear:
+            if found.covers(region) or not use_zbar:
                 continue
             if clock.fits("zbar/rows", treated.size):
                 for read in self._zbar_read(treated, clock, rows_only=True):
-                    source = f"zbar/region/{treatment}"
+                    source = f"zbar/region/{treatment.name}"
                     found.add(_symbol(read, back, source), second_opinion=True)
 
     def _count_miss(self) -> None:
@@ -527,21 +573,41 @@ class Decoder:
     # -- the decoders, each call guarded ----------------------------------------------------
 
     def _zxing(
-        self, image: Image, step: str, clock: _Budget, *, rotate: bool, linear: bool = False
+        self,
+        image: Image,
+        step: str,
+        clock: _Budget,
+        *,
+        rotate: bool,
+        kind: str = "any",
+        global_threshold: bool = False,
     ) -> list[_Read]:
+        """zxing-cpp's reads of ``image``; ``kind`` says which readers look: ``any`` (every
+        format), ``linear`` (a straightened linear crop: the linear readers and PDF417's),
+        ``bars`` (a treated linear crop: the linear readers only, see `_regions_pass`)."""
         try:
             import zxingcpp
 
-            formats = self._zxing_formats.get(linear)
+            formats = self._zxing_formats.get(kind)
             if formats is None:
-                wanted = [f for f in self.formats if f in _LINEAR_CROP_FORMATS or not linear]
+                wanted = [
+                    f
+                    for f in self.formats
+                    if kind == "any"
+                    or (f in _LINEAR_CROP_FORMATS and (kind == "linear" or f != "pdf417"))
+                ]
                 formats = zxingcpp.BarcodeFormats(
                     [
                         getattr(zxingcpp.BarcodeFormat, _ZXING_REQUEST[f])
                         for f in wanted or self.formats
                     ]
                 )
-                self._zxing_formats[linear] = formats
+                self._zxing_formats[kind] = formats
+            binarizer = (
+                zxingcpp.Binarizer.GlobalHistogram
+                if global_threshold
+                else zxingcpp.Binarizer.LocalAverage
+            )
             with clock.timing(step, image.size):
                 barcodes = zxingcpp.read_barcodes(
                     image,
@@ -552,6 +618,7 @@ class Decoder:
                     # it is cheap; on every whole frame it would double the first pass.
                     try_invert=step == "zxing",
                     text_mode=zxingcpp.TextMode.Plain,
+                    binarizer=binarizer,
                 )
             reads = []
             for b in barcodes:
@@ -901,20 +968,23 @@ class _Regions:
         self._on_error = on_error
 
     def __iter__(self) -> Iterator[tuple[int, _Region]]:
-        yield from enumerate(list(self._seen))
-        while self._source is not None:
+        index = 0
+        while (region := self.at(index)) is not None:
+            yield index, region
+            index += 1
+
+    def at(self, index: int) -> _Region | None:
+        """The ``index``-th region (from 0, best first), None if there are not that many."""
+        while len(self._seen) <= index and self._source is not None:
             try:
-                region = next(self._source)
+                self._seen.append(next(self._source))
             except StopIteration:
                 self._source = None
-                return
             except Exception:
                 self._source = None
                 self._on_error()
                 log.warning("region search failed", exc_info=True)
-                return
-            self._seen.append(region)
-            yield len(self._seen) - 1, region
+        return self._seen[index] if index < len(self._seen) else None
 
 
 def _linear_region(
@@ -996,27 +1066,30 @@ def _weighted_range(values: Any, weights: Any, tail: float) -> tuple[float, floa
     return float(v[min(lo, len(v) - 1)]), float(v[min(hi, len(v) - 1)])
 
 
-def _crop_size(region: _Region) -> tuple[int, int]:
-    """The straightened crop's width and height: the region's own size, in whole pixels.
+def _crop_size(region: _Region, scale: int = 1) -> tuple[int, int]:
+    """The straightened crop's width and height: the region's own size times ``scale``, in
+    whole pixels.
 
-    (Enlarging small crops was tried: it costs more time than it finds codes.)
+    Enlarged crops (``scale`` 2) are a last resort only (`_LAST_RESORTS`): as a first look
+    they cost more time than they find codes.
     """
     length, thickness = region.size()
-    return max(8, round(length)), max(8, round(thickness))
+    return max(8, round(length * scale)), max(8, round(thickness * scale))
 
 
-def _crop_pixels(region: _Region) -> int:
-    width, height = _crop_size(region)
+def _crop_pixels(region: _Region, scale: int = 1) -> int:
+    width, height = _crop_size(region, scale)
     return width * height
 
 
-def _straighten(gray: Image, region: _Region) -> tuple[Image, Any]:
-    """The region warped upright (perspective: its quadrilateral onto a rectangle); and the
-    matrix that maps crop pixels back into the image."""
+def _straighten(gray: Image, region: _Region, scale: int = 1) -> tuple[Image, Any]:
+    """The region warped upright (perspective: its quadrilateral onto a rectangle), at
+    ``scale`` crop pixels per image pixel; and the matrix that maps crop pixels back into
+    the image."""
     import cv2
     import numpy as np
 
-    width, height = _crop_size(region)
+    width, height = _crop_size(region, scale)
     src = np.array(region.corners, dtype=np.float32)
     dst = np.array([(0, 0), (width, 0), (width, height), (0, height)], dtype=np.float32)
     to_crop = cv2.getPerspectiveTransform(src, dst)
@@ -1049,35 +1122,91 @@ def _otsu(crop: Image) -> Image:
     return cv2.threshold(crop, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)[1]  # type: ignore[return-value]
 
 
-_TREATMENTS: tuple[tuple[str, Callable[[Image], Image]], ...] = (
-    ("plain", _plain),
-    ("clahe", _clahe),
-    ("sharpen", _sharpen),
-    ("otsu", _otsu),
+@dataclass(frozen=True)
+class _Treatment:
+    """One way of showing a region's crop to the decoders.
+
+    ``name`` goes into the read's ``source``; ``apply`` treats the straightened crop;
+    ``scale`` is the crop's pixels per image pixel; ``global_threshold`` has zxing-cpp
+    binarise with one threshold for the crop (GlobalHistogram) instead of local averages;
+    ``zxing`` and ``zbar`` say which decoders look (zbar only ever at linear crops).
+    """
+
+    name: str
+    apply: Callable[[Image], Image]
+    scale: int = 1
+    global_threshold: bool = False
+    zxing: bool = True
+    zbar: bool = True
+
+
+_PLAIN = _Treatment("plain", _plain)
+_TREATMENTS: tuple[_Treatment, ...] = (
+    _PLAIN,
+    _Treatment("clahe", _clahe),
+    _Treatment("sharpen", _sharpen),
+    _Treatment("otsu", _otsu),
 )
 _FIRST_REGION_TREATMENTS = 3  # plain, CLAHE and sharpen before any other region is tried
+# Last resorts for the best region, after every treatment of every region: a crop straightened
+# at twice the image's resolution, which gives modules of about one and a half pixels (a
+# dense Aztec or Data Matrix in a small picture, the thin bars of a blurred EAN-13) enough
+# pixels for the detectors after the warp's interpolation; and one threshold for the whole
+# 2D crop, which holds where an uneven print fools the local one. They cost more than the
+# treatments above and read less often, hence last.
+_LAST_RESORTS: tuple[_Treatment, ...] = (
+    _Treatment("x2", _plain, scale=2),
+    _Treatment("x2/sharpen", _sharpen, scale=2),
+    _Treatment("global", _plain, global_threshold=True, zbar=False),
+    _Treatment("x2/clahe", _clahe, scale=2),
+)
+# Enlarged crops only for a region whose crop is at most this long: a larger one has pixels
+# enough, and would cost four times as much.
+_ENLARGE_UP_TO = 400
 # Once a code was read, a region is still tried if its score is at least this part of the
 # best region's (a DataMatrix beside a barcode: about a quarter; a line of print: less).
 _AFTER_A_READ = 0.125
 
 
-def _attempts(
-    regions: _Regions,
-) -> Iterator[tuple[int, _Region, tuple[str, Callable[[Image], Image]]]]:
+def _attempts(regions: _Regions) -> Iterator[tuple[int, _Region, _Treatment]]:
     """(region index, region, treatment) in the order to try them.
 
-    The best region first, as it is and then under CLAHE and sharpening (it is the code in
-    almost every frame where the first pass missed it); then every other region as it is;
-    then each remaining treatment over the remaining regions.
+    The best region first as it is (it is the code in almost every frame where the first
+    pass missed it). Then the second region as it is if it overlaps the first and is of the
+    other kind (linear or not): the same code seen twice, as a PDF417's bars and its
+    texture, or a linear code and its digits; there the crop of the other kind is the one
+    that reads (a 2D region's outline follows a PDF417's perspective and takes in all its
+    rows, which a linear region's rectangle cuts). Then the best region under CLAHE and
+    sharpening; then every other region as it is; then each remaining treatment over the
+    remaining regions; then the best region's last resorts (`_LAST_RESORTS`).
     """
+    first = regions.at(0)
+    if first is None:
+        return
+    yield 0, first, _PLAIN
+    second = regions.at(1)
+    partner = second is not None and second.linear != first.linear and _overlap(first, second)
+    if second is not None and partner:
+        yield 1, second, _PLAIN
     depth = _TREATMENTS[:_FIRST_REGION_TREATMENTS]
+    for treatment in depth[1:]:
+        yield 0, first, treatment
     for index, region in regions:
-        for treatment in depth if index == 0 else depth[:1]:
-            yield index, region, treatment
+        if index > 1 or (index == 1 and not partner):
+            yield index, region, _PLAIN
     for treatment in _TREATMENTS[1:]:
         for index, region in regions:
             if index > 0 or treatment not in depth:
                 yield index, region, treatment
+    small = max(_crop_size(first)) <= _ENLARGE_UP_TO
+    for treatment in _LAST_RESORTS:
+        if small or treatment.scale == 1:
+            yield 0, first, treatment
+
+
+def _overlap(a: _Region, b: _Region) -> bool:
+    """Whether either region's centre lies inside the other's outline."""
+    return _inside(*a.centre, b.corners, grow=0.0) or _inside(*b.centre, a.corners, grow=0.0)
 
 
 # ----------------------------------------------------------------------------------------------

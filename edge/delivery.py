@@ -25,6 +25,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from drivers.errors import DriverError
+from drivers.photo import Jpeg
 from drivers.scanner import Scan
 from edge.codes import DELIVERED_CODES, FAILURE_REASONS
 from edge.errors import EdgeError
@@ -33,6 +35,7 @@ from edge.manifest import Manifest, ManifestError, Stop
 from sync.clock import Clock
 from sync.errors import JournalError
 from sync.journal import Journal, JournalTransaction
+from sync.photos import PhotoOutbox
 from sync.wire import Event
 
 log = logging.getLogger("edge.delivery")
@@ -233,11 +236,17 @@ class DeliveryRound:
         van_id: str,
         position: Callable[[], Position | None],
         clock: Clock | None = None,
+        photos: Callable[[str], Jpeg] | None = None,
     ) -> None:
+        """`photos(spec)` turns the courier's `photo` field into a JPEG: by default the
+        field names an image file (from the handheld's camera app); a van with a camera
+        also takes `"camera"` (see `edge.van`). DriverError from it refuses the outcome."""
         self.journal = journal
         self.feedback = feedback
         self.van_id = van_id
         self._position = position
+        self._take_photo = photos if photos is not None else _photo_file
+        self._photo_outbox = PhotoOutbox(journal)
         self._clock: Clock = clock or journal.clock
         self._lock = threading.RLock()
         self._manifest: Manifest | None = None
@@ -802,7 +811,21 @@ class DeliveryRound:
             "utc": _utc_text(fix.utc),
         }
 
-    def _pod(self, row: _Parcel, stop: Stop, photo: str | None) -> dict[str, Any]:
+    def _photo(
+        self, spec: str | None
+    ) -> tuple[dict[str, Any] | None, list[tuple[str, Sequence[Any]]]]:
+        """The photo's reference for the event, and the statement that stores its bytes in
+        the same transaction (so no event ever names a photo the device does not hold)."""
+        if spec is None:
+            return None, []
+        try:
+            jpeg = self._take_photo(spec)
+        except DriverError as exc:
+            raise InvalidOutcome("photo_unusable", f"the photo cannot be used: {exc}") from exc
+        ref, statement = self._photo_outbox.statement(jpeg.data)
+        return {**ref.as_payload(), "width": jpeg.width, "height": jpeg.height}, [statement]
+
+    def _pod(self, row: _Parcel, stop: Stop, photo: dict[str, Any] | None) -> dict[str, Any]:
         """Proof of delivery: the scan at this visit, where the handheld was, and when."""
         fix = self._fix()
         distance = None
@@ -859,20 +882,24 @@ class DeliveryRound:
             raise InvalidOutcome("photo_missing", "left in a safe place: a photo is needed")
         with self._lock:
             stop, row = self._outcome_target(parcel, locker_stop=False, allowed=(None, FAILED))
+            picture, store = self._photo(photo)
             payload = {
                 "parcel": parcel,
                 "stop": stop.stop,
                 "to": to,
                 "name": name,
                 "neighbour_address": neighbour_address,
-                "photo": photo,
-                "pod": self._pod(row, stop, photo),
+                "photo": picture,
+                "pod": self._pod(row, stop, picture),
                 "upu": DELIVERED_CODES.upu,
                 "x12": DELIVERED_CODES.x12,
             }
             (event,) = self._courier_commit(
                 [(PARCEL_DELIVERED, payload)],
-                [("UPDATE delivery_parcels SET outcome=? WHERE parcel=?", (DELIVERED, parcel))],
+                [
+                    ("UPDATE delivery_parcels SET outcome=? WHERE parcel=?", (DELIVERED, parcel)),
+                    *store,
+                ],
             )
             self._tell_outcome(event, f"delivered ({to.replace('_', ' ')})")
             return event
@@ -887,6 +914,7 @@ class DeliveryRound:
             )
         with self._lock:
             stop, row = self._outcome_target(parcel, locker_stop=False, allowed=(None, FAILED))
+            picture, store = self._photo(photo)
             payload = {
                 "parcel": parcel,
                 "stop": stop.stop,
@@ -894,7 +922,7 @@ class DeliveryRound:
                 "upu": codes.upu,
                 "x12": codes.x12,
                 "attempt": row.failures + 1,
-                "pod": self._pod(row, stop, photo),
+                "pod": self._pod(row, stop, picture),
             }
             (event,) = self._courier_commit(
                 [(DELIVERY_FAILED, payload)],
@@ -902,7 +930,8 @@ class DeliveryRound:
                     (
                         "UPDATE delivery_parcels SET outcome=?, failures=failures+1 WHERE parcel=?",
                         (FAILED, parcel),
-                    )
+                    ),
+                    *store,
                 ],
             )
             self._tell_outcome(event, f"not delivered: {reason.replace('_', ' ')}")
@@ -916,11 +945,12 @@ class DeliveryRound:
             raise InvalidOutcome("locker_missing", "redirect to which locker?")
         with self._lock:
             stop, row = self._outcome_target(parcel, locker_stop=False, allowed=(None, FAILED))
+            picture, store = self._photo(photo)
             payload = {
                 "parcel": parcel,
                 "stop": stop.stop,
                 "locker": name,
-                "pod": self._pod(row, stop, photo),
+                "pod": self._pod(row, stop, picture),
             }
             (event,) = self._courier_commit(
                 [(PARCEL_REDIRECTED, payload)],
@@ -928,7 +958,8 @@ class DeliveryRound:
                     (
                         "UPDATE delivery_parcels SET outcome=?, locker=? WHERE parcel=?",
                         (REDIRECTED, name, parcel),
-                    )
+                    ),
+                    *store,
                 ],
             )
             self._tell_outcome(event, f"for locker {name}")
@@ -941,11 +972,12 @@ class DeliveryRound:
             stop, row = self._outcome_target(
                 parcel, locker_stop=True, allowed=(None, FAILED, REDIRECTED)
             )
+            picture, store = self._photo(photo)
             payload = {
                 "parcel": parcel,
                 "stop": stop.stop,
                 "locker": stop.locker,
-                "pod": self._pod(row, stop, photo),
+                "pod": self._pod(row, stop, picture),
             }
             (event,) = self._courier_commit(
                 [(PARCEL_DROPPED_AT_LOCKER, payload)],
@@ -953,7 +985,8 @@ class DeliveryRound:
                     (
                         "UPDATE delivery_parcels SET outcome=?, locker=? WHERE parcel=?",
                         (IN_LOCKER, stop.locker, parcel),
-                    )
+                    ),
+                    *store,
                 ],
             )
             self._tell_outcome(event, f"in locker {stop.locker}")
@@ -1082,6 +1115,13 @@ class DeliveryRound:
             return identify(text).id
         except Rejection:
             return text
+
+
+def _photo_file(spec: str) -> Jpeg:
+    """The default photo source: `spec` is the path of an image the handheld's app saved."""
+    from drivers.photo import load_photo  # OpenCV is loaded with the first photo only
+
+    return load_photo(spec)
 
 
 _COURIER_FIELDS: Mapping[str, tuple[str, ...]] = {

@@ -2,6 +2,9 @@
 
 Read from TOML. Sizes are named (S, M, L…) with inner dimensions in centimetres and ordered
 by volume, so "the smallest free compartment that fits" and "a bigger one" are well defined.
+
+A camera is named here only by its source, never opened: the camera driver (and OpenCV behind
+it) must stay unloaded in a locker that has none.
 """
 
 from __future__ import annotations
@@ -55,6 +58,9 @@ class LockerConfig:
     command_keys: list[bytes] = field(default_factory=list)
     scanner_port: str | None = None
     keypad_port: str | None = None
+    # What `drivers.camera.Camera` opens: a device index (int), a device path, a video file or
+    # a stream URL. None: no camera; pickup QRs come from the serial scanner only.
+    camera_source: int | str | None = None
     broker: BrokerAddress | None = None
     sync: dict[str, Any] = field(default_factory=dict)
 
@@ -84,6 +90,16 @@ def _key(text: str) -> bytes:
         return base64.b64decode(text, validate=True)
     except ValueError as exc:
         raise LockerConfigError(f"a key is not base64: {exc}") from exc
+
+
+def _camera_source(section: dict[str, Any]) -> int | str:
+    """``[camera] source``, read by the driver's own rule (`drivers.camera.parse_source`)."""
+    from drivers.camera import CameraError, parse_source  # only when a camera is configured
+
+    try:
+        return parse_source(section["source"])
+    except CameraError as exc:
+        raise LockerConfigError(f"[camera] {exc}") from exc
 
 
 def load_locker_config(path: str | os.PathLike[str]) -> LockerConfig:
@@ -145,6 +161,7 @@ def load_locker_config(path: str | os.PathLike[str]) -> LockerConfig:
             command_keys=[_key(k) for k in depot.get("command_keys", [])],
             scanner_port=doc.get("scanner", {}).get("port"),
             keypad_port=doc.get("keypad", {}).get("port"),
+            camera_source=_camera_source(doc["camera"]) if "camera" in doc else None,
             broker=broker,
             sync=dict(doc.get("sync", {})),
         )

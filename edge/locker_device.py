@@ -1,8 +1,10 @@
-"""A locker device as it runs: lock boards, keypad, scanner, journal and uplink, wired up.
+"""A locker device as it runs: lock boards, keypad, scanner, camera, journal, uplink, wired up.
 
 The keypad is a serial line like the scanner (keys, then CR); both are read with the scanner
-driver. Depot commands arrive through the uplink and go to the locker unverified: the locker
-checks their signatures itself.
+driver. An optional camera faces the customer and reads pickup QRs from phone screens; they go
+to the locker exactly as serial scans do. Its driver, and OpenCV behind it, is imported only when a
+camera is configured, so a locker without one never loads them. Depot commands arrive through
+the uplink and go to the locker unverified: the locker checks their signatures itself.
 """
 
 from __future__ import annotations
@@ -10,14 +12,18 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from drivers.lockboard import LockBus
 from drivers.scanner import Scan, ScanFramer, ScannerReader
-from edge.locker import Display, JsonLinesDisplay, Locker
+from edge.locker import QR_PREFIX, Display, JsonLinesDisplay, Locker
 from edge.locker_config import LockerConfig, load_locker_config
 from sync.clock import Clock
 from sync.journal import Journal
 from sync.uplink import Uplink
+
+if TYPE_CHECKING:
+    from drivers.camera import FrameReader
 
 INPUT_WAIT_S = 5.0
 
@@ -51,6 +57,16 @@ class LockerDevice:
                     on_connection=self._watch_input(),
                 )
             )
+        self.camera: FrameReader | None = None
+        if config.camera_source is not None:
+            from drivers.camera import Camera, FrameReader
+
+            # The camera reconnects by itself with backoff: one that is not there yet (or is
+            # unplugged) leaves the keypad and the scanner working, and only delays "ready".
+            self.camera = FrameReader(
+                Camera(config.camera_source, on_connection=self._watch_input()),
+                on_scan=self._shown,
+            )
         self.uplink = (
             Uplink(self.journal, config.broker, on_command=self.locker.command, **config.sync)
             if config.broker
@@ -69,6 +85,12 @@ class LockerDevice:
     def _scanned(self, scan: Scan) -> None:
         self.locker.scan(scan.data, scan.aim)
 
+    def _shown(self, scan: Scan) -> None:
+        # The camera faces the customer: it takes pickup QRs only. Labels and badges come from
+        # the courier's scanner; a label the camera also caught would be a second drop-off.
+        if scan.data.startswith(QR_PREFIX):
+            self.locker.scan(scan.data, scan.aim)
+
     def _keyed(self, scan: Scan) -> None:
         self.locker.key(scan.data)
 
@@ -77,9 +99,11 @@ class LockerDevice:
         self.locker.start()
         for reader in self.readers:
             reader.start()
+        if self.camera is not None:
+            self.camera.start()
         if self.uplink is not None:
             self.uplink.start()
-        # Tell the person the locker is ready only when its keypad and scanner are readable.
+        # Tell the person the locker is ready only when its keypad, scanner and camera deliver.
         ready = all(up.wait(INPUT_WAIT_S) for up in self._inputs_up)
         self.display.show(
             "ready" if ready else "ready, but an input device is missing",
@@ -87,10 +111,16 @@ class LockerDevice:
         )
 
     def stop(self) -> None:
-        for reader in self.readers:
-            reader.stop()
-        self.locker.stop()
-        if self.uplink is not None:
-            self.uplink.stop()
-        self.bus.close()
-        self.journal.close()
+        try:
+            if self.camera is not None:
+                # First, so no read arrives for a stopped locker. A stream stuck in a read can
+                # outlast the stop timeout; the journal must still be closed cleanly.
+                self.camera.stop()
+        finally:
+            for reader in self.readers:
+                reader.stop()
+            self.locker.stop()
+            if self.uplink is not None:
+                self.uplink.stop()
+            self.bus.close()
+            self.journal.close()

@@ -19,12 +19,14 @@ import queue
 import select
 import sys
 import threading
+import time
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from drivers.photo import Jpeg
 from drivers.scanner import Rejected, Scan, ScanFramer, ScannerReader
 from edge.delivery import SCAN_REJECTED as SCAN_REJECTED  # one name for both desks
 from edge.delivery import CourierFeedback, DeliveryRound, Position, RoundError, Tone
@@ -158,6 +160,7 @@ class VanConfig:
     round_enabled: bool = False
     gnss_port: str | None = None
     gnss_baudrate: int = 9600
+    camera_source: int | str | None = None  # device index, device path, video file or URL
 
 
 class ConfigError(EdgeError):
@@ -198,6 +201,7 @@ def load_config(path: str | os.PathLike[str]) -> VanConfig:
         if not isinstance(enabled, bool):
             raise ConfigError("[round] enabled must be true or false")
         gnss = _section(doc, "gnss", {"port", "baudrate"})
+        camera = _section(doc, "camera", {"source"})
         return VanConfig(
             device_id=device_id,
             journal=Path(path).parent / doc.get("journal", f"{device_id}.journal.db"),
@@ -216,6 +220,7 @@ def load_config(path: str | os.PathLike[str]) -> VanConfig:
             round_enabled=enabled,
             gnss_port=str(gnss["port"]) if "port" in gnss else None,
             gnss_baudrate=int(gnss.get("baudrate", 9600)),
+            camera_source=_camera_source(camera["source"]) if "source" in camera else None,
         )
     except KeyError as exc:
         raise ConfigError(f"config {path} lacks {exc}") from exc
@@ -253,6 +258,26 @@ def _open_gnss(config: VanConfig) -> _GnssReader:
         return GnssReader(config.gnss_port, baudrate=config.gnss_baudrate)
     except DriverError as exc:
         raise ConfigError(f"[gnss] {exc}") from exc
+
+
+class _CameraReader(Protocol):
+    """What the van needs of drivers.camera.FrameReader."""
+
+    def start(self) -> None: ...
+
+    def stop(self, timeout: float = 5.0) -> None: ...
+
+
+PHOTO_FRAME_MAX_AGE_S = 2.0  # a "camera" photo must show now, not where the van was
+
+
+def _camera_source(value: object) -> int | str:
+    from drivers.camera import CameraError, parse_source  # only when a camera is configured
+
+    try:
+        return parse_source(value)
+    except CameraError as exc:
+        raise ConfigError(f"[camera] {exc}") from exc
 
 
 class CourierInput:
@@ -343,6 +368,10 @@ class Van:
         self.desk = ScanDesk(self.journal, feedback)
         self.round: DeliveryRound | None = None
         self.gnss: _GnssReader | None = None
+        self.camera: _CameraReader | None = None
+        self._last_frame: tuple[Any, float] | None = None  # (pixels, time.monotonic())
+        self.camera_ready = threading.Event()  # set by the first decoded frame, like the scanner
+        self._frame_lock = threading.Lock()
         self._manifests: queue.Queue[bytes | None] = queue.Queue()
         self._round_worker: threading.Thread | None = None
         self._courier_input: CourierInput | None = None
@@ -358,6 +387,7 @@ class Van:
                     van_id=config.device_id,
                     position=self._position,
                     clock=clock,
+                    photos=self.take_photo,
                 )
             elif config.gnss_port:
                 log.warning("[gnss] is configured but [round] is not enabled: GNSS not used")
@@ -367,13 +397,44 @@ class Van:
         self.scanner_ready = threading.Event()
         self.scanner = ScannerReader(
             config.scanner_port,
-            on_scan=self.round.on_scan if self.round is not None else self.desk.on_scan,
+            on_scan=self.scanner_on_scan,
             on_reject=self.desk.on_reject,
             on_connection=self._scanner_connection,
             framer=ScanFramer(SUFFIXES[config.scanner_suffix]),
             baudrate=config.scanner_baudrate,
         )
+        if config.camera_source is not None:
+            self.camera = self._open_camera(config.camera_source)
         self.uplink = Uplink(self.journal, config.broker, on_command=self._command, **config.sync)
+
+    def _open_camera(self, source: int | str) -> _CameraReader:
+        """The camera reads labels like the scanner does, and keeps its newest frame for
+        `"photo": "camera"`. Imported only when configured: OpenCV stays out of other vans."""
+        from drivers.camera import Camera, Frame, FrameReader, Symbol
+
+        def keep(frame: Frame, _symbols: list[Symbol]) -> None:
+            with self._frame_lock:
+                self._last_frame = (frame.image, frame.at)
+            self.camera_ready.set()
+
+        return FrameReader(Camera(source), on_scan=self.scanner_on_scan, on_symbols=keep)
+
+    @property
+    def scanner_on_scan(self) -> Callable[[Scan], None]:
+        """Where a read goes, from the serial scanner or the camera: one path for both."""
+        return self.round.on_scan if self.round is not None else self.desk.on_scan
+
+    def take_photo(self, spec: str) -> Jpeg:
+        """`"camera"`: the camera's newest frame; anything else: an image file's path."""
+        from drivers.photo import PhotoError, encode_photo, load_photo
+
+        if spec != "camera":
+            return load_photo(spec)
+        with self._frame_lock:
+            last = self._last_frame
+        if last is None or time.monotonic() - last[1] > PHOTO_FRAME_MAX_AGE_S:
+            raise PhotoError("the camera has no current picture")
+        return encode_photo(last[0])
 
     def _position(self) -> Position | None:
         return self.gnss.current() if self.gnss is not None else None
@@ -446,6 +507,8 @@ class Van:
             self.gnss.start()
         self.uplink.start()
         self.scanner.start()
+        if self.camera is not None:
+            self.camera.start()
         if self._courier_input is not None:
             self._courier_input.start()
 
@@ -453,6 +516,8 @@ class Van:
         if self._courier_input is not None:
             self._courier_input.stop()
         self.scanner.stop()
+        if self.camera is not None:
+            self.camera.stop()
         self.uplink.stop()
         if self._round_worker is not None:
             self._manifests.put(None)  # after the uplink: no manifest arrives any more

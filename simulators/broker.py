@@ -100,6 +100,7 @@ DEVICE_RULES: Final = (
     AclRule("write", f"{TOPIC_ROOT}/%u/status"),
     AclRule("write", f"{TOPIC_ROOT}/%u/up/#"),
     AclRule("read", f"{TOPIC_ROOT}/%u/ack"),
+    AclRule("read", f"{TOPIC_ROOT}/%u/ack/photo"),
     AclRule("read", f"{TOPIC_ROOT}/%u/cmd/#"),
 )
 DEPOT_RULES: Final = (AclRule("readwrite", f"{TOPIC_ROOT}/#"),)

@@ -26,6 +26,7 @@ for paho, SQLite or pseudo-terminals.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import heapq
 import json
 import math
@@ -261,6 +262,7 @@ def run_day(
     from edge.van import Van, VanConfig
     from simulators.broker import start_broker
     from simulators.delivery_day import Courier, Household, draw_fates, offset
+    from simulators.doorstep import DoorstepCamera
     from simulators.gnss import SimulatedGnss
     from simulators.link import LinkProxy
     from simulators.parcels import random_label, smudged_s10
@@ -490,6 +492,8 @@ def run_day(
                     rng=random.Random(f"{name}/{plan.seed}"),
                     lockers=lockers,
                     strangers=[],
+                    # Scenes rendered now, before the day: a shot at the door then takes ms.
+                    camera_app=DoorstepCamera(workdir / "DCIM", seed=len(couriers) + 1),
                 )
             )
         for day in range(1, plan.days + 1):
@@ -646,6 +650,7 @@ def _quiesce(vans: Sequence[Any], lockers: Any, service: Any, *, deadline: float
     while time.monotonic() < deadline:
         for van in vans:
             van.uplink.wait_acked(van.journal.last_seq, max(0.1, deadline - time.monotonic()))
+            van.uplink.wait_photos_sent(max(0.1, deadline - time.monotonic()))
         if lockers is not None:
             lockers.drain(deadline)
         _settle(service, deadline=deadline)
@@ -809,11 +814,22 @@ def _report(
     )
     first: dict[str, str] = {}
     pods = []
+    named_photos: set[str] = set()
     for kind, payload in outcomes:
         doc = json.loads(str(payload))
         first.setdefault(str(doc.get("parcel")), str(kind))
+        pod = doc.get("pod") or {}
         if kind == "parcel_delivered":
-            pods.append(doc.get("pod") or {})
+            pods.append(pod)
+        if isinstance(pod.get("photo"), dict):
+            named_photos.add(str(pod["photo"]["sha256"]))
+    # Every photo an event names is at the depot, and its bytes hash to that name.
+    verified = 0
+    for sha in named_photos:
+        stored = store.photo(sha)
+        if stored is not None and hashlib.sha256(stored[1]).hexdigest() == sha:
+            verified += 1
+    photo_bytes = store.query("SELECT coalesce(sum(size), 0), coalesce(max(size), 0) FROM photos")
     complete = sum(
         1 for p in pods if p.get("scan") and (p.get("fix") is not None or p.get("no_fix") is True)
     )
@@ -837,6 +853,11 @@ def _report(
         "webhooks_duplicated": receiver.duplicates,
         "webhooks_dead_lettered": hooks["dead"],
         "webhook_bad_signatures": receiver.bad_signatures,
+        "photos_named": len(named_photos),
+        "photos_verified_at_depot": verified,
+        "photos_missing": len(named_photos) - verified,
+        "photo_bytes_at_depot": int(str(photo_bytes[0][0])),
+        "photo_largest_bytes": int(str(photo_bytes[0][1])),
         "decisions": dict(Counter(d.kind for _p, d in service.decisions)),
         "events_created": len(created),
         "events_at_depot": len(depot_uuids),
@@ -860,6 +881,7 @@ def _report(
         and unaccounted == 0
         and report["webhooks_duplicated"] == 0
         and hooks["pending"] == 0
+        and report["photos_missing"] == 0
     )
     return report
 
@@ -893,6 +915,10 @@ def _print_summary(r: dict[str, Any]) -> None:
     print(
         f"  webhooks: {r['webhooks_sent']} sent, {r['webhooks_duplicated']} duplicated, "
         f"{r['webhooks_dead_lettered']} dead-lettered, {r['webhooks_pending']} pending"
+    )
+    print(
+        f"  photos: {r['photos_named']} named by events, {r['photos_verified_at_depot']} at the "
+        f"depot with a matching SHA-256, largest {r['photo_largest_bytes']} bytes"
     )
     print(
         f"  events created {r['events_created']}, at depot {r['events_at_depot']}, "

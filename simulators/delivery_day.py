@@ -29,6 +29,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from simulators.parcels import Label
@@ -108,6 +109,13 @@ class GnssLike(Protocol):
     def move_to(self, lat: float, lon: float) -> None: ...
     def follow(self, route: list[tuple[float, float]], speed_mps: float) -> None: ...
     def tunnel(self, on: bool = True) -> None: ...
+
+
+class CameraApp(Protocol):
+    """The handheld's camera app (simulators.doorstep.DoorstepCamera): saves a full-size shot
+    of the doorstep, whose path the courier hands to the van as the photo."""
+
+    def shoot(self, name: str, caption: str) -> Path: ...
 
 
 class LockerDropper(Protocol):
@@ -243,6 +251,7 @@ class Courier:
         rng: random.Random,
         lockers: LockerDropper | None,
         strangers: Sequence[Label],
+        camera_app: CameraApp,
     ) -> None:
         self.name = name
         self.van = van
@@ -255,6 +264,7 @@ class Courier:
         self.rng = rng
         self.lockers = lockers
         self.strangers = list(strangers)  # labels of other vans' parcels, for a wrong pick
+        self.camera_app = camera_app
         self.tally = CourierTally()
         self.watch = JournalWatch(van.journal)
         self.attempts: Counter[str] = Counter()
@@ -422,7 +432,8 @@ class Courier:
                     doc["name"] = f"neighbour of {home.recipient}"
                     doc["neighbour_address"] = f"next door to {home.address}"
                 else:
-                    doc["photo"] = f"photo://{self.name}/{parcel}.jpg"
+                    shot = self.camera_app.shoot(f"{self.name}-{parcel}", f"{parcel} {self.name}")
+                    doc["photo"] = str(shot)
                 if self._do(doc) is not None:
                     self.tally.delivered += 1
                     self.on_van.discard(parcel)

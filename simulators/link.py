@@ -15,6 +15,10 @@ Cuts, as the radio sees them:
   every connection that lived through the cut — their byte streams have holes that would
   corrupt MQTT framing — so clients reconnect on clean streams.
 
+``throttle(up_bytes_per_s)`` makes the uplink slow, as a weak cellular signal does: bytes from
+the client are forwarded in slices of ``SLICE`` bytes, each followed by the time it takes at
+that rate. ``throttle(None)`` lifts it.
+
 Must never: parse or alter the bytes it forwards (it is a wire, not a broker), poll, or close
 a socket another thread may still be blocked on (only the route's last pump closes it; others
 wake pumps with ``shutdown()``).
@@ -43,6 +47,7 @@ CutMode = Literal["reset", "blackhole"]
 
 HOST: Final = "127.0.0.1"
 CHUNK: Final = 64 * 1024  # one recv; MQTT packets of a van are far smaller
+SLICE: Final = 1024  # granularity of a throttled uplink
 CONNECT_TIMEOUT_S: Final = 5.0  # reaching the upstream; tests may shrink it
 JOIN_TIMEOUT_S: Final = 5.0  # for the threads of a stopping proxy
 _ABORTIVE_LINGER: Final = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
@@ -127,6 +132,7 @@ class LinkProxy:
         self._bytes = {"up": 0, "down": 0}
         self._dropped = {"up": 0, "down": 0}
         self._connections = 0
+        self._rate_up: float | None = None
         self._listener: socket.socket | None = None
         self._port = 0
         self._wake_r: socket.socket | None = None
@@ -238,6 +244,13 @@ class LinkProxy:
             route.shut(abortive=True)
         if was is not None:
             log.info("%s: restored after %s, %d stale connections shut", self.name, was, len(stale))
+
+    def throttle(self, up_bytes_per_s: float | None) -> None:
+        """Limit client -> upstream to `up_bytes_per_s` (None: as fast as the host goes)."""
+        if up_bytes_per_s is not None and up_bytes_per_s <= 0:
+            raise ValueError("a throttle rate must be positive bytes per second")
+        with self._lock:
+            self._rate_up = up_bytes_per_s
 
     @property
     def is_cut(self) -> bool:
@@ -373,8 +386,17 @@ class LinkProxy:
                         self._dropped[direction] += len(data)
                         self._changed.notify_all()
                     continue
+                rate = self._rate_up if direction == "up" else None
                 try:
-                    dst.sendall(data)
+                    if rate is None:
+                        dst.sendall(data)
+                    else:
+                        for at in range(0, len(data), SLICE):
+                            piece = data[at : at + SLICE]
+                            if route.stale:
+                                break
+                            dst.sendall(piece)
+                            time.sleep(len(piece) / rate)  # the air time of a slow uplink
                 except OSError:
                     break
                 with self._changed:

@@ -9,6 +9,8 @@ durably stored, and never stop because one device sent garbage.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import json
 import logging
 import sqlite3
@@ -26,17 +28,23 @@ from sync.wire import (
     TOPIC_ROOT,
     Ack,
     Batch,
+    PhotoAck,
+    PhotoChunk,
     ack_topic,
     canonical_payload,
     decode_batch,
+    decode_photo_chunk,
     encode_ack,
+    encode_photo_ack,
     genesis_hash,
+    photo_ack_topic,
+    photo_topic,
     split_topic,
 )
 
 log = logging.getLogger("sync.depot")
 
-STORE_SCHEMA_VERSION = 1
+STORE_SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE streams (
     device      TEXT NOT NULL,
@@ -84,6 +92,28 @@ CREATE TABLE device_status (
     updated_ns  INTEGER NOT NULL
 );
 """
+# Version 2: photos. A photo arrives as chunks (kept per device until complete), then is
+# verified against its SHA-256 and moved, whole, to `photos`.
+_SCHEMA_V2 = """
+CREATE TABLE photo_chunks (
+    device      TEXT NOT NULL,
+    sha256      TEXT NOT NULL,
+    offset      INTEGER NOT NULL,
+    total       INTEGER NOT NULL,
+    content_type TEXT NOT NULL,
+    data        BLOB NOT NULL,
+    received_ns INTEGER NOT NULL,
+    PRIMARY KEY (device, sha256, offset)
+);
+CREATE TABLE photos (
+    sha256      TEXT PRIMARY KEY,
+    device      TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    size        INTEGER NOT NULL,
+    data        BLOB NOT NULL,
+    received_ns INTEGER NOT NULL
+);
+"""
 
 
 class DepotStoreError(SyncError):
@@ -121,17 +151,25 @@ class DepotStore:
             raise DepotStoreError(f"depot database {self.path} cannot be used: {exc}") from exc
 
     def _migrate(self) -> None:
+        """Create a new database, or bring a version-1 one (no photos) up to date in place."""
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if version == STORE_SCHEMA_VERSION:
             return
-        if version != 0:
+        if version not in (0, 1):
             raise DepotStoreError(f"depot database schema {version} is not {STORE_SCHEMA_VERSION}")
+        steps = ([_SCHEMA] if version == 0 else []) + [_SCHEMA_V2]
         self._db.execute("BEGIN IMMEDIATE")
-        for statement in _SCHEMA.split(";"):
-            if statement.strip():
-                self._db.execute(statement)
-        self._db.execute(f"PRAGMA user_version={STORE_SCHEMA_VERSION}")
-        self._db.execute("COMMIT")
+        try:
+            for script in steps:
+                for statement in script.split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+            self._db.execute(f"PRAGMA user_version={STORE_SCHEMA_VERSION}")
+            self._db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         with self._lock:
@@ -235,6 +273,90 @@ class DepotStore:
         ).fetchone()
         return bytes(row[0]) if row else b""
 
+    # --- photos ----------------------------------------------------------------------------
+
+    def photo_chunk(self, device: str, chunk: PhotoChunk) -> PhotoAck:
+        """Keep a chunk that continues what the depot holds; say how much it holds now.
+
+        Chunks are taken only in order: one that starts beyond the held bytes is answered with
+        the held count (the device goes back), one already held is answered without storing.
+        When the last byte is in, the whole photo must hash to its name, or it is thrown away
+        (recorded in quarantine) and the device is asked for it again.
+        """
+        now = time.time_ns()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                ack = self._photo_chunk(device, chunk, now)
+                self._db.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                raise
+        return ack
+
+    def _photo_chunk(self, device: str, chunk: PhotoChunk, now: int) -> PhotoAck:
+        sha = chunk.sha256
+        if self._db.execute("SELECT 1 FROM photos WHERE sha256=?", (sha,)).fetchone():
+            return PhotoAck(sha, chunk.total, done=True)
+        key = (device, sha)
+        held = self._db.execute(
+            "SELECT coalesce(sum(length(data)), 0), min(total), max(total) FROM photo_chunks "
+            "WHERE device=? AND sha256=?",
+            key,
+        ).fetchone()
+        have = int(held[0])
+        if have and (held[1] != chunk.total or held[2] != chunk.total):
+            # The same name with another size: start over with what the device sends now.
+            self._db.execute("DELETE FROM photo_chunks WHERE device=? AND sha256=?", key)
+            have = 0
+        if chunk.offset > have:
+            return PhotoAck(sha, have)
+        fresh = chunk.data[have - chunk.offset :]
+        if fresh:
+            self._db.execute(
+                "INSERT INTO photo_chunks(device, sha256, offset, total, content_type, data, "
+                "received_ns) VALUES (?,?,?,?,?,?,?)",
+                (device, sha, have, chunk.total, chunk.content_type, fresh, now),
+            )
+            have += len(fresh)
+        if have < chunk.total:
+            return PhotoAck(sha, have)
+        parts = self._db.execute(
+            "SELECT data FROM photo_chunks WHERE device=? AND sha256=? ORDER BY offset", key
+        ).fetchall()
+        data = b"".join(bytes(p[0]) for p in parts)
+        self._db.execute("DELETE FROM photo_chunks WHERE device=? AND sha256=?", key)
+        if len(data) != chunk.total or hashlib.sha256(data).hexdigest() != sha:
+            self._db.execute(
+                "INSERT INTO quarantine(topic, reason, payload, received_ns) VALUES (?,?,?,?)",
+                (photo_topic(device), f"photo {sha} does not hash to its name", data, now),
+            )
+            return PhotoAck(sha, 0, error="hash mismatch")
+        self._db.execute(
+            "INSERT INTO photos(sha256, device, content_type, size, data, received_ns) "
+            "VALUES (?,?,?,?,?,?)",
+            (sha, device, chunk.content_type, len(data), data, now),
+        )
+        return PhotoAck(sha, len(data), done=True)
+
+    def photo(self, sha256: str) -> tuple[str, bytes] | None:
+        """A stored, verified photo: (content type, bytes), or None."""
+        rows = self.query("SELECT content_type, data FROM photos WHERE sha256=?", (sha256,))
+        if not rows:
+            return None
+        content_type, data = rows[0]
+        assert isinstance(data, bytes)
+        return str(content_type), data
+
+    def photo_progress(self, device: str, sha256: str) -> int:
+        """Bytes of an incomplete photo held (0 when none, or when it is complete)."""
+        rows = self.query(
+            "SELECT coalesce(sum(length(data)), 0) FROM photo_chunks WHERE device=? AND sha256=?",
+            (device, sha256),
+        )
+        return int(str(rows[0][0]))
+
     def quarantine(self, topic: str, reason: str, payload: bytes) -> None:
         with self._lock:
             self._db.execute(
@@ -292,14 +414,18 @@ class Depot:
         client_id: str = "depot",
         on_stored: Callable[[str, IngestResult], None] | None = None,
         on_status: Callable[[str, str], None] | None = None,
+        on_photo: Callable[[str, PhotoAck], None] | None = None,
     ) -> None:
         """`on_stored(device, result)` runs after each stored batch, before its ack is sent;
-        `on_status(device, state)` after a device's online/offline status was stored."""
+        `on_status(device, state)` after a device's online/offline status was stored;
+        `on_photo(device, ack)` after each photo chunk was handled, before its ack is sent."""
         self.store = store
         self._on_stored = on_stored
         self._on_status = on_status
+        self._on_photo = on_photo
         self.batches = 0
         self.quarantined = 0
+        self.photo_chunks = 0
         self.session = MqttSession(
             address,
             client_id=client_id,
@@ -316,7 +442,13 @@ class Depot:
         self.session.stop()
 
     def _connected(self, client: mqtt.Client) -> None:
-        client.subscribe([(f"{TOPIC_ROOT}/+/events", 1), (f"{TOPIC_ROOT}/+/status", 1)])
+        client.subscribe(
+            [
+                (f"{TOPIC_ROOT}/+/events", 1),
+                (f"{TOPIC_ROOT}/+/status", 1),
+                (f"{TOPIC_ROOT}/+/up/photo", 1),
+            ]
+        )
 
     def _message(self, msg: mqtt.MQTTMessage) -> None:
         payload = bytes(msg.payload)
@@ -330,6 +462,9 @@ class Depot:
             self.store.set_status(device, text)
             if self._on_status is not None:
                 self._on_status(device, _status_state(text))
+            return
+        if leaf == "up/photo":
+            self._photo(msg.topic, device, payload)
             return
         try:
             batch = decode_batch(payload)
@@ -354,6 +489,22 @@ class Depot:
         if result.gap and result.ack.resend_from is None:
             return
         self.session.client.publish(ack_topic(device), encode_ack(result.ack), qos=1, retain=True)
+
+    def _photo(self, topic: str, device: str, payload: bytes) -> None:
+        try:
+            chunk = decode_photo_chunk(payload)
+        except WireError as exc:
+            self._quarantine(topic, str(exc), payload)
+            return
+        ack = dataclasses.replace(self.store.photo_chunk(device, chunk), offset=chunk.offset)
+        self.photo_chunks += 1
+        if self._on_photo is not None:
+            self._on_photo(device, ack)
+        if ack.done:
+            log.info("%s: photo %s stored and verified", device, ack.sha256)
+        elif ack.error:
+            log.error("%s: photo %s refused: %s", device, ack.sha256, ack.error)
+        self.session.client.publish(photo_ack_topic(device), encode_photo_ack(ack), qos=1)
 
     def _quarantine(self, topic: str, reason: str, payload: bytes) -> None:
         self.quarantined += 1

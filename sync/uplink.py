@@ -19,15 +19,22 @@ from paho.mqtt.packettypes import PacketTypes
 from sync.errors import JournalError, WireError
 from sync.journal import Journal
 from sync.mqtt import BrokerAddress, MqttSession, Will, new_properties
+from sync.photos import PhotoOutbox
 from sync.wire import (
     BATCH_CONTENT_TYPE,
     BATCH_ENCODING,
+    PHOTO_CONTENT_TYPE,
+    PhotoChunk,
     ack_topic,
     command_topic,
     decode_ack,
+    decode_photo_ack,
     encode_batch,
+    encode_photo_chunk,
     encode_status,
     events_topic,
+    photo_ack_topic,
+    photo_topic,
     status_topic,
 )
 
@@ -41,6 +48,11 @@ class Uplink:
     the last acknowledgement, so a backlog of days drains without filling paho's RAM queue.
     If the acknowledgement does not move for `ack_timeout_s` while events are in flight, the
     batches are presumed lost (a broker restarted without persistence) and are sent again.
+
+    Photos (`sync.photos`) go in chunks of `photo_chunk_bytes`, one chunk at a time and only
+    when every event is on the wire: a new event waits behind at most one chunk, whatever the
+    photo backlog. Each chunk waits for the depot's word on how much it holds; that word is
+    kept in the journal file, so a cut or a reboot resumes from it.
     """
 
     def __init__(
@@ -55,6 +67,7 @@ class Uplink:
         backoff_min_s: float = 0.5,
         backoff_max_s: float = 60.0,
         prune_every_s: float = 60.0,
+        photo_chunk_bytes: int = 16 * 1024,
         on_command: Callable[[str, bytes], None] | None = None,
     ) -> None:
         """`on_command(name, payload)` receives depot commands (`…/cmd/<name>`), unverified:
@@ -73,6 +86,15 @@ class Uplink:
         self.batches_sent = 0
         self.payload_bytes_sent = 0
         self.resends = 0
+        self.photos = PhotoOutbox(journal)
+        self._photo_chunk = photo_chunk_bytes
+        self._photo_inflight: tuple[str, int, float] | None = None  # (sha256, offset, sent at)
+        self._photo_verified: set[str] = set()
+        self.photo_chunks_sent = 0
+        self.photo_bytes_sent = 0
+        self.photos_done = 0
+        self._photo_props = new_properties(PacketTypes.PUBLISH)
+        self._photo_props.ContentType = PHOTO_CONTENT_TYPE
         self._props = new_properties(PacketTypes.PUBLISH)
         self._props.ContentType = BATCH_CONTENT_TYPE
         self._props.UserProperty = ("enc", BATCH_ENCODING)
@@ -117,10 +139,22 @@ class Uplink:
                 self._acked_changed.wait(left)
         return True
 
+    def wait_photos_sent(self, timeout: float) -> bool:
+        """Block until the depot has confirmed every pending photo (tests, tools, shutdown)."""
+        deadline = time.monotonic() + timeout
+        with self._acked_changed:
+            while self.photos.next_pending() is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._acked_changed.wait(min(left, 1.0))
+        return True
+
     # --- in the network thread ---------------------------------------------------------------
 
     def _connected(self, client: mqtt.Client) -> None:
         client.subscribe(ack_topic(self.device), qos=1)
+        client.subscribe(photo_ack_topic(self.device), qos=1)
         client.subscribe(command_topic(self.device), qos=1)
         client.publish(
             status_topic(self.device),
@@ -130,6 +164,7 @@ class Uplink:
         )
         # Whatever was in flight on the old connection may be gone: resend from the ack.
         self._rewind("reconnected")
+        self._photo_inflight = None
 
     def _rewind(self, why: str) -> None:
         if self._next != self.journal.acked_seq + 1:
@@ -139,6 +174,9 @@ class Uplink:
         self._last_progress = time.monotonic()
 
     def _message(self, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic == photo_ack_topic(self.device):
+            self._photo_ack(bytes(msg.payload))
+            return
         if msg.topic != ack_topic(self.device):
             prefix = command_topic(self.device, "")
             if msg.topic.startswith(prefix) and self._on_command is not None:
@@ -200,6 +238,8 @@ class Uplink:
             self._next = events[-1].seq + 1
             self.batches_sent += 1
             self.payload_bytes_sent += len(payload)
+        if self._next > self.journal.last_seq:
+            self._pump_photo(now)
         if now - self._last_prune > self._prune_every:
             self._last_prune = now
             try:
@@ -209,3 +249,79 @@ class Uplink:
             else:
                 if pruned:
                     log.info("%s: pruned %d acknowledged events", self.device, pruned)
+
+    # --- photos, behind the events --------------------------------------------------------------
+
+    def _pump_photo(self, now: float) -> None:
+        if self._photo_inflight is not None:
+            if now - self._photo_inflight[2] <= self._ack_timeout:
+                return
+            log.info("%s: no word on photo %s; sending again", self.device, self._photo_inflight[0])
+            self._photo_inflight = None
+        try:
+            photo = self.photos.next_pending()
+            if photo is None:
+                return
+            if photo.confirmed == 0 and photo.sha256 not in self._photo_verified:
+                if not self.photos.verify(photo.sha256):
+                    log.error("%s: photo %s is corrupt on this device", self.device, photo.sha256)
+                    self.photos.mark_corrupt(photo.sha256, "stored copy does not hash to its name")
+                    return
+                self._photo_verified.add(photo.sha256)
+            data = self.photos.read(photo.sha256, photo.confirmed, self._photo_chunk)
+        except JournalError as exc:
+            log.error("%s: cannot read the photo outbox: %s", self.device, exc)
+            return
+        if not data:
+            return
+        payload = encode_photo_chunk(
+            PhotoChunk(photo.sha256, photo.confirmed, photo.size, photo.content_type, data)
+        )
+        props = self._photo_props if self.session.address.mqtt5 else None
+        info = self.session.client.publish(
+            photo_topic(self.device), payload, qos=1, properties=props
+        )
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            log.info("%s: photo chunk refused (%s); will resend", self.device, info.rc)
+            return
+        self._photo_inflight = (photo.sha256, photo.confirmed, now)
+        self.photo_chunks_sent += 1
+        self.photo_bytes_sent += len(data)
+
+    def _photo_ack(self, payload: bytes) -> None:
+        try:
+            ack = decode_photo_ack(payload)
+        except WireError as exc:
+            log.error("%s: malformed photo ack ignored: %s", self.device, exc)
+            return
+        waiting = self._photo_inflight
+        current = waiting is not None and waiting[:2] == (ack.sha256, ack.offset)
+        try:
+            if ack.done:
+                if self.photos.done(ack.sha256):
+                    self.photos_done += 1
+                    log.info("%s: photo %s stored at the depot", self.device, ack.sha256)
+                self._photo_verified.discard(ack.sha256)
+                current = current or (waiting is not None and waiting[0] == ack.sha256)
+            elif ack.error is not None:
+                if not current:
+                    return  # an old answer; the one for the chunk in flight will say it again
+                log.warning("%s: depot refused photo %s: %s", self.device, ack.sha256, ack.error)
+                self._photo_verified.discard(ack.sha256)  # check our copy before resending
+                self.photos.confirm(ack.sha256, 0)
+            elif current:
+                # The answer to the chunk in flight is the depot's word: it may send us back.
+                self.photos.confirm(ack.sha256, ack.have)
+            else:
+                # An answer to a chunk sent before (a resend, a retransmission after a
+                # reconnect): the depot's count only grows, so it may move us forward only.
+                self.photos.advance(ack.sha256, ack.have)
+                return
+        except JournalError as exc:
+            log.error("%s: %s", self.device, exc)
+            return
+        if current:
+            self._photo_inflight = None
+        with self._acked_changed:
+            self._acked_changed.notify_all()
+        self._pump()

@@ -290,3 +290,126 @@ def decode_ack(payload: bytes) -> Ack:
 def encode_status(state: str, boot_id: str, **extra: Any) -> bytes:
     """`online` (retained, sent on connect) or `offline` (the last will, and on clean stop)."""
     return json.dumps({"v": WIRE_VERSION, "state": state, "boot": boot_id, **extra}).encode()
+
+
+# --- proof-of-delivery photos ------------------------------------------------------------------
+
+PHOTO_CONTENT_TYPE = "application/vnd.lastmile.photo-chunk.v1"
+MAX_PHOTO_BYTES = 1024 * 1024  # the depot refuses a photo larger than this (ours are ≤ 100 KB)
+MAX_CHUNK_BYTES = 64 * 1024
+_MAX_CHUNK_HEADER = 1024
+
+
+def photo_topic(device: str) -> str:
+    """Device → depot: one chunk of a photo (QoS 1), sent only while no event waits."""
+    return f"{TOPIC_ROOT}/{device}/up/photo"
+
+
+def photo_ack_topic(device: str) -> str:
+    """Depot → device: how much of a photo the depot holds, or that it is stored and verified."""
+    return f"{TOPIC_ROOT}/{device}/ack/photo"
+
+
+@dataclass(frozen=True)
+class PhotoChunk:
+    """Bytes `offset`..`offset+len(data)` of the photo whose SHA-256 is `sha256` (hex)."""
+
+    sha256: str
+    offset: int
+    total: int
+    content_type: str
+    data: bytes
+
+
+def _check_sha(text: object) -> str:
+    if not (isinstance(text, str) and len(text) == 64 and _is_hex(text)):
+        raise WireError("sha256 is not 64 lower-case hex digits")
+    return text
+
+
+def encode_photo_chunk(chunk: PhotoChunk) -> bytes:
+    """A one-line JSON header, a newline, then the raw bytes: no base64 on a cellular link."""
+    header = {
+        "v": WIRE_VERSION,
+        "sha": chunk.sha256,
+        "off": chunk.offset,
+        "total": chunk.total,
+        "type": chunk.content_type,
+    }
+    return json.dumps(header, separators=(",", ":")).encode() + b"\n" + chunk.data
+
+
+def decode_photo_chunk(payload: bytes) -> PhotoChunk:
+    """Parse and bound-check a chunk; WireError says what is wrong (the depot quarantines it)."""
+    end = payload.find(b"\n", 0, _MAX_CHUNK_HEADER)
+    if end < 0:
+        raise WireError("photo chunk has no header line")
+    try:
+        doc = json.loads(payload[:end])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WireError(f"photo chunk header is not JSON: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("v") != WIRE_VERSION:
+        raise WireError("photo chunk header is not a version-1 object")
+    sha = _check_sha(doc.get("sha"))
+    offset = _field(doc, "off", int)
+    total = _field(doc, "total", int)
+    content_type = _field(doc, "type", str)
+    data = payload[end + 1 :]
+    if not 0 < total <= MAX_PHOTO_BYTES:
+        raise WireError(f"photo size {total} is not between 1 and {MAX_PHOTO_BYTES} bytes")
+    if not data or len(data) > MAX_CHUNK_BYTES:
+        raise WireError(f"photo chunk of {len(data)} bytes (1 to {MAX_CHUNK_BYTES} allowed)")
+    if offset < 0 or offset + len(data) > total:
+        raise WireError(f"photo chunk {offset}+{len(data)} lies outside the photo's {total} bytes")
+    if not content_type.startswith("image/") or len(content_type) > 64:
+        raise WireError(f"photo content type {content_type!r} is not an image type")
+    return PhotoChunk(sha, offset, total, content_type, bytes(data))
+
+
+@dataclass(frozen=True)
+class PhotoAck:
+    """The depot holds the first `have` bytes of the photo; `done`: stored and hash verified.
+
+    `offset` is the offset of the chunk this answers: a device that resent a chunk (after a
+    reconnect, or a timeout) gets several answers and acts only on the one for the chunk it
+    is waiting on, so stale answers cannot multiply the chunks in flight.
+    `error` is set when the depot threw its copy away (the bytes did not hash to the name):
+    the device checks its own copy and sends it again from the start.
+    """
+
+    sha256: str
+    have: int
+    done: bool = False
+    error: str | None = None
+    offset: int | None = None
+
+
+def encode_photo_ack(ack: PhotoAck) -> bytes:
+    doc: dict[str, Any] = {"v": WIRE_VERSION, "sha": ack.sha256, "have": ack.have}
+    if ack.offset is not None:
+        doc["off"] = ack.offset
+    if ack.done:
+        doc["done"] = True
+    if ack.error is not None:
+        doc["error"] = ack.error
+    return json.dumps(doc).encode()
+
+
+def decode_photo_ack(payload: bytes) -> PhotoAck:
+    try:
+        doc = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WireError(f"photo ack is not JSON: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("v") != WIRE_VERSION:
+        raise WireError("photo ack is not a version-1 object")
+    have = _field(doc, "have", int)
+    if have < 0:
+        raise WireError("photo ack 'have' is negative")
+    done = doc.get("done", False)
+    error = doc.get("error")
+    offset = doc.get("off")
+    if not isinstance(done, bool) or not (error is None or isinstance(error, str)):
+        raise WireError("photo ack 'done'/'error' have the wrong types")
+    if offset is not None and (not isinstance(offset, int) or isinstance(offset, bool)):
+        raise WireError("photo ack 'off' is not an integer")
+    return PhotoAck(_check_sha(doc.get("sha")), have, done, error, offset)

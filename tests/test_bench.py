@@ -75,3 +75,16 @@ def test_bench_route_reports_plan_length_against_its_baselines(tmp_path: Path) -
     assert 0 < r["km_planned"] <= r["km_nearest_neighbour_only"]
     assert r["ratio_planned_vs_nearest_neighbour"] <= 1.0
     assert r["ratio_planned_vs_import_order"] < 1.0
+
+
+def test_bench_photo_reports_sizes_against_the_camera_app_s_jpeg(tmp_path: Path) -> None:
+    # No real photos here (a clone has no ../shared): the rendered scenes alone.
+    r = bench(tmp_path, "photo", "--scenes", "3", "--images", str(tmp_path / "none"))
+    scenes = r["doorstep_scenes"]
+    assert isinstance(scenes, dict) and scenes["images"] == 3
+    assert 0 < scenes["ours_bytes_max"] <= 100_000 and scenes["over_100kb"] == 0
+    assert scenes["ours_bytes_median"] < scenes["baseline_bytes_median"]
+    assert scenes["ratio_ours_vs_baseline_median"] < 1.0
+    sides = scenes["q75_bytes_median_by_long_side"]
+    assert sides["640"] < sides["960"] < sides["1280"]
+    assert r["real_photos"] is None and r["targets_met"] is True

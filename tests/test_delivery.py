@@ -6,6 +6,7 @@ The last tests run the van against a real Mosquitto broker and depot, and as a p
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -34,6 +35,7 @@ from edge.identify import s10_check_digit
 from edge.manifest import Manifest, Stop
 from edge.van import Van, VanConfig
 from simulators.broker import Broker
+from simulators.doorstep import write_doorstep_jpeg
 from simulators.scanner import SimulatedScanner
 from sync.depot import Depot, DepotStore, IngestResult
 from sync.journal import Journal
@@ -279,16 +281,45 @@ def test_a_delivery_without_its_proof_is_refused_and_nothing_is_journaled(
     assert journal.last_seq == before
 
 
-def test_each_way_of_delivering_is_recorded_with_its_codes(journal: Journal) -> None:
+def test_each_way_of_delivering_is_recorded_with_its_codes(
+    journal: Journal, tmp_path: Path
+) -> None:
     rnd, _screen = loaded_round(journal)
     rnd.arrive(1)
     neighbour = rnd.deliver(P1, to="neighbour", name="B. de Vries", neighbour_address="Damrak 3")
     assert neighbour.payload["to"] == "neighbour"
     assert neighbour.payload["neighbour_address"] == "Damrak 3"
     assert (neighbour.payload["upu"], neighbour.payload["x12"]) == ("EMI", "D")
-    safe = rnd.deliver(P2, to="safe_place", photo="photo-7781.jpg")
-    assert safe.payload["photo"] == safe.payload["pod"]["photo"] == "photo-7781.jpg"
+    shot = write_doorstep_jpeg(tmp_path / "DCIM" / "IMG_7781.jpg", seed=7781)
+    safe = rnd.deliver(P2, to="safe_place", photo=str(shot))
+    photo = safe.payload["photo"]
+    assert safe.payload["pod"]["photo"] == photo
     assert safe.payload["name"] is None
+    # The event names the photo by its hash; the bytes wait in the outbox in the same file.
+    (stored,) = journal.query("SELECT sha256, data, content_type FROM photo_outbox")
+    assert stored[0] == photo["sha256"] == hashlib.sha256(stored[1]).hexdigest()
+    assert stored[2] == photo["type"] == "image/jpeg" and photo["bytes"] == len(stored[1])
+    # Downscaled from the app's 1280x720 original to 960 px, under 100 KB, still a JPEG.
+    assert (photo["width"], photo["height"]) == (960, 540)
+    assert len(stored[1]) <= 100_000 < shot.stat().st_size
+    assert bytes(stored[1][:3]) == b"\xff\xd8\xff"
+
+
+@pytest.mark.parametrize("content", [None, b"not an image at all"])
+def test_an_unusable_photo_refuses_the_outcome_and_stores_nothing(
+    journal: Journal, tmp_path: Path, content: bytes | None
+) -> None:
+    rnd, _screen = loaded_round(journal)
+    rnd.arrive(1)
+    path = tmp_path / "IMG_1.jpg"
+    if content is not None:
+        path.write_bytes(content)
+    before = journal.last_seq
+    with pytest.raises(InvalidOutcome) as refused:
+        rnd.deliver(P1, to="safe_place", photo=str(path))
+    assert refused.value.reason == "photo_unusable" and str(path) in str(refused.value)
+    assert journal.last_seq == before
+    assert journal.query("SELECT count(*) FROM photo_outbox") == [(0,)]
 
 
 def test_unknown_failure_reason_and_wrong_stop_outcomes_are_refused(journal: Journal) -> None:

@@ -11,6 +11,7 @@ Waits are bounded waits on conditions, never sleeps that assume how long somethi
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -37,6 +38,7 @@ from edge.identify import identify, s10_check_digit
 from edge.manifest import Manifest, Stop
 from edge.van import Van, VanConfig
 from simulators.broker import Broker
+from simulators.doorstep import write_doorstep_jpeg
 from simulators.gnss import SimulatedGnss
 from simulators.link import LinkProxy
 from simulators.scanner import SimulatedScanner
@@ -671,10 +673,15 @@ def test_the_proof_of_delivery_says_no_fix_far_or_near_as_the_receiver_reports(
     arrived = rig.do("arrive", stop=3)
     assert arrived["fix"]["lat"] == pytest.approx(s3.lat, abs=1e-5)
     rig.scan(p3, "parcel_scanned_at_stop")
-    pod = rig.do("deliver", parcel=p3, to="safe_place", photo="photo-43.jpg")["pod"]
+    shot = write_doorstep_jpeg(rig.journal.path.parent / "IMG_43.jpg", seed=43)
+    pod = rig.do("deliver", parcel=p3, to="safe_place", photo=str(shot))["pod"]
     assert pod["no_fix"] is False and pod["far"] is False and pod["distance_m"] < 5
     assert pod["fix"]["accuracy_m"] is not None and pod["fix"]["accuracy_m"] > 0
-    assert pod["photo"] == "photo-43.jpg" and pod["scan"] == p3
+    assert pod["scan"] == p3 and pod["photo"]["bytes"] <= 100_000
+    # The photo follows its event to the depot, which checks it against the event's hash.
+    assert rig.van.uplink.wait_photos_sent(WAIT_S)
+    stored = day.store.photo(pod["photo"]["sha256"])
+    assert stored is not None and hashlib.sha256(stored[1]).hexdigest() == pod["photo"]["sha256"]
 
     # The depot keeps the same proof in the parcels' timelines.
     day.settle()

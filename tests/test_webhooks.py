@@ -25,7 +25,7 @@ import pytest
 from simulators.webhooks import WebhookReceiver
 from sync import webhooks
 from sync.clock import ScaledClock
-from sync.depot import DepotStore
+from sync.depot import STORE_SCHEMA_VERSION, DepotStore
 from sync.webhooks import (
     EVENT_ID_HEADER,
     KEY_ID_HEADER,
@@ -271,7 +271,7 @@ def test_the_outbox_shares_the_depot_file_without_touching_its_schema(tmp_path: 
     conn = sqlite3.connect(path, isolation_level=None)
     ensure_schema(conn)
     ensure_schema(conn)  # idempotent
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1  # still the depot's
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == STORE_SCHEMA_VERSION  # depot's
     store.close()
     DepotStore(path).close()  # the depot still opens its file
 

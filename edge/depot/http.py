@@ -8,11 +8,12 @@ Owns the URL routes and their JSON answers::
     GET /parcels/{id}/epcis     an EPCIS 2.0 document with that parcel's events
     GET /epcis                  an EPCIS 2.0 document with every parcel's events
     GET /vans                   {"vans": {van: {"manifest_version", "day", "updated"}}}
+    GET /photos/{sha256}        a proof-of-delivery photo (image/jpeg), once stored and verified
 
-Every answer is `application/json`, errors included: 404 for an unknown parcel or path, 400
-for a query it does not understand, 405 (with `Allow: GET, HEAD`) for other methods, 503
-when the database is busy past its timeout, 500 with no detail otherwise; the stack trace
-goes to the log, never to the client.
+Every answer but a photo is `application/json`, errors included: 404 for an unknown parcel,
+photo or path, 400 for a query it does not understand, 405 (with `Allow: GET, HEAD`) for other
+methods, 503 when the database is busy past its timeout, 500 with no detail otherwise; the
+stack trace goes to the log, never to the client.
 
 Must never: change the book (every request reads through its own read-only SQLite
 connection, opened and closed within the request, since a connection belongs to one thread),
@@ -30,6 +31,7 @@ import sqlite3
 import threading
 import urllib.parse
 from collections.abc import Callable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeVar, cast
 
@@ -51,6 +53,14 @@ class _ApiError(EdgeError):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+@dataclass(frozen=True)
+class _Bytes:
+    """An answer that is not JSON (a photo)."""
+
+    content_type: str
+    data: bytes
 
 
 class _Server(ThreadingHTTPServer):
@@ -84,6 +94,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _answer(self, *, send_body: bool) -> None:
         try:
             status, doc = 200, self._route()
+            if isinstance(doc, _Bytes):
+                self._send_bytes(doc, send_body=send_body)
+                return
         except _ApiError as exc:
             status, doc = exc.status, {"error": exc.message}
         except sqlite3.OperationalError as exc:
@@ -131,6 +144,12 @@ class _Handler(BaseHTTPRequestHandler):
             if parts == ["vans"]:
                 self._only(query)
                 return {"vans": view.van_versions()}
+            if len(parts) == 2 and parts[0] == "photos":
+                self._only(query)
+                photo = view.photo(parts[1].lower())
+                if photo is None:
+                    raise _ApiError(404, f"no photo {parts[1]!r} at the depot (yet)")
+                return _Bytes(*photo)
         raise _ApiError(404, f"no such resource: {url.path}")
 
     @staticmethod
@@ -162,6 +181,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if send_body and self.command != "HEAD":
             self.wfile.write(body)
+
+    def _send_bytes(self, answer: _Bytes, *, send_body: bool) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", answer.content_type)
+        self.send_header("Content-Length", str(len(answer.data)))
+        # A photo's URL is its hash: the same URL can never show another picture.
+        self.send_header("Cache-Control", "private, max-age=31536000, immutable")
+        self.end_headers()
+        if send_body and self.command != "HEAD":
+            self.wfile.write(answer.data)
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """The base class's own errors (malformed request line, unknown method) in JSON too."""

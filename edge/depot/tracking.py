@@ -545,6 +545,18 @@ class ParcelView(_ParcelQueries):
     def _reading(self) -> Iterator[sqlite3.Connection]:
         yield self._db
 
+    def photo(self, sha256: str) -> tuple[str, bytes] | None:
+        """A stored, verified proof-of-delivery photo: (content type, bytes), or None."""
+        try:
+            row = self._db.execute(
+                "SELECT content_type, data FROM photos WHERE sha256=?", (sha256,)
+            ).fetchone()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):  # a book without the event store beside it
+                return None
+            raise
+        return (str(row[0]), bytes(row[1])) if row is not None else None
+
     def close(self) -> None:
         self._db.close()
 
