@@ -835,7 +835,17 @@ def _report(
     )
     with service._db_lock:
         hooks = stats(service._db)
-    unaccounted = sum(n for state, n in states.items() if state not in ACCOUNTED)
+    # A hold that ran out after the evening's returns round waits in its compartment for the
+    # next round: the depot knows where it is and what happens next, so it is accounted for.
+    awaiting_returns = sorted(
+        p
+        for p in (lockers.awaiting_returns_round() if lockers is not None else ())
+        if (info := service.book.parcel(p)) is not None
+        and info["state"] == "hold_expired"
+        and info["next_action"] == "return_to_sender"
+    )
+    elsewhere = sum(n for state, n in states.items() if state not in ACCOUNTED)
+    unaccounted = elsewhere - len(awaiting_returns)
     report = {
         "vans": plan.vans,
         "seed": plan.seed,
@@ -848,6 +858,7 @@ def _report(
         else None,
         "pod_complete_rate": round(complete / len(pods), 4) if pods else None,
         "unaccounted_parcels": unaccounted,
+        "awaiting_returns_round": len(awaiting_returns),
         "webhooks_sent": hooks["sent"],
         "webhooks_pending": hooks["pending"],
         "webhooks_duplicated": receiver.duplicates,
@@ -910,7 +921,8 @@ def _print_summary(r: dict[str, Any]) -> None:
     print(f"  parcels: {r['parcels']}; decisions after failures: {r['decisions']}")
     print(
         f"  first-attempt success {r['first_attempt_success_rate']}, proof complete "
-        f"{r['pod_complete_rate']}, unaccounted {r['unaccounted_parcels']}"
+        f"{r['pod_complete_rate']}, unaccounted {r['unaccounted_parcels']}, "
+        f"{r['awaiting_returns_round']} expired after the returns round (due on the next)"
     )
     print(
         f"  webhooks: {r['webhooks_sent']} sent, {r['webhooks_duplicated']} duplicated, "

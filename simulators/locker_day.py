@@ -719,6 +719,8 @@ class SimulatedLocker:
         self.watch = LockerWatch()
         self.deposited: set[str] = set()
         self.reserved: dict[str, str] = {}
+        # When the returns courier last asked the locker for its expired parcels (locker clock).
+        self.returns_listed_ns: int | None = None
         specs = compartments()
         self.where = {c.id: (c.board, c.lock) for c in specs}
         self.size = {c.id: c.size for c in specs}
@@ -1034,6 +1036,7 @@ class SimulatedLocker:
         ends = frozenset({"all returns collected", "no parcels to return", DOOR_STUCK})
         for _round in range(3):  # again if more expired while the courier was at it
             cursor = self.watch.mark()
+            self.returns_listed_ns = self.clock.wall_ns()
             locker.key(KEY_COLLECT_RETURNS)
             while isinstance(door := self._wait_door(cursor, "return", None, ends), OpenDoor):
                 board, lock = self.where[door.compartment]
@@ -1272,6 +1275,19 @@ class LockerDay:
         for t in threads:
             t.join()
 
+    def awaiting_returns_round(self) -> set[str]:
+        """Parcels whose hold ran out after their locker's last returns round: still in the
+        compartment, known to the depot as expired, and due on the next evening's round.
+
+        A hold that expired before the courier last asked for the returns list is not here: the
+        round should have taken it, and the run counts it as unaccounted.
+        """
+        waiting: set[str] = set()
+        for site in self.lockers:
+            _prev, events = site.journal.read(0, 10**9)
+            waiting |= expired_after(events, site.returns_listed_ns)
+        return waiting
+
     def report(self, store: DepotStore) -> dict[str, Any]:
         """The lockers' figures, counted from the events the depot stored."""
         return locker_figures(
@@ -1279,6 +1295,21 @@ class LockerDay:
             self.desk,
             redirects_traced=_redirects_traced(store, self.scripts, self.names),
         )
+
+
+def expired_after(events: Sequence[Event], listed_ns: int | None) -> set[str]:
+    """Parcels a locker's `events` leave expired and uncollected whose hold ran out after
+    `listed_ns`, when the returns courier last asked for the list (None: never asked)."""
+    expired_at: dict[str, int] = {}
+    for e in events:
+        parcel = str(e.payload.get("parcel"))
+        if e.kind == "hold_expired":
+            expired_at[parcel] = e.wall_ns
+        elif e.kind in ("parcel_picked_up", "parcel_returned") or (
+            e.kind == "command_accepted" and e.payload.get("action") == "extend_hold"
+        ):
+            expired_at.pop(parcel, None)
+    return {p for p, at in expired_at.items() if listed_ns is None or at > listed_ns}
 
 
 def _depot_events(store: DepotStore, device: str) -> list[tuple[str, dict[str, Any]]]:

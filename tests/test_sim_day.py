@@ -96,3 +96,33 @@ def test_a_day_without_lockers() -> None:
     assert r["lockers"]["count"] == 0 and r["lockers"]["dropoffs"] == 0
     assert "locker" not in r["decisions"]
     assert r["unaccounted_parcels"] == 0 and r["ok"] is True
+
+
+def _event(seq: int, kind: str, wall_ns: int, **payload: Any) -> Any:
+    from sync.wire import Event
+
+    return Event(seq, f"{seq:032x}", "boot", seq, wall_ns, True, kind, payload, b"")
+
+
+def test_a_hold_expired_after_the_returns_round_waits_for_the_next() -> None:
+    """What the run counts as accounted for in a locker: only holds that ran out after the
+    courier last asked for the returns list; an earlier expiry the round missed is a failure."""
+    from simulators.locker_day import expired_after
+
+    events = [
+        _event(1, "parcel_deposited", 10, parcel="A", compartment="1A"),
+        _event(2, "parcel_deposited", 11, parcel="B", compartment="1B"),
+        _event(3, "parcel_deposited", 12, parcel="C", compartment="1C"),
+        _event(4, "parcel_deposited", 13, parcel="D", compartment="1D"),
+        _event(5, "hold_expired", 100, parcel="A", compartment="1A"),
+        _event(6, "hold_expired", 120, parcel="C", compartment="1C"),
+        _event(7, "parcel_returned", 160, parcel="C", compartment="1C"),
+        _event(8, "hold_expired", 170, parcel="D", compartment="1D"),
+        _event(9, "command_accepted", 180, action="extend_hold", parcel="D"),
+        _event(10, "hold_expired", 300, parcel="B", compartment="1B"),
+    ]
+    # The courier asked at 150: A (expired at 100) should have gone; B ran out later.
+    assert expired_after(events, 150) == {"B"}
+    assert expired_after(events, 400) == set()
+    # No returns round ran at all: every uncollected expiry waits for one.
+    assert expired_after(events, None) == {"A", "B"}
