@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
 
-from bench import decode, idle, locker, photo, route, scan, sync
+from bench import camera, decode, idle, locker, photo, route, scan, sync
 from bench.rig import BenchError
 
 BENCHMARKS: dict[str, tuple[ModuleType, str]] = {
@@ -31,6 +31,8 @@ BENCHMARKS: dict[str, tuple[ModuleType, str]] = {
                      "neighbour alone and the import's order"),
     "decode": (decode, "camera decoder on real barcode photos, tilted copies and 1280x720 "
                        "frames, vs zxing-cpp alone and pyzbar alone"),
+    "camera": (camera, "CPU of a camera reader facing an empty doorstep, vs decoding every "
+                       "frame and vs the capture alone"),
     "photo": (photo, "proof-of-delivery photo size and encode time, vs the full-size JPEG a "
                      "camera app saves"),
 }

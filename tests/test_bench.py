@@ -88,3 +88,17 @@ def test_bench_photo_reports_sizes_against_the_camera_app_s_jpeg(tmp_path: Path)
     sides = scenes["q75_bytes_median_by_long_side"]
     assert sides["640"] < sides["960"] < sides["1280"]
     assert r["real_photos"] is None and r["targets_met"] is True
+
+
+def test_bench_camera_reports_an_idle_camera_against_decoding_every_frame(
+    tmp_path: Path,
+) -> None:
+    r = bench(tmp_path, "camera", "--window", "3", "--fps", "10", "--frames", "5")
+    # Frame counts, not timings: the gate skipped most frames, the baseline decoded all it saw.
+    ours_seen, ours_decoded = r["ours_frames_seen"], r["ours_frames_decoded"]
+    assert isinstance(ours_seen, int) and isinstance(ours_decoded, int)
+    assert 0 < ours_decoded < ours_seen
+    assert r["baseline_frames_decoded"] == r["baseline_frames_seen"]
+    for key in ("ours_cpu_percent", "baseline_cpu_percent", "capture_only_cpu_percent",
+                "ratio_ours_vs_baseline", "ratio_above_capture_ours_vs_baseline", "targets_met"):
+        assert key in r

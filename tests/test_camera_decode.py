@@ -321,7 +321,7 @@ def test_frame_reader_hands_out_serial_scans_once(tmp_path: Path) -> None:
     camera = Camera(str(video), reopen_min_s=30, reopen_max_s=30)  # play the file once
     with FrameReader(camera, scans.append, decoder=Decoder(budget_ms=None)) as reader:
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and reader.frames_decoded < 5:
+        while time.monotonic() < deadline and reader.frames_seen < 10:
             time.sleep(0.05)
     assert [(s.aim, s.data) for s in scans] == [("]C1", GS1_TEXT)]
 

@@ -167,18 +167,18 @@ class Site:
         os.replace(arriving, self.camera_source)
         return video
 
-    def frames_decoded(self) -> int:
+    def frames_seen(self) -> int:
         reader = self.device.camera
         assert reader is not None
-        return reader.frames_decoded
+        return reader.frames_seen
 
     def watch_frames(self, count: int) -> None:
-        """Wait until the camera has decoded ``count`` more frames. Polled: the frame reader
+        """Wait until the camera has looked at ``count`` more frames. Polled: the frame reader
         announces scans, not frames, and a test must not widen a driver for itself."""
-        target = self.frames_decoded() + count
+        target = self.frames_seen() + count
         deadline = time.monotonic() + WAIT_S
-        while self.frames_decoded() < target:
-            assert time.monotonic() < deadline, f"camera decoded {self.frames_decoded()}/{target}"
+        while self.frames_seen() < target:
+            assert time.monotonic() < deadline, f"camera saw {self.frames_seen()}/{target}"
             time.sleep(0.05)
 
 
