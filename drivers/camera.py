@@ -1526,9 +1526,6 @@ class Camera:
                 log.exception("camera on_connection callback failed")
 
 
-_DEFAULT_STILL: Any = object()  # FrameReader's `still` left out: a fresh StillScene
-
-
 class FrameReader:
     """A camera used as a barcode scanner: frames decoded, deduplicated, handed out as `Scan`.
 
@@ -1541,10 +1538,10 @@ class FrameReader:
     frame. Frames that arrive while one is being decoded wait in the camera's queue, where
     the oldest are dropped: the reader never lags behind the camera.
 
-    ``still`` (default: a `StillScene`) lets a frame that shows the same scene as the last
-    decoded one keep that frame's symbols instead of being decoded again, so a camera facing
-    an unchanging scene costs the capture and a thumbnail per frame, not a decode; ``None``
-    decodes every frame. ``frames_seen`` counts frames taken from the camera,
+    ``skip_still`` (default on) lets a frame that shows the same scene as the last decoded one
+    keep that frame's symbols instead of being decoded again (`StillScene`), so a camera
+    facing an unchanging scene costs the capture and a thumbnail per frame, not a decode; off,
+    every frame is decoded. ``frames_seen`` counts frames taken from the camera,
     ``frames_decoded`` those the decoder looked at.
     """
 
@@ -1556,12 +1553,12 @@ class FrameReader:
         decoder: Decoder | None = None,
         deduper: Deduper | None = None,
         on_symbols: Callable[[Frame, list[Symbol]], None] | None = None,
-        still: StillScene | None = _DEFAULT_STILL,
+        skip_still: bool = True,
     ) -> None:
         self.camera = camera
         self.decoder = decoder if decoder is not None else Decoder()
         self.deduper = deduper if deduper is not None else Deduper()
-        self.still = StillScene() if still is _DEFAULT_STILL else still
+        self.still = StillScene() if skip_still else None
         self._on_scan = on_scan
         self._on_symbols = on_symbols
         self._stopping = threading.Event()

@@ -81,12 +81,14 @@ def test_not_an_image_is_a_camera_error() -> None:
         StillScene(refresh_frames=0)
 
 
-def read_video(frames: list[Any], still: StillScene | None) -> tuple[list[Scan], FrameReader]:
+def read_video(frames: list[Any], skip_still: bool) -> tuple[list[Scan], FrameReader]:
     video = SimulatedCamera(frames, fps=25.0)
     try:
         scans: list[Scan] = []
         camera = Camera(video.source, reopen_min_s=30, reopen_max_s=30)  # play it once
-        reader = FrameReader(camera, scans.append, decoder=Decoder(budget_ms=None), still=still)
+        reader = FrameReader(
+            camera, scans.append, decoder=Decoder(budget_ms=None), skip_still=skip_still
+        )
         with reader:
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline and reader.frames_seen + camera.dropped < len(frames):
@@ -106,13 +108,13 @@ def test_frame_reader_rests_on_a_still_scene_and_still_reads_what_arrives(
         + [shot(labelled, 100 + i) for i in range(20)]
         + [shot(SCENE, 200 + i) for i in range(10)]
     )
-    scans, reader = read_video(frames, StillScene())
+    scans, reader = read_video(frames, skip_still=True)
     assert reader.frames_seen + reader.camera.dropped == len(frames)
     assert [(s.aim, s.data) for s in scans] == [("]C1", GS1_TEXT)]
     # Decoded: the first frame, the label's arrival and going, and a look every 25 frames.
     assert 3 <= reader.frames_decoded <= 8 < reader.frames_seen
     # Without the gate every frame taken is decoded (a slow decoder drops the oldest frames
     # in the camera's queue), and the read is the same.
-    scans, reader = read_video(frames, None)
+    scans, reader = read_video(frames, skip_still=False)
     assert reader.frames_decoded == reader.frames_seen > 8
     assert [(s.aim, s.data) for s in scans] == [("]C1", GS1_TEXT)]
