@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
 
-from bench import camera, decode, idle, locker, photo, route, scan, sync
+from bench import camera, decode, fleet, idle, locker, photo, route, scan, sync
 from bench.rig import BenchError
 
 BENCHMARKS: dict[str, tuple[ModuleType, str]] = {
@@ -35,6 +35,8 @@ BENCHMARKS: dict[str, tuple[ModuleType, str]] = {
                        "frame and vs the capture alone"),
     "photo": (photo, "proof-of-delivery photo size and encode time, vs the full-size JPEG a "
                      "camera app saves"),
+    "fleet": (fleet, "a fleet's morning (2,000 backlogs, then steady scans) through Mosquitto "
+                     "into the real depot process, each set-up vs the SQLite baseline"),
 }
 
 

@@ -133,7 +133,7 @@ def van_command() -> list[str]:
     script = Path(sys.executable).parent / "lastmile"
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-m", "edge.cli"]
+    return [sys.executable, "-m", "lastmile.cli"]
 
 
 def write_config(workdir: Path, scanner_port: str, broker_port: int, password: str) -> Path:

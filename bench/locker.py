@@ -56,9 +56,9 @@ from bench.rig import BenchError, describe_mount, host_facts, percentile, rounde
 from drivers.lockboard import BoardConfig, LockBus
 from drivers.scanner import Scan, ScanFramer, ScannerReader
 from edge.credentials import issue_credential, verify_code
-from edge.identify import identify
 from edge.locker import BADGE_PREFIX, Locker
 from edge.locker_config import CompartmentSpec, LockerConfig
+from parcel.identify import identify
 from simulators.lockboard import SimulatedLockBoards
 from simulators.parcels import Label, random_label
 from simulators.scanner import SimulatedScanner
@@ -440,7 +440,7 @@ def write_config(workdir: Path, port: str, boards: int) -> Path:
 def lastmile_command() -> list[str]:
     """The installed `lastmile` entry point next to this interpreter, else the module."""
     script = Path(sys.executable).parent / "lastmile"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "edge.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "lastmile.cli"]
 
 
 def _status_frames(sim: SimulatedLockBoards, start: float, end: float) -> dict[int, int]:

@@ -1,7 +1,7 @@
 """`bench route`: how good and how fast the depot's day plan is.
 
 What is measured: a seeded town of parcels (default 400 for 4 vans, the reference's 80-120
-stops a van, some addresses shared) is planned by `edge.depot.routing.plan_routes` (sweep into
+stops a van, some addresses shared) is planned by `depot.routing.plan_routes` (sweep into
 sectors, nearest neighbour, 2-opt). For the same sectors the bench also orders each van's
 stops by nearest neighbour alone and in the order the import listed them, the baselines a
 dispatcher would otherwise get. Figures: total straight-line kilometres of the vans' rounds
@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.rig import host_facts, rounded
-from edge.depot.imports import ParcelRecord
-from edge.depot.routing import order_stops, plan_routes, route_length_m
+from depot.imports import ParcelRecord
+from depot.routing import order_stops, plan_routes, route_length_m
 
 DEPOT = (52.3676, 4.9041)
 RADIUS_M = 8000.0

@@ -27,8 +27,8 @@ from typing import Any
 
 from bench.rig import BenchError, describe_mount, host_facts, percentile, rounded, scratch_dir
 from drivers.scanner import ScanFramer, ScannerReader
-from edge.identify import identify
 from edge.van import SUFFIXES, ScanDesk
+from parcel.identify import identify
 from simulators.parcels import random_label
 from simulators.scanner import SimulatedScanner
 from sync.clock import SystemClock

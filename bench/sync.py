@@ -51,13 +51,13 @@ from bench.rig import (
     scratch_dir,
     wait_until,
 )
-from edge.identify import identify
+from depot.ingest import Depot, DepotStore
 from edge.van import PARCEL_SCANNED
+from parcel.identify import identify
 from simulators.broker import Broker, find_mosquitto
 from simulators.link import LinkProxy
 from simulators.parcels import random_label
 from sync.clock import Clock
-from sync.depot import Depot, DepotStore
 from sync.journal import Journal
 from sync.mqtt import BrokerAddress
 from sync.uplink import Uplink

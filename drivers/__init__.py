@@ -13,7 +13,6 @@ from drivers.gnss import (
     GnssError,
     GnssReader,
     NmeaFramer,
-    distance_m,
     parse_sentence,
 )
 from drivers.lockboard import (
@@ -59,7 +58,6 @@ __all__ = [
     "ScannerReader",
     "StatusReply",
     "WrongAddress",
-    "distance_m",
     "encode_command",
     "parse_sentence",
 ]

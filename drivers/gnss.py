@@ -10,7 +10,6 @@ multi-constellation (GN), GLONASS (GL) and Galileo (GA) talkers. The layers are:
 - `FixAssembler`: pure, combines the RMC and GGA of one receiver epoch into one `Fix`.
 - `GnssReader`: the I/O; opens a device path or a pyserial URL on a background thread,
   survives the receiver being unplugged and plugged back in, and answers `current()`.
-- `distance_m`: how far a fix is from a delivery stop.
 
 What it must never do:
 
@@ -57,7 +56,6 @@ __all__ = [
     "RejectedLine",
     "Rmc",
     "Sentence",
-    "distance_m",
     "parse_sentence",
 ]
 
@@ -84,7 +82,6 @@ RMC_FIX_MODES = frozenset("ADPRF")
 UERE_M = 5.0
 
 KNOT_MPS = 1852.0 / 3600.0  # One knot, the unit of RMC speed, in metres per second.
-EARTH_RADIUS_M = 6_371_008.8  # IUGG mean Earth radius; haversine error stays under 0.5 %.
 
 # Longest a read blocks; also how long stop() can take on a transport without cancel_read().
 IDLE_READ_S = 1.0
@@ -516,18 +513,6 @@ class FixAssembler:
             course_deg=rmc.course_deg if rmc is not None else None,
             received_at=now,
         )
-
-
-def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    """Great-circle distance in metres between two points in decimal degrees (haversine).
-
-    A sphere is plenty for "was the courier at the stop": the error is under 0.5 %, far
-    below a consumer receiver's accuracy.
-    """
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dp, dl = p2 - p1, math.radians(lon2 - lon1)
-    h = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(h)))
 
 
 # ---- the port ----------------------------------------------------------------------------------

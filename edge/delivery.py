@@ -28,10 +28,11 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from drivers.errors import DriverError
 from drivers.photo import Jpeg
 from drivers.scanner import Scan
-from edge.codes import DELIVERED_CODES, FAILURE_REASONS
 from edge.errors import EdgeError
-from edge.identify import Rejection, identify
-from edge.manifest import Manifest, ManifestError, Stop
+from parcel.codes import DELIVERED_CODES, FAILURE_REASONS
+from parcel.geo import distance_m
+from parcel.identify import Rejection, identify
+from parcel.manifest import Manifest, ManifestError, Stop
 from sync.clock import Clock
 from sync.errors import JournalError
 from sync.journal import Journal, JournalTransaction
@@ -62,7 +63,6 @@ SCAN_REJECTED = "scan_rejected"  # an unreadable label, as the plain scan desk r
 
 #: A fix further than this from the stop's coordinates marks the proof of delivery `far`.
 FAR_M = 100.0
-EARTH_RADIUS_M = 6_371_008.8  # IUGG mean radius
 
 
 DELIVERED_TO = ("recipient", "neighbour", "safe_place")
@@ -151,14 +151,6 @@ class CourierFeedback(Protocol):
     """
 
     def tell(self, tone: Tone, say: str, facts: Mapping[str, Any]) -> None: ...
-
-
-def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    """Great-circle distance (haversine); metres of error at stop scale do not matter here."""
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dp, dl = p2 - p1, math.radians(lon2 - lon1)
-    h = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(h)))
 
 
 @dataclass(frozen=True)

@@ -37,8 +37,8 @@ from edge.credentials import (
     verify_qr,
 )
 from edge.errors import EdgeError
-from edge.identify import Rejection, identify
 from edge.locker_config import CompartmentSpec, LockerConfig
+from parcel.identify import Rejection, identify
 from sync.journal import Journal, JournalTransaction
 from sync.signing import CommandRejected, CommandVerifier, ReplayStore, SqliteReplayStore
 

@@ -31,7 +31,8 @@ from drivers.scanner import Rejected, Scan, ScanFramer, ScannerReader
 from edge.delivery import SCAN_REJECTED as SCAN_REJECTED  # one name for both desks
 from edge.delivery import CourierFeedback, DeliveryRound, Position, RoundError, Tone
 from edge.errors import EdgeError
-from edge.identify import Rejection, identify
+from parcel.errors import ParcelError
+from parcel.identify import Rejection, identify
 from sync import BrokerAddress, Clock, Event, Journal, JournalError, JournalFull
 from sync.uplink import Uplink
 
@@ -477,7 +478,7 @@ class Van:
             return {"reply": do, **self.courier(doc)}
         except RoundError as exc:
             return {"reply": do, "error": str(exc), "reason": exc.reason}
-        except EdgeError as exc:
+        except (EdgeError, ParcelError) as exc:
             return {"reply": do, "error": str(exc)}
 
     def take_courier_input(self, fd: int, reply: Callable[[Mapping[str, Any]], None]) -> None:

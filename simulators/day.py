@@ -1,6 +1,6 @@
 """The simulated delivery days: a depot, a real broker, vans, lockers, couriers and customers.
 
-The whole process of the seed documents, on real parts: the depot (edge.depot.service)
+The whole process of the seed documents, on real parts: the depot (depot.service)
 imports the day's parcels from a merchant file, assigns them to vans, orders their stops and
 publishes each van's manifest over MQTT (TLS, per-device accounts). Each van is the real van
 software (its journal on a simulated clock, its scanner and GNSS receiver on pseudo-terminals,
@@ -256,10 +256,10 @@ def run_day(
     plan: DayPlan, *, workdir: Path | None = None, progress: Callable[[str], None] | None = None
 ) -> dict[str, Any]:
     """Run the simulated days and return the figures of the report."""
-    from edge.depot.config import DepotConfig, LockerSiteConfig
-    from edge.depot.service import DepotService
-    from edge.identify import identify
+    from depot.config import DepotConfig, LockerSiteConfig
+    from depot.service import DepotService
     from edge.van import Van, VanConfig
+    from parcel.identify import identify
     from simulators.broker import start_broker
     from simulators.delivery_day import Courier, Household, draw_fates, offset
     from simulators.doorstep import DoorstepCamera
@@ -749,8 +749,8 @@ def _report(
     cuts: int,
     lockers: Any = None,
 ) -> dict[str, Any]:
+    from depot.webhooks import stats
     from simulators.locker_day import no_lockers
-    from sync.webhooks import stats
 
     store = service.store
     created: dict[str, tuple[str, int]] = {}

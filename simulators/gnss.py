@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from parcel.geo import distance_m
 from simulators.errors import SimulatorError
 from sync.clock import Clock, SystemClock
 
@@ -53,7 +54,6 @@ MAX_SLEEP_S = 0.25
 # Times are written with two decimals (hhmmss.ss); faster epochs would share a time field.
 MAX_RATE_HZ = 100.0
 
-EARTH_RADIUS_M = 6_371_008.8  # IUGG mean radius, for route lengths.
 MPS_PER_KNOT = 1852.0 / 3600.0
 DEFAULT_POSITION = (52.37403, 4.88969)  # Amsterdam Centraal, a depot-ish place to stand.
 _EPOCH0 = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -201,7 +201,7 @@ class SimulatedGnss:
         for lat, lon in route:
             _check_position(lat, lon)
         points = tuple((float(lat), float(lon)) for lat, lon in route)
-        legs = tuple(_ground_distance_m(a, b) for a, b in itertools.pairwise(points))
+        legs = tuple(distance_m(*a, *b) for a, b in itertools.pairwise(points))
         with self._state:
             self._route = _Route(points, legs, speed_mps, self._clock.monotonic_ns())
 
@@ -564,13 +564,6 @@ def _lon_fields(lon: float) -> str:
 def _check_position(lat: float, lon: float) -> None:
     if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):
         raise SimulatorError(f"({lat}, {lon}) is not a position on Earth")
-
-
-def _ground_distance_m(a: tuple[float, float], b: tuple[float, float]) -> float:
-    p1, p2 = math.radians(a[0]), math.radians(b[0])
-    dp, dl = p2 - p1, math.radians(b[1] - a[1])
-    h = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(h)))
 
 
 def _bearing_deg(a: tuple[float, float], b: tuple[float, float]) -> float:

@@ -12,7 +12,7 @@ never imports the device software it stands in front of. Around it, scripted fro
   *depot* stored (so it has travelled through the sync); some mistype first, one attacker
   guesses until the keypad locks; some parcels are never collected, expire, and a courier
   takes them back on the evening returns round;
-- the depot's side that `sync.depot.Depot` does not do itself (it holds the sealing and the
+- the depot's side that `depot.ingest.Depot` does not do itself (it holds the sealing and the
   command-signing private keys): reading credentials out of the depot's store, and signing
   `reserve` and `extend_hold` commands it publishes on the depot's own MQTT session;
 - faults: a jammed lock during a drop-off, a forced door, a door left open past the alarm,
@@ -49,12 +49,12 @@ from typing import Any, Literal, Protocol, TypeVar
 
 import paho.mqtt.client as mqtt
 
+from depot.ingest import Depot, DepotStore
 from simulators.day import DAY_END_H, DAY_START_H
 from simulators.link import LinkProxy
 from simulators.lockboard import SimulatedLockBoards
 from simulators.parcels import GS, Label
 from sync.clock import ScaledClock
-from sync.depot import Depot, DepotStore
 from sync.journal import Journal
 from sync.mqtt import BrokerAddress
 from sync.signing import (
@@ -546,7 +546,7 @@ def _idle_compartments(seen: Sequence[Seen], all_ids: Sequence[str]) -> list[str
 
 
 class DepotDesk:
-    """What the depot does for lockers beyond `sync.depot.Depot`: it opens the pickup
+    """What the depot does for lockers beyond `depot.ingest.Depot`: it opens the pickup
     credentials the lockers sealed to it (from the events the depot stored) to tell customers,
     and signs commands that it publishes on the depot's own MQTT session."""
 

@@ -2,7 +2,7 @@
 
 Owns: an HTTP server on 127.0.0.1 (a port the OS picks, kept across `down()`/`up()`), a record
 of every request it answered, and its own check of the depot's signatures, written from the
-scheme documented in `sync.webhooks` without importing it, so a framing bug cannot hide on
+scheme documented in `depot.webhooks` without importing it, so a framing bug cannot hide on
 both sides:
 
     X-Lastmile-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, b"<t>." + body)>

@@ -1,7 +1,11 @@
-"""Real parts for the tests: a Mosquitto broker on a free port, with an account per device."""
+"""Real parts for the tests: a Mosquitto broker on a free port, with an account per device, and
+a PostgreSQL server of the tests' own with a fresh database per test."""
 
 from __future__ import annotations
 
+import itertools
+import os
+import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +14,7 @@ import pytest
 
 from simulators.broker import Broker
 from sync.mqtt import BrokerAddress
+from tests.pg import PostgresServer, find_postgres
 
 DEVICES = ("van-1", "van-2")
 
@@ -26,3 +31,33 @@ def address(broker: Broker, who: str, port: int | None = None) -> BrokerAddress:
     """Connection details for a device (or "depot"), optionally through a link proxy's port."""
     user, password = broker.depot_credentials if who == "depot" else broker.credentials(who)
     return BrokerAddress(broker.host, port or broker.port, user, password)
+
+
+# --- PostgreSQL -------------------------------------------------------------------------------
+
+_database_numbers = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One PostgreSQL server of our own for the whole session (start-up takes about a second);
+    never the machine's. Skipped only where PostgreSQL is not installed — but not in CI, where
+    .ci/setup installs it, so a missing install fails instead of passing by skipping."""
+    if find_postgres() is None:
+        reason = "PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb; run .ci/setup)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer, request: pytest.FixtureRequest) -> Iterator[str]:
+    """The URL of a new, empty database for this test alone; dropped (connections and all)
+    after it. The name says which test made it, for the server's log."""
+    slug = re.sub(r"[^a-z0-9]+", "_", request.node.name.lower()).strip("_")
+    name = f"t{next(_database_numbers)}_{slug}"[:63]
+    url = postgres_server.new_database(name)
+    yield url
+    postgres_server.drop_database(name)

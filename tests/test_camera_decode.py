@@ -24,7 +24,7 @@ import zxingcpp
 
 from drivers.camera import Camera, CameraError, Decoder, Deduper, Frame, FrameReader, Symbol
 from drivers.scanner import Scan, ScanFramer
-from edge.identify import identify
+from parcel.identify import identify
 
 ROOT = Path(__file__).resolve().parent.parent
 PHOTOS = ROOT.parent / "shared" / "benchmarks" / "barcodes"
@@ -344,7 +344,7 @@ def test_importing_the_camera_driver_does_not_load_opencv() -> None:
 
 def lastmile(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "edge.cli", *args],
+        [sys.executable, "-m", "lastmile.cli", *args],
         cwd=ROOT,
         text=True,
         capture_output=True,

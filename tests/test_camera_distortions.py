@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from drivers.camera import Decoder
-from edge.identify import identify
+from parcel.identify import identify
 from simulators import camera
 from simulators.camera import CameraFrame, Scene
 from simulators.parcels import GS

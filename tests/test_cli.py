@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def lastmile(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edge.cli", *args], cwd=ROOT, text=True,
+    return subprocess.run([sys.executable, "-m", "lastmile.cli", *args], cwd=ROOT, text=True,
                           capture_output=True, timeout=timeout, check=False)
 
 

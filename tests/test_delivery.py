@@ -22,6 +22,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from depot.ingest import Depot, DepotStore, IngestResult
 from edge.delivery import (
     FAILURE_REASONS,
     IN_LOCKER,
@@ -29,15 +30,14 @@ from edge.delivery import (
     InvalidOutcome,
     Position,
     RoundError,
-    distance_m,
 )
-from edge.identify import s10_check_digit
-from edge.manifest import Manifest, Stop
 from edge.van import Van, VanConfig
+from parcel.geo import distance_m
+from parcel.identify import s10_check_digit
+from parcel.manifest import Manifest, Stop
 from simulators.broker import Broker
 from simulators.doorstep import write_doorstep_jpeg
 from simulators.scanner import SimulatedScanner
-from sync.depot import Depot, DepotStore, IngestResult
 from sync.journal import Journal
 from sync.wire import Event, command_topic
 from tests.conftest import address
@@ -765,7 +765,7 @@ def test_the_van_command_takes_courier_lines_on_stdin(broker: Broker, tmp_path: 
             "[round]\nenabled = true\n"
         )
         van = subprocess.Popen(
-            [sys.executable, "-m", "edge.cli", "-v", "van", "--config", str(config)],
+            [sys.executable, "-m", "lastmile.cli", "-v", "van", "--config", str(config)],
             cwd=ROOT,
             text=True,
             stdin=subprocess.PIPE,

@@ -1,7 +1,7 @@
 """A delivery day end to end: depot service, van, broker, ptys, journals, webhooks, HTTP.
 
 Everything is real: Mosquitto (tests/conftest.py) with an account per device, the depot
-service (edge.depot.service) with its SQLite file, outboxes and HTTP API, the van software
+service (depot.service) with its SQLite file, outboxes and HTTP API, the van software
 (edge.van) with its journal, its scanner and GNSS receiver on pseudo-terminals and its uplink
 through a link proxy the tests cut, and a webhook receiver over HTTP that checks signatures.
 The courier's input goes in as the JSON lines the handheld's screen (the CLI's stdin) sends.
@@ -30,13 +30,14 @@ from typing import Any
 
 import pytest
 
+from depot.config import DepotConfig, LockerSiteConfig
+from depot.service import DepotService, PlanResult
+from depot.webhooks import dead_letters, entry, stats
 from drivers.scanner import DEFAULT_DEBOUNCE_S
 from edge.delivery import FAR_M
-from edge.depot.config import DepotConfig, LockerSiteConfig
-from edge.depot.service import DepotService, PlanResult
-from edge.identify import identify, s10_check_digit
-from edge.manifest import Manifest, Stop
 from edge.van import Van, VanConfig
+from parcel.identify import identify, s10_check_digit
+from parcel.manifest import Manifest, Stop
 from simulators.broker import Broker
 from simulators.doorstep import write_doorstep_jpeg
 from simulators.gnss import SimulatedGnss
@@ -46,7 +47,6 @@ from simulators.webhooks import WebhookReceiver
 from sync.clock import Clock, ScaledClock
 from sync.journal import Journal
 from sync.signing import generate_keypair
-from sync.webhooks import dead_letters, entry, stats
 from sync.wire import command_topic
 from tests.conftest import address
 
@@ -844,7 +844,7 @@ def test_a_van_process_killed_mid_stop_resumes_there_and_nothing_is_lost_or_doub
 
     def start() -> tuple[subprocess.Popen[str], ProcessOutput]:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "edge.cli", "-v", "van", "--config", str(config)],
+            [sys.executable, "-m", "lastmile.cli", "-v", "van", "--config", str(config)],
             cwd=ROOT,
             text=True,
             stdin=subprocess.PIPE,
@@ -958,7 +958,7 @@ def test_the_desk_tracks_the_day_by_cli_and_http_as_the_book_has_it(
 
     def track(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "edge.cli", "depot", "track", *args, "--db", str(day.db)],
+            [sys.executable, "-m", "lastmile.cli", "depot", "track", *args, "--db", str(day.db)],
             cwd=ROOT,
             capture_output=True,
             text=True,

@@ -25,7 +25,7 @@ GOOD = ("RB123456785GB", "RR123456785NL", "LX226218500NL")
 
 def lastmile(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "edge.cli", *args],
+        [sys.executable, "-m", "lastmile.cli", *args],
         cwd=ROOT,
         text=True,
         capture_output=True,
@@ -134,7 +134,7 @@ def test_the_running_depot_serves_its_api_and_stops_on_sigterm(
         == 1
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edge.cli", "depot", "--config", str(config)],
+        [sys.executable, "-m", "lastmile.cli", "depot", "--config", str(config)],
         cwd=ROOT,
         text=True,
         stdout=subprocess.PIPE,

@@ -11,13 +11,14 @@ from typing import Any
 
 import pytest
 
-from edge.depot.imports import (
+from depot.errors import DepotError
+from depot.imports import (
     ImportProblem,
     ParcelImportError,
     ParcelRecord,
     read_import,
 )
-from edge.depot.policy import (
+from depot.policy import (
     DELIVERED_CODES,
     FAILURE_REASONS,
     LockerSite,
@@ -29,19 +30,18 @@ from edge.depot.policy import (
     decide_after_reservation_refused,
     fits,
 )
-from edge.depot.routing import (
+from depot.routing import (
     PlannedStop,
     RoutingError,
     build_manifest,
     group_stops,
-    haversine_m,
     order_stops,
     plan_routes,
     route_length_m,
 )
-from edge.errors import EdgeError
-from edge.identify import gs1_mod10, s10_check_digit
-from edge.manifest import Manifest
+from parcel.geo import distance_m
+from parcel.identify import gs1_mod10, s10_check_digit
+from parcel.manifest import Manifest
 
 DEPOT = (52.3676, 4.9041)
 KM_LAT = 1 / 111.195  # degrees of latitude per km (spherical Earth, IUGG mean radius)
@@ -430,7 +430,7 @@ def test_sources_paths_and_format_detection(tmp_path: Path) -> None:
         read_import(csv_bytes(row()).decode())
     with pytest.raises(ParcelImportError, match="unknown import format"):
         read_import(b"", format="xml")  # type: ignore[arg-type]
-    assert issubclass(ParcelImportError, EdgeError)
+    assert issubclass(ParcelImportError, DepotError)
 
 
 def test_record_to_doc_and_back() -> None:
@@ -603,7 +603,7 @@ def test_an_early_window_breaks_a_distance_tie() -> None:
 
 
 def test_route_length_is_haversine_and_closes_the_round() -> None:
-    one_degree = haversine_m(52.0, 4.0, 53.0, 4.0)
+    one_degree = distance_m(52.0, 4.0, 53.0, 4.0)
     assert one_degree == pytest.approx(111_195, rel=1e-4)
     stop = group_stops([record(1, 53.0, 4.0)])
     assert route_length_m((52.0, 4.0), stop) == pytest.approx(2 * one_degree)
@@ -800,7 +800,7 @@ def test_the_policy_refuses_to_guess() -> None:
         decide("not_at_home", attempts=-1)
     with pytest.raises(PolicyError, match="max_attempts"):
         decide("not_at_home", max_attempts=0)
-    assert issubclass(PolicyError, EdgeError)
+    assert issubclass(PolicyError, DepotError)
 
 
 def test_reason_codes_follow_the_delivery_contract() -> None:

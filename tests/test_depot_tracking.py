@@ -2,7 +2,7 @@
 
 Events are made the way devices make them (a `sync.journal.Journal` per device, payloads from
 docs/DELIVERY.md), carried as the wire carries them (`encode_batch` -> `decode_batch`) and
-stored by `sync.depot.DepotStore.ingest`, so the book projects exactly what a depot holds.
+stored by `depot.ingest.DepotStore.ingest`, so the book projects exactly what a depot holds.
 """
 
 from __future__ import annotations
@@ -23,16 +23,16 @@ from typing import Any
 
 import pytest
 
-from edge.depot.epcis import STEP_MAPPING, epc_uri, export_epcis, is_sscc
-from edge.depot.http import DepotApi
-from edge.depot.tracking import (
+from depot.epcis import STEP_MAPPING, epc_uri, export_epcis, is_sscc
+from depot.http import DepotApi
+from depot.ingest import DepotStore
+from depot.tracking import (
     Notification,
     ParcelBook,
     ParcelStateError,
     TrackingError,
     UnknownParcelError,
 )
-from sync.depot import DepotStore
 from sync.journal import Journal
 from sync.wire import decode_batch, encode_batch
 
@@ -546,7 +546,7 @@ def test_a_rewound_cursor_applies_nothing_twice(depot: Depot) -> None:
 KILLER = textwrap.dedent(
     """
     import os, sys
-    from edge.depot.tracking import ParcelBook
+    from depot.tracking import ParcelBook
     seen = []
     def notify(conn, n):
         seen.append(n.event_id)

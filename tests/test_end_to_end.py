@@ -23,12 +23,12 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from depot.ingest import Depot, DepotStore, IngestResult
 from edge.van import Van, VanConfig
 from simulators.broker import Broker
 from simulators.link import LinkProxy
 from simulators.parcels import random_label
 from simulators.scanner import SimulatedScanner
-from sync.depot import Depot, DepotStore, IngestResult
 from sync.journal import Journal
 from sync.uplink import Uplink
 from sync.wire import Event, events_topic
@@ -219,7 +219,7 @@ def test_broker_restarted_mid_drain_with_persistence_off(
 
 def _lastmile(*args: str, **kw: object) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "edge.cli", *args],
+        [sys.executable, "-m", "lastmile.cli", *args],
         text=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -40,9 +40,9 @@ from drivers.gnss import (
     RejectedLine,
     Rmc,
     Sentence,
-    distance_m,
     parse_sentence,
 )
+from parcel.geo import distance_m
 from simulators.errors import SimulatorError
 from simulators.gnss import SimulatedGnss, WrittenSentence
 from sync.clock import ScaledClock

@@ -11,8 +11,8 @@ from biip.checksums import gs1_standard_check_digit
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from edge.errors import EdgeError
-from edge.identify import (
+from parcel.errors import ParcelError
+from parcel.identify import (
     KINDS,
     ParcelId,
     Rejection,
@@ -328,8 +328,8 @@ def test_garbage(code: str, start: str) -> None:
     assert rejection_reason(code).startswith(start)
 
 
-def test_rejection_is_an_edge_error_and_pickles() -> None:
-    with pytest.raises(EdgeError):
+def test_rejection_is_a_parcel_error_and_pickles() -> None:
+    with pytest.raises(ParcelError):
         identify("hello")
     original = Rejection("S10 check digit is 6, expected 5", "RB123456786GB", "]C0")
     copy = pickle.loads(pickle.dumps(original))

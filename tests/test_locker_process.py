@@ -27,7 +27,7 @@ class Process:
 
     def __init__(self, config: Path) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edge.cli", "locker", "--config", str(config)],
+            [sys.executable, "-m", "lastmile.cli", "locker", "--config", str(config)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -133,7 +133,7 @@ def test_lockboard_simulator_serves_other_software_on_its_own(tmp_path: Path) ->
         [
             sys.executable,
             "-m",
-            "edge.cli",
+            "lastmile.cli",
             "sim",
             "lockboard",
             "--boards",
@@ -165,7 +165,7 @@ def test_depot_command_reaches_the_locker_over_mqtt_signed(tmp_path: Path) -> No
     from simulators.broker import Broker
 
     keys = subprocess.run(
-        [sys.executable, "-m", "edge.cli", "depot", "keygen", "--out", str(tmp_path / "keys")],
+        [sys.executable, "-m", "lastmile.cli", "depot", "keygen", "--out", str(tmp_path / "keys")],
         capture_output=True,
         text=True,
         check=True,
@@ -222,7 +222,7 @@ sealing_key = "{depot_keys["sealing_key"]}"
             base = [
                 sys.executable,
                 "-m",
-                "edge.cli",
+                "lastmile.cli",
                 "depot",
                 "command",
                 "--port",
@@ -243,7 +243,7 @@ sealing_key = "{depot_keys["sealing_key"]}"
             # A command signed with a key the locker does not trust is refused and recorded.
             other = tmp_path / "rogue"
             subprocess.run(
-                [sys.executable, "-m", "edge.cli", "depot", "keygen", "--out", str(other)],
+                [sys.executable, "-m", "lastmile.cli", "depot", "keygen", "--out", str(other)],
                 check=True,
                 capture_output=True,
             )

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from depot.ingest import Depot, DepotStore
+from depot.store import LATEST
 from simulators.broker import Broker
 from simulators.link import LinkProxy
-from sync.depot import Depot, DepotStore
 from sync.errors import JournalError, WireError
 from sync.journal import Journal
 from sync.photos import PhotoOutbox
@@ -160,7 +161,7 @@ def test_a_version_1_depot_database_is_upgraded_in_place(tmp_path: Path) -> None
     old.close()
     store = DepotStore(path)
     assert store.query("SELECT device, seq FROM events") == [("van-1", 1)]
-    assert store.query("PRAGMA user_version") == [(2,)]
+    assert store.query("PRAGMA user_version") == [(LATEST,)]
     data = os.urandom(100)
     assert store.photo_chunk("van-1", _chunks(data, 100)[0]).done
     store.close()

@@ -1,4 +1,5 @@
-"""The code's own checks run with the tests: ruff on everything, mypy --strict on the devices."""
+"""The code's own checks run with the tests: ruff on everything, mypy --strict on the product,
+and the layering of the packages."""
 
 from __future__ import annotations
 
@@ -28,8 +29,8 @@ def test_ruff_is_clean() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_mypy_is_clean_on_drivers_edge_sync() -> None:
-    result = _run("mypy", "drivers", "edge", "sync")
+def test_mypy_is_clean_on_the_product() -> None:
+    result = _run("mypy", "parcel", "drivers", "edge", "sync", "depot", "lastmile")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -43,22 +44,54 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("package", ["drivers", "sync"])
-def test_drivers_and_sync_never_import_edge(package: str) -> None:
+# Which of our packages each package may import (besides itself). Imports flow one way:
+# edge -> drivers, sync; depot -> sync; both -> parcel (what both sides speak); only the CLI
+# and bench reach simulators, and a simulator never the driver it stands in for.
+ALLOWED = {
+    "parcel": set(),
+    "drivers": {"parcel"},
+    "sync": {"parcel"},
+    "edge": {"parcel", "drivers", "sync"},
+    "depot": {"parcel", "sync"},
+    "simulators": {"parcel", "sync", "drivers", "edge", "depot"},  # day.py only; see below
+    "lastmile": {"parcel", "drivers", "sync", "edge", "depot", "simulators"},
+    "bench": {"parcel", "drivers", "sync", "edge", "depot", "simulators"},
+}
+OURS = set(ALLOWED)
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_imports_flow_one_way(package: str) -> None:
+    allowed = ALLOWED[package] | {package}
+    found = False
     for path in sorted((ROOT / package).rglob("*.py")):
-        bad = {n for n in _imports(path) if n == "edge" or n.startswith("edge.")}
-        assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+        found = True
+        tops = {n.split(".")[0] for n in _imports(path)}
+        bad = (tops & OURS) - allowed
+        assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
+    assert found, f"no package {package}"
 
 
-def test_drivers_never_import_sync_or_simulators() -> None:
-    for path in sorted((ROOT / "drivers").rglob("*.py")):
-        bad = {n for n in _imports(path) if n.split(".")[0] in {"sync", "simulators", "edge"}}
-        assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+def test_the_rules_forbid_what_the_house_forbids() -> None:
+    # The table above is the rule; this pins the lines the house must never cross.
+    assert "depot" not in ALLOWED["edge"] and "edge" not in ALLOWED["depot"]
+    assert "drivers" not in ALLOWED["depot"]
+    assert "depot" not in ALLOWED["sync"] | ALLOWED["drivers"]
+    assert "edge" not in ALLOWED["sync"] | ALLOWED["drivers"]
+    assert {p for p, deps in ALLOWED.items() if "simulators" in deps} == {"lastmile", "bench"}
+
+
+def test_no_device_package_imports_simulators_or_the_depot() -> None:
+    """Also the lazy imports inside functions: the CLI moved out of edge for this."""
+    for package in ("drivers", "edge", "sync", "parcel"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            bad = {n for n in _imports(path) if n.split(".")[0] in {"simulators", "depot"}}
+            assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
 
 
 def test_a_simulator_never_imports_the_driver_it_stands_in_for() -> None:
     for path in sorted((ROOT / "simulators").glob("*.py")):
-        if path.name == "day.py":  # the scenario runner runs the real van software
+        if path.name == "day.py":  # the scenario runner runs the real device and depot software
             continue
         bad = {n for n in _imports(path) if n.split(".")[0] in {"drivers", "edge"}}
         assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
@@ -66,7 +99,7 @@ def test_a_simulator_never_imports_the_driver_it_stands_in_for() -> None:
 
 def test_light_commands_do_not_load_heavy_modules() -> None:
     code = (
-        "import sys; from edge.cli import build_parser; build_parser(); "
+        "import sys; from lastmile.cli import build_parser; build_parser(); "
         "print(sorted(m for m in ('cv2', 'paho', 'serial', 'sqlite3', 'biip') "
         "if m in sys.modules))"
     )

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def simulated_day(*args: str) -> dict[str, Any]:
     result = subprocess.run(
-        [sys.executable, "-m", "edge.cli", "sim", "--json", *args],
+        [sys.executable, "-m", "lastmile.cli", "sim", "--json", *args],
         cwd=ROOT,
         text=True,
         capture_output=True,

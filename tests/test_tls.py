@@ -10,9 +10,9 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from depot.ingest import Depot, DepotStore
 from simulators.broker import Broker
 from simulators.tls import make_pki
-from sync.depot import Depot, DepotStore
 from sync.journal import Journal
 from sync.mqtt import BrokerAddress
 from sync.uplink import Uplink

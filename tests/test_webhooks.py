@@ -22,11 +22,9 @@ from typing import Any
 
 import pytest
 
-from simulators.webhooks import WebhookReceiver
-from sync import webhooks
-from sync.clock import ScaledClock
-from sync.depot import STORE_SCHEMA_VERSION, DepotStore
-from sync.webhooks import (
+from depot import webhooks
+from depot.ingest import STORE_SCHEMA_VERSION, DepotStore
+from depot.webhooks import (
     EVENT_ID_HEADER,
     KEY_ID_HEADER,
     SIGNATURE_HEADER,
@@ -43,6 +41,8 @@ from sync.webhooks import (
     stats,
     verify,
 )
+from simulators.webhooks import WebhookReceiver
+from sync.clock import ScaledClock
 
 MERCHANT = b"merchant-7 shared secret, 32 bytes"
 CUSTOMER = b"customer gateway secret, 32 bytes!"
@@ -209,15 +209,15 @@ def test_enqueue_is_idempotent_on_the_event_id(db: sqlite3.Connection) -> None:
 def test_a_notification_commits_or_rolls_back_with_its_state_change(
     db: sqlite3.Connection,
 ) -> None:
-    db.execute("CREATE TABLE parcels (id TEXT PRIMARY KEY, state TEXT)")
+    db.execute("CREATE TABLE states (id TEXT PRIMARY KEY, state TEXT)")
     db.execute("BEGIN IMMEDIATE")
-    db.execute("INSERT INTO parcels VALUES ('p1', 'delivered')")
+    db.execute("INSERT INTO states VALUES ('p1', 'delivered')")
     enqueue(
         db, event_id="p1:customer", url="http://x.example/", body=b"{}", key_id="customer", now_ns=1
     )
     db.execute("ROLLBACK")
     assert entry(db, "p1:customer") is None
-    assert db.execute("SELECT count(*) FROM parcels").fetchone()[0] == 0
+    assert db.execute("SELECT count(*) FROM states").fetchone()[0] == 0
 
     with pytest.raises(WebhookError, match="outside a transaction"):
         enqueue(
@@ -232,7 +232,7 @@ def test_a_notification_commits_or_rolls_back_with_its_state_change(
     # Python's default (legacy) transaction mode opens the transaction itself.
     legacy = sqlite3.connect(db_path(db), timeout=10.0)
     with legacy:
-        legacy.execute("INSERT INTO parcels VALUES ('p3', 'delivered')")
+        legacy.execute("INSERT INTO states VALUES ('p3', 'delivered')")
         enqueue(
             legacy,
             event_id="p3:customer",

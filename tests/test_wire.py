@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sync.depot import DepotStore
+from depot.ingest import DepotStore
 from sync.errors import WireError
 from sync.journal import Journal
 from sync.wire import Ack, decode_ack, decode_batch, encode_ack, encode_batch, split_topic

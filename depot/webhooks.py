@@ -1,8 +1,9 @@
 """The depot's webhook outbox: customer and merchant notifications, signed, retried, never lost.
 
-Owns: the `webhook_outbox` table (in the depot's own SQLite file, so a parcel's state change and
-the notification about it commit in ONE transaction), the signature scheme below, and the
-sender thread that POSTs due rows, retries with backoff and dead-letters what cannot be sent.
+Owns: the `webhook_outbox` table (in the depot's database, created by `depot.store.migrations`,
+so a parcel's state change and the notification about it commit in ONE transaction), the
+signature scheme below, and the sender thread that POSTs due rows, retries with backoff and
+dead-letters what cannot be sent.
 Must never: delete a row (the sender only changes a row's state), store a secret (a row names
 the key id; the secret is looked up when signing), mark a row sent without a 2xx answer,
 follow a redirect with a signed body, or commit the caller's transaction for it.
@@ -42,16 +43,16 @@ Outcomes per attempt:
   `Retry-After` asks for it (capped at backoff_max_s); after `max_attempts` tries it is dead.
 A dead letter keeps its body, its attempts and its last error; `retry_dead()` requeues it.
 
-The sender is one scheduler thread that owns its SQLite connection and all writes, plus a small
-thread pool for the POSTs. At most one request per URL is in flight, so a receiver is never
-hammered in parallel; different URLs proceed in parallel. Order is not promised: a row in backoff
+The sender is one scheduler thread that makes all the outbox's writes (on the depot's one
+connection, under its lock), plus a small thread pool for the POSTs. At most one request per
+URL is in flight, so a receiver is never hammered in parallel; different URLs proceed in
+parallel. Order is not promised: a row in backoff
 does not hold back later rows, so one receiver being down never blocks another.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import email.utils
 import hashlib
 import hmac
@@ -73,13 +74,12 @@ from email.message import Message
 from pathlib import Path
 from typing import Any, Literal
 
+from depot.errors import DepotError
+from depot.store import Database, migrate
 from sync.clock import Clock, SystemClock
-from sync.errors import SyncError
 from sync.mqtt import backoff_delay
 
-log = logging.getLogger("sync.webhooks")
-
-SCHEMA_VERSION = 1
+log = logging.getLogger("depot.webhooks")
 
 CONTENT_TYPE = "application/json"
 SIGNATURE_HEADER = "X-Lastmile-Signature"
@@ -102,37 +102,13 @@ State = Literal["pending", "sent", "dead"]
 _EVENT_ID = re.compile(r"[\x21-\x7e]{1,200}")  # visible ASCII: safe in a header, no CR/LF
 _KEY_ID = re.compile(r"[\x21-\x7e]{0,200}")
 
-_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS webhook_schema (version INTEGER NOT NULL)",
-    """CREATE TABLE IF NOT EXISTS webhook_outbox (
-        id              INTEGER PRIMARY KEY,
-        event_id        TEXT NOT NULL UNIQUE,
-        url             TEXT NOT NULL,
-        body            BLOB NOT NULL,
-        key_id          TEXT NOT NULL,
-        state           TEXT NOT NULL DEFAULT 'pending'
-                        CHECK (state IN ('pending', 'sent', 'dead')),
-        attempts        INTEGER NOT NULL DEFAULT 0,
-        next_attempt_ns INTEGER NOT NULL,
-        last_error      TEXT,
-        created_ns      INTEGER NOT NULL,
-        sent_ns         INTEGER,
-        dead_ns         INTEGER,
-        status_code     INTEGER
-    )""",
-    # The scheduler's two questions: what is due now, and when is the next one due.
-    "CREATE INDEX IF NOT EXISTS webhook_outbox_due ON webhook_outbox(next_attempt_ns, id) "
-    "WHERE state = 'pending'",
-    "CREATE INDEX IF NOT EXISTS webhook_outbox_state ON webhook_outbox(state)",
-)
-
 _ENTRY_COLUMNS = (
     "id, event_id, url, body, key_id, state, attempts, next_attempt_ns, last_error, "
     "created_ns, sent_ns, dead_ns, status_code"
 )
 
 
-class WebhookError(SyncError):
+class WebhookError(DepotError):
     """The outbox refused a row (bad event id, URL or body) or its schema cannot be used."""
 
 
@@ -236,53 +212,14 @@ def verify(
 # --- the outbox table ----------------------------------------------------------------------
 
 
-def _table_exists(conn: sqlite3.Connection, name: str) -> bool:
-    row = conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
-    ).fetchone()
-    return row is not None
-
-
-def _schema_version(conn: sqlite3.Connection) -> int | None:
-    if not _table_exists(conn, "webhook_schema"):
-        if _table_exists(conn, "webhook_outbox"):
-            raise WebhookError("a webhook_outbox table exists without a webhook_schema version")
-        return None
-    row = conn.execute("SELECT max(version) FROM webhook_schema").fetchone()
-    return None if row is None or row[0] is None else int(row[0])
-
-
 def ensure_schema(conn: sqlite3.Connection) -> None:
-    """Create the outbox tables in `conn`'s database if they are missing.
+    """Bring `conn`'s database up to the depot's schema, the outbox tables with it.
 
-    The depot's file is shared, and `PRAGMA user_version` belongs to the depot's event store,
-    so the outbox keeps its own version in `webhook_schema`. Inside a caller's transaction it
-    works in a savepoint; otherwise in its own BEGIN IMMEDIATE, which takes the write lock
-    before re-reading the version, so two processes starting at once do not both create.
+    The outbox has no schema of its own: its tables are migration 4 of the depot's one list
+    (`depot.store.migrations`). A tool that opens the outbox before the depot ever ran gets the
+    whole depot's tables, which the depot then finds as its own.
     """
-    version = _schema_version(conn)
-    if version == SCHEMA_VERSION:
-        return
-    if version is not None:
-        raise WebhookError(
-            f"webhook outbox schema {version} is not {SCHEMA_VERSION} (no migration exists)"
-        )
-    own = not conn.in_transaction
-    conn.execute("BEGIN IMMEDIATE" if own else "SAVEPOINT webhook_schema")
-    try:
-        if _schema_version(conn) is None:
-            for statement in _SCHEMA:
-                conn.execute(statement)
-            conn.execute("INSERT INTO webhook_schema(version) VALUES (?)", (SCHEMA_VERSION,))
-        conn.execute("COMMIT" if own else "RELEASE webhook_schema")
-    except BaseException:
-        with contextlib.suppress(sqlite3.Error):
-            if own:
-                conn.execute("ROLLBACK")
-            else:
-                conn.execute("ROLLBACK TO webhook_schema")
-                conn.execute("RELEASE webhook_schema")
-        raise
+    migrate(conn)
 
 
 def _autocommits(conn: sqlite3.Connection) -> bool:
@@ -494,7 +431,7 @@ class WebhookSender:
 
     def __init__(
         self,
-        db_path: str | Path,
+        database: str | Path | Database,
         *,
         secret_for: Callable[[str], bytes],
         clock: Clock | None = None,
@@ -509,7 +446,10 @@ class WebhookSender:
             raise ValueError("max_attempts and concurrency must be at least 1")
         if not 0 < backoff_base_s <= backoff_max_s:
             raise ValueError("backoff needs 0 < backoff_base_s <= backoff_max_s")
-        self.db_path = Path(db_path)
+        # The depot's Database (shared connection and lock), or a path: then the sender opens
+        # its own at start() and closes it at stop().
+        self._given = database
+        self._database: Database | None = database if isinstance(database, Database) else None
         self.clock: Clock = clock or SystemClock()
         self.max_attempts = max_attempts
         self.backoff_base_s = backoff_base_s
@@ -525,7 +465,6 @@ class WebhookSender:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
-        self._conn: sqlite3.Connection | None = None
         self._done: queue.SimpleQueue[_Outcome] = queue.SimpleQueue()
         self._unapplied: list[_Outcome] = []
         # Rows whose POST is running or whose outcome is not yet written; only the scheduler
@@ -546,18 +485,9 @@ class WebhookSender:
         """
         if self._thread is not None:
             return
-        conn = sqlite3.connect(
-            self.db_path, isolation_level=None, check_same_thread=False, timeout=10.0
-        )
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            # A row marked sent is never sent again: the mark must survive a power cut.
-            conn.execute("PRAGMA synchronous=FULL")
-            ensure_schema(conn)
-        except BaseException:
-            conn.close()
-            raise
-        self._conn = conn
+        if self._database is None:  # opened here, so an unusable database raises now
+            assert not isinstance(self._given, Database)
+            self._database = Database(self._given)
         self._stop.clear()
         # POSTs cut off by an earlier stop() were never recorded: their rows are pending
         # again, and a late answer from one of them goes to the old queue, not this one.
@@ -595,17 +525,18 @@ class WebhookSender:
     # --- the scheduler thread --------------------------------------------------------------
 
     def _run(self) -> None:
-        conn = self._conn
-        assert conn is not None and self._pool is not None
+        db = self._database
+        assert db is not None and self._pool is not None
         try:
             while not self._stop.is_set():
                 # Cleared before looking, so a wake() during this pass is not lost.
                 self._wake.clear()
                 try:
-                    self._apply(conn)
+                    self._apply(db)
                     now = self.clock.wall_ns()
-                    self._dispatch(conn, now)
-                    wait = self._wait_s(conn, now)
+                    with db.reading() as conn:
+                        self._dispatch(conn, now)
+                        wait = self._wait_s(conn, now)
                 except sqlite3.Error:
                     # A locked or failing database must not kill the thread: outcomes stay
                     # in memory (their rows stay in flight) until they can be written.
@@ -614,14 +545,15 @@ class WebhookSender:
                 self._wake.wait(wait)
             concurrent.futures.wait(list(self._futures.values()), timeout=self.timeout_s)
             try:
-                self._apply(conn)
+                self._apply(db)
             except sqlite3.Error:
                 log.exception("webhook outbox: outcomes lost at stop; those rows will resend")
         finally:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
-            conn.close()
-            self._conn = None
+            if not isinstance(self._given, Database):  # ours: opened at start()
+                db.close()
+                self._database = None
 
     def _dispatch(self, conn: sqlite3.Connection, now: int) -> None:
         free = self.concurrency - len(self._in_flight)
@@ -715,7 +647,7 @@ class WebhookSender:
 
     # --- recording outcomes (scheduler thread) ---------------------------------------------
 
-    def _apply(self, conn: sqlite3.Connection) -> None:
+    def _apply(self, db: Database) -> None:
         while True:
             try:
                 self._unapplied.append(self._done.get_nowait())
@@ -724,15 +656,8 @@ class WebhookSender:
         if not self._unapplied:
             return
         now = self.clock.wall_ns()
-        verdicts: list[str] = []
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with db.transaction() as conn:
             verdicts = [self._record(conn, o, now) for o in self._unapplied]
-            conn.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise
         for outcome, verdict in zip(self._unapplied, verdicts, strict=True):
             self._in_flight.pop(outcome.due.id, None)
             self._futures.pop(outcome.due.id, None)

@@ -47,31 +47,28 @@ from datetime import date
 from itertools import pairwise
 from typing import TYPE_CHECKING, Protocol
 
-from edge.errors import EdgeError
-from edge.manifest import Manifest, Stop
+from depot.errors import DepotError
+from parcel.geo import bearing_deg, distance_m
+from parcel.manifest import Manifest, Stop
 
 if TYPE_CHECKING:
-    from edge.depot.imports import ParcelRecord
+    from depot.imports import ParcelRecord
 
 __all__ = [
-    "EARTH_RADIUS_M",
     "MAX_2OPT_PASSES",
     "MIN_GAIN_M",
     "TIE_M",
     "Located",
     "PlannedStop",
     "RoutingError",
-    "bearing_deg",
     "build_manifest",
     "group_stops",
-    "haversine_m",
     "order_stops",
     "plan_routes",
     "route_length_m",
 ]
 
 #: Mean Earth radius (IUGG), metres.
-EARTH_RADIUS_M = 6_371_008.8
 #: Decimal places of latitude/longitude that make two parcels one stop (1e-5° ≈ 1.1 m).
 STOP_DECIMALS = 5
 #: Nearest-neighbour candidates this close to the nearest one are a tie, settled by window.
@@ -84,7 +81,7 @@ MAX_2OPT_PASSES = 50
 _NO_WINDOW_END = "24:00"
 
 
-class RoutingError(EdgeError):
+class RoutingError(DepotError):
     """The parcels cannot be planned as asked; ``reason`` says why."""
 
     def __init__(self, reason: str) -> None:
@@ -93,7 +90,7 @@ class RoutingError(EdgeError):
 
 
 class Located(Protocol):
-    """Anything with a position: a :class:`PlannedStop`, a manifest :class:`~edge.manifest.Stop`."""
+    """Anything with a position: a :class:`PlannedStop` or a manifest stop."""
 
     @property
     def lat(self) -> float: ...
@@ -127,23 +124,6 @@ class PlannedStop:
 # --- geometry ---------------------------------------------------------------------------------
 
 
-def haversine_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    """Great-circle distance in metres between two WGS 84 points (spherical Earth)."""
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dp, dl = p2 - p1, math.radians(lon2 - lon1)
-    h = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(h)))
-
-
-def bearing_deg(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    """Initial bearing from the first point to the second, degrees clockwise from north, 0-360."""
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dl = math.radians(lon2 - lon1)
-    y = math.sin(dl) * math.cos(p2)
-    x = math.cos(p1) * math.sin(p2) - math.sin(p1) * math.cos(p2) * math.cos(dl)
-    return math.degrees(math.atan2(y, x)) % 360.0
-
-
 def route_length_m(
     depot: tuple[float, float], stops: Sequence[Located], *, return_to_depot: bool = True
 ) -> float:
@@ -151,7 +131,7 @@ def route_length_m(
     points = [depot, *((s.lat, s.lon) for s in stops)]
     if return_to_depot and stops:
         points.append(depot)
-    return sum(haversine_m(*a, *b) for a, b in pairwise(points))
+    return sum(distance_m(*a, *b) for a, b in pairwise(points))
 
 
 # --- planning ---------------------------------------------------------------------------------
@@ -224,7 +204,7 @@ def _sweep(depot: tuple[float, float], stops: Sequence[PlannedStop]) -> list[Pla
         return list(stops)
     placed = sorted(
         (
-            (bearing_deg(*depot, s.lat, s.lon), haversine_m(*depot, s.lat, s.lon), s.key, s)
+            (bearing_deg(*depot, s.lat, s.lon), distance_m(*depot, s.lat, s.lon), s.key, s)
             for s in stops
         ),
         key=lambda t: t[:3],
@@ -300,7 +280,7 @@ def order_stops(
         return []
     ordered = sorted(stops, key=lambda s: s.key)
     points = [depot, *((s.lat, s.lon) for s in ordered)]
-    dist = [[haversine_m(*a, *b) for b in points] for a in points]
+    dist = [[distance_m(*a, *b) for b in points] for a in points]
     round_ = _nearest_neighbour(dist, ordered)
     if improve:
         round_ = _two_opt(dist, round_)

@@ -1,15 +1,16 @@
 """The depot service: events in, parcel states, exceptions handled, manifests and notices out.
 
-Owns the orchestration around `sync.depot.Depot` (which stores every device event exactly
+Owns the orchestration around `depot.ingest.Depot` (which stores every device event exactly
 once): after each stored batch it projects the new events onto the parcel book, applies the
 exceptions policy to what changed, and sends what follows from it: a signed `reserve` to a
 locker, an updated manifest to a van, webhooks to merchants and customers.
 
 Everything the depot promises to send is written to a table first (manifests, commands,
-webhooks) in the same SQLite file as the events, and sent from there; a row is marked sent only
-once the broker (PUBACK) or the receiver (2xx) has it. A crash between the two resends, and
-the far end is built to take that: a van ignores a manifest version it already runs, a
-locker refuses a command id it has seen, a webhook receiver dedups on the event id.
+webhooks) in the same database as the events (one `depot.store.Database` for the process), and
+sent from there; a row is marked sent only once the broker (PUBACK) or the receiver (2xx) has
+it. A crash between the two resends, and the far end is built to take that: a van ignores a
+manifest version it already runs, a locker refuses a command id it has seen, a webhook
+receiver dedups on the event id.
 
 Must never: publish anything from the MQTT network thread (it would stall the acks), or
 decide the same failure twice (the book's projection is idempotent per event, and the
@@ -28,17 +29,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge.depot.config import DepotConfig
-from edge.depot.imports import ImportResult, read_import
-from edge.depot.policy import LockerSite, NextAction, PolicyError, decide_after_failure
-from edge.depot.routing import build_manifest, plan_routes
-from edge.depot.tracking import Notification, ParcelBook, Transition
-from edge.errors import EdgeError
-from edge.manifest import Manifest, Stop
+from depot.config import DepotConfig
+from depot.errors import DepotError
+from depot.imports import ImportResult, read_import
+from depot.ingest import Depot, DepotStore
+from depot.policy import LockerSite, NextAction, PolicyError, decide_after_failure
+from depot.routing import build_manifest, plan_routes
+from depot.store import Database
+from depot.tracking import Notification, ParcelBook, Transition
+from depot.webhooks import WebhookSender, enqueue
+from parcel.errors import ParcelError
+from parcel.manifest import Manifest, Stop
 from sync.clock import Clock, SystemClock
-from sync.depot import Depot, DepotStore
-from sync.webhooks import WebhookSender, enqueue
-from sync.webhooks import ensure_schema as ensure_webhook_schema
 from sync.wire import command_topic
 
 log = logging.getLogger(__name__)
@@ -47,18 +49,7 @@ COMMAND_TTL_S = 600.0  # a reserve that has not reached the locker in 10 min is 
 PUBACK_WAIT_S = 5.0
 IDLE_WAKE_S = 1.0  # retries of unsent manifests and commands; no work is done when idle
 
-_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS manifests (
-        van TEXT NOT NULL, day TEXT NOT NULL, version INTEGER NOT NULL, body BLOB NOT NULL,
-        issued_ns INTEGER NOT NULL, published_ns INTEGER,
-        PRIMARY KEY (van, day, version))""",
-    """CREATE TABLE IF NOT EXISTS depot_commands (
-        id TEXT PRIMARY KEY, target TEXT NOT NULL, action TEXT NOT NULL, args TEXT NOT NULL,
-        created_ns INTEGER NOT NULL, published_ns INTEGER, attempts INTEGER NOT NULL DEFAULT 0)""",
-)
-
-
-class DepotServiceError(EdgeError):
+class DepotServiceError(DepotError):
     """The depot cannot do what was asked (no broker, no key, no such van)."""
 
 
@@ -80,16 +71,12 @@ class DepotService:
     ) -> None:
         self.config = config
         self.clock: Clock = clock or SystemClock()
-        self.store = DepotStore(config.db)
-        self.book = ParcelBook(config.db, notify=self._notify, clock=self.clock)
-        self._db = sqlite3.connect(config.db, timeout=10.0, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db_lock = threading.RLock()
-        with self._db_lock, self._db:
-            for stmt in _SCHEMA:
-                self._db.execute(stmt)
-            ensure_webhook_schema(self._db)
+        # One database, one connection, one lock for every part of the depot in this process.
+        self.database = Database(config.db)
+        self.store = DepotStore(self.database)
+        self.book = ParcelBook(self.database, notify=self._notify, clock=self.clock)
+        self._db = self.database.connection  # manifests and commands; used holding _db_lock
+        self._db_lock = self.database.lock
         pem = signing_key_pem
         if pem is None and config.signing_key is not None:
             pem = config.signing_key.read_bytes()
@@ -102,7 +89,7 @@ class DepotService:
         if config.broker is not None:
             self.depot = Depot(self.store, config.broker, on_stored=self._stored)
         self.webhooks = WebhookSender(
-            config.db,
+            self.database,
             secret_for=self._secret_for,
             clock=self.clock,
             max_attempts=config.webhook_max_attempts,
@@ -121,7 +108,7 @@ class DepotService:
 
     def start(self) -> None:
         if self.config.api is not None:
-            from edge.depot.http import DepotApi
+            from depot.http import DepotApi
 
             host, port = self.config.api
             self.api = DepotApi(self.book, host=host, port=port)
@@ -142,10 +129,7 @@ class DepotService:
         self.webhooks.stop()
         if self.api is not None:
             self.api.stop()
-        self.book.close()
-        with self._db_lock:
-            self._db.close()
-        self.store.close()
+        self.database.close()
 
     def __enter__(self) -> DepotService:
         self.start()
@@ -194,7 +178,7 @@ class DepotService:
     def settled(self) -> bool:
         """Nothing left to do: every stored event projected, every manifest, command and
         webhook sent (or dead-lettered)."""
-        from sync.webhooks import stats
+        from depot.webhooks import stats
 
         with self._pass_lock:  # not halfway through a pass: its reactions are not written yet
             return self._settled(stats)
@@ -230,9 +214,9 @@ class DepotService:
 
         Its recipient data may already be here (the merchant's import) or follow later; a
         parcel without an address waits at the depot and is left out of planning until then.
-        Raises `edge.identify.Rejection` for a code that is not a valid parcel id.
+        Raises `parcel.identify.Rejection` for a code that is not a valid parcel id.
         """
-        from edge.identify import identify
+        from parcel.identify import identify
 
         parcel = identify(code, aim)
         self.book.receive(
@@ -248,7 +232,7 @@ class DepotService:
         vans = list(vans or self.config.vans)
         if not vans:
             raise DepotServiceError("no vans to plan for (depot.vans is empty)")
-        from edge.depot.imports import ParcelRecord
+        from depot.imports import ParcelRecord
 
         waiting = self.book.awaiting_assignment()
         records, unassigned = [], []
@@ -257,7 +241,7 @@ class DepotService:
                 continue
             try:
                 ParcelRecord.from_doc(r["record"])
-            except (EdgeError, KeyError, TypeError, ValueError):
+            except (DepotError, ParcelError, KeyError, TypeError, ValueError):
                 unassigned.append(str(r["id"]))  # scanned in, but no address data yet
                 continue
             records.append(r)
@@ -330,7 +314,7 @@ class DepotService:
         return int(row[0] or 0) + 1
 
     def _issue(self, manifest: Manifest) -> None:
-        with self._db_lock, self._db:
+        with self.database.transaction():
             self._db.execute(
                 "INSERT INTO manifests (van, day, version, body, issued_ns) VALUES (?,?,?,?,?)",
                 (
@@ -361,7 +345,7 @@ class DepotService:
                 return  # not queued: the connection went away; the next pass retries
             if not info.is_published():
                 return
-            with self._db_lock, self._db:
+            with self.database.transaction():
                 self._db.execute(
                     "UPDATE manifests SET published_ns=? WHERE van=? AND day=? AND version<=? "
                     "AND published_ns IS NULL",
@@ -479,7 +463,7 @@ class DepotService:
         if parcel:
             # A locker's answer names only the command id: the book maps it back to the parcel.
             self.book.note_command(cid, locker=target, action=action, parcel=str(parcel))
-        with self._db_lock, self._db:
+        with self.database.transaction():
             self._db.execute(
                 "INSERT INTO depot_commands (id, target, action, args, created_ns) "
                 "VALUES (?,?,?,?,?)",
@@ -519,7 +503,7 @@ class DepotService:
                 return
             if not info.is_published():
                 return
-            with self._db_lock, self._db:
+            with self.database.transaction():
                 self._db.execute(
                     "UPDATE depot_commands SET published_ns=?, attempts=attempts+1 WHERE id=?",
                     (self.clock.wall_ns(), cid),

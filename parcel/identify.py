@@ -65,7 +65,7 @@ import biip
 from biip.gs1_messages import GS1Message
 from biip.symbology import GS1Symbology
 
-from edge.errors import EdgeError
+from parcel.errors import ParcelError
 
 __all__ = [
     "KINDS",
@@ -139,7 +139,7 @@ class ParcelId:
     details: dict[str, str] = field(default_factory=dict, hash=False)
 
 
-class Rejection(EdgeError):
+class Rejection(ParcelError):
     """A scan that is not a parcel identifier we can accept; ``reason`` is for the courier.
 
     ``raw`` is the code as handed to :func:`identify`; ``aim`` the AIM identifier, if one was

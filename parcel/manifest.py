@@ -16,13 +16,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge.errors import EdgeError
+from parcel.errors import ParcelError
 
 MANIFEST_VERSION = 1
 STOP_KINDS = ("address", "locker")
 
 
-class ManifestError(EdgeError):
+class ManifestError(ParcelError):
     """A manifest document that cannot be used as it is; `reason` says why."""
 
     def __init__(self, reason: str) -> None:

@@ -6,7 +6,7 @@ a merchant can act on, and never stops the other rows: a depot must not refuse 4
 because of one. Problems with the file as a whole (not JSON, no header, a required column
 missing) are reported once, with ``line_or_index`` None or the header's line, and no records.
 
-Must never: accept a parcel id that :func:`edge.identify.identify` rejects (the van and the
+Must never: accept a parcel id that :func:`parcel.identify.identify` rejects (the van and the
 locker would refuse to scan it), keep the second row of a parcel id already seen in the file,
 guess a value that is missing or malformed, or touch the depot's database (the caller decides
 what to do with the records; a parcel already known from an earlier import is its business).
@@ -76,9 +76,9 @@ from types import MappingProxyType
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from edge.depot.policy import LOCKER_SIZES
-from edge.errors import EdgeError
-from edge.identify import KINDS, Kind, Rejection, identify, parse_cli_code
+from depot.errors import DepotError
+from depot.policy import LOCKER_SIZES
+from parcel.identify import KINDS, Kind, Rejection, identify, parse_cli_code
 
 __all__ = [
     "FIELD_NAMES",
@@ -125,7 +125,7 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # tab and line 
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
-class ParcelImportError(EdgeError):
+class ParcelImportError(DepotError):
     """An import that could not be read at all, or a stored record that is not one."""
 
     def __init__(self, reason: str) -> None:
@@ -139,7 +139,7 @@ class ParcelRecord:
 
     ``id`` is the canonical parcel id (the same string on the manifest, the van's and the
     locker's events); ``raw`` the barcode text as a scanner would send it; ``kind`` which
-    identifier it is (``edge.identify.KINDS``).
+    identifier it is (``parcel.identify.KINDS``).
     """
 
     id: str

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 
 def _identify(args: argparse.Namespace) -> int:
-    from edge.identify import ParcelId, Rejection, identify, parse_cli_code, to_json
+    from parcel.identify import ParcelId, Rejection, identify, parse_cli_code, to_json
 
     result: ParcelId | Rejection
     try:
@@ -146,13 +146,15 @@ class _Device(Protocol):
 
 def _run_device(name: str, make: Callable[[], _Device]) -> int:
     """Build and start a device, run until SIGTERM/SIGINT, stop it; exit 2 if it cannot start."""
+    from depot.errors import DepotError
     from edge.errors import EdgeError
+    from parcel.errors import ParcelError
     from sync.errors import SyncError
 
     try:
         device = make()
         device.start()
-    except (EdgeError, SyncError, OSError) as exc:
+    except (DepotError, EdgeError, ParcelError, SyncError, OSError) as exc:
         print(f"lastmile {name}: {exc}", file=sys.stderr)
         return 2
     try:
@@ -184,7 +186,7 @@ def _locker(args: argparse.Namespace) -> int:
 
 
 def _depot_service_config(args: argparse.Namespace) -> Any:
-    from edge.depot.config import DepotConfigError, load_depot_config
+    from depot.config import DepotConfigError, load_depot_config
 
     if getattr(args, "config", None) is None:
         raise SystemExit(f"lastmile depot {args.depot_tool}: --config is required")
@@ -196,7 +198,7 @@ def _depot_service_config(args: argparse.Namespace) -> Any:
 
 def _depot_run_service(args: argparse.Namespace) -> int:
     """The whole depot: ingest, parcel states, policy, manifests, webhooks, HTTP API."""
-    from edge.depot.service import DepotService
+    from depot.service import DepotService
 
     config = _depot_service_config(args)
     if config.broker is None:
@@ -221,7 +223,7 @@ def _depot_run_service(args: argparse.Namespace) -> int:
 
 def _depot_import(args: argparse.Namespace) -> int:
     """Receive parcels from a merchant's CSV or JSON file; print what was refused and why."""
-    from edge.depot.service import DepotService
+    from depot.service import DepotService
 
     service = DepotService(_depot_service_config(args))
     try:
@@ -253,8 +255,8 @@ def _depot_arrive(args: argparse.Namespace) -> int:
     Codes come as arguments or, with none, one per line on stdin (a keyboard-wedge scanner
     types into the terminal). Prints one JSON line per code; exit 1 if any was rejected.
     """
-    from edge.depot.service import DepotService
-    from edge.identify import Rejection, parse_cli_code
+    from depot.service import DepotService
+    from parcel.identify import Rejection, parse_cli_code
 
     service = DepotService(_depot_service_config(args))
     rejected = 0
@@ -278,7 +280,7 @@ def _depot_plan(args: argparse.Namespace) -> int:
     """Assign waiting parcels to vans and issue manifests; the running depot publishes them."""
     import time
 
-    from edge.depot.service import DepotService
+    from depot.service import DepotService
 
     service = DepotService(_depot_service_config(args))
     try:
@@ -303,7 +305,7 @@ def _depot_plan(args: argparse.Namespace) -> int:
 
 
 def _open_book(args: argparse.Namespace) -> Any:
-    from edge.depot.tracking import ParcelView
+    from depot.tracking import ParcelView
 
     db = args.db if args.db is not None else _depot_service_config(args).db
     if not Path(db).exists():
@@ -313,8 +315,8 @@ def _open_book(args: argparse.Namespace) -> Any:
 
 def _depot_track(args: argparse.Namespace) -> int:
     """A parcel's state and timeline, as a person at the depot's desk wants to read it."""
-    from edge.depot.tracking import UnknownParcelError
-    from edge.identify import Rejection, identify, parse_cli_code
+    from depot.tracking import UnknownParcelError
+    from parcel.identify import Rejection, identify, parse_cli_code
 
     book = _open_book(args)
     try:
@@ -345,7 +347,7 @@ def _depot_track(args: argparse.Namespace) -> int:
 
 def _depot_epcis(args: argparse.Namespace) -> int:
     """The timelines as one GS1 EPCIS 2.0 JSON-LD document."""
-    from edge.depot.epcis import export_epcis
+    from depot.epcis import export_epcis
 
     book = _open_book(args)
     try:
@@ -357,8 +359,8 @@ def _depot_epcis(args: argparse.Namespace) -> int:
 
 
 def _depot(args: argparse.Namespace) -> int:
-    from sync.depot import Depot, DepotStore
-    from sync.errors import SyncError
+    from depot.errors import DepotError
+    from depot.ingest import Depot, DepotStore
     from sync.mqtt import BrokerAddress
 
     if args.config is not None:
@@ -367,7 +369,7 @@ def _depot(args: argparse.Namespace) -> int:
         raise SystemExit("lastmile depot: --config (the whole depot) or --db (ingest only)")
     try:
         store = DepotStore(args.db)
-    except SyncError as exc:
+    except DepotError as exc:
         print(f"lastmile depot: {exc}", file=sys.stderr)
         return 2
     address = BrokerAddress(

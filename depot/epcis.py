@@ -68,8 +68,8 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from edge.depot.tracking import TimelineEntry, iso_utc
-from edge.identify import gs1_mod10
+from depot.tracking import TimelineEntry, iso_utc
+from parcel.identify import gs1_mod10
 
 EPCIS_CONTEXT_URL = "https://ref.gs1.org/standards/epcis/2.0.0/epcis-context.jsonld"
 LM_NAMESPACE = "https://lastmile-edge.example/epcis/"
@@ -223,7 +223,7 @@ def export_epcis(
 ) -> dict[str, Any]:
     """An EPCISDocument with the timeline of `parcels` (all parcels when None).
 
-    Raises `edge.depot.tracking.UnknownParcelError` for a parcel the book never received.
+    Raises `depot.tracking.UnknownParcelError` for a parcel the book never received.
     """
     if isinstance(parcels, str):  # a lone id is a Sequence[str] too; mean what was meant
         parcels = [parcels]

@@ -49,13 +49,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge.errors import EdgeError
+from depot.errors import DepotError
 from sync.mqtt import BrokerAddress
 
 SIZES = ("S", "M", "L")
 
 
-class DepotConfigError(EdgeError):
+class DepotConfigError(DepotError):
     """The depot's settings file cannot be used; the message names the key."""
 
 

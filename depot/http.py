@@ -35,9 +35,9 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeVar, cast
 
-from edge.depot.epcis import export_epcis
-from edge.depot.tracking import STATES, ParcelBook, ParcelView, UnknownParcelError
-from edge.errors import EdgeError
+from depot.epcis import export_epcis
+from depot.errors import DepotError
+from depot.tracking import STATES, ParcelBook, ParcelView, UnknownParcelError
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6  # primary result codes (sqlite3.h)
 T = TypeVar("T")
 
 
-class _ApiError(EdgeError):
+class _ApiError(DepotError):
     """An answer other than 200, with the message the client may see."""
 
     def __init__(self, status: int, message: str) -> None:

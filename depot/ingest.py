@@ -8,13 +8,10 @@ durably stored, and never stop because one device sent garbage.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
-import sqlite3
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +19,8 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from sync.errors import SyncError, WireError
+from depot.store import LATEST, Database, StoreError
+from sync.errors import WireError
 from sync.mqtt import BrokerAddress, MqttSession
 from sync.wire import (
     TOPIC_ROOT,
@@ -42,82 +40,12 @@ from sync.wire import (
     split_topic,
 )
 
-log = logging.getLogger("sync.depot")
+log = logging.getLogger("depot.ingest")
 
-STORE_SCHEMA_VERSION = 2
-_SCHEMA = """
-CREATE TABLE streams (
-    device      TEXT NOT NULL,
-    journal     TEXT NOT NULL,
-    head_seq    INTEGER NOT NULL,
-    head_hash   BLOB NOT NULL,
-    first_seen_ns INTEGER NOT NULL,
-    last_seen_ns  INTEGER NOT NULL,
-    nacked_at   INTEGER,
-    PRIMARY KEY (device, journal)
-);
-CREATE TABLE events (
-    device      TEXT NOT NULL,
-    journal     TEXT NOT NULL,
-    seq         INTEGER NOT NULL,
-    uuid        TEXT NOT NULL,
-    boot_id     TEXT NOT NULL,
-    mono_ns     INTEGER NOT NULL,
-    wall_ns     INTEGER NOT NULL,
-    wall_synced INTEGER NOT NULL,
-    kind        TEXT NOT NULL,
-    payload     TEXT NOT NULL,
-    hash        BLOB NOT NULL,
-    received_ns INTEGER NOT NULL,
-    PRIMARY KEY (device, journal, seq)
-);
-CREATE TABLE gaps (
-    id          INTEGER PRIMARY KEY,
-    device      TEXT NOT NULL,
-    journal     TEXT NOT NULL,
-    expected_seq INTEGER NOT NULL,
-    got_seq     INTEGER NOT NULL,
-    received_ns INTEGER NOT NULL
-);
-CREATE TABLE quarantine (
-    id          INTEGER PRIMARY KEY,
-    topic       TEXT NOT NULL,
-    reason      TEXT NOT NULL,
-    payload     BLOB NOT NULL,
-    received_ns INTEGER NOT NULL
-);
-CREATE TABLE device_status (
-    device      TEXT PRIMARY KEY,
-    status      TEXT NOT NULL,
-    updated_ns  INTEGER NOT NULL
-);
-"""
-# Version 2: photos. A photo arrives as chunks (kept per device until complete), then is
-# verified against its SHA-256 and moved, whole, to `photos`.
-_SCHEMA_V2 = """
-CREATE TABLE photo_chunks (
-    device      TEXT NOT NULL,
-    sha256      TEXT NOT NULL,
-    offset      INTEGER NOT NULL,
-    total       INTEGER NOT NULL,
-    content_type TEXT NOT NULL,
-    data        BLOB NOT NULL,
-    received_ns INTEGER NOT NULL,
-    PRIMARY KEY (device, sha256, offset)
-);
-CREATE TABLE photos (
-    sha256      TEXT PRIMARY KEY,
-    device      TEXT NOT NULL,
-    content_type TEXT NOT NULL,
-    size        INTEGER NOT NULL,
-    data        BLOB NOT NULL,
-    received_ns INTEGER NOT NULL
-);
-"""
+STORE_SCHEMA_VERSION = LATEST  # the one depot schema version (depot.store.migrations)
 
 
-class DepotStoreError(SyncError):
-    """The depot's own database cannot be used (a person must look at it)."""
+DepotStoreError = StoreError  # the name callers of the event store have always caught
 
 
 @dataclass(frozen=True)
@@ -131,49 +59,23 @@ class IngestResult:
 
 
 class DepotStore:
-    """The depot's SQLite database. One writer (the ingest thread); callers hold no lock."""
+    """The depot's device events and photos, kept in the depot's `Database`.
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        try:
-            self._db = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=10.0
-            )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            # An ack promises durability to a device that will then delete its copy.
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._migrate()
-            if self._db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
-                raise DepotStoreError(f"depot database {self.path} fails its integrity check")
-        except sqlite3.DatabaseError as exc:
-            raise DepotStoreError(f"depot database {self.path} cannot be used: {exc}") from exc
+    Callers hold no lock: every method takes the database's own.
+    """
 
-    def _migrate(self) -> None:
-        """Create a new database, or bring a version-1 one (no photos) up to date in place."""
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version == STORE_SCHEMA_VERSION:
-            return
-        if version not in (0, 1):
-            raise DepotStoreError(f"depot database schema {version} is not {STORE_SCHEMA_VERSION}")
-        steps = ([_SCHEMA] if version == 0 else []) + [_SCHEMA_V2]
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            for script in steps:
-                for statement in script.split(";"):
-                    if statement.strip():
-                        self._db.execute(statement)
-            self._db.execute(f"PRAGMA user_version={STORE_SCHEMA_VERSION}")
-            self._db.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                self._db.execute("ROLLBACK")
-            raise
+    def __init__(self, database: str | Path | Database) -> None:
+        # Handed the depot's Database, it shares its one connection and lock; handed a path
+        # (a tool or a test that needs only the events), it opens and owns one.
+        self._owns = not isinstance(database, Database)
+        self.database = database if isinstance(database, Database) else Database(database)
+        self.path = self.database.path
+        self._lock = self.database.lock
+        self._db = self.database.connection  # used holding _lock
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        if self._owns:
+            self.database.close()
 
     # --- ingest --------------------------------------------------------------------------
 
@@ -185,15 +87,8 @@ class DepotStore:
         overlaps what is stored must agree with it hash for hash, or it is a fork.
         """
         now = time.time_ns()
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                result = self._ingest(batch, now)
-                self._db.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    self._db.execute("ROLLBACK")
-                raise
+        with self.database.transaction():
+            result = self._ingest(batch, now)
         return result
 
     def _ingest(self, batch: Batch, now: int) -> IngestResult:
@@ -284,15 +179,8 @@ class DepotStore:
         (recorded in quarantine) and the device is asked for it again.
         """
         now = time.time_ns()
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                ack = self._photo_chunk(device, chunk, now)
-                self._db.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    self._db.execute("ROLLBACK")
-                raise
+        with self.database.transaction():
+            ack = self._photo_chunk(device, chunk, now)
         return ack
 
     def _photo_chunk(self, device: str, chunk: PhotoChunk, now: int) -> PhotoAck:

@@ -50,9 +50,9 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal
 
-from edge.codes import DELIVERED_CODES, FAILURE_REASONS, X12_IN_LOCKER, X12_RETURNED, ReasonCodes
-from edge.depot.routing import haversine_m
-from edge.errors import EdgeError
+from depot.errors import DepotError
+from parcel.codes import DELIVERED_CODES, FAILURE_REASONS, X12_IN_LOCKER, X12_RETURNED, ReasonCodes
+from parcel.geo import distance_m
 
 __all__ = [
     "DEFAULT_MAX_ATTEMPTS",
@@ -83,7 +83,7 @@ DEFAULT_MAX_LOCKER_KM = 3.0
 ActionKind = Literal["second_attempt", "locker", "return_to_sender"]
 
 
-class PolicyError(EdgeError):
+class PolicyError(DepotError):
     """The policy was asked about something it has no rule for; `reason` says what."""
 
     def __init__(self, reason: str) -> None:
@@ -252,7 +252,7 @@ def _nearest_fitting_locker(
             continue
         if not any(n > 0 and fits(size, s) for s, n in site.free.items()):
             continue
-        km = haversine_m(lat, lon, site.lat, site.lon) / 1000.0
+        km = distance_m(lat, lon, site.lat, site.lon) / 1000.0
         if km <= max_km:
             candidates.append((km, site.name, site))
     if not candidates:

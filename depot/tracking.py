@@ -1,20 +1,19 @@
 """The depot's parcel book: every parcel's state, its timeline, and who is told about it.
 
 Owns the parcel tables (`parcels`, `timeline`, `vans`, `unmatched`, `van_days`,
-`locker_commands`, `projection`, `book_meta`) in the same SQLite file as `sync.depot`'s
-`events`, and the projection that turns those stored device events into parcel states
-following docs/DELIVERY.md. A batch of events, the states and timeline entries it causes, the
-notifications about them and the projection cursor commit in ONE transaction: a crash at any
-instant leaves the book either before the batch or after it, never half-way, and a timeline
-entry is unique per (parcel, device event uuid), so an event is never applied twice even if the
-cursor were rewound.
+`locker_commands`, `projection`; created by `depot.store.migrations`) in the depot's database
+beside `depot.ingest`'s `events`, and the projection that turns those stored device events
+into parcel states following docs/DELIVERY.md. A batch of events, the states and timeline
+entries it causes, the notifications about them and the projection cursor commit in ONE
+transaction: a crash at any instant leaves the book either before the batch or after it, never
+half-way, and a timeline entry is unique per (parcel, device event uuid), so an event is never
+applied twice even if the cursor were rewound.
 
-Must never: write to a table of `sync.depot` (it only reads `events`), touch
-`PRAGMA user_version` (that number belongs to `DepotStore`, which refuses a file whose version
-it does not know), move a parcel out of a final state (`delivered`, `picked_up`,
-`returned_to_sender`), drop an event about a parcel it does not know (it goes to `unmatched`
-and is applied when the parcel arrives), or let a pickup code or sealed credential reach a
-table or a notification (they travel sealed, elsewhere).
+Must never: write to a table of `depot.ingest` (it only reads `events`), move a parcel out of
+a final state (`delivered`, `picked_up`, `returned_to_sender`), drop an event about a parcel
+it does not know (it goes to `unmatched` and is applied when the parcel arrives), or let a
+pickup code or sealed credential reach a table or a notification (they travel sealed,
+elsewhere).
 
 State decisions beyond the contract's diagram (docs/DELIVERY.md, "Parcel states"):
 
@@ -47,7 +46,6 @@ import contextlib
 import json
 import logging
 import sqlite3
-import threading
 import urllib.parse
 import uuid
 from collections import deque
@@ -57,12 +55,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from edge.errors import EdgeError
+from depot.errors import DepotError
+from depot.store import Database, StoreError
 from sync.clock import Clock, SystemClock
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1  # in book_meta, not PRAGMA user_version (that one is DepotStore's)
 BUSY_TIMEOUT_S = 5.0
 DEPOT_DEVICE = "depot"  # the `device` of timeline entries the depot itself makes
 
@@ -159,41 +157,7 @@ _RECORD_COLUMNS = (
     "locker_ok",
 )
 
-_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS book_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    """CREATE TABLE IF NOT EXISTS parcels (
-        id TEXT PRIMARY KEY, raw TEXT, state TEXT NOT NULL, van TEXT, stop INTEGER,
-        attempts INTEGER NOT NULL DEFAULT 0, last_reason TEXT, locker TEXT, compartment TEXT,
-        next_action TEXT, merchant TEXT, recipient TEXT, address TEXT, lat REAL, lon REAL,
-        "window" TEXT, instructions TEXT, webhook TEXT, customer_webhook TEXT, size TEXT,
-        locker_ok INTEGER, received_ns INTEGER NOT NULL, updated_ns INTEGER NOT NULL,
-        record TEXT NOT NULL)""",
-    "CREATE INDEX IF NOT EXISTS parcels_state ON parcels(state)",
-    """CREATE TABLE IF NOT EXISTS timeline (
-        id INTEGER PRIMARY KEY, uuid TEXT NOT NULL UNIQUE, parcel TEXT NOT NULL,
-        at_ns INTEGER NOT NULL, state TEXT NOT NULL, step TEXT NOT NULL, device TEXT NOT NULL,
-        event_uuid TEXT NOT NULL, details TEXT NOT NULL, UNIQUE (parcel, event_uuid))""",
-    """CREATE TABLE IF NOT EXISTS projection (
-        id INTEGER PRIMARY KEY CHECK (id = 1), last_rowid INTEGER NOT NULL,
-        updated_ns INTEGER NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS vans (
-        van TEXT PRIMARY KEY, manifest_version INTEGER NOT NULL, day TEXT NOT NULL,
-        updated_ns INTEGER NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS unmatched (
-        event_rowid INTEGER NOT NULL, event_uuid TEXT NOT NULL, parcel TEXT NOT NULL,
-        device TEXT NOT NULL, kind TEXT NOT NULL, reason TEXT NOT NULL,
-        recorded_ns INTEGER NOT NULL, resolved_ns INTEGER, PRIMARY KEY (event_uuid, parcel))""",
-    "CREATE INDEX IF NOT EXISTS unmatched_open ON unmatched(parcel) WHERE resolved_ns IS NULL",
-    """CREATE TABLE IF NOT EXISTS van_days (
-        event_uuid TEXT PRIMARY KEY, van TEXT NOT NULL, day TEXT, at_ns INTEGER NOT NULL,
-        report TEXT NOT NULL, discrepancies TEXT NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS locker_commands (
-        id TEXT PRIMARY KEY, locker TEXT NOT NULL, action TEXT NOT NULL, parcel TEXT,
-        noted_ns INTEGER NOT NULL)""",
-)
-
-
-class TrackingError(EdgeError):
+class TrackingError(DepotError):
     """The parcel book cannot do what was asked."""
 
 
@@ -534,12 +498,18 @@ class ParcelView(_ParcelQueries):
     writer's lock, and WAL lets them read while the projection writes.
     """
 
-    def __init__(self, path: str | Path) -> None:
-        uri = f"file:{urllib.parse.quote(str(Path(path).resolve()))}?mode=ro"
+    def __init__(self, database: str | Path | Database) -> None:
+        if isinstance(database, Database):
+            try:
+                self._db = database.reader()
+            except StoreError as exc:
+                raise ParcelBookError(str(exc)) from exc
+            return
+        uri = f"file:{urllib.parse.quote(str(Path(database).resolve()))}?mode=ro"
         try:
             self._db = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S)
         except sqlite3.Error as exc:
-            raise ParcelBookError(f"cannot read the parcel book at {path}: {exc}") from exc
+            raise ParcelBookError(f"cannot read the parcel book at {database}: {exc}") from exc
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
@@ -787,81 +757,42 @@ class ParcelBook(_ParcelQueries):
 
     def __init__(
         self,
-        path: str | Path,
+        database: str | Path | Database,
         *,
         notify: Notify | None = None,
         clock: Clock | None = None,
     ) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Handed the depot's Database, the book shares its one connection and lock (so a
+        # webhook enqueued by `notify` commits with the state change); handed a path, it
+        # opens and owns one.
+        self._owns = not isinstance(database, Database)
+        try:
+            self._database = database if isinstance(database, Database) else Database(database)
+        except StoreError as exc:
+            raise ParcelBookError(f"parcel book: {exc}") from exc
+        self.path = self._database.path
         self._notify = notify or _no_notify
         self._clock: Clock = clock or SystemClock()
-        self._lock = threading.RLock()
-        try:
-            self._db = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S
-            )
-            self._db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
-            self._db.execute("PRAGMA journal_mode=WAL")
-            # A notification promised in this file must survive the power cut after COMMIT.
-            self._db.execute("PRAGMA synchronous=FULL")
-            if self._db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
-                raise ParcelBookError(f"depot database {self.path} fails its integrity check")
-            self._migrate()
-        except sqlite3.DatabaseError as exc:
-            raise ParcelBookError(f"parcel book {self.path} cannot be used: {exc}") from exc
-
-    def _migrate(self) -> None:
-        with self._transaction():
-            has_meta = self._db.execute(
-                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='book_meta'"
-            ).fetchone()
-            if has_meta:
-                row = self._db.execute(
-                    "SELECT value FROM book_meta WHERE key='schema_version'"
-                ).fetchone()
-                found = int(row[0]) if row else 0
-                if found == SCHEMA_VERSION:
-                    return
-                if found > SCHEMA_VERSION:
-                    raise ParcelBookError(
-                        f"parcel book schema {found} is newer than this software ({SCHEMA_VERSION})"
-                    )
-            for statement in _SCHEMA:
-                self._db.execute(statement)
-            self._db.execute(
-                "INSERT OR REPLACE INTO book_meta(key, value) VALUES ('schema_version', ?)",
-                (str(SCHEMA_VERSION),),
-            )
-            self._db.execute(
-                "INSERT OR IGNORE INTO projection(id, last_rowid, updated_ns) VALUES (1, 0, ?)",
-                (self._clock.wall_ns(),),
-            )
+        self._lock = self._database.lock
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction on the book's connection; callers hold `_lock`."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-            self._db.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                self._db.execute("ROLLBACK")
-            raise
+        """One write transaction on the depot's connection (a savepoint inside another)."""
+        with self._database.transaction() as conn:
+            yield conn
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            yield self._db
+        with self._database.reading() as conn:
+            yield conn
 
     def view(self) -> ParcelView:
         """A read-only connection of its own, for a reader on another thread."""
-        return ParcelView(self.path)
+        return ParcelView(self._database)
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        if self._owns:
+            self._database.close()
 
     def __enter__(self) -> ParcelBook:
         return self
@@ -1078,28 +1009,23 @@ class ParcelBook(_ParcelQueries):
         """
         if limit < 1:
             raise TrackingError("limit must be at least 1")
-        with self._lock:
-            if not self._db.execute(
-                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='events'"
-            ).fetchone():
-                return []  # DepotStore has not created its tables yet: nothing stored
-            with self._transaction() as conn:
-                transitions = self._replay_unmatched(conn)
-                cursor = int(
-                    conn.execute("SELECT last_rowid FROM projection WHERE id=1").fetchone()[0]
+        with self._lock, self._transaction() as conn:
+            transitions = self._replay_unmatched(conn)
+            cursor = int(
+                conn.execute("SELECT last_rowid FROM projection WHERE id=1").fetchone()[0]
+            )
+            rows = conn.execute(
+                "SELECT rowid, device, uuid, wall_ns, wall_synced, received_ns, kind, "
+                "payload FROM events WHERE rowid > ? ORDER BY rowid LIMIT ?",
+                (cursor, limit),
+            ).fetchall()
+            for row in rows:
+                transitions.extend(self._project(conn, _event_of(row)))
+            if rows:
+                conn.execute(
+                    "UPDATE projection SET last_rowid=?, updated_ns=? WHERE id=1",
+                    (int(rows[-1][0]), self._clock.wall_ns()),
                 )
-                rows = conn.execute(
-                    "SELECT rowid, device, uuid, wall_ns, wall_synced, received_ns, kind, "
-                    "payload FROM events WHERE rowid > ? ORDER BY rowid LIMIT ?",
-                    (cursor, limit),
-                ).fetchall()
-                for row in rows:
-                    transitions.extend(self._project(conn, _event_of(row)))
-                if rows:
-                    conn.execute(
-                        "UPDATE projection SET last_rowid=?, updated_ns=? WHERE id=1",
-                        (int(rows[-1][0]), self._clock.wall_ns()),
-                    )
         return transitions
 
     def _replay_unmatched(self, conn: sqlite3.Connection) -> list[Transition]:

@@ -1,0 +1,1178 @@
+"""`bench fleet`: a whole fleet's morning against the real broker and the real depot process.
+
+What is measured: N simulated devices (default 2,000) in this one asyncio process, each with its
+own broker account, come back from an outage at the same time. Each holds a backlog (default an
+hour of scans, 180 events), reconnects after a random delay (`--reconnect-jitter-s`, so the
+fleet arrives over a few seconds, as vans leaving a dead zone together do), drains it to the
+depot, then keeps scanning for `--steady-s` seconds at `--steady-rate` events/s per device.
+The depot is the production ingest-only entry point (`python -m lastmile depot --db …`) in a
+process of its own, so its CPU and memory can be read from /proc apart from the rest; the broker
+is Mosquitto with one account per device, the depot's account and the project's ACL
+(`simulators.broker.Broker`).
+
+Figures per set-up (a depot back end and its worker count):
+
+- `events_per_s`: backlog events stored and acknowledged per second, over `drain_s`;
+- `drain_s`: from the first device's first connection attempt to the depot's acknowledgement
+  of the last backlog event;
+- `ack_p50_ms`, `ack_p99_ms`: steady phase, from the moment a scan's event is created on the
+  device to the moment the device reads the depot's ack (`…/ack`, not the broker's PUBACK)
+  covering it;
+- `depot_cpu_pct` (user + sys from /proc/PID/stat, % of one core, over the drain) and
+  `depot_rss_mb` (peak resident, VmHWM); the broker's and this process's CPU over the same
+  window, because fleet, broker and depot share the machine's cores.
+
+Then the depot's database is read back (read-only) and every device's journal compared with
+it: each event stored exactly once and hash for hash the one the device made (`lost`,
+`duplicates`, `chain_breaks`: quarantined payloads and stored events whose hash differs), and
+the depot's `gaps` table.
+
+Why: every van and locker of a depot comes back online at the start of the morning and after a
+network outage; the depot must take all their backlogs at once, in under a minute for 2,000
+devices, while it keeps acknowledging new scans in under 250 ms.
+
+Each device speaks the real wire, MQTT v5 as the uplink does: its events are chained with
+`sync.wire.chain_hash` and sent with `sync.wire.encode_batch` (zlib, the uplink's content type
+and `enc` user property), its `online` status is published retained on connect with the
+`offline` last will, it keeps one batch in flight and sends the next when the depot's ack
+confirms it; a `resend` in an ack, a reconnect or 10 s without an ack makes it resend from the
+last acknowledgement, as `sync.uplink.Uplink` does. What differs from a real van, so that one
+process can be 2,000 of them: the journal is in memory (the device's SQLite commit is not what
+is measured here; `bench scan` measures it), the MQTT client is the lean one below, and each
+device's first backlog batch is encoded before the clock starts (the real van spends that CPU
+on its own processor, not on the depot's machine).
+
+The transport is plain TCP on 127.0.0.1: TLS would add the broker's handshakes to the morning
+(a real cost, left out so the figure is the depot's), and nothing leaves the machine.
+
+Set-ups: `SETUPS` lists each with the depot flags it needs; the first is the baseline the
+others are compared with. Today the depot has one back end (SQLite) and one ingest thread;
+the PostgreSQL set-ups are listed but not run until the depot takes their flags
+(`runs_today=True` turns one on; `--postgresql URL` names its database, which the bench does
+not clear: its checks read only the streams of this run's journals).
+
+Bounded: every wait has a timeout, and every process started here is stopped in `finally`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import resource
+import secrets
+import signal
+import sqlite3
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from bench.rig import BenchError, describe_mount, host_facts, percentile, rounded, scratch_dir
+from bench.sync import scan_payloads
+from edge.van import PARCEL_SCANNED
+from simulators.broker import Broker, find_mosquitto
+from sync.errors import WireError
+from sync.wire import (
+    BATCH_CONTENT_TYPE,
+    BATCH_ENCODING,
+    Event,
+    ack_topic,
+    canonical_payload,
+    chain_hash,
+    decode_ack,
+    encode_batch,
+    encode_status,
+    events_topic,
+    genesis_hash,
+    split_topic,
+    status_topic,
+)
+
+log = logging.getLogger("bench.fleet")
+
+HOST = "127.0.0.1"
+DEPOT_USER = "depot"
+PROBE = "bench-probe"  # a device account of its own: proves the depot listens before the clock
+BATCH_EVENTS = 1000  # the uplink's batch size
+ACK_TIMEOUT_S = 10.0  # the uplink's: no ack for this long while a batch is in flight → resend
+PROBE_ACK_TIMEOUT_S = 0.5  # the probe resends this often until the depot has subscribed
+KEEPALIVE_S = 60
+CONNECT_TIMEOUT_S = 10.0  # TCP connect + CONNACK, per attempt
+BACKOFF_S = (0.5, 8.0)  # reconnect backoff window, equal jitter, as sync.mqtt
+HANDSHAKES_AT_ONCE = 64  # connects in flight at once: well inside Mosquitto's listen backlog
+BACKLOG_SPAN_S = 3600.0  # the outage the backlog covers: an hour
+PAYLOAD_POOL = 4096  # distinct scan payloads, reused: labels cost ~30 µs each to make
+DEPOT_READY_TIMEOUT_S = 20.0
+DRAIN_TIMEOUT_S = 600.0
+STEADY_ACK_TIMEOUT_S = 60.0  # after the last steady scan, for its ack
+STOP_TIMEOUT_S = 10.0
+FD_HEADROOM = 256
+CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+TARGET_DEVICES = 2000  # the drain and latency targets are stated for this fleet...
+TARGET_BACKLOG_EVENTS = 180  # ...each device holding an hour of scans
+TARGET_EVENTS_PER_S_POSTGRESQL = 10_000.0
+TARGET_DRAIN_S = 60.0
+TARGET_ACK_P99_MS = 250.0
+BUSY_PCT = 85.0  # a process above this share of one core is taken as CPU-bound
+
+
+# --- set-ups ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One way to run the depot: a back end and a number of ingest workers.
+
+    `flags` are appended to the depot's command line; `{postgresql}` stands for `--postgresql`.
+    `runs_today=False`: the depot does not take these flags yet; listed, not run.
+    """
+
+    backend: str
+    workers: int
+    flags: tuple[str, ...] = ()
+    runs_today: bool = True
+
+    @property
+    def name(self) -> str:
+        return f"{self.backend}/{self.workers}"
+
+
+SETUPS: tuple[Setup, ...] = (
+    Setup("sqlite", 1),  # the baseline: the depot as it is today
+    Setup("postgresql", 1, ("--database", "{postgresql}"), runs_today=False),
+    Setup("postgresql", 4, ("--database", "{postgresql}", "--workers", "4"), runs_today=False),
+)
+
+
+def depot_command(
+    setup: Setup, *, db: Path, port: int, password_file: Path, postgresql: str | None
+) -> list[str]:
+    """The production ingest-only depot, with the set-up's flags."""
+    values = {"postgresql": postgresql or ""}
+    return [
+        sys.executable, "-m", "lastmile", "depot",
+        "--db", str(db),
+        "--host", HOST,
+        "--port", str(port),
+        "--username", DEPOT_USER,
+        "--password-file", str(password_file),
+        *(flag.format(**values) for flag in setup.flags),
+    ]
+
+
+def why_not_run(setup: Setup, postgresql: str | None) -> str | None:
+    if not setup.runs_today:
+        return "the depot does not take these flags yet"
+    if any("{postgresql}" in f for f in setup.flags) and not postgresql:
+        return "no --postgresql URL given"
+    return None
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--devices", type=int, default=TARGET_DEVICES,
+                   help=f"simulated devices, one broker account each (default {TARGET_DEVICES})")
+    p.add_argument("--backlog-events", type=int, default=TARGET_BACKLOG_EVENTS,
+                   help="events each device holds when it comes back (default "
+                        f"{TARGET_BACKLOG_EVENTS}: an hour of a scan every 20 s)")
+    p.add_argument("--reconnect-jitter-s", type=float, default=5.0,
+                   help="devices reconnect at random over this many seconds (default 5)")
+    p.add_argument("--steady-s", type=float, default=60.0,
+                   help="seconds of scanning after the drain (default 60)")
+    p.add_argument("--steady-rate", type=float, default=1 / 15,
+                   help="new events per second per device in the steady phase (default 1/15: "
+                        "a scan every 15 s on average)")
+    p.add_argument("--postgresql", default=None, metavar="URL",
+                   help="database of the PostgreSQL set-ups (once the depot takes them)")
+    p.add_argument("--seed", type=int, default=1, help="random seed of events and timings")
+    p.add_argument("--dir", type=Path, default=None,
+                   help="make the scratch directory here (default: the current directory; "
+                        "not tmpfs, where fsync is free)")
+
+
+# --- a lean MQTT v5 client -------------------------------------------------------------------
+
+CONNECT, CONNACK, PUBLISH, PUBACK = 1, 2, 3, 4
+SUBSCRIBE, SUBACK, PINGREQ, PINGRESP, DISCONNECT = 8, 9, 12, 13, 14
+PROTOCOL_LEVEL_V5 = 5
+SESSION_EXPIRY_S = 7 * 24 * 3600  # the uplink's persistent session
+
+
+class ProtocolError(Exception):
+    """The broker said no, or sent something this client does not expect."""
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        n, digit = divmod(n, 128)
+        out.append(digit | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _read_varint(buf: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if i >= len(buf) or shift > 21:
+            raise ProtocolError("malformed variable byte integer")
+        byte = buf[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, i
+
+
+def _str(text: str) -> bytes:
+    return _bin(text.encode())
+
+
+def _bin(data: bytes) -> bytes:
+    return struct.pack("!H", len(data)) + data
+
+
+def _packet(first: int, body: bytes) -> bytes:
+    return bytes([first]) + _varint(len(body)) + body
+
+
+def connect_packet(username: str, password: str, will: tuple[str, bytes]) -> bytes:
+    """CONNECT v5 as the uplink sends it: persistent session, 7-day expiry, retained QoS 1 will."""
+    flags = 0x80 | 0x40 | 0x20 | 0x08 | 0x04  # username, password, will retain, will QoS 1, will
+    props = b"\x11" + struct.pack("!I", SESSION_EXPIRY_S)
+    body = (
+        _str("MQTT") + bytes([PROTOCOL_LEVEL_V5, flags]) + struct.pack("!H", KEEPALIVE_S)
+        + _varint(len(props)) + props
+        + _str(username)  # the client id; the broker uses the username anyway
+        + b"\x00" + _str(will[0]) + _bin(will[1])  # no will properties
+        + _str(username) + _bin(password.encode())
+    )
+    return _packet(CONNECT << 4, body)
+
+
+def subscribe_packet(pid: int, topic_filter: str) -> bytes:
+    return _packet((SUBSCRIBE << 4) | 0x02, struct.pack("!H", pid) + b"\x00" + _str(topic_filter)
+                   + b"\x01")  # options: QoS 1
+
+
+def publish_packet(topic: str, payload: bytes, pid: int, *, props: bytes = b"",
+                   retain: bool = False) -> bytes:
+    """PUBLISH at QoS 1."""
+    first = (PUBLISH << 4) | 0x02 | (0x01 if retain else 0)
+    return _packet(first, _str(topic) + struct.pack("!H", pid) + _varint(len(props)) + props
+                   + payload)
+
+
+# What the uplink sends with every batch: its content type and the `enc` user property.
+BATCH_PROPS = (b"\x03" + _str(BATCH_CONTENT_TYPE)
+               + b"\x26" + _str("enc") + _str(BATCH_ENCODING))
+PINGREQ_PACKET = bytes([PINGREQ << 4, 0])
+DISCONNECT_PACKET = bytes([DISCONNECT << 4, 0])  # normal disconnection: the will is not sent
+
+
+async def read_packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """(first byte, body) of the next packet; IncompleteReadError when the broker hangs up."""
+    head = await reader.readexactly(2)
+    first, byte = head[0], head[1]
+    length, shift = byte & 0x7F, 7
+    while byte & 0x80:
+        if shift > 21:
+            raise ProtocolError("malformed remaining length")
+        byte = (await reader.readexactly(1))[0]
+        length |= (byte & 0x7F) << shift
+        shift += 7
+    return first, (await reader.readexactly(length) if length else b"")
+
+
+def parse_publish(first: int, body: bytes) -> tuple[str, int | None, bytes]:
+    """(topic, packet id or None at QoS 0, payload) of an incoming v5 PUBLISH."""
+    n = struct.unpack_from("!H", body)[0]
+    topic = body[2 : 2 + n].decode()
+    i = 2 + n
+    pid = None
+    if (first >> 1) & 0x03:
+        pid = struct.unpack_from("!H", body, i)[0]
+        i += 2
+    props_len, i = _read_varint(body, i)
+    return topic, pid, body[i + props_len :]
+
+
+# --- the fleet -------------------------------------------------------------------------------
+
+
+@dataclass
+class Counters:
+    """What went on the wire, for the report and for a person reading a failed run."""
+
+    connects: int = 0
+    reconnects: int = 0
+    batches: int = 0
+    resends: int = 0
+    refused_pubacks: int = 0
+    connect_s: list[float] = field(default_factory=list)
+    ack_latency_s: list[float] = field(default_factory=list)
+
+
+class Fleet:
+    """The devices of one run, the broker's address, and the moments the phases end."""
+
+    def __init__(self, port: int, *, ack_timeout_s: float = ACK_TIMEOUT_S) -> None:
+        self.port = port
+        self.ack_timeout_s = ack_timeout_s
+        self.devices: list[Device] = []
+        self.stats = Counters()
+        self.stopping = False
+        self.first_attempt_at: float | None = None
+        self.backlog_acked_at = 0.0
+        self._backlogs_left = 0
+        self._devices_left = 0
+        self.backlogs_done = asyncio.Event()
+        self.all_done = asyncio.Event()
+        self.handshakes = asyncio.Semaphore(HANDSHAKES_AT_ONCE)
+
+    def add(self, device: Device) -> None:
+        self.devices.append(device)
+
+    def expect(self) -> None:
+        """Call once every device holds its backlog and knows its plan."""
+        self._backlogs_left = sum(1 for d in self.devices if d.backlog)
+        self._devices_left = len(self.devices)
+        if not self._backlogs_left:
+            self.backlogs_done.set()
+
+    def backlog_acked(self, at: float) -> None:
+        self._backlogs_left -= 1
+        if self._backlogs_left == 0:
+            self.backlog_acked_at = at
+            self.backlogs_done.set()
+
+    def device_done(self) -> None:
+        self._devices_left -= 1
+        if self._devices_left == 0:
+            self.all_done.set()
+
+    @property
+    def backlogs_left(self) -> int:
+        return self._backlogs_left
+
+    @property
+    def devices_left(self) -> int:
+        return self._devices_left
+
+    async def stop(self, tasks: Sequence[asyncio.Task[None]]) -> None:
+        """Every device says DISCONNECT (no will); tasks still running after that are ended."""
+        self.stopping = True
+        for d in self.devices:
+            d.hang_up()
+        if tasks:
+            _done, pending = await asyncio.wait(tasks, timeout=STOP_TIMEOUT_S)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+
+class Device:
+    """One van's journal (in memory) and its uplink, on one MQTT v5 connection.
+
+    Like `sync.uplink.Uplink` with a window of one batch: it sends at most `BATCH_EVENTS`
+    events beyond the depot's last ack and the next batch when an ack covers the one in
+    flight; it rewinds to the ack after a reconnect, on `resend`, and after the ack timeout.
+    """
+
+    def __init__(self, fleet: Fleet, name: str, password: str, rng: random.Random) -> None:
+        self.fleet = fleet
+        self.name = name
+        self.password = password
+        self.rng = rng
+        self.journal_id = f"{rng.getrandbits(128):032x}"
+        self.boot_id = f"{rng.getrandbits(128):032x}"
+        # Monotonic clock of this device's boot, which was hours before the outage began.
+        self.mono_offset_ns = int((BACKLOG_SPAN_S + rng.uniform(3600, 4 * 3600)) * 1e9)
+        self.hashes: list[bytes] = []  # hash of event n at [n - 1], kept for the read-back
+        self.unacked: list[Event] = []  # the journal's outbox: every event after `acked`
+        self.acked = 0
+        self.backlog = 0
+        self.planned = 0  # events this device makes in the whole run
+        self.inflight_last = 0  # last seq of the batch in flight; 0: none
+        self.created_at: dict[int, float] = {}  # steady-phase events: seq → perf_counter()
+        self._encoded: tuple[int, int, bytes] | None = None  # (first, last, payload) ready
+        self._writer: asyncio.StreamWriter | None = None
+        self._subscribed = False
+        self._pid = 0
+        self._ack_timer: asyncio.TimerHandle | None = None
+        self._ping_timer: asyncio.TimerHandle | None = None
+        self._wrote = False  # since the last keepalive tick
+        self._ack_topic = ack_topic(name)
+        self._events_topic = events_topic(name)
+
+    # --- the journal ---
+
+    def append(self, payload: dict[str, Any], payload_json: str, mono_ns: int,
+               wall_ns: int) -> Event:
+        """One scan into the chain, exactly as `JournalTransaction.append` makes it."""
+        seq = len(self.hashes) + 1
+        prev = self.hashes[-1] if self.hashes else genesis_hash(self.journal_id)
+        uid = f"{self.rng.getrandbits(128):032x}"
+        h = chain_hash(prev, seq, uid, self.boot_id, mono_ns, wall_ns, True, PARCEL_SCANNED,
+                       payload_json)
+        event = Event(seq, uid, self.boot_id, mono_ns, wall_ns, True, PARCEL_SCANNED, payload, h)
+        self.hashes.append(h)
+        self.unacked.append(event)
+        return event
+
+    def prepare_first_batch(self) -> None:
+        """Encode the batch sent on connect now, off the clock (see the module docstring)."""
+        if self.unacked:
+            events = self.unacked[:BATCH_EVENTS]
+            payload = encode_batch(self.name, self.journal_id, self._prev_hash(), events)
+            self._encoded = (events[0].seq, events[-1].seq, payload)
+
+    def scan(self, payload: dict[str, Any], payload_json: str) -> None:
+        """A scan in the steady phase: stamped when it happens, sent if nothing is in flight."""
+        now = time.perf_counter()
+        event = self.append(payload, payload_json, time.monotonic_ns() + self.mono_offset_ns,
+                            time.time_ns())
+        self.created_at[event.seq] = now
+        self._pump()
+
+    def _prev_hash(self) -> bytes:
+        return self.hashes[self.acked - 1] if self.acked else genesis_hash(self.journal_id)
+
+    # --- the connection ---
+
+    async def run(self, delay_s: float) -> None:
+        """Come back after `delay_s`, then stay connected (reconnecting) until the fleet stops."""
+        await asyncio.sleep(delay_s)
+        attempt = 0
+        while not self.fleet.stopping:
+            try:
+                if await self._session():
+                    attempt = 0
+            except (OSError, TimeoutError, asyncio.IncompleteReadError, ProtocolError) as exc:
+                if not self.fleet.stopping:
+                    log.info("%s: connection ended: %r", self.name, exc)
+            if self.fleet.stopping:
+                return
+            self.fleet.stats.reconnects += 1
+            window = min(BACKOFF_S[1], BACKOFF_S[0] * 2**attempt)
+            attempt += 1
+            await asyncio.sleep(self.rng.uniform(window / 2, window))
+
+    async def _session(self) -> bool:
+        """One connection, from TCP connect to hang-up; True if the broker accepted it."""
+        fleet = self.fleet
+        started = time.perf_counter()
+        if fleet.first_attempt_at is None:
+            fleet.first_attempt_at = started
+        async with fleet.handshakes, asyncio.timeout(CONNECT_TIMEOUT_S):
+            reader, writer = await asyncio.open_connection(HOST, fleet.port)
+            try:
+                offline = encode_status("offline", self.boot_id)
+                writer.write(connect_packet(self.name, self.password,
+                                            (status_topic(self.name), offline)))
+                first, body = await read_packet(reader)
+            except BaseException:
+                writer.close()
+                raise
+        try:
+            if first >> 4 != CONNACK or len(body) < 2 or body[1] != 0:
+                raise ProtocolError(f"connection refused: packet {first >> 4}, "
+                                    f"reason {body[1] if len(body) > 1 else '?'}")
+            fleet.stats.connects += 1
+            fleet.stats.connect_s.append(time.perf_counter() - started)
+            self._writer = writer
+            self._subscribed = False
+            self.inflight_last = 0  # whatever was in flight may be gone: resend from the ack
+            self._send(subscribe_packet(self._next_pid(), self._ack_topic))
+            online = encode_status("online", self.boot_id, journal=self.journal_id)
+            self._send(publish_packet(status_topic(self.name), online, self._next_pid(),
+                                      retain=True))
+            self._ping_timer = asyncio.get_running_loop().call_later(
+                KEEPALIVE_S / 2, self._keepalive)
+            while True:
+                first, body = await read_packet(reader)
+                self._handle(first, body)
+        finally:
+            self._writer = None
+            self._cancel_timers()
+            writer.close()
+
+    def hang_up(self) -> None:
+        writer = self._writer
+        if writer is not None:
+            with contextlib.suppress(OSError, RuntimeError):
+                writer.write(DISCONNECT_PACKET)
+                writer.write_eof()
+
+    def _send(self, packet: bytes) -> None:
+        assert self._writer is not None
+        self._writer.write(packet)  # small packets: the transport buffers, nothing to await
+        self._wrote = True
+
+    def _next_pid(self) -> int:
+        self._pid = self._pid % 0xFFFF + 1
+        return self._pid
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._ack_timer, self._ping_timer):
+            if timer is not None:
+                timer.cancel()
+        self._ack_timer = self._ping_timer = None
+
+    def _keepalive(self) -> None:
+        """Every half keepalive: a PINGREQ if nothing else was written since the last tick."""
+        if self._writer is None:
+            return
+        if not self._wrote:
+            self._send(PINGREQ_PACKET)
+        self._wrote = False
+        self._ping_timer = asyncio.get_running_loop().call_later(KEEPALIVE_S / 2, self._keepalive)
+
+    def _handle(self, first: int, body: bytes) -> None:
+        kind = first >> 4
+        if kind == PUBLISH:
+            topic, pid, payload = parse_publish(first, body)
+            if pid is not None:
+                self._send(_packet(PUBACK << 4, struct.pack("!H", pid)))
+            if topic == self._ack_topic:
+                self._on_ack(payload)
+        elif kind == PUBACK:
+            if len(body) > 2 and body[2] >= 0x80:  # a v5 reason code: refused (ACL, quota…)
+                self.fleet.stats.refused_pubacks += 1
+                log.warning("%s: the broker refused a publish: reason 0x%02x", self.name, body[2])
+        elif kind == SUBACK:
+            props_len, i = _read_varint(body, 2)
+            codes = body[i + props_len :]
+            if not codes or codes[0] >= 0x80:
+                raise ProtocolError(f"subscription to {self._ack_topic} refused: {codes!r}")
+            self._subscribed = True
+            self._pump()
+        elif kind == DISCONNECT:
+            raise ProtocolError(f"the broker disconnected us: {body[:1].hex()}")
+        elif kind != PINGRESP:
+            raise ProtocolError(f"unexpected packet type {kind}")
+
+    # --- the uplink ---
+
+    def _on_ack(self, payload: bytes) -> None:
+        try:
+            ack = decode_ack(payload)
+        except WireError as exc:
+            log.error("%s: malformed ack ignored: %s", self.name, exc)
+            return
+        if ack.journal_id != self.journal_id:
+            return
+        if ack.seq > self.acked:
+            now = time.perf_counter()
+            for seq in range(self.acked + 1, min(ack.seq, len(self.hashes)) + 1):
+                created = self.created_at.pop(seq, None)
+                if created is not None:
+                    self.fleet.stats.ack_latency_s.append(now - created)
+            was = self.acked
+            self.acked = min(ack.seq, len(self.hashes))
+            del self.unacked[: self.acked - was]
+            if was < self.backlog <= self.acked:
+                self.fleet.backlog_acked(now)
+            if was < self.planned <= self.acked:
+                self.fleet.device_done()
+            self._arm_ack_timer()  # progress: the timeout counts from here
+        if ack.resend_from is not None:
+            self.fleet.stats.resends += 1
+            self.inflight_last = 0
+        elif self.inflight_last and ack.seq >= self.inflight_last:
+            self.inflight_last = 0
+        self._pump()
+
+    def _pump(self) -> None:
+        if self._writer is None or not self._subscribed or self.inflight_last or not self.unacked:
+            return
+        events = self.unacked[:BATCH_EVENTS]
+        first, last = events[0].seq, events[-1].seq
+        ready, self._encoded = self._encoded, None
+        if ready is not None and ready[:2] == (first, last):
+            payload = ready[2]
+        else:
+            payload = encode_batch(self.name, self.journal_id, self._prev_hash(), events)
+        self._send(publish_packet(self._events_topic, payload, self._next_pid(),
+                                  props=BATCH_PROPS))
+        self.fleet.stats.batches += 1
+        self.inflight_last = last
+        self._arm_ack_timer()
+
+    def _arm_ack_timer(self) -> None:
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
+        if self.inflight_last:
+            self._ack_timer = asyncio.get_running_loop().call_later(
+                self.fleet.ack_timeout_s, self._ack_timed_out)
+
+    def _ack_timed_out(self) -> None:
+        self._ack_timer = None
+        if self.inflight_last:
+            log.info("%s: no ack for %.1f s; resending from %d", self.name,
+                     self.fleet.ack_timeout_s, self.acked + 1)
+            self.fleet.stats.resends += 1
+            self.inflight_last = 0
+            self._pump()
+
+
+# --- processes and /proc -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CpuMark:
+    """CPU seconds (user + sys) of the depot, the broker and this process at one moment."""
+
+    at: float
+    depot_s: float
+    broker_s: float
+    bench_s: float
+
+
+def proc_cpu_s(pid: int) -> float:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()  # fields[0] is field 3 (state) of proc(5)
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS_PER_S
+
+
+def proc_status_kb(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name == key:
+            return int(value.split()[0])
+    raise BenchError(f"/proc/{pid}/status has no {key}")
+
+
+def cpu_mark(depot_pid: int, broker_pid: int) -> CpuMark:
+    return CpuMark(time.perf_counter(), proc_cpu_s(depot_pid), proc_cpu_s(broker_pid),
+                   time.process_time())
+
+
+def cpu_pct(a: CpuMark, b: CpuMark) -> dict[str, float]:
+    """% of one core each process spent between two marks."""
+    wall = b.at - a.at
+    if wall <= 0:
+        return {"depot": 0.0, "broker": 0.0, "bench": 0.0}
+    return {
+        "depot": rounded((b.depot_s - a.depot_s) / wall * 100, 1),
+        "broker": rounded((b.broker_s - a.broker_s) / wall * 100, 1),
+        "bench": rounded((b.bench_s - a.bench_s) / wall * 100, 1),
+    }
+
+
+def raise_fd_limit(needed: int) -> int:
+    """Lift this process's soft open-file limit to `needed` (Mosquitto, started after, inherits
+    it): every device is a socket here and another in the broker. Returns the soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        if hard != resource.RLIM_INFINITY and hard < needed:
+            try:  # root may raise the hard limit too
+                resource.setrlimit(resource.RLIMIT_NOFILE, (needed, needed))
+            except (ValueError, OSError) as exc:
+                raise BenchError(f"{needed} open files needed, the hard limit is {hard}: "
+                                 f"{exc} (raise `ulimit -Hn`)") from None
+        else:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> int:
+    """SIGTERM (the depot closes its store), then SIGKILL after STOP_TIMEOUT_S."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+def log_tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def disk_commit_ms(workdir: Path, n: int = 50) -> float:
+    """Median of `n` one-row commits (WAL, synchronous=FULL) here: what one depot write costs."""
+    path = workdir / "commit-probe.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("CREATE TABLE t (x INTEGER)")
+        took = []
+        for i in range(n):
+            started = time.perf_counter()
+            db.execute("INSERT INTO t VALUES (?)", (i,))
+            took.append(time.perf_counter() - started)
+    finally:
+        db.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    return rounded(percentile(took, 50) * 1000, 3)
+
+
+# --- one run -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What every run sends: the same fleet, the same sizes, the same seed."""
+
+    devices: int
+    backlog: int
+    steady: int  # events per device in the steady phase
+    steady_s: float
+    jitter_s: float
+    seed: int
+    postgresql: str | None
+
+
+def steady_events_per_device(steady_s: float, rate: float) -> int:
+    """The same count for every device, so `events` is exact: at least one scan each."""
+    return max(1, round(steady_s * rate))
+
+
+def device_names(n: int) -> list[str]:
+    width = max(4, len(str(n)))
+    return [f"van-{i:0{width}d}" for i in range(1, n + 1)]
+
+
+def build_fleet(fleet: Fleet, plan: Plan, passwords: dict[str, str],
+                payloads: list[tuple[dict[str, Any], str]], rng: random.Random) -> None:
+    """Every device with its hour of backlog, timed as the scans were made, and its plan."""
+    now_mono, now_wall = time.monotonic_ns(), time.time_ns()
+    for name in device_names(plan.devices):
+        d = Device(fleet, name, passwords[name], rng)
+        # Scans at random moments of the outage, oldest first: its events' clocks as a van's.
+        for ago_s in sorted((rng.uniform(0, BACKLOG_SPAN_S) for _ in range(plan.backlog)),
+                            reverse=True):
+            payload, text = payloads[rng.randrange(len(payloads))]
+            ago_ns = int(ago_s * 1e9)
+            d.append(payload, text, now_mono + d.mono_offset_ns - ago_ns, now_wall - ago_ns)
+        d.backlog = plan.backlog
+        d.planned = plan.backlog + plan.steady
+        d.prepare_first_batch()
+        fleet.add(d)
+    fleet.expect()
+
+
+@contextlib.contextmanager
+def watch_exit(pid: int) -> Iterator[asyncio.Future[None]]:
+    """A future done when the child `pid` exits (a pidfd turns readable): a dead depot ends
+    the wait at once instead of at its timeout."""
+    loop = asyncio.get_running_loop()
+    exited: asyncio.Future[None] = loop.create_future()
+    fd = os.pidfd_open(pid)
+
+    def readable() -> None:
+        if not exited.done():
+            exited.set_result(None)
+
+    loop.add_reader(fd, readable)
+    try:
+        yield exited
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+
+async def wait_for_event(event: asyncio.Event, timeout: float,
+                         depot_exited: asyncio.Future[None]) -> bool:
+    """Whether `event` was set within `timeout`; BenchError if the depot died meanwhile."""
+    waiter = asyncio.create_task(event.wait())
+    watched: set[asyncio.Future[Any]] = {waiter, depot_exited}
+    try:
+        await asyncio.wait(watched, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+    if event.is_set():
+        return True
+    if depot_exited.done():
+        raise BenchError("the depot exited during the run")
+    return False
+
+
+async def await_depot(port: int, password: str, depot_exited: asyncio.Future[None],
+                      rng: random.Random) -> None:
+    """Return once the depot acknowledged a batch from the probe device.
+
+    Until then the depot may not have subscribed, and a device's batch would be lost and wait
+    out its 10 s ack timeout: the run would measure the timeout, not the depot. The probe
+    resends every PROBE_ACK_TIMEOUT_S; the depot deduplicates.
+    """
+    fleet = Fleet(port, ack_timeout_s=PROBE_ACK_TIMEOUT_S)
+    probe = Device(fleet, PROBE, password, rng)
+    payload = {"probe": "bench fleet"}
+    probe.append(payload, canonical_payload(payload), time.monotonic_ns(), time.time_ns())
+    probe.backlog = probe.planned = 1
+    fleet.add(probe)
+    fleet.expect()
+    task = asyncio.create_task(probe.run(0.0))
+    try:
+        if not await wait_for_event(fleet.all_done, DEPOT_READY_TIMEOUT_S, depot_exited):
+            raise BenchError(f"the depot acknowledged nothing in {DEPOT_READY_TIMEOUT_S} s")
+    finally:
+        await fleet.stop([task])
+
+
+@dataclass
+class RunResult:
+    setup: Setup
+    drain_s: float
+    backlog_events: int
+    latencies_s: list[float]
+    cpu_drain: dict[str, float]
+    cpu_steady: dict[str, float]
+    depot_rss_mb: float
+    broker_rss_mb: float
+    stats: Counters
+    checks: dict[str, int]
+
+    def figures(self) -> dict[str, Any]:
+        lat_ms = [s * 1000 for s in self.latencies_s]
+        st = self.stats
+        return {
+            "backend": self.setup.backend,
+            "workers": self.setup.workers,
+            "events_per_s": round(self.backlog_events / self.drain_s) if self.drain_s else None,
+            "drain_s": rounded(self.drain_s, 2),
+            "ack_p50_ms": rounded(percentile(lat_ms, 50), 1) if lat_ms else None,
+            "ack_p99_ms": rounded(percentile(lat_ms, 99), 1) if lat_ms else None,
+            "depot_cpu_pct": self.cpu_drain["depot"],
+            "depot_rss_mb": self.depot_rss_mb,
+            "depot_cpu_pct_steady": self.cpu_steady["depot"],
+            "broker_cpu_pct": self.cpu_drain["broker"],
+            "broker_rss_mb": self.broker_rss_mb,
+            "bench_cpu_pct": self.cpu_drain["bench"],
+            "bench_cpu_pct_steady": self.cpu_steady["bench"],
+            "ack_samples": len(lat_ms),
+            "ack_max_ms": rounded(max(lat_ms), 1) if lat_ms else None,
+            "connect_p50_ms": rounded(percentile(st.connect_s, 50) * 1000, 1),
+            "connect_p99_ms": rounded(percentile(st.connect_s, 99) * 1000, 1),
+            "connects": st.connects,
+            "reconnects": st.reconnects,
+            "batches": st.batches,
+            "resends": st.resends,
+            "refused_pubacks": st.refused_pubacks,
+            **self.checks,
+        }
+
+
+async def morning(plan: Plan, port: int, passwords: dict[str, str],
+                  depot: subprocess.Popen[bytes], broker_pid: int,
+                  payloads: list[tuple[dict[str, Any], str]]) -> tuple[
+                      Fleet, float, CpuMark, CpuMark, CpuMark, float]:
+    """The scenario on one depot: probe, backlog drain, steady scanning. Returns the fleet,
+    the drain's seconds, three CPU marks (start, drained, steady done) and the depot's VmHWM."""
+    rng = random.Random(plan.seed)
+    with watch_exit(depot.pid) as depot_exited:
+        await await_depot(port, passwords[PROBE], depot_exited, rng)
+        fleet = Fleet(port)
+        build_fleet(fleet, plan, passwords, payloads, rng)
+        loop = asyncio.get_running_loop()
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            start = cpu_mark(depot.pid, broker_pid)
+            tasks = [asyncio.create_task(d.run(rng.uniform(0, plan.jitter_s)))
+                     for d in fleet.devices]
+            if not await wait_for_event(fleet.backlogs_done, DRAIN_TIMEOUT_S, depot_exited):
+                raise BenchError(f"{fleet.backlogs_left} of {plan.devices} devices still had "
+                                 f"backlog after {DRAIN_TIMEOUT_S} s")
+            drained = cpu_mark(depot.pid, broker_pid)
+            assert fleet.first_attempt_at is not None
+            drain_s = fleet.backlog_acked_at - fleet.first_attempt_at
+            # The steady phase: each device's scans evenly spread, each at a random moment of
+            # its slot, so the depot sees a steady trickle rather than a fleet in lock-step.
+            t0 = loop.time()
+            slot = plan.steady_s / plan.steady
+            for d in fleet.devices:
+                for k in range(plan.steady):
+                    payload, text = payloads[rng.randrange(len(payloads))]
+                    loop.call_at(t0 + (k + rng.random()) * slot, d.scan, payload, text)
+            if not await wait_for_event(fleet.all_done, plan.steady_s + STEADY_ACK_TIMEOUT_S,
+                                        depot_exited):
+                raise BenchError(f"{fleet.devices_left} of {plan.devices} devices still waited "
+                                 f"for acks {STEADY_ACK_TIMEOUT_S} s after the steady phase")
+            steady = cpu_mark(depot.pid, broker_pid)
+            hwm_kb = proc_status_kb(depot.pid, "VmHWM")
+        finally:
+            await fleet.stop(tasks)
+    return fleet, drain_s, start, drained, steady, hwm_kb / 1024
+
+
+def run_setup(setup: Setup, plan: Plan, workdir: Path,
+              payloads: list[tuple[dict[str, Any], str]]) -> RunResult:
+    """A fresh broker and a fresh depot for one set-up; the morning; the read-back."""
+    workdir.mkdir(parents=True)
+    passwords = {name: secrets.token_urlsafe(12) for name in device_names(plan.devices)}
+    passwords[PROBE] = secrets.token_urlsafe(12)
+    depot_password = secrets.token_urlsafe(18)
+    password_file = workdir / "depot.password"
+    password_file.touch(0o600)
+    password_file.write_text(depot_password + "\n")
+    db = workdir / "depot.db"
+    depot_log = workdir / "depot.log"
+    run_start_ns = time.time_ns()
+    with Broker(workdir / "broker", devices=passwords, depot=(DEPOT_USER, depot_password)
+                ) as broker:
+        broker_pid = broker.pid
+        if broker_pid is None:
+            raise BenchError("the broker is not running")
+        cmd = depot_command(setup, db=db, port=broker.port, password_file=password_file,
+                            postgresql=plan.postgresql)
+        with depot_log.open("wb") as out:
+            depot = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
+                                     stderr=subprocess.STDOUT, cwd=workdir)
+        try:
+            try:
+                fleet, drain_s, start, drained, steady, depot_mb = asyncio.run(
+                    morning(plan, broker.port, passwords, depot, broker_pid, payloads))
+            except BenchError as exc:
+                raise BenchError(f"{setup.name}: {exc}\ndepot log:\n{log_tail(depot_log)}\n"
+                                 f"broker log:\n{broker.log_tail(10)}") from None
+            broker_mb = proc_status_kb(broker_pid, "VmHWM") / 1024
+        finally:
+            status = stop_process(depot)
+    if status != 0:
+        log.warning("the depot exited with status %s:\n%s", status, log_tail(depot_log))
+    checks = read_back(setup, db, plan.postgresql, fleet.devices, run_start_ns)
+    return RunResult(
+        setup=setup,
+        drain_s=drain_s,
+        backlog_events=plan.devices * plan.backlog,
+        latencies_s=fleet.stats.ack_latency_s,
+        cpu_drain=cpu_pct(start, drained),
+        cpu_steady=cpu_pct(drained, steady),
+        depot_rss_mb=rounded(depot_mb, 1),
+        broker_rss_mb=rounded(broker_mb, 1),
+        stats=fleet.stats,
+        checks=checks,
+    )
+
+
+# --- reading the depot back ----------------------------------------------------------------------
+
+
+class _Cursor(Protocol):
+    def execute(self, sql: str) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+@contextlib.contextmanager
+def open_readonly(setup: Setup, db: Path, postgresql: str | None) -> Iterator[_Cursor]:
+    """A read-only cursor on the depot's database, whichever back end holds it."""
+    if setup.backend == "sqlite":
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            yield conn.cursor()
+        finally:
+            conn.close()
+    elif setup.backend == "postgresql":
+        import psycopg  # only a PostgreSQL set-up needs the driver
+
+        with psycopg.connect(postgresql or "") as pg:
+            pg.read_only = True
+            with pg.cursor() as cur:
+                yield cur
+    else:
+        raise BenchError(f"no read-back for back end {setup.backend!r}")
+
+
+def read_back(setup: Setup, db: Path, postgresql: str | None, devices: Sequence[Device],
+              run_start_ns: int) -> dict[str, int]:
+    """Every device's journal against what the depot stored, event by event.
+
+    Only this run's streams count (device and journal id, which is random per run), so a
+    PostgreSQL database that holds earlier runs can be read too. Queries take no parameters:
+    the same text runs on either back end.
+    """
+    expected = {(d.name, d.journal_id): d.hashes for d in devices}
+    names = {d.name for d in devices}
+    seen: dict[tuple[str, str], set[int]] = {key: set() for key in expected}
+    duplicates = altered = 0
+    with open_readonly(setup, db, postgresql) as cur:
+        cur.execute("SELECT device, journal, seq, hash FROM events")
+        for device, journal, seq, digest in cur.fetchall():
+            key = (device, journal)
+            hashes = expected.get(key)
+            if hashes is None:
+                continue  # another run's stream
+            if seq in seen[key] or not 1 <= seq <= len(hashes):
+                duplicates += 1  # stored twice, or an event this device never made
+                continue
+            seen[key].add(seq)
+            if bytes(digest) != hashes[seq - 1]:
+                altered += 1
+        cur.execute("SELECT device, journal FROM gaps")
+        gaps = sum(1 for device, journal in cur.fetchall() if (device, journal) in expected)
+        cur.execute("SELECT topic, received_ns FROM quarantine")
+        quarantined = 0
+        for topic, received_ns in cur.fetchall():
+            with contextlib.suppress(WireError):
+                if split_topic(topic)[0] in names and received_ns >= run_start_ns:
+                    quarantined += 1
+    lost = sum(len(hashes) - len(seen[key]) for key, hashes in expected.items())
+    return {
+        "events_stored": sum(len(s) for s in seen.values()),
+        "lost": lost,
+        "duplicates": duplicates,
+        "gaps": gaps,
+        "chain_breaks": quarantined + altered,
+        "quarantined": quarantined,
+    }
+
+
+# --- the report --------------------------------------------------------------------------------
+
+
+def where_time_goes(run: dict[str, Any], cores: int, commit_ms: float, missed: list[str]) -> str:
+    """Which process held the cores while a target was missed, from the CPU shares measured."""
+    notes = []
+    for phase, suffix in (("drain", ""), ("steady", "_steady")):
+        depot = run[f"depot_cpu_pct{suffix}"]
+        bench = run[f"bench_cpu_pct{suffix}"]
+        broker = run["broker_cpu_pct"] if phase == "drain" else None
+        shares = f"depot {depot} %, fleet simulator {bench} %" + (
+            f", broker {broker} %" if broker is not None else "")
+        if depot >= BUSY_PCT:
+            verdict = ("the depot is CPU-bound: its ingest runs on one thread (decode, hash "
+                       "chain, SQLite, paho), so one core is its ceiling")
+        elif depot + bench + (broker or 0) >= BUSY_PCT * cores:
+            verdict = (f"the machine's {cores} cores are full: fleet, broker and depot share "
+                       "them, so the depot gets less than a core")
+        elif bench >= BUSY_PCT:
+            verdict = "the simulated fleet (one Python process) is the bottleneck, not the depot"
+        elif broker is not None and broker >= BUSY_PCT:
+            verdict = "the broker is CPU-bound"
+        else:
+            verdict = ("no process is CPU-bound: the time goes to waiting (commits at "
+                       f"{commit_ms} ms each on this disk, acknowledgement round trips)")
+        notes.append(f"{phase} ({run['backend']}/{run['workers']}): {shares} of one core; "
+                     f"{verdict}")
+    return f"missed {', '.join(missed)}. " + "; ".join(notes) + (
+        f". The drain wrote {run['batches']} batches and {run['connects']} status messages, "
+        f"each its own commit ({commit_ms} ms median on this disk).")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.devices < 1 or args.backlog_events < 1:
+        raise BenchError("--devices and --backlog-events must be at least 1")
+    if args.steady_s <= 0 or args.steady_rate <= 0 or args.reconnect_jitter_s < 0:
+        raise BenchError("--steady-s and --steady-rate must be positive, the jitter not negative")
+    if find_mosquitto() is None:
+        raise BenchError("bench fleet needs Mosquitto (apt-get install mosquitto)")
+    fd_limit = raise_fd_limit(args.devices + FD_HEADROOM)
+    plan = Plan(
+        devices=args.devices,
+        backlog=args.backlog_events,
+        steady=steady_events_per_device(args.steady_s, args.steady_rate),
+        steady_s=args.steady_s,
+        jitter_s=args.reconnect_jitter_s,
+        seed=args.seed,
+        postgresql=args.postgresql,
+    )
+    chosen = [s for s in SETUPS if why_not_run(s, plan.postgresql) is None]
+    not_run = [{"backend": s.backend, "workers": s.workers, "why": why}
+               for s in SETUPS if (why := why_not_run(s, plan.postgresql)) is not None]
+    if not chosen:
+        raise BenchError("no set-up can run")
+    rng = random.Random(plan.seed)
+    payloads = [(p, canonical_payload(p))
+                for p in scan_payloads(min(PAYLOAD_POOL, plan.devices * plan.backlog), rng)]
+    results: list[RunResult] = []
+    with scratch_dir(args.dir, "fleet") as workdir:
+        commit_ms = disk_commit_ms(workdir)
+        for setup in chosen:
+            log.info("running %s with %d devices", setup.name, plan.devices)
+            results.append(run_setup(setup, plan, workdir / f"{setup.backend}-{setup.workers}",
+                                     payloads))
+        mount = describe_mount(workdir)
+    runs = [r.figures() for r in results]
+    return report(plan, runs, not_run, commit_ms, fd_limit, mount)
+
+
+def _ratio(value: Any, base: Any) -> float | None:
+    if not isinstance(value, int | float) or not isinstance(base, int | float) or not base:
+        return None
+    return rounded(value / base, 3)
+
+
+def report(plan: Plan, runs: list[dict[str, Any]], not_run: list[dict[str, Any]],
+           commit_ms: float, fd_limit: int, mount: dict[str, Any]) -> dict[str, Any]:
+    base = runs[0]
+    compared = ("events_per_s", "drain_s", "ack_p50_ms", "ack_p99_ms", "depot_cpu_pct",
+                "depot_rss_mb")
+    ratios = [{"backend": r["backend"], "workers": r["workers"],
+               **{k: _ratio(r[k], base[k]) for k in compared}} for r in runs]
+    at_scale = plan.devices >= TARGET_DEVICES and plan.backlog >= TARGET_BACKLOG_EVENTS
+    pg = [r["events_per_s"] for r in runs if r["backend"] == "postgresql"]
+    best_drain = min(r["drain_s"] for r in runs)
+    p99s = [r["ack_p99_ms"] for r in runs if r["ack_p99_ms"] is not None]
+    targets_met: dict[str, bool | None] = {
+        "events_per_s_postgresql >= 10000": (
+            max(pg) >= TARGET_EVENTS_PER_S_POSTGRESQL if pg and at_scale else None),
+        "drain_under_60s": best_drain < TARGET_DRAIN_S if at_scale else None,
+        "ack_p99_under_250ms": (min(p99s) < TARGET_ACK_P99_MS if at_scale and p99s else None),
+    }
+    out: dict[str, Any] = {
+        "benchmark": "fleet",
+        "devices": plan.devices,
+        "events": plan.devices * (plan.backlog + plan.steady),  # per run: every run the same
+        "backlog_events_per_device": plan.backlog,
+        "steady_events_per_device": plan.steady,
+        "lost": sum(r["lost"] for r in runs),
+        "duplicates": sum(r["duplicates"] for r in runs),
+        "gaps": sum(r["gaps"] for r in runs),
+        "chain_breaks": sum(r["chain_breaks"] for r in runs),
+        "runs": runs,
+        "ratios": ratios,
+        "setups_not_run": not_run,
+        "targets": {
+            "events_per_s_postgresql_min": TARGET_EVENTS_PER_S_POSTGRESQL,
+            "drain_s_max": TARGET_DRAIN_S,
+            "ack_p99_ms_max": TARGET_ACK_P99_MS,
+            "judged_at": f"{TARGET_DEVICES} devices with {TARGET_BACKLOG_EVENTS} events each "
+                         "(null below that); the best run counts",
+        },
+        "targets_met": targets_met,
+        "reconnect_jitter_s": plan.jitter_s,
+        "steady_s": plan.steady_s,
+        "transport": "MQTT v5, plain TCP on 127.0.0.1",
+        "disk_commit_ms": commit_ms,
+        "fd_limit": fd_limit,
+        "mount": mount,
+        "host": host_facts(),
+    }
+    missed = [name for name, ok in targets_met.items() if ok is False]
+    if missed:
+        cores = os.cpu_count() or 1
+        out["where_time_goes"] = " | ".join(
+            where_time_goes(r, cores, commit_ms, missed) for r in runs)
+    return out
+
+
+def summary(r: dict[str, Any]) -> str:
+    runs = "; ".join(
+        f"{x['backend']}/{x['workers']}: {x['events_per_s']} events/s, drain {x['drain_s']} s, "
+        f"ack p50 {x['ack_p50_ms']} ms p99 {x['ack_p99_ms']} ms, depot {x['depot_cpu_pct']} % "
+        f"CPU {x['depot_rss_mb']} MB"
+        for x in r["runs"]
+    )
+    met = ", ".join(f"{k}: {v}" for k, v in r["targets_met"].items())
+    return (f"fleet: {r['devices']} devices, {r['events']} events per run; {runs}; "
+            f"lost {r['lost']}, duplicates {r['duplicates']}, gaps {r['gaps']}, "
+            f"chain breaks {r['chain_breaks']}; targets {met}")

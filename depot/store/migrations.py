@@ -1,0 +1,259 @@
+"""The depot database's one list of numbered migrations, and the code that applies them.
+
+Every table the depot keeps is created here and nowhere else: device events and their hash
+chains, photos, the parcel book, the webhook outbox, manifests and signed commands. The number
+of the last migration applied is the database's one schema version (`PRAGMA user_version`).
+
+Until this list existed, four parts of the depot each made their own tables in the same file
+with three versioning schemes (`user_version` for the event store, a `book_meta` row for the
+parcel book, a `webhook_schema` table for the outbox, none for manifests). A file of that
+layout is upgraded in place: migrations 1 and 2 are the event store's own versions 1 and 2,
+every later statement is `IF NOT EXISTS` (the tables may already be there, made by the old
+code), and migration 6 checks and retires the two old version markers. All of it runs in one
+transaction: a crash half-way leaves the file as it was.
+
+Must never: change a migration that has shipped (add a new one), or open a file whose
+version is newer than this software knows (an older depot would misread it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from depot.store.errors import StoreError
+
+__all__ = ["LATEST", "MIGRATIONS", "Migration", "migrate", "schema_version"]
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One numbered step: its statements, and an optional check of the file as found (all
+    pending checks run before any pending statement)."""
+
+    number: int
+    name: str
+    statements: tuple[str, ...]
+    check: Callable[[sqlite3.Connection], None] | None = None
+
+
+def _tables(conn: sqlite3.Connection) -> set[str]:
+    return {str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+
+def _old_version_markers_are_known(conn: sqlite3.Connection) -> None:
+    """Refuse an old-layout file whose book or outbox is of a version no code ever wrote."""
+    tables = _tables(conn)
+    if "book_meta" in tables:
+        row = conn.execute("SELECT value FROM book_meta WHERE key='schema_version'").fetchone()
+        if row is not None and str(row[0]) != "1":
+            raise StoreError(f"parcel book schema {row[0]} is not one this software knows (1)")
+    if "webhook_schema" in tables:
+        row = conn.execute("SELECT max(version) FROM webhook_schema").fetchone()
+        if row is not None and row[0] is not None and int(row[0]) != 1:
+            raise StoreError(f"webhook outbox schema {row[0]} is not one this software knows (1)")
+    elif "webhook_outbox" in tables:
+        raise StoreError("a webhook_outbox table exists without a webhook_schema version")
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "device events, hash-chain heads, gaps, quarantine, device status",
+        (
+            """CREATE TABLE IF NOT EXISTS streams (
+                device      TEXT NOT NULL,
+                journal     TEXT NOT NULL,
+                head_seq    INTEGER NOT NULL,
+                head_hash   BLOB NOT NULL,
+                first_seen_ns INTEGER NOT NULL,
+                last_seen_ns  INTEGER NOT NULL,
+                nacked_at   INTEGER,
+                PRIMARY KEY (device, journal))""",
+            """CREATE TABLE IF NOT EXISTS events (
+                device      TEXT NOT NULL,
+                journal     TEXT NOT NULL,
+                seq         INTEGER NOT NULL,
+                uuid        TEXT NOT NULL,
+                boot_id     TEXT NOT NULL,
+                mono_ns     INTEGER NOT NULL,
+                wall_ns     INTEGER NOT NULL,
+                wall_synced INTEGER NOT NULL,
+                kind        TEXT NOT NULL,
+                payload     TEXT NOT NULL,
+                hash        BLOB NOT NULL,
+                received_ns INTEGER NOT NULL,
+                PRIMARY KEY (device, journal, seq))""",
+            """CREATE TABLE IF NOT EXISTS gaps (
+                id          INTEGER PRIMARY KEY,
+                device      TEXT NOT NULL,
+                journal     TEXT NOT NULL,
+                expected_seq INTEGER NOT NULL,
+                got_seq     INTEGER NOT NULL,
+                received_ns INTEGER NOT NULL)""",
+            """CREATE TABLE IF NOT EXISTS quarantine (
+                id          INTEGER PRIMARY KEY,
+                topic       TEXT NOT NULL,
+                reason      TEXT NOT NULL,
+                payload     BLOB NOT NULL,
+                received_ns INTEGER NOT NULL)""",
+            """CREATE TABLE IF NOT EXISTS device_status (
+                device      TEXT PRIMARY KEY,
+                status      TEXT NOT NULL,
+                updated_ns  INTEGER NOT NULL)""",
+        ),
+    ),
+    Migration(
+        2,
+        "proof-of-delivery photos: chunks per device until complete, then verified whole",
+        (
+            """CREATE TABLE IF NOT EXISTS photo_chunks (
+                device      TEXT NOT NULL,
+                sha256      TEXT NOT NULL,
+                offset      INTEGER NOT NULL,
+                total       INTEGER NOT NULL,
+                content_type TEXT NOT NULL,
+                data        BLOB NOT NULL,
+                received_ns INTEGER NOT NULL,
+                PRIMARY KEY (device, sha256, offset))""",
+            """CREATE TABLE IF NOT EXISTS photos (
+                sha256      TEXT PRIMARY KEY,
+                device      TEXT NOT NULL,
+                content_type TEXT NOT NULL,
+                size        INTEGER NOT NULL,
+                data        BLOB NOT NULL,
+                received_ns INTEGER NOT NULL)""",
+        ),
+    ),
+    Migration(
+        3,
+        "the parcel book: parcels, timelines, the projection's cursor, vans, anomalies",
+        (
+            """CREATE TABLE IF NOT EXISTS parcels (
+                id TEXT PRIMARY KEY, raw TEXT, state TEXT NOT NULL, van TEXT, stop INTEGER,
+                attempts INTEGER NOT NULL DEFAULT 0, last_reason TEXT, locker TEXT,
+                compartment TEXT, next_action TEXT, merchant TEXT, recipient TEXT,
+                address TEXT, lat REAL, lon REAL, "window" TEXT, instructions TEXT,
+                webhook TEXT, customer_webhook TEXT, size TEXT, locker_ok INTEGER,
+                received_ns INTEGER NOT NULL, updated_ns INTEGER NOT NULL,
+                record TEXT NOT NULL)""",
+            "CREATE INDEX IF NOT EXISTS parcels_state ON parcels(state)",
+            """CREATE TABLE IF NOT EXISTS timeline (
+                id INTEGER PRIMARY KEY, uuid TEXT NOT NULL UNIQUE, parcel TEXT NOT NULL,
+                at_ns INTEGER NOT NULL, state TEXT NOT NULL, step TEXT NOT NULL,
+                device TEXT NOT NULL, event_uuid TEXT NOT NULL, details TEXT NOT NULL,
+                UNIQUE (parcel, event_uuid))""",
+            """CREATE TABLE IF NOT EXISTS projection (
+                id INTEGER PRIMARY KEY CHECK (id = 1), last_rowid INTEGER NOT NULL,
+                updated_ns INTEGER NOT NULL)""",
+            "INSERT OR IGNORE INTO projection(id, last_rowid, updated_ns) VALUES (1, 0, 0)",
+            """CREATE TABLE IF NOT EXISTS vans (
+                van TEXT PRIMARY KEY, manifest_version INTEGER NOT NULL, day TEXT NOT NULL,
+                updated_ns INTEGER NOT NULL)""",
+            """CREATE TABLE IF NOT EXISTS unmatched (
+                event_rowid INTEGER NOT NULL, event_uuid TEXT NOT NULL, parcel TEXT NOT NULL,
+                device TEXT NOT NULL, kind TEXT NOT NULL, reason TEXT NOT NULL,
+                recorded_ns INTEGER NOT NULL, resolved_ns INTEGER,
+                PRIMARY KEY (event_uuid, parcel))""",
+            "CREATE INDEX IF NOT EXISTS unmatched_open ON unmatched(parcel) "
+            "WHERE resolved_ns IS NULL",
+            """CREATE TABLE IF NOT EXISTS van_days (
+                event_uuid TEXT PRIMARY KEY, van TEXT NOT NULL, day TEXT, at_ns INTEGER NOT NULL,
+                report TEXT NOT NULL, discrepancies TEXT NOT NULL)""",
+            """CREATE TABLE IF NOT EXISTS locker_commands (
+                id TEXT PRIMARY KEY, locker TEXT NOT NULL, action TEXT NOT NULL, parcel TEXT,
+                noted_ns INTEGER NOT NULL)""",
+        ),
+    ),
+    Migration(
+        4,
+        "the webhook outbox",
+        (
+            """CREATE TABLE IF NOT EXISTS webhook_outbox (
+                id              INTEGER PRIMARY KEY,
+                event_id        TEXT NOT NULL UNIQUE,
+                url             TEXT NOT NULL,
+                body            BLOB NOT NULL,
+                key_id          TEXT NOT NULL,
+                state           TEXT NOT NULL DEFAULT 'pending'
+                                CHECK (state IN ('pending', 'sent', 'dead')),
+                attempts        INTEGER NOT NULL DEFAULT 0,
+                next_attempt_ns INTEGER NOT NULL,
+                last_error      TEXT,
+                created_ns      INTEGER NOT NULL,
+                sent_ns         INTEGER,
+                dead_ns         INTEGER,
+                status_code     INTEGER)""",
+            # The scheduler's two questions: what is due now, and when is the next one due.
+            "CREATE INDEX IF NOT EXISTS webhook_outbox_due ON webhook_outbox(next_attempt_ns, id) "
+            "WHERE state = 'pending'",
+            "CREATE INDEX IF NOT EXISTS webhook_outbox_state ON webhook_outbox(state)",
+        ),
+    ),
+    Migration(
+        5,
+        "manifests and signed commands waiting to be published",
+        (
+            """CREATE TABLE IF NOT EXISTS manifests (
+                van TEXT NOT NULL, day TEXT NOT NULL, version INTEGER NOT NULL,
+                body BLOB NOT NULL, issued_ns INTEGER NOT NULL, published_ns INTEGER,
+                PRIMARY KEY (van, day, version))""",
+            """CREATE TABLE IF NOT EXISTS depot_commands (
+                id TEXT PRIMARY KEY, target TEXT NOT NULL, action TEXT NOT NULL,
+                args TEXT NOT NULL, created_ns INTEGER NOT NULL, published_ns INTEGER,
+                attempts INTEGER NOT NULL DEFAULT 0)""",
+        ),
+    ),
+    Migration(
+        6,
+        "one schema version: retire the parcel book's and the outbox's own markers",
+        ("DROP TABLE IF EXISTS book_meta", "DROP TABLE IF EXISTS webhook_schema"),
+        check=_old_version_markers_are_known,
+    ),
+)
+LATEST = MIGRATIONS[-1].number
+assert [m.number for m in MIGRATIONS] == list(range(1, LATEST + 1)), "numbered without holes"
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    """The number of the last migration applied to the database behind `conn`."""
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the database behind `conn` up to `LATEST` in one transaction; return the version
+    it had before.
+
+    Works on an autocommit connection (its own BEGIN IMMEDIATE, which takes the write lock
+    before reading the version, so two processes starting at once do not both migrate) and
+    inside a caller's transaction (a savepoint).
+    """
+    own = not conn.in_transaction
+    conn.execute("BEGIN IMMEDIATE" if own else "SAVEPOINT depot_migrate")
+    try:
+        found = schema_version(conn)
+        if found > LATEST:
+            raise StoreError(
+                f"depot database schema {found} is newer than this software ({LATEST})"
+            )
+        pending = MIGRATIONS[found:]
+        for m in pending:  # every check first: they look at the file as it was found
+            if m.check is not None:
+                m.check(conn)
+        for m in pending:
+            for statement in m.statements:
+                conn.execute(statement)
+        if found != LATEST:
+            conn.execute(f"PRAGMA user_version={LATEST}")
+        conn.execute("COMMIT" if own else "RELEASE depot_migrate")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            if own:
+                conn.execute("ROLLBACK")
+            else:
+                conn.execute("ROLLBACK TO depot_migrate")
+                conn.execute("RELEASE depot_migrate")
+        raise
+    return found
