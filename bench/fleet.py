@@ -190,6 +190,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steady-rate", type=float, default=1 / 15,
                    help="new events per second per device in the steady phase (default 1/15: "
                         "a scan every 15 s on average)")
+    p.add_argument("--ack-timeout-s", type=float, default=ACK_TIMEOUT_S,
+                   help="a device resends from its last ack after this long without one "
+                        f"(default {ACK_TIMEOUT_S:g}, the uplink's)")
     p.add_argument("--postgresql", default=None, metavar="URL",
                    help="database of the PostgreSQL set-ups (once the depot takes them)")
     p.add_argument("--seed", type=int, default=1, help="random seed of events and timings")
@@ -207,7 +210,11 @@ SESSION_EXPIRY_S = 7 * 24 * 3600  # the uplink's persistent session
 
 
 class ProtocolError(Exception):
-    """The broker said no, or sent something this client does not expect."""
+    """The broker sent something this client does not expect."""
+
+
+class Refused(ProtocolError):
+    """The broker refused the account or its subscription: retrying cannot help."""
 
 
 def _varint(n: int) -> bytes:
@@ -315,7 +322,8 @@ class Counters:
     connects: int = 0
     reconnects: int = 0
     batches: int = 0
-    resends: int = 0
+    resends_after_timeout: int = 0  # no ack for ACK_TIMEOUT_S: the batch is sent again
+    resends_asked: int = 0  # the depot's ack said `resend` (it saw a gap)
     refused_pubacks: int = 0
     connect_s: list[float] = field(default_factory=list)
     ack_latency_s: list[float] = field(default_factory=list)
@@ -336,6 +344,8 @@ class Fleet:
         self._devices_left = 0
         self.backlogs_done = asyncio.Event()
         self.all_done = asyncio.Event()
+        self.refused = asyncio.Event()  # a device was refused: the run cannot succeed
+        self.refusal = ""
         self.handshakes = asyncio.Semaphore(HANDSHAKES_AT_ONCE)
 
     def add(self, device: Device) -> None:
@@ -353,6 +363,11 @@ class Fleet:
         if self._backlogs_left == 0:
             self.backlog_acked_at = at
             self.backlogs_done.set()
+
+    def refuse(self, reason: str) -> None:
+        if not self.refused.is_set():
+            self.refusal = reason
+            self.refused.set()
 
     def device_done(self) -> None:
         self._devices_left -= 1
@@ -456,6 +471,9 @@ class Device:
             try:
                 if await self._session():
                     attempt = 0
+            except Refused as exc:
+                self.fleet.refuse(f"{self.name}: {exc}")
+                return
             except (OSError, TimeoutError, asyncio.IncompleteReadError, ProtocolError) as exc:
                 if not self.fleet.stopping:
                     log.info("%s: connection ended: %r", self.name, exc)
@@ -484,7 +502,7 @@ class Device:
                 raise
         try:
             if first >> 4 != CONNACK or len(body) < 2 or body[1] != 0:
-                raise ProtocolError(f"connection refused: packet {first >> 4}, "
+                raise Refused(f"connection refused: packet {first >> 4}, "
                                     f"reason {body[1] if len(body) > 1 else '?'}")
             fleet.stats.connects += 1
             fleet.stats.connect_s.append(time.perf_counter() - started)
@@ -552,7 +570,7 @@ class Device:
             props_len, i = _read_varint(body, 2)
             codes = body[i + props_len :]
             if not codes or codes[0] >= 0x80:
-                raise ProtocolError(f"subscription to {self._ack_topic} refused: {codes!r}")
+                raise Refused(f"subscription to {self._ack_topic} refused: {codes!r}")
             self._subscribed = True
             self._pump()
         elif kind == DISCONNECT:
@@ -585,7 +603,7 @@ class Device:
                 self.fleet.device_done()
             self._arm_ack_timer()  # progress: the timeout counts from here
         if ack.resend_from is not None:
-            self.fleet.stats.resends += 1
+            self.fleet.stats.resends_asked += 1
             self.inflight_last = 0
         elif self.inflight_last and ack.seq >= self.inflight_last:
             self.inflight_last = 0
@@ -620,7 +638,7 @@ class Device:
         if self.inflight_last:
             log.info("%s: no ack for %.1f s; resending from %d", self.name,
                      self.fleet.ack_timeout_s, self.acked + 1)
-            self.fleet.stats.resends += 1
+            self.fleet.stats.resends_after_timeout += 1
             self.inflight_last = 0
             self._pump()
 
@@ -736,6 +754,7 @@ class Plan:
     steady: int  # events per device in the steady phase
     steady_s: float
     jitter_s: float
+    ack_timeout_s: float
     seed: int
     postgresql: str | None
 
@@ -789,19 +808,24 @@ def watch_exit(pid: int) -> Iterator[asyncio.Future[None]]:
         os.close(fd)
 
 
-async def wait_for_event(event: asyncio.Event, timeout: float,
+async def wait_for_event(fleet: Fleet, event: asyncio.Event, timeout: float,
                          depot_exited: asyncio.Future[None]) -> bool:
-    """Whether `event` was set within `timeout`; BenchError if the depot died meanwhile."""
+    """Whether `event` was set within `timeout`; BenchError at once if the depot died or the
+    broker refused a device meanwhile."""
     waiter = asyncio.create_task(event.wait())
-    watched: set[asyncio.Future[Any]] = {waiter, depot_exited}
+    refused = asyncio.create_task(fleet.refused.wait())
+    watched: set[asyncio.Future[Any]] = {waiter, refused, depot_exited}
     try:
         await asyncio.wait(watched, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:
         waiter.cancel()
+        refused.cancel()
     if event.is_set():
         return True
     if depot_exited.done():
         raise BenchError("the depot exited during the run")
+    if fleet.refused.is_set():
+        raise BenchError(f"the broker refused {fleet.refusal}")
     return False
 
 
@@ -822,7 +846,8 @@ async def await_depot(port: int, password: str, depot_exited: asyncio.Future[Non
     fleet.expect()
     task = asyncio.create_task(probe.run(0.0))
     try:
-        if not await wait_for_event(fleet.all_done, DEPOT_READY_TIMEOUT_S, depot_exited):
+        if not await wait_for_event(fleet, fleet.all_done, DEPOT_READY_TIMEOUT_S,
+                                    depot_exited):
             raise BenchError(f"the depot acknowledged nothing in {DEPOT_READY_TIMEOUT_S} s")
     finally:
         await fleet.stop([task])
@@ -865,7 +890,9 @@ class RunResult:
             "connects": st.connects,
             "reconnects": st.reconnects,
             "batches": st.batches,
-            "resends": st.resends,
+            # A resent batch is decoded and verified again by the depot, then deduplicated.
+            "resends_after_ack_timeout": st.resends_after_timeout,
+            "resends_asked_by_depot": st.resends_asked,
             "refused_pubacks": st.refused_pubacks,
             **self.checks,
         }
@@ -880,7 +907,7 @@ async def morning(plan: Plan, port: int, passwords: dict[str, str],
     rng = random.Random(plan.seed)
     with watch_exit(depot.pid) as depot_exited:
         await await_depot(port, passwords[PROBE], depot_exited, rng)
-        fleet = Fleet(port)
+        fleet = Fleet(port, ack_timeout_s=plan.ack_timeout_s)
         build_fleet(fleet, plan, passwords, payloads, rng)
         loop = asyncio.get_running_loop()
         tasks: list[asyncio.Task[None]] = []
@@ -888,7 +915,8 @@ async def morning(plan: Plan, port: int, passwords: dict[str, str],
             start = cpu_mark(depot.pid, broker_pid)
             tasks = [asyncio.create_task(d.run(rng.uniform(0, plan.jitter_s)))
                      for d in fleet.devices]
-            if not await wait_for_event(fleet.backlogs_done, DRAIN_TIMEOUT_S, depot_exited):
+            if not await wait_for_event(fleet, fleet.backlogs_done, DRAIN_TIMEOUT_S,
+                                        depot_exited):
                 raise BenchError(f"{fleet.backlogs_left} of {plan.devices} devices still had "
                                  f"backlog after {DRAIN_TIMEOUT_S} s")
             drained = cpu_mark(depot.pid, broker_pid)
@@ -902,8 +930,8 @@ async def morning(plan: Plan, port: int, passwords: dict[str, str],
                 for k in range(plan.steady):
                     payload, text = payloads[rng.randrange(len(payloads))]
                     loop.call_at(t0 + (k + rng.random()) * slot, d.scan, payload, text)
-            if not await wait_for_event(fleet.all_done, plan.steady_s + STEADY_ACK_TIMEOUT_S,
-                                        depot_exited):
+            if not await wait_for_event(fleet, fleet.all_done,
+                                        plan.steady_s + STEADY_ACK_TIMEOUT_S, depot_exited):
                 raise BenchError(f"{fleet.devices_left} of {plan.devices} devices still waited "
                                  f"for acks {STEADY_ACK_TIMEOUT_S} s after the steady phase")
             steady = cpu_mark(depot.pid, broker_pid)
@@ -1063,16 +1091,23 @@ def where_time_goes(run: dict[str, Any], cores: int, commit_ms: float, missed: l
                        f"{commit_ms} ms each on this disk, acknowledgement round trips)")
         notes.append(f"{phase} ({run['backend']}/{run['workers']}): {shares} of one core; "
                      f"{verdict}")
+    resent = run["resends_after_ack_timeout"]
+    if resent:
+        notes.append(f"{resent} batches were sent again after the devices' ack timeout, and "
+                     "the depot decoded and verified each of them again before finding it "
+                     "already stored")
     return f"missed {', '.join(missed)}. " + "; ".join(notes) + (
-        f". The drain wrote {run['batches']} batches and {run['connects']} status messages, "
-        f"each its own commit ({commit_ms} ms median on this disk).")
+        f". The run sent {run['batches']} batches and {run['connects']} status messages, "
+        f"each its own commit at the depot ({commit_ms} ms median on this disk).")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.devices < 1 or args.backlog_events < 1:
         raise BenchError("--devices and --backlog-events must be at least 1")
-    if args.steady_s <= 0 or args.steady_rate <= 0 or args.reconnect_jitter_s < 0:
-        raise BenchError("--steady-s and --steady-rate must be positive, the jitter not negative")
+    if min(args.steady_s, args.steady_rate, args.ack_timeout_s) <= 0 or (
+            args.reconnect_jitter_s < 0):
+        raise BenchError("--steady-s, --steady-rate and --ack-timeout-s must be positive, "
+                         "--reconnect-jitter-s not negative")
     if find_mosquitto() is None:
         raise BenchError("bench fleet needs Mosquitto (apt-get install mosquitto)")
     fd_limit = raise_fd_limit(args.devices + FD_HEADROOM)
@@ -1082,6 +1117,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         steady=steady_events_per_device(args.steady_s, args.steady_rate),
         steady_s=args.steady_s,
         jitter_s=args.reconnect_jitter_s,
+        ack_timeout_s=args.ack_timeout_s,
         seed=args.seed,
         postgresql=args.postgresql,
     )
@@ -1094,6 +1130,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     payloads = [(p, canonical_payload(p))
                 for p in scan_payloads(min(PAYLOAD_POOL, plan.devices * plan.backlog), rng)]
     results: list[RunResult] = []
+    load_before = os.getloadavg()[0]
     with scratch_dir(args.dir, "fleet") as workdir:
         commit_ms = disk_commit_ms(workdir)
         for setup in chosen:
@@ -1102,7 +1139,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                      payloads))
         mount = describe_mount(workdir)
     runs = [r.figures() for r in results]
-    return report(plan, runs, not_run, commit_ms, fd_limit, mount)
+    return report(plan, runs, not_run, commit_ms, fd_limit, mount, load_before)
 
 
 def _ratio(value: Any, base: Any) -> float | None:
@@ -1112,7 +1149,8 @@ def _ratio(value: Any, base: Any) -> float | None:
 
 
 def report(plan: Plan, runs: list[dict[str, Any]], not_run: list[dict[str, Any]],
-           commit_ms: float, fd_limit: int, mount: dict[str, Any]) -> dict[str, Any]:
+           commit_ms: float, fd_limit: int, mount: dict[str, Any],
+           load_before: float) -> dict[str, Any]:
     base = runs[0]
     compared = ("events_per_s", "drain_s", "ack_p50_ms", "ack_p99_ms", "depot_cpu_pct",
                 "depot_rss_mb")
@@ -1150,12 +1188,14 @@ def report(plan: Plan, runs: list[dict[str, Any]], not_run: list[dict[str, Any]]
         },
         "targets_met": targets_met,
         "reconnect_jitter_s": plan.jitter_s,
+        "ack_timeout_s": plan.ack_timeout_s,
         "steady_s": plan.steady_s,
         "transport": "MQTT v5, plain TCP on 127.0.0.1",
         "disk_commit_ms": commit_ms,
         "fd_limit": fd_limit,
         "mount": mount,
-        "host": host_facts(),
+        # Another job on the machine takes cores from fleet, broker and depot alike.
+        "host": {**host_facts(), "loadavg_1m_before": rounded(load_before, 2)},
     }
     missed = [name for name, ok in targets_met.items() if ok is False]
     if missed:

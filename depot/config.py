@@ -7,7 +7,9 @@ delivery that a locker's coordinates were typed as text.
 Example::
 
     [depot]
-    db = "depot.db"                    # relative paths are relative to this file
+    database = "depot.db"              # a SQLite file, relative to this file (the default),
+                                       # or "postgresql://depot@db-host/depot" (password from
+                                       # PGPASSWORD or ~/.pgpass, never written here)
     lat = 52.3676
     lon = 4.9041
     vans = ["van-1", "van-2"]
@@ -71,7 +73,7 @@ class LockerSiteConfig:
 
 @dataclass
 class DepotConfig:
-    db: Path
+    database: str | Path  # a SQLite file, or a postgresql:// URL (depot.store.open_database)
     lat: float
     lon: float
     vans: list[str]
@@ -112,6 +114,17 @@ def _path(base: Path, value: Any, key: str) -> Path:
     return p if p.is_absolute() else base / p
 
 
+def _database(base: Path, depot: Mapping[str, Any]) -> str | Path:
+    """`depot.database`: a PostgreSQL URL as written, else a SQLite path (`db`, its old name)."""
+    if "database" in depot and "db" in depot:
+        raise DepotConfigError("depot.database and depot.db name the same thing: keep database")
+    key = "database" if "database" in depot else "db"
+    value = depot.get(key, "depot.db")
+    if isinstance(value, str) and value.startswith(("postgresql://", "postgres://")):
+        return value
+    return _path(base, value, f"depot.{key}")
+
+
 def load_depot_config(path: str | os.PathLike[str]) -> DepotConfig:
     """Read and check `depot.toml`; raises DepotConfigError naming the first bad key."""
     file = Path(path)
@@ -127,7 +140,7 @@ def load_depot_config(path: str | os.PathLike[str]) -> DepotConfig:
     if not isinstance(vans, list) or not all(isinstance(v, str) and v for v in vans):
         raise DepotConfigError("depot.vans must be a list of van device names")
     config = DepotConfig(
-        db=_path(base, depot.get("db"), "depot.db"),
+        database=_database(base, depot),
         lat=_number(depot, "lat", "depot"),
         lon=_number(depot, "lon", "depot"),
         vans=list(vans),

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from depot.store import LATEST, Database, StoreError
+from depot.store import LATEST, DepotDatabase, StoreError, open_database
 from sync.errors import WireError
 from sync.mqtt import BrokerAddress, MqttSession
 from sync.wire import (
@@ -64,11 +64,11 @@ class DepotStore:
     Callers hold no lock: every method takes the database's own.
     """
 
-    def __init__(self, database: str | Path | Database) -> None:
-        # Handed the depot's Database, it shares its one connection and lock; handed a path
-        # (a tool or a test that needs only the events), it opens and owns one.
-        self._owns = not isinstance(database, Database)
-        self.database = database if isinstance(database, Database) else Database(database)
+    def __init__(self, database: str | Path | DepotDatabase) -> None:
+        # Handed the depot's database, it shares its one connection and lock; handed a path or
+        # URL (a tool or a test that needs only the events), it opens and owns one.
+        self._owns = not isinstance(database, DepotDatabase)
+        self.database = open_database(database)
         self.path = self.database.path
         self._lock = self.database.lock
         self._db = self.database.connection  # used holding _lock
@@ -93,6 +93,7 @@ class DepotStore:
 
     def _ingest(self, batch: Batch, now: int) -> IngestResult:
         dev, jnl = batch.device, batch.journal_id
+        self.database.lock_stream(self._db, dev, jnl)
         row = self._db.execute(
             "SELECT head_seq, head_hash, nacked_at FROM streams WHERE device=? AND journal=?",
             (dev, jnl),
@@ -203,7 +204,7 @@ class DepotStore:
         fresh = chunk.data[have - chunk.offset :]
         if fresh:
             self._db.execute(
-                "INSERT INTO photo_chunks(device, sha256, offset, total, content_type, data, "
+                "INSERT INTO photo_chunks(device, sha256, \"offset\", total, content_type, data, "
                 "received_ns) VALUES (?,?,?,?,?,?,?)",
                 (device, sha, have, chunk.total, chunk.content_type, fresh, now),
             )
@@ -211,7 +212,7 @@ class DepotStore:
         if have < chunk.total:
             return PhotoAck(sha, have)
         parts = self._db.execute(
-            "SELECT data FROM photo_chunks WHERE device=? AND sha256=? ORDER BY offset", key
+            "SELECT data FROM photo_chunks WHERE device=? AND sha256=? ORDER BY \"offset\"", key
         ).fetchall()
         data = b"".join(bytes(p[0]) for p in parts)
         self._db.execute("DELETE FROM photo_chunks WHERE device=? AND sha256=?", key)

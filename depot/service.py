@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -35,7 +34,7 @@ from depot.imports import ImportResult, read_import
 from depot.ingest import Depot, DepotStore
 from depot.policy import LockerSite, NextAction, PolicyError, decide_after_failure
 from depot.routing import build_manifest, plan_routes
-from depot.store import Database
+from depot.store import Conn, open_database
 from depot.tracking import Notification, ParcelBook, Transition
 from depot.webhooks import WebhookSender, enqueue
 from parcel.errors import ParcelError
@@ -72,7 +71,7 @@ class DepotService:
         self.config = config
         self.clock: Clock = clock or SystemClock()
         # One database, one connection, one lock for every part of the depot in this process.
-        self.database = Database(config.db)
+        self.database = open_database(config.database)
         self.store = DepotStore(self.database)
         self.book = ParcelBook(self.database, notify=self._notify, clock=self.clock)
         self._db = self.database.connection  # manifests and commands; used holding _db_lock
@@ -511,7 +510,7 @@ class DepotService:
 
     # --- notifications --------------------------------------------------------------------------
 
-    def _notify(self, conn: sqlite3.Connection, n: Notification) -> None:
+    def _notify(self, conn: Conn, n: Notification) -> None:
         key_id = n.audience if n.audience == "customer" else str(n.body.get("merchant") or "")
         enqueue(
             conn,

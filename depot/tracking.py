@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from depot.errors import DepotError
-from depot.store import Database, StoreError
+from depot.store import Conn, DepotDatabase, StoreError, open_database
 from sync.clock import Clock, SystemClock
 
 log = logging.getLogger(__name__)
@@ -195,10 +195,10 @@ class Notification:
     body: Mapping[str, Any]
 
 
-Notify = Callable[[sqlite3.Connection, Notification], None]
+Notify = Callable[[Conn, Notification], None]
 
 
-def _no_notify(conn: sqlite3.Connection, notification: Notification) -> None:
+def _no_notify(conn: Conn, notification: Notification) -> None:
     """The default: tell nobody (tests and tools that only read the book)."""
 
 
@@ -281,7 +281,7 @@ class _ParcelQueries:
     """The questions anyone may ask the book; answered from whatever connection `_reading`
     lends (the book's own under its lock, or a read-only view's)."""
 
-    def _reading(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+    def _reading(self) -> contextlib.AbstractContextManager[Conn]:
         raise NotImplementedError
 
     def parcel(self, parcel: str) -> dict[str, Any] | None:
@@ -498,37 +498,38 @@ class ParcelView(_ParcelQueries):
     writer's lock, and WAL lets them read while the projection writes.
     """
 
-    def __init__(self, database: str | Path | Database) -> None:
-        if isinstance(database, Database):
+    def __init__(self, database: str | Path | DepotDatabase) -> None:
+        self._database: DepotDatabase | None = None
+        if isinstance(database, DepotDatabase):
             try:
-                self._db = database.reader()
+                self._db: Conn = database.reader()
             except StoreError as exc:
                 raise ParcelBookError(str(exc)) from exc
+            self._database = database
             return
         uri = f"file:{urllib.parse.quote(str(Path(database).resolve()))}?mode=ro"
         try:
-            self._db = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S)
+            self._file = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S)
+            self._db = self._file
         except sqlite3.Error as exc:
             raise ParcelBookError(f"cannot read the parcel book at {database}: {exc}") from exc
 
     @contextlib.contextmanager
-    def _reading(self) -> Iterator[sqlite3.Connection]:
+    def _reading(self) -> Iterator[Conn]:
         yield self._db
 
     def photo(self, sha256: str) -> tuple[str, bytes] | None:
         """A stored, verified proof-of-delivery photo: (content type, bytes), or None."""
-        try:
-            row = self._db.execute(
-                "SELECT content_type, data FROM photos WHERE sha256=?", (sha256,)
-            ).fetchone()
-        except sqlite3.OperationalError as exc:
-            if "no such table" in str(exc):  # a book without the event store beside it
-                return None
-            raise
+        row = self._db.execute(
+            "SELECT content_type, data FROM photos WHERE sha256=?", (sha256,)
+        ).fetchone()
         return (str(row[0]), bytes(row[1])) if row is not None else None
 
     def close(self) -> None:
-        self._db.close()
+        if self._database is not None:
+            self._database.close_reader(self._db)
+        else:
+            self._file.close()
 
     def __enter__(self) -> ParcelView:
         return self
@@ -757,7 +758,7 @@ class ParcelBook(_ParcelQueries):
 
     def __init__(
         self,
-        database: str | Path | Database,
+        database: str | Path | DepotDatabase,
         *,
         notify: Notify | None = None,
         clock: Clock | None = None,
@@ -765,9 +766,9 @@ class ParcelBook(_ParcelQueries):
         # Handed the depot's Database, the book shares its one connection and lock (so a
         # webhook enqueued by `notify` commits with the state change); handed a path, it
         # opens and owns one.
-        self._owns = not isinstance(database, Database)
+        self._owns = not isinstance(database, DepotDatabase)
         try:
-            self._database = database if isinstance(database, Database) else Database(database)
+            self._database = open_database(database)
         except StoreError as exc:
             raise ParcelBookError(f"parcel book: {exc}") from exc
         self.path = self._database.path
@@ -776,13 +777,13 @@ class ParcelBook(_ParcelQueries):
         self._lock = self._database.lock
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self) -> Iterator[Conn]:
         """One write transaction on the depot's connection (a savepoint inside another)."""
         with self._database.transaction() as conn:
             yield conn
 
     @contextlib.contextmanager
-    def _reading(self) -> Iterator[sqlite3.Connection]:
+    def _reading(self) -> Iterator[Conn]:
         with self._database.reading() as conn:
             yield conn
 
@@ -992,7 +993,7 @@ class ParcelBook(_ParcelQueries):
             )
 
     @staticmethod
-    def _state_of(conn: sqlite3.Connection, parcel: str) -> str:
+    def _state_of(conn: Conn, parcel: str) -> str:
         row = conn.execute("SELECT state FROM parcels WHERE id=?", (parcel,)).fetchone()
         if row is None:
             raise UnknownParcelError(parcel)
@@ -1010,6 +1011,7 @@ class ParcelBook(_ParcelQueries):
         if limit < 1:
             raise TrackingError("limit must be at least 1")
         with self._lock, self._transaction() as conn:
+            self._database.lock_projection(conn)
             transitions = self._replay_unmatched(conn)
             cursor = int(
                 conn.execute("SELECT last_rowid FROM projection WHERE id=1").fetchone()[0]
@@ -1028,7 +1030,7 @@ class ParcelBook(_ParcelQueries):
                 )
         return transitions
 
-    def _replay_unmatched(self, conn: sqlite3.Connection) -> list[Transition]:
+    def _replay_unmatched(self, conn: Conn) -> list[Transition]:
         pending = conn.execute(
             "SELECT u.event_rowid, u.event_uuid, u.parcel FROM unmatched u "
             "JOIN parcels p ON p.id = u.parcel WHERE u.resolved_ns IS NULL "
@@ -1050,7 +1052,7 @@ class ParcelBook(_ParcelQueries):
         return transitions
 
     def _project(
-        self, conn: sqlite3.Connection, ev: _StoredEvent, *, only_parcel: str | None = None
+        self, conn: Conn, ev: _StoredEvent, *, only_parcel: str | None = None
     ) -> list[Transition]:
         if ev.kind not in _VAN_KINDS and ev.kind not in _LOCKER_KINDS:
             return []  # scans, alarms, keypad attempts: device facts that move no parcel
@@ -1072,20 +1074,20 @@ class ParcelBook(_ParcelQueries):
         return transitions
 
     @staticmethod
-    def _loaded_of(conn: sqlite3.Connection, van: str) -> list[str]:
+    def _loaded_of(conn: Conn, van: str) -> list[str]:
         rows = conn.execute(
             "SELECT id FROM parcels WHERE van=? AND state='loaded' ORDER BY id", (van,)
         ).fetchall()
         return [str(r[0]) for r in rows]
 
     @staticmethod
-    def _command_parcel(conn: sqlite3.Connection, command_id: str) -> str | None:
+    def _command_parcel(conn: Conn, command_id: str) -> str | None:
         row = conn.execute(
             "SELECT parcel FROM locker_commands WHERE id=?", (command_id,)
         ).fetchone()
         return str(row[0]) if row and row[0] else None
 
-    def _van_side_effects(self, conn: sqlite3.Connection, ev: _StoredEvent) -> None:
+    def _van_side_effects(self, conn: Conn, ev: _StoredEvent) -> None:
         """Facts about a van rather than a parcel; idempotent, so a replay changes nothing."""
         p = ev.payload
         if ev.kind == "manifest_applied":
@@ -1127,7 +1129,7 @@ class ParcelBook(_ParcelQueries):
                 (ev.uuid, ev.device, day, ev.at_ns, _dumps(report), json.dumps(discrepancies)),
             )
 
-    def _unmatched(self, conn: sqlite3.Connection, ev: _StoredEvent, parcel: str, why: str) -> None:
+    def _unmatched(self, conn: Conn, ev: _StoredEvent, parcel: str, why: str) -> None:
         conn.execute(
             "INSERT OR IGNORE INTO unmatched(event_rowid, event_uuid, parcel, device, kind, "
             "reason, recorded_ns) VALUES (?,?,?,?,?,?,?)",
@@ -1135,7 +1137,7 @@ class ParcelBook(_ParcelQueries):
         )
         log.warning("%s from %s about %r kept unmatched: %s", ev.kind, ev.device, parcel, why)
 
-    def _apply(self, conn: sqlite3.Connection, ev: _StoredEvent, fact: _Fact) -> Transition | None:
+    def _apply(self, conn: Conn, ev: _StoredEvent, fact: _Fact) -> Transition | None:
         row = conn.execute(
             "SELECT state, next_action, attempts, locker, compartment FROM parcels WHERE id=?",
             (fact.parcel,),
@@ -1207,7 +1209,7 @@ class ParcelBook(_ParcelQueries):
 
     def _record_entry(
         self,
-        conn: sqlite3.Connection,
+        conn: Conn,
         *,
         parcel: str,
         event_uuid: str,

@@ -75,7 +75,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from depot.errors import DepotError
-from depot.store import Database, migrate
+from depot.store import DATABASE_ERRORS, Conn, DepotDatabase, migrate, open_database
 from sync.clock import Clock, SystemClock
 from sync.mqtt import backoff_delay
 
@@ -222,7 +222,7 @@ def ensure_schema(conn: sqlite3.Connection) -> None:
     migrate(conn)
 
 
-def _autocommits(conn: sqlite3.Connection) -> bool:
+def _autocommits(conn: Conn) -> bool:
     """True when a statement on `conn` now would commit by itself (no transaction around it).
 
     In Python's legacy mode (isolation_level "" and friends) the module opens a transaction
@@ -231,7 +231,8 @@ def _autocommits(conn: sqlite3.Connection) -> bool:
     """
     if conn.in_transaction:
         return False
-    return conn.isolation_level is None or getattr(conn, "autocommit", None) is True
+    level = getattr(conn, "isolation_level", None)  # sqlite3's legacy mode; None: autocommit
+    return level is None or getattr(conn, "autocommit", None) is True
 
 
 def _encode_body(body: bytes | Mapping[str, Any]) -> bytes:
@@ -260,7 +261,7 @@ def _check_url(url: str) -> None:
 
 
 def enqueue(
-    conn: sqlite3.Connection,
+    conn: Conn,
     *,
     event_id: str,
     url: str,
@@ -309,7 +310,7 @@ def enqueue(
     return False
 
 
-def stats(conn: sqlite3.Connection) -> dict[str, int]:
+def stats(conn: Conn) -> dict[str, int]:
     """Row counts by state and the attempts made over all rows (the outbox is the truth)."""
     counts = {"pending": 0, "sent": 0, "dead": 0, "attempts": 0}
     for state, n, attempts in conn.execute(
@@ -320,7 +321,7 @@ def stats(conn: sqlite3.Connection) -> dict[str, int]:
     return counts
 
 
-def entry(conn: sqlite3.Connection, event_id: str) -> OutboxEntry | None:
+def entry(conn: Conn, event_id: str) -> OutboxEntry | None:
     """The outbox row for one event id, whatever its state."""
     row = conn.execute(
         f"SELECT {_ENTRY_COLUMNS} FROM webhook_outbox WHERE event_id = ?", (event_id,)
@@ -328,7 +329,7 @@ def entry(conn: sqlite3.Connection, event_id: str) -> OutboxEntry | None:
     return None if row is None else OutboxEntry._from_row(row)
 
 
-def dead_letters(conn: sqlite3.Connection, limit: int | None = None) -> list[OutboxEntry]:
+def dead_letters(conn: Conn, limit: int | None = None) -> list[OutboxEntry]:
     """Dead letters, oldest first: what a person must look at (kept forever, never deleted)."""
     sql = f"SELECT {_ENTRY_COLUMNS} FROM webhook_outbox WHERE state = 'dead' ORDER BY id"
     params: tuple[int, ...] = ()
@@ -338,7 +339,7 @@ def dead_letters(conn: sqlite3.Connection, limit: int | None = None) -> list[Out
     return [OutboxEntry._from_row(r) for r in conn.execute(sql, params)]
 
 
-def retry_dead(conn: sqlite3.Connection, event_id: str) -> bool:
+def retry_dead(conn: Conn, event_id: str) -> bool:
     """Requeue a dead letter by hand (an operator action, after fixing the receiver or a key).
 
     The row gets a fresh budget of attempts and is due at once (next_attempt_ns = 0 is due on
@@ -431,7 +432,7 @@ class WebhookSender:
 
     def __init__(
         self,
-        database: str | Path | Database,
+        database: str | Path | DepotDatabase,
         *,
         secret_for: Callable[[str], bytes],
         clock: Clock | None = None,
@@ -449,7 +450,9 @@ class WebhookSender:
         # The depot's Database (shared connection and lock), or a path: then the sender opens
         # its own at start() and closes it at stop().
         self._given = database
-        self._database: Database | None = database if isinstance(database, Database) else None
+        self._database: DepotDatabase | None = (
+            database if isinstance(database, DepotDatabase) else None
+        )
         self.clock: Clock = clock or SystemClock()
         self.max_attempts = max_attempts
         self.backoff_base_s = backoff_base_s
@@ -486,8 +489,7 @@ class WebhookSender:
         if self._thread is not None:
             return
         if self._database is None:  # opened here, so an unusable database raises now
-            assert not isinstance(self._given, Database)
-            self._database = Database(self._given)
+            self._database = open_database(self._given)
         self._stop.clear()
         # POSTs cut off by an earlier stop() were never recorded: their rows are pending
         # again, and a late answer from one of them goes to the old queue, not this one.
@@ -537,7 +539,7 @@ class WebhookSender:
                     with db.reading() as conn:
                         self._dispatch(conn, now)
                         wait = self._wait_s(conn, now)
-                except sqlite3.Error:
+                except DATABASE_ERRORS:
                     # A locked or failing database must not kill the thread: outcomes stay
                     # in memory (their rows stay in flight) until they can be written.
                     log.exception("webhook outbox: database error; trying again shortly")
@@ -546,16 +548,16 @@ class WebhookSender:
             concurrent.futures.wait(list(self._futures.values()), timeout=self.timeout_s)
             try:
                 self._apply(db)
-            except sqlite3.Error:
+            except DATABASE_ERRORS:
                 log.exception("webhook outbox: outcomes lost at stop; those rows will resend")
         finally:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
-            if not isinstance(self._given, Database):  # ours: opened at start()
+            if not isinstance(self._given, DepotDatabase):  # ours: opened at start()
                 db.close()
                 self._database = None
 
-    def _dispatch(self, conn: sqlite3.Connection, now: int) -> None:
+    def _dispatch(self, conn: Conn, now: int) -> None:
         free = self.concurrency - len(self._in_flight)
         if free <= 0:
             return
@@ -595,7 +597,7 @@ class WebhookSender:
 
         return self._pool.submit(post)
 
-    def _wait_s(self, conn: sqlite3.Connection, now: int) -> float:
+    def _wait_s(self, conn: Conn, now: int) -> float:
         """Real seconds until the next row falls due (rows due now but not sent wait for an
         in-flight POST to finish, which wakes this thread)."""
         row = conn.execute(
@@ -647,7 +649,7 @@ class WebhookSender:
 
     # --- recording outcomes (scheduler thread) ---------------------------------------------
 
-    def _apply(self, db: Database) -> None:
+    def _apply(self, db: DepotDatabase) -> None:
         while True:
             try:
                 self._unapplied.append(self._done.get_nowait())
@@ -669,7 +671,7 @@ class WebhookSender:
                 self.retried += 1
         self._unapplied.clear()
 
-    def _record(self, conn: sqlite3.Connection, o: _Outcome, now: int) -> str:
+    def _record(self, conn: Conn, o: _Outcome, now: int) -> str:
         due = o.due
         attempts = due.attempts + 1
         if o.error is None:

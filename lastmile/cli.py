@@ -203,6 +203,8 @@ def _depot_run_service(args: argparse.Namespace) -> int:
     config = _depot_service_config(args)
     if config.broker is None:
         raise SystemExit("lastmile depot: the config has no [broker]")
+    if args.db is not None:  # --database on the command line wins over the file's
+        config.database = args.db
 
     def make() -> _Device:
         service = DepotService(config)
@@ -210,7 +212,7 @@ def _depot_run_service(args: argparse.Namespace) -> int:
             json.dumps(
                 {
                     "depot": "running",
-                    "db": str(config.db),
+                    "database": service.database.where,
                     "api": f"http://{config.api[0]}:{config.api[1]}" if config.api else None,
                 }
             ),
@@ -305,9 +307,15 @@ def _depot_plan(args: argparse.Namespace) -> int:
 
 
 def _open_book(args: argparse.Namespace) -> Any:
+    from depot.store import StoreError, is_postgres_url, open_database
     from depot.tracking import ParcelView
 
-    db = args.db if args.db is not None else _depot_service_config(args).db
+    db = args.db if args.db is not None else _depot_service_config(args).database
+    if is_postgres_url(db):
+        try:
+            return ParcelView(open_database(db))
+        except StoreError as exc:
+            raise SystemExit(f"lastmile depot: {exc}") from None
     if not Path(db).exists():
         raise SystemExit(f"lastmile depot: no depot database at {db}")
     return ParcelView(db)
@@ -366,7 +374,7 @@ def _depot(args: argparse.Namespace) -> int:
     if args.config is not None:
         return _depot_run_service(args)
     if args.db is None:
-        raise SystemExit("lastmile depot: --config (the whole depot) or --db (ingest only)")
+        raise SystemExit("lastmile depot: --config (the whole depot) or --database (ingest only)")
     try:
         store = DepotStore(args.db)
     except DepotError as exc:
@@ -377,7 +385,11 @@ def _depot(args: argparse.Namespace) -> int:
     )
     depot = Depot(store, address)
     depot.start()
-    running = {"depot": "running", "db": str(args.db), "broker": f"{args.host}:{args.port}"}
+    running = {
+        "depot": "running",
+        "database": store.database.where,
+        "broker": f"{args.host}:{args.port}",
+    }
     print(json.dumps(running), flush=True)
     try:
         _wait_for_signal()
@@ -550,7 +562,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--config", type=Path, help="the depot's TOML settings: run the whole depot service"
     )
-    p.add_argument("--db", type=Path, help="the depot's SQLite database (event ingest only)")
+    p.add_argument(
+        "--database",
+        "--db",
+        dest="db",
+        metavar="PATH_OR_URL",
+        help="the depot's database: a SQLite file or a postgresql:// URL (with --config: "
+        "instead of the file's; alone: event ingest only)",
+    )
     _broker_options(p)
     p.set_defaults(func=_depot, depot_tool="")
     tools = p.add_subparsers(dest="depot_tool", metavar="TOOL", required=False)
@@ -572,12 +591,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("parcel", help="the parcel id or its barcode text")
     t.add_argument("--json", action="store_true", help="print one JSON object")
     t.add_argument("--config", type=Path, help="the depot's TOML settings (for its database)")
-    t.add_argument("--db", type=Path, help="or the depot's database directly")
+    t.add_argument("--database", "--db", dest="db", metavar="PATH_OR_URL",
+                   help="or the depot's database directly")
     t.set_defaults(func=_depot_track)
     e = tools.add_parser("epcis", help="export timelines as GS1 EPCIS 2.0 JSON-LD")
     e.add_argument("parcels", nargs="*", help="these parcels (default: all)")
     e.add_argument("--config", type=Path, help="the depot's TOML settings (for its database)")
-    e.add_argument("--db", type=Path, help="or the depot's database directly")
+    e.add_argument("--database", "--db", dest="db", metavar="PATH_OR_URL",
+                   help="or the depot's database directly")
     e.set_defaults(func=_depot_epcis)
     k = tools.add_parser("keygen", help="make the depot's command-signing and sealing keys")
     k.add_argument("--out", type=Path, required=True, help="directory for the private keys")

@@ -380,7 +380,7 @@ def run_day(
     depot_user, depot_pw = broker.depot_credentials
     service = DepotService(
         DepotConfig(
-            db=workdir / "depot.db",
+            database=workdir / "depot.db",
             lat=DEPOT[0],
             lon=DEPOT[1],
             vans=names,

@@ -3,15 +3,18 @@ a PostgreSQL server of the tests' own with a fresh database per test."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import re
 import secrets
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from depot.store import Conn
 from simulators.broker import Broker
 from sync.mqtt import BrokerAddress
 from tests.pg import PostgresServer, find_postgres
@@ -61,3 +64,37 @@ def postgres_url(postgres_server: PostgresServer, request: pytest.FixtureRequest
     url = postgres_server.new_database(name)
     yield url
     postgres_server.drop_database(name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def depot_database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The depot's database for one test, on each backend in turn: a SQLite file in the test's
+    directory, or a fresh database on the tests' own PostgreSQL server."""
+    if request.param == "sqlite":
+        return str(tmp_path / "depot.db")
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+@contextlib.contextmanager
+def depot_sql(spec: str) -> Iterator[Conn]:
+    """A connection of a test's own to a depot's database (as another process, or a person at
+    a SQL prompt, would have): autocommit, `?` placeholders on both backends."""
+    from depot.store import is_postgres_url
+
+    if is_postgres_url(spec):
+        import psycopg
+
+        from depot.store.postgres import PgConnection
+
+        pg = PgConnection(psycopg.connect(spec, autocommit=True))
+        try:
+            yield pg
+        finally:
+            pg.close()
+        return
+    conn = sqlite3.connect(spec, isolation_level=None, timeout=10.0)
+    try:
+        yield conn
+    finally:
+        conn.close()

@@ -102,3 +102,27 @@ def test_bench_camera_reports_an_idle_camera_against_decoding_every_frame(
     for key in ("ours_cpu_percent", "baseline_cpu_percent", "capture_only_cpu_percent",
                 "ratio_ours_vs_baseline", "ratio_above_capture_ours_vs_baseline", "targets_met"):
         assert key in r
+
+
+@pytest.mark.slow
+def test_bench_fleet_reports_every_figure(tmp_path: Path) -> None:
+    r = bench(tmp_path, "fleet", "--devices", "30", "--backlog-events", "20", "--steady-s", "2",
+              "--reconnect-jitter-s", "1")
+    steady = r["steady_events_per_device"]
+    assert r["backlog_events_per_device"] == 20 and isinstance(steady, int) and steady >= 1
+    assert r["devices"] == 30 and r["events"] == 30 * (20 + steady)
+    assert r["lost"] == r["duplicates"] == r["gaps"] == r["chain_breaks"] == 0
+    runs = r["runs"]
+    assert isinstance(runs, list) and runs
+    first = runs[0]
+    assert first["backend"] == "sqlite" and first["workers"] == 1
+    assert first["events_stored"] == r["events"]
+    for key in ("events_per_s", "drain_s", "ack_p50_ms", "ack_p99_ms", "depot_cpu_pct",
+                "depot_rss_mb"):
+        assert key in first
+    ratios = r["ratios"]  # every run against the first
+    assert isinstance(ratios, list) and ratios[0]["backend"] == "sqlite"
+    targets = r["targets_met"]
+    assert isinstance(targets, dict)
+    assert set(targets) == {"events_per_s_postgresql >= 10000", "drain_under_60s",
+                            "ack_p99_under_250ms"}

@@ -16,7 +16,6 @@ import json
 import math
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -48,7 +47,7 @@ from sync.clock import Clock, ScaledClock
 from sync.journal import Journal
 from sync.signing import generate_keypair
 from sync.wire import command_topic
-from tests.conftest import address
+from tests.conftest import address, depot_sql
 
 ROOT = Path(__file__).resolve().parent.parent
 DAY = "2026-11-21"
@@ -230,6 +229,7 @@ class DeliveryDay:
         self,
         broker: Broker,
         tmp_path: Path,
+        database: str,
         stack: contextlib.ExitStack,
         *,
         vans: Sequence[str],
@@ -245,9 +245,9 @@ class DeliveryDay:
         self.stack = stack
         self.receiver = WebhookReceiver(SECRETS)
         stack.callback(self.receiver.close)
-        self.db = tmp_path / "depot.db"
+        self.db = database  # a SQLite file or a PostgreSQL URL: every test runs on both
         config = DepotConfig(
-            db=self.db,
+            database=self.db,
             lat=DEPOT[0],
             lon=DEPOT[1],
             vans=list(vans),
@@ -333,7 +333,7 @@ class DeliveryDay:
         return str(info["state"])
 
     def outbox(self) -> dict[str, int]:
-        with contextlib.closing(sqlite3.connect(self.db, timeout=10)) as conn:
+        with depot_sql(self.db) as conn:
             return stats(conn)
 
     def notified(self) -> dict[tuple[str, str], list[str]]:
@@ -346,7 +346,9 @@ class DeliveryDay:
 
 
 @pytest.fixture
-def open_day(broker: Broker, tmp_path: Path) -> Iterator[Callable[..., DeliveryDay]]:
+def open_day(
+    broker: Broker, tmp_path: Path, depot_database: str
+) -> Iterator[Callable[..., DeliveryDay]]:
     """Builds a depot with parcels imported and planned; stops everything at the end."""
     with contextlib.ExitStack() as stack:
 
@@ -365,6 +367,7 @@ def open_day(broker: Broker, tmp_path: Path) -> Iterator[Callable[..., DeliveryD
             day = DeliveryDay(
                 broker,
                 tmp_path,
+                depot_database,
                 stack,
                 vans=vans,
                 lockers=lockers,
@@ -732,7 +735,7 @@ def test_notifications_survive_a_receiver_down_for_an_hour_of_simulated_time(
 
     def retried_for_an_hour() -> bool:
         day.service.wake()
-        with contextlib.closing(sqlite3.connect(day.db, timeout=10)) as conn:
+        with depot_sql(day.db) as conn:
             tries = conn.execute("SELECT min(attempts) FROM webhook_outbox").fetchone()[0]
         return clock.wall_ns() - down_at >= 3600e9 and int(tries or 0) >= 2
 
@@ -753,7 +756,7 @@ def test_notifications_survive_a_receiver_down_for_an_hour_of_simulated_time(
         want = ["received", "out_for_delivery", outcome[p.id]]
         assert sorted(notified[(p.id, "/merchant/shop-a")]) == sorted(want)
         assert sorted(notified.get((p.id, "/customer"), [])) == (sorted(want) if p.customer else [])
-    with contextlib.closing(sqlite3.connect(day.db, timeout=10)) as conn:
+    with depot_sql(day.db) as conn:
         event_ids = [str(r[0]) for r in conn.execute("SELECT event_id FROM webhook_outbox")]
         rows = [entry(conn, e) for e in event_ids]
     assert all(r is not None and r.state == "sent" and r.attempts > 1 for r in rows)
@@ -764,7 +767,7 @@ def test_notifications_survive_a_receiver_down_for_an_hour_of_simulated_time(
     day.receiver.fail_next(1, 410)
     day.import_parcels([late])
     wait_until(lambda: day.outbox()["dead"] == 1, "the 410 to be dead-lettered")
-    with contextlib.closing(sqlite3.connect(day.db, timeout=10)) as conn:
+    with depot_sql(day.db) as conn:
         (dead,) = dead_letters(conn)
     assert dead.status_code == 410 and dead.attempts == 1 and dead.url.endswith("/shop-a")
     assert json.loads(dead.body)["parcel"] == late.id
@@ -958,7 +961,7 @@ def test_the_desk_tracks_the_day_by_cli_and_http_as_the_book_has_it(
 
     def track(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "lastmile.cli", "depot", "track", *args, "--db", str(day.db)],
+            [sys.executable, "-m", "lastmile.cli", "depot", "track", *args, "--db", day.db],
             cwd=ROOT,
             capture_output=True,
             text=True,

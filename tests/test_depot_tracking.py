@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -26,6 +25,7 @@ import pytest
 from depot.epcis import STEP_MAPPING, epc_uri, export_epcis, is_sscc
 from depot.http import DepotApi
 from depot.ingest import DepotStore
+from depot.store import Conn
 from depot.tracking import (
     Notification,
     ParcelBook,
@@ -35,6 +35,7 @@ from depot.tracking import (
 )
 from sync.journal import Journal
 from sync.wire import decode_batch, encode_batch
+from tests.conftest import depot_sql
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -113,7 +114,8 @@ class Device:
 
 @dataclass
 class Depot:
-    path: Path
+    path: str  # the database: a SQLite file or a PostgreSQL URL (both backends run every test)
+    tmp: Path
     store: DepotStore
     book: ParcelBook
     sent: list[Notification]
@@ -122,7 +124,7 @@ class Depot:
     def device(self, name: str, *, synced: bool = True) -> Device:
         if name not in self.devices:
             clock = StepClock(synced=synced)
-            journal = Journal(self.path.parent / f"{name}.journal.db", name, clock=clock)
+            journal = Journal(self.tmp / f"{name}.journal.db", name, clock=clock)
             self.devices[name] = Device(name, journal, self.store, clock)
         return self.devices[name]
 
@@ -132,7 +134,7 @@ class Depot:
 
 
 def recording(sent: list[Notification]) -> Any:
-    def notify(conn: sqlite3.Connection, n: Notification) -> None:
+    def notify(conn: Conn, n: Notification) -> None:
         assert conn.in_transaction, "a notification must commit with the state it reports"
         sent.append(n)
 
@@ -140,12 +142,12 @@ def recording(sent: list[Notification]) -> Any:
 
 
 @pytest.fixture
-def depot(tmp_path: Path) -> Iterator[Depot]:
-    path = tmp_path / "depot.db"
+def depot(tmp_path: Path, depot_database: str) -> Iterator[Depot]:
+    path = depot_database
     store = DepotStore(path)
     sent: list[Notification] = []
     book = ParcelBook(path, notify=recording(sent), clock=StepClock(wall=T0 - 3600 * 10**9))
-    d = Depot(path, store, book, sent)
+    d = Depot(path, tmp_path, store, book, sent)
     yield d
     book.close()
     for device in d.devices.values():
@@ -326,8 +328,9 @@ def test_people_hear_of_each_outcome_once_and_never_a_code(depot: Depot) -> None
         assert n.body["event_id"] == n.event_id and n.event_id.endswith(":" + n.audience)
         assert datetime.fromisoformat(n.body["at"]).utcoffset() == timedelta(0)
         assert "SEALED" not in json.dumps(n.body) and "pod" not in n.body["details"]
-    stored = sqlite3.connect(depot.path).execute("SELECT group_concat(details) FROM timeline")
-    assert "SEALED" not in stored.fetchone()[0]
+    with depot_sql(depot.path) as conn:
+        stored = [str(r[0]) for r in conn.execute("SELECT details FROM timeline").fetchall()]
+    assert stored and not any("SEALED" in details for details in stored)
 
 
 def test_a_parcel_without_a_customer_webhook_tells_only_the_merchant(depot: Depot) -> None:
@@ -515,7 +518,7 @@ def test_a_failing_notification_rolls_the_whole_batch_back(depot: Depot) -> None
     a_round(depot)
     calls = 0
 
-    def flaky(conn: sqlite3.Connection, n: Notification) -> None:
+    def flaky(conn: Conn, n: Notification) -> None:
         nonlocal calls
         calls += 1
         if calls == 5:
@@ -536,7 +539,7 @@ def test_a_rewound_cursor_applies_nothing_twice(depot: Depot) -> None:
     project_all(depot.book)
     tracks = {p: depot.book.track(p) for p in (S10_A, S10_B, SSCC)}
     sent = len(depot.sent)
-    with sqlite3.connect(depot.path) as conn:
+    with depot_sql(depot.path) as conn:
         conn.execute("UPDATE projection SET last_rowid=0")
     assert project_all(depot.book) == []
     assert {p: depot.book.track(p) for p in tracks} == tracks
@@ -560,7 +563,7 @@ KILLER = textwrap.dedent(
 def test_a_process_killed_mid_batch_leaves_nothing_half_done(depot: Depot) -> None:
     a_round(depot)
     killed = subprocess.run(
-        [sys.executable, "-c", KILLER, str(depot.path), "6"],
+        [sys.executable, "-c", KILLER, depot.path, "6"],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         timeout=60,
@@ -743,7 +746,7 @@ def test_the_http_api_answers_in_json(depot: Depot) -> None:
 def test_the_http_api_hides_internal_errors(depot: Depot) -> None:
     receive_all(depot, S10_A)
     with DepotApi(depot.book) as api:
-        with sqlite3.connect(depot.path) as conn:
+        with depot_sql(depot.path) as conn:
             conn.execute("DROP TABLE vans")  # a broken file: the client hears nothing of it
         status, ctype, error = _get(api.url + "/vans")
         assert (status, ctype, error) == (500, "application/json", {"error": "internal error"})

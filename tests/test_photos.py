@@ -101,8 +101,8 @@ def _chunks(data: bytes, size: int) -> list[PhotoChunk]:
     ]
 
 
-def test_depot_takes_chunks_in_order_and_verifies_the_whole(tmp_path: Path) -> None:
-    store = DepotStore(tmp_path / "depot.db")
+def test_depot_takes_chunks_in_order_and_verifies_the_whole(depot_database: str) -> None:
+    store = DepotStore(depot_database)
     data = os.urandom(10_000)
     a, b, c = _chunks(data, 4000)
     assert store.photo_chunk("van-1", a) == PhotoAck(a.sha256, 4000)
@@ -119,13 +119,13 @@ def test_depot_takes_chunks_in_order_and_verifies_the_whole(tmp_path: Path) -> N
     assert store.photo_chunk("van-1", b).done
     store.close()
     # Durable: another process opening the file sees the photo.
-    again = DepotStore(tmp_path / "depot.db")
+    again = DepotStore(depot_database)
     assert again.photo(a.sha256) == ("image/jpeg", data)
     again.close()
 
 
-def test_depot_throws_away_bytes_that_do_not_hash_to_their_name(tmp_path: Path) -> None:
-    store = DepotStore(tmp_path / "depot.db")
+def test_depot_throws_away_bytes_that_do_not_hash_to_their_name(depot_database: str) -> None:
+    store = DepotStore(depot_database)
     data = os.urandom(5000)
     bad = bytearray(data)
     bad[4500] ^= 0xFF
@@ -217,9 +217,9 @@ class PhotoWatch:
 
 
 @pytest.fixture
-def depot(broker: Broker, tmp_path: Path) -> Iterator[tuple[Depot, PhotoWatch]]:
+def depot(broker: Broker, depot_database: str) -> Iterator[tuple[Depot, PhotoWatch]]:
     watch = PhotoWatch()
-    service = Depot(DepotStore(tmp_path / "depot.db"), address(broker, "depot"), on_photo=watch)
+    service = Depot(DepotStore(depot_database), address(broker, "depot"), on_photo=watch)
     service.start()
     assert service.session.wait_connected(10)
     yield service, watch

@@ -112,12 +112,12 @@ MIGRATIONS: tuple[Migration, ...] = (
             """CREATE TABLE IF NOT EXISTS photo_chunks (
                 device      TEXT NOT NULL,
                 sha256      TEXT NOT NULL,
-                offset      INTEGER NOT NULL,
+                "offset"    INTEGER NOT NULL,
                 total       INTEGER NOT NULL,
                 content_type TEXT NOT NULL,
                 data        BLOB NOT NULL,
                 received_ns INTEGER NOT NULL,
-                PRIMARY KEY (device, sha256, offset))""",
+                PRIMARY KEY (device, sha256, "offset"))""",
             """CREATE TABLE IF NOT EXISTS photos (
                 sha256      TEXT PRIMARY KEY,
                 device      TEXT NOT NULL,

@@ -21,6 +21,7 @@ import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
+from depot.store.base import Conn, DepotDatabase
 from depot.store.errors import StoreError
 from depot.store.migrations import migrate, schema_version
 
@@ -31,7 +32,7 @@ BUSY_TIMEOUT_S = 10.0  # another process (a CLI tool) holding the write lock bri
 _savepoints = itertools.count(1)
 
 
-class Database:
+class Database(DepotDatabase):
     """The depot's database file, opened once, checked and migrated.
 
     Example::
@@ -44,29 +45,39 @@ class Database:
         db.close()
     """
 
+    dialect = "sqlite"
+
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._path = Path(path)
+        self._path.parent.mkdir(parents=True, exist_ok=True)
         self.lock = threading.RLock()
         self._closed = False
         try:
             self._conn = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S
+                self._path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S
             )
         except sqlite3.Error as exc:
-            raise StoreError(f"depot database {self.path} cannot be opened: {exc}") from exc
+            raise StoreError(f"depot database {self._path} cannot be opened: {exc}") from exc
         try:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
             if self._conn.execute("PRAGMA quick_check").fetchone()[0] != "ok":
-                raise StoreError(f"depot database {self.path} fails its integrity check")
+                raise StoreError(f"depot database {self._path} fails its integrity check")
             self.upgraded_from = migrate(self._conn)
         except sqlite3.DatabaseError as exc:
             self._conn.close()
-            raise StoreError(f"depot database {self.path} cannot be used: {exc}") from exc
+            raise StoreError(f"depot database {self._path} cannot be used: {exc}") from exc
         except BaseException:
             self._conn.close()
             raise
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def where(self) -> str:
+        return str(self._path)
 
     @property
     def connection(self) -> sqlite3.Connection:
@@ -119,11 +130,21 @@ class Database:
 
         WAL lets it read while the writer writes; the caller closes it.
         """
-        uri = f"file:{urllib.parse.quote(str(self.path.resolve()))}?mode=ro"
+        uri = f"file:{urllib.parse.quote(str(self._path.resolve()))}?mode=ro"
         try:
             return sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S)
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot read the depot database {self.path}: {exc}") from exc
+            raise StoreError(f"cannot read the depot database {self._path}: {exc}") from exc
+
+    def close_reader(self, conn: Conn) -> None:
+        assert isinstance(conn, sqlite3.Connection)
+        conn.close()
+
+    def lock_stream(self, conn: Conn, device: str, journal: str) -> None:
+        """Nothing to do: `BEGIN IMMEDIATE` already made this the only writer of the file."""
+
+    def lock_projection(self, conn: Conn) -> None:
+        """Nothing to do: `BEGIN IMMEDIATE` already made this the only writer of the file."""
 
     @property
     def closed(self) -> bool:
@@ -135,11 +156,5 @@ class Database:
                 self._closed = True
                 self._conn.close()
 
-    def __enter__(self) -> Database:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def __repr__(self) -> str:
-        return f"Database({str(self.path)!r})"
+        return f"Database({str(self._path)!r})"
