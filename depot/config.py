@@ -13,7 +13,9 @@ Example::
     lat = 52.3676
     lon = 4.9041
     vans = ["van-1", "van-2"]
-    api = "127.0.0.1:8080"             # the HTTP JSON API ("" to disable)
+    api = "127.0.0.1:8080"             # the HTTP JSON API ("" to disable; worker 1 serves it)
+    workers = 1                        # processes sharing the devices' stream (MQTT v5 shared
+                                       # subscriptions); accounts are then {username}-1..N
     signing_key = "keys/command-signing.pem"
     sealing_key = "keys/credential-sealing.pem"
 
@@ -21,7 +23,7 @@ Example::
     host = "127.0.0.1"
     port = 8883
     username = "depot"
-    password_file = "depot.password"
+    password_file = "depot.password"   # with workers: "depot-{worker}.password", one each
     ca_file = "ca.crt"
 
     [webhooks]
@@ -44,6 +46,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tomllib
 from collections.abc import Mapping
@@ -89,6 +92,22 @@ class DepotConfig:
     max_locker_km: float = 3.0
     locker_hold_h: float = 48.0
     lockers: list[LockerSiteConfig] = field(default_factory=list)
+    workers: int = 1  # depot processes sharing the broker's stream and the database
+    worker_passwords: dict[int, str] = field(default_factory=dict)  # worker -> its own secret
+
+    def broker_for(self, worker: int) -> BrokerAddress | None:
+        """Worker `worker`'s broker account (1-based): the configured one when the depot runs
+        alone, else `{username}-{worker}`, each a broker account of its own with the depot's
+        rights, so the broker (and its log) can tell the workers apart."""
+        if self.broker is None or self.workers == 1:
+            return self.broker
+        if not 1 <= worker <= self.workers:
+            raise DepotConfigError(f"worker {worker} is not one of 1..{self.workers}")
+        return dataclasses.replace(
+            self.broker,
+            username=f"{self.broker.username}-{worker}",
+            password=self.worker_passwords.get(worker, self.broker.password),
+        )
 
 
 def _number(
@@ -154,15 +173,22 @@ def load_depot_config(path: str | os.PathLike[str]) -> DepotConfig:
     for key in ("signing_key", "sealing_key"):
         if key in depot:
             setattr(config, key, _path(base, depot[key], f"depot.{key}"))
+    config.workers = _int(depot, "workers", "depot", 1)
     broker = doc.get("broker")
     if isinstance(broker, dict):
         password = ""
         if "password_file" in broker:
-            pw_path = _path(base, broker["password_file"], "broker.password_file")
-            try:
-                password = pw_path.read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise DepotConfigError(f"broker.password_file: {exc}") from None
+            # "depot-{worker}.password": each worker's account has a secret of its own.
+            template = str(broker["password_file"])
+            for worker in range(1, config.workers + 1) if "{worker}" in template else [1]:
+                pw_path = _path(
+                    base, template.replace("{worker}", str(worker)), "broker.password_file"
+                )
+                try:
+                    config.worker_passwords[worker] = pw_path.read_text(encoding="utf-8").strip()
+                except OSError as exc:
+                    raise DepotConfigError(f"broker.password_file: {exc}") from None
+            password = config.worker_passwords[1]
         else:
             password = os.environ.get("LASTMILE_MQTT_PASSWORD", "")
         ca = broker.get("ca_file")

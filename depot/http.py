@@ -216,6 +216,7 @@ def _health(view: ParcelView) -> dict[str, Any]:
         "parcels": sum(counts.values()),
         "by_state": counts,
         "projected_rowid": view.projected_rowid(),
+        "events_waiting": view.waiting_events(),
         "unmatched": len(view.unmatched()),
     }
 

@@ -42,6 +42,11 @@ from sync.wire import (
 
 log = logging.getLogger("depot.ingest")
 
+# Depot workers sharing the devices' batches: how long one waits for another to store a batch's
+# predecessor before it calls the hole a gap (and how often it looks again meanwhile).
+GAP_GRACE_S = 2.0
+SESSION_EXPIRY_S = 7 * 24 * 3600  # a depot alone: the broker keeps its batches while it restarts
+GAP_RETRY_S = 0.02
 STORE_SCHEMA_VERSION = LATEST  # the one depot schema version (depot.store.migrations)
 
 
@@ -56,6 +61,7 @@ class IngestResult:
     stored: int
     duplicates: int
     gap: bool
+    gap_recorded_before: bool = False  # this hole was already recorded (and a resend asked)
 
 
 class DepotStore:
@@ -79,19 +85,21 @@ class DepotStore:
 
     # --- ingest --------------------------------------------------------------------------
 
-    def ingest(self, batch: Batch) -> IngestResult:
+    def ingest(self, batch: Batch, *, record_gap: bool = True) -> IngestResult:
         """Store the new events of a verified batch in one transaction and say what to ack.
 
         A batch that starts beyond the stored head is a gap: nothing is stored (the chain
         cannot be checked across it) and the ack asks the device to resend. A batch that
         overlaps what is stored must agree with it hash for hash, or it is a fork.
+        `record_gap=False` only looks: a worker that expects the missing batch to be stored
+        by another worker any moment tries again before it calls the gap a gap.
         """
         now = time.time_ns()
         with self.database.transaction():
-            result = self._ingest(batch, now)
+            result = self._ingest(batch, now, record_gap)
         return result
 
-    def _ingest(self, batch: Batch, now: int) -> IngestResult:
+    def _ingest(self, batch: Batch, now: int, record_gap: bool) -> IngestResult:
         dev, jnl = batch.device, batch.journal_id
         self.database.lock_stream(self._db, dev, jnl)
         row = self._db.execute(
@@ -109,6 +117,9 @@ class DepotStore:
             head, head_hash, nacked_at = row[0], bytes(row[1]), row[2]
         first = batch.first_seq
         if first > head + 1:
+            if not record_gap:
+                known = nacked_at == head
+                return IngestResult(Ack(jnl, head, None), 0, 0, gap=True, gap_recorded_before=known)
             self._db.execute(
                 "INSERT INTO gaps(device, journal, expected_seq, got_seq, received_ns) "
                 "VALUES (?,?,?,?,?)",
@@ -153,6 +164,12 @@ class DepotStore:
             ],
         )
         if fresh:
+            # Queued for the parcel book's projection in the same transaction (one row each).
+            self._db.execute(
+                "INSERT INTO unprojected(rowid) SELECT rowid FROM events "
+                "WHERE device=? AND journal=? AND seq BETWEEN ? AND ?",
+                (dev, jnl, fresh[0].seq, fresh[-1].seq),
+            )
             head, head_hash = fresh[-1].seq, fresh[-1].hash
         self._db.execute(
             "UPDATE streams SET head_seq=?, head_hash=?, last_seen_ns=? "
@@ -301,14 +318,21 @@ class Depot:
         address: BrokerAddress,
         *,
         client_id: str = "depot",
+        shared: str | None = None,
         on_stored: Callable[[str, IngestResult], None] | None = None,
         on_status: Callable[[str, str], None] | None = None,
         on_photo: Callable[[str, PhotoAck], None] | None = None,
     ) -> None:
         """`on_stored(device, result)` runs after each stored batch, before its ack is sent;
         `on_status(device, state)` after a device's online/offline status was stored;
-        `on_photo(device, ack)` after each photo chunk was handled, before its ack is sent."""
+        `on_photo(device, ack)` after each photo chunk was handled, before its ack is sent.
+
+        `shared` names an MQTT v5 shared subscription group: every depot worker subscribed with
+        the same name gets a share of the devices' batches and photo chunks (the broker picks
+        the worker per message), instead of each getting every message.
+        """
         self.store = store
+        self.shared = shared
         self._on_stored = on_stored
         self._on_status = on_status
         self._on_photo = on_photo
@@ -322,6 +346,10 @@ class Depot:
             on_message=self._message,
             backoff_min_s=0.2,
             backoff_max_s=10.0,
+            # A worker of a group keeps no session: the broker would keep handing a dead
+            # worker its share of the batches, queued where no one reads them. The devices
+            # resend what is not acknowledged, to the workers still there.
+            session_expiry_s=0 if shared else SESSION_EXPIRY_S,
         )
 
     def start(self) -> None:
@@ -331,11 +359,14 @@ class Depot:
         self.session.stop()
 
     def _connected(self, client: mqtt.Client) -> None:
+        share = f"$share/{self.shared}/" if self.shared else ""
         client.subscribe(
             [
-                (f"{TOPIC_ROOT}/+/events", 1),
+                (f"{share}{TOPIC_ROOT}/+/events", 1),
+                (f"{share}{TOPIC_ROOT}/+/up/photo", 1),
+                # Every worker keeps the status table (an idempotent upsert); retained statuses
+                # are not sent to shared subscriptions, and a new worker needs them.
                 (f"{TOPIC_ROOT}/+/status", 1),
-                (f"{TOPIC_ROOT}/+/up/photo", 1),
             ]
         )
 
@@ -359,7 +390,7 @@ class Depot:
             batch = decode_batch(payload)
             if batch.device != device:
                 raise WireError(f"batch names device {batch.device!r} on {device!r}'s topic")
-            result = self.store.ingest(batch)
+            result = self._ingest(batch)
         except WireError as exc:
             self._quarantine(msg.topic, str(exc), payload)
             return
@@ -378,6 +409,24 @@ class Depot:
         if result.gap and result.ack.resend_from is None:
             return
         self.session.client.publish(ack_topic(device), encode_ack(result.ack), qos=1, retain=True)
+
+    def _ingest(self, batch: Batch) -> IngestResult:
+        """Store a batch; shared among workers, first wait a moment for a missing predecessor.
+
+        A device keeps several batches in flight and the broker may hand two of them to two
+        workers at once: the later one can reach the store first. That is no gap: its
+        predecessor is being stored by another worker right now. So a worker in a group looks
+        again for up to GAP_GRACE_S before it records a gap and asks the device to resend.
+        """
+        if not self.shared:
+            return self.store.ingest(batch)
+        deadline = time.monotonic() + GAP_GRACE_S
+        while True:
+            result = self.store.ingest(batch, record_gap=False)
+            if not result.gap or result.gap_recorded_before or time.monotonic() >= deadline:
+                break
+            time.sleep(GAP_RETRY_S)
+        return self.store.ingest(batch) if result.gap else result
 
     def _photo(self, topic: str, device: str, payload: bytes) -> None:
         try:

@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 
 COMMAND_TTL_S = 600.0  # a reserve that has not reached the locker in 10 min is sent afresh
 PUBACK_WAIT_S = 5.0
+SHARE_GROUP = "depot"  # the MQTT v5 shared subscription group of the depot's workers
+CLAIM_LEASE_S = 4 * PUBACK_WAIT_S  # real seconds a worker holds a manifest or command it sends
 IDLE_WAKE_S = 1.0  # retries of unsent manifests and commands; no work is done when idle
 
 class DepotServiceError(DepotError):
@@ -67,8 +69,12 @@ class DepotService:
         *,
         clock: Clock | None = None,
         signing_key_pem: bytes | None = None,
+        worker: int = 1,
     ) -> None:
+        """`worker` (1..config.workers) says which of the depot's workers this process is:
+        its broker account, and whether it serves the HTTP API (worker 1 alone does)."""
         self.config = config
+        self.worker = worker
         self.clock: Clock = clock or SystemClock()
         # One database, one connection, one lock for every part of the depot in this process.
         self.database = open_database(config.database)
@@ -85,8 +91,15 @@ class DepotService:
 
             self._signing_key = load_signing_key(pem)
         self.depot: Depot | None = None
-        if config.broker is not None:
-            self.depot = Depot(self.store, config.broker, on_stored=self._stored)
+        address = config.broker_for(worker)
+        if address is not None:
+            self.depot = Depot(
+                self.store,
+                address,
+                client_id=address.username,
+                shared=SHARE_GROUP if config.workers > 1 else None,
+                on_stored=self._stored,
+            )
         self.webhooks = WebhookSender(
             self.database,
             secret_for=self._secret_for,
@@ -101,12 +114,16 @@ class DepotService:
         self._pass_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._tried_lockers: dict[str, list[str]] = {}
+        # A claim on a manifest or command outlives a publish's PUBACK wait several times over,
+        # in this depot's clock (a simulated one runs faster than real time).
+        speed = float(getattr(self.clock, "speed", 1.0)) or 1.0
+        self._lease_ns = int(CLAIM_LEASE_S * speed * 1e9)
         self.decisions: list[tuple[str, NextAction]] = []
 
     # --- running ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        if self.config.api is not None:
+        if self.config.api is not None and self.worker == 1:
             from depot.http import DepotApi
 
             host, port = self.config.api
@@ -183,7 +200,6 @@ class DepotService:
             return self._settled(stats)
 
     def _settled(self, stats: Any) -> bool:
-        last = self.store.query("SELECT coalesce(max(rowid), 0) FROM events")[0][0]
         with self._db_lock:
             hooks = stats(self._db)
             unsent = self._db.execute(
@@ -192,7 +208,7 @@ class DepotService:
                 "(SELECT max(issued_ns) FROM manifests WHERE van=m.van))"
             ).fetchone()[0]
         return (
-            int(str(last)) <= self.book.projected_rowid() and hooks["pending"] == 0 and not unsent
+            self.book.waiting_events() == 0 and hooks["pending"] == 0 and not unsent
         )
 
     # --- parcels in, manifests out ------------------------------------------------------------
@@ -329,20 +345,32 @@ class DepotService:
         """Publish, retained, the newest unpublished manifest of each van."""
         if self.depot is None or not self.depot.session.connected:
             return
-        with self._db_lock:
-            rows = self._db.execute(
+        now = self.clock.wall_ns()
+        with self.database.transaction() as conn:
+            rows = conn.execute(
                 "SELECT m.van, m.day, m.version, m.body FROM manifests m WHERE m.published_ns "
-                "IS NULL AND m.issued_ns = (SELECT max(issued_ns) FROM manifests WHERE van=m.van)"
+                "IS NULL AND (m.claimed_until IS NULL OR m.claimed_until < ?) AND m.issued_ns = "
+                "(SELECT max(issued_ns) FROM manifests WHERE van=m.van)"
+                + self.database.skip_locked,
+                (now,),
             ).fetchall()
-        for van, day, version, body in rows:
+            for van, day, version, _body in rows:
+                conn.execute(
+                    "UPDATE manifests SET claimed_until=? WHERE van=? AND day=? AND version=?",
+                    (now + self._lease_ns, van, day, version),
+                )
+        for i, (van, day, version, body) in enumerate(rows):
             info = self.depot.session.client.publish(
                 command_topic(str(van), "manifest"), bytes(body), qos=1, retain=True
             )
-            try:
-                info.wait_for_publish(PUBACK_WAIT_S)
-            except (RuntimeError, ValueError):
-                return  # not queued: the connection went away; the next pass retries
-            if not info.is_published():
+            if not _published(info):  # the connection went away; the next pass retries
+                with self.database.transaction() as conn:
+                    for van_, day_, version_, _ in rows[i:]:
+                        conn.execute(
+                            "UPDATE manifests SET claimed_until=NULL "
+                            "WHERE van=? AND day=? AND version=?",
+                            (van_, day_, version_),
+                        )
                 return
             with self.database.transaction():
                 self._db.execute(
@@ -478,11 +506,20 @@ class DepotService:
             return
         from sync.signing import sign_command
 
-        with self._db_lock:
-            rows = self._db.execute(
+        now = self.clock.wall_ns()
+        with self.database.transaction() as conn:
+            rows = conn.execute(
                 "SELECT id, target, action, args FROM depot_commands WHERE published_ns IS NULL "
-                "ORDER BY created_ns"
+                "AND (claimed_until IS NULL OR claimed_until < ?) ORDER BY created_ns"
+                + self.database.skip_locked,
+                (now,),
             ).fetchall()
+            for cid, *_rest in rows:
+                conn.execute(
+                    "UPDATE depot_commands SET claimed_until=? WHERE id=?",
+                    (now + self._lease_ns, cid),
+                )
+        rows = [tuple(r) for r in rows]
         for cid, target, action, args in rows:
             payload = sign_command(
                 self._signing_key,
@@ -496,11 +533,12 @@ class DepotService:
             info = self.depot.session.client.publish(
                 command_topic(str(target), str(action)), payload, qos=1
             )
-            try:
-                info.wait_for_publish(PUBACK_WAIT_S)
-            except (RuntimeError, ValueError):
-                return
-            if not info.is_published():
+            if not _published(info):
+                with self.database.transaction() as conn:
+                    for left in [row[0] for row in rows[rows.index((cid, target, action, args)) :]]:
+                        conn.execute(
+                            "UPDATE depot_commands SET claimed_until=NULL WHERE id=?", (left,)
+                        )
                 return
             with self.database.transaction():
                 self._db.execute(
@@ -526,6 +564,15 @@ class DepotService:
             return self.config.webhook_secrets[key_id]
         except KeyError:
             raise DepotServiceError(f"no webhook secret for {key_id!r}") from None
+
+
+def _published(info: Any) -> bool:
+    """Wait for the broker's PUBACK of one publish; False when it did not come."""
+    try:
+        info.wait_for_publish(PUBACK_WAIT_S)
+    except (RuntimeError, ValueError):
+        return False  # not queued: the connection went away
+    return bool(info.is_published())
 
 
 def _move_to_lockers(

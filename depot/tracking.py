@@ -485,10 +485,16 @@ class _ParcelQueries:
         ]
 
     def projected_rowid(self) -> int:
-        """The last `events.rowid` the projection has applied."""
+        """The highest `events.rowid` the projection has applied (with several workers storing
+        at once, a lower one may still wait: `waiting_events()` counts those)."""
         with self._reading() as conn:
             row = conn.execute("SELECT last_rowid FROM projection WHERE id=1").fetchone()
         return int(row[0]) if row else 0
+
+    def waiting_events(self) -> int:
+        """Stored device events the projection has not applied yet."""
+        with self._reading() as conn:
+            return int(conn.execute("SELECT count(*) FROM unprojected").fetchone()[0])
 
 
 class ParcelView(_ParcelQueries):
@@ -1005,28 +1011,32 @@ class ParcelBook(_ParcelQueries):
         """Apply stored device events not yet projected (and earlier unmatched events whose
         parcel has since been received); return what the policy may have to act on.
 
-        One transaction per call: states, timeline, notifications and the cursor commit
-        together. If `notify` raises, nothing of the batch remains and the next call retries.
+        One transaction per call: states, timeline, notifications and the removal of the
+        events from the `unprojected` queue commit together. If `notify` raises, nothing of
+        the batch remains and the next call retries.
         """
         if limit < 1:
             raise TrackingError("limit must be at least 1")
         with self._lock, self._transaction() as conn:
             self._database.lock_projection(conn)
             transitions = self._replay_unmatched(conn)
-            cursor = int(
-                conn.execute("SELECT last_rowid FROM projection WHERE id=1").fetchone()[0]
-            )
             rows = conn.execute(
-                "SELECT rowid, device, uuid, wall_ns, wall_synced, received_ns, kind, "
-                "payload FROM events WHERE rowid > ? ORDER BY rowid LIMIT ?",
-                (cursor, limit),
+                "SELECT e.rowid, e.device, e.uuid, e.wall_ns, e.wall_synced, e.received_ns, "
+                "e.kind, e.payload FROM unprojected u JOIN events e ON e.rowid = u.rowid "
+                "ORDER BY u.rowid LIMIT ?",
+                (limit,),
             ).fetchall()
             for row in rows:
                 transitions.extend(self._project(conn, _event_of(row)))
             if rows:
+                done = [int(r[0]) for r in rows]
                 conn.execute(
-                    "UPDATE projection SET last_rowid=?, updated_ns=? WHERE id=1",
-                    (int(rows[-1][0]), self._clock.wall_ns()),
+                    "DELETE FROM unprojected WHERE rowid IN (" + ",".join("?" * len(done)) + ")",
+                    done,
+                )
+                conn.execute(
+                    "UPDATE projection SET last_rowid=?, updated_ns=? WHERE id=1 AND last_rowid<?",
+                    (max(done), self._clock.wall_ns(), max(done)),
                 )
         return transitions
 

@@ -94,6 +94,8 @@ DEFAULT_TOLERANCE_S = 300.0
 # another process (an operator's retry_dead, a second depot tool) cannot call wake(); this is
 # how soon they are noticed. One indexed SELECT per period, not a poll of the network.
 RECHECK_S = 2.0
+DISPATCH_BATCH = 64  # due rows looked at per pass; the rest wait for the next one
+CLAIM_MARGIN_S = 10.0  # a claim outlives three POST timeouts and this much more
 ERROR_TEXT_MAX = 500  # characters of last_error kept per row
 RESPONSE_READ_MAX = 2048  # bytes of a response body read (for the error text); the rest is unread
 
@@ -536,8 +538,9 @@ class WebhookSender:
                 try:
                     self._apply(db)
                     now = self.clock.wall_ns()
+                    with db.transaction() as conn:
+                        self._dispatch(db, conn, now)
                     with db.reading() as conn:
-                        self._dispatch(conn, now)
                         wait = self._wait_s(conn, now)
                 except DATABASE_ERRORS:
                     # A locked or failing database must not kill the thread: outcomes stay
@@ -548,6 +551,7 @@ class WebhookSender:
             concurrent.futures.wait(list(self._futures.values()), timeout=self.timeout_s)
             try:
                 self._apply(db)
+                self._release(db)
             except DATABASE_ERRORS:
                 log.exception("webhook outbox: outcomes lost at stop; those rows will resend")
         finally:
@@ -557,31 +561,53 @@ class WebhookSender:
                 db.close()
                 self._database = None
 
-    def _dispatch(self, conn: Conn, now: int) -> None:
+    def _dispatch(self, db: DepotDatabase, conn: Conn, now: int) -> None:
+        """Claim due rows and hand them to the pool.
+
+        A claimed row's `next_attempt_ns` moves a lease ahead, in the same transaction that
+        chose it (rows another depot worker holds are skipped), so no other worker sends it
+        meanwhile; the outcome sets the real next attempt. A worker killed half-way lets go
+        when the lease runs out.
+        """
         free = self.concurrency - len(self._in_flight)
         if free <= 0:
             return
         busy_urls = {d.url for d in self._in_flight.values()}
-        cur = conn.execute(
+        rows = conn.execute(
             "SELECT id, event_id, url, body, key_id, attempts FROM webhook_outbox "
-            "WHERE state = 'pending' AND next_attempt_ns <= ? ORDER BY id",
-            (now,),
-        )
-        try:
-            for row in cur:
-                due = _Due(
-                    int(row[0]), str(row[1]), str(row[2]), bytes(row[3]), str(row[4]), int(row[5])
+            "WHERE state = 'pending' AND next_attempt_ns <= ? ORDER BY id LIMIT ?"
+            + db.skip_locked,
+            (now, DISPATCH_BATCH),
+        ).fetchall()
+        lease = now + int((self.timeout_s * 3 + CLAIM_MARGIN_S) * self._speed * 1e9)
+        for row in rows:
+            due = _Due(
+                int(row[0]), str(row[1]), str(row[2]), bytes(row[3]), str(row[4]), int(row[5])
+            )
+            if due.id in self._in_flight or due.url in busy_urls:
+                continue
+            conn.execute(
+                "UPDATE webhook_outbox SET next_attempt_ns = ? WHERE id = ?", (lease, due.id)
+            )
+            busy_urls.add(due.url)
+            self._in_flight[due.id] = due
+            self._futures[due.id] = self._submit(due)
+            free -= 1
+            if free == 0:
+                break
+
+    def _release(self, db: DepotDatabase) -> None:
+        """At stop: rows whose POST was cut off are due again at once, not when the lease ends."""
+        if not self._in_flight:
+            return
+        now = self.clock.wall_ns()
+        with db.transaction() as conn:
+            for row_id in self._in_flight:
+                conn.execute(
+                    "UPDATE webhook_outbox SET next_attempt_ns = ? WHERE id = ? "
+                    "AND state = 'pending'",
+                    (now, row_id),
                 )
-                if due.id in self._in_flight or due.url in busy_urls:
-                    continue
-                busy_urls.add(due.url)
-                self._in_flight[due.id] = due
-                self._futures[due.id] = self._submit(due)
-                free -= 1
-                if free == 0:
-                    break
-        finally:
-            cur.close()
 
     def _submit(self, due: _Due) -> concurrent.futures.Future[None]:
         assert self._pool is not None

@@ -129,6 +129,13 @@ def _wait_for_signal() -> None:
         pass
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def _password(args: argparse.Namespace) -> str:
     if args.password_file:
         return Path(args.password_file).read_text().strip()
@@ -205,13 +212,20 @@ def _depot_run_service(args: argparse.Namespace) -> int:
         raise SystemExit("lastmile depot: the config has no [broker]")
     if args.db is not None:  # --database on the command line wins over the file's
         config.database = args.db
+    if args.workers is not None:
+        config.workers = args.workers
+    if config.workers > 1 and args.worker is None:
+        return _depot_supervise(args, config.workers)
+    worker = args.worker or 1
 
     def make() -> _Device:
-        service = DepotService(config)
+        service = DepotService(config, worker=worker)
         print(
             json.dumps(
                 {
                     "depot": "running",
+                    "worker": worker,
+                    "workers": config.workers,
                     "database": service.database.where,
                     "api": f"http://{config.api[0]}:{config.api[1]}" if config.api else None,
                 }
@@ -366,6 +380,22 @@ def _depot_epcis(args: argparse.Namespace) -> int:
     return 0
 
 
+def _depot_supervise(args: argparse.Namespace, workers: int) -> int:
+    """`--workers N`: N depot processes on one database, restarted when one dies."""
+    from depot.workers import Workers, worker_command
+
+    extra = ["--database", str(args.db)] if args.db is not None else []
+    command = worker_command(sys.executable, str(args.config), workers, extra, args.verbose)
+    minder = Workers(command, workers)
+    minder.start()
+    print(json.dumps({"depot": "supervising", "workers": workers}), flush=True)
+    try:
+        _wait_for_signal()
+    finally:
+        minder.stop()
+    return 0
+
+
 def _depot(args: argparse.Namespace) -> int:
     from depot.errors import DepotError
     from depot.ingest import Depot, DepotStore
@@ -373,6 +403,8 @@ def _depot(args: argparse.Namespace) -> int:
 
     if args.config is not None:
         return _depot_run_service(args)
+    if args.workers is not None or args.worker is not None:
+        raise SystemExit("lastmile depot: --workers needs --config (the whole depot service)")
     if args.db is None:
         raise SystemExit("lastmile depot: --config (the whole depot) or --database (ingest only)")
     try:
@@ -569,6 +601,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH_OR_URL",
         help="the depot's database: a SQLite file or a postgresql:// URL (with --config: "
         "instead of the file's; alone: event ingest only)",
+    )
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        help="run N depot processes sharing the devices' stream and the database "
+        "(instead of depot.workers; broker accounts USERNAME-1..N)",
+    )
+    p.add_argument(
+        "--worker", type=_positive_int, help="be worker K of --workers (the supervisor sets it)"
     )
     _broker_options(p)
     p.set_defaults(func=_depot, depot_tool="")

@@ -32,7 +32,7 @@ import struct
 import subprocess
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -106,24 +106,30 @@ DEVICE_RULES: Final = (
 DEPOT_RULES: Final = (AclRule("readwrite", f"{TOPIC_ROOT}/#"),)
 
 
-def mosquitto_acl_text(depot_username: str) -> str:
+def mosquitto_acl_text(depot_username: str | Sequence[str]) -> str:
     """The Mosquitto `acl_file` for the v1 contract.
 
     Mosquitto applies `pattern` lines to every authenticated user wherever they stand in the
     file, and `topic` lines to the `user` above them. Grants add up, so the depot holds its
     `topic readwrite lastmile/v1/#` plus the (harmless) device patterns for `lastmile/v1/depot/`.
+    Several depot accounts (one per depot worker) each get the same `user` block; a shared
+    subscription (`$share/depot/lastmile/v1/+/events`) is checked against the filter after the
+    group name, which that block grants.
     """
+    depots = [depot_username] if isinstance(depot_username, str) else list(depot_username)
     lines = [
         "# Written by simulators.broker; regenerated on every start.",
         "# Every account, the depot included: its own subtree, %u = its username.",
         *(f"pattern {r.access} {r.pattern}" for r in DEVICE_RULES),
-        "",
-        "# The depot: the whole v1 tree.",
-        f"user {depot_username}",
-        *(f"topic {r.access} {r.pattern}" for r in DEPOT_RULES),
-        "",
     ]
-    return "\n".join(lines)
+    for name in depots:
+        lines += [
+            "",
+            "# The depot: the whole v1 tree.",
+            f"user {name}",
+            *(f"topic {r.access} {r.pattern}" for r in DEPOT_RULES),
+        ]
+    return "\n".join([*lines, ""])
 
 
 def _covers(pattern: str, candidate: str) -> bool:
@@ -146,10 +152,15 @@ def _covers(pattern: str, candidate: str) -> bool:
 
 
 def acl_allows(
-    username: str, access: Literal["read", "write"], topic: str, *, depot_username: str
+    username: str,
+    access: Literal["read", "write"],
+    topic: str,
+    *,
+    depot_username: str | Collection[str],
 ) -> bool:
     """Whether `username` may `access` a topic (or, for "read", subscribe to a filter)."""
-    rules = DEVICE_RULES + (DEPOT_RULES if username == depot_username else ())
+    depots = {depot_username} if isinstance(depot_username, str) else set(depot_username)
+    rules = DEVICE_RULES + (DEPOT_RULES if username in depots else ())
     return any(
         rule.grants(access) and _covers(rule.pattern.replace("%u", username), topic)
         for rule in rules
@@ -214,6 +225,17 @@ def _accounts(
     if depot[0] in accounts:
         raise ValueError(f"device {depot[0]!r} would share the depot's account")
     return accounts, depot
+
+
+def _worker_accounts(depot: str, workers: int, devices: Mapping[str, str]) -> dict[str, str]:
+    """`{depot}-1..N`, one account each for N depot workers (none for a depot alone)."""
+    if workers < 1:
+        raise ValueError("depot_workers must be at least 1")
+    names = [f"{depot}-{k}" for k in range(1, workers + 1)] if workers > 1 else []
+    clash = [n for n in names if n in devices]
+    if clash:
+        raise ValueError(f"device {clash[0]!r} would share a depot worker's account")
+    return {n: secrets.token_urlsafe(18) for n in names}
 
 
 def _log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
@@ -303,6 +325,8 @@ class BrokerLike(Protocol):
     @property
     def depot_credentials(self) -> tuple[str, str]: ...
     @property
+    def depot_workers(self) -> dict[str, str]: ...
+    @property
     def ca_file(self) -> Path | None: ...
     @property
     def devices(self) -> tuple[str, ...]: ...
@@ -331,6 +355,7 @@ class _AccountsAndAddress:
     _accounts: dict[str, str]
     _depot: tuple[str, str]
     _port: int
+    _workers: dict[str, str] = {}  # noqa: RUF012  # read-only default: the embedded broker's
 
     @property
     def host(self) -> str:
@@ -343,6 +368,11 @@ class _AccountsAndAddress:
     @property
     def depot_credentials(self) -> tuple[str, str]:
         return self._depot
+
+    @property
+    def depot_workers(self) -> dict[str, str]:
+        """The depot workers' accounts (`{depot}-1..N`), username to password; empty alone."""
+        return dict(self._workers)
 
     @property
     def devices(self) -> tuple[str, ...]:
@@ -402,14 +432,19 @@ class Broker(_AccountsAndAddress):
         log_to: Path | None = None,
         executable: Path | None = None,
         tls: bool = False,
+        depot_workers: int = 1,
     ) -> None:
         """`devices` maps username to password; `depot` defaults to ("depot", a random password).
+
+        `depot_workers=N` (N > 1) adds N accounts `{depot}-1..N` with the depot's rights, one
+        per depot worker sharing the devices' stream (MQTT v5 shared subscriptions).
 
         Nothing runs until `start()`. `port=None` picks a free port, kept for the broker's life.
         `tls=True`: the listener speaks only TLS, with a certificate from a throwaway CA whose
         file is `ca_file` (clients pin it and check the host name, as in the field).
         """
         self._accounts, self._depot = _accounts(devices, depot)
+        self._workers = _worker_accounts(self._depot[0], depot_workers, self._accounts)
         self._workdir = Path(workdir).resolve()
         self._tls = tls
         self._ca_file: Path | None = None
@@ -606,7 +641,7 @@ class Broker(_AccountsAndAddress):
         return "\n".join(lines) + "\n"
 
     def _write_acl(self) -> None:
-        (self._workdir / "acl").write_text(mosquitto_acl_text(self._depot[0]))
+        (self._workdir / "acl").write_text(mosquitto_acl_text([self._depot[0], *self._workers]))
 
     def _write_passwords(self) -> None:
         """Hash all accounts with `mosquitto_passwd -U` into a temp file, then swap it in, so a
@@ -618,7 +653,8 @@ class Broker(_AccountsAndAddress):
         staging = self._workdir / "passwd.new"
         fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
-            for name, password in {**self._accounts, self._depot[0]: self._depot[1]}.items():
+            every = {**self._accounts, self._depot[0]: self._depot[1], **self._workers}
+            for name, password in every.items():
                 f.write(f"{name}:{password}\n")
         done = subprocess.run(
             [str(tool), "-U", str(staging)], capture_output=True, text=True, timeout=30, check=False
@@ -916,6 +952,7 @@ def start_broker(
     kind: Literal["auto", "mosquitto", "embedded"] | None = None,
     timeout: float = START_TIMEOUT_S,
     tls: bool = False,
+    depot_workers: int = 1,
 ) -> BrokerLike:
     """Start a broker and return it running (stop it, or use it as a context manager).
 
@@ -936,6 +973,12 @@ def start_broker(
             port=port,
             log_to=log_to,
             tls=tls,
+            depot_workers=depot_workers,
+        )
+    elif depot_workers > 1:
+        raise SimulatorError(
+            "several depot workers need MQTT v5 shared subscriptions: install mosquitto "
+            "(the embedded amqtt broker speaks MQTT 3.1.1)"
         )
     else:
         if chosen == "auto":

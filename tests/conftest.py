@@ -16,8 +16,8 @@ import pytest
 
 from depot.store import Conn
 from simulators.broker import Broker
+from simulators.postgres import PostgresServer, find_postgres
 from sync.mqtt import BrokerAddress
-from tests.pg import PostgresServer, find_postgres
 
 DEVICES = ("van-1", "van-2")
 

@@ -1,4 +1,4 @@
-"""The PostgreSQL test harness (tests/pg.py, the postgres_server and postgres_url fixtures):
+"""The PostgreSQL harness (simulators/postgres.py; the postgres_server and postgres_url fixtures):
 the server is our own and not the machine's, each test's database is its own, psycopg and
 psycopg_pool work against it, and stop() leaves nothing listening or on disk."""
 
@@ -11,9 +11,9 @@ import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
+from simulators import postgres as pg
 from simulators.broker import free_port
-from tests import pg
-from tests.pg import HOST, PostgresError, PostgresServer, find_postgres
+from simulators.postgres import HOST, PostgresError, PostgresServer, find_postgres
 
 MACHINE_POSTGRES_PORT = 5432
 

@@ -108,6 +108,13 @@ class DepotDatabase(abc.ABC):
 
     @property
     @abc.abstractmethod
+    def skip_locked(self) -> str:
+        """What ends a SELECT that claims rows for once-only work: rows another worker holds
+        are passed over, the rest are locked until the claim commits (empty where the
+        transaction already holds the whole database)."""
+
+    @property
+    @abc.abstractmethod
     def closed(self) -> bool: ...
 
     @abc.abstractmethod

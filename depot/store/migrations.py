@@ -212,6 +212,22 @@ MIGRATIONS: tuple[Migration, ...] = (
         ("DROP TABLE IF EXISTS book_meta", "DROP TABLE IF EXISTS webhook_schema"),
         check=_old_version_markers_are_known,
     ),
+    Migration(
+        7,
+        "several workers: events waiting to be projected, leases on once-only sends",
+        (
+            # The projection used to follow a rowid cursor. With several processes storing at
+            # once, a lower rowid can commit after a higher one and a cursor would step over
+            # it; a queue row, written in the same transaction as its event, cannot be missed.
+            "CREATE TABLE IF NOT EXISTS unprojected (rowid INTEGER NOT NULL PRIMARY KEY)",
+            "INSERT INTO unprojected(rowid) SELECT rowid FROM events "
+            "WHERE rowid > (SELECT last_rowid FROM projection WHERE id = 1)",
+            # A worker publishing a manifest or a command holds it for a while; one killed
+            # half-way lets go when the lease runs out, and another worker sends it.
+            "ALTER TABLE manifests ADD COLUMN claimed_until INTEGER",
+            "ALTER TABLE depot_commands ADD COLUMN claimed_until INTEGER",
+        ),
+    ),
 )
 LATEST = MIGRATIONS[-1].number
 assert [m.number for m in MIGRATIONS] == list(range(1, LATEST + 1)), "numbered without holes"

@@ -252,6 +252,10 @@ class PgDatabase(DepotDatabase):
         conn.execute("SELECT pg_advisory_xact_lock(?::bigint)", (_PROJECTION_LOCK,))
 
     @property
+    def skip_locked(self) -> str:
+        return " FOR UPDATE SKIP LOCKED"
+
+    @property
     def closed(self) -> bool:
         return self._closed
 

@@ -147,6 +147,10 @@ class Database(DepotDatabase):
         """Nothing to do: `BEGIN IMMEDIATE` already made this the only writer of the file."""
 
     @property
+    def skip_locked(self) -> str:
+        return ""  # BEGIN IMMEDIATE: no other writer exists until COMMIT
+
+    @property
     def closed(self) -> bool:
         return self._closed
 

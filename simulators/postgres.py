@@ -1,4 +1,6 @@
-"""A private PostgreSQL server for the tests: its own cluster, on 127.0.0.1 and a free port.
+"""A private PostgreSQL server for the tests, the bench and the simulated day: its own cluster,
+on 127.0.0.1 and a free port (the far end of the depot's database wire, as `simulators.broker`
+is of the MQTT one).
 
 Owns: one `postgres` process (a child of this one) and the temporary directory it runs from —
 the cluster made by `initdb`, the Unix socket directory and the server's log. It hands out
@@ -40,6 +42,7 @@ import psycopg
 from psycopg import sql
 
 from simulators.broker import free_port
+from simulators.errors import SimulatorError
 
 __all__ = [
     "PostgresBinaries",
@@ -64,7 +67,7 @@ _ADDRESS_IN_USE: Final = b"Address already in use"
 _DB_NAME: Final = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
-class PostgresError(RuntimeError):
+class PostgresError(SimulatorError):
     """The test server could not be found, started, used or stopped."""
 
 

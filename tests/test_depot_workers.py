@@ -1,0 +1,255 @@
+"""Several depot workers behind the broker: every event stored once, every job done once.
+
+The devices are the real journal and uplink, each with a window of batches in flight, so the
+broker's shared subscription hands two batches of one device to two workers at once; the
+workers are whole depot services on one database (both backends). The kill test runs them as
+the processes `lastmile depot --workers` would, and kills one with SIGKILL half-way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from depot.config import DepotConfig
+from depot.ingest import DepotStore
+from depot.service import DepotService
+from depot.webhooks import stats
+from parcel.identify import s10_check_digit
+from simulators.broker import Broker
+from simulators.webhooks import WebhookReceiver
+from sync.journal import Journal
+from sync.mqtt import BrokerAddress
+from sync.uplink import Uplink
+from tests.conftest import depot_sql
+
+ROOT = Path(__file__).resolve().parent.parent
+DEVICES = tuple(f"van-{i}" for i in range(1, 7))
+WAIT_S = 60.0
+FAST: dict[str, Any] = {
+    "ack_timeout_s": 2.0,
+    "keepalive_s": 2,
+    "backoff_min_s": 0.1,
+    "backoff_max_s": 0.5,
+}
+SECRETS = {"shop-a": b"shop-a-webhook-secret-0123"}
+
+
+def wait_until(predicate: Callable[[], bool], what: str, timeout: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def fleet_broker(tmp_path: Path) -> Iterator[Broker]:
+    passwords = {d: f"pw-{d}-0123456789" for d in DEVICES}
+    with Broker(tmp_path / "broker", devices=passwords, depot_workers=2) as broker:
+        yield broker
+
+
+def devices_with_backlog(
+    broker: Broker, tmp_path: Path, events: int
+) -> list[tuple[Journal, Uplink]]:
+    """Each device comes back from an outage with `events` journalled and unsent."""
+    out = []
+    for name in DEVICES:
+        journal = Journal(tmp_path / f"{name}.journal.db", name)
+        journal.append_many([("heartbeat", {"n": i, "device": name}) for i in range(events)])
+        user, password = broker.credentials(name)
+        uplink = Uplink(
+            journal,
+            BrokerAddress(broker.host, broker.port, user, password),
+            batch_events=25,
+            window_events=200,  # eight batches in flight: the workers race on every device
+            **FAST,
+        )
+        out.append((journal, uplink))
+    return out
+
+
+def stored_exactly_once(database: str, journals: list[Journal]) -> None:
+    store = DepotStore(database)
+    try:
+        for journal in journals:
+            _prev, events = journal.read(0, 10**6)
+            rows = store.query(
+                "SELECT seq, uuid, hash FROM events WHERE device=? AND journal=? ORDER BY seq",
+                (journal.device_id, journal.journal_id),
+            )
+            assert [(int(r[0]), str(r[1]), bytes(r[2])) for r in rows] == [  # type: ignore[call-overload]
+                (e.seq, e.uuid, e.hash) for e in events
+            ], journal.device_id
+        assert store.missing_seqs() == 0
+        assert store.query("SELECT count(*) FROM quarantine") == [(0,)]
+    finally:
+        store.close()
+
+
+def test_two_workers_share_the_stream_and_store_every_event_once(
+    fleet_broker: Broker, tmp_path: Path, depot_database: str
+) -> None:
+    passwords = {k: fleet_broker.depot_workers[f"depot-{k}"] for k in (1, 2)}
+    config = DepotConfig(
+        database=depot_database,
+        lat=52.37,
+        lon=4.90,
+        vans=[],
+        broker=BrokerAddress(fleet_broker.host, fleet_broker.port, "depot", passwords[1]),
+        workers=2,
+        worker_passwords=passwords,
+    )
+    workers = [DepotService(config, worker=k) for k in (1, 2)]
+    devices = devices_with_backlog(fleet_broker, tmp_path, 400)
+    try:
+        for w in workers:
+            w.start()
+            assert w.depot is not None and w.depot.session.wait_connected(10)
+            assert w.depot.shared == "depot"
+        for _journal, uplink in devices:
+            uplink.start()
+        for journal, uplink in devices:
+            assert uplink.wait_acked(journal.last_seq, WAIT_S), journal.device_id
+
+        def projected() -> bool:
+            for w in workers:
+                w.wake()
+            return all(w.settled() for w in workers)
+
+        wait_until(projected, "both workers to project every event")
+        batches = [w.depot.batches for w in workers if w.depot is not None]
+        assert all(b > 0 for b in batches), f"one worker got every batch: {batches}"
+    finally:
+        for _journal, uplink in devices:
+            uplink.stop()
+        for w in workers:
+            w.stop()
+    journals = [j for j, _ in devices]
+    stored_exactly_once(depot_database, journals)
+    with depot_sql(depot_database) as conn:
+        # The projection took each event once, whichever worker stored it.
+        assert conn.execute("SELECT count(*) FROM unprojected").fetchone()[0] == 0
+        total = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+    assert total == 400 * len(DEVICES)
+    for journal in journals:
+        journal.close()
+
+
+def write_worker_config(
+    tmp_path: Path, broker: Broker, database: str, receiver: WebhookReceiver
+) -> Path:
+    for k in (1, 2):
+        (tmp_path / f"depot-{k}.password").write_text(broker.depot_workers[f"depot-{k}"])
+    (tmp_path / "secrets.toml").write_text(
+        "".join(f'{key} = "{value.decode()}"\n' for key, value in SECRETS.items())
+    )
+    config = tmp_path / "depot.toml"
+    config.write_text(
+        "[depot]\n"
+        f"database = {json.dumps(database)}\n"
+        "lat = 52.37\nlon = 4.90\nvans = []\nworkers = 2\n"
+        "[broker]\n"
+        f'host = "{broker.host}"\nport = {broker.port}\nusername = "depot"\n'
+        'password_file = "depot-{worker}.password"\n'
+        '[webhooks]\nsecrets_file = "secrets.toml"\nbackoff_base_s = 0.2\nbackoff_max_s = 1\n'
+    )
+    return config
+
+
+def test_a_worker_killed_mid_drain_leaves_its_work_to_the_other(
+    fleet_broker: Broker, tmp_path: Path, depot_database: str
+) -> None:
+    receiver = WebhookReceiver(SECRETS)
+    config = write_worker_config(tmp_path, fleet_broker, depot_database, receiver)
+    # Parcels received at the depot: each tells its merchant, once, whichever worker sends it.
+    parcels = [f"RB{n:08d}{s10_check_digit(f'{n:08d}')}GB" for n in range(10_000_001, 10_000_021)]
+    (tmp_path / "import.json").write_text(
+        json.dumps(
+            {
+                "parcels": [
+                    {
+                        "parcel": p,
+                        "merchant": "shop-a",
+                        "recipient": "R. Cipient",
+                        "address": "Damrak 1",
+                        "lat": 52.37,
+                        "lon": 4.90,
+                        "webhook": receiver.url("/merchant/shop-a"),
+                    }
+                    for p in parcels
+                ]
+            }
+        )
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    lastmile = [sys.executable, "-m", "lastmile"]
+    imported = subprocess.run(
+        [*lastmile, "depot", "import", str(tmp_path / "import.json"), "--config", str(config)],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert imported.returncode == 0, imported.stdout + imported.stderr
+    devices = devices_with_backlog(fleet_broker, tmp_path, 600)
+    workers = {
+        k: subprocess.Popen(
+            [*lastmile, "depot", "--config", str(config), "--worker", str(k)],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        )
+        for k in (1, 2)
+    }
+    try:
+        for proc in workers.values():
+            assert proc.stdout is not None
+            line = json.loads(proc.stdout.readline())  # the worker says it runs
+            assert line["depot"] == "running" and line["workers"] == 2
+        for _journal, uplink in devices:
+            uplink.start()
+        total = 600 * len(DEVICES)
+
+        def stored() -> int:
+            with depot_sql(depot_database) as conn:
+                return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
+
+        wait_until(lambda: stored() >= total // 3, "a third of the backlog to be stored")
+        workers[2].send_signal(signal.SIGKILL)  # mid-drain, mid-batch, mid-anything
+        at_kill = stored()
+        assert workers[2].wait(10) == -signal.SIGKILL
+        for journal, uplink in devices:
+            assert uplink.wait_acked(journal.last_seq, WAIT_S), journal.device_id
+        wait_until(lambda: receiver.unique_events >= len(parcels), "every notice to be sent")
+
+        def settled() -> bool:
+            with depot_sql(depot_database) as conn:
+                waiting = conn.execute("SELECT count(*) FROM unprojected").fetchone()[0]
+                return int(waiting) == 0 and stats(conn)["pending"] == 0
+
+        wait_until(settled, "the surviving worker to project and send everything")
+    finally:
+        for _journal, uplink in devices:
+            uplink.stop()
+        for proc in workers.values():
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(20)
+        receiver.close()
+    assert at_kill < total, "the backlog was drained before the kill: the test proved nothing"
+    assert workers[1].returncode == 0  # it stopped cleanly on SIGTERM
+    stored_exactly_once(depot_database, [j for j, _ in devices])
+    # Each notice once: one outbox row per parcel and audience, sent, and the receiver got
+    # each event id once (nothing was resent by a worker that never learned of a success).
+    with depot_sql(depot_database) as conn:
+        assert stats(conn) == {"pending": 0, "sent": len(parcels), "dead": 0,
+                               "attempts": len(parcels)}
+    assert receiver.unique_events == len(parcels) and receiver.duplicates == 0
+    for journal, _ in devices:
+        journal.close()
+
