@@ -1,16 +1,33 @@
-"""`bench fleet`: a whole fleet's morning against the real broker and the real depot process.
+"""`bench fleet`: a whole fleet's morning against the real broker and the real depot service.
 
 What is measured: N simulated devices (default 2,000) in this one asyncio process, each with its
 own broker account, come back from an outage at the same time. Each holds a backlog (default an
 hour of scans, 180 events), reconnects after a random delay (`--reconnect-jitter-s`, so the
 fleet arrives over a few seconds, as vans leaving a dead zone together do), drains it to the
 depot, then keeps scanning for `--steady-s` seconds at `--steady-rate` events/s per device.
-The depot is the production ingest-only entry point (`python -m lastmile depot --db …`) in a
-process of its own, so its CPU and memory can be read from /proc apart from the rest; the broker
-is Mosquitto with one account per device, the depot's account and the project's ACL
+
+The depot is the whole production service (`python -m lastmile depot --config depot.toml
+--workers N`), the same code in every set-up: ingest, the parcel book's projection of every
+stored event, the outboxes. Its depot.toml is written here: the set-up's database and worker
+count, the broker's address and the depot's account; no HTTP API, no keys, no webhooks (a
+morning's scans send nothing out but acks). With N > 1 the command is a supervisor that starts
+N worker processes, each a whole depot service with its own broker account (`depot-1..N`),
+sharing the devices' batches through an MQTT v5 shared subscription. The depot runs in
+processes of its own, so its CPU and memory can be read from /proc apart from the rest; the
+broker is Mosquitto with one account per device, the depot's accounts and the project's ACL
 (`simulators.broker.Broker`).
 
-Figures per set-up (a depot back end and its worker count):
+Set-ups (`--setups`, default `sqlite:1,postgresql:1,postgresql:2,postgresql:4`): a back end
+and a worker count each; the first is the baseline every ratio is against. Each runs against
+its own fresh broker and its own fresh database: a SQLite file in the scratch directory, or a
+new database on one private PostgreSQL server started for the whole bench run
+(`simulators.postgres.PostgresServer`: its own cluster on a free port, never the machine's
+server). Without PostgreSQL installed only the SQLite set-ups run, and `setups_not_run` says
+why. That server is the test harness's: fsync and synchronous_commit are off, so a PostgreSQL
+commit here costs no flush, where SQLite's (WAL, synchronous=FULL) does; `database_server`
+reports the settings so the figures are read against them.
+
+Figures per set-up:
 
 - `events_per_s`: backlog events stored and acknowledged per second, over `drain_s`;
 - `drain_s`: from the first device's first connection attempt to the depot's acknowledgement
@@ -18,9 +35,13 @@ Figures per set-up (a depot back end and its worker count):
 - `ack_p50_ms`, `ack_p99_ms`: steady phase, from the moment a scan's event is created on the
   device to the moment the device reads the depot's ack (`…/ack`, not the broker's PUBACK)
   covering it;
-- `depot_cpu_pct` (user + sys from /proc/PID/stat, % of one core, over the drain) and
-  `depot_rss_mb` (peak resident, VmHWM); the broker's and this process's CPU over the same
-  window, because fleet, broker and depot share the machine's cores.
+- CPU (user + sys from /proc/PID/stat, % of one core) over the drain and over the steady
+  phase: the depot's (the supervisor and all its children, summed, and its busiest process),
+  the PostgreSQL server's (`database_cpu_pct`: the postmaster and its backends), the broker's,
+  this process's (the simulated fleet) and the rest of the machine's (`other_cpu_pct`, from
+  /proc/stat: other people's jobs and the kernel's own work), because all of them share the
+  machine's cores;
+- `depot_rss_mb`: the sum of the depot processes' peak resident sizes (VmHWM).
 
 Then the depot's database is read back (read-only) and every device's journal compared with
 it: each event stored exactly once and hash for hash the one the device made (`lost`,
@@ -29,7 +50,8 @@ the depot's `gaps` table.
 
 Why: every van and locker of a depot comes back online at the start of the morning and after a
 network outage; the depot must take all their backlogs at once, in under a minute for 2,000
-devices, while it keeps acknowledging new scans in under 250 ms.
+devices, while it keeps acknowledging new scans in under 250 ms; and a carrier that outgrows
+one process needs to know what PostgreSQL and more workers buy on the same machine.
 
 Each device speaks the real wire, MQTT v5 as the uplink does: its events are chained with
 `sync.wire.chain_hash` and sent with `sync.wire.encode_batch` (zlib, the uplink's content type
@@ -45,13 +67,8 @@ on its own processor, not on the depot's machine).
 The transport is plain TCP on 127.0.0.1: TLS would add the broker's handshakes to the morning
 (a real cost, left out so the figure is the depot's), and nothing leaves the machine.
 
-Set-ups: `SETUPS` lists each with the depot flags it needs; the first is the baseline the
-others are compared with. Today the depot has one back end (SQLite) and one ingest thread;
-the PostgreSQL set-ups are listed but not run until the depot takes their flags
-(`runs_today=True` turns one on; `--postgresql URL` names its database, which the bench does
-not clear: its checks read only the streams of this run's journals).
-
-Bounded: every wait has a timeout, and every process started here is stopped in `finally`.
+Bounded: every wait has a timeout, and every process started here (broker, depot and its
+workers, PostgreSQL) is stopped in `finally`.
 """
 
 from __future__ import annotations
@@ -59,6 +76,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import random
@@ -70,10 +88,10 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from bench.rig import BenchError, describe_mount, host_facts, percentile, rounded, scratch_dir
 from bench.sync import scan_payloads
@@ -96,10 +114,14 @@ from sync.wire import (
     status_topic,
 )
 
+if TYPE_CHECKING:
+    from simulators.postgres import PostgresServer
+
 log = logging.getLogger("bench.fleet")
 
 HOST = "127.0.0.1"
 DEPOT_USER = "depot"
+DEPOT_LAT, DEPOT_LON = 52.3676, 4.9041  # depot.toml needs a position; nothing is planned here
 PROBE = "bench-probe"  # a device account of its own: proves the depot listens before the clock
 BATCH_EVENTS = 1000  # the uplink's batch size
 ACK_TIMEOUT_S = 10.0  # the uplink's: no ack for this long while a batch is in flight → resend
@@ -110,10 +132,17 @@ BACKOFF_S = (0.5, 8.0)  # reconnect backoff window, equal jitter, as sync.mqtt
 HANDSHAKES_AT_ONCE = 64  # connects in flight at once: inside Mosquitto's listen backlog (100)
 BACKLOG_SPAN_S = 3600.0  # the outage the backlog covers: an hour
 PAYLOAD_POOL = 4096  # distinct scan payloads, reused: labels cost ~30 µs each to make
-DEPOT_READY_TIMEOUT_S = 20.0
+# Python start-up, the schema migration (one worker at a time) and the broker connection of
+# up to 4 workers on a loaded 2-core machine.
+DEPOT_READY_TIMEOUT_S = 60.0
+WORKERS_POLL_S = 0.1  # how often the broker's log is read while the workers connect
 DRAIN_TIMEOUT_S = 600.0
 STEADY_ACK_TIMEOUT_S = 60.0  # after the last steady scan, for its ack
 STOP_TIMEOUT_S = 10.0
+# The supervisor stops its workers (each closing its store, depot.workers.STOP_WAIT_S = 20 s
+# at most) before it exits itself; after this the depot's process group is killed.
+DEPOT_STOP_TIMEOUT_S = 30.0
+DATABASE_TIMEOUT_S = 30  # connect and statement timeout of the read-back's connection
 FD_HEADROOM = 256
 CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
@@ -123,58 +152,52 @@ TARGET_EVENTS_PER_S_POSTGRESQL = 10_000.0
 TARGET_DRAIN_S = 60.0
 TARGET_ACK_P99_MS = 250.0
 BUSY_PCT = 85.0  # a process above this share of one core is taken as CPU-bound
+NOTABLE_PCT = 25.0  # the rest of the machine is named in `where_time_goes` above this share
 
 
 # --- set-ups ---------------------------------------------------------------------------------
 
+BACKENDS = ("sqlite", "postgresql")
+
 
 @dataclass(frozen=True)
 class Setup:
-    """One way to run the depot: a back end and a number of ingest workers.
-
-    `flags` are appended to the depot's command line; `{postgresql}` stands for `--postgresql`.
-    `runs_today=False`: the depot does not take these flags yet; listed, not run.
-    """
+    """One way to run the whole depot service: a database back end and its worker processes."""
 
     backend: str
     workers: int
-    flags: tuple[str, ...] = ()
-    runs_today: bool = True
 
     @property
     def name(self) -> str:
-        return f"{self.backend}/{self.workers}"
+        return f"{self.backend}:{self.workers}"
 
 
 SETUPS: tuple[Setup, ...] = (
-    Setup("sqlite", 1),  # the baseline: the depot as it is today
-    Setup("postgresql", 1, ("--database", "{postgresql}"), runs_today=False),
-    Setup("postgresql", 4, ("--database", "{postgresql}", "--workers", "4"), runs_today=False),
+    Setup("sqlite", 1),  # the baseline: the embedded depot, one process
+    Setup("postgresql", 1),
+    Setup("postgresql", 2),
+    Setup("postgresql", 4),
 )
 
 
-def depot_command(
-    setup: Setup, *, db: Path, port: int, password_file: Path, postgresql: str | None
-) -> list[str]:
-    """The production ingest-only depot, with the set-up's flags."""
-    values = {"postgresql": postgresql or ""}
-    return [
-        sys.executable, "-m", "lastmile", "depot",
-        "--db", str(db),
-        "--host", HOST,
-        "--port", str(port),
-        "--username", DEPOT_USER,
-        "--password-file", str(password_file),
-        *(flag.format(**values) for flag in setup.flags),
-    ]
+def parse_setups(text: str) -> tuple[Setup, ...]:
+    """`sqlite:1,postgresql:2`: back end and worker count (`:1` may be left out), in order.
 
-
-def why_not_run(setup: Setup, postgresql: str | None) -> str | None:
-    if not setup.runs_today:
-        return "the depot does not take these flags yet"
-    if any("{postgresql}" in f for f in setup.flags) and not postgresql:
-        return "no --postgresql URL given"
-    return None
+    The argparse type of `--setups`; the first set-up is the baseline of every ratio.
+    """
+    setups: list[Setup] = []
+    for item in text.split(","):
+        backend, sep, count = item.strip().partition(":")
+        if backend not in BACKENDS:
+            raise argparse.ArgumentTypeError(
+                f"{item.strip()!r}: the back end is one of {', '.join(BACKENDS)}")
+        if sep and not (count.isdigit() and int(count) >= 1):
+            raise argparse.ArgumentTypeError(f"{item.strip()!r}: workers must be at least 1")
+        setup = Setup(backend, int(count) if sep else 1)
+        if setup in setups:
+            raise argparse.ArgumentTypeError(f"{setup.name} is listed twice")
+        setups.append(setup)
+    return tuple(setups)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -193,8 +216,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ack-timeout-s", type=float, default=ACK_TIMEOUT_S,
                    help="a device resends from its last ack after this long without one "
                         f"(default {ACK_TIMEOUT_S:g}, the uplink's)")
-    p.add_argument("--postgresql", default=None, metavar="URL",
-                   help="database of the PostgreSQL set-ups (once the depot takes them)")
+    p.add_argument("--setups", type=parse_setups, default=SETUPS, metavar="BACKEND:WORKERS,...",
+                   help="set-ups to run, in order, the first the baseline (default "
+                        f"{','.join(s.name for s in SETUPS)}); PostgreSQL set-ups are skipped, "
+                        "and listed as not run, when PostgreSQL is not installed")
     p.add_argument("--seed", type=int, default=1, help="random seed of events and timings")
     p.add_argument("--dir", type=Path, default=None,
                    help="make the scratch directory here (default: the current directory; "
@@ -645,21 +670,26 @@ class Device:
 
 # --- processes and /proc -----------------------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class CpuMark:
-    """CPU seconds (user + sys) of the depot, the broker and this process at one moment."""
-
-    at: float
-    depot_s: float
-    broker_s: float
-    bench_s: float
+# /proc/PID/task/TID/children lists a thread's children (CONFIG_PROC_CHILDREN); without those
+# files the tree is found from every process's parent instead.
+_CHILDREN_FILES = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").exists()
+_GONE = (FileNotFoundError, ProcessLookupError)  # a process that exited while it was read
 
 
-def proc_cpu_s(pid: int) -> float:
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat from field 3 (state) on: [1] is the parent; [11:15] utime, stime,
+    cutime, cstime (proc(5)). The name before them, in parentheses, may hold spaces."""
     stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()  # fields[0] is field 3 (state) of proc(5)
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS_PER_S
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def proc_cpu_s(pid: int, *, reaped: bool = False) -> float:
+    """CPU seconds (user + sys) of `pid`. With `reaped`, also those of the children it has
+    waited for: a process tree's sum then keeps the time of a child that exited (a worker
+    restarted, a PostgreSQL backend whose connection closed) between two marks."""
+    f = _stat_fields(pid)
+    ticks = int(f[11]) + int(f[12]) + (int(f[13]) + int(f[14]) if reaped else 0)
+    return ticks / CLOCK_TICKS_PER_S
 
 
 def proc_status_kb(pid: int, key: str) -> int:
@@ -670,20 +700,130 @@ def proc_status_kb(pid: int, key: str) -> int:
     raise BenchError(f"/proc/{pid}/status has no {key}")
 
 
-def cpu_mark(depot_pid: int, broker_pid: int) -> CpuMark:
-    return CpuMark(time.perf_counter(), proc_cpu_s(depot_pid), proc_cpu_s(broker_pid),
-                   time.process_time())
+def _children(pid: int) -> list[int]:
+    kids: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except _GONE:
+        return kids
+    for tid in tasks:
+        with contextlib.suppress(*_GONE):
+            kids.extend(int(k) for k in Path(f"/proc/{pid}/task/{tid}/children").read_text()
+                        .split())
+    return kids
 
 
-def cpu_pct(a: CpuMark, b: CpuMark) -> dict[str, float]:
-    """% of one core each process spent between two marks."""
+def _children_by_parent() -> dict[int, list[int]]:
+    found: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            with contextlib.suppress(*_GONE):
+                found.setdefault(int(_stat_fields(int(name))[1]), []).append(int(name))
+    return found
+
+
+def process_tree(root: int) -> list[int]:
+    """`root` and every descendant alive now: the depot's supervisor and its workers, or the
+    postmaster and its backends. Empty when `root` is gone."""
+    by_parent = None if _CHILDREN_FILES else _children_by_parent()
+    tree: list[int] = []
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        if not Path(f"/proc/{pid}").exists():
+            continue
+        tree.append(pid)
+        todo.extend(_children(pid) if by_parent is None else by_parent.get(pid, []))
+    return tree
+
+
+def tree_cpu_s(root: int) -> dict[int, float]:
+    """CPU seconds of each process of `root`'s tree, with the children each has reaped."""
+    out: dict[int, float] = {}
+    for pid in process_tree(root):
+        with contextlib.suppress(*_GONE):
+            out[pid] = proc_cpu_s(pid, reaped=True)
+    return out
+
+
+def tree_peak_rss_mb(root: int) -> tuple[float, int]:
+    """The sum of the peak resident sizes (VmHWM) of `root`'s tree, and how many processes."""
+    kb = count = 0
+    for pid in process_tree(root):
+        with contextlib.suppress(*_GONE):
+            kb += proc_status_kb(pid, "VmHWM")
+            count += 1
+    return kb / 1024, count
+
+
+def machine_busy_s() -> float:
+    """CPU seconds all cores spent busy since boot: /proc/stat's first line but idle and iowait
+    (guest time is already inside user)."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = ticks
+    return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS_PER_S
+
+
+@dataclass(frozen=True)
+class CpuMark:
+    """CPU seconds at one moment: each depot and PostgreSQL process (with the children it
+    reaped), the broker, this process (the fleet) and the whole machine."""
+
+    at: float
+    depot: Mapping[int, float]
+    database: Mapping[int, float] | None
+    broker_s: float
+    bench_s: float
+    machine_s: float
+
+
+@dataclass(frozen=True)
+class Watched:
+    """The processes a run reads from /proc: the depot's first process (the supervisor when
+    there are workers), the broker and, for a PostgreSQL set-up, the postmaster."""
+
+    depot: int
+    broker: int
+    database: int | None
+
+    def mark(self) -> CpuMark:
+        return CpuMark(
+            at=time.perf_counter(),
+            depot=tree_cpu_s(self.depot),
+            database=tree_cpu_s(self.database) if self.database is not None else None,
+            broker_s=proc_cpu_s(self.broker),
+            bench_s=time.process_time(),
+            machine_s=machine_busy_s(),
+        )
+
+
+def cpu_pct(a: CpuMark, b: CpuMark) -> dict[str, float | None]:
+    """% of one core each part spent between two marks. `depot` sums the depot's processes,
+    `depot_busiest` is the one that spent most; `other` is the machine's busy time that none
+    of ours account for: other people's jobs and the kernel's own work (loopback softirqs)."""
     wall = b.at - a.at
     if wall <= 0:
-        return {"depot": 0.0, "broker": 0.0, "bench": 0.0}
+        wall = float("inf")
+    depot = sum(b.depot.values()) - sum(a.depot.values())
+    busiest = max((s - a.depot.get(pid, 0.0) for pid, s in b.depot.items()), default=0.0)
+    database = (sum(b.database.values()) - sum(a.database.values())
+                if a.database is not None and b.database is not None else None)
+    broker = b.broker_s - a.broker_s
+    bench = b.bench_s - a.bench_s
+    machine = b.machine_s - a.machine_s
+    other = max(0.0, machine - depot - (database or 0.0) - broker - bench)
+
+    def pct(seconds: float) -> float:
+        return rounded(seconds / wall * 100, 1)
+
     return {
-        "depot": rounded((b.depot_s - a.depot_s) / wall * 100, 1),
-        "broker": rounded((b.broker_s - a.broker_s) / wall * 100, 1),
-        "bench": rounded((b.bench_s - a.bench_s) / wall * 100, 1),
+        "depot": pct(depot),
+        "depot_busiest": pct(busiest),
+        "database": pct(database) if database is not None else None,
+        "broker": pct(broker),
+        "bench": pct(bench),
+        "machine": pct(machine),
+        "other": pct(other),
     }
 
 
@@ -703,15 +843,34 @@ def raise_fd_limit(needed: int) -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def stop_process(proc: subprocess.Popen[bytes]) -> int:
-    """SIGTERM (the depot closes its store), then SIGKILL after STOP_TIMEOUT_S."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stop_depot(proc: subprocess.Popen[bytes]) -> int:
+    """SIGTERM to the depot, as an operator stops it: the supervisor stops its workers and each
+    closes its store. After DEPOT_STOP_TIMEOUT_S, or if anything of its process group (started
+    as a session of its own) outlives it, the group is killed: no worker is left behind."""
+    try:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(DEPOT_STOP_TIMEOUT_S)
+    finally:
+        if proc.poll() is None or _group_alive(proc.pid):
+            log.warning("depot pid %d or its workers did not stop; killing its group", proc.pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            deadline = time.monotonic() + STOP_TIMEOUT_S  # orphans are reaped by init
+            while _group_alive(proc.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
     return proc.returncode
 
 
@@ -720,6 +879,16 @@ def log_tail(path: Path, lines: int = 20) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+def worker_restarts(depot_log: Path) -> int:
+    """Workers the supervisor restarted during the run (depot.workers logs each); a restart
+    means a worker died mid-run and the devices resent its share."""
+    try:
+        text = depot_log.read_text(errors="replace")
+    except OSError:
+        return 0
+    return sum(1 for line in text.splitlines() if "exited (" in line and "restarting" in line)
 
 
 def disk_commit_ms(workdir: Path, n: int = 50) -> float:
@@ -742,6 +911,59 @@ def disk_commit_ms(workdir: Path, n: int = 50) -> float:
     return rounded(percentile(took, 50) * 1000, 3)
 
 
+# --- the depot's configuration ---------------------------------------------------------------
+
+
+def depot_accounts(setup: Setup, depot_password: str, workers: Mapping[str, str]
+                   ) -> dict[int, str]:
+    """Worker number → the password of its broker account: `depot` alone, else `depot-K`
+    (from `Broker.depot_workers`)."""
+    if setup.workers == 1:
+        return {1: depot_password}
+    try:
+        return {k: workers[f"{DEPOT_USER}-{k}"] for k in range(1, setup.workers + 1)}
+    except KeyError as exc:
+        raise BenchError(f"the broker has no account {exc} for a depot worker") from None
+
+
+def write_depot_config(workdir: Path, setup: Setup, database: str, port: int,
+                       passwords: Mapping[int, str]) -> Path:
+    """depot.toml for the whole service, and each worker's password file (mode 0600).
+
+    Only what a morning's ingest needs, the same for every set-up: the database, the worker
+    count and the broker. No API, keys or webhooks: nothing in a fleet of scans would use them,
+    and a set-up must differ from the baseline only in back end and workers.
+    """
+    template = "depot-{worker}.password" if setup.workers > 1 else "depot.password"
+    for worker, password in passwords.items():
+        path = workdir / template.replace("{worker}", str(worker))
+        path.touch(0o600)
+        path.write_text(password + "\n")
+    config = workdir / "depot.toml"
+    config.write_text("\n".join([
+        "[depot]",
+        f"database = {json.dumps(database)}",  # a JSON string is a TOML basic string
+        f"lat = {DEPOT_LAT}",
+        f"lon = {DEPOT_LON}",
+        "vans = []",
+        f"workers = {setup.workers}",
+        "",
+        "[broker]",
+        f"host = {json.dumps(HOST)}",
+        f"port = {port}",
+        f"username = {json.dumps(DEPOT_USER)}",
+        f"password_file = {json.dumps(template)}",
+        "",
+    ]))
+    return config
+
+
+def depot_command(config: Path, workers: int) -> list[str]:
+    """The production depot service; with workers > 1 the supervisor of its workers."""
+    return [sys.executable, "-m", "lastmile", "depot", "--config", str(config),
+            "--workers", str(workers)]
+
+
 # --- one run -----------------------------------------------------------------------------------
 
 
@@ -756,7 +978,6 @@ class Plan:
     jitter_s: float
     ack_timeout_s: float
     seed: int
-    postgresql: str | None
 
 
 def steady_events_per_device(steady_s: float, rate: float) -> int:
@@ -829,6 +1050,34 @@ async def wait_for_event(fleet: Fleet, event: asyncio.Event, timeout: float,
     return False
 
 
+async def await_workers(broker_log: Path, workers: int,
+                        depot_exited: asyncio.Future[None]) -> None:
+    """Return once every worker's account (`depot-1..N`) has connected to the broker.
+
+    The probe's ack proves only that one worker listens: the others may still be starting,
+    and the first to subscribe would take the whole morning's first seconds alone. Mosquitto
+    logs each connection with its username (`connection_messages`); each worker subscribes
+    from its connect callback, a few milliseconds later, before the probe's round trips end.
+    """
+    wanted = {k: f"u'{DEPOT_USER}-{k}')" for k in range(1, workers + 1)}
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DEPOT_READY_TIMEOUT_S
+    while True:
+        try:
+            text = broker_log.read_text(errors="replace")
+        except OSError:
+            text = ""
+        missing = [k for k, needle in wanted.items() if needle not in text]
+        if not missing:
+            return
+        if depot_exited.done():
+            raise BenchError("the depot exited before its workers connected")
+        if loop.time() >= deadline:
+            raise BenchError(f"depot workers {missing} did not connect to the broker in "
+                             f"{DEPOT_READY_TIMEOUT_S} s")
+        await asyncio.sleep(WORKERS_POLL_S)
+
+
 async def await_depot(port: int, password: str, depot_exited: asyncio.Future[None],
                       rng: random.Random) -> None:
     """Return once the depot acknowledged a batch from the probe device.
@@ -854,72 +1103,42 @@ async def await_depot(port: int, password: str, depot_exited: asyncio.Future[Non
 
 
 @dataclass
-class RunResult:
-    setup: Setup
+class Morning:
+    """What one morning measured: the fleet (its counters and journals), the drain's seconds,
+    CPU marks at the start, at the drain's end and after the steady phase, and the depot's
+    summed peak memory and process count read at the end."""
+
+    fleet: Fleet
     drain_s: float
-    backlog_events: int
-    latencies_s: list[float]
-    cpu_drain: dict[str, float]
-    cpu_steady: dict[str, float]
+    start: CpuMark
+    drained: CpuMark
+    steady: CpuMark
     depot_rss_mb: float
-    broker_rss_mb: float
-    stats: Counters
-    checks: dict[str, int]
-
-    def figures(self) -> dict[str, Any]:
-        lat_ms = [s * 1000 for s in self.latencies_s]
-        st = self.stats
-        return {
-            "backend": self.setup.backend,
-            "workers": self.setup.workers,
-            "events_per_s": round(self.backlog_events / self.drain_s) if self.drain_s else None,
-            "drain_s": rounded(self.drain_s, 2),
-            "ack_p50_ms": rounded(percentile(lat_ms, 50), 1) if lat_ms else None,
-            "ack_p99_ms": rounded(percentile(lat_ms, 99), 1) if lat_ms else None,
-            "depot_cpu_pct": self.cpu_drain["depot"],
-            "depot_rss_mb": self.depot_rss_mb,
-            "depot_cpu_pct_steady": self.cpu_steady["depot"],
-            "broker_cpu_pct": self.cpu_drain["broker"],
-            "broker_rss_mb": self.broker_rss_mb,
-            "bench_cpu_pct": self.cpu_drain["bench"],
-            "bench_cpu_pct_steady": self.cpu_steady["bench"],
-            "ack_samples": len(lat_ms),
-            "ack_max_ms": rounded(max(lat_ms), 1) if lat_ms else None,
-            "connect_p50_ms": rounded(percentile(st.connect_s, 50) * 1000, 1),
-            "connect_p99_ms": rounded(percentile(st.connect_s, 99) * 1000, 1),
-            "connects": st.connects,
-            "reconnects": st.reconnects,
-            "batches": st.batches,
-            # A resent batch is decoded and verified again by the depot, then deduplicated.
-            "resends_after_ack_timeout": st.resends_after_timeout,
-            "resends_asked_by_depot": st.resends_asked,
-            "refused_pubacks": st.refused_pubacks,
-            **self.checks,
-        }
+    depot_processes: int
 
 
-async def morning(plan: Plan, port: int, passwords: dict[str, str],
-                  depot: subprocess.Popen[bytes], broker_pid: int,
-                  payloads: list[tuple[dict[str, Any], str]]) -> tuple[
-                      Fleet, float, CpuMark, CpuMark, CpuMark, float]:
-    """The scenario on one depot: probe, backlog drain, steady scanning. Returns the fleet,
-    the drain's seconds, three CPU marks (start, drained, steady done) and the depot's VmHWM."""
+async def morning(plan: Plan, setup: Setup, broker: Broker, passwords: dict[str, str],
+                  depot: subprocess.Popen[bytes], watched: Watched,
+                  payloads: list[tuple[dict[str, Any], str]]) -> Morning:
+    """The scenario on one depot: its workers connected, probe, backlog drain, steady scans."""
     rng = random.Random(plan.seed)
     with watch_exit(depot.pid) as depot_exited:
-        await await_depot(port, passwords[PROBE], depot_exited, rng)
-        fleet = Fleet(port, ack_timeout_s=plan.ack_timeout_s)
+        if setup.workers > 1:
+            await await_workers(broker.log_path, setup.workers, depot_exited)
+        await await_depot(broker.port, passwords[PROBE], depot_exited, rng)
+        fleet = Fleet(broker.port, ack_timeout_s=plan.ack_timeout_s)
         build_fleet(fleet, plan, passwords, payloads, rng)
         loop = asyncio.get_running_loop()
         tasks: list[asyncio.Task[None]] = []
         try:
-            start = cpu_mark(depot.pid, broker_pid)
+            start = watched.mark()
             tasks = [asyncio.create_task(d.run(rng.uniform(0, plan.jitter_s)))
                      for d in fleet.devices]
             if not await wait_for_event(fleet, fleet.backlogs_done, DRAIN_TIMEOUT_S,
                                         depot_exited):
                 raise BenchError(f"{fleet.backlogs_left} of {plan.devices} devices still had "
                                  f"backlog after {DRAIN_TIMEOUT_S} s")
-            drained = cpu_mark(depot.pid, broker_pid)
+            drained = watched.mark()
             assert fleet.first_attempt_at is not None
             drain_s = fleet.backlog_acked_at - fleet.first_attempt_at
             # The steady phase: each device's scans evenly spread, each at a random moment of
@@ -934,59 +1153,142 @@ async def morning(plan: Plan, port: int, passwords: dict[str, str],
                                         plan.steady_s + STEADY_ACK_TIMEOUT_S, depot_exited):
                 raise BenchError(f"{fleet.devices_left} of {plan.devices} devices still waited "
                                  f"for acks {STEADY_ACK_TIMEOUT_S} s after the steady phase")
-            steady = cpu_mark(depot.pid, broker_pid)
-            hwm_kb = proc_status_kb(depot.pid, "VmHWM")
+            steady = watched.mark()
+            rss_mb, processes = tree_peak_rss_mb(depot.pid)
         finally:
             await fleet.stop(tasks)
-    return fleet, drain_s, start, drained, steady, hwm_kb / 1024
+    return Morning(fleet, drain_s, start, drained, steady, rss_mb, processes)
+
+
+@dataclass
+class RunResult:
+    setup: Setup
+    drain_s: float
+    backlog_events: int
+    latencies_s: list[float]
+    cpu_drain: dict[str, float | None]
+    cpu_steady: dict[str, float | None]
+    depot_rss_mb: float
+    depot_processes: int
+    depot_restarts: int
+    depot_exit_status: int
+    broker_rss_mb: float
+    load_before: float
+    stats: Counters
+    checks: dict[str, int]
+
+    def figures(self) -> dict[str, Any]:
+        lat_ms = [s * 1000 for s in self.latencies_s]
+        st = self.stats
+        drain, steady = self.cpu_drain, self.cpu_steady
+        return {
+            "backend": self.setup.backend,
+            "workers": self.setup.workers,
+            "events_per_s": round(self.backlog_events / self.drain_s) if self.drain_s else None,
+            "drain_s": rounded(self.drain_s, 2),
+            "ack_p50_ms": rounded(percentile(lat_ms, 50), 1) if lat_ms else None,
+            "ack_p99_ms": rounded(percentile(lat_ms, 99), 1) if lat_ms else None,
+            # CPU over the drain, % of one core; the same names with _steady: the steady phase.
+            "depot_cpu_pct": drain["depot"],
+            "depot_busiest_process_cpu_pct": drain["depot_busiest"],
+            "database_cpu_pct": drain["database"],  # None: SQLite, inside the depot's processes
+            "broker_cpu_pct": drain["broker"],
+            "bench_cpu_pct": drain["bench"],
+            "other_cpu_pct": drain["other"],
+            "machine_cpu_pct": drain["machine"],
+            "depot_cpu_pct_steady": steady["depot"],
+            "depot_busiest_process_cpu_pct_steady": steady["depot_busiest"],
+            "database_cpu_pct_steady": steady["database"],
+            "broker_cpu_pct_steady": steady["broker"],
+            "bench_cpu_pct_steady": steady["bench"],
+            "other_cpu_pct_steady": steady["other"],
+            "machine_cpu_pct_steady": steady["machine"],
+            "depot_rss_mb": rounded(self.depot_rss_mb, 1),  # summed over its processes
+            "depot_processes": self.depot_processes,
+            "depot_worker_restarts": self.depot_restarts,
+            "depot_exit_status": self.depot_exit_status,
+            "broker_rss_mb": rounded(self.broker_rss_mb, 1),
+            "loadavg_1m_before": rounded(self.load_before, 2),
+            "ack_samples": len(lat_ms),
+            "ack_max_ms": rounded(max(lat_ms), 1) if lat_ms else None,
+            "connect_p50_ms": rounded(percentile(st.connect_s, 50) * 1000, 1),
+            "connect_p99_ms": rounded(percentile(st.connect_s, 99) * 1000, 1),
+            "connects": st.connects,
+            "reconnects": st.reconnects,
+            "batches": st.batches,
+            # A resent batch is decoded and verified again by the depot, then deduplicated.
+            "resends": st.resends_after_timeout + st.resends_asked,
+            "resends_after_ack_timeout": st.resends_after_timeout,
+            "resends_asked_by_depot": st.resends_asked,
+            "refused_pubacks": st.refused_pubacks,
+            **self.checks,
+        }
 
 
 def run_setup(setup: Setup, plan: Plan, workdir: Path,
-              payloads: list[tuple[dict[str, Any], str]]) -> RunResult:
-    """A fresh broker and a fresh depot for one set-up; the morning; the read-back."""
+              payloads: list[tuple[dict[str, Any], str]],
+              postgres: PostgresServer | None, index: int) -> RunResult:
+    """A fresh broker, a fresh database and the whole depot service for one set-up; the
+    morning; the read-back."""
     workdir.mkdir(parents=True)
     passwords = {name: secrets.token_urlsafe(12) for name in device_names(plan.devices)}
     passwords[PROBE] = secrets.token_urlsafe(12)
     depot_password = secrets.token_urlsafe(18)
-    password_file = workdir / "depot.password"
-    password_file.touch(0o600)
-    password_file.write_text(depot_password + "\n")
-    db = workdir / "depot.db"
+    database_pid: int | None = None
+    if setup.backend == "postgresql":
+        if postgres is None or postgres.pid is None:
+            raise BenchError(f"{setup.name}: the PostgreSQL server is not running")
+        database = postgres.new_database(f"fleet_{index}_{setup.backend}_{setup.workers}")
+        database_pid = postgres.pid
+    else:
+        database = str(workdir / "depot.db")
     depot_log = workdir / "depot.log"
     run_start_ns = time.time_ns()
-    with Broker(workdir / "broker", devices=passwords, depot=(DEPOT_USER, depot_password)
-                ) as broker:
+    load_before = os.getloadavg()[0]
+    with Broker(workdir / "broker", devices=passwords, depot=(DEPOT_USER, depot_password),
+                depot_workers=setup.workers) as broker:
         broker_pid = broker.pid
         if broker_pid is None:
             raise BenchError("the broker is not running")
-        cmd = depot_command(setup, db=db, port=broker.port, password_file=password_file,
-                            postgresql=plan.postgresql)
+        config = write_depot_config(
+            workdir, setup, database, broker.port,
+            depot_accounts(setup, depot_password, broker.depot_workers))
         with depot_log.open("wb") as out:
-            depot = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
-                                     stderr=subprocess.STDOUT, cwd=workdir)
+            # A session of its own: stop_depot can end the supervisor's workers with it.
+            depot = subprocess.Popen(depot_command(config, setup.workers),
+                                     stdin=subprocess.DEVNULL, stdout=out,
+                                     stderr=subprocess.STDOUT, cwd=workdir,
+                                     start_new_session=True)
         try:
+            watched = Watched(depot.pid, broker_pid, database_pid)
             try:
-                fleet, drain_s, start, drained, steady, depot_mb = asyncio.run(
-                    morning(plan, broker.port, passwords, depot, broker_pid, payloads))
+                m = asyncio.run(morning(plan, setup, broker, passwords, depot, watched,
+                                        payloads))
             except BenchError as exc:
+                pg_log = (f"\npostgres log:\n{postgres.log_tail(10)}"
+                          if postgres is not None and database_pid is not None else "")
                 raise BenchError(f"{setup.name}: {exc}\ndepot log:\n{log_tail(depot_log)}\n"
-                                 f"broker log:\n{broker.log_tail(10)}") from None
+                                 f"broker log:\n{broker.log_tail(10)}{pg_log}") from None
             broker_mb = proc_status_kb(broker_pid, "VmHWM") / 1024
         finally:
-            status = stop_process(depot)
+            status = stop_depot(depot)
     if status != 0:
         log.warning("the depot exited with status %s:\n%s", status, log_tail(depot_log))
-    checks = read_back(setup, db, plan.postgresql, fleet.devices, run_start_ns)
+    checks = read_back(setup.backend, database, m.fleet.devices, run_start_ns)
     return RunResult(
         setup=setup,
-        drain_s=drain_s,
+        drain_s=m.drain_s,
         backlog_events=plan.devices * plan.backlog,
-        latencies_s=fleet.stats.ack_latency_s,
-        cpu_drain=cpu_pct(start, drained),
-        cpu_steady=cpu_pct(drained, steady),
-        depot_rss_mb=rounded(depot_mb, 1),
-        broker_rss_mb=rounded(broker_mb, 1),
-        stats=fleet.stats,
+        latencies_s=m.fleet.stats.ack_latency_s,
+        cpu_drain=cpu_pct(m.start, m.drained),
+        cpu_steady=cpu_pct(m.drained, m.steady),
+        depot_rss_mb=m.depot_rss_mb,
+        depot_processes=m.depot_processes,
+        depot_restarts=worker_restarts(depot_log),
+        depot_exit_status=status,
+        broker_rss_mb=broker_mb,
+        load_before=load_before,
+        stats=m.fleet.stats,
         checks=checks,
     )
 
@@ -1001,38 +1303,39 @@ class _Cursor(Protocol):
 
 
 @contextlib.contextmanager
-def open_readonly(setup: Setup, db: Path, postgresql: str | None) -> Iterator[_Cursor]:
-    """A read-only cursor on the depot's database, whichever back end holds it."""
-    if setup.backend == "sqlite":
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+def open_readonly(backend: str, database: str) -> Iterator[_Cursor]:
+    """A read-only cursor on the depot's database (a SQLite path or a PostgreSQL URL)."""
+    if backend == "sqlite":
+        conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
         try:
             yield conn.cursor()
         finally:
             conn.close()
-    elif setup.backend == "postgresql":
+    elif backend == "postgresql":
         import psycopg  # only a PostgreSQL set-up needs the driver
 
-        with psycopg.connect(postgresql or "") as pg:
+        with psycopg.connect(database, connect_timeout=DATABASE_TIMEOUT_S,
+                             options=f"-c statement_timeout={DATABASE_TIMEOUT_S}s") as pg:
             pg.read_only = True
             with pg.cursor() as cur:
                 yield cur
     else:
-        raise BenchError(f"no read-back for back end {setup.backend!r}")
+        raise BenchError(f"no read-back for back end {backend!r}")
 
 
-def read_back(setup: Setup, db: Path, postgresql: str | None, devices: Sequence[Device],
+def read_back(backend: str, database: str, devices: Sequence[Device],
               run_start_ns: int) -> dict[str, int]:
     """Every device's journal against what the depot stored, event by event.
 
-    Only this run's streams count (device and journal id, which is random per run), so a
-    PostgreSQL database that holds earlier runs can be read too. Queries take no parameters:
-    the same text runs on either back end.
+    Only this run's streams count (device and journal id, which is random per run), though
+    each set-up has a fresh database: the probe's stream is not a device's. Queries take no
+    parameters: the same text runs on either back end.
     """
     expected = {(d.name, d.journal_id): d.hashes for d in devices}
     names = {d.name for d in devices}
     seen: dict[tuple[str, str], set[int]] = {key: set() for key in expected}
     duplicates = altered = 0
-    with open_readonly(setup, db, postgresql) as cur:
+    with open_readonly(backend, database) as cur:
         cur.execute("SELECT device, journal, seq, hash FROM events")
         for device, journal, seq, digest in cur.fetchall():
             key = (device, journal)
@@ -1064,41 +1367,128 @@ def read_back(setup: Setup, db: Path, postgresql: str | None, devices: Sequence[
     }
 
 
+def describe_postgres(server: PostgresServer) -> dict[str, Any]:
+    """The private server's version and the settings a commit's cost depends on."""
+    import psycopg
+
+    settings = ("server_version", "fsync", "synchronous_commit", "full_page_writes",
+                "wal_level", "shared_buffers", "max_connections")
+    out: dict[str, Any] = {}
+    with psycopg.connect(server.url, connect_timeout=DATABASE_TIMEOUT_S) as pg:
+        for name in settings:
+            row = pg.execute(f"SHOW {name}").fetchone()
+            out[name] = row[0] if row else None
+    out["cluster_fstype"] = describe_mount(server.workdir).get("fstype")
+    out["note"] = ("the bench's private cluster (simulators.postgres): durability is off, so "
+                   "a commit flushes nothing; SQLite's runs with synchronous=FULL")
+    return out
+
+
 # --- the report --------------------------------------------------------------------------------
 
+TARGET_PHASE = {  # the phase whose CPU explains a missed target
+    "events_per_s_postgresql_10000": "drain",
+    "drain_under_60s": "drain",
+    "ack_p99_under_250ms": "steady",
+}
 
-def where_time_goes(run: dict[str, Any], cores: int, commit_ms: float, missed: list[str]) -> str:
-    """Which process held the cores while a target was missed, from the CPU shares measured."""
-    notes = []
-    for phase, suffix in (("drain", ""), ("steady", "_steady")):
-        depot = run[f"depot_cpu_pct{suffix}"]
-        bench = run[f"bench_cpu_pct{suffix}"]
-        broker = run["broker_cpu_pct"] if phase == "drain" else None
-        shares = f"depot {depot} %, fleet simulator {bench} %" + (
-            f", broker {broker} %" if broker is not None else "")
-        if depot >= BUSY_PCT:
-            verdict = ("the depot is CPU-bound: its ingest runs on one thread (decode, hash "
-                       "chain, SQLite, paho), so one core is its ceiling")
-        elif depot + bench + (broker or 0) >= BUSY_PCT * cores:
-            verdict = (f"the machine's {cores} cores are full: fleet, broker and depot share "
-                       "them, so the depot gets less than a core")
-        elif bench >= BUSY_PCT:
-            verdict = "the simulated fleet (one Python process) is the bottleneck, not the depot"
-        elif broker is not None and broker >= BUSY_PCT:
-            verdict = "the broker is CPU-bound"
-        else:
-            verdict = ("no process is CPU-bound: the time goes to waiting (commits at "
-                       f"{commit_ms} ms each on this disk, acknowledgement round trips)")
-        notes.append(f"{phase} ({run['backend']}/{run['workers']}): {shares} of one core; "
-                     f"{verdict}")
-    resent = run["resends_after_ack_timeout"]
-    if resent:
-        notes.append(f"{resent} batches were sent again after the devices' ack timeout, and "
-                     "the depot decoded and verified each of them again before finding it "
-                     "already stored")
-    return f"missed {', '.join(missed)}. " + "; ".join(notes) + (
-        f". The run sent {run['batches']} batches and {run['connects']} status messages, "
-        f"each its own commit at the depot ({commit_ms} ms median on this disk).")
+
+def runs_missing(target: str, runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs that fall short of `target` (for the events/s target: every PostgreSQL run,
+    since the best one was short)."""
+    if target == "events_per_s_postgresql_10000":
+        return [r for r in runs if r["backend"] == "postgresql"]
+    if target == "drain_under_60s":
+        return [r for r in runs if r["drain_s"] >= TARGET_DRAIN_S]
+    return [r for r in runs if r["ack_p99_ms"] is None or r["ack_p99_ms"] >= TARGET_ACK_P99_MS]
+
+
+def phase_note(run: dict[str, Any], phase: str, cores: int, commit_ms: float) -> str:
+    """Which process held the cores in one phase of one run, from the CPU shares measured."""
+    sfx = "" if phase == "drain" else "_steady"
+    depot, busiest = run[f"depot_cpu_pct{sfx}"], run[f"depot_busiest_process_cpu_pct{sfx}"]
+    database, broker = run[f"database_cpu_pct{sfx}"], run[f"broker_cpu_pct{sfx}"]
+    bench, other = run[f"bench_cpu_pct{sfx}"], run[f"other_cpu_pct{sfx}"]
+    shares = {"the depot": depot, "PostgreSQL": database, "the broker": broker,
+              "the fleet simulator": bench, "the rest of the machine": other}
+    measured = {k: v for k, v in shares.items() if v is not None}
+    total = sum(measured.values())
+    largest = max(measured, key=lambda k: measured[k])
+    text = (f"{phase} ({run['backend']}:{run['workers']}): depot {depot} % "
+            f"({run['depot_processes']} process{'es' if run['depot_processes'] > 1 else ''}, "
+            f"busiest {busiest} %)"
+            + (f", PostgreSQL {database} %" if database is not None else "")
+            + f", broker {broker} %, fleet simulator {bench} %, rest of the machine {other} % "
+            "of one core; ")
+    if total >= BUSY_PCT * cores:
+        verdict = (f"the machine's {cores} cores are full ({total:.0f} % of {cores * 100} %): "
+                   f"depot, database, broker and fleet share them, and {largest} takes most")
+    elif busiest >= BUSY_PCT:
+        verdict = ("a depot process is CPU-bound: each worker takes its share of the batches "
+                   "on one thread (decode, hash chain, store, ack) and projects them on "
+                   "another under the same database lock, so one core per worker is the "
+                   "ceiling")
+    elif database is not None and database >= BUSY_PCT:
+        verdict = "PostgreSQL is CPU-bound"
+    elif database is not None and run["workers"] == 1 and depot + database >= BUSY_PCT:
+        verdict = ("the depot's one process and its PostgreSQL backend take turns (every "
+                   "statement a round trip on one connection): together one core's work in "
+                   "series, however many cores are free")
+    elif bench >= BUSY_PCT:
+        verdict = "the simulated fleet (one Python process) is the bottleneck, not the depot"
+    elif broker >= BUSY_PCT:
+        verdict = "the broker (one thread) is CPU-bound"
+    elif run["backend"] == "sqlite":
+        verdict = ("no process is CPU-bound: the time goes to waiting, on commits "
+                   f"({commit_ms} ms each on this disk) and acknowledgement round trips")
+    else:
+        verdict = ("no process is CPU-bound: the time goes to waiting, on round trips to "
+                   "PostgreSQL" + (", on the workers' locks" if run["workers"] > 1 else "")
+                   + " and on acknowledgements")
+    if other >= NOTABLE_PCT and largest != "the rest of the machine":
+        verdict += f"; other jobs on the machine took {other} % of a core meanwhile"
+    return text + verdict
+
+
+def where_time_goes(runs: Sequence[dict[str, Any]], missed: Sequence[str], cores: int,
+                    commit_ms: float) -> str:
+    """For each missed target, the runs that missed it and where their CPU went then."""
+    notes: list[str] = []
+    done: set[tuple[int, str]] = set()
+    for target in missed:
+        phase = TARGET_PHASE[target]
+        for run in runs_missing(target, runs):
+            key = (runs.index(run), phase)
+            if key in done:
+                continue
+            done.add(key)
+            note = phase_note(run, phase, cores, commit_ms)
+            if run["resends"]:
+                note += (f"; {run['resends']} batches were sent again (ack timeout or the "
+                         "depot's resend), each decoded and verified again before it was "
+                         "found stored")
+            if run["depot_worker_restarts"]:
+                note += f"; {run['depot_worker_restarts']} depot workers died and restarted"
+            notes.append(note)
+    return f"missed {', '.join(missed)}. " + " | ".join(notes)
+
+
+@contextlib.contextmanager
+def terminate_as_error() -> Iterator[None]:
+    """SIGTERM (a CI job's timeout, `kill`) raises BenchError, so that every `finally` stops
+    what it started: Python's default exits at once and would leave the broker, the depot and
+    PostgreSQL running. A second SIGTERM during that cleanup is ignored (the cleanup is
+    bounded; SIGKILL still ends it)."""
+
+    def stop(signum: int, _frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise BenchError(f"stopped by signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -1110,6 +1500,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                          "--reconnect-jitter-s not negative")
     if find_mosquitto() is None:
         raise BenchError("bench fleet needs Mosquitto (apt-get install mosquitto)")
+    from simulators.postgres import PostgresError, PostgresServer, find_postgres
+
+    setups: tuple[Setup, ...] = args.setups
+    chosen = list(setups)
+    not_run: list[dict[str, Any]] = []
+    if any(s.backend == "postgresql" for s in setups) and find_postgres() is None:
+        why = ("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb; Debian: "
+               "apt-get install postgresql)")
+        log.warning("%s: running only the SQLite set-ups", why)
+        chosen = [s for s in setups if s.backend != "postgresql"]
+        not_run = [{"backend": s.backend, "workers": s.workers, "why": why}
+                   for s in setups if s.backend == "postgresql"]
+    if not chosen:
+        raise BenchError(f"no set-up can run: {not_run[0]['why'] if not_run else 'none asked'}")
     fd_limit = raise_fd_limit(args.devices + FD_HEADROOM)
     plan = Plan(
         devices=args.devices,
@@ -1119,27 +1523,38 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         jitter_s=args.reconnect_jitter_s,
         ack_timeout_s=args.ack_timeout_s,
         seed=args.seed,
-        postgresql=args.postgresql,
     )
-    chosen = [s for s in SETUPS if why_not_run(s, plan.postgresql) is None]
-    not_run = [{"backend": s.backend, "workers": s.workers, "why": why}
-               for s in SETUPS if (why := why_not_run(s, plan.postgresql)) is not None]
-    if not chosen:
-        raise BenchError("no set-up can run")
     rng = random.Random(plan.seed)
     payloads = [(p, canonical_payload(p))
                 for p in scan_payloads(min(PAYLOAD_POOL, plan.devices * plan.backlog), rng)]
     results: list[RunResult] = []
     load_before = os.getloadavg()[0]
-    with scratch_dir(args.dir, "fleet") as workdir:
+    database_server: dict[str, Any] | None = None
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(terminate_as_error())
+        workdir = stack.enter_context(scratch_dir(args.dir, "fleet"))
         commit_ms = disk_commit_ms(workdir)
-        for setup in chosen:
+        postgres: PostgresServer | None = None
+        if any(s.backend == "postgresql" for s in chosen):
+            # One server for the whole run (a database of its own per set-up), stopped and
+            # removed by the stack whatever happens.
+            postgres = PostgresServer()
+            try:
+                stack.enter_context(postgres)
+                database_server = describe_postgres(postgres)
+            except PostgresError as exc:
+                raise BenchError(f"the PostgreSQL server did not start: {exc}") from None
+        for index, setup in enumerate(chosen, 1):
             log.info("running %s with %d devices", setup.name, plan.devices)
-            results.append(run_setup(setup, plan, workdir / f"{setup.backend}-{setup.workers}",
-                                     payloads))
+            try:
+                results.append(run_setup(setup, plan, workdir / f"{index}-{setup.backend}-"
+                                         f"{setup.workers}", payloads, postgres, index))
+            except PostgresError as exc:
+                raise BenchError(f"{setup.name}: {exc}") from None
         mount = describe_mount(workdir)
     runs = [r.figures() for r in results]
-    return report(plan, runs, not_run, commit_ms, fd_limit, mount, load_before)
+    return report(plan, runs, not_run, commit_ms, fd_limit, mount, load_before,
+                  database_server)
 
 
 def _ratio(value: Any, base: Any) -> float | None:
@@ -1149,22 +1564,28 @@ def _ratio(value: Any, base: Any) -> float | None:
 
 
 def report(plan: Plan, runs: list[dict[str, Any]], not_run: list[dict[str, Any]],
-           commit_ms: float, fd_limit: int, mount: dict[str, Any],
-           load_before: float) -> dict[str, Any]:
+           commit_ms: float, fd_limit: int, mount: dict[str, Any], load_before: float,
+           database_server: dict[str, Any] | None) -> dict[str, Any]:
     base = runs[0]
     compared = ("events_per_s", "drain_s", "ack_p50_ms", "ack_p99_ms", "depot_cpu_pct",
                 "depot_rss_mb")
-    ratios = [{"backend": r["backend"], "workers": r["workers"],
-               **{k: _ratio(r[k], base[k]) for k in compared}} for r in runs]
+    for r in runs:
+        r["ratios_to_baseline"] = {k: _ratio(r[k], base[k]) for k in compared}
+    ratios = [{"backend": r["backend"], "workers": r["workers"], **r["ratios_to_baseline"]}
+              for r in runs]
     at_scale = plan.devices >= TARGET_DEVICES and plan.backlog >= TARGET_BACKLOG_EVENTS
-    pg = [r["events_per_s"] for r in runs if r["backend"] == "postgresql"]
-    best_drain = min(r["drain_s"] for r in runs)
-    p99s = [r["ack_p99_ms"] for r in runs if r["ack_p99_ms"] is not None]
+    pg = [r["events_per_s"] for r in runs
+          if r["backend"] == "postgresql" and r["events_per_s"] is not None]
     targets_met: dict[str, bool | None] = {
-        "events_per_s_postgresql >= 10000": (
+        # The best PostgreSQL set-up counts: that is the one a carrier would run.
+        "events_per_s_postgresql_10000": (
             max(pg) >= TARGET_EVENTS_PER_S_POSTGRESQL if pg and at_scale else None),
-        "drain_under_60s": best_drain < TARGET_DRAIN_S if at_scale else None,
-        "ack_p99_under_250ms": (min(p99s) < TARGET_ACK_P99_MS if at_scale and p99s else None),
+        # Every set-up must drain and acknowledge in time: each is a way to run the depot.
+        "drain_under_60s": (all(r["drain_s"] < TARGET_DRAIN_S for r in runs)
+                            if at_scale else None),
+        "ack_p99_under_250ms": (
+            all(r["ack_p99_ms"] is not None and r["ack_p99_ms"] < TARGET_ACK_P99_MS
+                for r in runs) if at_scale else None),
     }
     out: dict[str, Any] = {
         "benchmark": "fleet",
@@ -1184,35 +1605,42 @@ def report(plan: Plan, runs: list[dict[str, Any]], not_run: list[dict[str, Any]]
             "drain_s_max": TARGET_DRAIN_S,
             "ack_p99_ms_max": TARGET_ACK_P99_MS,
             "judged_at": f"{TARGET_DEVICES} devices with {TARGET_BACKLOG_EVENTS} events each "
-                         "(null below that); the best run counts",
+                         "(null below that, or with no PostgreSQL run); events/s: the best "
+                         "PostgreSQL run; drain and ack p99: every run",
         },
         "targets_met": targets_met,
         "reconnect_jitter_s": plan.jitter_s,
         "ack_timeout_s": plan.ack_timeout_s,
         "steady_s": plan.steady_s,
         "transport": "MQTT v5, plain TCP on 127.0.0.1",
+        "depot": "the whole service: python -m lastmile depot --config depot.toml --workers N",
         "disk_commit_ms": commit_ms,
+        "database_server": database_server,
         "fd_limit": fd_limit,
         "mount": mount,
-        # Another job on the machine takes cores from fleet, broker and depot alike.
-        "host": {**host_facts(), "loadavg_1m_before": rounded(load_before, 2)},
+        # Another job on the machine takes cores from fleet, broker and depot alike: see each
+        # run's loadavg_1m_before and other_cpu_pct too.
+        "host": {**host_facts(), "loadavg_1m_before": rounded(load_before, 2),
+                 "loadavg_1m_after": rounded(os.getloadavg()[0], 2)},
     }
     missed = [name for name, ok in targets_met.items() if ok is False]
     if missed:
-        cores = os.cpu_count() or 1
-        out["where_time_goes"] = " | ".join(
-            where_time_goes(r, cores, commit_ms, missed) for r in runs)
+        out["where_time_goes"] = where_time_goes(runs, missed, os.cpu_count() or 1, commit_ms)
     return out
 
 
 def summary(r: dict[str, Any]) -> str:
     runs = "; ".join(
-        f"{x['backend']}/{x['workers']}: {x['events_per_s']} events/s, drain {x['drain_s']} s, "
+        f"{x['backend']}:{x['workers']}: {x['events_per_s']} events/s, drain {x['drain_s']} s, "
         f"ack p50 {x['ack_p50_ms']} ms p99 {x['ack_p99_ms']} ms, depot {x['depot_cpu_pct']} % "
         f"CPU {x['depot_rss_mb']} MB"
+        + (f", database {x['database_cpu_pct']} % CPU" if x["database_cpu_pct"] is not None
+           else "")
         for x in r["runs"]
     )
+    not_run = "".join(f"; {x['backend']}:{x['workers']} not run: {x['why']}"
+                      for x in r["setups_not_run"])
     met = ", ".join(f"{k}: {v}" for k, v in r["targets_met"].items())
-    return (f"fleet: {r['devices']} devices, {r['events']} events per run; {runs}; "
+    return (f"fleet: {r['devices']} devices, {r['events']} events per run; {runs}{not_run}; "
             f"lost {r['lost']}, duplicates {r['duplicates']}, gaps {r['gaps']}, "
             f"chain breaks {r['chain_breaks']}; targets {met}")

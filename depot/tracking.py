@@ -1018,7 +1018,8 @@ class ParcelBook(_ParcelQueries):
         if limit < 1:
             raise TrackingError("limit must be at least 1")
         with self._lock, self._transaction() as conn:
-            self._database.lock_projection(conn)
+            if not self._database.lock_projection(conn):
+                return []  # another worker is projecting; it takes these events too
             transitions = self._replay_unmatched(conn)
             rows = conn.execute(
                 "SELECT e.rowid, e.device, e.uuid, e.wall_ns, e.wall_synced, e.received_ns, "

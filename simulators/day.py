@@ -93,6 +93,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="auto: Mosquitto when installed, else the embedded Python broker",
     )
+    p.add_argument(
+        "--database",
+        metavar="PATH_OR_URL",
+        help="the depot's database: a SQLite file (default: depot.db in the run's directory), "
+        "a postgresql:// URL of an empty database, or 'postgresql' for a private server of the "
+        "run's own (Debian's postgresql package)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="depot workers sharing the devices' stream (MQTT v5 shared subscriptions; "
+        "needs Mosquitto) and the database (default 1)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object, no progress")
 
 
@@ -106,6 +120,8 @@ def run_from_args(args: argparse.Namespace) -> int:
             lockers=args.lockers,
             speed=args.speed,
             broker=args.broker,
+            database=args.database,
+            workers=args.workers,
         ),
         workdir=args.workdir,
         progress=None if args.json else _print_progress,
@@ -131,6 +147,46 @@ class DayPlan:
     locker_hold_h: float = 24.0  # simulated hours a parcel waits in a locker (nights count)
     webhook_outage_h: tuple[float, float] = (11.0, 12.0)  # day 1: the receiver is down
     broker: Literal["auto", "mosquitto", "embedded"] = "auto"
+    database: str | None = None  # None: a SQLite file in the workdir; a URL; or "postgresql"
+    workers: int = 1
+
+
+class _Workers:
+    """The depot's workers of one run, answering as one depot: the first does what one worker
+    does for all (imports, plans, reads the book), every one of them ingests and sends."""
+
+    def __init__(self, services: Sequence[Any]) -> None:
+        self.all = list(services)
+        self.first = self.all[0]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.first, name)
+
+    def start(self) -> None:
+        for s in self.all:
+            s.start()
+
+    def stop(self) -> None:
+        _all_at_once([s.stop for s in self.all])
+
+    def wake(self) -> None:
+        for s in self.all:
+            s.wake()
+
+    def wake_webhooks(self) -> None:
+        for s in self.all:
+            s.webhooks.wake()
+
+    def settled(self) -> bool:
+        return all(s.settled() for s in self.all)
+
+    @property
+    def decisions(self) -> list[Any]:
+        return [d for s in self.all for d in s.decisions]
+
+    @property
+    def quarantined(self) -> int:
+        return sum(s.depot.quarantined for s in self.all if s.depot is not None)
 
 
 @dataclass(order=True)
@@ -375,33 +431,62 @@ def run_day(
         for j, name in enumerate(lockers.names):
             lat, lon = offset(*DEPOT, 2500.0, 360.0 * j / plan.lockers + 30.0)
             locker_sites.append(LockerSiteConfig(name, lat, lon, dict(sizes)))
-    broker = start_broker(workdir / "broker", passwords, kind=plan.broker, tls=True)
+    broker = start_broker(
+        workdir / "broker", passwords, kind=plan.broker, tls=True, depot_workers=plan.workers
+    )
     tls_ca = str(broker.ca_file) if broker.ca_file is not None else None
     depot_user, depot_pw = broker.depot_credentials
-    service = DepotService(
-        DepotConfig(
-            database=workdir / "depot.db",
-            lat=DEPOT[0],
-            lon=DEPOT[1],
-            vans=names,
-            broker=BrokerAddress(
-                broker.host, broker.port, depot_user, depot_pw, mqtt5=broker.mqtt5, tls_ca=tls_ca
-            ),
-            webhook_secrets=dict(secrets),
-            webhook_max_attempts=12,  # about 1.75 to 3.5 simulated hours of retries
-            webhook_backoff_base_s=60.0,
-            webhook_backoff_max_s=1800.0,
-            max_locker_km=4.0,
-            locker_hold_h=plan.locker_hold_h,
-            lockers=locker_sites,
+    worker_pw = {int(n.rsplit("-", 1)[1]): pw for n, pw in broker.depot_workers.items()}
+    database: str | Path = workdir / "depot.db"
+    pg: Any = None
+    if plan.database == "postgresql":
+        from simulators.postgres import PostgresServer
+
+        pg = PostgresServer()
+        try:
+            pg.start()
+        except BaseException:
+            broker.stop()
+            receiver.close()
+            raise
+        database = pg.new_database("lastmile_sim")
+    elif plan.database is not None:
+        database = plan.database
+    depot_config = DepotConfig(
+        database=database,
+        lat=DEPOT[0],
+        lon=DEPOT[1],
+        vans=names,
+        broker=BrokerAddress(
+            broker.host, broker.port, depot_user, depot_pw, mqtt5=broker.mqtt5, tls_ca=tls_ca
         ),
-        clock=new_clock("depot"),
-        signing_key_pem=lockers.command_signing_pem if lockers is not None else None,
+        webhook_secrets=dict(secrets),
+        webhook_max_attempts=12,  # about 1.75 to 3.5 simulated hours of retries
+        webhook_backoff_base_s=60.0,
+        webhook_backoff_max_s=1800.0,
+        max_locker_km=4.0,
+        locker_hold_h=plan.locker_hold_h,
+        lockers=locker_sites,
+        workers=plan.workers,
+        worker_passwords=worker_pw,
+    )
+    depot_clock = new_clock("depot")
+    service = _Workers(
+        [
+            DepotService(
+                depot_config,
+                clock=depot_clock,
+                signing_key_pem=lockers.command_signing_pem if lockers is not None else None,
+                worker=k,
+            )
+            for k in range(1, plan.workers + 1)
+        ]
     )
     service.start()
     say(
         f"broker on {broker.host}:{broker.port} ({type(broker).__name__}"
-        f"{', TLS' if tls_ca else ', plain TCP'}); depot, {plan.vans} vans, "
+        f"{', TLS' if tls_ca else ', plain TCP'}); depot on {service.database.dialect} with "
+        f"{plan.workers} worker{'s' if plan.workers > 1 else ''}, {plan.vans} vans, "
         f"{plan.lockers} lockers, {plan.days} days, seed {plan.seed}"
     )
     imported = service.import_parcels(import_file)
@@ -469,7 +554,7 @@ def run_day(
                 broker_port=broker.port,
                 mqtt5=broker.mqtt5,
                 tls_ca=tls_ca,
-                depot=service.depot,  # type: ignore[arg-type]  # set: the config has a broker
+                depot=service.depot,  # set: the config has a broker
                 store=service.store,
                 wall_start_ns=start_ns,
                 vans=names,
@@ -575,6 +660,8 @@ def run_day(
         service.stop()
         receiver.close()
         broker.stop()
+        if pg is not None:
+            pg.stop()
         if tmp is not None:
             tmp.cleanup()
 
@@ -668,7 +755,7 @@ def _settle(service: Any, *, deadline: float) -> None:
         service.wake()
         if service.settled():
             return
-        service.webhooks.wake()
+        service.wake_webhooks()
         time.sleep(0.1)
 
 
@@ -833,8 +920,8 @@ def _report(
     complete = sum(
         1 for p in pods if p.get("scan") and (p.get("fix") is not None or p.get("no_fix") is True)
     )
-    with service._db_lock:
-        hooks = stats(service._db)
+    with service.database.reading() as conn:
+        hooks = stats(conn)
     # A hold that ran out after the evening's returns round waits in its compartment for the
     # next round: the depot knows where it is and what happens next, so it is accounted for.
     awaiting_returns = sorted(
@@ -880,7 +967,9 @@ def _report(
         "confirmed_to_courier": confirmed_total,
         "confirmed_at_depot": confirmed_at_depot,
         "dead_zones": cuts,
-        "quarantined": service.depot.quarantined if service.depot is not None else 0,
+        "quarantined": service.quarantined,
+        "database": service.database.dialect,
+        "workers": len(service.all),
         "wire_bytes_up": sum(link.bytes_up for link in links),
         "per_van": per_van,
         "lockers": lockers.report(store) if lockers is not None else no_lockers(),

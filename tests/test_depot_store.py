@@ -9,18 +9,23 @@ outbox with its `webhook_schema` table, manifests and commands made by the servi
 from __future__ import annotations
 
 import gzip
+import json
 import shutil
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from depot.ingest import DepotStore
-from depot.store import LATEST, MIGRATIONS, Database, StoreError, migrate
+from depot.store import LATEST, MIGRATIONS, Conn, Database, StoreError, migrate
+from depot.store.transfer import copy_depot, verify_chains
 from depot.tracking import ParcelBook
 from depot.webhooks import stats
-from sync.wire import chain_hash, genesis_hash
+from tests.conftest import depot_sql
 
+ROOT = Path(__file__).resolve().parent.parent
 OLD_FILE = Path(__file__).parent / "data" / "depot-before-one-store.db.gz"
 TABLES = (
     "events",
@@ -41,29 +46,8 @@ def old_depot(tmp_path: Path) -> Path:
     return path
 
 
-def counts(conn: sqlite3.Connection) -> dict[str, int]:
+def counts(conn: Conn) -> dict[str, int]:
     return {t: int(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]) for t in TABLES}
-
-
-def chains_hold(conn: sqlite3.Connection) -> int:
-    """Recompute every stream's hash chain from its genesis; return the events checked."""
-    checked = 0
-    for device, journal, head_seq, head_hash in conn.execute(
-        "SELECT device, journal, head_seq, head_hash FROM streams"
-    ).fetchall():
-        prev = genesis_hash(journal)
-        rows = conn.execute(
-            "SELECT seq, uuid, boot_id, mono_ns, wall_ns, wall_synced, kind, payload, hash "
-            "FROM events WHERE device=? AND journal=? ORDER BY seq",
-            (device, journal),
-        ).fetchall()
-        assert [r[0] for r in rows] == list(range(1, head_seq + 1)), (device, journal)
-        for seq, uuid, boot, mono, wall, synced, kind, payload, stored in rows:
-            prev = chain_hash(prev, seq, uuid, boot, mono, wall, bool(synced), kind, payload)
-            assert prev == bytes(stored), (device, journal, seq)
-            checked += 1
-        assert prev == bytes(head_hash)
-    return checked
 
 
 def test_the_migrations_are_numbered_without_holes_and_each_is_named() -> None:
@@ -99,7 +83,8 @@ def test_a_depot_file_of_the_old_layout_is_upgraded_in_place(tmp_path: Path) -> 
         assert counts(conn) == before
         assert stats(conn) == pending_before
         names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        assert chains_hold(conn) == before["events"]
+        chains = verify_chains(conn)
+        assert chains.ok and chains.events == before["events"]
     assert not names & {"book_meta", "webhook_schema"}
 
     # The parts of the depot read what the old code wrote.
@@ -160,3 +145,83 @@ def test_the_service_parts_share_one_connection(tmp_path: Path) -> None:
     book.close()
     assert not db.closed
     db.close()
+
+
+# --- lastmile depot migrate ----------------------------------------------------------------------
+
+
+def lastmile(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lastmile", "depot", "migrate", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_migrate_copies_a_depot_to_postgresql_and_verifies_it(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    path = old_depot(tmp_path)
+    done = lastmile("--from", str(path), "--to", postgres_url, "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    with depot_sql(str(path)) as conn:
+        expected = counts(conn)
+        parcels = [r[0] for r in conn.execute("SELECT id FROM parcels ORDER BY id")]
+    assert report["ok"] is True and report["chain_breaks"] == []
+    assert {t: report["rows"][t] for t in TABLES} == expected
+    assert report["events_verified"] == expected["events"] > 0
+    # The copy is a depot: the book tracks the same parcels with the same timelines, and new
+    # events get rowids after the copied ones.
+    old_book, new_book = ParcelBook(path), ParcelBook(postgres_url)
+    for parcel in parcels:
+        assert new_book.track(parcel) == old_book.track(parcel)
+    old_book.close()
+    new_book.close()
+    with depot_sql(postgres_url) as conn:
+        top = conn.execute("SELECT max(rowid) FROM events").fetchone()[0]
+        conn.execute(
+            "INSERT INTO events (device, journal, seq, uuid, boot_id, mono_ns, wall_ns, "
+            "wall_synced, kind, payload, hash, received_ns) "
+            "VALUES ('x', 'j', 1, 'u', 'b', 0, 0, 0, 'k', '{}', ?, 0)",
+            (b"h",),
+        )
+        assert conn.execute("SELECT rowid FROM events WHERE device='x'").fetchone()[0] > top
+    # Copied into a database that holds a depot now: refused, nothing changed.
+    again = lastmile("--from", str(path), "--to", postgres_url)
+    assert again.returncode == 2 and "already holds a depot" in again.stderr
+    # And back to a SQLite file, as a test bench would take it.
+    back = tmp_path / "back.db"
+    home = lastmile("--from", postgres_url, "--to", str(back))
+    assert home.returncode == 0, home.stdout + home.stderr
+    assert "every hash chain intact" in home.stdout
+
+
+def test_migrate_reports_a_broken_chain_and_fails(tmp_path: Path) -> None:
+    path = old_depot(tmp_path)
+    with depot_sql(str(path)) as conn:
+        conn.execute(
+            "UPDATE events SET payload='{\"forged\":true}' WHERE rowid=(SELECT max(rowid) "
+            "FROM events)"
+        )
+    done = lastmile("--from", str(path), "--to", str(tmp_path / "copy.db"))
+    assert done.returncode == 1
+    assert "chain break:" in done.stdout and "does not hash to its stored hash" in done.stdout
+
+
+def test_migrate_refuses_a_source_that_does_not_exist(tmp_path: Path) -> None:
+    done = lastmile("--from", str(tmp_path / "typo.db"), "--to", str(tmp_path / "copy.db"))
+    assert done.returncode == 2 and "no depot database at" in done.stderr
+    assert not (tmp_path / "typo.db").exists() and not (tmp_path / "copy.db").exists()
+
+
+def test_copy_depot_is_the_same_function_the_command_runs(tmp_path: Path) -> None:
+    source = Database(old_depot(tmp_path))
+    target = Database(tmp_path / "copy.db")
+    report = copy_depot(source, target)
+    assert report.ok and report.rows["events"] > 0
+    source.close()
+    target.close()

@@ -126,3 +126,32 @@ def test_a_hold_expired_after_the_returns_round_waits_for_the_next() -> None:
     assert expired_after(events, 400) == set()
     # No returns round ran at all: every uncollected expiry waits for one.
     assert expired_after(events, None) == {"A", "B"}
+
+
+def _invariants(r: dict[str, Any]) -> None:
+    assert (r["events_lost"], r["duplicates"], r["gaps"]) == (0, 0, 0)
+    assert r["events_at_depot"] == r["events_created"] > 0
+    assert r["unaccounted_parcels"] == 0 and r["quarantined"] == 0
+    assert r["webhooks_pending"] == 0 and r["webhooks_duplicated"] == 0
+    assert r["photos_missing"] == 0 and r["ok"] is True
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("backend", "workers"),
+    [("sqlite", 2), ("sqlite", 4), ("postgresql", 1), ("postgresql", 2), ("postgresql", 4)],
+)
+def test_the_day_holds_with_several_workers_on_both_backends(
+    backend: str, workers: int, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    database = (
+        request.getfixturevalue("postgres_url") if backend == "postgresql"
+        else str(tmp_path / "depot.db")
+    )
+    r = simulated_day(
+        "--vans", "2", "--parcels", "25", "--seed", "5", "--speed", "6000",
+        "--database", database, "--workers", str(workers),
+    )
+    assert (r["database"], r["workers"]) == (backend, workers)
+    _invariants(r)
+    assert r["parcels_total"] == 50 and sum(r["decisions"].values()) > 0

@@ -103,8 +103,10 @@ class DepotDatabase(abc.ABC):
         """
 
     @abc.abstractmethod
-    def lock_projection(self, conn: Conn) -> None:
-        """Inside a transaction: be the only process projecting events until it ends."""
+    def lock_projection(self, conn: Conn) -> bool:
+        """Inside a transaction: be the only process projecting events until it ends, or
+        return False at once if another is projecting now (it will take these events too:
+        they wait in one queue), so a worker never stalls behind another's projection."""
 
     @property
     @abc.abstractmethod

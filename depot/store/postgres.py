@@ -248,8 +248,9 @@ class PgDatabase(DepotDatabase):
         key = zlib.crc32(f"{device}\0{journal}".encode())
         conn.execute("SELECT pg_advisory_xact_lock(?::int, ?::int)", (_STREAM_LOCKS, key - 2**31))
 
-    def lock_projection(self, conn: Conn) -> None:
-        conn.execute("SELECT pg_advisory_xact_lock(?::bigint)", (_PROJECTION_LOCK,))
+    def lock_projection(self, conn: Conn) -> bool:
+        row = conn.execute("SELECT pg_try_advisory_xact_lock(?::bigint)", (_PROJECTION_LOCK,))
+        return bool(row.fetchone()[0])
 
     @property
     def skip_locked(self) -> str:

@@ -143,8 +143,9 @@ class Database(DepotDatabase):
     def lock_stream(self, conn: Conn, device: str, journal: str) -> None:
         """Nothing to do: `BEGIN IMMEDIATE` already made this the only writer of the file."""
 
-    def lock_projection(self, conn: Conn) -> None:
+    def lock_projection(self, conn: Conn) -> bool:
         """Nothing to do: `BEGIN IMMEDIATE` already made this the only writer of the file."""
+        return True
 
     @property
     def skip_locked(self) -> str:
