@@ -345,32 +345,18 @@ class DepotService:
         """Publish, retained, the newest unpublished manifest of each van."""
         if self.depot is None or not self.depot.session.connected:
             return
-        now = self.clock.wall_ns()
-        with self.database.transaction() as conn:
-            rows = conn.execute(
-                "SELECT m.van, m.day, m.version, m.body FROM manifests m WHERE m.published_ns "
-                "IS NULL AND (m.claimed_until IS NULL OR m.claimed_until < ?) AND m.issued_ns = "
-                "(SELECT max(issued_ns) FROM manifests WHERE van=m.van)"
-                + self.database.skip_locked,
-                (now,),
-            ).fetchall()
-            for van, day, version, _body in rows:
-                conn.execute(
-                    "UPDATE manifests SET claimed_until=? WHERE van=? AND day=? AND version=?",
-                    (now + self._lease_ns, van, day, version),
-                )
+        rows = self._claim(
+            _MANIFESTS,
+            "SELECT m.van, m.day, m.version, m.body FROM manifests m WHERE m.published_ns "
+            "IS NULL AND (m.claimed_until IS NULL OR m.claimed_until < ?) AND m.issued_ns = "
+            "(SELECT max(issued_ns) FROM manifests WHERE van=m.van)",
+        )
         for i, (van, day, version, body) in enumerate(rows):
             info = self.depot.session.client.publish(
                 command_topic(str(van), "manifest"), bytes(body), qos=1, retain=True
             )
             if not _published(info):  # the connection went away; the next pass retries
-                with self.database.transaction() as conn:
-                    for van_, day_, version_, _ in rows[i:]:
-                        conn.execute(
-                            "UPDATE manifests SET claimed_until=NULL "
-                            "WHERE van=? AND day=? AND version=?",
-                            (van_, day_, version_),
-                        )
+                self._release(_MANIFESTS, rows[i:])
                 return
             with self.database.transaction():
                 self._db.execute(
@@ -506,21 +492,12 @@ class DepotService:
             return
         from sync.signing import sign_command
 
-        now = self.clock.wall_ns()
-        with self.database.transaction() as conn:
-            rows = conn.execute(
-                "SELECT id, target, action, args FROM depot_commands WHERE published_ns IS NULL "
-                "AND (claimed_until IS NULL OR claimed_until < ?) ORDER BY created_ns"
-                + self.database.skip_locked,
-                (now,),
-            ).fetchall()
-            for cid, *_rest in rows:
-                conn.execute(
-                    "UPDATE depot_commands SET claimed_until=? WHERE id=?",
-                    (now + self._lease_ns, cid),
-                )
-        rows = [tuple(r) for r in rows]
-        for cid, target, action, args in rows:
+        rows = self._claim(
+            _COMMANDS,
+            "SELECT id, target, action, args FROM depot_commands WHERE published_ns IS NULL "
+            "AND (claimed_until IS NULL OR claimed_until < ?) ORDER BY created_ns",
+        )
+        for i, (cid, target, action, args) in enumerate(rows):
             payload = sign_command(
                 self._signing_key,
                 target=str(target),
@@ -534,16 +511,39 @@ class DepotService:
                 command_topic(str(target), str(action)), payload, qos=1
             )
             if not _published(info):
-                with self.database.transaction() as conn:
-                    for left in [row[0] for row in rows[rows.index((cid, target, action, args)) :]]:
-                        conn.execute(
-                            "UPDATE depot_commands SET claimed_until=NULL WHERE id=?", (left,)
-                        )
+                self._release(_COMMANDS, rows[i:])
                 return
             with self.database.transaction():
                 self._db.execute(
                     "UPDATE depot_commands SET published_ns=?, attempts=attempts+1 WHERE id=?",
                     (self.clock.wall_ns(), cid),
+                )
+
+    # --- once-only sends, claimed ----------------------------------------------------------------
+
+    def _claim(self, what: _Claimable, select: str) -> list[tuple[Any, ...]]:
+        """The rows `select` finds (its one parameter: now), each leased to this worker.
+
+        Rows another worker holds are skipped (`FOR UPDATE SKIP LOCKED`, or the whole-file
+        lock of SQLite); a lease that ran out, its worker killed half-way, is claimed again.
+        """
+        now = self.clock.wall_ns()
+        with self.database.transaction() as conn:
+            rows = [tuple(r) for r in conn.execute(select + self.database.skip_locked, (now,))]
+            for row in rows:
+                conn.execute(
+                    f"UPDATE {what.table} SET claimed_until=? WHERE {what.key}",
+                    (now + self._lease_ns, *row[: what.key_columns]),
+                )
+        return rows
+
+    def _release(self, what: _Claimable, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Give back claimed rows not sent, so the next pass (of any worker) takes them."""
+        with self.database.transaction() as conn:
+            for row in rows:
+                conn.execute(
+                    f"UPDATE {what.table} SET claimed_until=NULL WHERE {what.key}",
+                    row[: what.key_columns],
                 )
 
     # --- notifications --------------------------------------------------------------------------
@@ -564,6 +564,19 @@ class DepotService:
             return self.config.webhook_secrets[key_id]
         except KeyError:
             raise DepotServiceError(f"no webhook secret for {key_id!r}") from None
+
+
+@dataclass(frozen=True)
+class _Claimable:
+    """A table of once-only sends: its key is the first `key_columns` columns selected."""
+
+    table: str
+    key: str
+    key_columns: int
+
+
+_MANIFESTS = _Claimable("manifests", "van=? AND day=? AND version=?", 3)
+_COMMANDS = _Claimable("depot_commands", "id=?", 1)
 
 
 def _published(info: Any) -> bool:

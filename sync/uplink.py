@@ -9,6 +9,7 @@ silence it simply resends from the depot's last acknowledgement (the depot dedup
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from paho.mqtt.packettypes import PacketTypes
 
 from sync.errors import JournalError, WireError
 from sync.journal import Journal
-from sync.mqtt import BrokerAddress, MqttSession, Will, new_properties
+from sync.mqtt import BrokerAddress, MqttSession, Will, backoff_delay, new_properties
 from sync.photos import PhotoOutbox
 from sync.wire import (
     BATCH_CONTENT_TYPE,
@@ -39,6 +40,10 @@ from sync.wire import (
 )
 
 log = logging.getLogger("sync.uplink")
+
+# After silences in a row, the wait for an ack grows (equal jitter, sync.mqtt.backoff_delay) up
+# to this many times ack_timeout_s; the first ack that moves resets it.
+ACK_PATIENCE_MAX = 8
 
 
 class Uplink:
@@ -78,6 +83,11 @@ class Uplink:
         self._batch = batch_events
         self._window = window_events
         self._ack_timeout = ack_timeout_s
+        # Patience for an ack grows with each silence in a row (and resets on an ack): a depot
+        # working through a fleet's morning backlog is slow, not gone, and a whole window
+        # resent every ack_timeout by every device would bury it deeper.
+        self.patience: tuple[int, float] = (0, ack_timeout_s)  # (silences in a row, seconds)
+        self._rng = random.Random()
         self._prune_every = prune_every_s
         self._next = journal.acked_seq + 1
         self._last_progress = time.monotonic()
@@ -199,6 +209,7 @@ class Uplink:
             return
         if moved:
             self._last_progress = time.monotonic()
+            self.patience = (0, self._ack_timeout)
             with self._acked_changed:
                 self._acked_changed.notify_all()
         if ack.resend_from is not None:
@@ -212,8 +223,12 @@ class Uplink:
             return
         now = time.monotonic()
         acked = self.journal.acked_seq
-        if self._next > acked + 1 and now - self._last_progress > self._ack_timeout:
-            self._rewind(f"no ack for {self._ack_timeout:.0f} s")
+        silences, patience_s = self.patience
+        if self._next > acked + 1 and now - self._last_progress > patience_s:
+            self._rewind(f"no ack for {patience_s:.1f} s")
+            high = self._ack_timeout * ACK_PATIENCE_MAX
+            jittered = backoff_delay(silences + 1, self._ack_timeout, high, self._rng)
+            self.patience = (silences + 1, max(self._ack_timeout, jittered))
         while self._next <= self.journal.last_seq:
             room = self._window - (self._next - 1 - acked)
             if room <= 0:
