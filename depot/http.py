@@ -27,7 +27,6 @@ import contextlib
 import json
 import logging
 import socket
-import sqlite3
 import threading
 import urllib.parse
 from collections.abc import Callable
@@ -37,12 +36,12 @@ from typing import Any, TypeVar, cast
 
 from depot.epcis import export_epcis
 from depot.errors import DepotError
+from depot.store import DATABASE_ERRORS, is_busy
 from depot.tracking import STATES, ParcelBook, ParcelView, UnknownParcelError
 
 log = logging.getLogger(__name__)
 
 ALLOWED = "GET, HEAD"
-_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6  # primary result codes (sqlite3.h)
 T = TypeVar("T")
 
 
@@ -99,8 +98,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return
         except _ApiError as exc:
             status, doc = exc.status, {"error": exc.message}
-        except sqlite3.OperationalError as exc:
-            if getattr(exc, "sqlite_errorcode", 0) & 0xFF not in (_SQLITE_BUSY, _SQLITE_LOCKED):
+        except DATABASE_ERRORS as exc:
+            if not is_busy(exc):
                 log.exception("depot API: %s %s failed", self.command, self.path)
                 status, doc = 500, {"error": "internal error"}
             else:

@@ -34,7 +34,7 @@ from depot.imports import ImportResult, read_import
 from depot.ingest import Depot, DepotStore
 from depot.policy import LockerSite, NextAction, PolicyError, decide_after_failure
 from depot.routing import build_manifest, plan_routes
-from depot.store import Conn, open_database
+from depot.store import Conn, open_database, sends
 from depot.tracking import Notification, ParcelBook, Transition
 from depot.webhooks import WebhookSender, enqueue
 from parcel.errors import ParcelError
@@ -202,11 +202,7 @@ class DepotService:
     def _settled(self, stats: Any) -> bool:
         with self._db_lock:
             hooks = stats(self._db)
-            unsent = self._db.execute(
-                "SELECT (SELECT count(*) FROM depot_commands WHERE published_ns IS NULL) + "
-                "(SELECT count(*) FROM manifests m WHERE published_ns IS NULL AND issued_ns = "
-                "(SELECT max(issued_ns) FROM manifests WHERE van=m.van))"
-            ).fetchone()[0]
+            unsent = sends.unsent_count(self._db)
         return (
             self.book.waiting_events() == 0 and hooks["pending"] == 0 and not unsent
         )
@@ -307,62 +303,40 @@ class DepotService:
 
     def current_manifest(self, van: str, day: str | None = None) -> Manifest | None:
         with self._db_lock:
-            if day is None:
-                row = self._db.execute(
-                    "SELECT body FROM manifests WHERE van=? ORDER BY issued_ns DESC, version DESC "
-                    "LIMIT 1",
-                    (van,),
-                ).fetchone()
-            else:
-                row = self._db.execute(
-                    "SELECT body FROM manifests WHERE van=? AND day=? ORDER BY version DESC "
-                    "LIMIT 1",
-                    (van, day),
-                ).fetchone()
-        return Manifest.from_json(bytes(row[0])) if row else None
+            body = sends.current_manifest_body(self._db, van, day)
+        return Manifest.from_json(body) if body is not None else None
 
     def _next_version(self, van: str, day: str) -> int:
         with self._db_lock:
-            row = self._db.execute(
-                "SELECT max(version) FROM manifests WHERE van=? AND day=?", (van, day)
-            ).fetchone()
-        return int(row[0] or 0) + 1
+            return sends.next_manifest_version(self._db, van, day)
 
     def _issue(self, manifest: Manifest) -> None:
-        with self.database.transaction():
-            self._db.execute(
-                "INSERT INTO manifests (van, day, version, body, issued_ns) VALUES (?,?,?,?,?)",
-                (
-                    manifest.van,
-                    manifest.day,
-                    manifest.version,
-                    manifest.to_json(),
-                    self.clock.wall_ns(),
-                ),
+        with self.database.transaction() as conn:
+            sends.issue_manifest(
+                conn,
+                van=manifest.van,
+                day=manifest.day,
+                version=manifest.version,
+                body=manifest.to_json(),
+                issued_ns=self.clock.wall_ns(),
             )
 
     def _publish_manifests(self) -> None:
         """Publish, retained, the newest unpublished manifest of each van."""
         if self.depot is None or not self.depot.session.connected:
             return
-        rows = self._claim(
-            _MANIFESTS,
-            "SELECT m.van, m.day, m.version, m.body FROM manifests m WHERE m.published_ns "
-            "IS NULL AND (m.claimed_until IS NULL OR m.claimed_until < ?) AND m.issued_ns = "
-            "(SELECT max(issued_ns) FROM manifests WHERE van=m.van)",
-        )
+        now = self.clock.wall_ns()
+        rows = sends.claim_manifests(self.database, now_ns=now, until_ns=now + self._lease_ns)
         for i, (van, day, version, body) in enumerate(rows):
             info = self.depot.session.client.publish(
                 command_topic(str(van), "manifest"), bytes(body), qos=1, retain=True
             )
             if not _published(info):  # the connection went away; the next pass retries
-                self._release(_MANIFESTS, rows[i:])
+                sends.release(self.database, sends.MANIFESTS, rows[i:])
                 return
-            with self.database.transaction():
-                self._db.execute(
-                    "UPDATE manifests SET published_ns=? WHERE van=? AND day=? AND version<=? "
-                    "AND published_ns IS NULL",
-                    (self.clock.wall_ns(), van, day, version),
+            with self.database.transaction() as conn:
+                sends.mark_manifest_published(
+                    conn, van=van, day=day, version=version, now_ns=self.clock.wall_ns()
                 )
             log.info("manifest %s v%d published", van, version)
 
@@ -476,11 +450,14 @@ class DepotService:
         if parcel:
             # A locker's answer names only the command id: the book maps it back to the parcel.
             self.book.note_command(cid, locker=target, action=action, parcel=str(parcel))
-        with self.database.transaction():
-            self._db.execute(
-                "INSERT INTO depot_commands (id, target, action, args, created_ns) "
-                "VALUES (?,?,?,?,?)",
-                (cid, target, action, json.dumps(dict(args), sort_keys=True), self.clock.wall_ns()),
+        with self.database.transaction() as conn:
+            sends.add_command(
+                conn,
+                command_id=cid,
+                target=target,
+                action=action,
+                args=json.dumps(dict(args), sort_keys=True),
+                created_ns=self.clock.wall_ns(),
             )
         self._wake.set()
         return cid
@@ -492,11 +469,8 @@ class DepotService:
             return
         from sync.signing import sign_command
 
-        rows = self._claim(
-            _COMMANDS,
-            "SELECT id, target, action, args FROM depot_commands WHERE published_ns IS NULL "
-            "AND (claimed_until IS NULL OR claimed_until < ?) ORDER BY created_ns",
-        )
+        now = self.clock.wall_ns()
+        rows = sends.claim_commands(self.database, now_ns=now, until_ns=now + self._lease_ns)
         for i, (cid, target, action, args) in enumerate(rows):
             payload = sign_command(
                 self._signing_key,
@@ -511,40 +485,10 @@ class DepotService:
                 command_topic(str(target), str(action)), payload, qos=1
             )
             if not _published(info):
-                self._release(_COMMANDS, rows[i:])
+                sends.release(self.database, sends.COMMANDS, rows[i:])
                 return
-            with self.database.transaction():
-                self._db.execute(
-                    "UPDATE depot_commands SET published_ns=?, attempts=attempts+1 WHERE id=?",
-                    (self.clock.wall_ns(), cid),
-                )
-
-    # --- once-only sends, claimed ----------------------------------------------------------------
-
-    def _claim(self, what: _Claimable, select: str) -> list[tuple[Any, ...]]:
-        """The rows `select` finds (its one parameter: now), each leased to this worker.
-
-        Rows another worker holds are skipped (`FOR UPDATE SKIP LOCKED`, or the whole-file
-        lock of SQLite); a lease that ran out, its worker killed half-way, is claimed again.
-        """
-        now = self.clock.wall_ns()
-        with self.database.transaction() as conn:
-            rows = [tuple(r) for r in conn.execute(select + self.database.skip_locked, (now,))]
-            for row in rows:
-                conn.execute(
-                    f"UPDATE {what.table} SET claimed_until=? WHERE {what.key}",
-                    (now + self._lease_ns, *row[: what.key_columns]),
-                )
-        return rows
-
-    def _release(self, what: _Claimable, rows: Sequence[tuple[Any, ...]]) -> None:
-        """Give back claimed rows not sent, so the next pass (of any worker) takes them."""
-        with self.database.transaction() as conn:
-            for row in rows:
-                conn.execute(
-                    f"UPDATE {what.table} SET claimed_until=NULL WHERE {what.key}",
-                    row[: what.key_columns],
-                )
+            with self.database.transaction() as conn:
+                sends.mark_command_published(conn, cid, self.clock.wall_ns())
 
     # --- notifications --------------------------------------------------------------------------
 
@@ -564,19 +508,6 @@ class DepotService:
             return self.config.webhook_secrets[key_id]
         except KeyError:
             raise DepotServiceError(f"no webhook secret for {key_id!r}") from None
-
-
-@dataclass(frozen=True)
-class _Claimable:
-    """A table of once-only sends: its key is the first `key_columns` columns selected."""
-
-    table: str
-    key: str
-    key_columns: int
-
-
-_MANIFESTS = _Claimable("manifests", "van=? AND day=? AND version=?", 3)
-_COMMANDS = _Claimable("depot_commands", "id=?", 1)
 
 
 def _published(info: Any) -> bool:

@@ -45,7 +45,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import sqlite3
 import urllib.parse
 import uuid
 from collections import deque
@@ -56,12 +55,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from depot.errors import DepotError
-from depot.store import Conn, DepotDatabase, StoreError, open_database
+from depot.store import Conn, DepotDatabase, StoreError, book, events, open_database
+from depot.store.sqlite import close_reader, read_only
 from sync.clock import Clock, SystemClock
 
 log = logging.getLogger(__name__)
 
-BUSY_TIMEOUT_S = 5.0
 DEPOT_DEVICE = "depot"  # the `device` of timeline entries the depot itself makes
 
 STATES = (
@@ -287,12 +286,9 @@ class _ParcelQueries:
     def parcel(self, parcel: str) -> dict[str, Any] | None:
         """Everything the book holds about one parcel (the policy's input), or None."""
         with self._reading() as conn:
-            cur = conn.execute("SELECT * FROM parcels WHERE id=?", (parcel,))
-            row = cur.fetchone()
-            if row is None:
-                return None
-            names = [d[0] for d in cur.description]
-        info = dict(zip(names, row, strict=True))
+            info = book.parcel_row(conn, parcel)
+        if info is None:
+            return None
         info["record"] = _loads(info["record"])
         info["window"] = json.loads(info["window"]) if info["window"] else None
         info["locker_ok"] = None if info["locker_ok"] is None else bool(info["locker_ok"])
@@ -304,18 +300,10 @@ class _ParcelQueries:
         Webhook URLs and the raw record stay out: they may carry a merchant's tokens.
         """
         with self._reading() as conn:
-            row = conn.execute(
-                "SELECT id, state, attempts, last_reason, van, stop, locker, compartment, "
-                "next_action, merchant, recipient, address, updated_ns FROM parcels WHERE id=?",
-                (parcel,),
-            ).fetchone()
+            row = book.parcel_summary(conn, parcel)
             if row is None:
                 raise UnknownParcelError(parcel)
-            entries = conn.execute(
-                "SELECT at_ns, state, step, device, details FROM timeline WHERE parcel=? "
-                "ORDER BY id",
-                (parcel,),
-            ).fetchall()
+            entries = book.timeline_of(conn, parcel)
         return {
             "parcel": row[0],
             "state": row[1],
@@ -347,22 +335,15 @@ class _ParcelQueries:
         """One summary line per parcel, optionally only those in `state`."""
         if state is not None and state not in STATES:
             raise TrackingError(f"unknown state {state!r}; states are {', '.join(STATES)}")
-        sql = (
-            "SELECT id, state, attempts, van, stop, locker, next_action, merchant, updated_ns "
-            "FROM parcels"
-        )
         with self._reading() as conn:
-            if state is None:
-                rows = conn.execute(sql + " ORDER BY id").fetchall()
-            else:
-                rows = conn.execute(sql + " WHERE state=? ORDER BY id", (state,)).fetchall()
+            rows = book.parcel_lines(conn, state)
         keys = ("parcel", "state", "attempts", "van", "stop", "locker", "next_action", "merchant")
         return [{**dict(zip(keys, r[:8], strict=True)), "updated": iso_utc(r[8])} for r in rows]
 
     def counts_by_state(self) -> dict[str, int]:
         """Parcels per state, every state named (zeros included)."""
         with self._reading() as conn:
-            rows = conn.execute("SELECT state, count(*) FROM parcels GROUP BY state").fetchall()
+            rows = book.state_counts(conn)
         counts = dict.fromkeys(STATES, 0)
         counts.update({str(s): int(n) for s, n in rows})
         return counts
@@ -370,9 +351,7 @@ class _ParcelQueries:
     def van_versions(self) -> dict[str, dict[str, Any]]:
         """The manifest each van said it runs (`manifest_applied`), by van."""
         with self._reading() as conn:
-            rows = conn.execute(
-                "SELECT van, manifest_version, day, updated_ns FROM vans ORDER BY van"
-            ).fetchall()
+            rows = book.van_manifests(conn)
         return {
             str(v): {"manifest_version": int(n), "day": str(d), "updated": iso_utc(int(u))}
             for v, n, d, u in rows
@@ -382,24 +361,13 @@ class _ParcelQueries:
         """Stored timeline entries in projection order; raises for a parcel never received."""
         with self._reading() as conn:
             if parcels is None:
-                rows = conn.execute(
-                    "SELECT t.uuid, t.parcel, p.record, t.at_ns, t.state, t.step, t.device, "
-                    "t.event_uuid, t.details FROM timeline t JOIN parcels p ON p.id = t.parcel "
-                    "ORDER BY t.parcel, t.id"
-                ).fetchall()
+                rows = book.timeline_with_records(conn)
             else:
                 rows = []
                 for pid in parcels:
-                    if conn.execute("SELECT 1 FROM parcels WHERE id=?", (pid,)).fetchone() is None:
+                    if not book.parcel_exists(conn, pid):
                         raise UnknownParcelError(pid)
-                    rows.extend(
-                        conn.execute(
-                            "SELECT t.uuid, t.parcel, p.record, t.at_ns, t.state, t.step, "
-                            "t.device, t.event_uuid, t.details FROM timeline t "
-                            "JOIN parcels p ON p.id = t.parcel WHERE t.parcel=? ORDER BY t.id",
-                            (pid,),
-                        ).fetchall()
-                    )
+                    rows.extend(book.timeline_with_records(conn, pid))
         entries = []
         for r in rows:
             kind = _loads(r[2]).get("kind")
@@ -421,10 +389,7 @@ class _ParcelQueries:
     def awaiting_assignment(self) -> list[dict[str, Any]]:
         """Parcels at the depot (`received`, `at_depot`) that a day plan may put on a van."""
         with self._reading() as conn:
-            rows = conn.execute(
-                "SELECT id, state, next_action, locker, attempts, record FROM parcels "
-                "WHERE state IN ('received', 'at_depot') ORDER BY id"
-            ).fetchall()
+            rows = book.at_the_depot(conn)
         return [
             {
                 "id": r[0],
@@ -440,12 +405,7 @@ class _ParcelQueries:
     def locker_occupancy(self) -> dict[str, dict[str, int]]:
         """Compartments held or reserved per locker and parcel size, as far as the book knows."""
         with self._reading() as conn:
-            rows = conn.execute(
-                "SELECT locker, coalesce(size, 'S'), count(*) FROM parcels "
-                "WHERE locker IS NOT NULL AND compartment IS NOT NULL "
-                "AND state NOT IN ('delivered', 'picked_up', 'returned_to_sender', 'returning') "
-                "GROUP BY locker, coalesce(size, 'S')"
-            ).fetchall()
+            rows = book.locker_occupancy(conn)
         busy: dict[str, dict[str, int]] = {}
         for locker, size, n in rows:
             busy.setdefault(str(locker), {})[str(size)] = int(n)
@@ -453,26 +413,15 @@ class _ParcelQueries:
 
     def unmatched(self, *, include_resolved: bool = False) -> list[dict[str, Any]]:
         """Device events about parcels the book did not know when they were projected."""
-        sql = (
-            "SELECT event_rowid, event_uuid, parcel, device, kind, reason, recorded_ns, "
-            "resolved_ns FROM unmatched"
-        )
-        if not include_resolved:
-            sql += " WHERE resolved_ns IS NULL"
         with self._reading() as conn:
-            rows = conn.execute(sql + " ORDER BY event_rowid, parcel").fetchall()
+            rows = book.unmatched_rows(conn, include_resolved=include_resolved)
         keys = ("event_rowid", "event_uuid", "parcel", "device", "kind", "reason")
         return [{**dict(zip(keys, r[:6], strict=True)), "resolved": r[7] is not None} for r in rows]
 
     def reconciliations(self, van: str | None = None) -> list[dict[str, Any]]:
         """Each van's `day_closed` report with the differences from the book at that moment."""
         with self._reading() as conn:
-            rows = conn.execute(
-                "SELECT van, day, at_ns, report, discrepancies FROM van_days "
-                + ("WHERE van=? " if van is not None else "")
-                + "ORDER BY at_ns, van",
-                (van,) if van is not None else (),
-            ).fetchall()
+            rows = book.van_day_reports(conn, van)
         return [
             {
                 "van": r[0],
@@ -488,13 +437,12 @@ class _ParcelQueries:
         """The highest `events.rowid` the projection has applied (with several workers storing
         at once, a lower one may still wait: `waiting_events()` counts those)."""
         with self._reading() as conn:
-            row = conn.execute("SELECT last_rowid FROM projection WHERE id=1").fetchone()
-        return int(row[0]) if row else 0
+            return book.projected_rowid(conn)
 
     def waiting_events(self) -> int:
         """Stored device events the projection has not applied yet."""
         with self._reading() as conn:
-            return int(conn.execute("SELECT count(*) FROM unprojected").fetchone()[0])
+            return events.waiting_count(conn)
 
 
 class ParcelView(_ParcelQueries):
@@ -513,12 +461,10 @@ class ParcelView(_ParcelQueries):
                 raise ParcelBookError(str(exc)) from exc
             self._database = database
             return
-        uri = f"file:{urllib.parse.quote(str(Path(database).resolve()))}?mode=ro"
         try:
-            self._file = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S)
-            self._db = self._file
-        except sqlite3.Error as exc:
-            raise ParcelBookError(f"cannot read the parcel book at {database}: {exc}") from exc
+            self._db = read_only(database)
+        except StoreError as exc:
+            raise ParcelBookError(f"cannot read the parcel book: {exc}") from exc
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[Conn]:
@@ -526,16 +472,13 @@ class ParcelView(_ParcelQueries):
 
     def photo(self, sha256: str) -> tuple[str, bytes] | None:
         """A stored, verified proof-of-delivery photo: (content type, bytes), or None."""
-        row = self._db.execute(
-            "SELECT content_type, data FROM photos WHERE sha256=?", (sha256,)
-        ).fetchone()
-        return (str(row[0]), bytes(row[1])) if row is not None else None
+        return events.photo_in(self._db, sha256)
 
     def close(self) -> None:
         if self._database is not None:
             self._database.close_reader(self._db)
         else:
-            self._file.close()
+            close_reader(self._db)
 
     def __enter__(self) -> ParcelView:
         return self
@@ -831,17 +774,10 @@ class ParcelBook(_ParcelQueries):
             raise TrackingError(f"parcel record {parcel} is not JSON: {exc}") from None
         columns = self._record_columns(record_doc)
         with self._lock, self._transaction() as conn:
-            row = conn.execute("SELECT state, record FROM parcels WHERE id=?", (parcel,)).fetchone()
+            row = book.state_and_record(conn, parcel)
             created = row is None
-            if created:
-                conn.execute(
-                    "INSERT INTO parcels (id, state, received_ns, updated_ns, record, "
-                    + ", ".join(f'"{c}"' for c in columns)
-                    + ") VALUES (?, 'received', ?, ?, ?"
-                    + ", ?" * len(columns)
-                    + ")",
-                    (parcel, now_ns, now_ns, record_text, *columns.values()),
-                )
+            if row is None:
+                book.insert_parcel(conn, parcel, now_ns, record_text, columns)
                 state = "received"
             else:
                 state = str(row[0])
@@ -850,12 +786,7 @@ class ParcelBook(_ParcelQueries):
                     **_loads(row[1]),
                     **{k: v for k, v in record_doc.items() if v is not None},
                 }
-                conn.execute(
-                    "UPDATE parcels SET record=?"
-                    + "".join(f', "{c}"=?' for c in given)
-                    + " WHERE id=?",
-                    (_dumps(merged), *given.values(), parcel),
-                )
+                book.update_parcel_record(conn, parcel, _dumps(merged), given)
             if state == "received":
                 self._record_entry(
                     conn,
@@ -892,17 +823,12 @@ class ParcelBook(_ParcelQueries):
             state = self._state_of(conn, parcel)
             if state in FINAL_STATES:
                 raise ParcelStateError(parcel, state, f"assign it to {van}")
-            last = conn.execute(
-                "SELECT details FROM timeline WHERE parcel=? AND step='assigned' "
-                "ORDER BY id DESC LIMIT 1",
-                (parcel,),
-            ).fetchone()
+            last = book.last_assignment(conn, parcel)
             details = {"van": van, "stop": stop, "manifest_version": manifest_version}
-            if last is not None and _loads(last[0]) == details:
+            if last is not None and _loads(last) == details:
                 return  # the same assignment again (a retried plan): one entry is enough
-            conn.execute(
-                "UPDATE parcels SET van=?, stop=?, updated_ns=? WHERE id=?",
-                (van, stop, self._clock.wall_ns(), parcel),
+            book.update_parcel(
+                conn, parcel, {"van": van, "stop": stop, "updated_ns": self._clock.wall_ns()}
             )
             self._record_entry(
                 conn,
@@ -938,11 +864,7 @@ class ParcelBook(_ParcelQueries):
             if kind == "return_to_sender" and state == "at_depot":
                 new_state = "returning"
             now = self._clock.wall_ns()
-            conn.execute(
-                "UPDATE parcels SET next_action=?, state=?, updated_ns=?, "
-                "locker=coalesce(?, locker) WHERE id=?",
-                (kind, new_state, now, locker, parcel),
-            )
+            book.set_next_action(conn, parcel, kind, new_state, now, locker)
             self._record_entry(
                 conn,
                 parcel=parcel,
@@ -969,10 +891,7 @@ class ParcelBook(_ParcelQueries):
             if state not in ("received", "at_depot", "returning"):
                 raise ParcelStateError(parcel, state, "book it returned to sender")
             now = self._clock.wall_ns()
-            conn.execute(
-                "UPDATE parcels SET state='returned_to_sender', updated_ns=? WHERE id=?",
-                (now, parcel),
-            )
+            book.update_parcel(conn, parcel, {"state": "returned_to_sender", "updated_ns": now})
             self._record_entry(
                 conn,
                 parcel=parcel,
@@ -992,18 +911,14 @@ class ParcelBook(_ParcelQueries):
         reservation cannot be tied to its parcel and goes to `unmatched`.
         """
         with self._lock, self._transaction() as conn:
-            conn.execute(
-                "INSERT OR IGNORE INTO locker_commands(id, locker, action, parcel, noted_ns) "
-                "VALUES (?,?,?,?,?)",
-                (command_id, locker, action, parcel, self._clock.wall_ns()),
-            )
+            book.note_command(conn, command_id, locker, action, parcel, self._clock.wall_ns())
 
     @staticmethod
     def _state_of(conn: Conn, parcel: str) -> str:
-        row = conn.execute("SELECT state FROM parcels WHERE id=?", (parcel,)).fetchone()
-        if row is None:
+        state = book.state_of(conn, parcel)
+        if state is None:
             raise UnknownParcelError(parcel)
-        return str(row[0])
+        return state
 
     # --- the projection --------------------------------------------------------------------
 
@@ -1021,45 +936,22 @@ class ParcelBook(_ParcelQueries):
             if not self._database.lock_projection(conn):
                 return []  # another worker is projecting; it takes these events too
             transitions = self._replay_unmatched(conn)
-            rows = conn.execute(
-                "SELECT e.rowid, e.device, e.uuid, e.wall_ns, e.wall_synced, e.received_ns, "
-                "e.kind, e.payload FROM unprojected u JOIN events e ON e.rowid = u.rowid "
-                "ORDER BY u.rowid LIMIT ?",
-                (limit,),
-            ).fetchall()
+            rows = events.events_waiting(conn, limit)
             for row in rows:
                 transitions.extend(self._project(conn, _event_of(row)))
             if rows:
                 done = [int(r[0]) for r in rows]
-                conn.execute(
-                    "DELETE FROM unprojected WHERE rowid IN (" + ",".join("?" * len(done)) + ")",
-                    done,
-                )
-                conn.execute(
-                    "UPDATE projection SET last_rowid=?, updated_ns=? WHERE id=1 AND last_rowid<?",
-                    (max(done), self._clock.wall_ns(), max(done)),
-                )
+                events.forget_waiting(conn, done)
+                book.advance_projection(conn, done, self._clock.wall_ns())
         return transitions
 
     def _replay_unmatched(self, conn: Conn) -> list[Transition]:
-        pending = conn.execute(
-            "SELECT u.event_rowid, u.event_uuid, u.parcel FROM unmatched u "
-            "JOIN parcels p ON p.id = u.parcel WHERE u.resolved_ns IS NULL "
-            "ORDER BY u.event_rowid"
-        ).fetchall()
         transitions: list[Transition] = []
-        for rowid, event_uuid, parcel in pending:
-            row = conn.execute(
-                "SELECT rowid, device, uuid, wall_ns, wall_synced, received_ns, kind, payload "
-                "FROM events WHERE rowid=?",
-                (rowid,),
-            ).fetchone()
+        for rowid, event_uuid, parcel in book.pending_unmatched(conn):
+            row = events.event_at(conn, int(rowid))
             if row is not None:
                 transitions.extend(self._project(conn, _event_of(row), only_parcel=str(parcel)))
-            conn.execute(
-                "UPDATE unmatched SET resolved_ns=? WHERE event_uuid=? AND parcel=?",
-                (self._clock.wall_ns(), event_uuid, parcel),
-            )
+            book.resolve_unmatched(conn, str(event_uuid), str(parcel), self._clock.wall_ns())
         return transitions
 
     def _project(
@@ -1086,17 +978,11 @@ class ParcelBook(_ParcelQueries):
 
     @staticmethod
     def _loaded_of(conn: Conn, van: str) -> list[str]:
-        rows = conn.execute(
-            "SELECT id FROM parcels WHERE van=? AND state='loaded' ORDER BY id", (van,)
-        ).fetchall()
-        return [str(r[0]) for r in rows]
+        return book.loaded_on(conn, van)
 
     @staticmethod
     def _command_parcel(conn: Conn, command_id: str) -> str | None:
-        row = conn.execute(
-            "SELECT parcel FROM locker_commands WHERE id=?", (command_id,)
-        ).fetchone()
-        return str(row[0]) if row and row[0] else None
+        return book.command_parcel(conn, command_id)
 
     def _van_side_effects(self, conn: Conn, ev: _StoredEvent) -> None:
         """Facts about a van rather than a parcel; idempotent, so a replay changes nothing."""
@@ -1105,22 +991,15 @@ class ParcelBook(_ParcelQueries):
             version, day = p.get("version"), p.get("day")
             if not isinstance(version, int) or not isinstance(day, str):
                 return
-            row = conn.execute(
-                "SELECT manifest_version, day FROM vans WHERE van=?", (ev.device,)
-            ).fetchone()
+            row = book.van_manifest(conn, ev.device)
             if row is not None and (str(row[1]), int(row[0])) >= (day, version):
                 return  # a van only moves forward (docs/DELIVERY.md)
-            conn.execute(
-                "INSERT INTO vans(van, manifest_version, day, updated_ns) VALUES (?,?,?,?) "
-                "ON CONFLICT(van) DO UPDATE SET manifest_version=excluded.manifest_version, "
-                "day=excluded.day, updated_ns=excluded.updated_ns",
-                (ev.device, version, day, ev.at_ns),
-            )
+            book.set_van_manifest(conn, ev.device, version, day, ev.at_ns)
         elif ev.kind == "day_closed":
             day = p.get("day")
             if not isinstance(day, str):
-                row = conn.execute("SELECT day FROM vans WHERE van=?", (ev.device,)).fetchone()
-                day = str(row[0]) if row else None
+                row = book.van_manifest(conn, ev.device)
+                day = str(row[1]) if row else None
             expected = {
                 "delivered": {"delivered"},
                 "in_locker": {"in_locker", "hold_expired", "picked_up", "returning"},
@@ -1130,35 +1009,25 @@ class ParcelBook(_ParcelQueries):
             discrepancies = []
             for key, states in expected.items():
                 for parcel in report[key]:
-                    row = conn.execute("SELECT state FROM parcels WHERE id=?", (parcel,)).fetchone()
-                    book = str(row[0]) if row else None
-                    if book not in states:
-                        discrepancies.append({"parcel": parcel, "van_says": key, "book_says": book})
-            conn.execute(
-                "INSERT OR IGNORE INTO van_days(event_uuid, van, day, at_ns, report, "
-                "discrepancies) VALUES (?,?,?,?,?,?)",
-                (ev.uuid, ev.device, day, ev.at_ns, _dumps(report), json.dumps(discrepancies)),
+                    says = book.state_of(conn, parcel)
+                    if says not in states:
+                        discrepancies.append({"parcel": parcel, "van_says": key, "book_says": says})
+            book.insert_van_day(
+                conn, ev.uuid, ev.device, day, ev.at_ns, _dumps(report), json.dumps(discrepancies)
             )
 
     def _unmatched(self, conn: Conn, ev: _StoredEvent, parcel: str, why: str) -> None:
-        conn.execute(
-            "INSERT OR IGNORE INTO unmatched(event_rowid, event_uuid, parcel, device, kind, "
-            "reason, recorded_ns) VALUES (?,?,?,?,?,?,?)",
-            (ev.rowid, ev.uuid, parcel, ev.device, ev.kind, why, self._clock.wall_ns()),
+        book.insert_unmatched(
+            conn, ev.rowid, ev.uuid, parcel, ev.device, ev.kind, why, self._clock.wall_ns()
         )
         log.warning("%s from %s about %r kept unmatched: %s", ev.kind, ev.device, parcel, why)
 
     def _apply(self, conn: Conn, ev: _StoredEvent, fact: _Fact) -> Transition | None:
-        row = conn.execute(
-            "SELECT state, next_action, attempts, locker, compartment FROM parcels WHERE id=?",
-            (fact.parcel,),
-        ).fetchone()
+        row = book.fact_target(conn, fact.parcel)
         if row is None:
             self._unmatched(conn, ev, fact.parcel, "the depot has not received this parcel")
             return None
-        if conn.execute(
-            "SELECT 1 FROM timeline WHERE parcel=? AND event_uuid=?", (fact.parcel, ev.uuid)
-        ).fetchone():
+        if book.already_applied(conn, fact.parcel, ev.uuid):
             return None  # applied before (a rewound cursor, a replay): never twice
         current, next_action = str(row[0]), row[1]
         target = fact.target(current, next_action) if callable(fact.target) else fact.target
@@ -1187,10 +1056,7 @@ class ParcelBook(_ParcelQueries):
             details["attempts"] = sets["attempts"]
         sets["state"] = new_state
         sets["updated_ns"] = self._clock.wall_ns()
-        conn.execute(
-            "UPDATE parcels SET " + ", ".join(f"{k}=?" for k in sets) + " WHERE id=?",
-            (*sets.values(), fact.parcel),
-        )
+        book.update_parcel(conn, fact.parcel, sets)
         moved = verdict in ("move", "irregular")
         self._record_entry(
             conn,
@@ -1233,18 +1099,12 @@ class ParcelBook(_ParcelQueries):
     ) -> None:
         """One timeline entry, and the notifications about it in the same transaction."""
         entry = uuid.uuid5(_TIMELINE_NS, f"{parcel}\0{event_uuid}").hex
-        cur = conn.execute(
-            "INSERT OR IGNORE INTO timeline(uuid, parcel, at_ns, state, step, device, "
-            "event_uuid, details) VALUES (?,?,?,?,?,?,?,?)",
-            (entry, parcel, at_ns, state, step, device, event_uuid, _dumps(details)),
+        added = book.insert_timeline(
+            conn, entry, parcel, at_ns, state, step, device, event_uuid, _dumps(details)
         )
-        if cur.rowcount != 1 or not notify or state not in NOTIFIED_STATES:
+        if not added or not notify or state not in NOTIFIED_STATES:
             return
-        row = conn.execute(
-            'SELECT merchant, webhook, customer_webhook, locker, "window" FROM parcels WHERE id=?',
-            (parcel,),
-        ).fetchone()
-        merchant, webhook, customer_webhook, locker, window = row
+        merchant, webhook, customer_webhook, locker, window = book.notify_targets(conn, parcel)
         body_details = _public_details(state, details, locker, window)
         audiences: tuple[tuple[Audience, object], ...] = (
             ("merchant", webhook),

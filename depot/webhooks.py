@@ -1,9 +1,9 @@
 """The depot's webhook outbox: customer and merchant notifications, signed, retried, never lost.
 
 Owns: the `webhook_outbox` table (in the depot's database, created by `depot.store.migrations`,
-so a parcel's state change and the notification about it commit in ONE transaction), the
-signature scheme below, and the sender thread that POSTs due rows, retries with backoff and
-dead-letters what cannot be sent.
+so a parcel's state change and the notification about it commit in ONE transaction; its
+statements are `depot.store.outbox`'s), the signature scheme below, and the sender thread that
+POSTs due rows, retries with backoff and dead-letters what cannot be sent.
 Must never: delete a row (the sender only changes a row's state), store a secret (a row names
 the key id; the secret is looked up when signing), mark a row sent without a 2xx answer,
 follow a redirect with a signed body, or commit the caller's transaction for it.
@@ -62,7 +62,6 @@ import logging
 import queue
 import random
 import re
-import sqlite3
 import threading
 import time
 import urllib.error
@@ -72,10 +71,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from depot.errors import DepotError
-from depot.store import DATABASE_ERRORS, Conn, DepotDatabase, migrate, open_database
+from depot.store import DATABASE_ERRORS, Conn, DepotDatabase, open_database, outbox
+from depot.store.outbox import Due
+from depot.store.outbox import OutboxEntry as OutboxEntry  # the row type: re-exported
+from depot.store.outbox import State as State
+from depot.store.outbox import ensure_schema as ensure_schema
 from sync.clock import Clock, SystemClock
 from sync.mqtt import backoff_delay
 
@@ -99,15 +102,8 @@ CLAIM_MARGIN_S = 10.0  # a claim outlives three POST timeouts and this much more
 ERROR_TEXT_MAX = 500  # characters of last_error kept per row
 RESPONSE_READ_MAX = 2048  # bytes of a response body read (for the error text); the rest is unread
 
-State = Literal["pending", "sent", "dead"]
-
 _EVENT_ID = re.compile(r"[\x21-\x7e]{1,200}")  # visible ASCII: safe in a header, no CR/LF
 _KEY_ID = re.compile(r"[\x21-\x7e]{0,200}")
-
-_ENTRY_COLUMNS = (
-    "id, event_id, url, body, key_id, state, attempts, next_attempt_ns, last_error, "
-    "created_ns, sent_ns, dead_ns, status_code"
-)
 
 
 class WebhookError(DepotError):
@@ -120,43 +116,6 @@ class SignatureError(WebhookError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-@dataclass(frozen=True)
-class OutboxEntry:
-    """One row of the outbox, as an operator or a test sees it."""
-
-    id: int
-    event_id: str
-    url: str
-    body: bytes
-    key_id: str
-    state: State
-    attempts: int
-    next_attempt_ns: int
-    last_error: str | None
-    created_ns: int
-    sent_ns: int | None
-    dead_ns: int | None
-    status_code: int | None
-
-    @classmethod
-    def _from_row(cls, row: tuple[Any, ...]) -> OutboxEntry:
-        return cls(
-            id=int(row[0]),
-            event_id=str(row[1]),
-            url=str(row[2]),
-            body=bytes(row[3]),
-            key_id=str(row[4]),
-            state=row[5],
-            attempts=int(row[6]),
-            next_attempt_ns=int(row[7]),
-            last_error=row[8],
-            created_ns=int(row[9]),
-            sent_ns=row[10],
-            dead_ns=row[11],
-            status_code=row[12],
-        )
 
 
 # --- signing -------------------------------------------------------------------------------
@@ -212,16 +171,6 @@ def verify(
 
 
 # --- the outbox table ----------------------------------------------------------------------
-
-
-def ensure_schema(conn: sqlite3.Connection) -> None:
-    """Bring `conn`'s database up to the depot's schema, the outbox tables with it.
-
-    The outbox has no schema of its own: its tables are migration 4 of the depot's one list
-    (`depot.store.migrations`). A tool that opens the outbox before the depot ever ran gets the
-    whole depot's tables, which the depot then finds as its own.
-    """
-    migrate(conn)
 
 
 def _autocommits(conn: Conn) -> bool:
@@ -294,17 +243,10 @@ def enqueue(
             "enqueue outside a transaction: BEGIN first, so the notification commits with "
             "the state change it reports"
         )
-    cur = conn.execute(
-        "INSERT OR IGNORE INTO webhook_outbox(event_id, url, body, key_id, state, attempts, "
-        "next_attempt_ns, created_ns) VALUES (?, ?, ?, ?, 'pending', 0, ?, ?)",
-        (event_id, url, raw, key_id, now_ns, now_ns),
-    )
-    if cur.rowcount == 1:
+    if outbox.add(conn, event_id=event_id, url=url, body=raw, key_id=key_id, now_ns=now_ns):
         return True
-    row = conn.execute(
-        "SELECT url, body, key_id FROM webhook_outbox WHERE event_id = ?", (event_id,)
-    ).fetchone()
-    if row is not None and (row[0], bytes(row[1]), row[2]) != (url, raw, key_id):
+    stored = outbox.stored_content(conn, event_id)
+    if stored is not None and stored != (url, raw, key_id):
         log.warning(
             "webhook %s enqueued again with different content; the first version stands",
             event_id,
@@ -314,31 +256,17 @@ def enqueue(
 
 def stats(conn: Conn) -> dict[str, int]:
     """Row counts by state and the attempts made over all rows (the outbox is the truth)."""
-    counts = {"pending": 0, "sent": 0, "dead": 0, "attempts": 0}
-    for state, n, attempts in conn.execute(
-        "SELECT state, count(*), coalesce(sum(attempts), 0) FROM webhook_outbox GROUP BY state"
-    ):
-        counts[str(state)] = int(n)
-        counts["attempts"] += int(attempts)
-    return counts
+    return outbox.counts(conn)
 
 
 def entry(conn: Conn, event_id: str) -> OutboxEntry | None:
     """The outbox row for one event id, whatever its state."""
-    row = conn.execute(
-        f"SELECT {_ENTRY_COLUMNS} FROM webhook_outbox WHERE event_id = ?", (event_id,)
-    ).fetchone()
-    return None if row is None else OutboxEntry._from_row(row)
+    return outbox.entry(conn, event_id)
 
 
 def dead_letters(conn: Conn, limit: int | None = None) -> list[OutboxEntry]:
     """Dead letters, oldest first: what a person must look at (kept forever, never deleted)."""
-    sql = f"SELECT {_ENTRY_COLUMNS} FROM webhook_outbox WHERE state = 'dead' ORDER BY id"
-    params: tuple[int, ...] = ()
-    if limit is not None:
-        sql += " LIMIT ?"
-        params = (int(limit),)
-    return [OutboxEntry._from_row(r) for r in conn.execute(sql, params)]
+    return outbox.dead_letters(conn, limit)
 
 
 def retry_dead(conn: Conn, event_id: str) -> bool:
@@ -349,12 +277,7 @@ def retry_dead(conn: Conn, event_id: str) -> bool:
     (an autocommit connection commits at once); a sender in another process notices the row
     within RECHECK_S, one in this process at once after `wake()`. True if a dead row changed.
     """
-    cur = conn.execute(
-        "UPDATE webhook_outbox SET state = 'pending', attempts = 0, next_attempt_ns = 0, "
-        "dead_ns = NULL WHERE event_id = ? AND state = 'dead'",
-        (event_id,),
-    )
-    return cur.rowcount == 1
+    return outbox.retry_dead(conn, event_id)
 
 
 # --- delivery ------------------------------------------------------------------------------
@@ -404,18 +327,8 @@ class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
 
 
 @dataclass(frozen=True)
-class _Due:
-    id: int
-    event_id: str
-    url: str
-    body: bytes
-    key_id: str
-    attempts: int  # attempts made before this one
-
-
-@dataclass(frozen=True)
 class _Outcome:
-    due: _Due
+    due: Due
     status: int | None  # the HTTP status, if a response came back
     error: str | None  # None exactly when the status was 2xx
     retry_after_s: float | None = None
@@ -474,7 +387,7 @@ class WebhookSender:
         self._unapplied: list[_Outcome] = []
         # Rows whose POST is running or whose outcome is not yet written; only the scheduler
         # thread touches these (pool threads hand results over through `_done`).
-        self._in_flight: dict[int, _Due] = {}
+        self._in_flight: dict[int, Due] = {}
         self._futures: dict[int, concurrent.futures.Future[None]] = {}
         self.delivered = 0
         self.retried = 0
@@ -573,22 +486,12 @@ class WebhookSender:
         if free <= 0:
             return
         busy_urls = {d.url for d in self._in_flight.values()}
-        rows = conn.execute(
-            "SELECT id, event_id, url, body, key_id, attempts FROM webhook_outbox "
-            "WHERE state = 'pending' AND next_attempt_ns <= ? ORDER BY id LIMIT ?"
-            + db.skip_locked,
-            (now, DISPATCH_BATCH),
-        ).fetchall()
+        rows = outbox.due(conn, db, now_ns=now, limit=DISPATCH_BATCH)
         lease = now + int((self.timeout_s * 3 + CLAIM_MARGIN_S) * self._speed * 1e9)
-        for row in rows:
-            due = _Due(
-                int(row[0]), str(row[1]), str(row[2]), bytes(row[3]), str(row[4]), int(row[5])
-            )
+        for due in rows:
             if due.id in self._in_flight or due.url in busy_urls:
                 continue
-            conn.execute(
-                "UPDATE webhook_outbox SET next_attempt_ns = ? WHERE id = ?", (lease, due.id)
-            )
+            outbox.lease(conn, due.id, lease)
             busy_urls.add(due.url)
             self._in_flight[due.id] = due
             self._futures[due.id] = self._submit(due)
@@ -602,14 +505,9 @@ class WebhookSender:
             return
         now = self.clock.wall_ns()
         with db.transaction() as conn:
-            for row_id in self._in_flight:
-                conn.execute(
-                    "UPDATE webhook_outbox SET next_attempt_ns = ? WHERE id = ? "
-                    "AND state = 'pending'",
-                    (now, row_id),
-                )
+            outbox.release(conn, self._in_flight, now)
 
-    def _submit(self, due: _Due) -> concurrent.futures.Future[None]:
+    def _submit(self, due: Due) -> concurrent.futures.Future[None]:
         assert self._pool is not None
         done = self._done
 
@@ -626,19 +524,15 @@ class WebhookSender:
     def _wait_s(self, conn: Conn, now: int) -> float:
         """Real seconds until the next row falls due (rows due now but not sent wait for an
         in-flight POST to finish, which wakes this thread)."""
-        row = conn.execute(
-            "SELECT min(next_attempt_ns) FROM webhook_outbox "
-            "WHERE state = 'pending' AND next_attempt_ns > ?",
-            (now,),
-        ).fetchone()
-        if row is None or row[0] is None:
+        next_due = outbox.next_due_ns(conn, now)
+        if next_due is None:
             return RECHECK_S
-        real = (int(row[0]) - self.clock.wall_ns()) / 1e9 / self._speed
+        real = (next_due - self.clock.wall_ns()) / 1e9 / self._speed
         return min(RECHECK_S, max(0.0, real))
 
     # --- one POST (in a pool thread) -------------------------------------------------------
 
-    def _post(self, due: _Due) -> _Outcome:
+    def _post(self, due: Due) -> _Outcome:
         try:
             secret = self._secret_for(due.key_id)
         except Exception as exc:
@@ -701,11 +595,7 @@ class WebhookSender:
         due = o.due
         attempts = due.attempts + 1
         if o.error is None:
-            conn.execute(
-                "UPDATE webhook_outbox SET state = 'sent', attempts = ?, sent_ns = ?, "
-                "status_code = ? WHERE id = ? AND state = 'pending'",
-                (attempts, now, o.status, due.id),
-            )
+            outbox.mark_sent(conn, due.id, attempts=attempts, now_ns=now, status=o.status)
             log.debug("webhook %s sent (HTTP %s, attempt %d)", due.event_id, o.status, attempts)
             return "sent"
         if o.status is not None and _permanent(o.status):
@@ -717,10 +607,13 @@ class WebhookSender:
             if o.retry_after_s is not None:
                 # Not before the receiver asked, but never parked beyond our own ceiling.
                 delay = max(delay, min(o.retry_after_s, self.backoff_max_s))
-            conn.execute(
-                "UPDATE webhook_outbox SET attempts = ?, next_attempt_ns = ?, last_error = ?, "
-                "status_code = ? WHERE id = ? AND state = 'pending'",
-                (attempts, now + int(delay * 1e9), o.error, o.status, due.id),
+            outbox.schedule_retry(
+                conn,
+                due.id,
+                attempts=attempts,
+                next_attempt_ns=now + int(delay * 1e9),
+                error=o.error,
+                status=o.status,
             )
             log.info(
                 "webhook %s attempt %d failed (%s); retrying in %.1f s",
@@ -730,10 +623,8 @@ class WebhookSender:
                 delay,
             )
             return "retry"
-        conn.execute(
-            "UPDATE webhook_outbox SET state = 'dead', attempts = ?, dead_ns = ?, "
-            "last_error = ?, status_code = ? WHERE id = ? AND state = 'pending'",
-            (attempts, now, error, o.status, due.id),
+        outbox.mark_dead(
+            conn, due.id, attempts=attempts, now_ns=now, error=error, status=o.status
         )
         log.warning("webhook %s dead-lettered: %s", due.event_id, error)
         return "dead"

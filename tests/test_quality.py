@@ -89,6 +89,27 @@ def test_no_device_package_imports_simulators_or_the_depot() -> None:
             assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
 
 
+def test_only_the_store_talks_to_the_depot_database() -> None:
+    """depot/store/ owns the connection, the migrations and every statement; the rest of the
+    depot calls its named functions (so both backends run the same SQL, and one place says
+    which tables a part touches)."""
+    store = ROOT / "depot" / "store"
+    for path in sorted((ROOT / "depot").rglob("*.py")):
+        if store in path.parents:
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        statements = [
+            node.lineno
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in {"execute", "executemany", "executescript"}
+        ]
+        assert not statements, f"{path.relative_to(ROOT)} runs SQL at lines {statements}"
+        drivers = {n for n in _imports(path) if n.split(".")[0] in {"sqlite3", "psycopg"}}
+        assert not drivers, f"{path.relative_to(ROOT)} imports {drivers}"
+
+
 def test_a_simulator_never_imports_the_driver_it_stands_in_for() -> None:
     for path in sorted((ROOT / "simulators").glob("*.py")):
         if path.name == "day.py":  # the scenario runner runs the real device and depot software

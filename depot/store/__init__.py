@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from depot.store.base import Conn, Cursor, DepotDatabase, Dialect
-from depot.store.errors import DATABASE_ERRORS, PgError, StoreError
+from depot.store.errors import DATABASE_ERRORS, PgError, StoreError, is_busy
 from depot.store.migrations import LATEST, MIGRATIONS, Migration, migrate, schema_version
 from depot.store.sqlite import Database
 
@@ -29,6 +29,7 @@ __all__ = [
     "Migration",
     "PgError",
     "StoreError",
+    "is_busy",
     "is_postgres_url",
     "migrate",
     "open_database",

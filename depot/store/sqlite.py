@@ -25,7 +25,7 @@ from depot.store.base import Conn, DepotDatabase
 from depot.store.errors import StoreError
 from depot.store.migrations import migrate, schema_version
 
-__all__ = ["BUSY_TIMEOUT_S", "Database"]
+__all__ = ["BUSY_TIMEOUT_S", "Database", "close_reader", "read_only"]
 
 BUSY_TIMEOUT_S = 10.0  # another process (a CLI tool) holding the write lock briefly
 
@@ -130,15 +130,10 @@ class Database(DepotDatabase):
 
         WAL lets it read while the writer writes; the caller closes it.
         """
-        uri = f"file:{urllib.parse.quote(str(self._path.resolve()))}?mode=ro"
-        try:
-            return sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot read the depot database {self._path}: {exc}") from exc
+        return read_only(self._path)
 
     def close_reader(self, conn: Conn) -> None:
-        assert isinstance(conn, sqlite3.Connection)
-        conn.close()
+        close_reader(conn)
 
     def lock_stream(self, conn: Conn, device: str, journal: str) -> None:
         """Nothing to do: `BEGIN IMMEDIATE` already made this the only writer of the file."""
@@ -163,3 +158,18 @@ class Database(DepotDatabase):
 
     def __repr__(self) -> str:
         return f"Database({str(self._path)!r})"
+
+
+def read_only(path: str | Path) -> sqlite3.Connection:
+    """A read-only connection to a depot file that exists, without migrating or creating it
+    (`lastmile depot track` on a copy, a reader thread); the caller closes it."""
+    uri = f"file:{urllib.parse.quote(str(Path(path).resolve()))}?mode=ro"
+    try:
+        return sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot read the depot database {path}: {exc}") from exc
+
+
+def close_reader(conn: Conn) -> None:
+    assert isinstance(conn, sqlite3.Connection)
+    conn.close()
