@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 
 COMMAND_TTL_S = 600.0  # a reserve that has not reached the locker in 10 min is sent afresh
 PUBACK_WAIT_S = 5.0
+# The transitions the exceptions policy acts on (`_react`); the projection queues them.
+REACT_TO = frozenset({"attempted", "hold_expired", "reserve_failed", "returning"})
 SHARE_GROUP = "depot"  # the MQTT v5 shared subscription group of the depot's workers
 CLAIM_LEASE_S = 4 * PUBACK_WAIT_S  # real seconds a worker holds a manifest or command it sends
 IDLE_WAKE_S = 1.0  # retries of unsent manifests and commands; no work is done when idle
@@ -79,7 +81,9 @@ class DepotService:
         # One database, one connection, one lock for every part of the depot in this process.
         self.database = open_database(config.database)
         self.store = DepotStore(self.database)
-        self.book = ParcelBook(self.database, notify=self._notify, clock=self.clock)
+        self.book = ParcelBook(
+            self.database, notify=self._notify, clock=self.clock, queue_for=REACT_TO
+        )
         self._db = self.database.connection  # manifests and commands; used holding _db_lock
         self._db_lock = self.database.lock
         pem = signing_key_pem
@@ -180,12 +184,12 @@ class DepotService:
     def _process(self) -> int:
         handled = 0
         while True:
-            transitions = self.book.project_new_events()
-            for t in transitions:
-                self._react(t)
+            transitions = self.book.project_new_events()  # queues what the policy reacts to
             handled += len(transitions)
             if not transitions:
                 break
+        while self._react_next():
+            pass
         self._publish_manifests()
         self._publish_commands()
         self.webhooks.wake()
@@ -204,7 +208,10 @@ class DepotService:
             hooks = stats(self._db)
             unsent = sends.unsent_count(self._db)
         return (
-            self.book.waiting_events() == 0 and hooks["pending"] == 0 and not unsent
+            self.book.waiting_events() == 0
+            and self.book.reactions_waiting() == 0
+            and hooks["pending"] == 0
+            and not unsent
         )
 
     # --- parcels in, manifests out ------------------------------------------------------------
@@ -341,6 +348,21 @@ class DepotService:
             log.info("manifest %s v%d published", van, version)
 
     # --- the exceptions policy -----------------------------------------------------------------
+
+    def _react_next(self) -> bool:
+        """Take the oldest queued transition (any worker's projection queued it) and decide
+        what follows, in one transaction with its removal from the queue; False when none
+        waits. A decision that raises is undone and logged, and the transition dropped: the
+        parcel waits for a person, as it did before the queue (the error says which)."""
+        with self.book.next_reaction() as t:
+            if t is None:
+                return False
+            try:
+                with self.database.transaction():  # a savepoint: a failed decision undoes itself
+                    self._react(t)
+            except Exception:
+                log.exception("no decision for %s (%s); a person must look", t.parcel, t.state)
+        return True
 
     def _react(self, t: Transition) -> None:
         if t.state == "attempted":

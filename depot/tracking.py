@@ -711,7 +711,11 @@ class ParcelBook(_ParcelQueries):
         *,
         notify: Notify | None = None,
         clock: Clock | None = None,
+        queue_for: frozenset[str] = frozenset(),
     ) -> None:
+        """`queue_for`: the states whose transitions the caller reacts to (the exceptions
+        policy); the projection queues those in its own transaction (`next_reaction`), so
+        a process that dies before it reacts leaves them to the next one."""
         # Handed the depot's Database, the book shares its one connection and lock (so a
         # webhook enqueued by `notify` commits with the state change); handed a path, it
         # opens and owns one.
@@ -722,6 +726,7 @@ class ParcelBook(_ParcelQueries):
             raise ParcelBookError(f"parcel book: {exc}") from exc
         self.path = self._database.path
         self._notify = notify or _no_notify
+        self._queue_for = queue_for
         self._clock: Clock = clock or SystemClock()
         self._lock = self._database.lock
 
@@ -943,7 +948,42 @@ class ParcelBook(_ParcelQueries):
                 done = [int(r[0]) for r in rows]
                 events.forget_waiting(conn, done)
                 book.advance_projection(conn, done, self._clock.wall_ns())
+            for t in transitions:
+                if t.state in self._queue_for:
+                    book.queue_reaction(
+                        conn, t.parcel, t.state, t.previous, t.step, t.device, t.event_uuid,
+                        t.at_ns, _dumps(t.details),
+                    )
         return transitions
+
+    @contextlib.contextmanager
+    def next_reaction(self) -> Iterator[Transition | None]:
+        """The oldest queued transition no other worker holds, inside a transaction: what the
+        caller does in the block commits with its removal from the queue, or, if the block
+        raises (or the process dies), neither happens and the transition waits for the next
+        try. Yields None when nothing waits."""
+        with self._lock, self._transaction() as conn:
+            row = book.next_reaction(conn, self._database.skip_locked)
+            if row is None:
+                yield None
+                return
+            rid, parcel, state, previous, step, device, event_uuid, at_ns, details = row
+            yield Transition(
+                parcel=str(parcel),
+                state=str(state),
+                previous=str(previous),
+                step=str(step),
+                device=str(device),
+                event_uuid=str(event_uuid),
+                at_ns=int(at_ns),
+                details=_loads(details),
+            )
+            book.drop_reaction(conn, int(rid))
+
+    def reactions_waiting(self) -> int:
+        """Queued transitions the exceptions policy has not taken yet."""
+        with self._reading() as conn:
+            return book.reactions_waiting(conn)
 
     def _replay_unmatched(self, conn: Conn) -> list[Transition]:
         transitions: list[Transition] = []

@@ -253,3 +253,68 @@ def test_a_worker_killed_mid_drain_leaves_its_work_to_the_other(
     for journal, _ in devices:
         journal.close()
 
+
+
+DIES_BEFORE_DECIDING = """
+import os, sys
+from depot.config import DepotConfig
+from depot.service import DepotService
+service = DepotService(DepotConfig(database=sys.argv[1], lat=52.37, lon=4.90, vans=["van-1"]))
+def die(transition):
+    os._exit(9)  # the power goes: the projection has committed, the decision is not taken
+service._react = die
+service.process()
+"""
+
+
+def test_a_decision_a_dead_worker_left_is_taken_by_the_next_once(
+    tmp_path: Path, depot_database: str
+) -> None:
+    from depot.policy import NextAction
+    from depot.tracking import ParcelBook
+    from tests.test_depot_tracking import S10_B, T0, Device, StepClock, pod, record
+
+    store, book = DepotStore(depot_database), ParcelBook(depot_database)
+    book.receive(record(S10_B), now_ns=T0 - 7200 * 10**9, source="import")
+    book.assign(S10_B, "van-1", 1, 1)
+    clock = StepClock()
+    van = Device("van-1", Journal(tmp_path / "van.db", "van-1", clock=clock), store, clock)
+    van.emit("manifest_applied", version=1, day="2026-11-18", stops=1, parcels=1)
+    van.emit("parcel_loaded", parcel=S10_B, stop=1, shelf=1, raw=S10_B)
+    van.emit("departed", version=1, loaded=[S10_B], missing=[])
+    van.emit(
+        "delivery_failed", parcel=S10_B, stop=1, reason="not_at_home", upu="EMH", x12="AH",
+        attempt=1, pod=pod(),
+    )
+    van.sync()
+    died = subprocess.run(
+        [sys.executable, "-c", DIES_BEFORE_DECIDING, depot_database],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=60,
+        check=False,
+    )
+    assert died.returncode == 9
+    # The failure was projected and committed; what follows from it waits in the queue.
+    assert book.track(S10_B)["state"] == "attempted"
+    assert book.parcel(S10_B)["next_action"] is None  # type: ignore[index]
+    assert book.reactions_waiting() == 1 and book.waiting_events() == 0
+
+    config = DepotConfig(database=depot_database, lat=52.37, lon=4.90, vans=["van-1"])
+    service = DepotService(config)
+    try:
+        service.process()
+        assert service.decisions == [
+            (S10_B, NextAction("second_attempt", None, service.decisions[0][1].reason))
+        ]
+        assert book.parcel(S10_B)["next_action"] == "second_attempt"  # type: ignore[index]
+        assert book.reactions_waiting() == 0
+        service.process()  # nothing is decided twice
+        assert len(service.decisions) == 1
+        steps = [e["step"] for e in book.track(S10_B)["timeline"]]
+        assert steps.count("next_action") == 1
+    finally:
+        service.stop()
+        book.close()
+        store.close()
+        van.journal.close()

@@ -321,3 +321,35 @@ def advance_projection(conn: Conn, rowids: Sequence[int], now_ns: int) -> None:
         "UPDATE projection SET last_rowid=?, updated_ns=? WHERE id=1 AND last_rowid<?",
         (top, now_ns, top),
     )
+
+
+# --- transitions waiting for the exceptions policy -------------------------------------------
+
+
+def queue_reaction(
+    conn: Conn, parcel: str, state: str, previous: str, step: str, device: str,
+    event_uuid: str, at_ns: int, details: str,
+) -> None:
+    conn.execute(
+        "INSERT OR IGNORE INTO reactions(parcel, state, previous, step, device, event_uuid, "
+        "at_ns, details) VALUES (?,?,?,?,?,?,?,?)",
+        (parcel, state, previous, step, device, event_uuid, at_ns, details),
+    )
+
+
+def next_reaction(conn: Conn, skip_locked: str) -> Row | None:
+    """The oldest waiting transition no other worker holds: (id, parcel, state, previous,
+    step, device, event_uuid, at_ns, details); held by this transaction until it ends."""
+    row: Row | None = conn.execute(
+        "SELECT id, parcel, state, previous, step, device, event_uuid, at_ns, details "
+        "FROM reactions ORDER BY id LIMIT 1" + skip_locked
+    ).fetchone()
+    return row
+
+
+def drop_reaction(conn: Conn, reaction_id: int) -> None:
+    conn.execute("DELETE FROM reactions WHERE id=?", (reaction_id,))
+
+
+def reactions_waiting(conn: Conn) -> int:
+    return int(conn.execute("SELECT count(*) FROM reactions").fetchone()[0])

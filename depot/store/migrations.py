@@ -228,6 +228,20 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE depot_commands ADD COLUMN claimed_until INTEGER",
         ),
     ),
+    Migration(
+        8,
+        "transitions waiting for the exceptions policy, written with the projection",
+        (
+            # A worker killed between projecting a failed attempt and deciding what follows
+            # must leave the decision to another: the projection queues it in its own
+            # transaction, and the decision is taken, and dequeued, in one transaction.
+            """CREATE TABLE IF NOT EXISTS reactions (
+                id INTEGER PRIMARY KEY, parcel TEXT NOT NULL, state TEXT NOT NULL,
+                previous TEXT NOT NULL, step TEXT NOT NULL, device TEXT NOT NULL,
+                event_uuid TEXT NOT NULL, at_ns INTEGER NOT NULL, details TEXT NOT NULL,
+                UNIQUE (parcel, event_uuid, state))""",
+        ),
+    ),
 )
 LATEST = MIGRATIONS[-1].number
 assert [m.number for m in MIGRATIONS] == list(range(1, LATEST + 1)), "numbered without holes"

@@ -45,10 +45,11 @@ TABLES = (
     "manifests",
     "depot_commands",
     "unprojected",
+    "reactions",
 )
 # Columns PostgreSQL numbers itself (identity): copied as they are, then its counters moved on.
 _IDENTITY = {"events": "rowid", "gaps": "id", "quarantine": "id", "timeline": "id",
-             "webhook_outbox": "id"}
+             "webhook_outbox": "id", "reactions": "id"}
 _BATCH = 500
 
 
