@@ -117,7 +117,6 @@ class DepotService:
         self._stop = threading.Event()
         self._pass_lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self._tried_lockers: dict[str, list[str]] = {}
         # A claim on a manifest or command outlives a publish's PUBACK wait several times over,
         # in this depot's clock (a simulated one runs faster than real time).
         speed = float(getattr(self.clock, "speed", 1.0)) or 1.0
@@ -384,7 +383,9 @@ class DepotService:
         if info is None:
             return
         record = info.get("record") or {}
-        tried = self._tried_lockers.setdefault(parcel, [])
+        # Read from the book, not kept in memory: another worker, or this one before a restart,
+        # may have sent the parcel to a locker that then refused it.
+        tried = self.book.lockers_decided(parcel)
         if reason is None:  # a reservation refused: same failure, next locker
             reason = str(info.get("last_reason") or "not_at_home")
         try:
@@ -399,7 +400,6 @@ class DepotService:
         if state == "returning":  # already back at the depot: hand it to the return at once
             self.book.mark_returned_to_sender(parcel)
         if decision.kind == "locker" and decision.locker is not None:
-            tried.append(decision.locker)
             self.send_command(
                 decision.locker,
                 "reserve",

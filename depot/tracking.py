@@ -980,6 +980,13 @@ class ParcelBook(_ParcelQueries):
             )
             book.drop_reaction(conn, int(rid))
 
+    def lockers_decided(self, parcel: str) -> list[str]:
+        """The lockers the policy has sent this parcel to so far, oldest first (a refused
+        reservation sends it to the next one, never back to one of these)."""
+        with self._reading() as conn:
+            details = [_loads(d) for d in book.next_action_details(conn, parcel)]
+        return [str(d["locker"]) for d in details if d.get("kind") == "locker" and d.get("locker")]
+
     def reactions_waiting(self) -> int:
         """Queued transitions the exceptions policy has not taken yet."""
         with self._reading() as conn:

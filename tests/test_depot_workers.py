@@ -318,3 +318,58 @@ def test_a_decision_a_dead_worker_left_is_taken_by_the_next_once(
         book.close()
         store.close()
         van.journal.close()
+
+
+def test_a_refused_reservation_goes_to_the_next_locker_whichever_process_decides(
+    tmp_path: Path, depot_database: str
+) -> None:
+    from depot.config import LockerSiteConfig
+    from depot.tracking import ParcelBook
+    from tests.test_depot_tracking import S10_B, T0, Device, StepClock, pod, record
+
+    near = [
+        LockerSiteConfig("locker-near", 52.3705, 4.8955, {"S": 4}),
+        LockerSiteConfig("locker-far", 52.3750, 4.9000, {"S": 4}),
+    ]
+    config = DepotConfig(
+        database=depot_database, lat=52.37, lon=4.90, vans=["van-1"], lockers=near
+    )
+    store, book = DepotStore(depot_database), ParcelBook(depot_database)
+    book.receive(record(S10_B), now_ns=T0 - 7200 * 10**9, source="import")
+    book.assign(S10_B, "van-1", 1, 1)
+    clock = StepClock()
+    van = Device("van-1", Journal(tmp_path / "van.db", "van-1", clock=clock), store, clock)
+    locker = Device(
+        "locker-near", Journal(tmp_path / "locker.db", "locker-near", clock=clock), store, clock
+    )
+    van.emit("parcel_loaded", parcel=S10_B, stop=1, shelf=1, raw=S10_B)
+    van.emit("departed", version=1, loaded=[S10_B], missing=[])
+    van.emit(
+        "delivery_failed", parcel=S10_B, stop=1, reason="not_at_home", upu="EMH", x12="AH",
+        attempt=1, pod=pod(),
+    )
+    van.sync()
+    first = DepotService(config)
+    try:
+        first.process()
+        assert [d.locker for _p, d in first.decisions] == ["locker-near"]
+    finally:
+        first.stop()
+    with depot_sql(depot_database) as conn:
+        (command,) = conn.execute(
+            "SELECT id FROM depot_commands WHERE target='locker-near'"
+        ).fetchone()
+    locker.emit("command_failed", id=command, action="reserve", reason="no free compartment")
+    locker.sync()
+    # A new process (another worker, or this one restarted) knows which locker refused.
+    second = DepotService(config)
+    try:
+        second.process()
+        assert [(d.kind, d.locker) for _p, d in second.decisions] == [("locker", "locker-far")]
+        assert book.lockers_decided(S10_B) == ["locker-near", "locker-far"]
+    finally:
+        second.stop()
+        book.close()
+        store.close()
+        van.journal.close()
+        locker.journal.close()

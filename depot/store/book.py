@@ -146,6 +146,15 @@ def last_assignment(conn: Conn, parcel: str) -> str | None:
     return str(row[0]) if row is not None else None
 
 
+def next_action_details(conn: Conn, parcel: str) -> list[str]:
+    """The details (JSON) of every decision recorded for the parcel, oldest first."""
+    rows = conn.execute(
+        "SELECT details FROM timeline WHERE parcel=? AND step='next_action' ORDER BY id",
+        (parcel,),
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
 def loaded_on(conn: Conn, van: str) -> list[str]:
     rows = conn.execute(
         "SELECT id FROM parcels WHERE van=? AND state='loaded' ORDER BY id", (van,)
