@@ -23,9 +23,9 @@ its own fresh broker and its own fresh database: a SQLite file in the scratch di
 new database on one private PostgreSQL server started for the whole bench run
 (`simulators.postgres.PostgresServer`: its own cluster on a free port, never the machine's
 server). Without PostgreSQL installed only the SQLite set-ups run, and `setups_not_run` says
-why. That server is the test harness's: fsync and synchronous_commit are off, so a PostgreSQL
-commit here costs no flush, where SQLite's (WAL, synchronous=FULL) does; `database_server`
-reports the settings so the figures are read against them.
+why. That server runs durably (`durable=True`: fsync, synchronous commit and full-page writes
+on, PostgreSQL's defaults), as SQLite commits with WAL and synchronous=FULL, so both pay for a
+flush per commit; `database_server` reports the settings so the figures are read against them.
 
 Figures per set-up:
 
@@ -58,11 +58,12 @@ Each device speaks the real wire, MQTT v5 as the uplink does: its events are cha
 and `enc` user property), its `online` status is published retained on connect with the
 `offline` last will, it keeps one batch in flight and sends the next when the depot's ack
 confirms it; a `resend` in an ack, a reconnect or 10 s without an ack makes it resend from the
-last acknowledgement, as `sync.uplink.Uplink` does. What differs from a real van, so that one
-process can be 2,000 of them: the journal is in memory (the device's SQLite commit is not what
-is measured here; `bench scan` measures it), the MQTT client is the lean one below, and each
-device's first backlog batch is encoded before the clock starts (the real van spends that CPU
-on its own processor, not on the depot's machine).
+last acknowledgement, as `sync.uplink.Uplink` does, and, as it does, each silence in a row
+makes the device wait longer for the next (up to 8×, reset by an ack that moves). What differs
+from a real van, so that one process can be 2,000 of them: the journal is in memory (the
+device's SQLite commit is not what is measured here; `bench scan` measures it), the MQTT
+client is the lean one below, and each device's first backlog batch is encoded before the
+clock starts (the real van spends that CPU on its own processor, not on the depot's machine).
 
 The transport is plain TCP on 127.0.0.1: TLS would add the broker's handshakes to the morning
 (a real cost, left out so the figure is the depot's), and nothing leaves the machine.
@@ -98,6 +99,8 @@ from bench.sync import scan_payloads
 from edge.van import PARCEL_SCANNED
 from simulators.broker import Broker, find_mosquitto
 from sync.errors import WireError
+from sync.mqtt import backoff_delay
+from sync.uplink import ACK_PATIENCE_MAX
 from sync.wire import (
     BATCH_CONTENT_TYPE,
     BATCH_ENCODING,
@@ -214,8 +217,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="new events per second per device in the steady phase (default 1/15: "
                         "a scan every 15 s on average)")
     p.add_argument("--ack-timeout-s", type=float, default=ACK_TIMEOUT_S,
-                   help="a device resends from its last ack after this long without one "
-                        f"(default {ACK_TIMEOUT_S:g}, the uplink's)")
+                   help="a device resends from its last ack after this long without one, "
+                        "longer after each silence in a row, as the uplink (default "
+                        f"{ACK_TIMEOUT_S:g}, the uplink's)")
     p.add_argument("--setups", type=parse_setups, default=SETUPS, metavar="BACKEND:WORKERS,...",
                    help="set-ups to run, in order, the first the baseline (default "
                         f"{','.join(s.name for s in SETUPS)}); PostgreSQL set-ups are skipped, "
@@ -347,7 +351,7 @@ class Counters:
     connects: int = 0
     reconnects: int = 0
     batches: int = 0
-    resends_after_timeout: int = 0  # no ack for ACK_TIMEOUT_S: the batch is sent again
+    resends_after_timeout: int = 0  # no ack for the device's patience: the batch is resent
     resends_asked: int = 0  # the depot's ack said `resend` (it saw a gap)
     refused_pubacks: int = 0
     connect_s: list[float] = field(default_factory=list)
@@ -424,7 +428,9 @@ class Device:
 
     Like `sync.uplink.Uplink` with a window of one batch: it sends at most `BATCH_EVENTS`
     events beyond the depot's last ack and the next batch when an ack covers the one in
-    flight; it rewinds to the ack after a reconnect, on `resend`, and after the ack timeout.
+    flight; it rewinds to the ack after a reconnect, on `resend`, and after the ack timeout,
+    whose patience grows with each silence in a row and resets on an ack that moves, as the
+    uplink's does (`sync.uplink.ACK_PATIENCE_MAX`, `sync.mqtt.backoff_delay`).
     """
 
     def __init__(self, fleet: Fleet, name: str, password: str, rng: random.Random) -> None:
@@ -443,6 +449,8 @@ class Device:
         self.planned = 0  # events this device makes in the whole run
         self.inflight_last = 0  # last seq of the batch in flight; 0: none
         self.created_at: dict[int, float] = {}  # steady-phase events: seq → perf_counter()
+        # (silences in a row, seconds to wait for an ack): the uplink's patience.
+        self.patience = (0, fleet.ack_timeout_s)
         self._encoded: tuple[int, int, bytes] | None = None  # (first, last, payload) ready
         self._writer: asyncio.StreamWriter | None = None
         self._subscribed = False
@@ -626,6 +634,7 @@ class Device:
                 self.fleet.backlog_acked(now)
             if was < self.planned <= self.acked:
                 self.fleet.device_done()
+            self.patience = (0, self.fleet.ack_timeout_s)  # an ack moved: patience resets
             self._arm_ack_timer()  # progress: the timeout counts from here
         if ack.resend_from is not None:
             self.fleet.stats.resends_asked += 1
@@ -656,15 +665,19 @@ class Device:
             self._ack_timer = None
         if self.inflight_last:
             self._ack_timer = asyncio.get_running_loop().call_later(
-                self.fleet.ack_timeout_s, self._ack_timed_out)
+                self.patience[1], self._ack_timed_out)
 
     def _ack_timed_out(self) -> None:
         self._ack_timer = None
         if self.inflight_last:
-            log.info("%s: no ack for %.1f s; resending from %d", self.name,
-                     self.fleet.ack_timeout_s, self.acked + 1)
+            silences, waited_s = self.patience
+            log.info("%s: no ack for %.1f s; resending from %d", self.name, waited_s,
+                     self.acked + 1)
             self.fleet.stats.resends_after_timeout += 1
             self.inflight_last = 0
+            low = self.fleet.ack_timeout_s
+            self.patience = (silences + 1, max(low, backoff_delay(
+                silences + 1, low, low * ACK_PATIENCE_MAX, self.rng)))
             self._pump()
 
 
@@ -1174,6 +1187,7 @@ class RunResult:
     depot_exit_status: int
     broker_rss_mb: float
     load_before: float
+    started_at: str
     stats: Counters
     checks: dict[str, int]
 
@@ -1209,6 +1223,7 @@ class RunResult:
             "depot_exit_status": self.depot_exit_status,
             "broker_rss_mb": rounded(self.broker_rss_mb, 1),
             "loadavg_1m_before": rounded(self.load_before, 2),
+            "started_at": self.started_at,  # to line a run up with other jobs on the machine
             "ack_samples": len(lat_ms),
             "ack_max_ms": rounded(max(lat_ms), 1) if lat_ms else None,
             "connect_p50_ms": rounded(percentile(st.connect_s, 50) * 1000, 1),
@@ -1244,6 +1259,7 @@ def run_setup(setup: Setup, plan: Plan, workdir: Path,
         database = str(workdir / "depot.db")
     depot_log = workdir / "depot.log"
     run_start_ns = time.time_ns()
+    started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     load_before = os.getloadavg()[0]
     with Broker(workdir / "broker", devices=passwords, depot=(DEPOT_USER, depot_password),
                 depot_workers=setup.workers) as broker:
@@ -1288,6 +1304,7 @@ def run_setup(setup: Setup, plan: Plan, workdir: Path,
         depot_exit_status=status,
         broker_rss_mb=broker_mb,
         load_before=load_before,
+        started_at=started_at,
         stats=m.fleet.stats,
         checks=checks,
     )
@@ -1439,11 +1456,13 @@ def phase_note(run: dict[str, Any], phase: str, cores: int, commit_ms: float) ->
     elif broker >= BUSY_PCT:
         verdict = "the broker (one thread) is CPU-bound"
     elif run["backend"] == "sqlite":
-        verdict = ("no process is CPU-bound: the time goes to waiting, on commits "
-                   f"({commit_ms} ms each on this disk) and acknowledgement round trips")
+        verdict = (f"no process is CPU-bound (the largest share is {largest}'s): the time "
+                   f"goes to waiting, on commits ({commit_ms} ms each on this disk) and "
+                   "acknowledgement round trips")
     else:
-        verdict = ("no process is CPU-bound: the time goes to waiting, on round trips to "
-                   "PostgreSQL" + (", on the workers' locks" if run["workers"] > 1 else "")
+        verdict = (f"no process is CPU-bound (the largest share is {largest}'s): the time "
+                   "goes to waiting, on round trips to PostgreSQL"
+                   + (", on the workers' locks" if run["workers"] > 1 else "")
                    + " and on acknowledgements")
     if other >= NOTABLE_PCT and largest != "the rest of the machine":
         verdict += f"; other jobs on the machine took {other} % of a core meanwhile"
@@ -1538,7 +1557,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if any(s.backend == "postgresql" for s in chosen):
             # One server for the whole run (a database of its own per set-up), stopped and
             # removed by the stack whatever happens.
-            postgres = PostgresServer()
+            postgres = PostgresServer(durable=True)  # as SQLite commits: synchronous=FULL
             try:
                 stack.enter_context(postgres)
                 database_server = describe_postgres(postgres)

@@ -26,15 +26,17 @@ from sync.errors import WireError
 from sync.mqtt import BrokerAddress, MqttSession
 from sync.wire import (
     TOPIC_ROOT,
+    Ack,
     Batch,
     PhotoAck,
     ack_topic,
-    decode_batch,
     decode_photo_chunk,
     encode_ack,
     encode_photo_ack,
     photo_ack_topic,
+    read_batch,
     split_topic,
+    verify_batch,
 )
 
 log = logging.getLogger("depot.ingest")
@@ -72,6 +74,7 @@ class Depot:
         *,
         client_id: str = "depot",
         shared: str | None = None,
+        statuses: bool = True,
         on_stored: Callable[[str, IngestResult], None] | None = None,
         on_status: Callable[[str, str], None] | None = None,
         on_photo: Callable[[str, PhotoAck], None] | None = None,
@@ -82,14 +85,18 @@ class Depot:
 
         `shared` names an MQTT v5 shared subscription group: every depot worker subscribed with
         the same name gets a share of the devices' batches and photo chunks (the broker picks
-        the worker per message), instead of each getting every message.
+        the worker per message), instead of each getting every message. `statuses=False`
+        leaves the devices' online/offline statuses to another worker (one is enough: they
+        go to one table, and a retained status never reaches a shared subscription).
         """
         self.store = store
         self.shared = shared
+        self.statuses = statuses
         self._on_stored = on_stored
         self._on_status = on_status
         self._on_photo = on_photo
         self.batches = 0
+        self.duplicates = 0  # batches held already, acknowledged without a second look
         self.quarantined = 0
         self.photo_chunks = 0
         self.session = MqttSession(
@@ -113,15 +120,10 @@ class Depot:
 
     def _connected(self, client: mqtt.Client) -> None:
         share = f"$share/{self.shared}/" if self.shared else ""
-        client.subscribe(
-            [
-                (f"{share}{TOPIC_ROOT}/+/events", 1),
-                (f"{share}{TOPIC_ROOT}/+/up/photo", 1),
-                # Every worker keeps the status table (an idempotent upsert); retained statuses
-                # are not sent to shared subscriptions, and a new worker needs them.
-                (f"{TOPIC_ROOT}/+/status", 1),
-            ]
-        )
+        topics = [(f"{share}{TOPIC_ROOT}/+/events", 1), (f"{share}{TOPIC_ROOT}/+/up/photo", 1)]
+        if self.statuses:
+            topics.append((f"{TOPIC_ROOT}/+/status", 1))
+        client.subscribe(topics)
 
     def _message(self, msg: mqtt.MQTTMessage) -> None:
         payload = bytes(msg.payload)
@@ -140,9 +142,16 @@ class Depot:
             self._photo(msg.topic, device, payload)
             return
         try:
-            batch = decode_batch(payload)
-            if batch.device != device:
-                raise WireError(f"batch names device {batch.device!r} on {device!r}'s topic")
+            head, doc = read_batch(payload)
+            if head.device != device:
+                raise WireError(f"batch names device {head.device!r} on {device!r}'s topic")
+            held = self.store.holds(head)
+            if held is not None:  # all of it stored before: say so, without re-verifying it
+                self.duplicates += 1
+                ack = Ack(head.journal_id, held)
+                self.session.client.publish(ack_topic(device), encode_ack(ack), qos=1, retain=True)
+                return
+            batch = verify_batch(head, doc)
             result = self._ingest(batch)
         except WireError as exc:
             self._quarantine(msg.topic, str(exc), payload)

@@ -95,13 +95,20 @@ class DepotService:
 
             self._signing_key = load_signing_key(pem)
         self.depot: Depot | None = None
+        self._ingest_database = self.database
         address = config.broker_for(worker)
         if address is not None:
+            # On PostgreSQL the ingest gets a connection of its own (the process's pool is
+            # two): storing and acknowledging batches then never waits behind a projection
+            # pass or a claim on the other. SQLite has one writer whatever the connections.
+            if self.database.dialect == "postgresql":
+                self._ingest_database = open_database(config.database)
             self.depot = Depot(
-                self.store,
+                DepotStore(self._ingest_database),
                 address,
                 client_id=address.username,
                 shared=SHARE_GROUP if config.workers > 1 else None,
+                statuses=worker == 1,
                 on_stored=self._stored,
             )
         self.webhooks = WebhookSender(
@@ -148,6 +155,8 @@ class DepotService:
         self.webhooks.stop()
         if self.api is not None:
             self.api.stop()
+        if self._ingest_database is not self.database:
+            self._ingest_database.close()
         self.database.close()
 
     def __enter__(self) -> DepotService:

@@ -442,7 +442,7 @@ def run_day(
     if plan.database == "postgresql":
         from simulators.postgres import PostgresServer
 
-        pg = PostgresServer()
+        pg = PostgresServer(durable=True)
         try:
             pg.start()
         except BaseException:

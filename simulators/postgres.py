@@ -164,9 +164,15 @@ class PostgresServer:
         database: str = "lastmile",
         binaries: PostgresBinaries | None = None,
         parent_dir: Path | None = None,
+        durable: bool = False,
     ) -> None:
         """`parent_dir` (default: the system temporary directory) must be reachable by the
-        `postgres` user when we are root — pytest's own tmp_path (mode 0700) is not."""
+        `postgres` user when we are root — pytest's own tmp_path (mode 0700) is not.
+
+        `durable=True` keeps PostgreSQL's defaults (fsync, synchronous commit, full-page
+        writes): what a carrier runs, and what a benchmark against SQLite's `synchronous=FULL`
+        must compare with. The tests run without them, for speed."""
+        self.durable = durable
         for name in (user, database):
             _check_name(name)
         self._user = user
@@ -428,13 +434,12 @@ class PostgresServer:
             "port": str(self._port),
             "listen_addresses": HOST,  # loopback only, never a LAN address
             "unix_socket_directories": str(self.workdir / "socket"),
-            # Durability off, for speed: a test cluster is thrown away on stop, and nothing in
-            # it must survive a crash. Never copy these three into a real server's config.
-            "fsync": "off",
-            "synchronous_commit": "off",
-            "full_page_writes": "off",
             "logging_collector": "off",  # log to stderr, which is our log file
         }
+        if not self.durable:
+            # Durability off, for speed: a test cluster is thrown away on stop, and nothing in
+            # it must survive a crash. Never copy these three into a real server's config.
+            settings.update(fsync="off", synchronous_commit="off", full_page_writes="off")
         command = [*run_as, str(binaries.postgres), "-D", str(self.data_dir)]
         for name, value in settings.items():
             command += ["-c", f"{name}={value}"]

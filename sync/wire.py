@@ -176,12 +176,30 @@ def _field(doc: Mapping[str, Any], name: str, kind: type | tuple[type, ...]) -> 
     return value
 
 
+@dataclass(frozen=True)
+class BatchHead:
+    """What a batch says of itself before its chain is checked: whose, which events, and
+    the hash it claims the last one has."""
+
+    device: str
+    journal_id: str
+    first_seq: int
+    last_seq: int
+    last_hash: bytes
+
+
 def decode_batch(payload: bytes) -> Batch:
     """Decompress, validate every field, and recompute the hash chain.
 
     Raises WireError with a reason a person can act on; the depot quarantines the payload
     with that reason and keeps running.
     """
+    return verify_batch(*read_batch(payload))
+
+
+def read_batch(payload: bytes) -> tuple[BatchHead, dict[str, Any]]:
+    """Decompress and parse a batch and read its head, without recomputing its chain (the
+    costly part): a depot that already holds every event of it need go no further."""
     try:
         d = zlib.decompressobj()
         text = d.decompress(payload, MAX_BATCH_BYTES)
@@ -202,8 +220,18 @@ def decode_batch(payload: bytes) -> Batch:
     if first < 1:
         raise WireError(f"first sequence number {first} is below 1")
     try:
-        prev = bytes.fromhex(_field(doc, "prev", str))
         last = bytes.fromhex(_field(doc, "last", str))
+    except ValueError:
+        raise WireError("prev/last are not hex") from None
+    count = len(_field(doc, "u", list))
+    return BatchHead(device, journal_id, first, first + count - 1, last), doc
+
+
+def verify_batch(head: BatchHead, doc: dict[str, Any]) -> Batch:
+    """Validate every field of a batch `read_batch` parsed and recompute its hash chain."""
+    device, journal_id, first, last = head.device, head.journal_id, head.first_seq, head.last_hash
+    try:
+        prev = bytes.fromhex(_field(doc, "prev", str))
     except ValueError:
         raise WireError("prev/last are not hex") from None
     boots = _field(doc, "boots", list)

@@ -26,6 +26,7 @@ from sync.errors import WireError
 from sync.wire import (
     Ack,
     Batch,
+    BatchHead,
     PhotoAck,
     PhotoChunk,
     canonical_payload,
@@ -175,6 +176,23 @@ class DepotStore:
             (head, head_hash, now, dev, jnl),
         )
         return IngestResult(Ack(jnl, head), len(fresh), duplicates, gap=False)
+
+    def holds(self, head: BatchHead) -> int | None:
+        """The journal's stored head if every event of the batch is stored already, as the
+        batch itself claims (its last hash is the stored one), else None.
+
+        Such a batch (a resend after a lost ack, a reconnect) stores nothing, so its chain need
+        not be recomputed: the stored chain was verified when it was stored.
+        """
+        with self._lock:
+            row = self._db.execute(
+                "SELECT head_seq FROM streams WHERE device=? AND journal=?",
+                (head.device, head.journal_id),
+            ).fetchone()
+            if row is None or int(row[0]) < head.last_seq:
+                return None
+            stored = self._hash_at(head.device, head.journal_id, head.last_seq)
+        return int(row[0]) if stored == head.last_hash else None
 
     def _hash_at(self, dev: str, jnl: str, seq: int) -> bytes:
         if seq == 0:
