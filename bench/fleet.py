@@ -1396,8 +1396,14 @@ def describe_postgres(server: PostgresServer) -> dict[str, Any]:
             row = pg.execute(f"SHOW {name}").fetchone()
             out[name] = row[0] if row else None
     out["cluster_fstype"] = describe_mount(server.workdir).get("fstype")
-    out["note"] = ("the bench's private cluster (simulators.postgres): durability is off, so "
-                   "a commit flushes nothing; SQLite's runs with synchronous=FULL")
+    durable = server.durable and out.get("fsync") == "on" and out.get("synchronous_commit") == "on"
+    out["note"] = (
+        "the bench's private cluster (simulators.postgres), durable: a commit waits for its "
+        "flush, as SQLite's does with synchronous=FULL"
+        if durable
+        else "the bench's private cluster with durability off: a commit flushes nothing, where "
+        "SQLite's (synchronous=FULL) does; read the PostgreSQL figures as optimistic"
+    )
     return out
 
 

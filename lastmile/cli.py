@@ -546,13 +546,19 @@ def _depot_command(args: argparse.Namespace) -> int:
 
 
 def _sim(args: argparse.Namespace) -> int:
+    from depot.errors import DepotError
     from simulators.day import run_from_args
+    from simulators.errors import SimulatorError
 
     if not args.verbose:
         # The day injects line noise and dead zones on purpose; their warnings are the
         # expected story, told by the progress lines instead.
         logging.getLogger().setLevel(logging.ERROR)
-    return run_from_args(args)
+    try:
+        return run_from_args(args)
+    except (SimulatorError, DepotError) as exc:  # a set-up this machine cannot run
+        print(f"lastmile sim: {exc}", file=sys.stderr)
+        return 2
 
 
 def _sim_lockboard(args: argparse.Namespace) -> int:

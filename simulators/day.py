@@ -69,6 +69,13 @@ STREETS = (
 NAMES = ("Jansen", "de Vries", "Bakker", "Visser", "Smit", "Meijer", "Mulder", "de Boer", "Bos")
 
 
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vans", type=int, default=3, help="number of vans (default 3)")
     p.add_argument("--seed", type=int, default=1, help="random seed of the run (default 1)")
@@ -102,7 +109,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--workers",
-        type=int,
+        type=_at_least_one,
         default=1,
         help="depot workers sharing the devices' stream (MQTT v5 shared subscriptions; "
         "needs Mosquitto) and the database (default 1)",
