@@ -97,7 +97,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from bench.rig import BenchError, describe_mount, host_facts, percentile, rounded, scratch_dir
 from bench.sync import scan_payloads
 from edge.van import PARCEL_SCANNED
-from simulators.broker import Broker, find_mosquitto
+from simulators.broker import Broker, encode_str, find_mosquitto, remaining_length
 from sync.errors import WireError
 from sync.mqtt import backoff_delay
 from sync.uplink import ACK_PATIENCE_MAX
@@ -246,15 +246,6 @@ class Refused(ProtocolError):
     """The broker refused the account or its subscription: retrying cannot help."""
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        n, digit = divmod(n, 128)
-        out.append(digit | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 def _read_varint(buf: bytes, i: int) -> tuple[int, int]:
     value = shift = 0
     while True:
@@ -268,16 +259,12 @@ def _read_varint(buf: bytes, i: int) -> tuple[int, int]:
             return value, i
 
 
-def _str(text: str) -> bytes:
-    return _bin(text.encode())
-
-
 def _bin(data: bytes) -> bytes:
     return struct.pack("!H", len(data)) + data
 
 
 def _packet(first: int, body: bytes) -> bytes:
-    return bytes([first]) + _varint(len(body)) + body
+    return bytes([first]) + remaining_length(len(body)) + body
 
 
 def connect_packet(username: str, password: str, will: tuple[str, bytes]) -> bytes:
@@ -285,31 +272,31 @@ def connect_packet(username: str, password: str, will: tuple[str, bytes]) -> byt
     flags = 0x80 | 0x40 | 0x20 | 0x08 | 0x04  # username, password, will retain, will QoS 1, will
     props = b"\x11" + struct.pack("!I", SESSION_EXPIRY_S)
     body = (
-        _str("MQTT") + bytes([PROTOCOL_LEVEL_V5, flags]) + struct.pack("!H", KEEPALIVE_S)
-        + _varint(len(props)) + props
-        + _str(username)  # the client id; the broker uses the username anyway
-        + b"\x00" + _str(will[0]) + _bin(will[1])  # no will properties
-        + _str(username) + _bin(password.encode())
+        encode_str("MQTT") + bytes([PROTOCOL_LEVEL_V5, flags]) + struct.pack("!H", KEEPALIVE_S)
+        + remaining_length(len(props)) + props
+        + encode_str(username)  # the client id; the broker uses the username anyway
+        + b"\x00" + encode_str(will[0]) + _bin(will[1])  # no will properties
+        + encode_str(username) + _bin(password.encode())
     )
     return _packet(CONNECT << 4, body)
 
 
 def subscribe_packet(pid: int, topic_filter: str) -> bytes:
-    return _packet((SUBSCRIBE << 4) | 0x02, struct.pack("!H", pid) + b"\x00" + _str(topic_filter)
-                   + b"\x01")  # options: QoS 1
+    body = struct.pack("!H", pid) + b"\x00" + encode_str(topic_filter) + b"\x01"  # QoS 1
+    return _packet((SUBSCRIBE << 4) | 0x02, body)
 
 
 def publish_packet(topic: str, payload: bytes, pid: int, *, props: bytes = b"",
                    retain: bool = False) -> bytes:
     """PUBLISH at QoS 1."""
     first = (PUBLISH << 4) | 0x02 | (0x01 if retain else 0)
-    return _packet(first, _str(topic) + struct.pack("!H", pid) + _varint(len(props)) + props
-                   + payload)
+    head = encode_str(topic) + struct.pack("!H", pid) + remaining_length(len(props)) + props
+    return _packet(first, head + payload)
 
 
 # What the uplink sends with every batch: its content type and the `enc` user property.
-BATCH_PROPS = (b"\x03" + _str(BATCH_CONTENT_TYPE)
-               + b"\x26" + _str("enc") + _str(BATCH_ENCODING))
+BATCH_PROPS = (b"\x03" + encode_str(BATCH_CONTENT_TYPE)
+               + b"\x26" + encode_str("enc") + encode_str(BATCH_ENCODING))
 PINGREQ_PACKET = bytes([PINGREQ << 4, 0])
 DISCONNECT_PACKET = bytes([DISCONNECT << 4, 0])  # normal disconnection: the will is not sent
 

@@ -246,12 +246,14 @@ def _log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
     return b"\n".join(data.splitlines()[-lines:]).decode("utf-8", "replace")
 
 
-def _encode_str(value: str) -> bytes:
+def encode_str(value: str) -> bytes:
+    """An MQTT UTF-8 string: two length bytes, then the bytes (the probe and bench speak it)."""
     raw = value.encode()
     return struct.pack("!H", len(raw)) + raw
 
 
-def _remaining_length(n: int) -> bytes:
+def remaining_length(n: int) -> bytes:
+    """MQTT's variable byte integer, as a packet's remaining length is written."""
     out = bytearray()
     while True:
         n, digit = divmod(n, 128)
@@ -274,18 +276,18 @@ def _probe_connack(
     never probe an account whose session matters: with a clean session the broker drops it.
     """
     body = (
-        _encode_str("MQTT")
+        encode_str("MQTT")
         + bytes([0x04, 0xC2])  # protocol level 4; flags: username, password, clean session
         + struct.pack("!H", 10)  # keepalive, seconds
-        + _encode_str("")  # client id: let the broker assign one
-        + _encode_str(username)
-        + _encode_str(password)
+        + encode_str("")  # client id: let the broker assign one
+        + encode_str(username)
+        + encode_str(password)
     )
     raw = socket.create_connection((host, port), timeout=timeout)
     if ca_file is not None:
         raw = ssl.create_default_context(cafile=str(ca_file)).wrap_socket(raw, server_hostname=host)
     with raw as s:
-        s.sendall(b"\x10" + _remaining_length(len(body)) + body)
+        s.sendall(b"\x10" + remaining_length(len(body)) + body)
         connack = b""
         while len(connack) < 4:
             chunk = s.recv(4 - len(connack))

@@ -255,6 +255,26 @@ def test_a_worker_killed_mid_drain_leaves_its_work_to_the_other(
 
 
 
+def a_failed_attempt(tmp_path: Path, store: DepotStore, book: Any) -> Any:
+    """S10_B received, put on van-1, and not delivered (nobody at home): the van's events are
+    stored, not yet projected. Returns the van (a journal and its sync to the store)."""
+    from tests.test_depot_tracking import S10_B, T0, Device, StepClock, pod, record
+
+    book.receive(record(S10_B), now_ns=T0 - 7200 * 10**9, source="import")
+    book.assign(S10_B, "van-1", 1, 1)
+    clock = StepClock()
+    van = Device("van-1", Journal(tmp_path / "van.db", "van-1", clock=clock), store, clock)
+    van.emit("manifest_applied", version=1, day="2026-11-18", stops=1, parcels=1)
+    van.emit("parcel_loaded", parcel=S10_B, stop=1, shelf=1, raw=S10_B)
+    van.emit("departed", version=1, loaded=[S10_B], missing=[])
+    van.emit(
+        "delivery_failed", parcel=S10_B, stop=1, reason="not_at_home", upu="EMH", x12="AH",
+        attempt=1, pod=pod(),
+    )
+    van.sync()
+    return van
+
+
 DIES_BEFORE_DECIDING = """
 import os, sys
 from depot.config import DepotConfig
@@ -272,21 +292,10 @@ def test_a_decision_a_dead_worker_left_is_taken_by_the_next_once(
 ) -> None:
     from depot.policy import NextAction
     from depot.tracking import ParcelBook
-    from tests.test_depot_tracking import S10_B, T0, Device, StepClock, pod, record
+    from tests.test_depot_tracking import S10_B
 
     store, book = DepotStore(depot_database), ParcelBook(depot_database)
-    book.receive(record(S10_B), now_ns=T0 - 7200 * 10**9, source="import")
-    book.assign(S10_B, "van-1", 1, 1)
-    clock = StepClock()
-    van = Device("van-1", Journal(tmp_path / "van.db", "van-1", clock=clock), store, clock)
-    van.emit("manifest_applied", version=1, day="2026-11-18", stops=1, parcels=1)
-    van.emit("parcel_loaded", parcel=S10_B, stop=1, shelf=1, raw=S10_B)
-    van.emit("departed", version=1, loaded=[S10_B], missing=[])
-    van.emit(
-        "delivery_failed", parcel=S10_B, stop=1, reason="not_at_home", upu="EMH", x12="AH",
-        attempt=1, pod=pod(),
-    )
-    van.sync()
+    van = a_failed_attempt(tmp_path, store, book)
     died = subprocess.run(
         [sys.executable, "-c", DIES_BEFORE_DECIDING, depot_database],
         cwd=ROOT,
@@ -325,7 +334,7 @@ def test_a_refused_reservation_goes_to_the_next_locker_whichever_process_decides
 ) -> None:
     from depot.config import LockerSiteConfig
     from depot.tracking import ParcelBook
-    from tests.test_depot_tracking import S10_B, T0, Device, StepClock, pod, record
+    from tests.test_depot_tracking import S10_B, Device
 
     near = [
         LockerSiteConfig("locker-near", 52.3705, 4.8955, {"S": 4}),
@@ -335,20 +344,13 @@ def test_a_refused_reservation_goes_to_the_next_locker_whichever_process_decides
         database=depot_database, lat=52.37, lon=4.90, vans=["van-1"], lockers=near
     )
     store, book = DepotStore(depot_database), ParcelBook(depot_database)
-    book.receive(record(S10_B), now_ns=T0 - 7200 * 10**9, source="import")
-    book.assign(S10_B, "van-1", 1, 1)
-    clock = StepClock()
-    van = Device("van-1", Journal(tmp_path / "van.db", "van-1", clock=clock), store, clock)
+    van = a_failed_attempt(tmp_path, store, book)
     locker = Device(
-        "locker-near", Journal(tmp_path / "locker.db", "locker-near", clock=clock), store, clock
+        "locker-near",
+        Journal(tmp_path / "locker.db", "locker-near", clock=van.clock),
+        store,
+        van.clock,
     )
-    van.emit("parcel_loaded", parcel=S10_B, stop=1, shelf=1, raw=S10_B)
-    van.emit("departed", version=1, loaded=[S10_B], missing=[])
-    van.emit(
-        "delivery_failed", parcel=S10_B, stop=1, reason="not_at_home", upu="EMH", x12="AH",
-        attempt=1, pod=pod(),
-    )
-    van.sync()
     first = DepotService(config)
     try:
         first.process()
