@@ -40,9 +40,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def depot_files(tmp_path: Path, broker: Broker | None = None, api_port: int = 0) -> Path:
+def depot_files(
+    tmp_path: Path, database: str, broker: Broker | None = None, api_port: int = 0
+) -> Path:
     config = tmp_path / "depot.toml"
-    text = 'db = "depot.db"\nlat = 52.3676\nlon = 4.9041\nvans = ["van-1", "van-2"]\n'
+    text = (
+        f"database = {json.dumps(database)}\n"
+        'lat = 52.3676\nlon = 4.9041\nvans = ["van-1", "van-2"]\n'
+    )
     if api_port:
         text += f'api = "127.0.0.1:{api_port}"\n'
     text = "[depot]\n" + text
@@ -71,8 +76,8 @@ def depot_files(tmp_path: Path, broker: Broker | None = None, api_port: int = 0)
     return config
 
 
-def test_import_plan_track_and_export(tmp_path: Path) -> None:
-    config = depot_files(tmp_path)
+def test_import_plan_track_and_export(tmp_path: Path, depot_database: str) -> None:
+    config = depot_files(tmp_path, depot_database)
     imported = lastmile("depot", "import", str(tmp_path / "parcels.json"), "--config", str(config))
     assert imported.returncode == 1, imported.stderr  # one row refused
     doc = json.loads(imported.stdout)
@@ -101,7 +106,7 @@ def test_import_plan_track_and_export(tmp_path: Path) -> None:
     assert parcel["parcel"] == GOOD[0] and parcel["state"] == "received"
     assert [e["step"] for e in parcel["timeline"]] == ["received", "received", "assigned"]
     assert parcel["timeline"][1]["details"]["source"] == "arrival_scan"
-    plain = lastmile("depot", "track", GOOD[0], "--db", str(tmp_path / "depot.db"))
+    plain = lastmile("depot", "track", GOOD[0], "--database", depot_database)
     assert plain.returncode == 0 and plain.stdout.startswith(f"{GOOD[0]}: received")
     missing = lastmile("depot", "track", "RR000000000NL", "--config", str(config))
     assert missing.returncode == 1 and "no parcel" in missing.stderr
@@ -123,10 +128,10 @@ def get(url: str) -> tuple[int, Any]:
 
 
 def test_the_running_depot_serves_its_api_and_stops_on_sigterm(
-    tmp_path: Path, broker: Broker
+    tmp_path: Path, broker: Broker, depot_database: str
 ) -> None:
     port = free_port()
-    config = depot_files(tmp_path, broker, api_port=port)
+    config = depot_files(tmp_path, depot_database, broker, api_port=port)
     assert (
         lastmile(
             "depot", "import", str(tmp_path / "parcels.json"), "--config", str(config)

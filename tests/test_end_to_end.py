@@ -70,9 +70,9 @@ class DepotWatch:
 
 
 @pytest.fixture
-def depot(broker: Broker, tmp_path: Path) -> Iterator[tuple[Depot, DepotWatch]]:
+def depot(broker: Broker, depot_database: str) -> Iterator[tuple[Depot, DepotWatch]]:
     watch = DepotWatch()
-    store = DepotStore(tmp_path / "depot.db")
+    store = DepotStore(depot_database)
     service = Depot(store, address(broker, "depot"), on_stored=watch, on_status=watch.status)
     service.start()
     assert service.session.wait_connected(10)
@@ -251,7 +251,7 @@ class DepotLog:
 
 
 @pytest.mark.slow
-def test_depot_restarted_mid_ingest(broker: Broker, tmp_path: Path) -> None:
+def test_depot_restarted_mid_ingest(broker: Broker, tmp_path: Path, depot_database: str) -> None:
     rng = random.Random(7)
     total = 30000
     journal = backlog(tmp_path / "van-1.db", total, rng)
@@ -260,8 +260,8 @@ def test_depot_restarted_mid_ingest(broker: Broker, tmp_path: Path) -> None:
     depot_args = (
         "-v",
         "depot",
-        "--db",
-        str(tmp_path / "depot.db"),
+        "--database",
+        depot_database,
         "--port",
         str(broker.port),
         "--password-file",
@@ -287,7 +287,7 @@ def test_depot_restarted_mid_ingest(broker: Broker, tmp_path: Path) -> None:
         journal.close()
         depot.terminate()
         depot.wait(10)
-    store = DepotStore(tmp_path / "depot.db")
+    store = DepotStore(depot_database)
     assert_exactly_once_in_order(store, tmp_path / "van-1.db", "van-1", [])
     store.close()
 
