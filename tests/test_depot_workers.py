@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -375,3 +377,62 @@ def test_a_refused_reservation_goes_to_the_next_locker_whichever_process_decides
         store.close()
         van.journal.close()
         locker.journal.close()
+
+
+def _children(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        found.update(int(c) for c in text)
+    return found
+
+
+def test_the_supervisor_restarts_a_dead_worker_and_stops_them_all(
+    fleet_broker: Broker, tmp_path: Path
+) -> None:
+    receiver = WebhookReceiver(SECRETS)
+    config = write_worker_config(tmp_path, fleet_broker, str(tmp_path / "depot.db"), receiver)
+    receiver.close()
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", "lastmile", "depot", "--config", str(config)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    said: queue.SimpleQueue[str] = queue.SimpleQueue()
+    assert supervisor.stdout is not None
+    out = supervisor.stdout
+    def read_lines() -> None:
+        for line in out:
+            said.put(line)
+
+    threading.Thread(target=read_lines, daemon=True).start()
+
+    def next_line() -> dict[str, Any]:
+        doc: dict[str, Any] = json.loads(said.get(timeout=WAIT_S))
+        return doc
+
+    try:
+        lines = [next_line() for _ in range(3)]
+        assert {"depot": "supervising", "workers": 2} in lines
+        assert sorted(line.get("worker", 0) for line in lines) == [0, 1, 2]
+        workers = _children(supervisor.pid)
+        assert len(workers) == 2
+        victim = min(workers)
+        os.kill(victim, signal.SIGKILL)
+        restarted = next_line()  # the new worker says it runs
+        assert restarted["depot"] == "running" and restarted["worker"] in (1, 2)
+        now = _children(supervisor.pid)
+        assert len(now) == 2 and victim not in now
+        supervisor.send_signal(signal.SIGTERM)
+        assert supervisor.wait(60) == 0
+        for pid in now:  # every worker stopped with it
+            assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(
+                f"/proc/{pid}/status"
+            ).read_text()
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+            supervisor.wait(10)
