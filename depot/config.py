@@ -14,6 +14,8 @@ Example::
     lon = 4.9041
     vans = ["van-1", "van-2"]
     api = "127.0.0.1:8080"             # the HTTP JSON API ("" to disable; worker 1 serves it)
+    public_url = "https://depot.example.com"  # the API as customers reach it (the extend-hold
+                                       # link in pickup notices); default http://{api}
     workers = 1                        # processes sharing the devices' stream (MQTT v5 shared
                                        # subscriptions); accounts are then {username}-1..N
     signing_key = "keys/command-signing.pem"
@@ -25,6 +27,9 @@ Example::
     username = "depot"
     password_file = "depot.password"   # with workers: "depot-{worker}.password", one each
     ca_file = "ca.crt"
+    tls_cert = "depot.crt"             # a client certificate, for a broker that asks for one
+    tls_key = "depot.key"              # (`lastmile depot provision`); with workers:
+                                       # "depot-{worker}.crt" and ".key", one each
 
     [webhooks]
     secrets_file = "webhook-secrets.toml"  # key id (merchant, or "customer") = "secret"
@@ -32,16 +37,26 @@ Example::
     backoff_base_s = 30
     backoff_max_s = 3600
 
+    [operator]
+    webhook = "https://ops.example.com/hooks/alarms"  # every alarm, once; signed with the
+                                       # secret "operator" of webhooks.secrets_file
+
     [policy]
     max_attempts = 2
     max_locker_km = 3.0
     locker_hold_h = 48
+    extend_hold_h = 24                 # a customer's extend-hold link adds this, once
+    locker_confirm_min = 30            # a van's locker drop the locker has not confirmed (or
+                                       # a deposit the van has not claimed) after this many
+                                       # minutes is an operator alarm
 
     [[lockers]]
     name = "locker-1"
     lat = 52.37
     lon = 4.90
     compartments = { S = 8, M = 6, L = 2 }
+    title = "Central Station locker"   # what the pickup notice calls it (default: its name)
+    address = "Stationsplein 1, Amsterdam"
 """
 
 from __future__ import annotations
@@ -49,13 +64,15 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from depot.errors import DepotError
-from sync.mqtt import BrokerAddress
+from sync.mqtt import BrokerAddress, tls_client_files
+from sync.wire import MAX_COMMAND_HOURS
 
 SIZES = ("S", "M", "L")
 
@@ -72,6 +89,8 @@ class LockerSiteConfig:
     lat: float
     lon: float
     compartments: Mapping[str, int]
+    title: str = ""  # what customers are told it is called, e.g. "Station Square locker"
+    address: str = ""  # where customers find it (the pickup notice says both)
 
 
 @dataclass
@@ -82,18 +101,24 @@ class DepotConfig:
     vans: list[str]
     broker: BrokerAddress | None = None
     api: tuple[str, int] | None = None
+    public_url: str = ""  # the API as customers reach it (links in notices); default: `api`
     signing_key: Path | None = None
     sealing_key: Path | None = None
     webhook_secrets: dict[str, bytes] = field(default_factory=dict)
     webhook_max_attempts: int = 12
     webhook_backoff_base_s: float = 30.0
     webhook_backoff_max_s: float = 3600.0
+    operator_webhook: str | None = None  # where alarms go (signed with secret "operator")
     max_attempts: int = 2
     max_locker_km: float = 3.0
     locker_hold_h: float = 48.0
+    extend_hold_h: float = 24.0  # what a customer's extend-hold link adds, once
+    locker_confirm_min: float = 30.0  # a van's drop and the locker's word disagree this long
     lockers: list[LockerSiteConfig] = field(default_factory=list)
     workers: int = 1  # depot processes sharing the broker's stream and the database
     worker_passwords: dict[int, str] = field(default_factory=dict)  # worker -> its own secret
+    # worker -> its client certificate and key files (None, None: the broker asks for none)
+    worker_certs: dict[int, tuple[str | None, str | None]] = field(default_factory=dict)
 
     def broker_for(self, worker: int) -> BrokerAddress | None:
         """Worker `worker`'s broker account (1-based): the configured one when the depot runs
@@ -103,10 +128,13 @@ class DepotConfig:
             return self.broker
         if not 1 <= worker <= self.workers:
             raise DepotConfigError(f"worker {worker} is not one of 1..{self.workers}")
+        cert, key = self.worker_certs.get(worker, (self.broker.tls_cert, self.broker.tls_key))
         return dataclasses.replace(
             self.broker,
             username=f"{self.broker.username}-{worker}",
             password=self.worker_passwords.get(worker, self.broker.password),
+            tls_cert=cert,
+            tls_key=key,
         )
 
 
@@ -170,6 +198,9 @@ def load_depot_config(path: str | os.PathLike[str]) -> DepotConfig:
         if not sep or not port.isdigit():
             raise DepotConfigError("depot.api must be HOST:PORT")
         config.api = (host or "127.0.0.1", int(port))
+    config.public_url = _text(depot, "public_url", "depot")
+    if config.public_url and not config.public_url.startswith(("http://", "https://")):
+        raise DepotConfigError("depot.public_url must be an http(s) URL")
     for key in ("signing_key", "sealing_key"):
         if key in depot:
             setattr(config, key, _path(base, depot[key], f"depot.{key}"))
@@ -192,12 +223,26 @@ def load_depot_config(path: str | os.PathLike[str]) -> DepotConfig:
         else:
             password = os.environ.get("LASTMILE_MQTT_PASSWORD", "")
         ca = broker.get("ca_file")
+        # "depot-{worker}.crt": each worker shows a certificate of its own, naming its account.
+        templated = any("{worker}" in str(broker.get(k, "")) for k in ("tls_cert", "tls_key"))
+        for worker in range(1, config.workers + 1) if templated else [1]:
+            section = {
+                k: str(v).replace("{worker}", str(worker)) if k.startswith("tls_") else v
+                for k, v in broker.items()
+            }
+            try:
+                config.worker_certs[worker] = tls_client_files(base, section)
+            except ValueError as exc:
+                raise DepotConfigError(str(exc)) from None
+        cert_file, key_file = config.worker_certs[1]
         config.broker = BrokerAddress(
             str(broker.get("host", "127.0.0.1")),
             int(_number(broker, "port", "broker", 1883)),
             str(broker.get("username", "depot")),
             password,
             tls_ca=str(_path(base, ca, "broker.ca_file")) if ca else None,
+            tls_cert=cert_file,
+            tls_key=key_file,
         )
     hooks = doc.get("webhooks", {})
     if not isinstance(hooks, dict):
@@ -217,12 +262,33 @@ def load_depot_config(path: str | os.PathLike[str]) -> DepotConfig:
     config.webhook_max_attempts = _int(hooks, "max_attempts", "webhooks", 12)
     config.webhook_backoff_base_s = _number(hooks, "backoff_base_s", "webhooks", 30.0)
     config.webhook_backoff_max_s = _number(hooks, "backoff_max_s", "webhooks", 3600.0)
+    operator = doc.get("operator", {})
+    if not isinstance(operator, dict):
+        raise DepotConfigError("[operator] must be a table")
+    if "webhook" in operator:
+        url = operator["webhook"]
+        parts = urllib.parse.urlsplit(url) if isinstance(url, str) else None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise DepotConfigError("operator.webhook must be an http(s) URL")
+        if "operator" not in config.webhook_secrets:
+            raise DepotConfigError(
+                'operator.webhook needs a secret named "operator" in webhooks.secrets_file'
+            )
+        config.operator_webhook = url
     policy = doc.get("policy", {})
     if not isinstance(policy, dict):
         raise DepotConfigError("[policy] must be a table")
     config.max_attempts = _int(policy, "max_attempts", "policy", 2)
     config.max_locker_km = _number(policy, "max_locker_km", "policy", 3.0)
     config.locker_hold_h = _number(policy, "locker_hold_h", "policy", 48.0)
+    config.extend_hold_h = _number(policy, "extend_hold_h", "policy", 24.0)
+    config.locker_confirm_min = _number(policy, "locker_confirm_min", "policy", 30.0)
+    if not 0 < config.locker_confirm_min <= 24 * 60:
+        raise DepotConfigError("policy.locker_confirm_min must be above 0 and at most 1440")
+    if not 0 < config.extend_hold_h <= MAX_COMMAND_HOURS:
+        raise DepotConfigError(
+            f"policy.extend_hold_h must be above 0 and at most {MAX_COMMAND_HOURS:g}"
+        )
     lockers = doc.get("lockers", [])
     if not isinstance(lockers, list):
         raise DepotConfigError("[[lockers]] must be an array of tables")
@@ -241,6 +307,15 @@ def load_depot_config(path: str | os.PathLike[str]) -> DepotConfig:
                 _number(item, "lat", where),
                 _number(item, "lon", where),
                 dict(comps),
+                _text(item, "title", where),
+                _text(item, "address", where),
             )
         )
     return config
+
+
+def _text(table: Mapping[str, Any], key: str, where: str) -> str:
+    value = table.get(key, "")
+    if not isinstance(value, str):
+        raise DepotConfigError(f"{where}.{key} must be text")
+    return value

@@ -1,24 +1,38 @@
-"""The depot's read-only HTTP JSON API: parcel states, timelines, EPCIS, vans, health.
+"""The depot's HTTP JSON API: parcel states, timelines, EPCIS, vans, devices, alarms, health.
 
 Owns the URL routes and their JSON answers::
 
-    GET /health                 {"ok": true, "parcels": n, "by_state": {...}, ...}
+    GET /health                 {"ok": true, "problems": [], "parcels": n, "by_state": {...},
+                                 "broker": {...}, "database": {...}, "webhooks": {...}, ...};
+                                 503 with "ok": false and the problems, one sentence each
     GET /parcels[?state=S]      {"count": n, "parcels": [summary, ...]}
     GET /parcels/{id}           the parcel's track (state, attempts, van, timeline, ...)
     GET /parcels/{id}/epcis     an EPCIS 2.0 document with that parcel's events
     GET /epcis                  an EPCIS 2.0 document with every parcel's events
     GET /vans                   {"vans": {van: {"manifest_version", "day", "updated"}}}
+    GET /devices                {"count": n, "devices": [{"device", "state", "last_seen",
+                                 "journal", "last_seq", "backlog", "alarms_open", ...}]}
+    GET /alarms[?state=S]       {"count": n, "alarms": [...]}, newest first; S is open (the
+                                 default), acknowledged or all
+    POST /alarms/{id}/ack       body {"by": "name", "note": "..."} (both optional): the
+                                 acknowledged alarm; 404 unknown, 409 acknowledged before
     GET /photos/{sha256}        a proof-of-delivery photo (image/jpeg), once stored and verified
 
-Every answer but a photo is `application/json`, errors included: 404 for an unknown parcel,
-photo or path, 400 for a query it does not understand, 405 (with `Allow: GET, HEAD`) for other
-methods, 503 when the database is busy past its timeout, 500 with no detail otherwise; the
-stack trace goes to the log, never to the client.
+`/health` is the depot's own judgement (`depot.health`, handed in as `health`): 200 only when
+the broker has the depot connected, the database answers, ingest keeps up and the webhook
+outbox is neither backlogged nor holding dead letters. An API started without one (a tool, a
+test of the book alone) can vouch only for its database.
 
-Must never: change the book (every request reads through its own read-only SQLite
-connection, opened and closed within the request, since a connection belongs to one thread),
-or listen beyond 127.0.0.1 unless configured to (the API has no authentication; put it
-behind something that has).
+Every answer but a photo is `application/json`, errors included: 404 for an unknown parcel,
+alarm, photo or path, 400 for a query or body it does not understand, 405 (with `Allow`) for a
+method the path does not take, 411/413 for a POST without a length or too long, 503 when the
+database is busy past its timeout, 500 with no detail otherwise; the stack trace goes to the
+log, never to the client.
+
+Must never: change the book (every GET reads through its own read-only connection, opened and
+closed within the request, since a connection belongs to one thread; the one write is an
+alarm's acknowledgement, one transaction on the depot's writer), or listen beyond 127.0.0.1
+unless configured to (the API has no authentication; put it behind something that has).
 """
 
 from __future__ import annotations
@@ -29,29 +43,50 @@ import logging
 import socket
 import threading
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeVar, cast
 
+from depot import alarms
 from depot.epcis import export_epcis
 from depot.errors import DepotError
-from depot.store import DATABASE_ERRORS, is_busy
-from depot.tracking import STATES, ParcelBook, ParcelView, UnknownParcelError
+from depot.store import DATABASE_ERRORS, Conn, DepotDatabase, events, is_busy
+from depot.tracking import STATES, ParcelBook, ParcelView, UnknownParcelError, iso_utc
+from sync.clock import Clock, SystemClock
 
 log = logging.getLogger(__name__)
 
 ALLOWED = "GET, HEAD"
+MAX_BODY = 64 * 1024  # an acknowledgement is a name and a note
 T = TypeVar("T")
+Health = Callable[[], dict[str, Any]]
 
 
 class _ApiError(DepotError):
     """An answer other than 200, with the message the client may see."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        allow: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.allow = allow
+        self.extra = extra or {}
+
+
+@dataclass(frozen=True)
+class _Json:
+    """A JSON answer with a status other than 200 that is not an error (/health's 503)."""
+
+    status: int
+    doc: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -65,6 +100,8 @@ class _Bytes:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     book: ParcelBook
+    health: Health | None
+    clock: Clock
 
 
 class _Server6(_Server):
@@ -78,26 +115,34 @@ class _Handler(BaseHTTPRequestHandler):
     # --- methods -------------------------------------------------------------------------
 
     def do_GET(self) -> None:
-        self._answer(send_body=True)
+        self._answer(self._route, send_body=True)
 
     def do_HEAD(self) -> None:
-        self._answer(send_body=False)
+        self._answer(self._route, send_body=False)
+
+    def do_POST(self) -> None:
+        self._answer(self._route_post, send_body=True)
 
     def _not_allowed(self) -> None:
         self._send(405, {"error": f"method {self.command} not allowed"}, extra={"Allow": ALLOWED})
 
-    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _not_allowed
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _not_allowed
 
     # --- routing -------------------------------------------------------------------------
 
-    def _answer(self, *, send_body: bool) -> None:
+    def _answer(self, route: Callable[[], Any], *, send_body: bool) -> None:
+        headers: dict[str, str] = {}
         try:
-            status, doc = 200, self._route()
+            status, doc = 200, route()
             if isinstance(doc, _Bytes):
                 self._send_bytes(doc, send_body=send_body)
                 return
+            if isinstance(doc, _Json):
+                status, doc = doc.status, doc.doc
         except _ApiError as exc:
-            status, doc = exc.status, {"error": exc.message}
+            status, doc = exc.status, {"error": exc.message, **exc.extra}
+            if exc.allow is not None:
+                headers["Allow"] = exc.allow
         except DATABASE_ERRORS as exc:
             if not is_busy(exc):
                 log.exception("depot API: %s %s failed", self.command, self.path)
@@ -108,9 +153,11 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception:
             log.exception("depot API: %s %s failed", self.command, self.path)
             status, doc = 500, {"error": "internal error"}
-        self._send(status, doc, send_body=send_body)
+        if status >= 400 and self.command == "POST":
+            self.close_connection = True  # a body we did not read must not pass for a request
+        self._send(status, doc, send_body=send_body, extra=headers)
 
-    def _route(self) -> Any:
+    def _target(self) -> tuple[list[str], dict[str, list[str]]]:
         url = urllib.parse.urlsplit(self.path)
         try:
             query = urllib.parse.parse_qs(
@@ -118,12 +165,31 @@ class _Handler(BaseHTTPRequestHandler):
             )
         except ValueError:
             raise _ApiError(400, "malformed query string") from None
-        parts = [urllib.parse.unquote(p) for p in url.path.split("/") if p]
-        book = cast(_Server, self.server).book
+        return [urllib.parse.unquote(p) for p in url.path.split("/") if p], query
+
+    def _route(self) -> Any:
+        parts, query = self._target()
+        server = cast(_Server, self.server)
+        book = server.book
+        if len(parts) == 3 and parts[0] == "alarms" and parts[2] == "ack":
+            raise _ApiError(405, f"method {self.command} not allowed", allow="POST")
+        if parts == ["alarms"]:
+            self._only(query, "state")
+            wanted = query.get("state", ["open"])[0]
+            if wanted not in (*alarms.STATES, "all"):
+                raise _ApiError(400, f"unknown state {wanted!r}; states: open, acknowledged, all")
+            with _reader(book.database) as conn:
+                found = alarms.list_alarms(conn, wanted)
+            return {"count": len(found), "alarms": found}
+        if parts == ["devices"]:
+            self._only(query)
+            with _reader(book.database) as conn:
+                found = _devices(conn)
+            return {"count": len(found), "devices": found}
         with book.view() as view:
             if parts == ["health"]:
                 self._only(query)
-                return _health(view)
+                return _health(view, server.health)
             if parts == ["parcels"]:
                 self._only(query, "state")
                 state = query.get("state", [None])[0]
@@ -149,7 +215,65 @@ class _Handler(BaseHTTPRequestHandler):
                 if photo is None:
                     raise _ApiError(404, f"no photo {parts[1]!r} at the depot (yet)")
                 return _Bytes(*photo)
-        raise _ApiError(404, f"no such resource: {url.path}")
+        raise _ApiError(404, f"no such resource: /{'/'.join(parts)}")
+
+    def _route_post(self) -> Any:
+        parts, query = self._target()
+        if not (len(parts) == 3 and parts[0] == "alarms" and parts[2] == "ack"):
+            known = parts and parts[0] in ("health", "parcels", "epcis", "vans", "photos",
+                                           "alarms", "devices")
+            if known:
+                raise _ApiError(405, "method POST not allowed", allow=ALLOWED)
+            raise _ApiError(404, f"no such resource: /{'/'.join(parts)}")
+        self._only(query)
+        body = self._json_body()
+        by, note = body.get("by", "anonymous"), body.get("note")
+        if not isinstance(by, str) or (note is not None and not isinstance(note, str)):
+            raise _ApiError(400, '"by" and "note" must be strings')
+        try:
+            alarm_id = int(parts[1])
+        except ValueError:
+            raise _ApiError(404, f"no alarm {parts[1]!r}") from None
+        server = cast(_Server, self.server)
+        try:
+            with server.book.database.transaction() as conn:
+                return alarms.acknowledge(
+                    conn, alarm_id, by=by, note=note, now_ns=server.clock.wall_ns()
+                )
+        except alarms.UnknownAlarmError as exc:
+            raise _ApiError(404, str(exc)) from None
+        except alarms.AlarmStateError as exc:
+            raise _ApiError(409, str(exc), extra={"alarm": exc.doc}) from None
+        except alarms.AlarmError as exc:
+            raise _ApiError(400, str(exc)) from None
+
+    def _json_body(self) -> dict[str, Any]:
+        """The request's JSON object body ({} when empty); read only up to MAX_BODY."""
+        if self.headers.get("Transfer-Encoding"):
+            raise _ApiError(411, "send the body with a Content-Length, not chunked")
+        length_text = self.headers.get("Content-Length")
+        if length_text is None:
+            raise _ApiError(411, "a POST needs a Content-Length (0 for no body)")
+        try:
+            length = int(length_text)
+        except ValueError:
+            raise _ApiError(400, "Content-Length is not a number") from None
+        if length < 0:
+            raise _ApiError(400, "Content-Length is negative")
+        if length > MAX_BODY:
+            raise _ApiError(413, f"the body is {length} bytes; at most {MAX_BODY}")
+        raw = self.rfile.read(length) if length else b""
+        if len(raw) != length:
+            raise _ApiError(400, "the body ended before its Content-Length")
+        if not raw.strip():
+            return {}
+        try:
+            doc = json.loads(raw)
+        except (UnicodeDecodeError, ValueError):
+            raise _ApiError(400, "the body is not JSON") from None
+        if not isinstance(doc, dict):
+            raise _ApiError(400, "the body must be a JSON object")
+        return doc
 
     @staticmethod
     def _only(query: dict[str, list[str]], *names: str) -> None:
@@ -208,23 +332,87 @@ def _known(answer: Callable[[], T]) -> T:
         raise _ApiError(404, f"unknown parcel {exc.parcel!r}") from None
 
 
-def _health(view: ParcelView) -> dict[str, Any]:
+def _health(view: ParcelView, health: Health | None) -> dict[str, Any] | _Json:
     counts = view.counts_by_state()
-    return {
+    doc: dict[str, Any] = {
         "ok": True,
+        "problems": [],
         "parcels": sum(counts.values()),
         "by_state": counts,
         "projected_rowid": view.projected_rowid(),
         "events_waiting": view.waiting_events(),
         "unmatched": len(view.unmatched()),
     }
+    if health is None:
+        return doc
+    judged = health()
+    doc.update(judged)
+    doc["ok"] = bool(judged.get("ok")) and not judged.get("problems")
+    return doc if doc["ok"] else _Json(503, doc)
+
+
+@contextlib.contextmanager
+def _reader(database: DepotDatabase) -> Iterator[Conn]:
+    conn = database.reader()
+    try:
+        yield conn
+    finally:
+        database.close_reader(conn)
+
+
+def _devices(conn: Conn) -> list[dict[str, Any]]:
+    """Each device the depot has heard of: its link state from its last status message
+    (`online`, or `offline` from its will or its goodbye), when it was last heard of (status or
+    batch), its newest journal's highest stored sequence number, the backlog it reported (its
+    own figure; null when its status carries none) and its open alarms."""
+    open_alarms = alarms.open_by_device(conn)
+    found = []
+    for device, facts in sorted(events.device_presence(conn).items()):
+        status = _status_doc(facts["status"])
+        seen = [ns for ns in (facts["status_ns"], facts.get("last_batch_ns")) if ns is not None]
+        backlog = status.get("backlog")
+        found.append(
+            {
+                "device": device,
+                "state": str(status.get("state", "unknown")),
+                "status_at": iso_utc(facts["status_ns"]) if facts["status_ns"] else None,
+                "last_seen": iso_utc(max(seen)) if seen else None,
+                "journal": facts.get("journal"),
+                "last_seq": facts.get("last_seq"),
+                "backlog": backlog if isinstance(backlog, int) and backlog >= 0 else None,
+                "alarms_open": open_alarms.get(device, 0),
+            }
+        )
+    return found
+
+
+def _status_doc(text: str | None) -> dict[str, Any]:
+    if text is None:
+        return {}
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 class DepotApi:
     """The HTTP API on its own threads; `start()`, `stop()`, and `url` once started."""
 
-    def __init__(self, book: ParcelBook, *, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        book: ParcelBook,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        health: Health | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        """`health()` judges the depot (`depot.health.DepotHealth.check`); `clock` times an
+        alarm's acknowledgement (the depot's, which a simulated day runs fast)."""
         self.book = book
+        self.health = health
+        self.clock: Clock = clock or SystemClock()
         self.host = host
         self.port = port
         self._server: _Server | None = None
@@ -236,6 +424,8 @@ class DepotApi:
         server_class = _Server6 if ":" in self.host else _Server
         server = server_class((self.host, self.port), _Handler)
         server.book = self.book
+        server.health = self.health
+        server.clock = self.clock
         self._server = server
         self.port = int(server.server_address[1])
         self._thread = threading.Thread(

@@ -78,7 +78,14 @@ from urllib.parse import urlsplit
 
 from depot.errors import DepotError
 from depot.policy import LOCKER_SIZES
-from parcel.identify import KINDS, Kind, Rejection, identify, parse_cli_code
+from parcel.identify import (
+    KINDS,
+    Kind,
+    Rejection,
+    escape_undecodable,
+    identify,
+    parse_cli_code,
+)
 
 __all__ = [
     "FIELD_NAMES",
@@ -123,6 +130,9 @@ _WINDOW_TEXT = re.compile(r"\s*([0-9:]+)\s*[-–]\s*([0-9:]+)\s*")
 _SCIENTIFIC = re.compile(r"[0-9](?:[.,][0-9]+)?[eE]\+?[0-9]+")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # tab and line breaks are text
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
+_BINARY_SAMPLE = 8192  # bytes looked at to tell a text file from a binary one
+_BINARY_SHARE = 0.1  # more than this share of odd bytes in the sample: not a text file
+_BINARY_MIN = 4  # ...and at least this many: one bad byte in a tiny file is a bad row
 
 
 class ParcelImportError(DepotError):
@@ -243,6 +253,14 @@ class ImportProblem:
     reason: str
     parcel: str | None = None
 
+    def __post_init__(self) -> None:
+        # Column names, keys and parcel text come from the file: bytes that were not UTF-8
+        # (and lone surrogates from JSON escapes) are shown escaped, so a report is text.
+        for name in ("field", "reason", "parcel"):
+            value = getattr(self, name)
+            if isinstance(value, str) and _SURROGATE.search(value):
+                object.__setattr__(self, name, escape_undecodable(value))
+
 
 @dataclass
 class ImportResult:
@@ -274,6 +292,9 @@ def read_import(source: str | Path | bytes, *, format: ImportFormat | None = Non
             raise ParcelImportError(f"cannot read {path}: {exc.strerror or exc}") from None
         suffix = path.suffix.lower()
 
+    if _is_binary(data):
+        shown = "the file" if isinstance(source, bytes) else str(source)
+        raise ParcelImportError(f"{shown} is not a CSV or JSON file")
     if format is None:
         if suffix in (".csv", ".json"):
             format = "csv" if suffix == ".csv" else "json"
@@ -293,6 +314,21 @@ def _decode(data: bytes, errors: str) -> str:
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return data.decode("utf-16", errors)
     return data.decode("utf-8-sig", errors)
+
+
+def _is_binary(data: bytes) -> bool:
+    """Whether the data is no text file at all (an image, an archive, a spreadsheet's .xlsx).
+
+    Text holds few bytes that are neither UTF-8 nor text characters (NUL, other control
+    bytes); UTF-16, full of NULs, is read only with its BOM. A CSV from a Latin-1 spreadsheet,
+    or with a stray control byte in a cell, still counts as text, and the rows concerned are
+    refused one by one.
+    """
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return False
+    sample = data[:_BINARY_SAMPLE].decode("utf-8", "surrogateescape")
+    odd = sum(1 for c in sample if _SURROGATE.match(c) or _CONTROL.match(c))
+    return odd >= _BINARY_MIN and odd > len(sample) * _BINARY_SHARE
 
 
 def _first_character(data: bytes) -> str:
@@ -604,6 +640,9 @@ def _text(
     text = value.strip()
     if _CONTROL.search(text):
         problem(name, f"{name} contains control characters")
+        return None
+    if _SURROGATE.search(text):  # a JSON escape such as "\ud800" that is no character
+        problem(name, f"{name} is not valid Unicode text")
         return None
     return text
 

@@ -31,6 +31,13 @@ The heuristic, step by step:
    Nothing else looks at windows: a far-away 09:00-12:00 stop is not pulled forward, and 2-opt
    may move a window stop later when that saves more than a metre.
 
+5. **Collections.** A locker's expired holds are collected by the van whose round passes
+   nearest the locker (:func:`nearest_round`: the straight-line distance from the locker to the
+   nearest point of the round, the depot included; ties by van name). A van that already stops
+   at that locker drives no extra metre for it; the van that once dropped the parcel there
+   may be a sector away today, so it is not preferred. The collection joins the round's locker
+   stop of that locker, after the doors.
+
 Determinism: the same records, vans and depot give the same plan, whatever the order of the
 records; every tie is broken on values, never on set or dict iteration order.
 
@@ -41,7 +48,7 @@ or planning fails), talk to the database or the network, or read a clock.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from itertools import pairwise
@@ -63,6 +70,7 @@ __all__ = [
     "RoutingError",
     "build_manifest",
     "group_stops",
+    "nearest_round",
     "order_stops",
     "plan_routes",
     "route_length_m",
@@ -320,6 +328,20 @@ def _two_opt(dist: Sequence[Sequence[float]], round_: list[int]) -> list[int]:
         if not improved:
             break
     return tour[1:-1]
+
+
+def nearest_round(
+    place: tuple[float, float],
+    rounds: Mapping[str, Sequence[Located]],
+    depot: tuple[float, float],
+) -> str | None:
+    """The van whose round passes nearest `place` (step 5); None when there are no rounds."""
+
+    def reach(van: str) -> tuple[float, str]:
+        points = [depot, *((s.lat, s.lon) for s in rounds[van])]
+        return min(distance_m(*place, *p) for p in points), van
+
+    return min(rounds, key=reach) if rounds else None
 
 
 # --- the manifest -----------------------------------------------------------------------------

@@ -19,6 +19,7 @@ policy runs only on the transitions that projection returns).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -28,19 +29,35 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from depot.alarms import notify_operator, open_count, raise_alarm
 from depot.config import DepotConfig
 from depot.errors import DepotError
 from depot.imports import ImportResult, read_import
 from depot.ingest import Depot, DepotStore
-from depot.policy import LockerSite, NextAction, PolicyError, decide_after_failure
-from depot.routing import build_manifest, plan_routes
-from depot.store import Conn, open_database, sends
-from depot.tracking import Notification, ParcelBook, Transition
-from depot.webhooks import WebhookSender, enqueue
+from depot.keys import DepotKeys
+from depot.pickup import (
+    PickupRenderer,
+    check_extend_token,
+    extend_link,
+    extend_token,
+    notice_body,
+)
+from depot.policy import (
+    LockerSite,
+    NextAction,
+    PolicyError,
+    decide_after_failure,
+    decide_after_hold_expired,
+)
+from depot.routing import build_manifest, nearest_round, plan_routes
+from depot.store import Conn, book, collections, open_database, sends
+from depot.tracking import LockerDrop, Notification, ParcelBook, Transition, iso_utc
+from depot.webhooks import WebhookSender, encode_body, enqueue
 from parcel.errors import ParcelError
-from parcel.manifest import Manifest, Stop
+from parcel.manifest import LockerReturn, Manifest, Stop
 from sync.clock import Clock, SystemClock
-from sync.wire import command_topic
+from sync.errors import WireError
+from sync.wire import check_command, command_topic
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +67,33 @@ PUBACK_WAIT_S = 5.0
 REACT_TO = frozenset({"attempted", "hold_expired", "reserve_failed", "returning"})
 SHARE_GROUP = "depot"  # the MQTT v5 shared subscription group of the depot's workers
 CLAIM_LEASE_S = 4 * PUBACK_WAIT_S  # real seconds a worker holds a manifest or command it sends
+# An abandoned drop-off waits this long (depot clock) for the locker's own retry (a bigger
+# compartment) or the courier's before the parcel is put back on the van's round.
+ABANDONED_GRACE_S = 120.0
+LOCKER_DROP_ALARM = "locker_drop_unconfirmed"
+# Where a parcel can be while the van that brought it still has it.
+_ON_THE_ROUND = frozenset({"loaded", "out_for_delivery", "attempted", "redirected"})
 IDLE_WAKE_S = 1.0  # retries of unsent manifests and commands; no work is done when idle
 
 class DepotServiceError(DepotError):
     """The depot cannot do what was asked (no broker, no key, no such van)."""
+
+
+class ArrivalRefused(DepotServiceError):
+    """An arrival scan of a parcel whose journey has ended; nothing was recorded."""
+
+    def __init__(self, parcel: str, reason: str) -> None:
+        super().__init__(f"{parcel}: {reason}")
+        self.parcel = parcel
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """A parcel received at the dock; `unknown` when no merchant's import announced it."""
+
+    parcel: str
+    unknown: bool
 
 
 @dataclass(frozen=True)
@@ -71,10 +111,14 @@ class DepotService:
         *,
         clock: Clock | None = None,
         signing_key_pem: bytes | None = None,
+        sealing_key_pems: Sequence[bytes] = (),
         worker: int = 1,
     ) -> None:
         """`worker` (1..config.workers) says which of the depot's workers this process is:
-        its broker account, and whether it serves the HTTP API (worker 1 alone does)."""
+        its broker account, and whether it serves the HTTP API (worker 1 alone does).
+
+        The keys are the files `config` names, unless given here as PEM bytes (a run that made
+        its own keys, such as the simulated day)."""
         self.config = config
         self.worker = worker
         self.clock: Clock = clock or SystemClock()
@@ -86,14 +130,14 @@ class DepotService:
         )
         self._db = self.database.connection  # manifests and commands; used holding _db_lock
         self._db_lock = self.database.lock
-        pem = signing_key_pem
-        if pem is None and config.signing_key is not None:
-            pem = config.signing_key.read_bytes()
-        self._signing_key: Any = None
-        if pem is not None:
-            from sync.signing import load_signing_key
-
-            self._signing_key = load_signing_key(pem)
+        self.keys = DepotKeys.from_files(
+            None if signing_key_pem is not None else config.signing_key,
+            None if sealing_key_pems else config.sealing_key,
+        )
+        if signing_key_pem is not None or sealing_key_pems:
+            given = DepotKeys.from_pem(signing_key_pem, sealing_key_pems)
+            self.keys.signing = given.signing or self.keys.signing
+            self.keys.sealing = given.sealing or self.keys.sealing
         self.depot: Depot | None = None
         self._ingest_database = self.database
         address = config.broker_for(worker)
@@ -118,6 +162,7 @@ class DepotService:
             max_attempts=config.webhook_max_attempts,
             backoff_base_s=config.webhook_backoff_base_s,
             backoff_max_s=config.webhook_backoff_max_s,
+            render=PickupRenderer(self.keys, encode_body) if self.keys.sealing else None,
         )
         self.api: Any = None
         self._wake = threading.Event()
@@ -137,7 +182,9 @@ class DepotService:
             from depot.http import DepotApi
 
             host, port = self.config.api
-            self.api = DepotApi(self.book, host=host, port=port)
+            self.api = DepotApi(
+                self.book, host=host, port=port, health=self.health, clock=self.clock
+            )
             self.api.start()
         self.webhooks.start()
         self._thread = threading.Thread(target=self._run, name="depot-logistics", daemon=True)
@@ -198,10 +245,27 @@ class DepotService:
                 break
         while self._react_next():
             pass
+        self._check_locker_drops()
+        if self.config.operator_webhook:  # alarms this pass (or another worker's) recorded
+            notify_operator(
+                self.database, url=self.config.operator_webhook, now_ns=self.clock.wall_ns()
+            )
         self._publish_manifests()
         self._publish_commands()
         self.webhooks.wake()
         return handled
+
+    def health(self) -> dict[str, Any]:
+        """The depot's judgement of itself (`depot.health`): `{"ok", "problems", ...}`."""
+        from depot.health import DepotHealth
+
+        session = self.depot.session if self.depot is not None else None
+        return DepotHealth(self.database, session=session, clock=self.clock).check()
+
+    def alarms_open(self) -> int:
+        """Alarms nobody has acknowledged yet (the simulated day's report)."""
+        with self.database.reading() as conn:
+            return open_count(conn)
 
     def settled(self) -> bool:
         """Nothing left to do: every stored event projected, every manifest, command and
@@ -235,23 +299,30 @@ class DepotService:
         self._wake.set()
         return result
 
-    def arrival_scan(self, code: str, aim: str | None = None) -> str:
+    def arrival_scan(self, code: str, aim: str | None = None) -> Arrival:
         """A parcel scanned at the depot's dock: validated by the scanner rules, then received.
 
         Its recipient data may already be here (the merchant's import) or follow later; a
-        parcel without an address waits at the depot and is left out of planning until then.
-        Raises `parcel.identify.Rejection` for a code that is not a valid parcel id.
+        parcel without an address waits at the depot and is left out of planning until then
+        (`Arrival.unknown` says the depot had no import for it: someone should ask why).
+        Raises `parcel.identify.Rejection` for a code that is not a valid parcel id, and
+        `ArrivalRefused` (nothing recorded) for a parcel whose journey has ended: delivered,
+        picked up, or returned to its sender.
         """
+        from depot.tracking import FINAL_STATES
         from parcel.identify import identify
 
         parcel = identify(code, aim)
+        info = self.book.parcel(parcel.id)
+        if info is not None and info.get("state") in FINAL_STATES:
+            raise ArrivalRefused(parcel.id, f"already {str(info['state']).replace('_', ' ')}")
         self.book.receive(
             {"id": parcel.id, "raw": parcel.raw, "kind": parcel.kind},
             now_ns=self.clock.wall_ns(),
             source="arrival_scan",
         )
         self._wake.set()
-        return parcel.id
+        return Arrival(parcel.id, unknown=info is None or not info.get("merchant"))
 
     def plan_day(self, day: str, vans: Sequence[str] | None = None) -> PlanResult:
         """Assign every parcel waiting at the depot to a van and issue each van's manifest."""
@@ -289,12 +360,14 @@ class DepotService:
                 depot=(self.config.lat, self.config.lon),
                 issued_at=self.clock.wall_ns() / 1e9,
             )
-            manifest = self._with_locker_stops(manifest, records, lockers)
+            manifests[van] = self._with_locker_stops(manifest, records, lockers)
+        manifests = self._with_collections(manifests, lockers)
+        for van, manifest in manifests.items():
             self._issue(manifest)
             for stop in manifest.stops:
                 for parcel in stop.parcels:
-                    self.book.assign(parcel, van, stop.stop, version)
-            manifests[van] = manifest
+                    self.book.assign(parcel, van, stop.stop, manifest.version)
+            self._note_collections(manifest)
         self._wake.set()
         return PlanResult(manifests, unassigned)
 
@@ -376,25 +449,30 @@ class DepotService:
         if t.state == "attempted":
             self._after_failure(t.parcel, reason=str(t.details.get("reason", "")))
         elif t.state == "hold_expired":
-            self.book.set_next_action(t.parcel, "return_to_sender", reason="locker hold expired")
-            self.decisions.append(
-                (t.parcel, NextAction("return_to_sender", None, "locker hold expired"))
-            )
+            decision = decide_after_hold_expired(str(t.details.get("locker") or t.device))
+            self.book.set_next_action(t.parcel, decision.kind, reason=decision.reason)
+            self.decisions.append((t.parcel, decision))
+            self._plan_collection(t)
         elif t.state == "reserve_failed":
             self._after_failure(t.parcel, reason=None)
         elif t.state == "returning":
-            # Back at the depot, or taken out of a locker by the returns courier who drives to
-            # the linehaul hub: either way the parcel is handed to the return to the merchant.
-            self.book.mark_returned_to_sender(t.parcel)
+            with self.database.transaction() as conn:  # out of its locker, if it was in one
+                collections.mark_done(conn, t.parcel, self.clock.wall_ns())
+            if t.step != "collected_for_return":
+                # Back at the depot (the van's return scan): handed to the return to the
+                # merchant. Taken out of a locker, it is still in the courier's van.
+                self.book.mark_returned_to_sender(t.parcel)
 
-    def _after_failure(self, parcel: str, *, reason: str | None) -> None:
+    def _after_failure(
+        self, parcel: str, *, reason: str | None, tried_too: Sequence[str] = ()
+    ) -> None:
         info = self.book.parcel(parcel)
         if info is None:
             return
         record = info.get("record") or {}
         # Read from the book, not kept in memory: another worker, or this one before a restart,
         # may have sent the parcel to a locker that then refused it.
-        tried = self.book.lockers_decided(parcel)
+        tried = [*self.book.lockers_decided(parcel), *tried_too]
         if reason is None:  # a reservation refused: same failure, next locker
             reason = str(info.get("last_reason") or "not_at_home")
         try:
@@ -422,6 +500,67 @@ class DepotService:
             if van and info.get("state") not in ("at_depot",):
                 self._redirect_on_route(str(van), parcel, decision.locker)
 
+    def _check_locker_drops(self) -> None:
+        """Act on drops the van and the locker still disagree about after their time: an
+        operator alarm for a claim the locker never confirmed or a deposit the van never
+        claimed (after `[policy] locker_confirm_min`); for a drop-off the locker saw abandoned
+        and nobody retried, the parcel goes back on the van's round (`_after_abandoned`).
+        One transaction per disagreement, which closes it: it is acted on once."""
+        now = self.clock.wall_ns()
+        due = self.book.locker_drops_due(
+            unconfirmed_before_ns=now - int(self.config.locker_confirm_min * 60e9),
+            abandoned_before_ns=now - int(ABANDONED_GRACE_S * 1e9),
+        )
+        for drop in due:
+            with self.database.transaction() as conn:
+                if not self.book.forget_locker_drop(drop):
+                    continue  # another worker acted on it
+                if drop.kind != "abandoned":
+                    raise_alarm(
+                        conn,
+                        device=drop.van or drop.locker,
+                        alarm=LOCKER_DROP_ALARM,
+                        facts=_disagreement(drop, now),
+                        at_ns=now,
+                        key=f"{LOCKER_DROP_ALARM}:{drop.parcel}:{drop.event_uuid}",
+                    )
+                    continue
+                try:
+                    with self.database.transaction():  # a savepoint, as in `_react_next`
+                        self._after_abandoned(drop)
+                except Exception:
+                    log.exception("abandoned drop-off of %s: no decision", drop.parcel)
+
+    def _after_abandoned(self, drop: LockerDrop) -> None:
+        """The parcel is still with the courier: the policy chooses again with that locker
+        tried (another locker on the van's route, as after a refused reservation; else a second
+        attempt or the return), and unless it chose another locker the van's manifest is
+        re-issued without the parcel, so the courier keeps it for the depot."""
+        info = self.book.parcel(drop.parcel)
+        if info is None or info.get("state") not in _ON_THE_ROUND or not info.get("van"):
+            return  # in a locker after all, back at the depot, or final
+        self._after_failure(drop.parcel, reason=None, tried_too=(drop.locker,))
+        van = str(info["van"])
+        current = self.current_manifest(van)
+        due = current.stop_of(drop.parcel) if current is not None else None
+        if current is None or due is None:
+            return
+        stop = current.stop(due)
+        if stop.kind == "locker" and stop.locker != drop.locker:
+            return  # the policy sent it on to another locker (`_redirect_on_route`)
+        stops = tuple(
+            dataclasses.replace(s, parcels=tuple(p for p in s.parcels if p != drop.parcel))
+            for s in current.stops
+        )
+        self._issue(
+            dataclasses.replace(
+                current,
+                version=self._next_version(van, current.day),
+                stops=stops,
+                issued_at=self.clock.wall_ns() / 1e9,
+            )
+        )
+
     def _decide(
         self,
         info: Mapping[str, Any],
@@ -432,7 +571,9 @@ class DepotService:
         return decide_after_failure(
             reason=reason,
             attempts=int(info.get("attempts") or 0),
-            locker_ok=bool(record.get("locker_ok", True)),
+            # A customer the depot cannot send the pickup code to could never collect: a
+            # locker only for those with a notification address.
+            locker_ok=bool(record.get("locker_ok", True)) and bool(info.get("customer_webhook")),
             size=str(record.get("size", "S")),
             stop_lat=float(record.get("lat", self.config.lat)),
             stop_lon=float(record.get("lon", self.config.lon)),
@@ -470,12 +611,135 @@ class DepotService:
         stop = next(s.stop for s in updated.stops if parcel in s.parcels)
         self.book.assign(parcel, van, stop, updated.version)
 
+    # --- collections: expired holds back to the depot ----------------------------------------
+
+    def collections_planned(self) -> dict[str, int]:
+        """Collections of expired holds: `planned` (every expiry the depot reacted to),
+        `collected` (the parcel left its locker for the depot), `open` (still to do)."""
+        with self.database.reading() as conn:
+            return collections.planned_count(conn)
+
+    def _plan_collection(self, t: Transition) -> None:
+        """Record that the expired parcel is to be collected, and put it on the round of the
+        van out today whose round passes nearest the locker (a new manifest version); with
+        no van out, the next day's plan takes it (`plan_day` adds every open collection)."""
+        locker = str(t.details.get("locker") or t.device)
+        compartment = t.details.get("compartment")
+        with self.database.transaction() as conn:
+            collections.plan(
+                conn,
+                parcel=t.parcel,
+                locker=locker,
+                compartment=str(compartment) if compartment else None,
+                event_uuid=t.event_uuid,
+                now_ns=self.clock.wall_ns(),
+            )
+        out = {v: m for v in self.config.vans if (m := self._out_today(v)) is not None}
+        lockers = {site.name: site for site in self.config.lockers}
+        site = lockers.get(locker)
+        if site is None or not out:
+            return
+        van = nearest_round((site.lat, site.lon), {v: m.stops for v, m in out.items()}, self._here)
+        if van is None:
+            return
+        current = out[van]
+        updated = self._collecting(current, locker, lockers, self._next_version(van, current.day))
+        if updated is None:
+            return
+        self._issue(updated)
+        self._note_collections(updated)
+        log.info("collection at %s added to %s's manifest v%d", locker, van, updated.version)
+
+    @property
+    def _here(self) -> tuple[float, float]:
+        return (self.config.lat, self.config.lon)
+
+    def _out_today(self, van: str) -> Manifest | None:
+        """The manifest `van` runs now, or None when it has none or has closed its day."""
+        current = self.current_manifest(van)
+        if current is None:
+            return None
+        if any(r["day"] == current.day for r in self.book.reconciliations(van)):
+            return None
+        return current
+
+    def _open_returns(self) -> dict[str, list[LockerReturn]]:
+        with self.database.reading() as conn:
+            rows = collections.open_collections(conn)
+        found: dict[str, list[LockerReturn]] = {}
+        for parcel, locker, compartment in rows:
+            found.setdefault(str(locker), []).append(
+                LockerReturn(str(parcel), str(compartment) if compartment else None)
+            )
+        return found
+
+    def _collecting(
+        self, manifest: Manifest, locker: str, lockers: Mapping[str, Any], version: int
+    ) -> Manifest | None:
+        """`manifest` as a new version collecting every open return of `locker`; None when
+        it collects them all already."""
+        returns = self._open_returns().get(locker, [])
+        if all(manifest.collected_at(r.parcel) is not None for r in returns):
+            return None
+        return _move_to_lockers(
+            manifest,
+            {},
+            lockers,
+            version=version,
+            issued_at=self.clock.wall_ns() / 1e9,
+            collect={locker: returns},
+        )
+
+    def _with_collections(
+        self, manifests: Mapping[str, Manifest], lockers: Mapping[str, Any]
+    ) -> dict[str, Manifest]:
+        """The day's manifests with every open collection on the round nearest its locker."""
+        out = dict(manifests)
+        for locker, returns in self._open_returns().items():
+            site = lockers.get(locker)
+            if site is None:
+                log.error("expired parcels at %s, a locker this depot does not know", locker)
+                continue
+            rounds = {v: m.stops for v, m in out.items()}
+            van = nearest_round((site.lat, site.lon), rounds, self._here)
+            if van is None:
+                break
+            m = out[van]
+            out[van] = _move_to_lockers(
+                m, {}, lockers, version=m.version, collect={locker: returns}
+            )
+        return out
+
+    def _note_collections(self, manifest: Manifest) -> None:
+        if not manifest.collections:
+            return
+        with self.database.transaction() as conn:
+            for parcel in manifest.collections:
+                collections.note_on_manifest(
+                    conn, parcel, van=manifest.van, day=manifest.day, version=manifest.version
+                )
+
     # --- signed commands ---------------------------------------------------------------------
 
     def send_command(self, target: str, action: str, args: Mapping[str, Any]) -> str:
-        """Queue a signed command; it is signed afresh (same id) each time it is published."""
+        """Queue a signed command; it is signed afresh (same id) each time it is published.
+
+        An action a locker does not know, arguments it would refuse, or a target that is not
+        one of this depot's lockers are a DepotServiceError here, before anything is queued.
+        """
         import uuid
 
+        try:
+            args = check_command(action, args)
+        except WireError as exc:
+            raise DepotServiceError(str(exc)) from None
+        if target not in {site.name for site in self.config.lockers}:
+            known = ", ".join(site.name for site in self.config.lockers) or "none"
+            raise DepotServiceError(f"{target!r} is not one of this depot's lockers ({known})")
+        if self.keys.signing is None:
+            raise DepotServiceError(
+                "the depot has no command-signing key (depot.signing_key in depot.toml)"
+            )
         cid = uuid.uuid4().hex
         parcel = args.get("parcel")
         if parcel:
@@ -496,7 +760,7 @@ class DepotService:
     def _publish_commands(self) -> None:
         if self.depot is None or not self.depot.session.connected:
             return
-        if self._signing_key is None:
+        if self.keys.signing is None:
             return
         from sync.signing import sign_command
 
@@ -504,7 +768,7 @@ class DepotService:
         rows = sends.claim_commands(self.database, now_ns=now, until_ns=now + self._lease_ns)
         for i, (cid, target, action, args) in enumerate(rows):
             payload = sign_command(
-                self._signing_key,
+                self.keys.signing,
                 target=str(target),
                 action=str(action),
                 args=json.loads(str(args)),
@@ -525,13 +789,70 @@ class DepotService:
 
     def _notify(self, conn: Conn, n: Notification) -> None:
         key_id = n.audience if n.audience == "customer" else str(n.body.get("merchant") or "")
+        body: Mapping[str, Any] = n.body
+        if body.get("state") == "in_locker":
+            body = self._pickup_notice(conn, n)
         enqueue(
             conn,
             event_id=n.event_id,
             url=n.url,
-            body=n.body,
+            body=body,
             key_id=key_id,
             now_ns=self.clock.wall_ns(),
+        )
+
+    def _pickup_notice(self, conn: Conn, n: Notification) -> Mapping[str, Any]:
+        """An `in_locker` message as a pickup notice, when a locker's deposit caused it (the
+        deposit's sealed credential goes in the customer's copy, opened only when sent)."""
+        entry = n.event_id.rpartition(":")[0]
+        found = book.deposit_of_entry(conn, entry)
+        if found is None:
+            return n.body  # in the locker again after an extension: where and until when
+        locker, payload = found
+        deposit = json.loads(str(payload))
+        parcel = str(n.body.get("parcel"))
+        sites = {site.name: site for site in self.config.lockers}
+        token = extend_token(self.keys, parcel)
+        base = self.public_url
+        return notice_body(
+            n.body,
+            audience=n.audience,
+            deposit=deposit,
+            site=sites.get(str(locker)),
+            locker=str(locker),
+            extend_url=extend_link(base, parcel, token) if base and token else None,
+        )
+
+    @property
+    def public_url(self) -> str | None:
+        """Where customers reach this depot's API (links in notices), if anywhere."""
+        if self.config.public_url:
+            return self.config.public_url
+        if self.config.api is None:
+            return None
+        host, port = self.config.api
+        if self.api is not None:
+            port = int(self.api.port)
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{port}"
+
+    def extend_hold(self, parcel: str, token: str) -> str:
+        """The customer's extend-hold link was used: queue `extend_hold` for the parcel's
+        locker; the command's id. DepotServiceError (said to the customer) when the token is
+        not the depot's, the parcel is not waiting in a locker, or it was extended already."""
+        if not check_extend_token(self.keys, parcel, token):
+            raise DepotServiceError("this link is not valid for that parcel")
+        info = self.book.parcel(parcel)
+        if info is None or info.get("state") not in ("in_locker", "hold_expired"):
+            raise DepotServiceError("the parcel is not waiting in a locker")
+        steps = {entry["step"] for entry in self.book.track(parcel)["timeline"]}
+        if info.get("state") == "hold_expired" or "hold_extended" in steps:
+            raise DepotServiceError("the hold can be extended once, before it ends")
+        locker = info.get("locker")
+        if not locker:
+            raise DepotServiceError("the depot does not know which locker holds the parcel")
+        return self.send_command(
+            str(locker), "extend_hold", {"parcel": parcel, "hours": self.config.extend_hold_h}
         )
 
     def _secret_for(self, key_id: str) -> bytes:
@@ -539,6 +860,24 @@ class DepotService:
             return self.config.webhook_secrets[key_id]
         except KeyError:
             raise DepotServiceError(f"no webhook secret for {key_id!r}") from None
+
+
+def _disagreement(drop: LockerDrop, now_ns: int) -> dict[str, Any]:
+    """What the operator is told about a drop the van and the locker disagree on."""
+    if drop.kind == "claim":
+        say = f"{drop.van} says it dropped {drop.parcel} at {drop.locker}; the locker has not"
+    else:
+        say = f"{drop.locker} holds {drop.parcel}; {drop.van} has not said it dropped it there"
+    return {
+        "parcel": drop.parcel,
+        "locker": drop.locker,
+        "van": drop.van,
+        "compartment": drop.compartment,
+        "unconfirmed": "van_claim" if drop.kind == "claim" else "locker_deposit",
+        "since": iso_utc(drop.since_ns),
+        "waited_min": round((now_ns - drop.since_ns) / 60e9, 1),
+        "say": say,
+    }
 
 
 def _published(info: Any) -> bool:
@@ -557,19 +896,26 @@ def _move_to_lockers(
     *,
     version: int,
     issued_at: float | None = None,
+    collect: Mapping[str, Sequence[LockerReturn]] | None = None,
 ) -> Manifest:
     """A copy of `manifest` with each parcel in `moving` taken off its stop and put on a
-    locker stop (one per locker, appended after the existing stops or extended)."""
+    locker stop, and each locker's returns in `collect` added to its stop (one stop per
+    locker, appended after the existing stops or extended)."""
     stops: list[Stop] = []
     locker_stops: dict[str, list[str]] = {}
+    returns: dict[str, dict[str, LockerReturn]] = {}
     for s in manifest.stops:
         kept = tuple(p for p in s.parcels if p not in moving)
         if s.kind == "locker" and s.locker is not None:
             locker_stops.setdefault(s.locker, []).extend(kept)
+            returns.setdefault(s.locker, {}).update({r.parcel: r for r in s.collect})
             continue
         stops.append(_renumber(s, len(stops) + 1, kept))
     for parcel, locker in moving.items():
         locker_stops.setdefault(locker, []).append(parcel)
+    for locker, added in (collect or {}).items():
+        locker_stops.setdefault(locker, [])
+        returns.setdefault(locker, {}).update({r.parcel: r for r in added})
     for locker, parcels in locker_stops.items():
         site = lockers.get(locker)
         lat, lon = (site.lat, site.lon) if site is not None else (0.0, 0.0)
@@ -582,6 +928,7 @@ def _move_to_lockers(
                 parcels=tuple(dict.fromkeys(parcels)),
                 address=f"parcel locker {locker}",
                 locker=locker,
+                collect=tuple(returns.get(locker, {}).values()),
             )
         )
     return Manifest(

@@ -7,7 +7,8 @@ into parcel states following docs/DELIVERY.md. A batch of events, the states and
 entries it causes, the notifications about them and the projection cursor commit in ONE
 transaction: a crash at any instant leaves the book either before the batch or after it, never
 half-way, and a timeline entry is unique per (parcel, device event uuid), so an event is never
-applied twice even if the cursor were rewound.
+applied twice even if the cursor were rewound. Alarm events move no parcel: the projection
+records them (`depot.alarms`) in the same transaction.
 
 Must never: write to a table of `depot.ingest` (it only reads `events`), move a parcel out of
 a final state (`delivered`, `picked_up`, `returned_to_sender`), drop an event about a parcel
@@ -27,11 +28,19 @@ State decisions beyond the contract's diagram (docs/DELIVERY.md, "Parcel states"
   marked `irregular`.
 - `at_depot` and `in_locker` may follow any non-final state: a scan at the depot and a locker
   door closing on the parcel are decisive about where it is.
+- A van's `parcel_dropped_at_locker` is a claim: a `dropped_at_locker` timeline entry that
+  moves nothing and tells nobody. Only the locker's `parcel_deposited` makes a parcel
+  `in_locker`. A `dropoff_abandoned` leaves the parcel as it was, on the van that brought it.
+  The projection keeps each drop the van and the locker do not agree on yet in
+  `locker_drops` (`locker_drops_due`); the depot service acts on those that stay open.
 - Returns: `parcel_returned_to_depot` makes a parcel `returning` when its next action is
   `return_to_sender`, else `at_depot`; `set_next_action(..., "return_to_sender")` turns an
   `at_depot` parcel `returning`; a courier collecting an expired parcel from a locker
-  (`parcel_returned`) makes it `returning`. A parcel stays `returning` until a person books it
-  handed back (`mark_returned_to_sender`), because only then has it left the depot.
+  (`parcel_returned`) makes it `returning`; the van that took it says so with
+  `parcel_collected_from_locker` (a timeline step, no state), and its return scan at the
+  depot, though it changes no state, is handed to the policy like a move. A parcel stays
+  `returning` until a person books it handed back (`mark_returned_to_sender`), because only
+  then has it left the depot.
 - `hold_expired` is a state (the parcel is still in the compartment, no longer collectable);
   it becomes `returning` when the courier takes it out, or `in_locker` again when the depot
   extends the hold.
@@ -54,6 +63,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
+from depot.alarms import ALARM_KIND, record_device_alarm
 from depot.errors import DepotError
 from depot.store import Conn, DepotDatabase, StoreError, book, events, open_database
 from depot.store.sqlite import close_reader, read_only
@@ -218,6 +228,26 @@ class Transition:
     event_uuid: str
     at_ns: int
     details: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class LockerDrop:
+    """A drop-off the van and the locker do not agree on yet (docs/DELIVERY.md).
+
+    `kind`: `claim` (the van says dropped, the locker has not said deposited), `deposit` (the
+    locker has it, the van has not said it dropped it: it says it still holds it), `abandoned`
+    (the locker's door closed empty: the parcel is still with the courier). `since_ns` is the
+    depot's clock when the projection saw it.
+    """
+
+    id: int
+    kind: str
+    parcel: str
+    locker: str
+    van: str | None
+    compartment: str | None
+    event_uuid: str
+    since_ns: int
 
 
 @dataclass(frozen=True)
@@ -590,11 +620,15 @@ def _van_facts(ev: _StoredEvent, loaded_of_van: Callable[[str], list[str]]) -> l
             "x12": "AU",
             **_pod(p),
         }
-        sets = {"locker": locker} if locker else {}
-        return [_Fact(parcel, "dropped_at_locker", "in_locker", details, sets)]
+        # The van's word only: the locker's `parcel_deposited` is what puts it in the locker.
+        return [_Fact(parcel, "dropped_at_locker", None, details)]
     if kind == "parcel_returned_to_depot":
         details = {"van": dev}
         return [_Fact(parcel, "returned_to_depot", _returned_to_depot_target, details)]
+    if kind == "parcel_collected_from_locker":
+        # The locker's `parcel_returned` moves the parcel; this says which van has it.
+        details = {"van": dev, "stop": stop, "locker": _text(p, "locker")}
+        return [_Fact(parcel, "collected_by_van", None, details, {"van": dev})]
     return []
 
 
@@ -637,6 +671,10 @@ def _locker_facts(ev: _StoredEvent, command_parcel: Callable[[str], str | None])
             "x12": "AU",
         }  # credential_for_depot stays out: the depot's credential desk unseals it elsewhere
         return [_Fact(parcel, "in_locker", "in_locker", details, where)]
+    if kind == "dropoff_abandoned":
+        # The door closed empty: the parcel is still with the courier who brought it.
+        details = {**where, "does_not_fit": bool(p.get("does_not_fit"))}
+        return [_Fact(parcel, "dropoff_abandoned", None, details)]
     if kind == "parcel_picked_up":
         return [_Fact(parcel, "picked_up", "picked_up", where, {"compartment": None})]
     if kind == "hold_expired":
@@ -668,6 +706,7 @@ _VAN_KINDS = frozenset(
         "parcel_redirected",
         "parcel_dropped_at_locker",
         "parcel_returned_to_depot",
+        "parcel_collected_from_locker",
         "day_closed",
     }
 )
@@ -680,6 +719,7 @@ _LOCKER_KINDS = frozenset(
         "hold_expired",
         "parcel_returned",
         "reservation_lapsed",
+        "dropoff_abandoned",
     }
 )
 _NEEDS_PARCEL = (_VAN_KINDS | _LOCKER_KINDS) - {
@@ -744,6 +784,12 @@ class ParcelBook(_ParcelQueries):
     def view(self) -> ParcelView:
         """A read-only connection of its own, for a reader on another thread."""
         return ParcelView(self._database)
+
+    @property
+    def database(self) -> DepotDatabase:
+        """The depot's database the book keeps its tables in (the HTTP API reads alarms and
+        devices from it too)."""
+        return self._database
 
     def close(self) -> None:
         if self._owns:
@@ -1004,8 +1050,17 @@ class ParcelBook(_ParcelQueries):
     def _project(
         self, conn: Conn, ev: _StoredEvent, *, only_parcel: str | None = None
     ) -> list[Transition]:
+        if ev.kind == ALARM_KIND and only_parcel is None:
+            # Moves no parcel, but a person must hear of it: recorded with this batch.
+            record_device_alarm(
+                conn, event_uuid=ev.uuid, device=ev.device, payload=ev.payload, at_ns=ev.at_ns
+            )
+            return []
+        if ev.kind == "door_unlocked" and only_parcel is None:
+            self._dropoff_retried(conn, ev)
+            return []
         if ev.kind not in _VAN_KINDS and ev.kind not in _LOCKER_KINDS:
-            return []  # scans, alarms, keypad attempts: device facts that move no parcel
+            return []  # scans, keypad attempts: device facts that move no parcel
         if only_parcel is None:
             self._van_side_effects(conn, ev)
         if ev.kind in _VAN_KINDS:
@@ -1087,6 +1142,8 @@ class ParcelBook(_ParcelQueries):
             details["irregular"] = f"{current} -> {target} is not a usual step"
         elif verdict == "late":
             details["late"] = f"the parcel was already {current}"
+        elif fact.step == "dropped_at_locker" and current in _IN_A_LOCKER:
+            details["late"] = f"the locker had already said so: the parcel was {current}"
         elif verdict == "anomaly":
             details = {"event": ev.kind, "would_be": target, "state": current, **details}
             details["anomaly"] = f"{ev.kind} contradicts the final state {current}"
@@ -1104,6 +1161,7 @@ class ParcelBook(_ParcelQueries):
         sets["state"] = new_state
         sets["updated_ns"] = self._clock.wall_ns()
         book.update_parcel(conn, fact.parcel, sets)
+        self._watch_locker_drop(conn, ev, fact, current, row[3])
         moved = verdict in ("move", "irregular")
         self._record_entry(
             conn,
@@ -1118,10 +1176,13 @@ class ParcelBook(_ParcelQueries):
         )
         if verdict == "anomaly":
             log.warning("anomaly for %s: %s", fact.parcel, details["anomaly"])
-        if moved or step == "reserve_failed":
+        # A van's return scan of a parcel already `returning` (a courier took it out of a
+        # locker) is when it is back at the depot: the policy books the return then.
+        back = step == "returned_to_depot" and verdict == "repeat"
+        if moved or back or step == "reserve_failed":
             return Transition(
                 parcel=fact.parcel,
-                state=new_state if moved else step,
+                state=new_state if moved or back else step,
                 previous=current,
                 step=step,
                 device=ev.device,
@@ -1130,6 +1191,82 @@ class ParcelBook(_ParcelQueries):
                 details=details,
             )
         return None
+
+    def _watch_locker_drop(
+        self, conn: Conn, ev: _StoredEvent, fact: _Fact, current: str, located: object
+    ) -> None:
+        """Open or close the disagreements between a van's word and a locker's about a drop
+        (`locker_drops`; docs/DELIVERY.md, "A van's claim and the locker's word")."""
+        parcel, now = fact.parcel, self._clock.wall_ns()
+        compartment = fact.details.get("compartment")
+        compartment = compartment if isinstance(compartment, str) else None
+        if fact.step == "dropped_at_locker":
+            locker = fact.details.get("locker")
+            if not isinstance(locker, str) or not locker:
+                return
+            if book.close_locker_drops(conn, parcel, locker, "deposit"):
+                return  # the locker said so first: the claim is a late timeline entry
+            if current in _IN_A_LOCKER and located == locker:
+                return  # deposited there before, and that disagreement already raised
+            book.open_locker_drop(
+                conn, "claim", parcel, locker, ev.device, compartment, ev.uuid, now
+            )
+        elif fact.step == "in_locker" and ev.kind == "parcel_deposited":
+            book.close_locker_drops(conn, parcel, ev.device, "abandoned")
+            if book.close_locker_drops(conn, parcel, ev.device, "claim"):
+                return
+            claims = [_loads(d).get("locker") for d in book.claims_of(conn, parcel)]
+            van = book.parcel_van(conn, parcel)
+            if ev.device in claims or van is None or current in FINAL_STATES:
+                return
+            book.open_locker_drop(
+                conn, "deposit", parcel, ev.device, van, compartment, ev.uuid, now
+            )
+        elif fact.step == "dropoff_abandoned" and current not in _IN_A_LOCKER | FINAL_STATES:
+            van = book.parcel_van(conn, parcel)
+            book.open_locker_drop(
+                conn, "abandoned", parcel, ev.device, van, compartment, ev.uuid, now
+            )
+
+    def _dropoff_retried(self, conn: Conn, ev: _StoredEvent) -> None:
+        """A locker opening another drop-off door for a parcel whose drop-off it saw abandoned
+        (a bigger compartment, or the courier tried again): not given up on yet."""
+        parcel = _text(ev.payload, "parcel")
+        if parcel is not None and ev.payload.get("purpose") == "dropoff":
+            book.close_locker_drops(conn, parcel, ev.device, "abandoned")
+
+    def locker_drops_due(
+        self, *, unconfirmed_before_ns: int, abandoned_before_ns: int, limit: int = 100
+    ) -> list[LockerDrop]:
+        """Open disagreements old enough to act on: claims and deposits seen before
+        `unconfirmed_before_ns`, abandoned drop-offs seen before `abandoned_before_ns` (the
+        depot's clock), oldest first."""
+        with self._reading() as conn:
+            rows = [
+                *book.locker_drops_due(conn, "claim", unconfirmed_before_ns, limit),
+                *book.locker_drops_due(conn, "deposit", unconfirmed_before_ns, limit),
+                *book.locker_drops_due(conn, "abandoned", abandoned_before_ns, limit),
+            ]
+        drops = [
+            LockerDrop(
+                id=int(r[0]),
+                kind=str(r[1]),
+                parcel=str(r[2]),
+                locker=str(r[3]),
+                van=None if r[4] is None else str(r[4]),
+                compartment=None if r[5] is None else str(r[5]),
+                event_uuid=str(r[6]),
+                since_ns=int(r[7]),
+            )
+            for r in rows
+        ]
+        return sorted(drops, key=lambda d: (d.since_ns, d.id))
+
+    def forget_locker_drop(self, drop: LockerDrop) -> bool:
+        """Close an open disagreement once acted on (in the caller's transaction, if any);
+        False if another worker closed it first, so only one of them acts."""
+        with self._lock, self._transaction() as conn:
+            return book.forget_locker_drop(conn, drop.id)
 
     def _record_entry(
         self,
@@ -1176,6 +1313,8 @@ class ParcelBook(_ParcelQueries):
             }
             self._notify(conn, Notification(event_id, audience, str(url), body))
 
+
+_IN_A_LOCKER = frozenset({"in_locker", "hold_expired", "picked_up"})
 
 Verdict = Literal["none", "move", "repeat", "late", "anomaly", "irregular"]
 

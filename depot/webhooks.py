@@ -19,7 +19,10 @@ Signature scheme (version 1; receivers implement it from this text)::
 
     <hex> = lowercase hex of HMAC-SHA256(secret, ASCII(str(t)) + b"." + body)
 
-The body is the exact bytes stored at enqueue, signed and sent unchanged. The timestamp is inside
+The body is the exact bytes stored at enqueue, signed and sent unchanged, unless the sender was
+given a `render` hook: then it is what `render` makes of the stored bytes at each attempt, which
+must be the same bytes every time (the depot's pickup notice opens its sealed credential there,
+so the code is never stored in plaintext; see depot/pickup.py). The timestamp is inside
 the MAC, so a receiver that rejects `|now - t| > 300 s` also rejects a replayed capture; the
 event id is outside it but a receiver keys its dedup on it only after the MAC has verified the
 body, which names the event too. A receiver may find several `v1=` entries during a key rotation
@@ -186,7 +189,7 @@ def _autocommits(conn: Conn) -> bool:
     return level is None or getattr(conn, "autocommit", None) is True
 
 
-def _encode_body(body: bytes | Mapping[str, Any]) -> bytes:
+def encode_body(body: bytes | Mapping[str, Any]) -> bytes:
     if isinstance(body, bytes | bytearray | memoryview):
         raw = bytes(body)
         try:
@@ -237,7 +240,7 @@ def enqueue(
     if not _KEY_ID.fullmatch(key_id):
         raise WebhookError(f"key id {key_id!r} must be at most 200 visible ASCII characters")
     _check_url(url)
-    raw = _encode_body(body)
+    raw = encode_body(body)
     if _autocommits(conn):
         raise WebhookError(
             "enqueue outside a transaction: BEGIN first, so the notification commits with "
@@ -357,7 +360,11 @@ class WebhookSender:
         timeout_s: float = 5.0,
         concurrency: int = 4,
         rng: random.Random | None = None,
+        render: Callable[[bytes], bytes] | None = None,
     ) -> None:
+        """`render(stored body) -> body to send`: see the module docstring; an exception from
+        it fails the attempt like a network error (retried, then dead-lettered), so a key put
+        back by the operator still lets a notice go."""
         if max_attempts < 1 or concurrency < 1:
             raise ValueError("max_attempts and concurrency must be at least 1")
         if not 0 < backoff_base_s <= backoff_max_s:
@@ -375,6 +382,7 @@ class WebhookSender:
         self.timeout_s = timeout_s
         self.concurrency = concurrency
         self._secret_for = secret_for
+        self._render = render
         self._rng = rng or random.Random()
         speed = float(getattr(self.clock, "speed", 1.0))
         self._speed = speed if speed > 0 else 1.0
@@ -537,9 +545,15 @@ class WebhookSender:
             secret = self._secret_for(due.key_id)
         except Exception as exc:
             return _Outcome(due, None, _clean(f"no secret for key id {due.key_id!r}: {exc}"))
+        body = due.body
+        if self._render is not None:
+            try:
+                body = self._render(due.body)
+            except Exception as exc:  # a row that cannot be rendered now may be later
+                return _Outcome(due, None, _clean(f"cannot make the body: {exc}"))
         request = urllib.request.Request(
             due.url,
-            data=due.body,
+            data=body,
             method="POST",
             headers={
                 "Content-Type": CONTENT_TYPE,
@@ -547,7 +561,7 @@ class WebhookSender:
                 EVENT_ID_HEADER: due.event_id,
                 KEY_ID_HEADER: due.key_id,
                 ATTEMPT_HEADER: str(due.attempts + 1),
-                SIGNATURE_HEADER: sign(secret, int(time.time()), due.body),
+                SIGNATURE_HEADER: sign(secret, int(time.time()), body),
             },
         )
         try:

@@ -55,6 +55,7 @@ PARCEL_DELIVERED = "parcel_delivered"
 DELIVERY_FAILED = "delivery_failed"
 PARCEL_REDIRECTED = "parcel_redirected"
 PARCEL_DROPPED_AT_LOCKER = "parcel_dropped_at_locker"
+PARCEL_COLLECTED_FROM_LOCKER = "parcel_collected_from_locker"
 ROUND_ENDED = "round_ended"
 PARCEL_RETURNED_TO_DEPOT = "parcel_returned_to_depot"
 RETURN_REFUSED = "return_refused"
@@ -80,6 +81,7 @@ DELIVERED = "delivered"
 FAILED = "failed"
 REDIRECTED = "redirected"
 IN_LOCKER = "in_locker"
+COLLECTED = "collected"  # taken out of a locker (an expired hold): on the van, for the depot
 _FINAL = (DELIVERED, IN_LOCKER)
 
 Tone = Literal["ok", "repeat", "warn", "refuse", "wrong_stop", "error"]
@@ -464,7 +466,11 @@ class DeliveryRound:
         old = self._manifest
         assert old is not None
         rows = {r.parcel: r for r in self._rows()}
-        off_manifest = [p for p, r in rows.items() if r.on_van and manifest.stop_of(p) is None]
+        off_manifest = [
+            p
+            for p, r in rows.items()
+            if r.on_van and r.outcome != COLLECTED and manifest.stop_of(p) is None
+        ]
         statements: list[tuple[str, Sequence[Any]]] = []
         for parcel, row in rows.items():
             due = manifest.stop_of(parcel)
@@ -624,8 +630,12 @@ class DeliveryRound:
         assert manifest is not None
         here = self._current_stop
         row = self._row(parcel)
+        if here is not None and self._collectable(row, manifest.stop(here)):
+            return self._collect(parcel, raw)
         refusal: tuple[str, Tone, str] | None = None
-        if row is None or not row.loaded:
+        if row is not None and row.outcome == COLLECTED:
+            refusal = ("already_done", "repeat", f"already collected from {row.locker}")
+        elif row is None or not row.loaded:
             refusal = ("not_on_van", "refuse", "not loaded on this van")
         elif row.outcome in _FINAL or (
             row.outcome == REDIRECTED and (here is None or manifest.stop(here).kind != "locker")
@@ -753,7 +763,11 @@ class DeliveryRound:
             due_ids = self._in_manifest_order({r.parcel for r in due})
             place = f"locker {where.locker}" if where.kind == "locker" else where.address
             place = place or f"{where.lat:.5f}, {where.lon:.5f}"
-            self._tell("ok", f"stop {stop}: {place}, {len(due_ids)} parcels", event, due=due_ids)
+            say = f"stop {stop}: {place}, {len(due_ids)} parcels"
+            collect = [c.parcel for c in where.collect]
+            if collect:
+                say += f"; collect {len(collect)} expired: badge in, #2"
+            self._tell("ok", say, event, due=due_ids, collect=collect)
             return event
 
     def _outcome_target(
@@ -984,6 +998,73 @@ class DeliveryRound:
             self._tell_outcome(event, f"in locker {stop.locker}")
             return event
 
+    @staticmethod
+    def _collectable(row: _Parcel | None, stop: Stop) -> bool:
+        """A parcel in hand at a locker stop that is not on the van came out of the locker:
+        a return the courier collects (one this van dropped earlier, or any other)."""
+        return stop.kind == "locker" and (row is None or row.outcome == IN_LOCKER)
+
+    def collect(self, parcel: str, raw: str | None = None) -> Event:
+        """At a locker stop: the courier took the parcel out of the locker (its hold ran out)
+        and has it on the van for the depot. The locker records its own `parcel_returned`.
+
+        A scan of a parcel not on the van at a locker stop does this; `raw` is that scan, or
+        None when the courier typed the id (a torn label).
+        """
+        with self._lock:
+            manifest = self._require_manifest()
+            if self._phase != ON_ROUTE:
+                raise RoundError("not_on_route", "not on the route")
+            if self._current_stop is None:
+                raise RoundError("no_stop", "arrive at a stop first")
+            stop = manifest.stop(self._current_stop)
+            if stop.kind != "locker":
+                raise RoundError("not_a_locker_stop", f"stop {stop.stop} is not a locker stop")
+            row = self._row(parcel)
+            if row is not None and row.outcome == COLLECTED:
+                raise RoundError("already_done", f"{parcel} is already collected")
+            if not self._collectable(row, stop):
+                raise RoundError("on_van", f"{parcel} is on the van: it did not come out here")
+            try:
+                return self._collect(parcel, raw)
+            except JournalError as exc:
+                log.error("%s: %s", self.van_id, exc)
+                raise NotRecorded(
+                    "not_recorded", "NOT recorded: the device cannot store it"
+                ) from exc
+
+    def _collect(self, parcel: str, raw: str | None) -> Event:
+        manifest = self._manifest
+        here = self._current_stop
+        assert manifest is not None and here is not None
+        stop = manifest.stop(here)
+        listed = next((c for c in stop.collect if c.parcel == parcel), None)
+        payload = {
+            "parcel": parcel,
+            "stop": here,
+            "locker": stop.locker,
+            "compartment": listed.compartment if listed is not None else None,
+            "listed": listed is not None,
+            "raw": raw,
+            "fix": self._fix_doc(self._fix()),
+        }
+        (event,) = self._commit(
+            "collection not stored",
+            [(PARCEL_COLLECTED_FROM_LOCKER, payload)],
+            [
+                (
+                    "INSERT INTO delivery_parcels(parcel, stop, loaded_raw, outcome, locker) "
+                    "VALUES (?, NULL, ?, ?, ?) ON CONFLICT(parcel) DO UPDATE SET stop=NULL, "
+                    "loaded_raw=excluded.loaded_raw, outcome=excluded.outcome, "
+                    "locker=excluded.locker, returned_raw=NULL",
+                    (parcel, raw if raw is not None else parcel, COLLECTED, stop.locker),
+                )
+            ],
+        )
+        say = f"collected from locker {stop.locker}: back to the depot"
+        self._tell("ok" if listed else "warn", say if listed else f"{say} (not on the list)", event)
+        return event
+
     def end_round(self) -> Event:
         """Heading back: from now on a scan is a parcel coming back to the depot."""
         with self._lock:
@@ -1057,6 +1138,7 @@ class DeliveryRound:
                     "failed": sum(r.outcome == FAILED for r in rows),
                     "redirected": sum(r.outcome == REDIRECTED for r in rows),
                     "in_locker": sum(r.outcome == IN_LOCKER for r in rows),
+                    "collected": sum(r.outcome == COLLECTED for r in rows),
                     "returned": sum(r.returned_raw is not None for r in rows),
                 },
             }
@@ -1072,8 +1154,9 @@ class DeliveryRound:
     def courier(self, doc: Mapping[str, Any]) -> dict[str, Any]:
         """One courier command as a JSON object -> a JSON-able result; RoundError if refused.
 
-        `{"do": "depart" | "arrive" | "deliver" | "fail" | "redirect" | "drop" | "end_round" |
-        "close_day" | "status", ...}`; unknown fields are refused, so a typo cannot drop a name.
+        `{"do": "depart" | "arrive" | "deliver" | "fail" | "redirect" | "drop" | "collect" |
+        "end_round" | "close_day" | "status", ...}`; unknown fields are refused, so a typo
+        cannot drop a name.
         """
         if not isinstance(doc, Mapping):
             raise RoundError("bad_input", "a courier command is a JSON object")
@@ -1123,6 +1206,7 @@ _COURIER_FIELDS: Mapping[str, tuple[str, ...]] = {
     "fail": ("parcel", "reason", "photo"),
     "redirect": ("parcel", "locker", "photo"),
     "drop": ("parcel", "photo"),
+    "collect": ("parcel",),
     "end_round": (),
     "close_day": (),
     "status": (),

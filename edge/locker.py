@@ -39,8 +39,10 @@ from edge.credentials import (
 from edge.errors import EdgeError
 from edge.locker_config import CompartmentSpec, LockerConfig
 from parcel.identify import Rejection, identify
+from sync.errors import WireError
 from sync.journal import Journal, JournalTransaction
 from sync.signing import CommandRejected, CommandVerifier, ReplayStore, SqliteReplayStore
+from sync.wire import check_command
 
 log = logging.getLogger("edge.locker")
 
@@ -628,11 +630,13 @@ class Locker:
         try:
             # The change and its `command_accepted` commit together: the depot hears of
             # every reservation or extension that took effect, and of no other.
+            args = check_command(cmd.action, cmd.args)
             with self.journal.transaction() as tx:
-                facts, pulse = self._apply(tx, cmd.action, cmd.args)
+                facts, pulse = self._apply(tx, cmd.action, args)
                 tx.append("command_accepted", {"id": cmd.id, "action": cmd.action, **facts})
-        except (LockerError, KeyError, TypeError, ValueError) as exc:
-            reason = str(exc) if isinstance(exc, LockerError) else f"bad arguments: {exc!r}"
+        except (LockerError, WireError, KeyError, TypeError, ValueError) as exc:
+            known = isinstance(exc, LockerError | WireError)
+            reason = str(exc) if known else f"bad arguments: {exc!r}"
             with self.journal.transaction() as tx:
                 tx.append("command_failed", {"id": cmd.id, "action": cmd.action, "reason": reason})
             return

@@ -18,7 +18,7 @@ from typing import Any
 
 from drivers.lockboard import BoardConfig
 from edge.errors import EdgeError
-from sync.mqtt import BrokerAddress
+from sync.mqtt import BrokerAddress, tls_client_files
 
 DEFAULT_HOLD_H = 72.0
 DEFAULT_SIZES = {"S": (8.0, 38.0, 64.0), "M": (19.0, 38.0, 64.0), "L": (41.0, 38.0, 64.0)}
@@ -135,14 +135,20 @@ def load_locker_config(path: str | os.PathLike[str]) -> LockerConfig:
             if "password_file" in b:
                 password = (base / b["password_file"]).read_text().strip()
             password = password or os.environ.get("LASTMILE_MQTT_PASSWORD")
-            if not password:
+            try:
+                tls_cert, tls_key = tls_client_files(base, b)
+            except ValueError as exc:
+                raise LockerConfigError(f"locker config {path}: {exc}") from None
+            if not password and tls_cert is None:  # a client certificate names the locker
                 raise LockerConfigError("broker password missing")
             broker = BrokerAddress(
                 str(b.get("host", "127.0.0.1")),
                 int(b["port"]),
                 str(b.get("username", device_id)),
-                password,
+                password or "",
                 tls_ca=str(base / b["ca_file"]) if "ca_file" in b else None,
+                tls_cert=tls_cert,
+                tls_key=tls_key,
             )
         depot = doc.get("depot", {})
         return LockerConfig(

@@ -14,10 +14,11 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from drivers.lockboard import LockBus
+from drivers.lockboard import BusError, LockBus
 from drivers.scanner import Scan, ScanFramer, ScannerReader
 from edge.locker import QR_PREFIX, Display, JsonLinesDisplay, Locker
 from edge.locker_config import LockerConfig, load_locker_config
+from edge.ports import port_problem, require_port
 from sync.clock import Clock
 from sync.journal import Journal
 from sync.uplink import Uplink
@@ -95,7 +96,18 @@ class LockerDevice:
         self.locker.key(scan.data)
 
     def start(self) -> None:
-        self.bus.open()
+        """Start everything; a missing or busy port raises PortError before anything runs."""
+        # The scanner and keypad readers would wait for a port that is not there; at start a
+        # missing one is a mistake in the config, said now rather than as "input missing".
+        if self.config.scanner_port:
+            require_port(self.config.scanner_port, "scanner", "[scanner] port")
+        if self.config.keypad_port:
+            require_port(self.config.keypad_port, "keypad", "[keypad] port")
+        try:
+            self.bus.open()
+        except BusError as exc:
+            port, setting = self.config.lockboard_port, "[lockboard] port"
+            raise port_problem(port, "lock-board", setting, exc, device="locker") from exc
         self.locker.start()
         for reader in self.readers:
             reader.start()

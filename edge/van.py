@@ -31,9 +31,11 @@ from drivers.scanner import Rejected, Scan, ScanFramer, ScannerReader
 from edge.delivery import SCAN_REJECTED as SCAN_REJECTED  # one name for both desks
 from edge.delivery import CourierFeedback, DeliveryRound, Position, RoundError, Tone
 from edge.errors import EdgeError
+from edge.ports import require_port
 from parcel.errors import ParcelError
 from parcel.identify import Rejection, identify
 from sync import BrokerAddress, Clock, Event, Journal, JournalError, JournalFull
+from sync.mqtt import tls_client_files
 from sync.uplink import Uplink
 
 log = logging.getLogger("edge.van")
@@ -184,8 +186,14 @@ def load_config(path: str | os.PathLike[str]) -> VanConfig:
             pw_path = Path(path).parent / broker["password_file"]
             password = pw_path.read_text().strip()
         password = password or os.environ.get("LASTMILE_MQTT_PASSWORD")
-        if not password:
-            raise ConfigError("broker password missing: password_file or LASTMILE_MQTT_PASSWORD")
+        try:
+            tls_cert, tls_key = tls_client_files(Path(path).parent, broker)
+        except ValueError as exc:
+            raise ConfigError(f"config {path}: {exc}") from None
+        if not password and tls_cert is None:  # a client certificate names the van by itself
+            raise ConfigError(
+                "broker password missing: password_file, LASTMILE_MQTT_PASSWORD or tls_cert"
+            )
         scanner = doc["scanner"]
         suffix = scanner.get("suffix", "crlf")
         if suffix not in SUFFIXES:
@@ -213,8 +221,10 @@ def load_config(path: str | os.PathLike[str]) -> VanConfig:
                 str(broker.get("host", "127.0.0.1")),
                 int(broker["port"]),
                 str(broker.get("username", device_id)),
-                password,
+                password or "",
                 tls_ca=str(Path(path).parent / broker["ca_file"]) if "ca_file" in broker else None,
+                tls_cert=tls_cert,
+                tls_key=tls_key,
             ),
             retention_s=float(doc.get("retention_hours", 168)) * 3600.0,
             sync=sync,
@@ -499,6 +509,14 @@ class Van:
             self.scanner_ready.clear()
 
     def start(self) -> None:
+        """Start everything; a scanner or GNSS port that does not exist raises PortError first.
+
+        Once running, an unplugged scanner or receiver is waited for; at start, a port that
+        is not there is a mistake in the config and is said at once.
+        """
+        require_port(self.config.scanner_port, "scanner", "[scanner] port")
+        if self.gnss is not None and self.config.gnss_port:
+            require_port(self.config.gnss_port, "GNSS receiver", "[gnss] port")
         if self.round is not None:
             self._round_worker = threading.Thread(
                 target=self._apply_manifests, name="van-manifests", daemon=True

@@ -15,7 +15,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 
 def _identify(args: argparse.Namespace) -> int:
@@ -74,6 +74,13 @@ def _decode(args: argparse.Namespace) -> int:
 
     from drivers.camera import Decoder
 
+    if not 0 <= args.budget_ms < float("inf"):  # NaN and infinity fail this too
+        print(
+            f"lastmile decode: --budget-ms must be 0 (no budget) or a positive number of "
+            f"milliseconds, not {args.budget_ms:g}",
+            file=sys.stderr,
+        )
+        return 2
     decoder = Decoder(budget_ms=args.budget_ms or None)
     decoder.warm_up()  # the first image is not charged for loading the decoders
     unreadable = empty = 0
@@ -136,6 +143,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+COMMAND_POLL_S = 0.5  # how often `depot command` looks for the locker's answer
+
+
+def _usage_error(message: str) -> NoReturn:
+    """A usage or configuration error: one line on stderr, exit status 2."""
+    print(message, file=sys.stderr)
+    raise SystemExit(2)
+
+
 def _password(args: argparse.Namespace) -> str:
     if args.password_file:
         return Path(args.password_file).read_text().strip()
@@ -196,11 +212,11 @@ def _depot_service_config(args: argparse.Namespace) -> Any:
     from depot.config import DepotConfigError, load_depot_config
 
     if getattr(args, "config", None) is None:
-        raise SystemExit(f"lastmile depot {args.depot_tool}: --config is required")
+        _usage_error(f"lastmile depot {args.depot_tool}: --config is required")
     try:
         return load_depot_config(args.config)
     except DepotConfigError as exc:
-        raise SystemExit(f"lastmile depot: {exc}") from None
+        _usage_error(f"lastmile depot: {exc}")
 
 
 def _depot_run_service(args: argparse.Namespace) -> int:
@@ -239,11 +255,15 @@ def _depot_run_service(args: argparse.Namespace) -> int:
 
 def _depot_import(args: argparse.Namespace) -> int:
     """Receive parcels from a merchant's CSV or JSON file; print what was refused and why."""
+    from depot.imports import ParcelImportError
     from depot.service import DepotService
 
     service = DepotService(_depot_service_config(args))
     try:
         result = service.import_parcels(args.file, format=args.format)
+    except ParcelImportError as exc:  # not readable at all: nothing was received
+        print(f"lastmile depot import: {exc.reason}", file=sys.stderr)
+        return 2
     finally:
         service.stop()
     print(
@@ -269,27 +289,40 @@ def _depot_arrive(args: argparse.Namespace) -> int:
     """Arrival scans at the depot's dock: each code checked by the scanner rules, then received.
 
     Codes come as arguments or, with none, one per line on stdin (a keyboard-wedge scanner
-    types into the terminal). Prints one JSON line per code; exit 1 if any was rejected.
+    types into the terminal). Prints one JSON line per code: `received`; `unknown` (received,
+    but no merchant's import announced it); `refused` (its journey has ended: delivered,
+    picked up or returned; nothing recorded); `rejected` (not a parcel code). Exit 1 unless
+    every code was received as expected.
     """
-    from depot.service import DepotService
+    from depot.service import ArrivalRefused, DepotService
     from parcel.identify import Rejection, parse_cli_code
 
     service = DepotService(_depot_service_config(args))
-    rejected = 0
+    trouble = 0
     try:
         codes = args.codes or (line.strip() for line in sys.stdin)
         for code in codes:
             if not code:
                 continue
             try:
-                parcel = service.arrival_scan(parse_cli_code(code))
-                print(json.dumps({"received": parcel}), flush=True)
+                arrival = service.arrival_scan(parse_cli_code(code))
             except Rejection as exc:
-                rejected += 1
-                print(json.dumps({"rejected": code, "reason": exc.reason}), flush=True)
+                line: dict[str, str] = {"rejected": code, "reason": exc.reason}
+            except ArrivalRefused as exc:
+                line = {"refused": exc.parcel, "reason": exc.reason}
+            else:
+                line = {"received": arrival.parcel}
+                if arrival.unknown:
+                    line = {
+                        "unknown": arrival.parcel,
+                        "reason": "not in the depot's book (not imported); received, it waits "
+                        "at the depot for its data",
+                    }
+            trouble += "received" not in line
+            print(json.dumps(line), flush=True)
     finally:
         service.stop()
-    return 1 if rejected else 0
+    return 1 if trouble else 0
 
 
 def _depot_plan(args: argparse.Namespace) -> int:
@@ -380,6 +413,56 @@ def _depot_epcis(args: argparse.Namespace) -> int:
     return 0
 
 
+def _depot_alarms(args: argparse.Namespace) -> int:
+    """The depot's alarms (open ones by default), or `--ack ID --by NAME`: one acknowledged."""
+    import time
+
+    from depot import alarms
+    from depot.store import StoreError, is_postgres_url, open_database
+
+    if args.ack is None and (args.by is not None or args.note is not None):
+        print("lastmile depot alarms: --by and --note go with --ack ID", file=sys.stderr)
+        return 2
+    if args.ack is not None and not (args.by or "").strip():
+        print("lastmile depot alarms: --ack needs --by NAME (who has seen it)", file=sys.stderr)
+        return 2
+    db = args.db if args.db is not None else _depot_service_config(args).database
+    if not is_postgres_url(db) and not Path(db).exists():
+        raise SystemExit(f"lastmile depot: no depot database at {db}")
+    try:
+        database = open_database(db)
+    except StoreError as exc:
+        raise SystemExit(f"lastmile depot: {exc}") from None
+    try:
+        if args.ack is not None:
+            try:
+                with database.transaction() as conn:
+                    found = [
+                        alarms.acknowledge(
+                            conn, args.ack, by=args.by, note=args.note, now_ns=time.time_ns()
+                        )
+                    ]
+            except alarms.AlarmError as exc:
+                print(f"lastmile depot alarms: {exc}", file=sys.stderr)
+                return 1
+        else:
+            with database.reading() as conn:
+                found = alarms.list_alarms(conn, args.state)
+    finally:
+        database.close()
+    if args.json:
+        print(json.dumps(found[0] if args.ack is not None else found, indent=2,
+                         ensure_ascii=False))
+        return 0
+    for a in found:
+        facts = " ".join(f"{k}={v}" for k, v in sorted(a["facts"].items()))
+        line = f"#{a['id']:<5} {a['raised_at']}  {a['device']:<12} {a['alarm']:<16} {a['state']}"
+        if a["acknowledged_by"]:
+            line += f" by {a['acknowledged_by']}" + (f" ({a['note']})" if a["note"] else "")
+        print(line + (f"  {facts}" if facts else ""))
+    return 0
+
+
 def _depot_supervise(args: argparse.Namespace, workers: int) -> int:
     """`--workers N`: N depot processes on one database, restarted when one dies."""
     from depot.workers import Workers, worker_command
@@ -413,7 +496,13 @@ def _depot(args: argparse.Namespace) -> int:
         print(f"lastmile depot: {exc}", file=sys.stderr)
         return 2
     address = BrokerAddress(
-        args.host, args.port, args.username, _password(args), tls_ca=args.ca_file
+        args.host,
+        args.port,
+        args.username,
+        _password(args),
+        tls_ca=args.ca_file,
+        tls_cert=args.cert_file,
+        tls_key=args.key_file,
     )
     depot = Depot(store, address)
     depot.start()
@@ -464,84 +553,117 @@ def _depot_migrate(args: argparse.Namespace) -> int:
 
 
 def _depot_keygen(args: argparse.Namespace) -> int:
-    """Make the depot's two keys: one signs commands, one opens sealed pickup credentials."""
-    import base64
+    """Make the depot's two keys: one signs commands, one opens sealed pickup credentials.
 
-    from sync.signing import generate_keypair, generate_sealing_keypair, write_private_key
+    Never overwrites keys: existing keys are replaced only with --rotate, which keeps the old
+    ones in DIR/retired (see depot.keys.KeyDirectory and README "Rotating the depot's keys").
+    """
+    from depot.errors import DepotError
+    from depot.keys import KeyDirectory, KeysExistError
 
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    sign_private, sign_public = generate_keypair()
-    seal_private, seal_public = generate_sealing_keypair()
-    write_private_key(out / "command-signing.pem", sign_private)
-    write_private_key(out / "credential-sealing.pem", seal_private)
-    print(
-        json.dumps(
-            {
-                "command_signing_key": str(out / "command-signing.pem"),
-                "credential_sealing_key": str(out / "credential-sealing.pem"),
-                "locker_config": {
-                    "depot": {
-                        "command_keys": [base64.b64encode(sign_public).decode()],
-                        "sealing_key": base64.b64encode(seal_public).decode(),
-                    }
-                },
-            },
-            indent=2,
-        )
-    )
+    if args.drop_sealing_key and args.retire is None:
+        _usage_error("lastmile depot keygen: --drop-sealing-key needs --retire STAMP")
+    keys = KeyDirectory(args.out)
+    try:
+        if args.rotate:
+            keys.rotate()
+        elif args.retire is not None:
+            keys.retire(args.retire, drop_sealing_key=args.drop_sealing_key)
+        else:
+            keys.create()
+        report = keys.report()
+    except KeysExistError as exc:
+        raise SystemExit(
+            f"lastmile depot keygen: {exc}; use --rotate to make new ones (old ones are kept)"
+        ) from None
+    except (DepotError, OSError) as exc:
+        raise SystemExit(f"lastmile depot keygen: {exc}") from None
+    print(json.dumps(report, indent=2))
     return 0
 
 
 def _depot_command(args: argparse.Namespace) -> int:
-    """Sign one command for one device and publish it on the device's command topic."""
+    """Queue a command for a locker in the depot's outbox; the running depot signs and sends it.
+
+    The arguments are checked against what the locker takes before anything is queued. Then it
+    waits (up to --wait seconds) for the depot to publish it and the locker to answer, and says
+    which; exit 0 when the locker accepted it, 1 when it refused it or nothing came back in
+    time (the command stays queued: the depot sends it once it runs), 2 for a usage or
+    configuration error.
+    """
     import time
 
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-
-    from sync.signing import load_signing_key, sign_command
-    from sync.wire import command_topic
+    from depot.errors import DepotError
+    from depot.service import DepotService
+    from depot.store import events, sends
 
     fields: dict[str, object] = {}
     for item in args.args:
         key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"lastmile depot command: {item!r} is not key=value")
+        if not sep or not key:
+            return _usage_error(f"lastmile depot command: {item!r} is not key=value")
         try:  # numbers and JSON literals as such, anything else as text
             fields[key] = json.loads(value)
         except json.JSONDecodeError:
             fields[key] = value
-    payload = sign_command(
-        load_signing_key(Path(args.key).read_bytes()),
-        target=args.target,
-        action=args.action,
-        args=fields,
-        ttl_s=args.ttl,
-        now=time.time(),
-    )
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2, client_id=f"{args.username}-cli", protocol=mqtt.MQTTv5
-    )
-    client.username_pw_set(args.username, _password(args))
-    if args.ca_file:
-        client.tls_set(ca_certs=args.ca_file)
-    client.connect(args.host, args.port)
-    client.loop_start()
+    config = _depot_service_config(args)
     try:
-        info = client.publish(command_topic(args.target, args.action), payload, qos=1)
-        info.wait_for_publish(10)
-        if not info.is_published():
-            print("lastmile depot command: the broker did not take the command", file=sys.stderr)
-            return 1
+        service = DepotService(config)
+    except DepotError as exc:
+        return _usage_error(f"lastmile depot command: {exc}")
+    try:
+        try:
+            command_id = service.send_command(args.target, args.action, fields)
+        except DepotError as exc:
+            return _usage_error(f"lastmile depot command: {exc}")
+        said = {"queued": command_id, "target": args.target, "action": args.action}
+        print(json.dumps(said), flush=True)
+        deadline = time.monotonic() + max(0.0, args.wait)
+        published = False
+        while True:
+            with service.database.reading() as conn:
+                published = published or sends.command_published(conn, command_id)
+                answer = events.command_answer(conn, args.target, command_id)
+            if answer is not None:
+                kind, payload = answer
+                print(json.dumps({kind: command_id, **payload}), flush=True)
+                return 0 if kind == "command_accepted" else 1
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(COMMAND_POLL_S)
+        if not published:
+            print(
+                f"lastmile depot command: queued, but no depot published it within "
+                f"{args.wait:g} s: is `lastmile depot --config {args.config}` running? "
+                "It will send the command when it runs.",
+                file=sys.stderr,
+            )
+        else:
+            print(
+                f"lastmile depot command: sent; {args.target} has not answered within "
+                f"{args.wait:g} s (offline?). `lastmile depot track` shows the answer later.",
+                file=sys.stderr,
+            )
+        return 1
     finally:
-        client.loop_stop()
-        client.disconnect()
-    print(
-        json.dumps(
-            {"sent": json.loads(payload)["id"], "target": args.target, "action": args.action}
-        )
-    )
+        service.stop()
+
+
+def _depot_provision(args: argparse.Namespace) -> int:
+    """Write a production broker's files and every device's broker credentials for a fleet."""
+    from depot.provision import ProvisionError, load_fleet, provision
+
+    try:
+        done = provision(load_fleet(args.devices), args.out)
+    except ProvisionError as exc:
+        return _usage_error(f"lastmile depot provision: {exc}")
+    said = {
+        "mosquitto_conf": str(done.mosquitto_conf),
+        "ca_key": str(done.ca_key),
+        "devices": {name: str(path) for name, path in done.devices.items()},
+        "depot": str(done.depot),
+    }
+    print(json.dumps(said, indent=2))
     return 0
 
 
@@ -567,6 +689,24 @@ def _sim_lockboard(args: argparse.Namespace) -> int:
     return run_from_args(args)
 
 
+def _sim_scanner(args: argparse.Namespace) -> int:
+    from simulators.scanner import run_from_args
+
+    return run_from_args(args)
+
+
+def _sim_keypad(args: argparse.Namespace) -> int:
+    from simulators.scanner import run_keypad_from_args
+
+    return run_keypad_from_args(args)
+
+
+def _sim_gnss(args: argparse.Namespace) -> int:
+    from simulators.gnss import run_from_args
+
+    return run_from_args(args)
+
+
 def _broker_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="MQTT broker host")
     p.add_argument("--port", type=int, default=1883, help="MQTT broker port")
@@ -575,6 +715,8 @@ def _broker_options(p: argparse.ArgumentParser) -> None:
         "--password-file", help="file holding the broker password (else env LASTMILE_MQTT_PASSWORD)"
     )
     p.add_argument("--ca-file", help="CA certificate of a TLS broker (default: plain TCP)")
+    p.add_argument("--cert-file", help="client certificate, for a broker that asks for one")
+    p.add_argument("--key-file", help="the client certificate's private key")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -679,6 +821,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--database", "--db", dest="db", metavar="PATH_OR_URL",
                    help="or the depot's database directly")
     e.set_defaults(func=_depot_epcis)
+    al = tools.add_parser("alarms", help="alarms from lockers, vans and the depot; acknowledge one")
+    al.add_argument("--state", choices=["open", "acknowledged", "all"], default="open",
+                    help="which alarms to list (default: open)")
+    al.add_argument("--ack", type=_positive_int, metavar="ID", help="acknowledge alarm ID")
+    al.add_argument("--by", metavar="NAME", help="who acknowledges it (with --ack)")
+    al.add_argument("--note", help="what was found or done (with --ack)")
+    al.add_argument("--json", action="store_true", help="print JSON")
+    al.add_argument("--config", type=Path, help="the depot's TOML settings (for its database)")
+    al.add_argument("--database", "--db", dest="db", metavar="PATH_OR_URL",
+                    help="or the depot's database directly")
+    al.set_defaults(func=_depot_alarms)
     m = tools.add_parser(
         "migrate",
         help="copy a depot to another database (e.g. SQLite to PostgreSQL) and verify the copy",
@@ -689,11 +842,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an empty database to copy it into (migrated first)")
     m.add_argument("--json", action="store_true", help="print one JSON object")
     m.set_defaults(func=_depot_migrate)
-    k = tools.add_parser("keygen", help="make the depot's command-signing and sealing keys")
+    k = tools.add_parser(
+        "keygen",
+        help="make the depot's command-signing and sealing keys (never overwrites them)",
+    )
     k.add_argument("--out", type=Path, required=True, help="directory for the private keys")
+    kk = k.add_mutually_exclusive_group()
+    kk.add_argument("--rotate", action="store_true",
+                    help="replace existing keys; the old ones are kept in DIR/retired")
+    kk.add_argument("--retire", metavar="STAMP",
+                    help="stop listing the command key rotated away at STAMP for lockers")
+    k.add_argument("--drop-sealing-key", action="store_true",
+                   help="with --retire: also delete that old sealing key (credentials "
+                   "sealed under it can then never be opened)")
     k.set_defaults(func=_depot_keygen)
-    c = tools.add_parser("command", help="sign a command for a device and publish it")
-    c.add_argument("target", help="the device id, e.g. locker-1")
+    c = tools.add_parser(
+        "command", help="send a locker a command through the depot (which signs it)"
+    )
+    c.add_argument("target", help="the locker, e.g. locker-1")
     c.add_argument("action", help="reserve | extend_hold | remote_open")
     c.add_argument(
         "args",
@@ -701,15 +867,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="key=value arguments, e.g. parcel=RB123456785GB "
         "hours=48 (values that parse as JSON are sent as such)",
     )
-    c.add_argument("--key", required=True, help="the depot's command-signing key (PEM)")
-    c.add_argument("--ttl", type=float, default=300.0, help="seconds the command stays valid")
-    _broker_options(c)
+    c.add_argument("--config", type=Path, required=True, help="the depot's TOML settings")
+    c.add_argument(
+        "--wait",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds to wait for the locker's answer (default 30; 0: only queue it)",
+    )
     c.set_defaults(func=_depot_command)
+    pv = tools.add_parser(
+        "provision",
+        help="write a TLS-only Mosquitto set-up, a fleet CA and each device's certificate",
+    )
+    pv.add_argument("devices", type=Path, metavar="DEVICES.toml",
+                    help="the fleet: [broker] host and port, [depot] workers, [[van]], [[locker]]")
+    pv.add_argument("--out", type=Path, required=True,
+                    help="a new or empty directory for the files (never overwritten)")
+    pv.set_defaults(func=_depot_provision)
 
     p = sub.add_parser(
         "sim",
         help="run simulated delivery days end to end (two by default) "
-        "(or one simulated device: `lastmile sim lockboard --help`)",
+        "(or one simulated device: `lastmile sim lockboard|scanner|keypad|gnss --help`)",
     )
     from simulators.day import add_arguments
 
@@ -721,6 +901,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_lockboard_arguments(lb)
     lb.set_defaults(func=_sim_lockboard)
+    from simulators.gnss import add_arguments as add_gnss_arguments
+    from simulators.scanner import add_arguments as add_scanner_arguments
+    from simulators.scanner import add_keypad_arguments
+
+    sc = devices.add_parser("scanner", help="a barcode scanner on a pty; stdin lines are scans")
+    add_scanner_arguments(sc)
+    sc.set_defaults(func=_sim_scanner)
+    kp = devices.add_parser("keypad", help="a locker's keypad on a pty; stdin lines are keys + CR")
+    add_keypad_arguments(kp)
+    kp.set_defaults(func=_sim_keypad)
+    gn = devices.add_parser("gnss", help="a GNSS receiver on a pty: NMEA at 1 Hz, moved by stdin")
+    add_gnss_arguments(gn)
+    gn.set_defaults(func=_sim_gnss)
     return parser
 
 

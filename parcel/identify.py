@@ -8,7 +8,8 @@ network, and it never logs. Drivers hand it the text of one scan; it answers wit
 
 Kinds of identifier (``ParcelId.kind``) and the ``id`` each one yields:
 
-- ``s10``   UPU S10 postal item, e.g. ``RB123456785GB`` (upper-cased, 13 characters).
+- ``s10``   UPU S10 postal item, e.g. ``RB123456785GB`` (upper-cased, 13 characters); the last
+  two letters must be a country in :data:`S10_COUNTRIES` (``RB123456785ZZ`` is refused).
 - ``sscc``  GS1 Serial Shipping Container Code: the 18 digits, whether scanned bare, behind
   AI (00), or inside a GS1 element string (the other AIs go to ``details``).
 - ``gs1``   a GS1 element string without an SSCC: the value of AI (401) GINC, else (402) GSIN.
@@ -69,10 +70,12 @@ from parcel.errors import ParcelError
 
 __all__ = [
     "KINDS",
+    "S10_COUNTRIES",
     "Kind",
     "ParcelId",
     "Rejection",
     "dhl_check_digit",
+    "escape_undecodable",
     "fedex_express_check_digit",
     "gs1_mod10",
     "identify",
@@ -91,6 +94,25 @@ EOT = "\x04"  # ASCII end of transmission: ISO/IEC 15434 message trailer
 
 #: UPU S10 weights over the 8 serial digits.
 S10_WEIGHTS = (8, 6, 4, 2, 3, 5, 9, 7)
+#: The countries an S10 identifier may end with: every officially assigned ISO 3166-1 alpha-2
+#: code (the ISO 3166 Maintenance Agency's list, 249 codes, checked against the iso-codes
+#: package's iso_3166-1.json), plus XK, the user-assigned code that Kosovo's post and the
+#: European Union use and that S10 labels carry. Not "UK": the United Kingdom is GB, and UK is
+#: only exceptionally reserved, never a country on a label. The UPU's own S31 issuer codes of
+#: three characters cannot appear in the two letters of an S10 identifier.
+_S10_COUNTRY_TEXT = """
+    AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH BI BJ BL BM BN BO BQ
+    BR BS BT BV BW BY BZ CA CC CD CF CG CH CI CK CL CM CN CO CR CU CV CW CX CY CZ DE DJ DK DM
+    DO DZ EC EE EG EH ER ES ET FI FJ FK FM FO FR GA GB GD GE GF GG GH GI GL GM GN GP GQ GR GS
+    GT GU GW GY HK HM HN HR HT HU ID IE IL IM IN IO IQ IR IS IT JE JM JO JP KE KG KH KI KM KN
+    KP KR KW KY KZ LA LB LC LI LK LR LS LT LU LV LY MA MC MD ME MF MG MH MK ML MM MN MO MP MQ
+    MR MS MT MU MV MW MX MY MZ NA NC NE NF NG NI NL NO NP NR NU NZ OM PA PE PF PG PH PK PL PM
+    PN PR PS PT PW PY QA RE RO RS RU RW SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS ST SV
+    SX SY SZ TC TD TF TG TH TJ TK TL TM TN TO TR TT TV TW TZ UA UG UM US UY UZ VA VC VE VG VI
+    VN VU WF WS YE YT ZA ZM ZW
+    XK
+"""
+S10_COUNTRIES = frozenset(_S10_COUNTRY_TEXT.split())
 #: FedEx Express weights over the first 11 digits of a 12-digit number.
 FEDEX_EXPRESS_WEIGHTS = (3, 1, 7, 3, 1, 7, 3, 1, 7, 3, 1)
 
@@ -113,6 +135,7 @@ _S10 = re.compile(r"([A-Z]{2})([0-9]{8})([0-9])([A-Z]{2})")
 _UPS = re.compile(r"1Z([0-9A-Z]{15})([0-9A-Z])")
 _USPS_WITH_ZIP = re.compile(r"420([0-9]{5}|[0-9]{9})\x1d([0-9]+)")
 _ENVELOPE = re.compile(r"\[\)>\x1e([0-9]{2})\x1d?([^\x1e\x04]*)(?:[\x1e\x04].*)?", re.DOTALL)
+_SURROGATE = re.compile(r"[\ud800-\udfff]")  # never text: bytes a decoder could not read
 _CLI_TOKENS = re.compile(r"\\x1d|\\x1e|\\x04|<GS>|<RS>|<EOT>", re.IGNORECASE)
 _CLI_BYTES = {
     "\\x1d": GS,
@@ -428,8 +451,15 @@ def _is_gs1_aim(aim: str | None) -> bool:
     return symbology in GS1Symbology.with_gs1_messages()
 
 
+def _show_surrogate(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"<0x{code - 0xDC00:02x}>" if 0xDC80 <= code <= 0xDCFF else f"<U+{code:04X}>"
+
+
 def _show(data: str, limit: int = 40) -> str:
     shown = data.replace(GS, "<GS>").replace(RS, "<RS>").replace(EOT, "<EOT>")
+    # A byte that was not text as <0xff>, as `lastmile identify` shows control characters.
+    shown = _SURROGATE.sub(_show_surrogate, shown)
     shown = shown if len(shown) <= limit else shown[: limit - 3] + "..."
     return repr(shown)
 
@@ -449,6 +479,8 @@ def _read(data: str, aim: str | None) -> _Reading | str:
     if s10 is not None:
         service, serial, check, country = s10.groups()
         failure = _check_failure("S10", check, s10_check_digit(serial))
+        if failure is None and country not in S10_COUNTRIES:
+            failure = f"S10 country {country} is not an ISO 3166 country code"
         return failure or _Reading("s10", upper, {"service": service, "country": country})
     ups = _UPS.fullmatch(upper)
     if ups is not None:
@@ -497,24 +529,48 @@ def parse_cli_code(text: str) -> str:
     return _CLI_TOKENS.sub(lambda m: _CLI_BYTES[m.group(0).lower()], text)
 
 
+def _escape_surrogate(char: str) -> str:
+    """``\\xff`` for a byte that was not UTF-8, ``\\ud800`` for another lone surrogate."""
+    code = ord(char)
+    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
+
+
+def escape_undecodable(text: str) -> str:
+    """``text`` with what is not text escaped, so it encodes as strict UTF-8.
+
+    Bytes that were not UTF-8 (``os.fsdecode``'s and ``surrogateescape``'s lone surrogates
+    U+DC80-U+DCFF) become ``\\xff``; any other lone surrogate becomes ``\\ud800``. Text
+    without them is returned as it is.
+    """
+    return _SURROGATE.sub(lambda m: _escape_surrogate(m.group()), text)
+
+
+def _text(value: str | None) -> str | None:
+    return None if value is None else escape_undecodable(value)
+
+
 def to_json(result: ParcelId | Rejection) -> dict[str, object]:
-    """One JSON-ready object for a scan's outcome, accepted or rejected."""
+    """One JSON-ready object for a scan's outcome, accepted or rejected.
+
+    Every string in it is valid Unicode text: what a command line or a file handed in that
+    was not text appears escaped in ``raw`` (see :func:`escape_undecodable`).
+    """
     if isinstance(result, Rejection):
         return {
             "valid": False,
             "kind": None,
             "id": None,
-            "aim": result.aim,
-            "raw": result.raw,
-            "error": result.reason,
+            "aim": _text(result.aim),
+            "raw": _text(result.raw),
+            "error": _text(result.reason),
             "details": {},
         }
     return {
         "valid": True,
         "kind": result.kind,
         "id": result.id,
-        "aim": result.aim,
-        "raw": result.raw,
+        "aim": _text(result.aim),
+        "raw": _text(result.raw),
         "error": None,
-        "details": dict(result.details),
+        "details": {k: escape_undecodable(v) for k, v in result.details.items()},
     }

@@ -4,8 +4,14 @@ Owns the manifest document both ends agree on (docs/DELIVERY.md): the depot buil
 publishes it, the van parses and runs it. Parsing is strict: a van must refuse a manifest it
 cannot fully understand rather than drive a round with half of it.
 
+A `locker` stop may also list parcels to **collect** (`collect`): holds that ran out
+uncollected, which the courier takes out of the locker (badge, `#2`) and brings back to the
+depot. Those parcels are not delivered by this van, so they have no shelf and are not in
+`Manifest.parcels`; a manifest without `collect` (every one before it existed) collects none.
+
 Must never: guess a missing field, or accept a stop list whose numbering has holes (the
-shelf positions and the courier's route are derived from it).
+shelf positions and the courier's route are derived from it), or a parcel both delivered and
+collected, or collected at two stops.
 """
 
 from __future__ import annotations
@@ -20,6 +26,18 @@ from parcel.errors import ParcelError
 
 MANIFEST_VERSION = 1
 STOP_KINDS = ("address", "locker")
+
+
+@dataclass(frozen=True)
+class LockerReturn:
+    """A parcel to take out of a locker at a `locker` stop, and the compartment it is in (None
+    when the depot does not know it; the locker's own returns list is the truth)."""
+
+    parcel: str
+    compartment: str | None = None
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"parcel": self.parcel, "compartment": self.compartment}
 
 
 class ManifestError(ParcelError):
@@ -44,6 +62,7 @@ class Stop:
     window: tuple[str, str] | None = None
     instructions: str = ""
     locker: str | None = None
+    collect: tuple[LockerReturn, ...] = ()
 
     def to_doc(self) -> dict[str, Any]:
         return {
@@ -57,6 +76,7 @@ class Stop:
             "instructions": self.instructions,
             "locker": self.locker,
             "parcels": list(self.parcels),
+            "collect": [c.to_doc() for c in self.collect],
         }
 
 
@@ -71,15 +91,29 @@ class Manifest:
     issued_at: float = 0.0
     depot: tuple[float, float] | None = None
     _due: dict[str, int] = field(default_factory=dict, init=False, compare=False, repr=False)
+    _collect: dict[str, int] = field(
+        default_factory=dict, init=False, compare=False, repr=False
+    )
 
     def __post_init__(self) -> None:
         due: dict[str, int] = {}
+        collect: dict[str, int] = {}
         for s in self.stops:
             for p in s.parcels:
                 if p in due:
                     raise ManifestError(f"parcel {p} is due at stops {due[p]} and {s.stop}")
                 due[p] = s.stop
+            for c in s.collect:
+                if c.parcel in collect:
+                    raise ManifestError(
+                        f"parcel {c.parcel} is collected at stops {collect[c.parcel]} and {s.stop}"
+                    )
+                collect[c.parcel] = s.stop
+        both = sorted(set(due) & set(collect))
+        if both:
+            raise ManifestError(f"parcel {both[0]} is both delivered and collected")
         self._due.update(due)
+        self._collect.update(collect)
 
     @property
     def parcels(self) -> list[str]:
@@ -88,6 +122,15 @@ class Manifest:
     def stop_of(self, parcel: str) -> int | None:
         """The stop a parcel is due at, or None when it is not on this manifest."""
         return self._due.get(parcel)
+
+    @property
+    def collections(self) -> list[str]:
+        """The parcels this round takes out of lockers, in stop order."""
+        return list(self._collect)
+
+    def collected_at(self, parcel: str) -> int | None:
+        """The stop a parcel is to be collected at, or None when this round does not."""
+        return self._collect.get(parcel)
 
     def stop(self, number: int) -> Stop:
         if not 1 <= number <= len(self.stops):
@@ -216,6 +259,9 @@ def _stop(doc: Any, expected: int) -> Stop:
     locker = doc.get("locker")
     if kind == "locker" and not (isinstance(locker, str) and locker):
         raise ManifestError(f"stop {expected}: a locker stop must name its locker")
+    collect = _collect(doc.get("collect"), expected)
+    if collect and kind != "locker":
+        raise ManifestError(f"stop {expected}: only a locker stop collects parcels")
     return Stop(
         stop=expected,
         kind=kind,
@@ -227,4 +273,24 @@ def _stop(doc: Any, expected: int) -> Stop:
         instructions=_text(doc, "instructions"),
         locker=locker if isinstance(locker, str) and locker else None,
         parcels=tuple(parcels),
+        collect=collect,
     )
+
+
+def _collect(raw: Any, stop: int) -> tuple[LockerReturn, ...]:
+    """A stop's `collect` list: absent or null is none (manifests from before it existed)."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, Sequence) or isinstance(raw, str):
+        raise ManifestError(f"stop {stop}: collect must be a list")
+    out = []
+    for item in raw:
+        if not isinstance(item, Mapping):
+            raise ManifestError(f"stop {stop}: each collect entry is an object")
+        parcel, compartment = item.get("parcel"), item.get("compartment")
+        if not isinstance(parcel, str) or not parcel:
+            raise ManifestError(f"stop {stop}: a collect entry must name its parcel")
+        if compartment is not None and not (isinstance(compartment, str) and compartment):
+            raise ManifestError(f"stop {stop}: compartment must be a non-empty string or null")
+        out.append(LockerReturn(parcel, compartment))
+    return tuple(out)

@@ -51,7 +51,9 @@ DEPOT = (52.3676, 4.9041)  # a depot on the edge of a city centre
 TOWN_RADIUS_M = 6000.0
 SHARED_ADDRESS = 0.08  # parcels that go to an address that already has one
 MERCHANTS = ("shop-a", "shop-b", "shop-c")
-CUSTOMER_HOOK = 0.5  # share of parcels whose customer asked for notifications
+# Share of parcels whose customer gave the shop a way to be told (a webhook). The depot sends
+# only those to a locker: a customer it cannot tell the pickup code cannot collect.
+CUSTOMER_HOOK = 0.85
 STREETS = (
     "Keizersgracht",
     "Prinsengracht",
@@ -484,6 +486,7 @@ def run_day(
                 depot_config,
                 clock=depot_clock,
                 signing_key_pem=lockers.command_signing_pem if lockers is not None else None,
+                sealing_key_pems=[lockers.sealing_pem] if lockers is not None else [],
                 worker=k,
             )
             for k in range(1, plan.workers + 1)
@@ -561,8 +564,7 @@ def run_day(
                 broker_port=broker.port,
                 mqtt5=broker.mqtt5,
                 tls_ca=tls_ca,
-                depot=service.depot,  # set: the config has a broker
-                store=service.store,
+                receiver=receiver,
                 wall_start_ns=start_ns,
                 vans=names,
                 sync=sync_settings,
@@ -598,7 +600,7 @@ def run_day(
             planned = service.plan_day(date)
             parcels_today = {v: len(m.parcels) for v, m in planned.manifests.items()}
             say(f"day {day} ({date}): manifests issued: {parcels_today}")
-            if not any(parcels_today.values()):
+            if not any(m.stops for m in planned.manifests.values()):
                 break
             # Which parcel each van carries, so a courier can pick one of another van by mistake.
             for courier in couriers:
@@ -622,7 +624,7 @@ def run_day(
                     target=c.round, args=(date,), name=f"courier-{c.name}", daemon=True
                 )
                 for c in couriers
-                if planned.manifests.get(c.name) and planned.manifests[c.name].parcels
+                if planned.manifests.get(c.name) and planned.manifests[c.name].stops
             ]
             for t in threads:
                 t.start()
@@ -843,6 +845,7 @@ def _report(
     cuts: int,
     lockers: Any = None,
 ) -> dict[str, Any]:
+    from depot.pickup import notices_sent
     from depot.webhooks import stats
     from simulators.locker_day import no_lockers
 
@@ -874,6 +877,7 @@ def _report(
             "delivered": t.delivered,
             "failed": dict(sorted(t.failed.items())),
             "locker_drops": t.locker_drops,
+            "collected_from_lockers": t.collected,
             "returned_to_depot": t.returned,
             "no_fix_stops": t.tunnel_stops,
             "far_stops": t.far_stops,
@@ -929,17 +933,21 @@ def _report(
     )
     with service.database.reading() as conn:
         hooks = stats(conn)
-    # A hold that ran out after the evening's returns round waits in its compartment for the
-    # next round: the depot knows where it is and what happens next, so it is accounted for.
-    awaiting_returns = sorted(
+        notices = notices_sent(conn)
+    # A hold that ran out after its van's last chance to collect it that day waits in its
+    # compartment for the next day's manifest: accounted for when the depot knows it expired
+    # and has its collection planned.
+    collections = service.collections_planned()
+    awaiting_collection = sorted(
         p
-        for p in (lockers.awaiting_returns_round() if lockers is not None else ())
+        for p in (lockers.expired_inside() if lockers is not None else ())
         if (info := service.book.parcel(p)) is not None
         and info["state"] == "hold_expired"
         and info["next_action"] == "return_to_sender"
     )
+    planned_awaiting = min(len(awaiting_collection), collections["open"])
     elsewhere = sum(n for state, n in states.items() if state not in ACCOUNTED)
-    unaccounted = elsewhere - len(awaiting_returns)
+    unaccounted = elsewhere - planned_awaiting
     report = {
         "vans": plan.vans,
         "seed": plan.seed,
@@ -952,7 +960,10 @@ def _report(
         else None,
         "pod_complete_rate": round(complete / len(pods), 4) if pods else None,
         "unaccounted_parcels": unaccounted,
-        "awaiting_returns_round": len(awaiting_returns),
+        "pickup_notices_sent": notices,
+        "collections_planned": collections["planned"],
+        "collected_from_lockers": collections["collected"],
+        "expired_awaiting_collection": planned_awaiting,
         "webhooks_sent": hooks["sent"],
         "webhooks_pending": hooks["pending"],
         "webhooks_duplicated": receiver.duplicates,
@@ -1018,7 +1029,8 @@ def _print_summary(r: dict[str, Any]) -> None:
     print(
         f"  first-attempt success {r['first_attempt_success_rate']}, proof complete "
         f"{r['pod_complete_rate']}, unaccounted {r['unaccounted_parcels']}, "
-        f"{r['awaiting_returns_round']} expired after the returns round (due on the next)"
+        f"{r['expired_awaiting_collection']} expired awaiting the next day's collection; "
+        f"collections planned {r['collections_planned']}, {r['collected_from_lockers']} done"
     )
     print(
         f"  webhooks: {r['webhooks_sent']} sent, {r['webhooks_duplicated']} duplicated, "

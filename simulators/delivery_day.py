@@ -7,7 +7,8 @@ morning (scanning one parcel of another van by mistake, now and then leaving one
 driving from stop to stop with the GNSS receiver following the road (tunnels lose the fix; a
 parked van is sometimes a street away), scanning at the door (sometimes the wrong parcel
 first, sometimes a label that will not read), recording the outcome, taking redirected
-parcels to lockers, and scanning back what returns in the evening.
+parcels to lockers, collecting at a locker what the depot lists as expired there (badge, `#2`,
+each parcel taken out scanned into the van), and scanning back what returns in the evening.
 
 The courier acts only through the van's inputs (its scanner's pseudo-terminal, its GNSS
 pseudo-terminal, its courier commands) and reads only what the van shows (its status, its
@@ -66,6 +67,11 @@ class Watchable(Protocol):
     def add_listener(self, fn: Callable[[list[Event]], None]) -> None: ...
 
 
+class ReturnLike(Protocol):
+    @property
+    def parcel(self) -> str: ...
+
+
 class StopLike(Protocol):
     @property
     def stop(self) -> int: ...
@@ -79,6 +85,8 @@ class StopLike(Protocol):
     def parcels(self) -> tuple[str, ...]: ...
     @property
     def locker(self) -> str | None: ...
+    @property
+    def collect(self) -> Sequence[ReturnLike]: ...
 
 
 class ManifestLike(Protocol):
@@ -119,9 +127,12 @@ class CameraApp(Protocol):
 
 
 class LockerDropper(Protocol):
-    """The lockers' side: a courier hands a parcel over at a locker (blocking, bounded)."""
+    """The lockers' side: a courier hands a parcel over at a locker, or takes out the expired
+    ones (blocking, bounded; `collect` returns the parcels taken out)."""
 
     def bring(self, van: str, label: Label, parcel: str, locker: str, at_h: float) -> bool: ...
+
+    def collect(self, van: str, locker: str, at_h: float) -> list[str]: ...
 
 
 @dataclass(frozen=True)
@@ -228,6 +239,7 @@ class CourierTally:
     failed: Counter[str] = field(default_factory=Counter)
     locker_drops: int = 0
     locker_drops_failed: int = 0
+    collected: int = 0  # parcels taken out of lockers at the depot's collections
     returned: int = 0
     refusals: Counter[str] = field(default_factory=Counter)
     gave_up: Counter[str] = field(default_factory=Counter)
@@ -269,6 +281,7 @@ class Courier:
         self.watch = JournalWatch(van.journal)
         self.attempts: Counter[str] = Counter()
         self.on_van: set[str] = set()
+        self.collect_seen: set[str] = set()  # parcels listed to collect, already asked for
         self._last_read: dict[str, float] = {}
         self.tunnel = False  # the current stop has no sky (set on arrival)
 
@@ -332,7 +345,11 @@ class Courier:
             manifest = self.van.manifest() or manifest
             if manifest.version not in self.tally.manifest_versions:
                 self.tally.manifest_versions.append(manifest.version)
-            todo = [s for s in manifest.stops if s.stop not in done and self._has_work(s)]
+            todo = [
+                s
+                for s in manifest.stops
+                if (s.stop not in done and self._has_work(s)) or self._to_collect(s)
+            ]
             if not todo:
                 break
             # Doors first, in the manifest's order; locker stops once the doors are done.
@@ -359,10 +376,16 @@ class Courier:
                 self.tally.returned += 1
                 self.sim_wait(LOAD_SCAN_S)
         self.on_van.clear()
+        self.collect_seen.clear()
         self._do({"do": "close_day"})
 
     def _has_work(self, stop: StopLike) -> bool:
-        return any(p in self.on_van for p in stop.parcels)
+        return any(p in self.on_van for p in stop.parcels) or self._to_collect(stop)
+
+    def _to_collect(self, stop: StopLike) -> bool:
+        """The manifest lists expired parcels here the courier has not asked the locker for
+        (a manifest re-issued mid-round may add some at a locker already visited)."""
+        return any(c.parcel not in self.collect_seen for c in stop.collect)
 
     def _load(self, manifest: ManifestLike) -> None:
         order = [p for s in reversed(manifest.stops) for p in s.parcels if p in self.world]
@@ -459,5 +482,26 @@ class Courier:
             if self._do({"do": "drop", "parcel": parcel}) is not None:
                 self.tally.locker_drops += 1
                 self.on_van.discard(parcel)
+        if self._to_collect(stop):
+            self._collect(stop)
         if self.tunnel:
             self.gnss.tunnel(False)
+
+    def _collect(self, stop: StopLike) -> None:
+        """Badge in, `#2`, take out what the locker opens; scan each parcel into the van."""
+        self.collect_seen.update(c.parcel for c in stop.collect)
+        if self.lockers is None:
+            return
+        for parcel in self.lockers.collect(self.name, str(stop.locker), self.hour()):
+            home = self.world.get(parcel)
+            if home is None:
+                self.tally.gave_up["collected a parcel without a label"] += 1
+                continue
+            e = self._scan(
+                home.label,
+                ("parcel_collected_from_locker", "stop_scan_refused"),
+                parcel=parcel,
+            )
+            if e is not None and e.kind == "parcel_collected_from_locker":
+                self.tally.collected += 1
+                self.on_van.add(parcel)

@@ -1,4 +1,5 @@
-"""A GNSS receiver on a pseudo-terminal, for tests, bench runs and the simulated day.
+"""A GNSS receiver on a pseudo-terminal, for tests, bench runs, the simulated day and by hand
+(`lastmile sim gnss`: NMEA at a position given on the command line, moved by stdin lines).
 
 It owns the receiver's side of the wire (PROTOCOLS.md section 4): one ``$GNRMC`` and one
 ``$GNGGA`` sentence per epoch, CR LF terminated, written to a pty master from a background
@@ -22,6 +23,7 @@ described in simulators/scanner.py and pinned by tests/test_scanner_serial.py.
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import itertools
 import logging
@@ -29,6 +31,7 @@ import math
 import os
 import random
 import select
+import sys
 import threading
 import time
 import tty
@@ -41,7 +44,7 @@ from parcel.geo import distance_m
 from simulators.errors import SimulatorError
 from sync.clock import Clock, SystemClock
 
-__all__ = ["SimulatedGnss", "WrittenSentence"]
+__all__ = ["SimulatedGnss", "WrittenSentence", "add_arguments", "run_from_args"]
 
 log = logging.getLogger("simulators.gnss")
 
@@ -573,3 +576,66 @@ def _bearing_deg(a: tuple[float, float], b: tuple[float, float]) -> float:
     y = math.sin(dl) * math.cos(p2)
     x = math.cos(p1) * math.sin(p2) - math.sin(p1) * math.cos(p2) * math.cos(dl)
     return math.degrees(math.atan2(y, x)) % 360.0
+
+
+# ---- command line: `lastmile sim gnss` ----------------------------------------------------------
+
+GNSS_COMMANDS = """\
+LAT LON     stand at this position from the next epoch on (decimal degrees, e.g. 52.37 4.89)
+tunnel      lose the fix (no sky); sky brings it back
+hdop X      horizontal dilution of precision in the GGA"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.description = (
+        "A GNSS receiver on a pty: prints the pty's path, then writes $GNRMC and $GNGGA at "
+        "--rate Hz at the position given, which stdin lines move."
+    )
+    p.epilog = "Commands on stdin, one a line:\n" + GNSS_COMMANDS
+    p.add_argument("--link", type=Path, help="make this path a symlink to the pty")
+    p.add_argument(
+        "--lat", type=float, default=DEFAULT_POSITION[0], help="latitude, decimal degrees"
+    )
+    p.add_argument(
+        "--lon", type=float, default=DEFAULT_POSITION[1], help="longitude, decimal degrees"
+    )
+    p.add_argument("--rate", type=float, default=1.0, help="epochs per second (default 1)")
+
+
+def _console(sim: SimulatedGnss) -> Callable[[str], str | None]:
+    def command(line: str) -> str | None:
+        words = line.replace(",", " ").split()  # "52.37, 4.89" as copied from a map
+        word = words[0].lower()
+        if word == "tunnel":
+            sim.tunnel(True)
+            return "fix lost"
+        if word == "sky":
+            sim.tunnel(False)
+            return "fix back"
+        if word == "hdop" and len(words) == 2:
+            sim.set_hdop(float(words[1]))
+            return f"hdop {float(words[1]):.2f}"
+        if len(words) == 2:
+            try:
+                lat, lon = float(words[0]), float(words[1])
+            except ValueError:
+                pass
+            else:
+                sim.move_to(lat, lon)
+                return f"at {lat:.6f} {lon:.6f}"
+        raise SimulatorError(f"{line!r}: expected LAT LON, tunnel, sky or hdop X (see --help)")
+
+    return command
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    from simulators.console import serve
+
+    try:
+        sim = SimulatedGnss(args.link, rate_hz=args.rate, position=(args.lat, args.lon))
+    except (SimulatorError, OSError) as e:
+        print(f"lastmile sim gnss: {e}", file=sys.stderr)
+        return 2
+    with sim:
+        return serve("gnss", sim.path, _console(sim))

@@ -37,7 +37,6 @@ import itertools
 import logging
 import os
 import select
-import signal
 import sys
 import threading
 import time
@@ -45,7 +44,7 @@ import tty
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import NamedTuple
 
 from simulators.errors import SimulatorError
@@ -662,6 +661,8 @@ def _point_link(link: Path, target: str) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = "Prints the pty's path, then takes commands on stdin:\n" + LOCKBOARD_COMMANDS
     p.add_argument("--boards", type=int, default=1, help="boards on the bus, 1-16 (default 1)")
     p.add_argument("--link", type=Path, help="make this path a symlink to the pty")
     p.add_argument(
@@ -684,11 +685,59 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def run_from_args(args: argparse.Namespace) -> int:
-    stop = threading.Event()
+#: What `lastmile sim lockboard` takes on stdin, one command a line (board and lock from 0).
+LOCKBOARD_COMMANDS = """\
+put B L     a person puts a parcel in through the open door
+take B L    a person takes the parcel out through the open door
+close B L   a person pushes the door shut
+open B L    the door opens without an unlock (pried open, a failed lock)
+jam B L     unlock pulses on this lock do nothing; unjam B L undoes it
+offline B   the board leaves the bus; online B brings it back
+status B L  say what the compartment is like"""
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
+
+def _console(sim: SimulatedLockBoards) -> Callable[[str], str | None]:
+    """The stdin commands (LOCKBOARD_COMMANDS); each is answered with the compartment's state."""
+    from simulators.console import numbers
+
+    def state(board: int, lock: int) -> str:
+        with sim._state:
+            c = sim._compartment(board, lock)
+            door, item, jammed = c.door_open, c.item, c.jammed
+        return (
+            f"board {board} lock {lock}: door {'open' if door else 'shut'}, "
+            f"{'parcel' if item else 'empty'}" + (", jammed" if jammed else "")
+        )
+
+    actions: dict[str, Callable[[int, int], None]] = {
+        "put": sim.put_parcel,
+        "take": sim.take_parcel,
+        "close": sim.close_door,
+        "open": sim.force_open,
+        "jam": sim.jam,
+        "unjam": sim.unjam,
+        "status": lambda board, lock: None,
+    }
+
+    def command(line: str) -> str | None:
+        word = line.split()[0].lower()
+        if word in ("offline", "online"):
+            (board,) = numbers(line, 1, f"{word} BOARD")
+            sim.set_offline(board, word == "offline")
+            return f"board {board}: {word}"
+        action = actions.get(word)
+        if action is None:
+            known = ", ".join([*actions, "offline", "online"])
+            raise SimulatorError(f"unknown command {word!r}: {known} (see --help)")
+        board, lock = numbers(line, 2, f"{word} BOARD LOCK")
+        action(board, lock)
+        return state(board, lock)
+
+    return command
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    from simulators.console import serve
 
     try:
         sim = SimulatedLockBoards(
@@ -710,15 +759,7 @@ def run_from_args(args: argparse.Namespace) -> int:
                 sim.after(delay, lambda: sim.close_door(board, lock))
 
             sim.on_unlock = person
-        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            print(sim.path, flush=True)
-            while not stop.wait(0.5):
-                pass
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-    return 0
+        return serve("lockboard", sim.path, _console(sim))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

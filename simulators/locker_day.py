@@ -10,8 +10,8 @@ never imports the device software it stands in front of. Around it, scripted fro
   person who puts the parcel in once the locker has seen the door open, then shuts it;
 - customers collect them by code or QR, the secret opened from the sealed credential the
   *depot* stored (so it has travelled through the sync); some mistype first, one attacker
-  guesses until the keypad locks; some parcels are never collected, expire, and a courier
-  takes them back on the evening returns round;
+  guesses until the keypad locks; some parcels are never collected and expire, and the
+  courier of the van the depot sends to collect them takes them out (badge, `#2`);
 - the depot's side that `depot.ingest.Depot` does not do itself (it holds the sealing and the
   command-signing private keys): reading credentials out of the depot's store, and signing
   `reserve` and `extend_hold` commands it publishes on the depot's own MQTT session;
@@ -47,29 +47,21 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
-import paho.mqtt.client as mqtt
-
-from depot.ingest import Depot, DepotStore
+from depot.ingest import DepotStore
 from simulators.day import DAY_END_H, DAY_START_H
 from simulators.link import LinkProxy
 from simulators.lockboard import SimulatedLockBoards
 from simulators.parcels import GS, Label
+from simulators.webhooks import WebhookReceiver
 from sync.clock import ScaledClock
 from sync.journal import Journal
 from sync.mqtt import BrokerAddress
 from sync.signing import (
-    PICKUP_CREDENTIAL_PURPOSE,
-    SealError,
-    associated_data,
     generate_keypair,
     generate_sealing_keypair,
-    load_sealing_key,
-    load_signing_key,
-    sign_command,
-    unseal,
 )
 from sync.uplink import Uplink
-from sync.wire import Event, command_topic
+from sync.wire import Event
 
 log = logging.getLogger("simulators.locker_day")
 
@@ -120,8 +112,6 @@ QR_SHARE = 0.4
 WRONG_FIRST_SHARE = 0.3
 RESERVE_SHARE = 0.3
 ATTACKER_CODES = 6  # five wrong codes lock the keypad; the sixth meets the lockout
-RETURNS_ROUND_H = 17.5
-RETURNS_BADGE = "R-1"
 DOOR_STUCK = "this door is stuck; support has been called"  # the locker's display text
 
 Fate = Literal["pickup", "extended", "uncollected", "overnight"]
@@ -255,7 +245,7 @@ class Redirect:
 
 @dataclass
 class LockerScript:
-    """One locker's day as planned: its parcels, the faults, the attacker, the returns round."""
+    """One locker's day as planned: its parcels, the faults, the attacker."""
 
     redirects: list[Redirect] = field(default_factory=list)
     forced_h: float = 12.0
@@ -264,113 +254,6 @@ class LockerScript:
     outage_board: int = 0
     attack_h: float | None = None
     cut: tuple[float, float] | None = None
-    returns_h: float = RETURNS_ROUND_H
-
-
-def plan_lockers(
-    rng: random.Random,
-    stops: Sequence[DoorStop],
-    lockers: int,
-    *,
-    share: float,
-    hold_h: float,
-) -> list[LockerScript]:
-    """Which stops fail and go to which locker, and every visit and fault of every locker."""
-    usable: list[DoorStop] = []
-    parcel_of: list[str] = []
-    seen_ids: set[str] = set()
-    for s in stops:
-        if s.at_h > DAY_END_H - 0.8:
-            continue  # too late to reach a locker before the day ends
-        pid = parcel_id(s.label)
-        if pid in seen_ids:
-            continue
-        seen_ids.add(pid)
-        usable.append(s)
-        parcel_of.append(pid)
-    picked: list[int] = []
-    for van in dict.fromkeys(s.van for s in stops):
-        own = [i for i, s in enumerate(usable) if s.van == van]
-        want = max(1, round(share * sum(1 for s in stops if s.van == van)))
-        picked += rng.sample(own, min(want, len(own)))
-    picked.sort(key=lambda i: usable[i].at_h)
-    assigned = {i: n % lockers for n, i in enumerate(picked)}
-    spare = sorted(set(range(len(usable))) - set(picked), key=lambda i: usable[i].at_h)
-    early_stop_h = RETURNS_ROUND_H - hold_h - 0.8
-    for j in range(lockers):
-        # Every locker needs a parcel early enough to expire before the returns round, and
-        # enough parcels for each kind of visit.
-        mine = [i for i, k in assigned.items() if k == j]
-        has_early = any(usable[i].at_h <= early_stop_h for i in mine)
-        if not has_early and spare and usable[spare[0]].at_h <= early_stop_h:
-            mine.append(spare.pop(0))
-        while len(mine) < MIN_REDIRECTS_PER_LOCKER and spare:
-            mine.append(spare.pop(rng.randrange(len(spare))))
-        assigned.update({i: j for i in mine})
-
-    scripts = [LockerScript() for _ in range(lockers)]
-    for i in sorted(assigned, key=lambda i: (usable[i].at_h, i)):
-        stop = usable[i]
-        r = Redirect(stop, parcel_of[i], assigned[i], stop.at_h + rng.uniform(0.2, 0.6))
-        scripts[assigned[i]].redirects.append(r)
-    for j, script in enumerate(scripts):
-        _plan_visits(rng, script, hold_h)
-        _plan_faults(rng, script, first=j == 0)
-    return scripts
-
-
-def _plan_visits(rng: random.Random, script: LockerScript, hold_h: float) -> None:
-    mine = script.redirects
-    if not mine:
-        return
-    early = [r for r in mine if r.drop_h + hold_h + 0.2 <= script.returns_h]
-    if early:
-        n = max(1, round(UNCOLLECTED_SHARE * len(mine)))
-        for r in rng.sample(early, min(n, len(early))):
-            r.fate = "uncollected"
-    rest = [r for r in mine if r.fate == "pickup"]
-    extendable = [r for r in rest if r.drop_h + hold_h + 1.2 <= DAY_END_H - 0.2]
-    if len(rest) >= 3 and extendable:
-        r = rng.choice(extendable)
-        r.fate = "extended"
-        r.extend_h = r.drop_h + rng.uniform(0.4, hold_h - 0.8)
-        r.pickup_h = r.drop_h + hold_h + rng.uniform(0.2, 1.0)
-    for r in rest:
-        if r.fate != "pickup":
-            continue
-        # Within the hold with an hour to spare (the people may run late), and within the day:
-        # what stays overnight then expires long after the returns round.
-        latest = min(hold_h - 1.0, DAY_END_H - 0.3 - r.drop_h)
-        if latest < 0.3:
-            r.fate = "overnight"
-        else:
-            r.pickup_h = r.drop_h + rng.uniform(0.3, latest)
-    pickups = [r for r in mine if r.pickup_h is not None]
-    for r in pickups:
-        r.method = "qr" if rng.random() < QR_SHARE else "code"
-        r.wrong_first = r.method == "code" and rng.random() < WRONG_FIRST_SHARE
-    if len(pickups) >= 2 and len({r.method for r in pickups}) == 1:
-        flip = rng.choice(pickups)  # a small run still sees both ways to collect
-        flip.method = "qr" if flip.method == "code" else "code"
-        flip.wrong_first = False
-    by_code = [r for r in pickups if r.method == "code"]
-    if by_code and not any(r.wrong_first for r in by_code):
-        rng.choice(by_code).wrong_first = True
-    if pickups:
-        rng.choice(pickups).leave_open = True
-    for r in mine:
-        if rng.random() < RESERVE_SHARE:
-            r.reserve = rng.choices(["S", "M", "L"], weights=[5, 3, 1])[0]
-    jam = rng.choice(mine)
-    jam.jam = True
-    jam.reserve = jam.reserve or "S"  # the reservation says which lock the courier will meet
-    plain = [r for r in mine if r.reserve is None]
-    if plain:
-        rng.choice(plain).doesnt_fit = True
-    for r in mine:
-        if r.reserve is not None:
-            # The depot reserves once the door attempt failed, before the courier arrives.
-            r.reserve_h = r.stop.at_h + rng.uniform(0.05, r.drop_h - r.stop.at_h - 0.05)
 
 
 def _plan_faults(rng: random.Random, script: LockerScript, *, first: bool) -> None:
@@ -542,97 +425,54 @@ def _idle_compartments(seen: Sequence[Seen], all_ids: Sequence[str]) -> list[str
     return [c for c in all_ids if c not in holding and c not in reserved and c not in broken]
 
 
-# --- the depot's side -----------------------------------------------------------------------
+# --- the customers' side ---------------------------------------------------------------------
 
 
-class DepotDesk:
-    """What the depot does for lockers beyond `depot.ingest.Depot`: it opens the pickup
-    credentials the lockers sealed to it (from the events the depot stored) to tell customers,
-    and signs commands that it publishes on the depot's own MQTT session."""
+class CustomerInbox:
+    """What the customers were told: the depot's pickup notices, as the webhook receiver got
+    them (signed, verified). A customer collects with the code or QR in their notice, and
+    with nothing else: the simulator never opens a credential itself."""
 
-    def __init__(
-        self,
-        store: DepotStore,
-        depot: Depot,
-        *,
-        sealing_private_pem: bytes,
-        signing_private_pem: bytes,
-    ) -> None:
-        self._store = store
-        self._depot = depot
-        self._sealing = load_sealing_key(sealing_private_pem)
-        self._signing = load_signing_key(signing_private_pem)
-        self._opened: dict[tuple[str, str], dict[str, str]] = {}
-        self._lock = threading.Lock()
-        self.credentials_opened = 0
-        self.credentials_unreadable = 0
-        self.commands_sent = 0
+    def __init__(self, receiver: WebhookReceiver | None) -> None:
+        self._receiver = receiver
 
-    def _open_stored(self, locker: str) -> None:
-        """Open every credential of `locker` the depot has stored and not opened yet."""
-        rows = self._store.query(
-            "SELECT payload FROM events WHERE device=? AND kind='parcel_deposited'", (locker,)
-        )
-        for (text,) in rows:
-            payload = json.loads(str(text))
-            parcel, sealed = str(payload["parcel"]), payload.get("credential_for_depot")
-            if (locker, parcel) in self._opened or not isinstance(sealed, str):
+    def _told(self) -> dict[str, dict[str, str]]:
+        told: dict[str, dict[str, str]] = {}
+        for request in self._receiver.received if self._receiver is not None else ():
+            body = request.body
+            if not (request.verified and 200 <= request.status < 300 and isinstance(body, dict)):
                 continue
-            try:
-                plain = unseal(
-                    self._sealing,
-                    sealed,
-                    associated_data(PICKUP_CREDENTIAL_PURPOSE, locker, parcel),
-                )
-            except SealError:
-                self.credentials_unreadable += 1
-                self._opened[(locker, parcel)] = {}
-                continue
-            self._opened[(locker, parcel)] = {str(k): str(v) for k, v in json.loads(plain).items()}
-            self.credentials_opened += 1
+            pickup = body.get("pickup")
+            if isinstance(pickup, dict) and "code" in pickup and "qr_token" in pickup:
+                told[str(body.get("parcel"))] = {
+                    "code": str(pickup["code"]),
+                    "qr": str(pickup["qr_token"]),
+                    "extend": str((body.get("details") or {}).get("extend_hold_url") or ""),
+                }
+        return told
 
-    def credential(
-        self, locker: str, parcel: str, timeout: float, *, give_up: Callable[[], bool]
+    def notice(
+        self, parcel: str, timeout: float, *, give_up: Callable[[], bool]
     ) -> dict[str, str] | None:
-        """The code and QR of `parcel`, once the locker's deposit event is at the depot."""
+        """The code and QR token the depot sent `parcel`'s customer, once it has arrived."""
+        if self._receiver is None:
+            return None
         deadline = time.monotonic() + timeout
         while True:
-            with self._lock:
-                self._open_stored(locker)
-                found = self._opened.get((locker, parcel))
-            if found:
+            found = self._told().get(parcel)
+            left = deadline - time.monotonic()
+            if found is not None or left <= 0 or give_up():
                 return found
-            if found is not None or time.monotonic() > deadline or give_up():
-                return None
-            time.sleep(0.02)
+            # Woken by every request the receiver answers; re-checks give_up now and then.
+            self._receiver.wait_for(lambda: parcel in self._told(), min(0.5, left))
 
-    def known_codes(self, locker: str) -> set[str]:
-        """Every pickup code of `locker` the depot knows (so a guess is surely wrong)."""
-        with self._lock:
-            self._open_stored(locker)
-            return {c["code"] for (lk, _p), c in self._opened.items() if lk == locker and c}
+    def codes(self) -> set[str]:
+        """Every pickup code any customer was told (an attacker's guess is none of them)."""
+        return {t["code"] for t in self._told().values()}
 
-    def send(self, locker: str, action: str, args: Mapping[str, Any]) -> str | None:
-        """Sign a command for `locker` and publish it; its id, or None if it could not go."""
-        payload = sign_command(
-            self._signing,
-            target=locker,
-            action=action,
-            args=args,
-            ttl_s=COMMAND_TTL_S,
-            now=time.time(),  # the locker checks commands against its real wall clock
-        )
-        session = self._depot.session
-        for _ in range(3):
-            if not session.wait_connected(5.0):
-                continue
-            info = session.client.publish(command_topic(locker, action), payload, qos=1)
-            if info.rc == mqtt.MQTT_ERR_SUCCESS:
-                self.commands_sent += 1
-                return str(json.loads(payload)["id"])
-            time.sleep(0.1)
-        log.warning("depot could not publish %s for %s", action, locker)
-        return None
+    @property
+    def received(self) -> int:
+        return len(self._told())
 
 
 # --- one locker and the people at it --------------------------------------------------------
@@ -707,20 +547,18 @@ class SimulatedLocker:
         hold_h: float,
         badges: frozenset[str],
         sync: Mapping[str, Any],
-        desk: DepotDesk,
+        inbox: CustomerInbox,
         seed: int,
     ) -> None:
         self.name = name
         self.clock = clock
         self.speed = clock.speed
-        self.desk = desk
+        self.inbox = inbox
         self.rng = random.Random(f"{name}/{seed}")
         self.tally = LockerTally()
         self.watch = LockerWatch()
         self.deposited: set[str] = set()
         self.reserved: dict[str, str] = {}
-        # When the returns courier last asked the locker for its expired parcels (locker clock).
-        self.returns_listed_ns: int | None = None
         specs = compartments()
         self.where = {c.id: (c.board, c.lock) for c in specs}
         self.size = {c.id: c.size for c in specs}
@@ -808,11 +646,7 @@ class SimulatedLocker:
             out.append((at_h, what, partial(self.people.put, what, step)))
 
         for r in script.redirects:
-            if r.reserve_h is not None:
-                person(r.reserve_h, "depot reserves", partial(self.reserve, r))
             person(r.drop_h, "drop-off", partial(self.dropoff, r))
-            if r.extend_h is not None:
-                person(r.extend_h, "depot extends hold", partial(self.extend_hold, r))
             if r.pickup_h is not None:
                 person(r.pickup_h, f"pickup ({r.method})", partial(self.pickup, r))
         person(script.forced_h, "forced door", self.force_door)
@@ -823,7 +657,6 @@ class SimulatedLocker:
         )
         if script.attack_h is not None:
             person(script.attack_h, "keypad attacker", self.attack)
-        person(script.returns_h, "returns round", self.collect_returns)
         if script.cut is not None:
             self.tally.dead_zones += 1
             out.append((script.cut[0], "cut (reset)", partial(self.link.cut, "reset")))
@@ -867,39 +700,7 @@ class SimulatedLocker:
         at = self._wait_event(mark, "pickup_attempt", method="qr")
         return None if at is None else self.watch.snapshot()[at]
 
-    def _command(self, action: str, args: Mapping[str, Any]) -> Seen | None:
-        mark = self.watch.mark()
-        command_id = self.desk.send(self.name, action, args)
-        if command_id is None:
-            self._gave_up(f"{action} not sent")
-            return None
-
-        def outcome(seen: Sequence[Seen]) -> Seen | None:
-            for s in seen[mark:]:
-                if s.kind in ("command_accepted", "command_failed"):
-                    if s.facts.get("id") == command_id:
-                        return s
-                elif s.kind == "command_refused" and command_id in str(s.facts.get("detail")):
-                    return s
-            return None
-
-        result = self.watch.wait(outcome, COMMAND_WAIT_S)
-        if result is None:
-            self._gave_up(f"no answer to {action}")
-        return result
-
     # --- the people's steps -------------------------------------------------------------------
-
-    def reserve(self, r: Redirect) -> None:
-        """The depot reserves a compartment for a parcel a courier is bringing."""
-        result = self._command("reserve", {"parcel": r.parcel, "size": r.reserve, "hours": 4})
-        if result is not None and result.kind == "command_accepted":
-            self.reserved[r.parcel] = str(result.facts["compartment"])
-
-    def extend_hold(self, r: Redirect) -> None:
-        """The customer asked the depot for more time."""
-        if r.parcel in self.deposited:
-            self._command("extend_hold", {"parcel": r.parcel, "hours": 2.5})
 
     def dropoff(self, r: Redirect) -> None:
         """A courier brings a parcel nobody took at the door."""
@@ -937,11 +738,11 @@ class SimulatedLocker:
         if hold is None or hold[1] or self.clock.wall_ns() >= hold[0]:
             self._gave_up("customer came after the hold")
             return
-        secrets = self.desk.credential(
-            self.name, r.parcel, CREDENTIAL_WAIT_S, give_up=lambda: self.watch.aborted
+        secrets = self.inbox.notice(
+            r.parcel, CREDENTIAL_WAIT_S, give_up=lambda: self.watch.aborted
         )
         if secrets is None:
-            self._gave_up("no credential at the depot")
+            self._gave_up("no pickup notice from the depot")
             return
         mark = self.watch.mark()
         if r.method == "code":
@@ -976,7 +777,7 @@ class SimulatedLocker:
 
     def attack(self) -> None:
         """Someone tries codes until the keypad locks."""
-        known = self.desk.known_codes(self.name)
+        known = self.inbox.codes()
         self.tally.lockout_attacks += 1
         for _ in range(ATTACKER_CODES):
             code = f"{self.rng.randrange(10**6):06d}"
@@ -1020,8 +821,11 @@ class SimulatedLocker:
             self.boards.set_offline(board, False)
         self._wait_event(mark, "board_back_online", board=board)
 
-    def collect_returns(self) -> None:
-        """The evening round: a courier takes every parcel whose hold ran out."""
+    def collect_returns(self, van: str) -> list[str]:
+        """The courier of `van`, sent by the depot, takes out every parcel whose hold ran out:
+        badge, `#2`, each door the locker opens emptied and shut. The parcels taken, in order.
+        """
+        taken: list[str] = []
 
         def all_due_expired(seen: Sequence[Seen]) -> bool | None:
             now = self.clock.wall_ns()
@@ -1032,11 +836,10 @@ class SimulatedLocker:
         if self.watch.wait(all_due_expired, WAIT_S) is None:
             self._gave_up("holds not expired in time")
         locker = self.device.locker
-        locker.key(COURIER_PREFIX + RETURNS_BADGE)
+        locker.key(COURIER_PREFIX + courier_badge(van))
         ends = frozenset({"all returns collected", "no parcels to return", DOOR_STUCK})
         for _round in range(3):  # again if more expired while the courier was at it
             cursor = self.watch.mark()
-            self.returns_listed_ns = self.clock.wall_ns()
             locker.key(KEY_COLLECT_RETURNS)
             while isinstance(door := self._wait_door(cursor, "return", None, ends), OpenDoor):
                 board, lock = self.where[door.compartment]
@@ -1045,10 +848,13 @@ class SimulatedLocker:
                 done = self._wait_event(door.at, "parcel_returned", compartment=door.compartment)
                 if done is None:
                     break
+                if door.parcel is not None:
+                    taken.append(str(door.parcel))
                 cursor = done
             if not any(expired for _until, expired in _holds(self.watch.snapshot()).values()):
                 break
         locker.key(KEY_LOGOUT)
+        return taken
 
     def _typo(self, code: str) -> str:
         at = self.rng.randrange(len(code))
@@ -1076,7 +882,7 @@ class LockerDay:
         self._sealing_private, self._sealing_public = generate_sealing_keypair()
         self._command_private, self._command_public = generate_keypair()
         self.lockers: list[SimulatedLocker] = []
-        self.desk: DepotDesk | None = None
+        self.inbox = CustomerInbox(None)
         self.scripts: list[LockerScript] = []
         # Set by the scenario runner: queue a person's visit at a simulated hour.
         self.on_visit: Callable[[float, str, str, Callable[[], None]], None] | None = None
@@ -1090,20 +896,15 @@ class LockerDay:
         broker_port: int,
         mqtt5: bool,
         tls_ca: str | None = None,
-        depot: Depot,
-        store: DepotStore,
+        receiver: WebhookReceiver | None,
         wall_start_ns: int,
         vans: Sequence[str],
         sync: Mapping[str, Any],
     ) -> None:
-        """Build (with `build`) and start every locker; the depot must be running."""
-        self.desk = DepotDesk(
-            store,
-            depot,
-            sealing_private_pem=self._sealing_private,
-            signing_private_pem=self._command_private,
-        )
-        badges = frozenset({courier_badge(v) for v in vans} | {RETURNS_BADGE})
+        """Build (with `build`) and start every locker; the depot must be running. Customers
+        read their pickup notices from `receiver` (the depot's webhooks to them)."""
+        self.inbox = CustomerInbox(receiver)
+        badges = frozenset(courier_badge(v) for v in vans)
         for name in self.names:
             site = SimulatedLocker(
                 name,
@@ -1120,7 +921,7 @@ class LockerDay:
                 hold_h=self.hold_h,
                 badges=badges,
                 sync=sync,
-                desk=self.desk,
+                inbox=self.inbox,
                 seed=self.seed,
             )
             self.lockers.append(site)
@@ -1128,45 +929,55 @@ class LockerDay:
             if not site.start():
                 log.warning("%s never polled its boards", site.name)
 
-    def schedule(
-        self, stops: Sequence[DoorStop]
-    ) -> list[tuple[float, str, str, Callable[[], None]]]:
-        """(simulated hour, device, what, action) of every locker action of the day."""
-        self.scripts = plan_lockers(
-            self.rng, stops, len(self.lockers), share=self.redirect_share, hold_h=self.hold_h
-        )
-        return [
-            (at_h, site.name, what, run)
-            for site, script in zip(self.lockers, self.scripts, strict=True)
-            for at_h, what, run in site.schedule(script)
-        ]
-
     @property
     def command_signing_pem(self) -> bytes:
         """The depot's command-signing key of this run (the lockers trust its public half)."""
         return self._command_private
+
+    @property
+    def sealing_pem(self) -> bytes:
+        """The depot's credential-sealing key of this run (the lockers seal to its public
+        half; only the depot opens what they seal)."""
+        return self._sealing_private
 
     # --- the depot-driven day (simulators/day.py): redirects decided by the depot ----------
 
     def script_faults(
         self, *, first_day: bool = True
     ) -> list[tuple[float, str, str, Callable[[], None]]]:
-        """(simulated hour, device, what, action) of each locker's faults and returns round.
+        """(simulated hour, device, what, action) of each locker's faults (the first day only).
 
         The parcels are not scripted here: the depot decides which failed parcels go to which
-        locker, and the couriers `bring` them. On a later day only the returns round runs.
+        locker, and the couriers `bring` them; it also sends a van to collect what expired,
+        whose courier does it with `collect`.
         """
         if not self.scripts:
             self.scripts = [LockerScript() for _ in self.lockers]
         out: list[tuple[float, str, str, Callable[[], None]]] = []
+        if not first_day:
+            return out
         for j, (site, script) in enumerate(zip(self.lockers, self.scripts, strict=True)):
-            if first_day:
-                _plan_faults(self.rng, script, first=j == 0)
-                out += [(at_h, site.name, what, run) for at_h, what, run in site.schedule(script)]
-            else:
-                step = partial(site.people.put, "returns round", site.collect_returns)
-                out.append((script.returns_h, site.name, "returns round", step))
+            _plan_faults(self.rng, script, first=j == 0)
+            out += [(at_h, site.name, what, run) for at_h, what, run in site.schedule(script)]
         return out
+
+    def collect(self, van: str, locker: str, at_h: float) -> list[str]:
+        """The courier of `van` collects the expired parcels at `locker` now (blocking,
+        bounded); the parcels taken out, which the courier now has in hand."""
+        site = self.lockers[self.names.index(locker)]
+        taken: list[str] = []
+        done = threading.Event()
+
+        def collect() -> None:
+            try:
+                taken.extend(site.collect_returns(van))
+            finally:
+                done.set()
+
+        site.people.put(f"collection by {van}", collect)
+        if not done.wait(WAIT_S * 4):
+            site.tally.gave_up["collection took too long"] += 1
+        return list(taken)
 
     def bring(self, van: str, label: Label, parcel: str, locker: str, at_h: float) -> bool:
         """A courier hands `parcel` over at `locker` now; True once it is in a compartment.
@@ -1275,41 +1086,36 @@ class LockerDay:
         for t in threads:
             t.join()
 
-    def awaiting_returns_round(self) -> set[str]:
-        """Parcels whose hold ran out after their locker's last returns round: still in the
-        compartment, known to the depot as expired, and due on the next evening's round.
-
-        A hold that expired before the courier last asked for the returns list is not here: the
-        round should have taken it, and the run counts it as unaccounted.
-        """
+    def expired_inside(self) -> set[str]:
+        """Parcels whose hold ran out that are still in their compartments, as the lockers'
+        journals tell it (a courier has not taken them out yet)."""
         waiting: set[str] = set()
         for site in self.lockers:
             _prev, events = site.journal.read(0, 10**9)
-            waiting |= expired_after(events, site.returns_listed_ns)
+            waiting |= expired_inside(events)
         return waiting
 
     def report(self, store: DepotStore) -> dict[str, Any]:
         """The lockers' figures, counted from the events the depot stored."""
         return locker_figures(
             [(site, _depot_events(store, site.name)) for site in self.lockers],
-            self.desk,
+            self.inbox,
             redirects_traced=_redirects_traced(store, self.scripts, self.names),
         )
 
 
-def expired_after(events: Sequence[Event], listed_ns: int | None) -> set[str]:
-    """Parcels a locker's `events` leave expired and uncollected whose hold ran out after
-    `listed_ns`, when the returns courier last asked for the list (None: never asked)."""
-    expired_at: dict[str, int] = {}
+def expired_inside(events: Sequence[Event]) -> set[str]:
+    """Parcels a locker's `events` leave expired and still in their compartments."""
+    expired: set[str] = set()
     for e in events:
         parcel = str(e.payload.get("parcel"))
         if e.kind == "hold_expired":
-            expired_at[parcel] = e.wall_ns
+            expired.add(parcel)
         elif e.kind in ("parcel_picked_up", "parcel_returned") or (
             e.kind == "command_accepted" and e.payload.get("action") == "extend_hold"
         ):
-            expired_at.pop(parcel, None)
-    return {p for p, at in expired_at.items() if listed_ns is None or at > listed_ns}
+            expired.discard(parcel)
+    return expired
 
 
 def _depot_events(store: DepotStore, device: str) -> list[tuple[str, dict[str, Any]]]:
@@ -1367,7 +1173,7 @@ FIGURES = (
 
 def locker_figures(
     sites: Sequence[tuple[SimulatedLocker, list[tuple[str, dict[str, Any]]]]],
-    desk: DepotDesk | None,
+    inbox: CustomerInbox | None,
     *,
     redirects_traced: int = 0,
 ) -> dict[str, Any]:
@@ -1433,9 +1239,7 @@ def locker_figures(
         **{k: totals[k] for k in FIGURES},
         "alarms": dict(sorted(alarms.items())),
         "redirects_traced_at_depot": redirects_traced,
-        "credentials_opened_at_depot": desk.credentials_opened if desk else 0,
-        "credentials_unreadable_at_depot": desk.credentials_unreadable if desk else 0,
-        "commands_sent": desk.commands_sent if desk else 0,
+        "pickup_notices_received": inbox.received if inbox else 0,
         "gave_up": dict(sorted(gave_up.items())),
         "step_errors": sum(site.tally.step_errors for site, _ in sites),
         "people_max_lag_min": max((site.tally.max_lag_min for site, _ in sites), default=0.0),

@@ -1,4 +1,7 @@
-"""A serial barcode scanner on a pseudo-terminal, for tests and bench runs.
+"""A serial barcode scanner on a pseudo-terminal, for tests, bench runs and by hand.
+
+By hand: `lastmile sim scanner` sends each line typed on stdin as a scan, and `lastmile sim
+keypad` each line as keys + CR (a locker's keypad is a serial line of the same kind).
 
 It owns the scanner's side of the wire: ``[AIM id][data][suffix]`` written to a pty master,
 so a driver opens the slave path exactly as it would open ``/dev/ttyACM0``. It implements the
@@ -29,19 +32,28 @@ How Linux ptys behave (checked on Linux 6.18; tests/test_scanner_serial.py pins 
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import random
 import select
+import sys
 import threading
 import time
 import tty
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
 from simulators.errors import SimulatorError
 
-__all__ = ["SimulatedScanner"]
+__all__ = [
+    "SimulatedScanner",
+    "add_arguments",
+    "add_keypad_arguments",
+    "run_from_args",
+    "run_keypad_from_args",
+]
 
 log = logging.getLogger("simulators.scanner")
 
@@ -238,3 +250,72 @@ class SimulatedScanner:
                     "nobody drained the scanner pty %s: %d bytes lost", self._device, len(view)
                 )
             return data[: len(data) - len(view)]
+
+
+# -- command line: `lastmile sim scanner` and `lastmile sim keypad` -------------------------------
+
+#: The terminators a scanner can be set to send, by the names the van's config uses.
+SUFFIXES = {"crlf": b"\r\n", "cr": b"\r", "lf": b"\n", "none": None}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "A serial barcode scanner on a pty: prints the pty's path, then sends each line typed "
+        "on stdin as one scan, [AIM id][text][suffix]. Write the GS separator of GS1 codes "
+        "as <GS> (also <RS>, <EOT>), as for `lastmile identify`."
+    )
+    p.add_argument("--link", type=Path, help="make this path a symlink to the pty")
+    p.add_argument(
+        "--suffix", choices=sorted(SUFFIXES), default="crlf", help="the terminator (default crlf)"
+    )
+    p.add_argument(
+        "--aim",
+        default="]C0",
+        help="AIM symbology identifier before each scan (default ]C0, Code 128; 'none': none)",
+    )
+
+
+def add_keypad_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "A locker's keypad on a pty (a serial line like the scanner: the keys, then CR): "
+        "prints the pty's path, then sends each line typed on stdin as keys + CR."
+    )
+    p.add_argument("--link", type=Path, help="make this path a symlink to the pty")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    from parcel.identify import parse_cli_code
+
+    aim = None if args.aim.lower() == "none" else args.aim
+    return _run("scanner", args.link, SUFFIXES[args.suffix], aim, parse_cli_code)
+
+
+def run_keypad_from_args(args: argparse.Namespace) -> int:
+    return _run("keypad", args.link, b"\r", None, lambda keys: keys)
+
+
+def _run(
+    name: str,
+    link: Path | None,
+    suffix: bytes | None,
+    aim: str | None,
+    text: Callable[[str], str],
+) -> int:
+    from simulators.console import serve
+
+    try:
+        sim = SimulatedScanner(link, suffix=suffix)
+    except (SimulatorError, OSError) as e:
+        print(f"lastmile sim {name}: {e}", file=sys.stderr)
+        return 2
+
+    def send(line: str) -> str:
+        data = text(line)
+        try:
+            sim.scan(data, aim=aim)
+        except UnicodeEncodeError:
+            raise SimulatorError(f"{line!r}: a serial line carries bytes 0-255 only") from None
+        return f"{'keyed' if name == 'keypad' else 'scanned'} {line}"
+
+    with sim:
+        return serve(name, sim.path, send)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import math
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -93,12 +95,83 @@ class SystemClock:
         return self._synced
 
 
+class _Timebase:
+    """Real time as one simulation counts it: monotonic time minus the time spent paused.
+
+    Shared by every ScaledClock of one simulation (see `ScaledClock.catch_up`), so they all
+    pause and resume at the same instant. It pauses while anyone holds it, and by itself once
+    it reaches its limit (a time some actor of the simulation must act at).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._paused_total = 0  # real ns spent paused
+        self._paused_at: int | None = None  # real ns when the current pause began
+        self._holds = 0
+        self._limit: int | None = None  # counted ns at which the base stops by itself
+
+    def now(self) -> int:
+        """Counted real ns (never goes back)."""
+        with self._lock:
+            return self._now()
+
+    def _now(self) -> int:
+        if self._paused_at is not None:
+            return self._paused_at - self._paused_total
+        real = time.monotonic_ns()
+        counted = real - self._paused_total
+        if self._limit is not None and counted >= self._limit:
+            # The limit passed since the last read: the base stopped exactly there.
+            self._paused_at = real - (counted - self._limit)
+            return self._limit
+        return counted
+
+    def hold(self) -> None:
+        with self._lock:
+            self._now()  # a limit passed before this hold still stops the base there
+            self._holds += 1
+            if self._paused_at is None:
+                self._paused_at = time.monotonic_ns()
+
+    def release(self) -> None:
+        with self._lock:
+            if self._holds <= 0:
+                raise ValueError("released more often than held")
+            self._holds -= 1
+            self._resume_if_free()
+
+    def set_limit(self, counted_ns: int | None) -> None:
+        with self._lock:
+            now = self._now()
+            self._limit = counted_ns
+            if self._paused_at is None and counted_ns is not None and now >= counted_ns:
+                self._paused_at = time.monotonic_ns()  # a stop already passed: stop here
+            self._resume_if_free()
+
+    def paused(self) -> bool:
+        with self._lock:
+            self._now()
+            return self._paused_at is not None
+
+    def _resume_if_free(self) -> None:
+        if self._holds or self._paused_at is None:
+            return
+        if self._limit is not None and self._paused_at - self._paused_total >= self._limit:
+            return  # still at (or past) the limit: stays stopped until the limit moves on
+        self._paused_total += time.monotonic_ns() - self._paused_at
+        self._paused_at = None
+
+
 @dataclass
 class ScaledClock:
     """Simulated time that runs `speed` times faster than real time from a chosen wall start.
 
     The simulated day uses it so a ten-hour round fits in seconds while every event still
-    carries plausible, ordered times.
+    carries plausible, ordered times. Clocks of one simulation share one time base (after
+    `catch_up`), which the simulation can hold still (`hold`/`release`) while an actor is
+    busy, and stop at the next time an actor must act (`stop_at`): then how fast the machine
+    is changes how long the day takes, not what happens in it. A clock nobody holds and with
+    no stop runs freely, as before.
     """
 
     wall_start_ns: int
@@ -107,10 +180,11 @@ class ScaledClock:
     synced: bool = True
 
     def __post_init__(self) -> None:
-        self._real0 = time.monotonic_ns()
+        self._base = _Timebase()
+        self._real0 = self._base.now()
 
     def monotonic_ns(self) -> int:
-        return int((time.monotonic_ns() - self._real0) * self.speed)
+        return int((self._base.now() - self._real0) * self.speed)
 
     def wall_ns(self) -> int:
         return self.wall_start_ns + self.monotonic_ns()
@@ -119,14 +193,17 @@ class ScaledClock:
         return self.synced
 
     def catch_up(self, other: ScaledClock) -> None:
-        """Read the same simulated time as `other`, when that is ahead (never go back).
+        """Read the same simulated time as `other`, when that is ahead (never go back), and
+        share its time base from now on: holding or stopping one holds or stops both.
 
         Clocks of one simulation are made one after another; without this, a device built a
         second of real time later would live 40 simulated minutes in the past.
         """
         if other.speed != self.speed or other.wall_start_ns != self.wall_start_ns:
             raise ValueError("only clocks of one simulation (same start, same speed) agree")
-        self._real0 = min(self._real0, other._real0)
+        behind = other.monotonic_ns() - self.monotonic_ns()
+        self._base = other._base
+        self._real0 = other._real0 - (int(-behind / self.speed) if behind < 0 else 0)
 
     def skip(self, seconds: float) -> None:
         """Jump simulated time forward by `seconds` (a night between two simulated days).
@@ -137,3 +214,26 @@ class ScaledClock:
         if seconds < 0:
             raise ValueError("simulated time only moves forward")
         self._real0 -= int(seconds * 1e9 / self.speed)
+
+    def hold(self) -> None:
+        """Stop simulated time (every clock sharing this one's base) until `release`; holds
+        count, so several actors can each hold while they are busy."""
+        self._base.hold()
+
+    def release(self) -> None:
+        """End one `hold`; time runs again once nobody holds it and no stop is reached."""
+        self._base.release()
+
+    def stop_at(self, wall_ns: int | None) -> None:
+        """Let time run at most until this clock reads `wall_ns` (None: no stop); it then
+        stands still there until the stop is moved or removed."""
+        if wall_ns is None:
+            self._base.set_limit(None)
+            return
+        # Rounded up, plus one ns: reading the clock at the stop gives at least `wall_ns`.
+        counted = self._real0 + math.ceil((wall_ns - self.wall_start_ns) / self.speed) + 1
+        self._base.set_limit(counted)
+
+    def stopped(self) -> bool:
+        """Whether simulated time stands still now (held, or at its stop)."""
+        return self._base.paused()

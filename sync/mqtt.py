@@ -15,8 +15,10 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -28,6 +30,11 @@ log = logging.getLogger("sync.mqtt")
 
 LOOP_WAKE_S = 1.0  # upper bound of an idle wait in the network thread; not a poll of work
 CONNACK_TIMEOUT_S = 10.0
+_CONNECTING = "connecting to the broker"
+# CONNACK reason codes that say who we are, or how we proved it, was refused (MQTT v5 3.2.2.2:
+# bad user name or password, not authorized, bad authentication method; paho reports a v3.1.1
+# broker's return codes 4 and 5 as the first two).
+_CREDENTIALS_REFUSED = frozenset({0x86, 0x87, 0x8C})
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,8 @@ class BrokerAddress:
 
     `tls_ca` names the CA file the broker's certificate must chain to (TLS 1.2+); without it
     the session is plain TCP, for a broker on the same host or a trusted network.
+    `tls_cert`/`tls_key` are the client's certificate and private key, for a broker that asks
+    for one (`lastmile depot provision` makes them); they are used only over TLS.
     `mqtt5=False` is only for the embedded demo broker (amqtt speaks MQTT 3.1.1): the session
     then keeps a persistent 3.1.1 session and sends no v5 properties; the wire is unchanged.
     """
@@ -46,6 +55,35 @@ class BrokerAddress:
     password: str
     mqtt5: bool = True
     tls_ca: str | None = None  # CA file to verify the broker with; None: plain TCP
+    tls_cert: str | None = None  # client certificate (PEM) shown to the broker; None: none
+    tls_key: str | None = None  # its private key (PEM); None: in the tls_cert file
+
+
+def tls_client_files(base: Path, section: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """`tls_cert` and `tls_key` of a configuration's `[broker]` section, relative to `base`.
+
+    Raises ValueError, naming the key, when one is given without the other's prerequisites (a
+    certificate needs `ca_file`: it is only ever shown over TLS) or names no readable file, so a
+    device says so when it reads its configuration, not when it first connects.
+    """
+    found: list[str | None] = []
+    for name in ("tls_cert", "tls_key"):
+        value = section.get(name)
+        if value is None:
+            found.append(None)
+            continue
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"broker.{name} must be a file name")
+        path = base / value
+        if not path.is_file():
+            raise ValueError(f"broker.{name}: no file {path}")
+        found.append(str(path))
+    cert, key = found
+    if key is not None and cert is None:
+        raise ValueError("broker.tls_key needs broker.tls_cert")
+    if cert is not None and "ca_file" not in section:
+        raise ValueError("broker.tls_cert needs broker.ca_file (a certificate goes only over TLS)")
+    return cert, key
 
 
 @dataclass(frozen=True)
@@ -100,6 +138,7 @@ class MqttSession:
         self._connected = threading.Event()
         self._thread: threading.Thread | None = None
         self.connects = 0
+        self._problem: str | None = "not connected to the broker yet"
         self._ever_opened = False
         self._name = client_id
         c = mqtt.Client(
@@ -113,7 +152,9 @@ class MqttSession:
         if address.tls_ca is not None:
             # Verify the broker's certificate and host name against the pinned CA; never fall
             # back to plaintext if TLS fails.
-            c.tls_set(ca_certs=address.tls_ca)
+            c.tls_set(
+                ca_certs=address.tls_ca, certfile=address.tls_cert, keyfile=address.tls_key
+            )
         c.connect_timeout = 5.0
         if will is not None:
             c.will_set(will.topic, will.payload, qos=1, retain=True)
@@ -159,6 +200,12 @@ class MqttSession:
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
 
+    @property
+    def problem(self) -> str | None:
+        """Why the session is not connected, in words for a person (None while it is): the
+        broker refused the credentials, cannot be reached, did not answer, or dropped us."""
+        return None if self._connected.is_set() else self._problem
+
     # --- the network thread ----------------------------------------------------------------
 
     def _run(self) -> None:
@@ -197,6 +244,7 @@ class MqttSession:
             else:
                 self.client.reconnect()
         except (OSError, mqtt.WebsocketConnectionError, ValueError) as exc:
+            self._problem = f"cannot reach the broker at {self._where()}: {exc}"
             log.info(
                 "%s: cannot reach broker %s:%d: %s",
                 self.address.username,
@@ -205,7 +253,11 @@ class MqttSession:
                 exc,
             )
             return False
+        self._problem = _CONNECTING
         return True
+
+    def _where(self) -> str:
+        return f"{self.address.host}:{self.address.port}"
 
     def _serve(self) -> bool:
         """Run the loop until the connection drops; True when the session got connected."""
@@ -220,9 +272,16 @@ class MqttSession:
                 except Exception:
                     log.exception("%s: tick failed", self.address.username)
             elif got_connected or time.monotonic() > deadline:
+                if self._problem == _CONNECTING:
+                    self._problem = (
+                        f"the broker at {self._where()} did not answer within "
+                        f"{CONNACK_TIMEOUT_S:g} s"
+                    )
                 break
             if rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_AGAIN):
                 log.info("%s: connection lost (%s)", self.address.username, rc.name)
+                if self._problem == _CONNECTING:
+                    self._problem = f"the broker at {self._where()} hung up ({rc.name})"
                 break
         if not self._stop.is_set():
             self._connected.clear()
@@ -244,8 +303,15 @@ class MqttSession:
     ) -> None:
         if reason.is_failure:
             log.error("%s: broker refused the connection: %s", self.address.username, reason)
+            if reason.value in _CREDENTIALS_REFUSED:
+                self._problem = (
+                    f"the broker refused the credentials of {self.address.username} ({reason})"
+                )
+            else:
+                self._problem = f"the broker refused the connection ({reason})"
             return
         self.connects += 1
+        self._problem = None
         self._connected.set()
         try:
             self._on_connected(client)
@@ -260,6 +326,8 @@ class MqttSession:
         reason: ReasonCode,
         _p: Properties | None,
     ) -> None:
+        if self._connected.is_set():  # not after a refused CONNACK: that reason stands
+            self._problem = f"disconnected from the broker ({reason})"
         self._connected.clear()
         log.info("%s: disconnected: %s", self.address.username, reason)
 

@@ -441,3 +441,50 @@ def decode_photo_ack(payload: bytes) -> PhotoAck:
     if offset is not None and (not isinstance(offset, int) or isinstance(offset, bool)):
         raise WireError("photo ack 'off' is not an integer")
     return PhotoAck(_check_sha(doc.get("sha")), have, done, error, offset)
+
+
+# --- commands to lockers -----------------------------------------------------------------------
+
+#: What a locker does when the depot asks, and the arguments each action takes:
+#: (name, kind, required). A command is checked against this before the depot signs it and again
+#: by the locker before it acts, so both read the vocabulary from one place.
+COMMAND_SIZES = ("S", "M", "L")
+MAX_COMMAND_HOURS = 14 * 24.0  # a hold or reservation longer than two weeks is a typing error
+LOCKER_COMMANDS: Mapping[str, tuple[tuple[str, str, bool], ...]] = {
+    "reserve": (("parcel", "text", True), ("size", "size", False), ("hours", "hours", False)),
+    "extend_hold": (("parcel", "text", True), ("hours", "hours", True)),
+    "remote_open": (("compartment", "text", True),),
+}
+
+
+def check_command(action: str, args: Mapping[str, Any]) -> dict[str, Any]:
+    """`args` of a locker command if they are what `action` takes; WireError saying what is
+    wrong otherwise (an unknown action or argument, a missing or ill-typed one)."""
+    spec = LOCKER_COMMANDS.get(action)
+    if spec is None:
+        known = ", ".join(sorted(LOCKER_COMMANDS))
+        raise WireError(f"unknown command {action!r} (a locker knows {known})")
+    names = {name for name, _kind, _required in spec}
+    extra = sorted(set(args) - names)
+    if extra:
+        raise WireError(f"{action} takes {', '.join(sorted(names))}, not {', '.join(extra)}")
+    out: dict[str, Any] = {}
+    for name, kind, required in spec:
+        if name not in args:
+            if required:
+                raise WireError(f"{action} needs {name}")
+            continue
+        value = args[name]
+        if kind == "text" and not (isinstance(value, str) and value and value.isprintable()):
+            raise WireError(f"{action}: {name} must be non-empty text")
+        if kind == "size" and value not in COMMAND_SIZES:
+            raise WireError(f"{action}: size must be one of {', '.join(COMMAND_SIZES)}")
+        if kind == "hours" and (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not 0 < value <= MAX_COMMAND_HOURS
+        ):
+            limit = f"{MAX_COMMAND_HOURS:g}"
+            raise WireError(f"{action}: hours must be a number above 0 and at most {limit}")
+        out[name] = value
+    return out

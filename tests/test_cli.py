@@ -22,7 +22,7 @@ def test_help_lists_every_subcommand_and_the_readme_documents_them() -> None:
     readme = (ROOT / "README.md").read_text()
     for command in ("identify", "van", "locker", "depot", "depot keygen", "depot command",
                     "depot import", "depot arrive", "depot plan", "depot track", "depot epcis",
-                    "decode", "sim", "sim lockboard"):
+                    "decode", "sim", "sim lockboard", "sim scanner", "sim keypad", "sim gnss"):
         assert command.split()[0] in out
         assert f"lastmile {command}" in readme
 

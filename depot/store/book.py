@@ -1,10 +1,11 @@
 """The parcel book's tables: every statement the parcel book (`depot.tracking`) runs, by name.
 
-The one owner of `parcels`, `timeline`, `projection`, `vans`, `unmatched`, `van_days` and
-`locker_commands`. The book decides what a device fact means for a parcel; these functions only
-read and write the rows, on the connection the caller hands them, inside the caller's
-transaction (a state change, its timeline entry and its notifications commit together). The
-same text runs on SQLite and on PostgreSQL (`depot.store.postgres` translates placeholders).
+The one owner of `parcels`, `timeline`, `projection`, `vans`, `unmatched`, `van_days`,
+`locker_commands` and `locker_drops`. The book decides what a device fact means for a
+parcel; these functions only read and write the rows, on the connection the caller hands
+them, inside the caller's transaction (a state change, its timeline entry and its
+notifications commit together). The same text runs on SQLite and on PostgreSQL
+(`depot.store.postgres` translates placeholders).
 
 Must never: commit or begin a transaction of its own.
 """
@@ -203,6 +204,18 @@ def notify_targets(conn: Conn, parcel: str) -> Row:
     return row
 
 
+def deposit_of_entry(conn: Conn, entry: str) -> Row | None:
+    """(locker, payload) of the locker's `parcel_deposited` event behind timeline entry
+    `entry`, or None when that entry came from another event."""
+    row: Row | None = conn.execute(
+        "SELECT e.device, e.payload FROM timeline t JOIN events e "
+        "ON e.device = t.device AND e.uuid = t.event_uuid "
+        "WHERE t.uuid = ? AND e.kind = 'parcel_deposited'",
+        (entry,),
+    ).fetchone()
+    return row
+
+
 def pending_unmatched(conn: Conn) -> list[Row]:
     """(event_rowid, event_uuid, parcel) of kept events whose parcel has since arrived."""
     return conn.execute(
@@ -362,3 +375,53 @@ def drop_reaction(conn: Conn, reaction_id: int) -> None:
 
 def reactions_waiting(conn: Conn) -> int:
     return int(conn.execute("SELECT count(*) FROM reactions").fetchone()[0])
+
+
+# --- locker drops the van and the locker do not agree on yet ----------------------------------
+
+
+def open_locker_drop(
+    conn: Conn, kind: str, parcel: str, locker: str, van: str | None,
+    compartment: str | None, event_uuid: str, since_ns: int,
+) -> None:
+    conn.execute(
+        "INSERT OR IGNORE INTO locker_drops(kind, parcel, locker, van, compartment, event_uuid, "
+        "since_ns) VALUES (?,?,?,?,?,?,?)",
+        (kind, parcel, locker, van, compartment, event_uuid, since_ns),
+    )
+
+
+def close_locker_drops(conn: Conn, parcel: str, locker: str, kind: str) -> int:
+    """Forget the open rows of `kind` for the parcel at that locker; how many there were."""
+    cur = conn.execute(
+        "DELETE FROM locker_drops WHERE parcel=? AND locker=? AND kind=?", (parcel, locker, kind)
+    )
+    return int(cur.rowcount)
+
+
+def locker_drops_due(conn: Conn, kind: str, before_ns: int, limit: int) -> list[Row]:
+    """(id, kind, parcel, locker, van, compartment, event_uuid, since_ns) of open rows of
+    `kind` seen before `before_ns`, oldest first."""
+    return conn.execute(
+        "SELECT id, kind, parcel, locker, van, compartment, event_uuid, since_ns "
+        "FROM locker_drops WHERE kind=? AND since_ns<? ORDER BY since_ns, id LIMIT ?",
+        (kind, before_ns, limit),
+    ).fetchall()
+
+
+def forget_locker_drop(conn: Conn, drop_id: int) -> bool:
+    """Delete one row; False if another worker did first."""
+    return int(conn.execute("DELETE FROM locker_drops WHERE id=?", (drop_id,)).rowcount) > 0
+
+
+def claims_of(conn: Conn, parcel: str) -> list[str]:
+    """The details of the parcel's `dropped_at_locker` timeline entries (a van's claims)."""
+    rows = conn.execute(
+        "SELECT details FROM timeline WHERE parcel=? AND step='dropped_at_locker'", (parcel,)
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def parcel_van(conn: Conn, parcel: str) -> str | None:
+    row = conn.execute("SELECT van FROM parcels WHERE id=?", (parcel,)).fetchone()
+    return None if row is None or row[0] is None else str(row[0])

@@ -4,7 +4,7 @@ The one owner of the tables `streams`, `events`, `gaps`, `quarantine`, `device_s
 `photo_chunks`, `photos` and `unprojected` (the events the parcel book has yet to apply). Every
 other part of the depot reaches them through the named methods here: the MQTT ingest
 (`depot.ingest`) stores batches and photo chunks, the parcel book (`depot.tracking`) takes the
-events waiting for it, the HTTP API serves photos.
+events waiting for it, the HTTP API serves photos and each device's presence.
 
 Must never: store a batch that does not continue its journal's stored hash chain, or keep a
 photo that does not hash to its name.
@@ -13,6 +13,7 @@ photo that does not hash to its name.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ __all__ = [
     "DepotStore",
     "DepotStoreError",
     "IngestResult",
+    "device_presence",
     "event_at",
     "events_waiting",
     "forget_waiting",
@@ -352,5 +354,39 @@ def photo_in(conn: Conn, sha256: str) -> tuple[str, bytes] | None:
     return (str(row[0]), bytes(row[1])) if row is not None else None
 
 
+def command_answer(conn: Conn, device: str, command_id: str) -> tuple[str, dict[str, Any]] | None:
+    """(kind, payload) of `device`'s answer to a command: `command_accepted`, `command_failed`
+    or `command_refused` (a refusal names the id in its detail), or None before it answers."""
+    rows = conn.execute(
+        "SELECT kind, payload FROM events WHERE device=? AND kind IN "
+        "('command_accepted', 'command_failed', 'command_refused') AND payload LIKE ? "
+        "ORDER BY seq DESC",
+        (device, f"%{command_id}%"),
+    ).fetchall()
+    for kind, payload in rows:
+        doc = json.loads(str(payload))
+        if doc.get("id") == command_id or command_id in str(doc.get("detail", "")):
+            return str(kind), doc
+    return None
+
+
 def waiting_count(conn: Conn) -> int:
     return int(conn.execute("SELECT count(*) FROM unprojected").fetchone()[0])
+
+
+def device_presence(conn: Conn) -> dict[str, dict[str, Any]]:
+    """What the depot knows of each device's link, on any connection: its last status
+    message (`status`, raw text, and `status_ns`, when stored) and its newest journal
+    (`journal`, `last_seq` stored, `last_batch_ns` when a batch of it was last stored)."""
+    found: dict[str, dict[str, Any]] = {}
+    for device, status, updated_ns in conn.execute(
+        "SELECT device, status, updated_ns FROM device_status"
+    ):
+        found[str(device)] = {"status": str(status), "status_ns": int(updated_ns)}
+    for device, journal, head_seq, last_seen_ns in conn.execute(
+        "SELECT device, journal, head_seq, last_seen_ns FROM streams ORDER BY last_seen_ns"
+    ):  # a device's newest journal last: it wins
+        found.setdefault(str(device), {"status": None, "status_ns": None}).update(
+            journal=str(journal), last_seq=int(head_seq), last_batch_ns=int(last_seen_ns)
+        )
+    return found

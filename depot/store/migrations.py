@@ -242,6 +242,57 @@ MIGRATIONS: tuple[Migration, ...] = (
                 UNIQUE (parcel, event_uuid, state))""",
         ),
     ),
+    Migration(
+        9,
+        "alarms from devices and from the depot, open until a person acknowledges them",
+        (
+            # `key` makes recording idempotent: a device alarm's event uuid, or the key the
+            # depot part that raised it chose. `notified_ns` is NULL until the operator's
+            # webhook for it is in the outbox.
+            """CREATE TABLE IF NOT EXISTS alarms (
+                id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, source TEXT NOT NULL,
+                device TEXT NOT NULL, alarm TEXT NOT NULL, facts TEXT NOT NULL,
+                raised_ns INTEGER NOT NULL, recorded_ns INTEGER NOT NULL,
+                state TEXT NOT NULL DEFAULT 'open' CHECK (state IN ('open', 'acknowledged')),
+                acknowledged_ns INTEGER, acknowledged_by TEXT, note TEXT, notified_ns INTEGER)""",
+            "CREATE INDEX IF NOT EXISTS alarms_open ON alarms(device) WHERE state = 'open'",
+            "CREATE INDEX IF NOT EXISTS alarms_unnotified ON alarms(id) WHERE notified_ns IS NULL",
+        ),
+    ),
+    Migration(
+        10,
+        "collections: expired locker holds a van's courier is to take back to the depot",
+        (
+            # One row per expiry the depot reacted to (a hold extended and expired again is a
+            # second row). `van`/`day`/`version` name the manifest it was last put on; a row
+            # is done once the locker reported the compartment emptied.
+            """CREATE TABLE IF NOT EXISTS collections (
+                id INTEGER PRIMARY KEY, parcel TEXT NOT NULL, locker TEXT NOT NULL,
+                compartment TEXT, event_uuid TEXT NOT NULL, planned_ns INTEGER NOT NULL,
+                van TEXT, day TEXT, version INTEGER, done_ns INTEGER,
+                UNIQUE (parcel, event_uuid))""",
+            "CREATE INDEX IF NOT EXISTS collections_open ON collections(locker) "
+            "WHERE done_ns IS NULL",
+        ),
+    ),
+    Migration(
+        11,
+        "locker drops the van and the locker do not agree on yet",
+        (
+            # A row lives only while the disagreement is open: a van's claim the locker has
+            # not confirmed (`claim`), a deposit the van has not claimed (`deposit`), a
+            # drop-off the locker saw abandoned (`abandoned`). `since_ns` is the depot's clock
+            # when the projection saw it; the logistics pass acts on rows older than their
+            # time and deletes them, so its query only ever reads what is still open.
+            """CREATE TABLE IF NOT EXISTS locker_drops (
+                id INTEGER PRIMARY KEY, parcel TEXT NOT NULL, locker TEXT NOT NULL,
+                kind TEXT NOT NULL CHECK (kind IN ('claim', 'deposit', 'abandoned')),
+                van TEXT, compartment TEXT, event_uuid TEXT NOT NULL,
+                since_ns INTEGER NOT NULL,
+                UNIQUE (parcel, event_uuid))""",
+            "CREATE INDEX IF NOT EXISTS locker_drops_due ON locker_drops(kind, since_ns)",
+        ),
+    ),
 )
 LATEST = MIGRATIONS[-1].number
 assert [m.number for m in MIGRATIONS] == list(range(1, LATEST + 1)), "numbered without holes"

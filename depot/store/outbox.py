@@ -36,6 +36,7 @@ __all__ = [
     "mark_dead",
     "mark_sent",
     "next_due_ns",
+    "oldest_pending_ns",
     "release",
     "retry_dead",
     "schedule_retry",
@@ -146,6 +147,22 @@ def counts(conn: Conn) -> dict[str, int]:
         found[str(state)] = int(n)
         found["attempts"] += int(attempts)
     return found
+
+
+def sent_bodies(conn: Conn, key_id: str) -> list[bytes]:
+    """The stored bodies of the rows signed with `key_id` that were sent."""
+    rows = conn.execute(
+        "SELECT body FROM webhook_outbox WHERE key_id=? AND state='sent'", (key_id,)
+    ).fetchall()
+    return [bytes(r[0]) for r in rows]
+
+
+def oldest_pending_ns(conn: Conn) -> int | None:
+    """When the oldest row still waiting to be sent was enqueued (None: nothing waits)."""
+    row = conn.execute(
+        "SELECT min(created_ns) FROM webhook_outbox WHERE state = 'pending'"
+    ).fetchone()
+    return None if row is None or row[0] is None else int(row[0])
 
 
 def entry(conn: Conn, event_id: str) -> OutboxEntry | None:

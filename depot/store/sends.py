@@ -160,6 +160,14 @@ def mark_command_published(conn: Conn, command_id: str, now_ns: int) -> None:
 # --- both -------------------------------------------------------------------------------------
 
 
+def command_published(conn: Conn, command_id: str) -> bool:
+    """Whether the broker has taken the command (at least once)."""
+    row = conn.execute(
+        "SELECT published_ns FROM depot_commands WHERE id=?", (command_id,)
+    ).fetchone()
+    return row is not None and row[0] is not None
+
+
 def unsent_count(conn: Conn) -> int:
     """Commands not yet published, plus vans whose newest manifest is not: what the service
     still owes the broker (an older unpublished version is replaced, not owed)."""

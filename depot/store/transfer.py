@@ -46,10 +46,11 @@ TABLES = (
     "depot_commands",
     "unprojected",
     "reactions",
+    "alarms",
 )
 # Columns PostgreSQL numbers itself (identity): copied as they are, then its counters moved on.
 _IDENTITY = {"events": "rowid", "gaps": "id", "quarantine": "id", "timeline": "id",
-             "webhook_outbox": "id", "reactions": "id"}
+             "webhook_outbox": "id", "reactions": "id", "alarms": "id"}
 _BATCH = 500
 
 
