@@ -612,6 +612,11 @@ def _depot_command(args: argparse.Namespace) -> int:
     except DepotError as exc:
         return _usage_error(f"lastmile depot command: {exc}")
     try:
+        if service.keys.signing is None:
+            return _usage_error(
+                "lastmile depot command: the depot has no command-signing key "
+                "(depot.signing_key in depot.toml; `lastmile depot keygen` makes one)"
+            )
         try:
             command_id = service.send_command(args.target, args.action, fields)
         except DepotError as exc:

@@ -186,8 +186,8 @@ class _Workers:
         for s in self.all:
             s.webhooks.wake()
 
-    def settled(self) -> bool:
-        return all(s.settled() for s in self.all)
+    def settled(self, *, webhooks: bool = True) -> bool:
+        return all(s.settled(webhooks=webhooks) for s in self.all)
 
     @property
     def decisions(self) -> list[Any]:
@@ -207,59 +207,265 @@ class _Action:
     run: Callable[[], object] = field(compare=False)
 
 
-class _Scheduler:
-    """The day's timetable: actions at simulated hours of the current day, added any time."""
+# Real seconds a busy actor waits for the rest of the world to catch up before simulated time
+# runs on anyway (the lag is then reported); and longest a sleeper waits between two looks.
+CATCH_UP_S = 20.0
+LOOK_AGAIN_S = 0.5
+STANDSTILL_H = 1.0  # a van with no event for this long while its round is open is reported
 
-    def __init__(self, hour: Callable[[], float], speed: float) -> None:
-        self.hour = hour
-        self.speed = speed
-        self._heap: list[_Action] = []
+
+class _SimTime:
+    """Simulated time of one run: it runs only while no actor is busy, and stops at the next
+    moment an actor must act.
+
+    Every ScaledClock of the run shares the master's time base, so holding it holds all. An
+    actor (a courier's thread, the scheduler, the main thread between days) holds the clock
+    while it acts, then lets the world catch up (`settle`: every device's events confirmed, the
+    depot's decisions taken and sent, the people at the lockers done) and only then sleeps.
+    A sleeper's wake-up time is a stop of the clock, so nobody wakes late: simulated time
+    stands still while a slow machine does the work of a moment. The outcome of a seed thus
+    does not depend on the machine's speed; the day just takes longer in real time.
+    Every wait is bounded (LOOK_AGAIN_S, CATCH_UP_S); a device that does not catch up within
+    CATCH_UP_S is named in `lags` and time runs on without it.
+    """
+
+    def __init__(self, master: Any, day_base: list[int], stopping: threading.Event) -> None:
+        self.master = master
+        self.speed = float(master.speed)
+        self.day_base = day_base
+        self.stopping = stopping
+        self.lags: list[tuple[float, str]] = []  # (hour of the day's clock, what lagged)
+        self.settle: Callable[[], list[str]] = list  # set once the world is built
         self._cond = threading.Condition()
+        self._stops: dict[int, int] = {}  # sleeper -> wall ns it wakes at
+        self._next_token = 0
+        self._local = threading.local()
+
+    def hour(self) -> float:
+        return float((self.master.wall_ns() - self.day_base[0]) / 3600e9)
+
+    def _depth(self) -> int:
+        return int(getattr(self._local, "depth", 0))
+
+    def hold(self) -> None:
+        """The calling thread acts: simulated time stands still until its `release`."""
+        depth = self._depth()
+        if depth == 0:
+            self.master.hold()
+        self._local.depth = depth + 1
+
+    def release(self) -> None:
+        depth = self._depth()
+        if depth == 1:
+            self._catch_up()
+            with self._cond:
+                self.master.release()
+                self._cond.notify_all()
+        self._local.depth = depth - 1
+
+    def holding(self, fn: Callable[[], object]) -> Callable[[], None]:
+        """`fn` for a new thread, holding the clock from now (before the thread starts, so no
+        time passes in between) until `fn` returns."""
+        self.master.hold()
+
+        def run() -> None:
+            self._local.depth = 1
+            try:
+                fn()
+            finally:
+                self.release()
+
+        return run
+
+    def poke(self) -> None:
+        """A sleeper's wake-up time may have changed (a new action on the timetable)."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def sleep(self, seconds: float) -> bool:
+        """Wait `seconds` of simulated time; False when the run is stopping."""
+        end = int(self.master.wall_ns() + max(0.0, seconds) * 1e9)
+        return self.sleep_until(lambda: end)
+
+    def sleep_until(self, wake_ns: Callable[[], int]) -> bool:
+        """Wait until the master clock reads `wake_ns()` (re-read on every poke)."""
+        depth = self._depth()
+        if depth:
+            self._catch_up()
+        with self._cond:
+            token = self._next_token
+            self._next_token += 1
+            if depth:
+                self.master.release()
+                self._local.depth = 0
+            try:
+                while not self.stopping.is_set():
+                    end = wake_ns()
+                    self._stops[token] = end
+                    self.master.stop_at(min(self._stops.values()))
+                    now = self.master.wall_ns()
+                    if now >= end:
+                        break
+                    if self.master.stopped():
+                        wait = LOOK_AGAIN_S  # someone acts: woken when time runs again
+                    else:
+                        wait = min(LOOK_AGAIN_S, (end - now) / self.speed / 1e9)
+                    self._cond.wait(wait)
+            finally:
+                if depth:
+                    self.master.hold()  # before the stop goes: time must not pass the wake-up
+                    self._local.depth = depth
+                del self._stops[token]
+                self.master.stop_at(min(self._stops.values()) if self._stops else None)
+                self._cond.notify_all()
+        return not self.stopping.is_set()
+
+    def _catch_up(self) -> None:
+        if self.stopping.is_set():
+            return
+        lagging = self.settle()
+        if lagging:
+            self.lags.append((self.hour(), "; ".join(lagging)))
+
+
+class _Scheduler:
+    """The day's timetable: actions at simulated hours of the current day, added any time.
+
+    Runs on the main thread, which holds the simulated clock except while it sleeps until the
+    next action or whole hour (see _SimTime): an action runs at its exact simulated time.
+    """
+
+    def __init__(self, sim: _SimTime) -> None:
+        self.sim = sim
+        self._heap: list[_Action] = []
+        self._lock = threading.Lock()
         self._order = 0
 
     def at(self, at_h: float, device: str, what: str, run: Callable[[], object]) -> None:
-        with self._cond:
+        with self._lock:
             heapq.heappush(self._heap, _Action(at_h, self._order, what, device, run))
             self._order += 1
-            self._cond.notify_all()
+        self.sim.poke()
 
     def run_until(
         self, end_h: float, done: Callable[[], bool], on_hour: Callable[[int], None]
     ) -> None:
         """Run actions as their hour comes, until `end_h` has passed and `done()` holds."""
-        next_report = math.floor(self.hour()) + 1
+        next_report = math.floor(self.sim.hour()) + 1
         while True:
-            now = self.hour()
+            now = self.sim.hour()
             while now >= next_report:
                 on_hour(next_report)
                 next_report += 1
-            with self._cond:
-                due = self._heap[0] if self._heap and self._heap[0].at_h <= now else None
-                if due is not None:
-                    heapq.heappop(self._heap)
-                elif now >= end_h and done() and not self._heap_before(end_h + 1):
-                    return
-                else:
-                    target = min(
-                        self._heap[0].at_h if self._heap else end_h, max(end_h, now), next_report
-                    )
-                    wait = max(0.005, min(0.5, (target - now) * 3600 / self.speed))
-                    self._cond.wait(wait)
-                    continue
-            try:
-                due.run()
-            except Exception as exc:
-                print(f"sim: {due.device} {due.what} failed: {exc!r}", file=sys.stderr)
+            with self._lock:
+                due = heapq.heappop(self._heap) if self._heap and self._heap[0].at_h <= now else None
+            if due is not None:
+                try:
+                    due.run()
+                except Exception as exc:
+                    print(f"sim: {due.device} {due.what} failed: {exc}", file=sys.stderr)
+                continue
+            if now >= end_h and done() and not self._heap_before(end_h + 1):
+                return
+            wake_h = partial(self._wake_h, next_report, end_h if now < end_h else math.inf)
+            if not self.sim.sleep_until(lambda f=wake_h: self.sim.day_base[0] + int(f() * 3600e9)):
+                return
+
+    def _wake_h(self, next_report: float, end_h: float) -> float:
+        with self._lock:
+            first = self._heap[0].at_h if self._heap else math.inf
+        return min(first, next_report, end_h)
 
     def next_day(self) -> None:
         """Hours past 24 were tomorrow's: they become hours of the new day."""
-        with self._cond:
+        with self._lock:
             for action in self._heap:
                 action.at_h -= 24.0
             heapq.heapify(self._heap)
 
     def _heap_before(self, h: float) -> bool:
-        return bool(self._heap) and self._heap[0].at_h < h
+        with self._lock:
+            return bool(self._heap) and self._heap[0].at_h < h
+
+
+class _World:
+    """What "the world has caught up" means: nothing of the run is in flight.
+
+    Every device whose link is up has its events confirmed by the depot; the depot has
+    projected them, decided what follows and sent its manifests and commands (webhooks
+    waiting for a receiver aside); each van runs the depot's newest manifest, each locker has
+    answered the depot's commands; the people at the lockers are done.
+    """
+
+    def __init__(self, service: Any) -> None:
+        self.service = service
+        self.vans: list[tuple[str, Any, Any]] = []  # (name, van, link)
+        self.lockers: Any = None
+        self._changed = threading.Condition()
+        self._answered: set[str] = set()  # depot command ids a locker answered
+        self._gone: set[str] = set()  # ... or that one wait for them outlasted
+        self._rejected: dict[str, set[int]] = {}  # manifest versions a van refused
+
+    def watch(self, name: str, journal: Any) -> None:
+        journal.add_listener(partial(self._on_events, name))
+
+    def _on_events(self, name: str, events: list[Any]) -> None:
+        with self._changed:
+            for e in events:
+                if e.kind in ("command_accepted", "command_failed", "command_refused"):
+                    self._answered.add(str(e.payload.get("id")))
+                elif e.kind == "manifest_rejected" and isinstance(e.payload.get("version"), int):
+                    self._rejected.setdefault(name, set()).add(e.payload["version"])
+            self._changed.notify_all()
+
+    def wait(self, timeout: float) -> list[str]:
+        """Wait until nothing is in flight; what still was after `timeout` real seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pending = self.in_flight()
+            left = deadline - time.monotonic()
+            if not pending or left <= 0:
+                if pending:
+                    self._gone |= {p.split(" ")[1] for p in pending if p.startswith("command ")}
+                return pending
+            # Woken by every event a device commits; the depot's side is looked at again soon.
+            with self._changed:
+                self._changed.wait(min(left, 0.02))
+
+    def in_flight(self) -> list[str]:
+        out = []
+        for name, van, link in self.vans:
+            if link.is_cut:
+                continue
+            if van.journal.acked_seq < van.journal.last_seq:
+                out.append(f"{name}: events not yet confirmed by the depot")
+                continue
+            wanted = self.service.current_manifest(name)
+            if wanted is None or van.round is None:
+                continue
+            status = van.round.status()
+            if (status.get("day"), status.get("version")) >= (wanted.day, wanted.version) or (
+                status.get("pending_day") == wanted.day
+                or wanted.version in self._rejected.get(name, ())
+            ):
+                continue
+            out.append(f"{name}: manifest v{wanted.version} not yet applied")
+        if self.lockers is not None:
+            cut = {site.name for site in self.lockers.lockers if site.link.is_cut}
+            for name, journal in self.lockers.journals:
+                if name not in cut and journal.acked_seq < journal.last_seq:
+                    out.append(f"{name}: events not yet confirmed by the depot")
+            for site in self.lockers.lockers:
+                if site.people.busy():
+                    out.append(f"{site.name}: people still at the locker")
+            for cid, target in self.service.store.query(
+                "SELECT id, target FROM depot_commands WHERE published_ns IS NOT NULL"
+            ):
+                if str(target) not in cut and str(cid) not in self._answered | self._gone:
+                    out.append(f"command {cid} to {target} not yet answered")
+        if not out and not self.service.settled(webhooks=False):
+            out.append("depot: decisions or sends still waiting")
+        return out
 
 
 class _TallyFeedback:
@@ -359,14 +565,10 @@ def run_day(
 
     master = new_clock("sim")
     day_base = [midnight_ns]
-
-    def hour() -> float:
-        return (master.wall_ns() - day_base[0]) / 3600e9
-
     stopping = threading.Event()
-
-    def sim_wait(seconds: float) -> bool:
-        return not stopping.wait(max(0.0, seconds) / plan.speed)
+    sim = _SimTime(master, day_base, stopping)
+    sim.hold()  # the main thread acts until the first day's timetable runs
+    hour = sim.hour
 
     # --- the world -------------------------------------------------------------------------
     total = plan.vans * plan.parcels_per_van
@@ -517,7 +719,8 @@ def run_day(
         "backoff_min_s": 0.2,
         "backoff_max_s": 2.0,
     }
-    scheduler = _Scheduler(hour, plan.speed)
+    scheduler = _Scheduler(sim)
+    world_state = _World(service)
     cuts_planned = 0
     day_reports: list[dict[str, Any]] = []
     try:
@@ -568,6 +771,7 @@ def run_day(
                 wall_start_ns=start_ns,
                 vans=names,
                 sync=sync_settings,
+                time_from=master,
             )
             for site in lockers.lockers:
                 site.clock.catch_up(master)
@@ -581,7 +785,7 @@ def run_day(
                     gnss=gnss,
                     world=world,
                     depot=DEPOT,
-                    sim_wait=sim_wait,
+                    sim_wait=sim.sleep,
                     hour=hour,
                     rng=random.Random(f"{name}/{plan.seed}"),
                     lockers=lockers,
@@ -590,10 +794,21 @@ def run_day(
                     camera_app=DoorstepCamera(workdir / "DCIM", seed=len(couriers) + 1),
                 )
             )
+        for name, van, link in zip(names, vans, links, strict=True):
+            world_state.vans.append((name, van, link))
+            world_state.watch(name, van.journal)
+        if lockers is not None:
+            world_state.lockers = lockers
+            for name, journal in lockers.journals:
+                world_state.watch(name, journal)
+        sim.settle = partial(world_state.wait, CATCH_UP_S)
         for day in range(1, plan.days + 1):
             if day > 1:
+                # The night: every clock jumps to the next morning's start (time stood still
+                # since the day ended, so every night is equally long).
+                night_s = max(0.0, (24.0 + DAY_START_H - hour()) * 3600)
                 for c in clocks:
-                    c.skip(NIGHT_H * 3600)
+                    c.skip(night_s)
                 day_base[0] += int(24 * 3600e9)
                 scheduler.next_day()
             date = time.strftime("%Y-%m-%d", time.gmtime(day_base[0] / 1e9))
@@ -621,7 +836,9 @@ def run_day(
                     scheduler.at(at_h, device, what, run)
             threads = [
                 threading.Thread(
-                    target=c.round, args=(date,), name=f"courier-{c.name}", daemon=True
+                    target=sim.holding(partial(c.round, date)),
+                    name=f"courier-{c.name}",
+                    daemon=True,
                 )
                 for c in couriers
                 if planned.manifests.get(c.name) and planned.manifests[c.name].stops
@@ -639,7 +856,7 @@ def run_day(
             # tomorrow only once it has heard what came back today.
             for link in links:
                 link.restore()
-            _quiesce(vans, None, service, deadline=time.monotonic() + 30)
+            _quiesce(vans, None, service, deadline=time.monotonic() + 30, webhooks=False)
             day_reports.append({"day": day, "date": date, "parcels": parcels_today})
         if lockers is not None:
             lockers.end_of_day()
@@ -647,7 +864,13 @@ def run_day(
         for link in links + (lockers.links if lockers is not None else []):
             link.restore()
         say("days over; links restored, devices draining to the depot")
-        _quiesce(vans, lockers, service, deadline=time.monotonic() + 60)
+        _quiesce(vans, lockers, service, deadline=time.monotonic() + 60, webhooks=False)
+        if not service.settled():
+            # Webhooks still waiting for their retry time: let simulated time run for them
+            # (every device has drained, so nothing else can change any more).
+            sim.release()
+            _quiesce(vans, lockers, service, deadline=time.monotonic() + 60)
+            sim.hold()
         report = _report(
             plan, names, vans, feedbacks, couriers, links, service, receiver, cuts_planned, lockers
         )
@@ -737,7 +960,9 @@ def _all_done(threads: Sequence[threading.Thread]) -> bool:
     return not any(t.is_alive() for t in threads)
 
 
-def _quiesce(vans: Sequence[Any], lockers: Any, service: Any, *, deadline: float) -> None:
+def _quiesce(
+    vans: Sequence[Any], lockers: Any, service: Any, *, deadline: float, webhooks: bool = True
+) -> None:
     """Drain every device and let the depot act on it, until nothing moves any more.
 
     The depot's reaction to the last events can itself make a device write (a van applying
@@ -749,20 +974,22 @@ def _quiesce(vans: Sequence[Any], lockers: Any, service: Any, *, deadline: float
             van.uplink.wait_photos_sent(max(0.1, deadline - time.monotonic()))
         if lockers is not None:
             lockers.drain(deadline)
-        _settle(service, deadline=deadline)
+        _settle(service, deadline=deadline, webhooks=webhooks)
         time.sleep(0.2)  # a manifest or command the depot just sent, arriving at its device
         journals = [van.journal for van in vans]
         if lockers is not None:
             journals += [journal for _name, journal in lockers.journals]
-        if all(j.acked_seq == j.last_seq for j in journals) and service.settled():
+        if all(j.acked_seq == j.last_seq for j in journals) and service.settled(
+            webhooks=webhooks
+        ):
             return
 
 
-def _settle(service: Any, *, deadline: float) -> None:
+def _settle(service: Any, *, deadline: float, webhooks: bool = True) -> None:
     """Let the depot project the last events and send every notification it owes."""
     while time.monotonic() < deadline:
         service.wake()
-        if service.settled():
+        if service.settled(webhooks=webhooks):
             return
         service.wake_webhooks()
         time.sleep(0.1)

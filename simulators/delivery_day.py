@@ -429,7 +429,8 @@ class Courier:
         self._arrive(stop)
         here = [p for p in stop.parcels if p in self.on_van]
         if here and self.rng.random() < WRONG_STOP_SCAN:
-            later = [p for p in self.on_van if p not in stop.parcels]
+            # Sorted: a set's order changes from run to run, the seed's draws must not.
+            later = sorted(p for p in self.on_van if p not in stop.parcels)
             if later:
                 self.tally.wrong_stop_scans += 1
                 e = self._scan(

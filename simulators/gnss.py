@@ -39,10 +39,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from parcel.geo import distance_m
 from simulators.errors import SimulatorError
-from sync.clock import Clock, SystemClock
+
+if TYPE_CHECKING:  # `lastmile --help` builds `sim gnss`'s options: sync (paho, SQLite) stays out
+    from sync.clock import Clock
 
 __all__ = ["SimulatedGnss", "WrittenSentence", "add_arguments", "run_from_args"]
 
@@ -132,7 +135,11 @@ class SimulatedGnss:
             raise SimulatorError(f"talker {talker!r} is not two capital letters")
         _check_position(*position)
         self._link = Path(link) if link is not None else None
-        self._clock: Clock = clock if clock is not None else SystemClock()
+        if clock is None:
+            from sync.clock import SystemClock
+
+            clock = SystemClock()
+        self._clock: Clock = clock
         self._period_ns = round(1e9 / rate_hz)
         self._min_gap_s = 1.0 / max_real_rate_hz
         self._corrupt_share = corrupt_share

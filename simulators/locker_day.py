@@ -503,12 +503,21 @@ class _People:
         self._tally = tally
         self._thread = threading.Thread(target=self._run, name=f"people-{name}", daemon=True)
         self.max_lag_s = 0.0  # the longest a step waited for the one before it (real time)
+        self._unfinished = 0  # steps queued or running (the day's clock waits for them)
+        self._unfinished_lock = threading.Lock()
 
     def start(self) -> None:
         self._thread.start()
 
     def put(self, what: str, step: Callable[[], None]) -> None:
+        with self._unfinished_lock:
+            self._unfinished += 1
         self._jobs.put((what, time.monotonic(), step))
+
+    def busy(self) -> bool:
+        """Whether a step is queued or running."""
+        with self._unfinished_lock:
+            return self._unfinished > 0
 
     def finish(self, timeout: float) -> bool:
         """Let the queue run out; True when every step has run within `timeout`."""
@@ -525,6 +534,9 @@ class _People:
             except Exception:
                 self._tally.step_errors += 1
                 log.exception("locker step %r failed", what)
+            finally:
+                with self._unfinished_lock:
+                    self._unfinished -= 1
 
 
 class SimulatedLocker:
@@ -865,6 +877,12 @@ class SimulatedLocker:
 # --- all lockers of the day -----------------------------------------------------------------
 
 
+def _clock_from(clock: ScaledClock, time_from: ScaledClock | None) -> ScaledClock:
+    if time_from is not None:
+        clock.catch_up(time_from)  # one time base with the rest of the simulation
+    return clock
+
+
 class LockerDay:
     """The lockers of one simulated day: accounts, keys, devices, script, and their figures."""
 
@@ -900,9 +918,11 @@ class LockerDay:
         wall_start_ns: int,
         vans: Sequence[str],
         sync: Mapping[str, Any],
+        time_from: ScaledClock | None = None,
     ) -> None:
         """Build (with `build`) and start every locker; the depot must be running. Customers
-        read their pickup notices from `receiver` (the depot's webhooks to them)."""
+        read their pickup notices from `receiver` (the depot's webhooks to them). With
+        `time_from`, every locker's clock shares that clock's time base from its first read."""
         self.inbox = CustomerInbox(receiver)
         badges = frozenset(courier_badge(v) for v in vans)
         for name in self.names:
@@ -915,7 +935,10 @@ class LockerDay:
                 broker_port=broker_port,
                 mqtt5=mqtt5,
                 tls_ca=tls_ca,
-                clock=ScaledClock(wall_start_ns, self.speed, boot_id=f"boot-{name}-{self.seed}"),
+                clock=_clock_from(
+                    ScaledClock(wall_start_ns, self.speed, boot_id=f"boot-{name}-{self.seed}"),
+                    time_from,
+                ),
                 sealing_public=self._sealing_public,
                 command_public=self._command_public,
                 hold_h=self.hold_h,

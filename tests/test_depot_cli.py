@@ -90,7 +90,8 @@ def test_import_plan_track_and_export(tmp_path: Path, depot_database: str) -> No
     )
     assert arrived.returncode == 1
     lines = [json.loads(line) for line in arrived.stdout.splitlines()]
-    assert lines[0] == {"received": GOOD[0]} and lines[1] == {"received": "RC123456785GB"}
+    assert lines[0] == {"received": GOOD[0]} and lines[1]["unknown"] == "RC123456785GB"
+    assert "not imported" in lines[1]["reason"]
     assert lines[2]["rejected"] == "RB123456786GB" and "check digit" in lines[2]["reason"]
 
     planned = lastmile("depot", "plan", "--config", str(config), "--day", "2026-11-23")
@@ -152,13 +153,15 @@ def test_the_running_depot_serves_its_api_and_stops_on_sigterm(
         assert banner["depot"] == "running" and banner["api"] == f"http://127.0.0.1:{port}"
         base = banner["api"]
         deadline = time.monotonic() + 10
-        while True:
+        while True:  # until the API answers, and the depot has reached the broker
             try:
                 status, health = get(f"{base}/health")
-                break
+                if status == 200:
+                    break
             except OSError:
-                assert time.monotonic() < deadline, "the API never answered"
-                time.sleep(0.05)
+                pass
+            assert time.monotonic() < deadline, "the API never answered 200"
+            time.sleep(0.05)
         assert status == 200 and health["ok"] is True and health["parcels"] == 3
         status, parcel = get(f"{base}/parcels/{GOOD[2]}")
         assert status == 200 and parcel["state"] == "received"
@@ -172,3 +175,32 @@ def test_the_running_depot_serves_its_api_and_stops_on_sigterm(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_arriving_a_parcel_whose_journey_ended_is_refused(
+    tmp_path: Path, depot_database: str
+) -> None:
+    from depot.config import load_depot_config
+    from depot.service import DepotService
+
+    config = depot_files(tmp_path, depot_database)
+    assert lastmile("depot", "import", str(tmp_path / "parcels.json"),
+                    "--config", str(config)).returncode == 1  # the one bad row
+    service = DepotService(load_depot_config(config))
+    try:
+        service.book.mark_returned_to_sender(GOOD[2])  # handed back to the merchant
+        before = service.book.track(GOOD[2])["timeline"]
+    finally:
+        service.stop()
+
+    arrived = lastmile("depot", "arrive", GOOD[1], GOOD[2], "--config", str(config))
+    assert arrived.returncode == 1, arrived.stderr
+    lines = [json.loads(line) for line in arrived.stdout.splitlines()]
+    assert lines == [
+        {"received": GOOD[1]},
+        {"refused": GOOD[2], "reason": "already returned to sender"},
+    ]
+    tracked = lastmile("depot", "track", GOOD[2], "--json", "--config", str(config))
+    parcel = json.loads(tracked.stdout)
+    assert parcel["state"] == "returned_to_sender" and parcel["timeline"] == before
+    assert lastmile("depot", "arrive", GOOD[1], "--config", str(config)).returncode == 0

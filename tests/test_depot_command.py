@@ -123,6 +123,16 @@ def test_the_wrong_key_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert done.returncode == 2 and "nope.pem" in done.stderr and "Traceback" not in done.stderr
 
 
+def test_a_depot_without_a_signing_key_says_so(tmp_path: Path) -> None:
+    _keys(tmp_path)
+    config = _depot_toml(tmp_path)
+    config.write_text(config.read_text().replace('signing_key = "keys/command-signing.pem"', ""))
+    done = _cli("depot", "command", "--config", str(config), "locker-1", "remote_open",
+                "compartment=A1")
+    assert done.returncode == 2 and "no command-signing key" in done.stderr
+    assert done.stderr.count("\n") == 1 and _queued(config) == 0
+
+
 def test_without_a_running_depot_the_command_waits_in_the_outbox(tmp_path: Path) -> None:
     _keys(tmp_path)
     config = _depot_toml(tmp_path)

@@ -373,6 +373,24 @@ def test_a_refused_reservation_goes_to_the_next_locker_whichever_process_decides
         assert book.lockers_decided(S10_B) == ["locker-near", "locker-far"]
     finally:
         second.stop()
+    with depot_sql(depot_database) as conn:
+        (command,) = conn.execute(
+            "SELECT id FROM depot_commands WHERE target='locker-far'"
+        ).fetchone()
+    far = Device(
+        "locker-far", Journal(tmp_path / "far.db", "locker-far", clock=van.clock), store, van.clock
+    )
+    far.emit("command_failed", id=command, action="reserve", reason="no free compartment")
+    far.sync()
+    # After another restart both refusals are remembered: neither locker is tried again.
+    third = DepotService(config)
+    try:
+        third.process()
+        assert [d.kind for _p, d in third.decisions] == ["second_attempt"]
+        assert book.lockers_decided(S10_B) == ["locker-near", "locker-far"]
+    finally:
+        third.stop()
+        far.journal.close()
         book.close()
         store.close()
         van.journal.close()
