@@ -52,7 +52,7 @@ from depot import alarms
 from depot.epcis import export_epcis
 from depot.errors import DepotError
 from depot.store import DATABASE_ERRORS, Conn, DepotDatabase, events, is_busy
-from depot.tracking import STATES, ParcelBook, ParcelView, UnknownParcelError, iso_utc
+from depot.tracking import STATES, ParcelBook, UnknownParcelError, iso_utc
 from sync.clock import Clock, SystemClock
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ ALLOWED = "GET, HEAD"
 MAX_BODY = 64 * 1024  # an acknowledgement is a name and a note
 T = TypeVar("T")
 Health = Callable[[], dict[str, Any]]
+_BOOK_ERRORS: tuple[type[Exception], ...] = (*DATABASE_ERRORS, DepotError)
 
 
 class _ApiError(DepotError):
@@ -186,10 +187,10 @@ class _Handler(BaseHTTPRequestHandler):
             with _reader(book.database) as conn:
                 found = _devices(conn)
             return {"count": len(found), "devices": found}
+        if parts == ["health"]:
+            self._only(query)
+            return _health(book, server.health)
         with book.view() as view:
-            if parts == ["health"]:
-                self._only(query)
-                return _health(view, server.health)
             if parts == ["parcels"]:
                 self._only(query, "state")
                 state = query.get("state", [None])[0]
@@ -332,22 +333,27 @@ def _known(answer: Callable[[], T]) -> T:
         raise _ApiError(404, f"unknown parcel {exc.parcel!r}") from None
 
 
-def _health(view: ParcelView, health: Health | None) -> dict[str, Any] | _Json:
-    counts = view.counts_by_state()
-    doc: dict[str, Any] = {
-        "ok": True,
-        "problems": [],
-        "parcels": sum(counts.values()),
-        "by_state": counts,
-        "projected_rowid": view.projected_rowid(),
-        "events_waiting": view.waiting_events(),
-        "unmatched": len(view.unmatched()),
-    }
-    if health is None:
-        return doc
-    judged = health()
-    doc.update(judged)
-    doc["ok"] = bool(judged.get("ok")) and not judged.get("problems")
+def _health(book: ParcelBook, health: Health | None) -> dict[str, Any] | _Json:
+    doc: dict[str, Any] = {"ok": True, "problems": []}
+    try:
+        with book.view() as view:
+            counts = view.counts_by_state()
+            doc.update(
+                parcels=sum(counts.values()),
+                by_state=counts,
+                projected_rowid=view.projected_rowid(),
+                events_waiting=view.waiting_events(),
+                unmatched=len(view.unmatched()),
+            )
+    except _BOOK_ERRORS as exc:
+        log.warning("depot API: health: the book cannot be read: %s", exc)
+        doc["problems"].append(f"database error: {exc}")
+    if health is not None:
+        judged = health()
+        problems = list(doc["problems"])
+        problems += [p for p in judged.get("problems", ()) if p not in problems]
+        doc.update(judged, problems=problems)
+    doc["ok"] = not doc["problems"]
     return doc if doc["ok"] else _Json(503, doc)
 
 

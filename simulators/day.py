@@ -358,7 +358,8 @@ class _Scheduler:
                 on_hour(next_report)
                 next_report += 1
             with self._lock:
-                due = heapq.heappop(self._heap) if self._heap and self._heap[0].at_h <= now else None
+                ready = bool(self._heap) and self._heap[0].at_h <= now
+                due = heapq.heappop(self._heap) if ready else None
             if due is not None:
                 try:
                     due.run()
@@ -367,14 +368,14 @@ class _Scheduler:
                 continue
             if now >= end_h and done() and not self._heap_before(end_h + 1):
                 return
-            wake_h = partial(self._wake_h, next_report, end_h if now < end_h else math.inf)
-            if not self.sim.sleep_until(lambda f=wake_h: self.sim.day_base[0] + int(f() * 3600e9)):
+            wake = partial(self._wake_ns, next_report, end_h if now < end_h else math.inf)
+            if not self.sim.sleep_until(wake):
                 return
 
-    def _wake_h(self, next_report: float, end_h: float) -> float:
+    def _wake_ns(self, next_report: float, end_h: float) -> int:
         with self._lock:
             first = self._heap[0].at_h if self._heap else math.inf
-        return min(first, next_report, end_h)
+        return self.sim.day_base[0] + int(min(first, next_report, end_h) * 3600e9)
 
     def next_day(self) -> None:
         """Hours past 24 were tomorrow's: they become hours of the new day."""
@@ -444,7 +445,8 @@ class _World:
             if wanted is None or van.round is None:
                 continue
             status = van.round.status()
-            if (status.get("day"), status.get("version")) >= (wanted.day, wanted.version) or (
+            running = (str(status.get("day") or ""), int(status.get("version") or 0))
+            if running >= (wanted.day, wanted.version) or (
                 status.get("pending_day") == wanted.day
                 or wanted.version in self._rejected.get(name, ())
             ):
@@ -910,7 +912,12 @@ class _VanHandle:
         return result
 
     def manifest(self) -> Any:
-        return self._van.round.manifest if self._van.round is not None else None
+        if self._van.round is None:
+            return None
+        # status() waits for a manifest the van is applying: its `manifest_applied` event is
+        # committed (and seen by the courier) a moment before the round takes the manifest up.
+        self._van.round.status()
+        return self._van.round.manifest
 
 
 def _plan_disturbances(

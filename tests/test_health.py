@@ -162,3 +162,23 @@ def test_a_stalled_ingest_or_outbox_and_a_broken_database_are_problems(
         doc = DepotHealth(database, session=None).check()
         assert doc["ok"] is False and doc["database"] == {"ok": False}
         assert any(p.startswith("database error: ") for p in doc["problems"])
+
+
+def test_the_api_alone_vouches_for_its_database_and_no_more(tmp_path: Path) -> None:
+    from depot.http import DepotApi
+    from depot.tracking import ParcelBook
+
+    book = ParcelBook(tmp_path / "depot.db")
+    try:
+        with DepotApi(book) as api:
+            with urllib.request.urlopen(api.url + "/health", timeout=10) as response:
+                assert response.status == 200 and json.loads(response.read())["ok"] is True
+            for leftover in tmp_path.glob("depot.db*"):
+                leftover.unlink()  # someone deletes the depot's file from under it
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(api.url + "/health", timeout=10)
+            doc = json.loads(refused.value.read())
+            assert refused.value.code == 503 and doc["ok"] is False
+            assert [p.split(":")[0] for p in doc["problems"]] == ["database error"]
+    finally:
+        book.close()
