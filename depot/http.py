@@ -17,6 +17,14 @@ Owns the URL routes and their JSON answers::
     POST /alarms/{id}/ack       body {"by": "name", "note": "..."} (both optional): the
                                  acknowledged alarm; 404 unknown, 409 acknowledged before
     GET /photos/{sha256}        a proof-of-delivery photo (image/jpeg), once stored and verified
+    GET /parcels/{id}/extend-hold?token=T
+                                the customer's page behind the pickup notice's link: one button
+                                (text/html); it POSTs to the same URL
+    POST /parcels/{id}/extend-hold?token=T
+                                202 {"requested": command id, "hours": h}: the depot asks the
+                                locker for more time (`DepotService.extend_hold`); 403 for a
+                                token the depot did not make, 409 when the hold cannot be
+                                extended (not in a locker, extended before, already over)
 
 `/health` is the depot's own judgement (`depot.health`, handed in as `health`): 200 only when
 the broker has the depot connected, the database answers, ingest keeps up and the webhook
@@ -38,6 +46,7 @@ unless configured to (the API has no authentication; put it behind something tha
 from __future__ import annotations
 
 import contextlib
+import html
 import json
 import logging
 import socket
@@ -51,6 +60,7 @@ from typing import Any, TypeVar, cast
 from depot import alarms
 from depot.epcis import export_epcis
 from depot.errors import DepotError
+from depot.pickup import ExtendRefused
 from depot.store import DATABASE_ERRORS, Conn, DepotDatabase, events, is_busy
 from depot.tracking import STATES, ParcelBook, UnknownParcelError, iso_utc
 from sync.clock import Clock, SystemClock
@@ -61,6 +71,8 @@ ALLOWED = "GET, HEAD"
 MAX_BODY = 64 * 1024  # an acknowledgement is a name and a note
 T = TypeVar("T")
 Health = Callable[[], dict[str, Any]]
+# extend_hold(parcel, token) -> (command id, hours); ExtendRefused says why not to the customer.
+ExtendHold = Callable[[str, str], tuple[str, float]]
 _BOOK_ERRORS: tuple[type[Exception], ...] = (*DATABASE_ERRORS, DepotError)
 
 
@@ -92,10 +104,11 @@ class _Json:
 
 @dataclass(frozen=True)
 class _Bytes:
-    """An answer that is not JSON (a photo)."""
+    """An answer that is not JSON (a photo, the extend-hold page)."""
 
     content_type: str
     data: bytes
+    immutable: bool = True  # a photo's URL is its hash; a page is made afresh each time
 
 
 class _Server(ThreadingHTTPServer):
@@ -103,6 +116,7 @@ class _Server(ThreadingHTTPServer):
     book: ParcelBook
     health: Health | None
     clock: Clock
+    extend_hold: ExtendHold | None
 
 
 class _Server6(_Server):
@@ -201,6 +215,9 @@ class _Handler(BaseHTTPRequestHandler):
             if len(parts) == 2 and parts[0] == "parcels":
                 self._only(query)
                 return _known(lambda: view.track(parts[1]))
+            if len(parts) == 3 and parts[0] == "parcels" and parts[2] == EXTEND:
+                self._only(query, "token")
+                return _extend_page(parts[1], self._token(query))
             if len(parts) == 3 and parts[0] == "parcels" and parts[2] == "epcis":
                 self._only(query)
                 return _known(lambda: export_epcis(view, [parts[1]]))
@@ -218,8 +235,32 @@ class _Handler(BaseHTTPRequestHandler):
                 return _Bytes(*photo)
         raise _ApiError(404, f"no such resource: /{'/'.join(parts)}")
 
+    def _token(self, query: dict[str, list[str]]) -> str:
+        token = query.get("token", [""])[0]
+        if not token:
+            raise _ApiError(403, "this link has no token: use the link from your pickup notice")
+        return token
+
+    def _extend(self, parcel: str, query: dict[str, list[str]]) -> Any:
+        self._only(query, "token")
+        token = self._token(query)
+        self._json_body()  # a form's or a client's body says nothing more; read it off
+        server = cast(_Server, self.server)
+        if server.extend_hold is None:
+            raise _ApiError(503, "this depot cannot extend holds (it has no command-signing key)")
+        try:
+            command, hours = server.extend_hold(parcel, token)
+        except ExtendRefused as exc:
+            raise _ApiError(403 if exc.forbidden else 409, str(exc)) from None
+        if "text/html" in self.headers.get("Accept", ""):  # the page's button, in a browser
+            page = _EXTENDED_PAGE.format(parcel=html.escape(parcel), hours=hours)
+            return _Bytes("text/html; charset=utf-8", page.encode("utf-8"), immutable=False)
+        return _Json(202, {"requested": command, "parcel": parcel, "hours": hours})
+
     def _route_post(self) -> Any:
         parts, query = self._target()
+        if len(parts) == 3 and parts[0] == "parcels" and parts[2] == EXTEND:
+            return self._extend(parts[1], query)
         if not (len(parts) == 3 and parts[0] == "alarms" and parts[2] == "ack"):
             known = parts and parts[0] in ("health", "parcels", "epcis", "vans", "photos",
                                            "alarms", "devices")
@@ -311,7 +352,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", answer.content_type)
         self.send_header("Content-Length", str(len(answer.data)))
         # A photo's URL is its hash: the same URL can never show another picture.
-        self.send_header("Cache-Control", "private, max-age=31536000, immutable")
+        cache = "private, max-age=31536000, immutable" if answer.immutable else "no-store"
+        self.send_header("Cache-Control", cache)
         self.end_headers()
         if send_body and self.command != "HEAD":
             self.wfile.write(answer.data)
@@ -402,6 +444,37 @@ def _status_doc(text: str | None) -> dict[str, Any]:
     return doc if isinstance(doc, dict) else {}
 
 
+EXTEND = "extend-hold"
+_EXTEND_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>More time to collect {parcel}</title></head>
+<body><main>
+<h1>More time to collect your parcel</h1>
+<p>Parcel <strong>{parcel}</strong> is waiting for you in a parcel locker.
+You can ask once for more time to collect it.</p>
+<form method="post" action="{action}"><button type="submit">Give me more time</button></form>
+<p>You will get a new notice with the new date once the locker has it.</p>
+</main></body></html>
+"""
+
+
+_EXTENDED_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Asked for more time</title></head>
+<body><main><h1>Asked for more time</h1>
+<p>The locker holds parcel <strong>{parcel}</strong> {hours:g} hours longer; a new notice
+with the new date follows.</p></main></body></html>
+"""
+
+
+def _extend_page(parcel: str, token: str) -> _Bytes:
+    """The page behind the notice's link: a GET changes nothing (mail scanners follow links);
+    the button POSTs to the same URL (a relative action, so a proxy's prefix is kept)."""
+    action = "?" + urllib.parse.urlencode({"token": token})
+    page = _EXTEND_PAGE.format(parcel=html.escape(parcel), action=html.escape(action))
+    return _Bytes("text/html; charset=utf-8", page.encode("utf-8"), immutable=False)
+
+
 class DepotApi:
     """The HTTP API on its own threads; `start()`, `stop()`, and `url` once started."""
 
@@ -413,11 +486,13 @@ class DepotApi:
         port: int = 0,
         health: Health | None = None,
         clock: Clock | None = None,
+        extend_hold: ExtendHold | None = None,
     ) -> None:
         """`health()` judges the depot (`depot.health.DepotHealth.check`); `clock` times an
         alarm's acknowledgement (the depot's, which a simulated day runs fast)."""
         self.book = book
         self.health = health
+        self.extend_hold = extend_hold
         self.clock: Clock = clock or SystemClock()
         self.host = host
         self.port = port
@@ -432,6 +507,7 @@ class DepotApi:
         server.book = self.book
         server.health = self.health
         server.clock = self.clock
+        server.extend_hold = self.extend_hold
         self._server = server
         self.port = int(server.server_address[1])
         self._thread = threading.Thread(

@@ -37,16 +37,33 @@ from typing import Any
 import segno
 
 from depot.config import LockerSiteConfig
+from depot.errors import DepotError
 from depot.keys import DepotKeys
 from depot.store import Conn, outbox
 
-__all__ = ["PickupRenderer", "check_extend_token", "extend_link", "extend_token", "notice_body",
-           "notices_sent"]
+__all__ = [
+    "ExtendRefused",
+    "PickupRenderer",
+    "check_extend_token",
+    "extend_link",
+    "extend_token",
+    "notice_body",
+    "notices_sent",
+]
 
 PICKUP = "pickup"  # the body's key for the credential: sealed at rest, opened when sent
 QR_SCALE = 4  # pixels per module: a 25-module QR (plus border) is a ~132 px PNG
 QR_ERROR = "m"  # 15 % recovery: a phone screen held to a locker's scanner, scratched glass
 _TOKEN_CONTEXT = b"lastmile extend-hold link\0"
+
+
+class ExtendRefused(DepotError):
+    """The depot will not extend this hold (said to the customer); `forbidden` when the link
+    is not one the depot made."""
+
+    def __init__(self, message: str, *, forbidden: bool = False) -> None:
+        super().__init__(message)
+        self.forbidden = forbidden
 
 
 def _token_keys(keys: DepotKeys) -> list[bytes]:

@@ -36,6 +36,7 @@ from depot.imports import ImportResult, read_import
 from depot.ingest import Depot, DepotStore
 from depot.keys import DepotKeys
 from depot.pickup import (
+    ExtendRefused,
     PickupRenderer,
     check_extend_token,
     extend_link,
@@ -183,7 +184,12 @@ class DepotService:
 
             host, port = self.config.api
             self.api = DepotApi(
-                self.book, host=host, port=port, health=self.health, clock=self.clock
+                self.book,
+                host=host,
+                port=port,
+                health=self.health,
+                clock=self.clock,
+                extend_hold=self.extend_hold if self.keys.sealing else None,
             )
             self.api.start()
         self.webhooks.start()
@@ -833,24 +839,29 @@ class DepotService:
         host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{port}"
 
-    def extend_hold(self, parcel: str, token: str) -> str:
+    def extend_hold(self, parcel: str, token: str) -> tuple[str, float]:
         """The customer's extend-hold link was used: queue `extend_hold` for the parcel's
-        locker; the command's id. DepotServiceError (said to the customer) when the token is
-        not the depot's, the parcel is not waiting in a locker, or it was extended already."""
+        locker; (the command's id, the hours asked for). ExtendRefused (said to the customer)
+        when the token is not the depot's, the parcel is not waiting in a locker, or its hold
+        was extended before or is over: once, before it ends, is the carrier's offer."""
         if not check_extend_token(self.keys, parcel, token):
-            raise DepotServiceError("this link is not valid for that parcel")
+            raise ExtendRefused("this link is not valid for that parcel", forbidden=True)
+        if self.keys.signing is None:
+            raise ExtendRefused("this depot cannot send commands to lockers just now")
         info = self.book.parcel(parcel)
         if info is None or info.get("state") not in ("in_locker", "hold_expired"):
-            raise DepotServiceError("the parcel is not waiting in a locker")
-        steps = {entry["step"] for entry in self.book.track(parcel)["timeline"]}
-        if info.get("state") == "hold_expired" or "hold_extended" in steps:
-            raise DepotServiceError("the hold can be extended once, before it ends")
+            raise ExtendRefused("the parcel is not waiting in a locker")
+        with self.database.reading() as conn:
+            asked = book.commands_noted(conn, parcel, "extend_hold")
+        if info.get("state") == "hold_expired" or asked:
+            raise ExtendRefused("the hold can be extended once, before it ends")
         locker = info.get("locker")
         if not locker:
-            raise DepotServiceError("the depot does not know which locker holds the parcel")
-        return self.send_command(
-            str(locker), "extend_hold", {"parcel": parcel, "hours": self.config.extend_hold_h}
-        )
+            raise ExtendRefused("the depot does not know which locker holds the parcel")
+        hours = self.config.extend_hold_h
+        command = self.send_command(str(locker), "extend_hold", {"parcel": parcel, "hours": hours})
+        log.info("customer asked for %g more hours for %s at %s", hours, parcel, locker)
+        return command, hours
 
     def _secret_for(self, key_id: str) -> bytes:
         try:

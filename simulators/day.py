@@ -54,6 +54,7 @@ MERCHANTS = ("shop-a", "shop-b", "shop-c")
 # Share of parcels whose customer gave the shop a way to be told (a webhook). The depot sends
 # only those to a locker: a customer it cannot tell the pickup code cannot collect.
 CUSTOMER_HOOK = 0.85
+_LOCKER_STREETS = ("Stationsplein 12", "Museumplein 3", "Javaplein 21", "Mercatorplein 7")
 STREETS = (
     "Keizersgracht",
     "Prinsengracht",
@@ -78,6 +79,16 @@ def _at_least_one(text: str) -> int:
     return value
 
 
+def _positive_hours(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of hours") from None
+    if not 0 < value < 1000:
+        raise argparse.ArgumentTypeError("must be more than 0 and less than 1000 hours")
+    return value
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vans", type=int, default=3, help="number of vans (default 3)")
     p.add_argument("--seed", type=int, default=1, help="random seed of the run (default 1)")
@@ -88,6 +99,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=2,
         help="parcel lockers that take failed deliveries (default 2; 0: none)",
+    )
+    p.add_argument(
+        "--locker-hold-h",
+        type=_positive_hours,
+        default=DayPlan.locker_hold_h,
+        help="simulated hours a parcel waits in a locker before it expires and the depot "
+        "plans its collection (default 24)",
     )
     p.add_argument(
         "--speed",
@@ -127,6 +145,7 @@ def run_from_args(args: argparse.Namespace) -> int:
             parcels_per_van=args.parcels,
             days=args.days,
             lockers=args.lockers,
+            locker_hold_h=args.locker_hold_h,
             speed=args.speed,
             broker=args.broker,
             database=args.database,
@@ -211,6 +230,18 @@ class _Action:
 # runs on anyway (the lag is then reported); and longest a sleeper waits between two looks.
 CATCH_UP_S = 20.0
 LOOK_AGAIN_S = 0.5
+# What a van writes that the depot's decisions depend on (the rest may arrive later).
+DEPOT_ACTS_ON = frozenset(
+    {
+        "delivery_failed",
+        "parcel_redirected",
+        "parcel_dropped_at_locker",
+        "parcel_collected_from_locker",
+        "round_ended",
+        "parcel_returned_to_depot",
+        "day_closed",
+    }
+)
 STANDSTILL_H = 1.0  # a van with no event for this long while its round is open is reported
 
 
@@ -413,9 +444,7 @@ class _World:
     def _on_events(self, name: str, events: list[Any]) -> None:
         with self._changed:
             for e in events:
-                if e.kind in ("command_accepted", "command_failed", "command_refused"):
-                    self._answered.add(str(e.payload.get("id")))
-                elif e.kind == "manifest_rejected" and isinstance(e.payload.get("version"), int):
+                if e.kind == "manifest_rejected" and isinstance(e.payload.get("version"), int):
                     self._rejected.setdefault(name, set()).add(e.payload["version"])
             self._changed.notify_all()
 
@@ -439,8 +468,12 @@ class _World:
             if link.is_cut:
                 continue
             if van.journal.acked_seq < van.journal.last_seq:
-                out.append(f"{name}: events not yet confirmed by the depot")
-                continue
+                # Only facts the depot acts on are waited for: the van's uplink sends on its
+                # next network tick (up to a second), too slow to wait for every scan.
+                _prev, unsent = van.journal.read(van.journal.acked_seq, 10**6)
+                if any(e.kind in DEPOT_ACTS_ON for e in unsent):
+                    out.append(f"{name}: events not yet confirmed by the depot")
+                    continue
             wanted = self.service.current_manifest(name)
             if wanted is None or van.round is None:
                 continue
@@ -460,11 +493,24 @@ class _World:
             for site in self.lockers.lockers:
                 if site.people.busy():
                     out.append(f"{site.name}: people still at the locker")
-            for cid, target in self.service.store.query(
-                "SELECT id, target FROM depot_commands WHERE published_ns IS NOT NULL"
-            ):
-                if str(target) not in cut and str(cid) not in self._answered | self._gone:
-                    out.append(f"command {cid} to {target} not yet answered")
+            waiting = {
+                str(cid): str(target)
+                for cid, target in self.service.store.query(
+                    "SELECT id, target FROM depot_commands WHERE published_ns IS NOT NULL"
+                )
+                if str(target) not in cut and str(cid) not in self._answered | self._gone
+            }
+            if waiting:  # the locker's answer is an event; the depot has it once acked
+                for (payload,) in self.service.store.query(
+                    "SELECT payload FROM events WHERE kind IN "
+                    "('command_accepted', 'command_failed', 'command_refused')"
+                ):
+                    self._answered.add(str(json.loads(str(payload)).get("id")))
+            out += [
+                f"command {cid} to {target} not yet answered"
+                for cid, target in waiting.items()
+                if cid not in self._answered
+            ]
         if not out and not self.service.settled(webhooks=False):
             out.append("depot: decisions or sends still waiting")
         return out
@@ -643,7 +689,16 @@ def run_day(
         sizes = Counter(LOCK_SIZES * BOARDS)
         for j, name in enumerate(lockers.names):
             lat, lon = offset(*DEPOT, 2500.0, 360.0 * j / plan.lockers + 30.0)
-            locker_sites.append(LockerSiteConfig(name, lat, lon, dict(sizes)))
+            locker_sites.append(
+                LockerSiteConfig(
+                    name,
+                    lat,
+                    lon,
+                    dict(sizes),
+                    title=f"Parcel locker {j + 1}",
+                    address=f"{_LOCKER_STREETS[j % len(_LOCKER_STREETS)]}, Amsterdam",
+                )
+            )
     broker = start_broker(
         workdir / "broker", passwords, kind=plan.broker, tls=True, depot_workers=plan.workers
     )
@@ -673,6 +728,7 @@ def run_day(
         broker=BrokerAddress(
             broker.host, broker.port, depot_user, depot_pw, mqtt5=broker.mqtt5, tls_ca=tls_ca
         ),
+        api=("127.0.0.1", 0),  # customers' extend-hold links lead here
         webhook_secrets=dict(secrets),
         webhook_max_attempts=12,  # about 1.75 to 3.5 simulated hours of retries
         webhook_backoff_base_s=60.0,
@@ -881,6 +937,7 @@ def run_day(
         report["broker"] = type(broker).__name__
         report["tls"] = tls_ca is not None
         report["real_seconds"] = round(time.monotonic() - started, 2)
+        report["lags"] = [f"{_clock_text(h)} {what}" for h, what in sim.lags]
         return report
     finally:
         stopping.set()
@@ -1195,6 +1252,7 @@ def _report(
         "pod_complete_rate": round(complete / len(pods), 4) if pods else None,
         "unaccounted_parcels": unaccounted,
         "pickup_notices_sent": notices,
+        "alarms_open": service.alarms_open(),
         "collections_planned": collections["planned"],
         "collected_from_lockers": collections["collected"],
         "expired_awaiting_collection": planned_awaiting,

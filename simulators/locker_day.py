@@ -8,13 +8,12 @@ never imports the device software it stands in front of. Around it, scripted fro
 
 - couriers whose door attempts failed bring those parcels: badge scan, parcel label, and a
   person who puts the parcel in once the locker has seen the door open, then shuts it;
-- customers collect them by code or QR, the secret opened from the sealed credential the
-  *depot* stored (so it has travelled through the sync); some mistype first, one attacker
-  guesses until the keypad locks; some parcels are never collected and expire, and the
-  courier of the van the depot sends to collect them takes them out (badge, `#2`);
-- the depot's side that `depot.ingest.Depot` does not do itself (it holds the sealing and the
-  command-signing private keys): reading credentials out of the depot's store, and signing
-  `reserve` and `extend_hold` commands it publishes on the depot's own MQTT session;
+- customers collect them by code or QR, as the depot's pickup notice told them (the signed
+  webhook the receiver got: the depot opened the locker's sealed credential, so it has
+  travelled through the sync and the depot); some mistype first, some who cannot come in
+  time use the notice's extend-hold link, one attacker guesses until the keypad locks; some
+  parcels are never collected and expire, and the courier of the van the depot sends to
+  collect them takes them out (badge, `#2`);
 - faults: a jammed lock during a drop-off, a forced door, a door left open past the alarm,
   a board off the bus for a while, a dead zone on the locker's link.
 
@@ -25,7 +24,8 @@ the locker, written down here on their own, so a change on the locker's side sho
 that goes wrong. Their steps run in order on one thread per locker, queued by the day's
 scheduler at their simulated time, so a person waiting for a door never holds up the vans.
 
-Must never: read a pickup code anywhere but from what the depot stored, touch a door before the
+Must never: do the depot's work (open a credential, sign or publish a command), read a
+pickup code anywhere but from the depot's notice, touch a door before the
 locker has seen it open, wait without a bound, or count a fault as injected that was not.
 Door, jam and keypad timers of the locker run on real (monotonic) time while holds run on the
 simulated clock: the settings below are chosen for that, and every wait is on an event, not a
@@ -40,6 +40,8 @@ import queue
 import random
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -108,6 +110,7 @@ FINISH_S = 20.0
 MIN_REDIRECTS_PER_LOCKER = 4  # enough parcels for every kind of visit in a small run
 UNCOLLECTED_SHARE = 0.15
 SAME_DAY_PICKUP = 0.6  # of those who come: the rest come the next morning
+EXTEND_SHARE = 0.5  # of those who would come after the hold ends: ask for more time first
 QR_SHARE = 0.4
 WRONG_FIRST_SHARE = 0.3
 RESERVE_SHARE = 0.3
@@ -490,6 +493,7 @@ class LockerTally:
     board_outages_injected: int = 0
     lockout_attacks: int = 0
     keypad_fallbacks_to_qr: int = 0
+    holds_extended_asked: int = 0  # customers who used their notice's extend link
     dead_zones: int = 0
     gave_up: Counter[str] = field(default_factory=Counter)
     step_errors: int = 0
@@ -741,6 +745,23 @@ class SimulatedLocker:
         elif isinstance(door, str):
             self.tally.gave_up[f"drop-off: {door}"] += 1
         locker.key(KEY_LOGOUT)
+
+    def extend_hold(self, r: Redirect) -> None:
+        """The customer uses the extend-hold link in the depot's notice (a POST, as the page's
+        button does); the locker hears of it from the depot, not from the customer."""
+        notice = self.inbox.notice(r.parcel, CREDENTIAL_WAIT_S, give_up=lambda: self.watch.aborted)
+        if notice is None or not notice["extend"]:
+            self._gave_up("no extend link in the notice")
+            return
+        request = urllib.request.Request(notice["extend"], data=b"", method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=WAIT_S) as answer:
+                if answer.status == 202:
+                    self.tally.holds_extended_asked += 1
+                    return
+        except (urllib.error.URLError, OSError) as exc:
+            log.warning("%s: the extend link failed: %s", self.name, exc)
+        self._gave_up("extend link refused")
 
     def pickup(self, r: Redirect) -> None:
         """The customer comes with the code or QR the depot sent them."""
@@ -1022,10 +1043,15 @@ class LockerDay:
         else:
             # Next morning (an hour past 24 is the next day's; the night is part of the hold).
             morning = 24.0 + DAY_START_H + rng.uniform(0.2, 3.0)
-            if morning > at_h + self.hold_h - 0.5:
-                r.fate = "overnight"
-            else:
+            if morning <= at_h + self.hold_h - 0.5:
                 r.pickup_h = morning
+            elif rng.random() < EXTEND_SHARE:
+                # Cannot come in time: asks for more time with the notice's link, then comes.
+                r.fate = "extended"
+                r.extend_h = at_h + rng.uniform(0.3, 1.5)
+                r.pickup_h = morning
+            else:
+                r.fate = "overnight"
         if r.pickup_h is not None:
             r.method = "qr" if rng.random() < QR_SHARE else "code"
             r.wrong_first = r.method == "code" and rng.random() < WRONG_FIRST_SHARE
@@ -1058,6 +1084,13 @@ class LockerDay:
         site.people.put("drop-off", drop)
         if not done.wait(WAIT_S * 3) or parcel not in site.deposited:
             return False
+        if r.extend_h is not None and self.on_visit is not None:
+            self.on_visit(
+                r.extend_h,
+                site.name,
+                "asks for more time",
+                partial(site.people.put, "asks for more time", partial(site.extend_hold, r)),
+            )
         if r.pickup_h is not None and self.on_visit is not None:
             self.on_visit(
                 r.pickup_h,
@@ -1181,6 +1214,7 @@ FIGURES = (
     "lockouts",
     "reservations",
     "holds_extended",
+    "extend_links_used",
     "commands_refused",
     "forced_open_injected",
     "forced_open_detected",
@@ -1232,6 +1266,7 @@ def locker_figures(
                 1 for p in attempts if p.get("reason") == "keypad locked"
             ),
             "keypad_fallbacks_to_qr": t.keypad_fallbacks_to_qr,
+            "extend_links_used": t.holds_extended_asked,
             "lockouts": kinds["keypad_locked"],
             "reservations": accepted["reserve"],
             "holds_extended": accepted["extend_hold"],

@@ -563,7 +563,10 @@ def test_a_failed_parcel_is_moved_to_a_locker_by_a_new_manifest_version_mid_rout
     assert dropped["event"] == "parcel_dropped_at_locker" and dropped["locker"] == "locker-1"
     day.settle()
     assert_exactly_once(day.store, rig.journal)
-    assert day.state(first.id) == "delivered" and day.state(second.id) == "in_locker"
+    # The van's drop is a claim: the parcel is `in_locker` only once the locker says so.
+    assert day.state(first.id) == "delivered" and day.state(second.id) == "attempted"
+    claim = day.service.book.track(second.id)["timeline"][-1]
+    assert (claim["step"], claim["details"]["locker"]) == ("dropped_at_locker", "locker-1")
     assert day.service.book.van_versions()["van-1"]["manifest_version"] == 2
     assert len(day.service.decisions) == 1
 

@@ -202,7 +202,7 @@ def test_a_deposit_before_the_van_s_claim_makes_the_claim_a_late_entry(site: Sit
 
 
 def test_an_abandoned_drop_off_puts_the_parcel_back_on_the_van_s_round(site: Site) -> None:
-    stop = redirected_to_locker(site)
+    redirected_to_locker(site)
     before = site.manifest()
     site.say(
         "locker-1", "dropoff_abandoned", parcel=S10_A, compartment="A1", does_not_fit=True
@@ -236,7 +236,25 @@ def test_an_abandoned_drop_off_puts_the_parcel_back_on_the_van_s_round(site: Sit
     assert site.told("in_locker") == []
     # The van never claimed the drop, so there is nothing the locker failed to confirm.
     assert site.alarms() == []
-    assert stop == before.stop_of(S10_A)
+
+
+def test_a_claimed_drop_the_locker_saw_abandoned_goes_back_and_is_raised(site: Site) -> None:
+    stop = redirected_to_locker(site)
+    before = site.manifest()
+    claim(site, stop)  # the courier tapped "dropped"; the door closed empty
+    site.say(
+        "locker-1", "dropoff_abandoned", parcel=S10_A, compartment="A1", does_not_fit=False
+    )
+    site.clock.advance(ABANDONED_GRACE_S / 60 + 1)
+    site.service.process()
+    assert site.manifest().version == before.version + 1
+    assert site.manifest().stop_of(S10_A) is None
+    assert site.state() == "attempted" and site.alarms() == []
+    site.clock.advance(30)
+    site.service.process()
+    (alarm,) = site.alarms()  # the van still says it is in the locker: a person looks
+    assert alarm["facts"]["unconfirmed"] == "van_claim"
+    assert site.told("in_locker") == []
 
 
 def test_a_bigger_compartment_after_does_not_fit_is_not_an_abandonment(site: Site) -> None:
@@ -274,9 +292,9 @@ def test_with_another_locker_near_the_parcel_goes_there_instead(
         assert after.stop(due).locker == "locker-2"
         assert [d.locker for _p, d in s.service.decisions] == ["locker-1", "locker-2"]
         with depot_sql(depot_database) as conn:
-            targets = [r[0] for r in conn.execute("SELECT target FROM depot_commands ORDER BY "
-                                                  "created_ns").fetchall()]
-        assert targets == ["locker-1", "locker-2"]
+            rows = conn.execute("SELECT target FROM depot_commands ORDER BY created_ns")
+            targets = [r[0] for r in rows.fetchall()]
+        assert targets == ["locker-1", "locker-2"]  # a reservation at the new locker
     finally:
         s.service.stop()
         for device in s.devices.values():

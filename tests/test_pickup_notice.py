@@ -22,7 +22,8 @@ from typing import Any
 import pytest
 
 from depot.config import DepotConfig, LockerSiteConfig
-from depot.service import DepotService, DepotServiceError
+from depot.pickup import ExtendRefused, extend_link, extend_token
+from depot.service import DepotService
 from depot.store import sends
 from edge.credentials import sealed_for_depot
 from simulators.webhooks import WebhookReceiver
@@ -222,11 +223,12 @@ def test_the_extend_link_queues_one_extension_for_the_parcel_s_locker(site: Site
     assert site.receiver.wait_for(lambda: site.bodies("/customer") != [], 10)
     url = site.bodies("/customer")[0]["details"]["extend_hold_url"]
     token = url.rpartition("token=")[2]
-    with pytest.raises(DepotServiceError, match="not valid"):
+    with pytest.raises(ExtendRefused, match="not valid"):
         site.service.extend_hold(PARCEL, "0" * 32)
-    with pytest.raises(DepotServiceError, match="not valid"):
+    with pytest.raises(ExtendRefused, match="not valid"):
         site.service.extend_hold("RB000000000GB", token)
-    command = site.service.extend_hold(PARCEL, token)
+    command, hours = site.service.extend_hold(PARCEL, token)
+    assert hours == 24.0
     with site.service.database.reading() as conn:
         row = conn.execute(
             "SELECT target, action, args FROM depot_commands WHERE id=?", (command,)
@@ -241,5 +243,69 @@ def test_the_extend_link_queues_one_extension_for_the_parcel_s_locker(site: Site
         parcel=PARCEL,
         hold_until_ns=time.time_ns() + 72 * HOUR_NS,
     )
-    with pytest.raises(DepotServiceError, match="once"):
+    with pytest.raises(ExtendRefused, match="once"):
         site.service.extend_hold(PARCEL, token)
+
+
+def test_the_extend_link_works_from_a_browser_and_only_once(tmp_path: Path) -> None:
+    import urllib.error
+    import urllib.request
+
+    signing, _ = generate_keypair()
+    sealing_private, sealing_public = generate_sealing_keypair()
+    config = DepotConfig(
+        database=tmp_path / "depot.db",
+        lat=52.37,
+        lon=4.90,
+        vans=["van-1"],
+        api=("127.0.0.1", 0),
+        lockers=[LockerSiteConfig("locker-1", 52.37, 4.90, {"M": 2})],
+    )
+    service = DepotService(config, signing_key_pem=signing, sealing_key_pems=[sealing_private])
+    service.start()
+    locker = Journal(tmp_path / "locker.journal.db", "locker-1")
+    try:
+        service.book.receive(
+            {"id": PARCEL, "raw": PARCEL, "kind": "s10", "merchant": "shop-1", "size": "M"},
+            now_ns=time.time_ns(),
+            source="import",
+        )
+        site = Site(service, WebhookReceiver(SECRETS), locker, sealing_public)
+        site.receiver.close()  # nobody to tell: this test reads the link from the book's owner
+        site.deposit()
+        token = extend_token(service.keys, PARCEL)
+        assert token is not None
+        link = extend_link(service.public_url or "", PARCEL, token)
+        assert link.startswith(service.api.url)
+
+        def call(url: str, method: str = "GET", accept: str = "") -> tuple[int, str, str]:
+            request = urllib.request.Request(url, method=method, data=b"" if method == "POST"
+                                             else None, headers={"Accept": accept})
+            try:
+                with urllib.request.urlopen(request, timeout=10) as answer:
+                    return answer.status, answer.headers["Content-Type"], answer.read().decode()
+            except urllib.error.HTTPError as exc:
+                return exc.code, exc.headers["Content-Type"], exc.read().decode()
+
+        status, kind, page = call(link)  # a mail scanner following the link changes nothing
+        assert status == 200 and kind.startswith("text/html")
+        assert '<form method="post"' in page and "Give me more time" in page
+        assert _extend_commands(service) == 0
+        status, _kind, said = call(link.replace(token, "f" * 32), "POST")
+        assert status == 403 and "not valid" in said
+        status, _kind, said = call(link, "POST")
+        assert status == 202 and '"hours":24.0' in said
+        status, _kind, said = call(link, "POST", accept="text/html")
+        assert status == 409 and "once" in said
+        assert _extend_commands(service) == 1
+    finally:
+        service.stop()
+        locker.close()
+
+
+def _extend_commands(service: DepotService) -> int:
+    with service.database.reading() as conn:
+        row = conn.execute(
+            "SELECT COUNT(*) FROM depot_commands WHERE action='extend_hold'"
+        ).fetchone()
+    return int(row[0])

@@ -268,6 +268,14 @@ def set_next_action(
     )
 
 
+def commands_noted(conn: Conn, parcel: str, action: str) -> int:
+    """How many `action` commands the depot has sent about `parcel`."""
+    row = conn.execute(
+        "SELECT COUNT(*) FROM locker_commands WHERE parcel=? AND action=?", (parcel, action)
+    ).fetchone()
+    return int(row[0])
+
+
 def note_command(
     conn: Conn, command_id: str, locker: str, action: str, parcel: str, now_ns: int
 ) -> None:
