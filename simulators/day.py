@@ -329,6 +329,7 @@ class _SimTime:
             if depth:
                 self.master.release()
                 self._local.depth = 0
+                self._cond.notify_all()  # time may run again: sleepers look at their stops
             try:
                 while not self.stopping.is_set():
                     end = wake_ns()

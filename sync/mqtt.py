@@ -11,6 +11,7 @@ tick) runs in that thread, so the owner's state needs no locks against the netwo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
@@ -186,6 +187,21 @@ class MqttSession:
             self.client.disconnect()
             self.client.loop(timeout=0.2)
         self._thread = None
+
+    def wake(self) -> None:
+        """Run the network loop's tick now instead of after up to LOOP_WAKE_S of idle wait
+        (new work for `on_tick`, e.g. events just journaled). Safe from any thread.
+
+        paho has no public call for this; its threaded publish wakes `select()` by writing a
+        byte to the client's internal socket pair, and this does the same. With a paho that
+        lacks the pair it does nothing: the tick then comes at most LOOP_WAKE_S later, as
+        without this call.
+        """
+        wakeup = getattr(self.client, "_sockpairW", None)
+        if wakeup is None:
+            return
+        with contextlib.suppress(BlockingIOError, OSError):
+            wakeup.send(b"0")
 
     def _drain_outgoing(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -119,9 +119,14 @@ class Uplink:
             backoff_min_s=backoff_min_s,
             backoff_max_s=backoff_max_s,
         )
+        # A committed event goes out at once, not on the network loop's next idle tick.
+        journal.add_listener(self._journaled)
 
     def start(self) -> None:
         self.session.start()
+
+    def _journaled(self, _events: object) -> None:
+        self.session.wake()
 
     def stop(self) -> None:
         def goodbye(client: mqtt.Client) -> None:
