@@ -105,7 +105,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=_positive_hours,
         default=DayPlan.locker_hold_h,
         help="simulated hours a parcel waits in a locker before it expires and the depot "
-        "plans its collection (default 24)",
+        f"plans its collection (default {DayPlan.locker_hold_h:g})",
     )
     p.add_argument(
         "--speed",
@@ -172,7 +172,9 @@ class DayPlan:
     noise_share: float = 0.02
     dead_zones_per_van: tuple[int, int] = (1, 3)
     lockers: int = 2
-    locker_hold_h: float = 24.0  # simulated hours a parcel waits in a locker (nights count)
+    # Simulated hours a parcel waits in a locker (nights count): short, so that a two-day run
+    # sees holds run out, the depot plan their collection and a van collect them.
+    locker_hold_h: float = 6.0
     webhook_outage_h: tuple[float, float] = (11.0, 12.0)  # day 1: the receiver is down
     broker: Literal["auto", "mosquitto", "embedded"] = "auto"
     database: str | None = None  # None: a SQLite file in the workdir; a URL; or "postgresql"
