@@ -493,7 +493,8 @@ def test_a_failed_parcel_is_moved_to_a_locker_by_a_new_manifest_version_mid_rout
     open_day: Callable[..., DeliveryDay],
 ) -> None:
     first = at(21, 600, 0, "Damrak 1")
-    second = at(22, 600, 600, "Dam 2")
+    # A locker only for a customer the depot can send the pickup code to.
+    second = at(22, 600, 600, "Dam 2", customer=True)
     locker_at = offset(second.lat, second.lon, 250, 0)
     locker = LockerSiteConfig("locker-1", *locker_at, {"S": 2})
     day = open_day([first, second], lockers=[locker], signing=True)

@@ -309,3 +309,38 @@ def _extend_commands(service: DepotService) -> int:
             "SELECT COUNT(*) FROM depot_commands WHERE action='extend_hold'"
         ).fetchone()
     return int(row[0])
+
+
+@pytest.mark.parametrize(
+    ("customer_webhook", "decided"), [(True, "locker"), (False, "second_attempt")]
+)
+def test_only_a_customer_the_depot_can_tell_is_sent_to_a_locker(
+    tmp_path: Path, customer_webhook: bool, decided: str
+) -> None:
+    signing, _ = generate_keypair()
+    sealing_private, _sealing_public = generate_sealing_keypair()
+    config = DepotConfig(
+        database=tmp_path / "depot.db",
+        lat=52.37,
+        lon=4.90,
+        vans=["van-1"],
+        lockers=[LockerSiteConfig("locker-1", 52.3701, 4.9001, {"M": 2})],
+    )
+    service = DepotService(config, signing_key_pem=signing, sealing_key_pems=[sealing_private])
+    van = Journal(tmp_path / "van.journal.db", "van-1")
+    try:
+        record: dict[str, Any] = {
+            "id": PARCEL, "raw": PARCEL, "kind": "s10", "merchant": "shop-1", "size": "M",
+            "lat": 52.37, "lon": 4.90, "locker_ok": True,
+        }
+        if customer_webhook:
+            record["customer_webhook"] = "https://notify.example/c/1"
+        service.book.receive(record, now_ns=time.time_ns(), source="import")
+        van.append("delivery_failed", {"parcel": PARCEL, "reason": "not_at_home", "attempt": 1})
+        prev, events = van.read(0, 10)
+        service.store.ingest(decode_batch(encode_batch("van-1", van.journal_id, prev, events)))
+        service.process()
+        assert [(p, d.kind) for p, d in service.decisions] == [(PARCEL, decided)]
+    finally:
+        service.stop()
+        van.close()
