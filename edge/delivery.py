@@ -15,6 +15,7 @@ uplink drains the journal; the depot reads `manifest_applied` as the van's ackno
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -466,12 +467,34 @@ class DeliveryRound:
         old = self._manifest
         assert old is not None
         rows = {r.parcel: r for r in self._rows()}
+        statements: list[tuple[str, Sequence[Any]]] = []
+        # The locker's word wins over the courier's: a parcel this van dropped at a locker that
+        # the depot's new version no longer has at that locker's stop never went in (the
+        # locker saw the drop-off abandoned). It is on the van again: due at the locker the
+        # depot chose instead, or to be kept for the depot.
+        back_on_van: list[str] = []
+        for parcel, row in rows.items():
+            if row.outcome != IN_LOCKER:
+                continue
+            due = manifest.stop_of(parcel)
+            where = manifest.stop(due) if due is not None else None
+            if where is not None and where.kind == "locker" and where.locker == row.locker:
+                continue
+            back_on_van.append(parcel)
+            elsewhere = where.locker if where is not None and where.kind == "locker" else None
+            outcome = REDIRECTED if elsewhere else FAILED
+            statements.append(
+                (
+                    "UPDATE delivery_parcels SET outcome=?, locker=? WHERE parcel=?",
+                    (outcome, elsewhere, parcel),
+                )
+            )
+            rows[parcel] = dataclasses.replace(row, outcome=outcome, locker=elsewhere)
         off_manifest = [
             p
             for p, r in rows.items()
             if r.on_van and r.outcome != COLLECTED and manifest.stop_of(p) is None
         ]
-        statements: list[tuple[str, Sequence[Any]]] = []
         for parcel, row in rows.items():
             due = manifest.stop_of(parcel)
             if due != row.stop:
@@ -510,7 +533,12 @@ class DeliveryRound:
             [
                 (
                     MANIFEST_APPLIED,
-                    self._applied_payload(manifest, self._in_manifest_order(set(off_manifest))),
+                    {
+                        **self._applied_payload(
+                            manifest, self._in_manifest_order(set(off_manifest))
+                        ),
+                        **({"back_on_van": sorted(back_on_van)} if back_on_van else {}),
+                    },
                 )
             ],
             statements,
@@ -535,11 +563,14 @@ class DeliveryRound:
             f"{len(manifest.parcels)} parcels"
         )
         off = list(event.payload["off_manifest"])
+        back = list(event.payload.get("back_on_van", ()))
+        if back:
+            say += f"; the locker did not take {', '.join(back)}: it is on the van again"
         if off:
             say += f"; no longer on it, keep on the van for the depot: {', '.join(off)}"
         if stop_cleared:
             say += "; the stops were renumbered: arrive at your stop again"
-        self._tell("warn" if off or stop_cleared else "ok", say, event)
+        self._tell("warn" if off or back or stop_cleared else "ok", say, event)
 
     # --- scans ------------------------------------------------------------------------------
 

@@ -823,3 +823,30 @@ def test_config_turns_the_round_on_and_names_the_gnss_receiver(tmp_path: Path) -
         path.write_text(base + bad)
         with pytest.raises(ConfigError):
             load_config(path)
+
+
+def test_a_drop_the_locker_did_not_take_puts_the_parcel_back_on_the_van(journal: Journal) -> None:
+    """The courier pressed "dropped" but the locker saw the drop-off abandoned: the depot's next
+    version no longer has the parcel at that locker, and the van believes the locker."""
+    rnd, screen = loaded_round(journal)
+    rnd.arrive(3)
+    rnd.scan(P4)
+    rnd.drop_at_locker(P4)
+    assert rnd.status()["parcels"]["in_locker"] == 1
+    # Version 2: P4 at another locker's stop (the depot chose again).
+    update = rnd.apply_manifest(manifest(2, locker=(), extra_locker_stop=(P4,)))
+    assert update is not None and update.payload["back_on_van"] == [P4]
+    tone, say, _ = screen.last
+    assert tone == "warn" and "did not take" in say and P4 in say
+    status = rnd.status()
+    assert status["parcels"]["in_locker"] == 0
+    rnd.arrive(4)
+    assert screen.last[2]["due"] == [P4]
+    assert rnd.drop_at_locker(P4).payload["locker"] == "locker-2"
+    # Version 3 keeps it at locker-2: nothing comes back a second time.
+    again = rnd.apply_manifest(manifest(3, locker=(), extra_locker_stop=(P4,)))
+    assert again is not None and "back_on_van" not in again.payload
+    # Version 4 drops it from every stop: kept on the van for the depot.
+    last = rnd.apply_manifest(manifest(4, locker=()))
+    assert last is not None and last.payload["back_on_van"] == [P4]
+    assert last.payload["off_manifest"] == [P4]
