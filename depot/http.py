@@ -411,14 +411,24 @@ def _reader(database: DepotDatabase) -> Iterator[Conn]:
 def _devices(conn: Conn) -> list[dict[str, Any]]:
     """Each device the depot has heard of: its link state from its last status message
     (`online`, or `offline` from its will or its goodbye), when it was last heard of (status or
-    batch), its newest journal's highest stored sequence number, the backlog it reported (its
-    own figure; null when its status carries none) and its open alarms."""
+    batch), its newest journal's highest stored sequence number, its backlog (events its last
+    status said it had that the depot has not stored; null when its status carries none) and
+    its open alarms."""
     open_alarms = alarms.open_by_device(conn)
     found = []
     for device, facts in sorted(events.device_presence(conn).items()):
         status = _status_doc(facts["status"])
         seen = [ns for ns in (facts["status_ns"], facts.get("last_batch_ns")) if ns is not None]
         backlog = status.get("backlog")
+        reported, stored = status.get("last_seq"), facts.get("last_seq")
+        if (
+            isinstance(reported, int)
+            and isinstance(stored, int)
+            and status.get("journal") == facts.get("journal")
+        ):
+            # What the device had then, minus what the depot holds now: fresher than the
+            # device's own figure, which is as old as its status.
+            backlog = max(0, reported - stored)
         found.append(
             {
                 "device": device,

@@ -15,9 +15,12 @@ tells merchants and customers each outcome by signed webhook, to a receiver that
 an hour of the first day.
 
 By default the run covers two days, so second attempts happen; the night between is skipped
-on every simulated clock at once. Simulated time runs `--speed` times faster than real time.
-At the end every link is restored, the devices drain, and the report says whether every event
-reached the depot exactly once, where every parcel ended, and how the notifications fared.
+on every simulated clock at once. Simulated time runs at most `--speed` times faster than real
+time and stands still while anyone acts (_SimTime), so a seed's outcome does not depend on the
+machine's speed. At the end every link is restored, the devices drain, and the report says
+whether every event reached the depot exactly once, where every parcel ended, and how the
+notifications fared. What it prints for a person (progress, a van standing still in its round
+and why, the summary) is in words, within 100 columns, and names the broker that ran.
 
 This module imports only the standard library at import time: `lastmile --help` must not pay
 for paho, SQLite or pseudo-terminals.
@@ -31,12 +34,14 @@ import heapq
 import json
 import math
 import random
+import re
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -552,11 +557,83 @@ def _line_noise(scanner: Any, rng: random.Random) -> None:
 
 
 def _print_progress(line: str) -> None:
-    print(line, flush=True)
+    print(_fit(line), flush=True)
+
+
+# Columns of every line printed for a person (progress and summary; --json is one line).
+WIDTH = 100
+
+
+def _fit(text: str) -> str:
+    """Every line of `text` within WIDTH columns; a wrapped line goes on 4 columns further in."""
+    out = []
+    for line in text.splitlines():
+        if len(line) <= WIDTH:
+            out.append(line)
+            continue
+        lead = line[: len(line) - len(line.lstrip(" "))]
+        out.append(
+            textwrap.fill(line, WIDTH, subsequent_indent=lead + "    ", break_on_hyphens=False)
+        )
+    return "\n".join(out)
+
+
+def _pack(head: str, parts: Sequence[str], sep: str = " | ") -> str:
+    """`head`, then as many of `parts` on each line as fit in WIDTH columns; the next lines
+    start under the first part."""
+    lines: list[str] = []
+    line, empty = head, True
+    for part in parts:
+        if not empty and len(line) + len(sep) + len(part) > WIDTH:
+            lines.append(line)
+            line, empty = " " * len(head), True
+        line += part if empty else sep + part
+        empty = False
+    lines.append(line)
+    return _fit("\n".join(lines))
+
+
+def _n(count: int, thing: str, things: str | None = None) -> str:
+    """`1 row`, `2 rows`."""
+    return f"{count} {thing if count == 1 else (things or thing + 's')}"
+
+
+def _counted(counts: Mapping[str, int], words: Mapping[str, str] | None = None) -> str:
+    """`{"not_at_home": 2, "refused": 0}` -> "2 not at home" (zeros left out)."""
+    said = [
+        f"{n} {(words or {}).get(key, key.replace('_', ' '))}" for key, n in counts.items() if n
+    ]
+    return ", ".join(said) or "none"
+
+
+def _rate(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
 
 
 def _clock_text(h: float) -> str:
     return f"{int(h):02d}:{int(h * 60) % 60:02d}"
+
+
+# Mosquitto 2.x logs "mosquitto version 2.0.11 running" once it listens.
+_MOSQUITTO_VERSION = re.compile(rb"mosquitto version (\S+) running")
+
+
+def _broker_name(broker: Any) -> str:
+    """What runs the run's MQTT: "mosquitto 2.0.11" (as its log says) or "amqtt 0.12.1"."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from simulators.broker import EmbeddedBroker
+
+    if isinstance(broker, EmbeddedBroker):
+        try:
+            return f"amqtt {version('amqtt')}"
+        except PackageNotFoundError:
+            return "amqtt"
+    try:
+        found = _MOSQUITTO_VERSION.findall(Path(broker.log_path).read_bytes())
+    except (AttributeError, OSError):
+        found = []
+    return f"mosquitto {found[-1].decode(errors='replace')}" if found else "mosquitto"
 
 
 def _town(rng: random.Random, n: int) -> list[tuple[float, float, str]]:
@@ -756,15 +833,18 @@ def run_day(
         ]
     )
     service.start()
+    broker_name = _broker_name(broker)
     say(
-        f"broker on {broker.host}:{broker.port} ({type(broker).__name__}"
-        f"{', TLS' if tls_ca else ', plain TCP'}); depot on {service.database.dialect} with "
-        f"{plan.workers} worker{'s' if plan.workers > 1 else ''}, {plan.vans} vans, "
-        f"{plan.lockers} lockers, {plan.days} days, seed {plan.seed}"
+        f"broker: {broker_name} on {broker.host}:{broker.port} "
+        f"({'TLS' if tls_ca else 'plain TCP'})\n"
+        f"depot: {service.database.dialect}, {_n(plan.workers, 'worker')}; "
+        f"{_n(plan.vans, 'van')}, {_n(plan.lockers, 'locker')}, {_n(plan.days, 'day')}, "
+        f"seed {plan.seed}"
     )
     imported = service.import_parcels(import_file)
     say(
-        f"import: {len(imported.records)} parcels received, {len(imported.errors)} rows refused"
+        f"import: {_n(len(imported.records), 'parcel')} received, "
+        f"{_n(len(imported.errors), 'row')} refused"
         + "".join(f"\n  refused row {p.line_or_index}: {p.reason}" for p in imported.errors[:3])
     )
 
@@ -782,7 +862,8 @@ def run_day(
     }
     scheduler = _Scheduler(sim)
     world_state = _World(service)
-    cuts_planned = 0
+    dead_zones: list[tuple[str, float, float]] = []  # (van, from hour, to hour) on day 1
+    read_up_to = dict.fromkeys(names, 0)  # each van's journal, read for standstills so far
     day_reports: list[dict[str, Any]] = []
     try:
         for i, name in enumerate(names):
@@ -875,7 +956,13 @@ def run_day(
             date = time.strftime("%Y-%m-%d", time.gmtime(day_base[0] / 1e9))
             planned = service.plan_day(date)
             parcels_today = {v: len(m.parcels) for v, m in planned.manifests.items()}
-            say(f"day {day} ({date}): manifests issued: {parcels_today}")
+            say(
+                _pack(
+                    f"day {day} ({date}): manifests issued: ",
+                    [f"{v} {_n(n, 'parcel')}" for v, n in parcels_today.items()],
+                    ", ",
+                )
+            )
             if not any(m.stops for m in planned.manifests.values()):
                 break
             # Which parcel each van carries, so a courier can pick one of another van by mistake.
@@ -889,7 +976,7 @@ def run_day(
                 ]
                 courier.strangers = rng.sample(others, min(3, len(others)))
             if day == 1:
-                cuts_planned += _plan_disturbances(
+                dead_zones += _plan_disturbances(
                     plan, rng, scheduler, names, scanners, links, receiver
                 )
             if lockers is not None:
@@ -904,6 +991,7 @@ def run_day(
                 for c in couriers
                 if planned.manifests.get(c.name) and planned.manifests[c.name].stops
             ]
+            lags_from = len(sim.lags)
             for t in threads:
                 t.start()
             scheduler.run_until(
@@ -913,6 +1001,18 @@ def run_day(
             )
             for t in threads:
                 t.join(5)
+            for name, van in zip(names, vans, strict=True):
+                _prev, events = van.journal.read(read_up_to[name], 10**9)
+                read_up_to[name] = events[-1].seq if events else read_up_to[name]
+                for sentence in _standstills(
+                    name,
+                    day,
+                    [((e.wall_ns - day_base[0]) / 3600e9, e.kind) for e in events],
+                    until_h=hour(),
+                    dead_zones=[(a, b) for v, a, b in dead_zones if v == name and day == 1],
+                    lags=sim.lags[lags_from:],
+                ):
+                    say(sentence)
             # Night: the vans are back in the yard, on the depot's network; the depot plans
             # tomorrow only once it has heard what came back today.
             for link in links:
@@ -932,12 +1032,13 @@ def run_day(
             sim.release()
             _quiesce(vans, lockers, service, deadline=time.monotonic() + 60)
             sim.hold()
+        cuts = len(dead_zones)
         report = _report(
-            plan, names, vans, feedbacks, couriers, links, service, receiver, cuts_planned, lockers
+            plan, names, vans, feedbacks, couriers, links, service, receiver, cuts, lockers
         )
         report["import"] = {"received": len(imported.records), "refused": len(imported.errors)}
         report["days"] = day_reports
-        report["broker"] = type(broker).__name__
+        report["broker"] = broker_name
         report["tls"] = tls_ca is not None
         report["real_seconds"] = round(time.monotonic() - started, 2)
         report["lags"] = [f"{_clock_text(h)} {what}" for h, what in sim.lags]
@@ -988,11 +1089,14 @@ def _plan_disturbances(
     scanners: Sequence[Any],
     links: Sequence[Any],
     receiver: Any,
-) -> int:
-    """Smudged labels, line noise and dead zones for each van; the webhook receiver's outage."""
+) -> list[tuple[str, float, float]]:
+    """Smudged labels, line noise and dead zones for each van; the webhook receiver's outage.
+
+    Returns the dead zones: (van, hour the link is cut, hour it is restored).
+    """
     from simulators.parcels import smudged_s10
 
-    cuts = 0
+    cuts: list[tuple[str, float, float]] = []
     for name, scanner, link in zip(names, scanners, links, strict=True):
         for _ in range(int(plan.parcels_per_van * plan.smudged_share) + 1):
             bad = smudged_s10(rng)
@@ -1016,7 +1120,7 @@ def _plan_disturbances(
             mode = "reset" if rng.random() < 0.5 else "blackhole"
             scheduler.at(start_h, name, f"cut ({mode})", partial(link.cut, mode))
             scheduler.at(start_h + length_h, name, "restore", link.restore)
-            cuts += 1
+            cuts.append((name, start_h, start_h + length_h))
     down, up = plan.webhook_outage_h
     scheduler.at(down, "webhooks", "receiver down", partial(receiver.down, "refuse"))
     scheduler.at(up, "webhooks", "receiver up", receiver.up)
@@ -1114,13 +1218,85 @@ def _progress_line(
         state = "dead zone" if link.is_cut else ("online" if van.uplink.connected else "offline")
         status = van.round.status() if van.round is not None else {}
         counts = status.get("parcels", {})
+        if status.get("current_stop"):
+            where = f"stop {status['current_stop']}/{status.get('stops', 0)}"
+        else:
+            phase = str(status.get("phase") or "")
+            where = _PHASE_WORDS.get(phase, phase.replace("_", " ") or "no round")
+        unsent = van.journal.unacked
         parts.append(
-            f"{name} stop {status.get('current_stop') or '-'}/{status.get('stops', 0)}, "
-            f"{counts.get('delivered', 0)} delivered, {van.journal.unacked} unsent, {state}"
+            f"{name} {where}, {counts.get('delivered', 0)} delivered, "
+            + (f"{unsent} unsent, " if unsent else "")
+            + state
         )
     if lockers is not None:
         parts += lockers.progress()
-    return f"{_clock_text(h)}  " + " | ".join(parts)
+    return _pack(f"{_clock_text(h)}  ", parts)
+
+
+# A van's round phase (edge.delivery) as the progress lines say it, when it is at no stop.
+_PHASE_WORDS = {
+    "idle": "waiting for its manifest",
+    "loading": "loading",
+    "on_route": "on the road",
+    "returning": "back at the depot",
+    "closed": "day closed",
+}
+
+
+# A van's round is open from its first load or its departure until it ends or closes the day.
+ROUND_OPENS = frozenset({"parcel_loaded", "departed"})
+ROUND_CLOSES = frozenset({"round_ended", "day_closed"})
+
+
+def _standstills(
+    van: str,
+    day: int,
+    moments: Sequence[tuple[float, str]],
+    *,
+    until_h: float,
+    dead_zones: Sequence[tuple[float, float]],
+    lags: Sequence[tuple[float, str]],
+) -> list[str]:
+    """A sentence for each time `van` recorded nothing for more than STANDSTILL_H simulated
+    hours while its round was open, saying why when the run knows.
+
+    `moments`: (hour of the day, event kind) of the van's events of the day, in journal order;
+    `until_h`: the hour the day ended; `dead_zones`: (from, to) hours the van's link was cut;
+    `lags`: (hour, what lagged) of the day, as _SimTime noted them.
+    """
+    out = []
+    is_open = False
+    last_h: float | None = None
+    for h, kind in [*moments, (until_h, "")]:
+        if is_open and last_h is not None and h - last_h > STANDSTILL_H:
+            why = [
+                f"its link was in a dead zone from {_clock_text(a)} to {_clock_text(b)}"
+                for a, b in dead_zones
+                if a < h and b > last_h
+            ]
+            if kind == "manifest_applied":
+                why.append("it was waiting for the depot's updated manifest")
+            why += [
+                f"at {_clock_text(at)} time ran on without it ({what.split(': ', 1)[-1]})"
+                for at, lagged in lags
+                if last_h <= at <= h
+                for what in lagged.split("; ")
+                if what.startswith(f"{van}: ")
+            ]
+            until = _clock_text(h) if kind else f"the end of the day ({_clock_text(h)})"
+            out.append(
+                f"{van} stood still from {_clock_text(last_h)} to {until} on day {day}, "
+                "during its round: "
+                + ("; ".join(why) if why else "the simulation does not know why")
+                + "."
+            )
+        if kind in ROUND_OPENS:
+            is_open = True
+        elif kind in ROUND_CLOSES:
+            is_open = False
+        last_h = h
+    return out
 
 
 FINAL_STATES = ("delivered", "picked_up", "returned_to_sender")
@@ -1299,45 +1475,74 @@ def _report(
     return report
 
 
+# How the summary says a parcel's state (depot.tracking) and a decision (depot.policy).
+_STATE_WORDS = {
+    "picked_up": "picked up at a locker",
+    "returned_to_sender": "returned to sender",
+    "in_locker": "in a locker",
+    "at_depot": "back at the depot",
+    "received": "at the depot, never loaded",
+    "hold_expired": "expired in a locker",
+    "out_for_delivery": "out for delivery",
+}
+_DECISION_WORDS = {
+    "locker": "to a locker",
+    "second_attempt": "to a second attempt",
+    "return_to_sender": "back to the sender",
+}
+
+
 def _print_summary(r: dict[str, Any]) -> None:
-    print()
-    print(
-        f"Simulated delivery, {r['vans']} vans, seed {r['seed']}, {len(r['days'])} days "
-        f"({r['broker']}, {r['real_seconds']} s real time)"
-    )
-    print(f"  import: {r['import']['received']} parcels, {r['import']['refused']} rows refused")
+    lines = [
+        "",
+        f"Simulated delivery, {_n(r['vans'], 'van')}, seed {r['seed']}, "
+        f"{_n(len(r['days']), 'day')} ({r['broker']}, {r['real_seconds']} s real time)",
+        f"  import: {_n(r['import']['received'], 'parcel')}, "
+        f"{_n(r['import']['refused'], 'row')} refused",
+    ]
     for name, v in r["per_van"].items():
-        print(
-            f"  {name}: loaded {v['loaded']} (left behind {v['left_behind']}), delivered "
-            f"{v['delivered']}, failed {sum(v['failed'].values())}, locker drops "
-            f"{v['locker_drops']}, returned {v['returned_to_depot']}; manifests "
-            f"{v['manifest_versions']}; wrong van {v['wrong_van_scans_refused']}, wrong stop "
-            f"{v['wrong_stop_scans_refused']} refused; {v['events']} events"
+        failed = sum(v["failed"].values())
+        lines.append(
+            f"  {name}: loaded {v['loaded']} ({v['left_behind']} left behind), delivered "
+            f"{v['delivered']}, failed {failed}"
+            + (f" ({_counted(v['failed'])})" if failed else "")
+            + f", dropped at lockers {v['locker_drops']}, collected from lockers "
+            f"{v['collected_from_lockers']}, returned to the depot {v['returned_to_depot']}; "
+            f"manifest versions {', '.join(map(str, v['manifest_versions'])) or 'none'}; "
+            f"refused scans: wrong van {v['wrong_van_scans_refused'].replace('/', ' of ')}, "
+            f"wrong stop {v['wrong_stop_scans_refused'].replace('/', ' of ')}; "
+            f"{_n(v['events'], 'event')}"
         )
     lk = r["lockers"]
     if lk["count"]:
-        print(
-            f"  lockers: {lk['dropoffs']} drop-offs, {lk['reservations']} reserved by the depot, "
-            f"{lk['pickups']} pickups, {lk['expired']} expired, {lk['returned']} returned"
+        lines.append(
+            f"  lockers: {_n(lk['dropoffs'], 'drop-off')}, {lk['reservations']} reserved by the "
+            f"depot, {_n(lk['pickups'], 'pickup')}, {_n(lk['holds_extended'], 'hold')} "
+            f"extended, {lk['expired']} expired, {lk['returned']} returned; "
+            f"{_n(r['pickup_notices_sent'], 'pickup notice')} sent"
         )
-    print(f"  parcels: {r['parcels']}; decisions after failures: {r['decisions']}")
-    print(
-        f"  first-attempt success {r['first_attempt_success_rate']}, proof complete "
-        f"{r['pod_complete_rate']}, unaccounted {r['unaccounted_parcels']}, "
-        f"{r['expired_awaiting_collection']} expired awaiting the next day's collection; "
-        f"collections planned {r['collections_planned']}, {r['collected_from_lockers']} done"
-    )
-    print(
+    order = [*ACCOUNTED, *sorted(set(r["parcels"]) - set(ACCOUNTED))]
+    lines += [
+        "  parcels: "
+        + _counted({s: r["parcels"].get(s, 0) for s in order}, _STATE_WORDS)
+        + f"; {r['unaccounted_parcels']} unaccounted",
+        f"  decisions after failures: {_counted(r['decisions'], _DECISION_WORDS)}",
+        f"  first-attempt success {_rate(r['first_attempt_success_rate'])}, proof of delivery "
+        f"complete {_rate(r['pod_complete_rate'])}; collections from lockers planned "
+        f"{r['collections_planned']}, done {r['collected_from_lockers']}, "
+        f"{r['expired_awaiting_collection']} expired awaiting the next day's; "
+        f"{_n(r['alarms_open'], 'alarm')} open",
         f"  webhooks: {r['webhooks_sent']} sent, {r['webhooks_duplicated']} duplicated, "
-        f"{r['webhooks_dead_lettered']} dead-lettered, {r['webhooks_pending']} pending"
-    )
-    print(
+        f"{r['webhooks_dead_lettered']} dead-lettered, {r['webhooks_pending']} pending",
         f"  photos: {r['photos_named']} named by events, {r['photos_verified_at_depot']} at the "
-        f"depot with a matching SHA-256, largest {r['photo_largest_bytes']} bytes"
-    )
-    print(
+        f"depot with a matching SHA-256, largest {r['photo_largest_bytes']} bytes",
         f"  events created {r['events_created']}, at depot {r['events_at_depot']}, "
-        f"lost {r['events_lost']}, duplicates {r['duplicates']}, gaps {r['gaps']}"
+        f"lost {r['events_lost']}, duplicates {r['duplicates']}, gaps {r['gaps']}",
+    ]
+    if r["lags"]:
+        lines.append("  time ran on without a device that lagged: " + "; ".join(r["lags"]))
+    lines.append(
+        "  OK: every event exactly once, every parcel accounted for" if r["ok"] else "  FAILED"
     )
-    print("  OK: every event exactly once, every parcel accounted for" if r["ok"] else "  FAILED")
+    print(_fit("\n".join(lines)))
     sys.stdout.flush()

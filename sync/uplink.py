@@ -44,6 +44,9 @@ log = logging.getLogger("sync.uplink")
 # After silences in a row, the wait for an ack grows (equal jitter, sync.mqtt.backoff_delay) up
 # to this many times ack_timeout_s; the first ack that moves resets it.
 ACK_PATIENCE_MAX = 8
+# While connected, the retained status is published again at most this often, when the
+# journal's figures (last sequence, backlog) changed since the last one.
+STATUS_EVERY_S = 60.0
 
 
 class Uplink:
@@ -103,6 +106,7 @@ class Uplink:
         self.photo_chunks_sent = 0
         self.photo_bytes_sent = 0
         self.photos_done = 0
+        self._status_sent: tuple[float, int, int] = (0.0, -1, -1)  # (when, last_seq, acked)
         self._photo_props = new_properties(PacketTypes.PUBLISH)
         self._photo_props.ContentType = PHOTO_CONTENT_TYPE
         self._props = new_properties(PacketTypes.PUBLISH)
@@ -171,15 +175,28 @@ class Uplink:
         client.subscribe(ack_topic(self.device), qos=1)
         client.subscribe(photo_ack_topic(self.device), qos=1)
         client.subscribe(command_topic(self.device), qos=1)
-        client.publish(
-            status_topic(self.device),
-            encode_status("online", self.journal.clock.boot_id, journal=self.journal.journal_id),
-            qos=1,
-            retain=True,
-        )
+        self._publish_status(client, time.monotonic())
         # Whatever was in flight on the old connection may be gone: resend from the ack.
         self._rewind("reconnected")
         self._photo_inflight = None
+
+    def _publish_status(self, client: mqtt.Client, now: float) -> None:
+        """The retained `online` status, with how far the journal is and how much of it the
+        depot has not confirmed yet (its presence page shows both)."""
+        last, acked = self.journal.last_seq, self.journal.acked_seq
+        client.publish(
+            status_topic(self.device),
+            encode_status(
+                "online",
+                self.journal.clock.boot_id,
+                journal=self.journal.journal_id,
+                last_seq=last,
+                backlog=max(0, last - acked),
+            ),
+            qos=1,
+            retain=True,
+        )
+        self._status_sent = (now, last, acked)
 
     def _rewind(self, why: str) -> None:
         if self._next != self.journal.acked_seq + 1:
@@ -260,6 +277,12 @@ class Uplink:
             self.payload_bytes_sent += len(payload)
         if self._next > self.journal.last_seq:
             self._pump_photo(now)
+        sent_at, last, acked_then = self._status_sent
+        if now - sent_at >= STATUS_EVERY_S and (last, acked_then) != (
+            self.journal.last_seq,
+            self.journal.acked_seq,
+        ):
+            self._publish_status(self.session.client, now)
         if now - self._last_prune > self._prune_every:
             self._last_prune = now
             try:

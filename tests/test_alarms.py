@@ -211,7 +211,7 @@ def test_a_device_whose_link_dies_goes_offline_by_its_will(
         wait_until(lambda: (van_1() or {}).get("state") == "online", "van-1 online")
         online = van_1()
         assert online is not None and online["last_seq"] == seq and online["journal"]
-        assert online["backlog"] is None and online["alarms_open"] == 0
+        assert online["backlog"] == 0 and online["alarms_open"] == 0
 
         link.cut()  # the van drives into a tunnel: no goodbye, the broker sends its will
         wait_until(lambda: (van_1() or {}).get("state") == "offline", "van-1's will")
@@ -277,3 +277,38 @@ def test_raising_and_acknowledging_alarms_in_the_store(depot_database: str) -> N
             assert alarms.open_count(conn) == 1  # told is not acknowledged
     finally:
         database.close()
+
+
+def test_a_device_s_status_says_how_much_the_depot_has_not_confirmed(
+    broker: Broker, tmp_path: Path
+) -> None:
+    """No depot listens: the van's three events stay unconfirmed, and its retained status
+    (what `/devices` reads) says so."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from sync.wire import status_topic
+
+    journal = Journal(tmp_path / "van-1.db", "van-1")
+    for n in range(3):
+        journal.append("parcel_scanned", {"parcel": f"RB12345678{n}GB"})
+    uplink = Uplink(journal, address(broker, "van-1"), **FAST_SYNC)  # type: ignore[arg-type]
+    seen: list[dict[str, Any]] = []
+    user, password = broker.depot_credentials
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="watcher", protocol=mqtt.MQTTv5)
+    client.username_pw_set(user, password)
+    client.on_message = lambda _c, _u, msg: seen.append(json.loads(msg.payload))
+    client.connect(broker.host, broker.port)
+    client.subscribe(status_topic("van-1"), qos=1)
+    client.loop_start()
+    try:
+        uplink.start()
+        wait_until(lambda: any(s.get("state") == "online" for s in seen), "van-1's status")
+        online = next(s for s in seen if s.get("state") == "online")
+        assert online["journal"] == journal.journal_id
+        assert online["last_seq"] == 3 and online["backlog"] == 3
+    finally:
+        client.loop_stop()
+        client.disconnect()
+        uplink.stop()
+        journal.close()

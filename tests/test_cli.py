@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -84,7 +85,8 @@ def test_simulated_day_delivers_every_event_exactly_once(broker: str) -> None:
     assert report["confirmed_to_courier"] == report["confirmed_at_depot"] > 0
     assert report["unaccounted_parcels"] == 0 and sum(report["parcels"].values()) == 40
     assert report["dead_zones"] >= 2
-    assert report["broker"] == ("Broker" if broker == "mosquitto" else "EmbeddedBroker")
+    named = r"mosquitto \d+\.\d+\.\d+" if broker == "mosquitto" else r"amqtt \d+\.\d+\.\d+"
+    assert re.fullmatch(named, report["broker"]), report["broker"]
 
 
 def test_simulated_day_prints_progress_and_a_summary() -> None:
@@ -92,3 +94,32 @@ def test_simulated_day_prints_progress_and_a_summary() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "manifests issued" in result.stdout and "days over" in result.stdout
     assert "OK: every event exactly once, every parcel accounted for" in result.stdout
+    lines = result.stdout.splitlines()
+    # The first line names the broker that ran, with its version.
+    assert re.match(r"broker: (mosquitto|amqtt) \d+\.\d+[.\d]* on ", lines[0]), lines[0]
+    assert re.search(r"\((mosquitto|amqtt) [\d.]+, [\d.]+ s real time\)", result.stdout)
+    # Readable by a person: no line wider than 100 columns, words rather than Python reprs.
+    assert max(len(line) for line in lines) <= 100
+    assert not re.search(r"[{\[]'|[{\[]\d", result.stdout), result.stdout
+    assert re.search(r"  parcels: \d+ delivered", result.stdout)
+    assert "decisions after failures: " in result.stdout
+
+
+def test_a_van_standing_still_in_its_round_is_told_with_the_reason() -> None:
+    from simulators.day import _standstills
+
+    moments = [(7.0, "parcel_loaded"), (7.5, "departed"), (8.25, "parcel_delivered"),
+               (9.0, "delivery_failed"), (11.25, "manifest_applied"), (11.5, "parcel_delivered"),
+               (12.0, "round_ended"), (12.1, "day_closed")]
+    said = _standstills("van-2", 1, moments, until_h=18.0, dead_zones=[(8.5, 10.0)],
+                        lags=[(10.5, "van-2: events not yet confirmed by the depot")])
+    # One gap of more than an hour inside the round; the hours after it closed are no standstill.
+    assert said == [
+        "van-2 stood still from 09:00 to 11:15 on day 1, during its round: its link was in a "
+        "dead zone from 08:30 to 10:00; it was waiting for the depot's updated manifest; at "
+        "10:30 time ran on without it (events not yet confirmed by the depot)."
+    ]
+    # A round still open when the day ends, for no reason the run knows.
+    said = _standstills("van-1", 2, moments[:4], until_h=18.0, dead_zones=[], lags=[])
+    assert said == ["van-1 stood still from 09:00 to the end of the day (18:00) on day 2, during "
+                    "its round: the simulation does not know why."]
