@@ -813,6 +813,9 @@ def run_day(
         webhook_max_attempts=12,  # about 1.75 to 3.5 simulated hours of retries
         webhook_backoff_base_s=60.0,
         webhook_backoff_max_s=1800.0,
+        # A van's claim crosses its dead zones (up to 40 min) and its reconnect backoff (2 real
+        # seconds, 80 simulated minutes): a disagreement is an alarm only after three hours.
+        locker_confirm_min=180.0,
         max_locker_km=4.0,
         locker_hold_h=plan.locker_hold_h,
         lockers=locker_sites,
