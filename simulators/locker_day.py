@@ -34,6 +34,7 @@ fixed sleep, so the script holds at any `--speed`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import queue
@@ -43,7 +44,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -509,6 +510,7 @@ class _People:
         self.max_lag_s = 0.0  # the longest a step waited for the one before it (real time)
         self._unfinished = 0  # steps queued or running (the day's clock waits for them)
         self._unfinished_lock = threading.Lock()
+        self._awaiting_news = False  # the running step waits for the world, not the reverse
 
     def start(self) -> None:
         self._thread.start()
@@ -519,9 +521,22 @@ class _People:
         self._jobs.put((what, time.monotonic(), step))
 
     def busy(self) -> bool:
-        """Whether a step is queued or running."""
+        """Whether a step is queued or running, and not waiting for news from the world (a
+        notice by webhook) that only comes once simulated time runs on."""
         with self._unfinished_lock:
-            return self._unfinished > 0
+            return self._unfinished > 0 and not self._awaiting_news
+
+    @contextlib.contextmanager
+    def awaiting_news(self) -> Iterator[None]:
+        """Around a wait for something the rest of the run must do first: meanwhile the day's
+        clock does not wait for these people."""
+        with self._unfinished_lock:
+            self._awaiting_news = True
+        try:
+            yield
+        finally:
+            with self._unfinished_lock:
+                self._awaiting_news = False
 
     def finish(self, timeout: float) -> bool:
         """Let the queue run out; True when every step has run within `timeout`."""
@@ -722,8 +737,14 @@ class SimulatedLocker:
         """A courier brings a parcel nobody took at the door."""
         locker = self.device.locker
         mark = self.watch.mark()
-        if r.jam and r.parcel in self.reserved:
+        lapsed = any(
+            seen.kind == "reservation_lapsed" and seen.facts.get("parcel") == r.parcel
+            for seen in self.watch.snapshot()
+        )
+        if r.jam and r.parcel in self.reserved and not lapsed:
             # The reserved compartment's lock has seized: the locker must notice and move on.
+            # (Not once the reservation lapsed: the locker would pick another door, and the
+            # seized lock would never be tried.)
             self.boards.jam(*self.where[self.reserved[r.parcel]])
             self.tally.jams_injected += 1
         locker.scan(BADGE_PREFIX + courier_badge(r.stop.van))
@@ -749,7 +770,10 @@ class SimulatedLocker:
     def extend_hold(self, r: Redirect) -> None:
         """The customer uses the extend-hold link in the depot's notice (a POST, as the page's
         button does); the locker hears of it from the depot, not from the customer."""
-        notice = self.inbox.notice(r.parcel, CREDENTIAL_WAIT_S, give_up=lambda: self.watch.aborted)
+        with self.people.awaiting_news():
+            notice = self.inbox.notice(
+                r.parcel, CREDENTIAL_WAIT_S, give_up=lambda: self.watch.aborted
+            )
         if notice is None or not notice["extend"]:
             self._gave_up("no extend link in the notice")
             return
@@ -771,9 +795,10 @@ class SimulatedLocker:
         if hold is None or hold[1] or self.clock.wall_ns() >= hold[0]:
             self._gave_up("customer came after the hold")
             return
-        secrets = self.inbox.notice(
-            r.parcel, CREDENTIAL_WAIT_S, give_up=lambda: self.watch.aborted
-        )
+        with self.people.awaiting_news():
+            secrets = self.inbox.notice(
+                r.parcel, CREDENTIAL_WAIT_S, give_up=lambda: self.watch.aborted
+            )
         if secrets is None:
             self._gave_up("no pickup notice from the depot")
             return

@@ -69,7 +69,9 @@ def test_two_days_every_parcel_accounted_for(seed: str) -> None:
 
 @pytest.mark.slow
 def test_lockers_take_the_depots_redirects() -> None:
-    r = simulated_day("--vans", "2", "--parcels", "25", "--seed", "4", "--speed", "6000")
+    r = simulated_day(
+        "--vans", "2", "--parcels", "40", "--seed", "3", "--locker-hold-h", "3", "--speed", "6000"
+    )
     lockers = r["lockers"]
     assert lockers["count"] == 2
     # Every parcel the depot sent to a locker was reserved by a signed command and went in.
@@ -78,6 +80,14 @@ def test_lockers_take_the_depots_redirects() -> None:
     # Customers collected with what the depot's notices told them, and only with that.
     assert 0 < lockers["pickups"] <= lockers["pickup_notices_received"]
     assert r["pickup_notices_sent"] == lockers["dropoffs"]
+    # A customer who could not come in time used the notice's link; the depot asked the
+    # locker, which extended the hold.
+    assert lockers["holds_extended"] == lockers["extend_links_used"] >= 1
+    # Holds that ran out: the depot put each on a van's manifest, and a courier took it out.
+    assert r["collections_planned"] == r["collected_from_lockers"] == lockers["expired"] >= 1
+    assert lockers["returned"] == lockers["expired"]
+    # Every alarm a locker raised is open at the depot, waiting for a person.
+    assert r["alarms_open"] == sum(lockers["alarms"].values())
     # Injected faults raised their alarms, and nothing else did.
     alarms = lockers["alarms"]
     assert alarms.get("forced_open", 0) == lockers["forced_open_injected"] >= 1
