@@ -76,7 +76,18 @@ from sync.wire import (
     status_topic,
 )
 
-__all__ = ["Fleet", "ProvisionError", "Provisioned", "load_fleet", "provision"]
+__all__ = [
+    "Fleet",
+    "Issued",
+    "ProvisionError",
+    "Provisioned",
+    "cert_pem",
+    "issue",
+    "load_fleet",
+    "make_ca",
+    "provision",
+    "write_pair",
+]
 
 DEFAULT_PORT: Final = 8883
 CA_DAYS: Final = 3650  # the CA outlives several generations of device certificates
@@ -244,7 +255,9 @@ def load_fleet(path: str | os.PathLike[str]) -> Fleet:
 
 
 @dataclass(frozen=True)
-class _Issued:
+class Issued:
+    """A certificate and its private key (a CA's, the broker's, or one account's)."""
+
     cert: x509.Certificate
     key: ec.EllipticCurvePrivateKey
 
@@ -258,7 +271,8 @@ def _subject(common_name: str) -> x509.Name:
     )
 
 
-def _make_ca(host: str, now: datetime.datetime) -> _Issued:
+def make_ca(host: str, now: datetime.datetime) -> Issued:
+    """A fleet's certificate authority (P-256, CA_DAYS), named after the broker it serves."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = _subject(f"lastmile fleet CA for {host}")
     cert = (
@@ -287,16 +301,16 @@ def _make_ca(host: str, now: datetime.datetime) -> _Issued:
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    return _Issued(cert, key)
+    return Issued(cert, key)
 
 
-def _issue(
-    ca: _Issued,
+def issue(
+    ca: Issued,
     common_name: str,
     now: datetime.datetime,
     *,
     server_names: Sequence[str] = (),
-) -> _Issued:
+) -> Issued:
     """A leaf certificate: for the broker (`server_names` given) or for one client account."""
     key = ec.generate_private_key(ec.SECP256R1())
     usage = ExtendedKeyUsageOID.SERVER_AUTH if server_names else ExtendedKeyUsageOID.CLIENT_AUTH
@@ -337,7 +351,7 @@ def _issue(
             except ValueError:
                 alt.append(x509.DNSName(name))
         builder = builder.add_extension(x509.SubjectAlternativeName(alt), critical=False)
-    return _Issued(builder.sign(ca.key, hashes.SHA256()), key)
+    return Issued(builder.sign(ca.key, hashes.SHA256()), key)
 
 
 # --- files --------------------------------------------------------------------------------------
@@ -351,7 +365,8 @@ def _write(path: Path, data: bytes | str, *, private: bool = False) -> None:
         f.write(raw)
 
 
-def _pem(cert: x509.Certificate) -> bytes:
+def cert_pem(cert: x509.Certificate) -> bytes:
+    """The certificate as PEM text (what ca.crt files hold)."""
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
@@ -363,8 +378,9 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def _write_pair(directory: Path, stem: str, issued: _Issued) -> None:
-    _write(directory / f"{stem}.crt", _pem(issued.cert))
+def write_pair(directory: Path, stem: str, issued: Issued) -> None:
+    """`stem`.crt and `stem`.key (0600) in `directory`; neither may exist yet."""
+    _write(directory / f"{stem}.crt", cert_pem(issued.cert))
     _write(directory / f"{stem}.key", _key_pem(issued.key), private=True)
 
 
@@ -469,8 +485,8 @@ def provision(
     broker_dir = fleet.broker_dir or final / "mosquitto"
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))  # 0700
     try:
-        ca = _make_ca(fleet.host, now)
-        ca_pem = _pem(ca.cert)
+        ca = make_ca(fleet.host, now)
+        ca_pem = cert_pem(ca.cert)
         (staging / "ca").mkdir(mode=0o700)
         _write(staging / "ca" / "ca.crt", ca_pem)
         _write(staging / "ca" / "ca.key", _key_pem(ca.key), private=True)
@@ -478,8 +494,8 @@ def provision(
         mosq = staging / "mosquitto"
         mosq.mkdir(mode=0o700)
         _write(mosq / "ca.crt", ca_pem)
-        server = _issue(ca, fleet.host, now, server_names=[fleet.host, *fleet.names])
-        _write_pair(mosq, "server", server)
+        server = issue(ca, fleet.host, now, server_names=[fleet.host, *fleet.names])
+        write_pair(mosq, "server", server)
         _write(mosq / "acl", acl_text(fleet))
         _write(mosq / "mosquitto.conf", mosquitto_conf_text(fleet, broker_dir))
 
@@ -488,7 +504,7 @@ def provision(
             home = staging / "devices" / device
             home.mkdir(mode=0o700)
             _write(home / "ca.crt", ca_pem)
-            _write_pair(home, "client", _issue(ca, device, now))
+            write_pair(home, "client", issue(ca, device, now))
             kind = "van" if device in fleet.vans else "locker"
             _write(
                 home / "broker.toml",
@@ -506,7 +522,7 @@ def provision(
         depot.mkdir(mode=0o700)
         _write(depot / "ca.crt", ca_pem)
         for account in fleet.depot_accounts:
-            _write_pair(depot, account, _issue(ca, account, now))
+            write_pair(depot, account, issue(ca, account, now))
         if fleet.workers == 1:
             cert, key, note = f"{fleet.depot_username}.crt", f"{fleet.depot_username}.key", ""
         else:

@@ -801,15 +801,19 @@ class DeliveryRound:
             self._tell("ok", say, event, due=due_ids, collect=collect)
             return event
 
-    def _outcome_target(
-        self, parcel: str, *, locker_stop: bool, allowed: tuple[str | None, ...]
-    ) -> tuple[Stop, _Parcel]:
+    def _stop_here(self) -> Stop:
+        """The stop the courier is at, on the route; RoundError when there is none."""
         manifest = self._require_manifest()
         if self._phase != ON_ROUTE:
             raise RoundError("not_on_route", "not on the route")
         if self._current_stop is None:
             raise RoundError("no_stop", "arrive at a stop first")
-        stop = manifest.stop(self._current_stop)
+        return manifest.stop(self._current_stop)
+
+    def _outcome_target(
+        self, parcel: str, *, locker_stop: bool, allowed: tuple[str | None, ...]
+    ) -> tuple[Stop, _Parcel]:
+        stop = self._stop_here()
         row = self._row(parcel)
         if row is None or not row.loaded:
             raise RoundError("not_on_van", f"{parcel} is not loaded on this van")
@@ -1043,12 +1047,7 @@ class DeliveryRound:
         None when the courier typed the id (a torn label).
         """
         with self._lock:
-            manifest = self._require_manifest()
-            if self._phase != ON_ROUTE:
-                raise RoundError("not_on_route", "not on the route")
-            if self._current_stop is None:
-                raise RoundError("no_stop", "arrive at a stop first")
-            stop = manifest.stop(self._current_stop)
+            stop = self._stop_here()
             if stop.kind != "locker":
                 raise RoundError("not_a_locker_stop", f"stop {stop.stop} is not a locker stop")
             row = self._row(parcel)
