@@ -1153,9 +1153,12 @@ class LockerDay:
                 if site.link.is_cut
                 else ("online" if uplink is not None and uplink.connected else "offline")
             )
+            unsent = site.journal.unacked
+            inside = site.parcels_inside()
             parts.append(
-                f"{site.name} {site.journal.last_seq} events, {site.journal.unacked} unsent, "
-                f"{state}, {site.parcels_inside()} parcels in"
+                f"{site.name} {site.journal.last_seq} events"
+                + (f", {unsent} unsent" if unsent else "")
+                + f", {state}, {inside} parcel{'' if inside == 1 else 's'} inside"
             )
         return parts
 
