@@ -77,6 +77,8 @@ from sync.wire import (
 )
 
 __all__ = [
+    "MAX_QUEUED_MESSAGES",
+    "MOSQUITTO_LOGGING",
     "Fleet",
     "Issued",
     "ProvisionError",
@@ -95,6 +97,18 @@ CERT_DAYS: Final = 825  # devices and the broker: renewed within a little over t
 # Mosquitto's default of 1000 queued messages per offline persistent session is a few minutes
 # of a busy van; a day in a dead zone needs far more.
 MAX_QUEUED_MESSAGES: Final = 100_000
+# Mosquitto's log: every connection and refusal, timestamped, on stderr (journald's, under
+# systemd); the simulated day's broker logs the same way.
+MOSQUITTO_LOGGING: Final = (
+    "log_dest stderr",
+    "log_type error",
+    "log_type warning",
+    "log_type notice",
+    "log_type information",
+    "connection_messages true",
+    "log_timestamp true",
+    "log_timestamp_format %Y-%m-%dT%H:%M:%S",
+)
 
 # Account names become certificate common names, MQTT usernames, ACL lines and topic levels: no
 # wildcards, no separators, nothing a shell, a config parser or a log would mangle.
@@ -430,14 +444,7 @@ def mosquitto_conf_text(fleet: Fleet, broker_dir: Path) -> str:
         "max_queued_bytes 0",
         "persistence true",
         f"persistence_location {broker_dir}/",
-        "log_dest stderr",
-        "log_type error",
-        "log_type warning",
-        "log_type notice",
-        "log_type information",
-        "connection_messages true",
-        "log_timestamp true",
-        "log_timestamp_format %Y-%m-%dT%H:%M:%S",
+        *MOSQUITTO_LOGGING,
     ]
     if fleet.run_as is not None:
         lines.append(f"user {fleet.run_as}")

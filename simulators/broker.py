@@ -38,6 +38,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Literal, Protocol, Self
 
+from depot.provision import MAX_QUEUED_MESSAGES, MOSQUITTO_LOGGING
 from simulators.errors import SimulatorError
 
 log = logging.getLogger("simulators.broker")
@@ -62,9 +63,6 @@ TOPIC_ROOT: Final = "lastmile/v1"
 
 START_TIMEOUT_S: Final = 10.0
 STOP_TIMEOUT_S: Final = 5.0
-# Mosquitto's default of 1000 queued messages per offline persistent session is a few minutes
-# of a busy van; a day in a dead zone needs far more.
-MAX_QUEUED_MESSAGES: Final = 100_000
 _START_WAIT_STEP_S: Final = 0.02  # how long one pass of the start-up wait blocks on the child
 _LOG_TAIL_LINES: Final = 40
 # Mosquitto 2.x logs "mosquitto version X running" once every listener is open.
@@ -625,14 +623,7 @@ class Broker(_AccountsAndAddress):
             "persistence_file mosquitto.db",
             # Small messages, loopback: don't let Nagle add 40 ms to every round trip of a test.
             "set_tcp_nodelay true",
-            "log_dest stderr",
-            "log_type error",
-            "log_type warning",
-            "log_type notice",
-            "log_type information",
-            "connection_messages true",
-            "log_timestamp true",
-            "log_timestamp_format %Y-%m-%dT%H:%M:%S",
+            *MOSQUITTO_LOGGING,
         ]
         if hasattr(os, "geteuid"):
             # Started as root, Mosquitto 2 would switch to the "mosquitto" user, which cannot
