@@ -1,9 +1,20 @@
 """The device's event journal: one SQLite file that is also its outbox.
 
-Owns: gapless per-device sequence numbers, the hash chain, durable commit before anyone is
-told, the depot's acknowledgements, retention and pruning, and recovery from a corrupt file.
+Owns: gapless sequence numbers per journal, the hash chain, durable commit before anyone is
+told, the depot's acknowledgements, retention and pruning, the high-water mark kept beside the
+file (`sync.highwater`), and recovery from a file that is corrupt, rolled back, emptied or gone.
 Must never: confirm an event it has not fsync'd, delete an event the depot has not
-acknowledged, or delete a database it cannot read (it is moved aside for a person).
+acknowledged, delete a database it cannot read (it is moved aside for a person), reuse a
+sequence number within a journal, or lose a confirmed event without saying so in an `alarm`.
+
+Journal epochs: when the file no longer holds what the high-water mark says was committed
+(a damaged write-ahead log replayed short, a file emptied or deleted) or the depot acknowledges
+more than the file holds, the journal does not carry on under the same id (the depot would
+see the reused numbers as a fork and refuse everything after). It moves the old files aside,
+starts a new journal id at sequence 1, and writes, in the new journal's first transaction:
+the device's own tables as the old file held them, an `alarm` event saying what happened and
+which sequence numbers of the old journal were lost, and the old journal's surviving
+unacknowledged events (same uuid and clocks, new sequence numbers). docs/WIRE.md describes it.
 
 One process writes a journal at a time (an advisory lock file enforces it); inside the process
 appends and acknowledgements share one writer connection, readers use their own.
@@ -21,18 +32,27 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sync.clock import Clock, SystemClock
 from sync.errors import JournalError, JournalFull
+from sync.highwater import HighWater, Mark
+from sync.journal_check import DAMAGED, INTACT, MISSING, RawRow, Verdict, classify, read_raw
 from sync.wire import Event, canonical_payload, chain_hash, genesis_hash
 
 log = logging.getLogger("sync.journal")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_RETENTION_S = 7 * 24 * 3600.0
 ALARM_KIND = "alarm"
+# The alarms a journal raises about itself (payload "alarm"); the depot records a loss for each.
+JOURNAL_CORRUPT = "journal_corrupt"  # the file could not be read: moved aside
+JOURNAL_ROLLED_BACK = "journal_rolled_back"  # it holds less than was committed
+JOURNAL_LOST = "journal_lost"  # emptied or gone
+EVENT_DAMAGED = "event_damaged"  # the break record that stands in for a damaged event
+HIGH_WATER_UNREADABLE = "high_water_unreadable"  # the check above could not be made this time
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -49,6 +69,14 @@ CREATE TABLE events (
 );
 CREATE TABLE ack_log (seq INTEGER PRIMARY KEY, wall_ns INTEGER NOT NULL);
 """
+# Version 2: the events a chain check took out of the chain, kept as they were for a person.
+_DAMAGED_TABLE = """
+CREATE TABLE IF NOT EXISTS damaged_events (
+    seq INTEGER NOT NULL, uuid BLOB, boot_id BLOB, mono_ns, wall_ns, wall_synced, kind BLOB,
+    payload BLOB, hash BLOB, reason TEXT NOT NULL, found_ns INTEGER NOT NULL
+)
+"""
+_SYNC_TABLES = {"meta", "events", "ack_log", "damaged_events"}
 
 _EVENT_COLUMNS = "seq, uuid, boot_id, mono_ns, wall_ns, wall_synced, kind, payload, hash"
 
@@ -76,11 +104,25 @@ def _is_full(exc: sqlite3.Error) -> bool:
     return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in str(exc)
 
 
+@dataclass(frozen=True)
+class _Epoch:
+    """Why a new journal starts, and where the old one's surviving content is."""
+
+    alarm: str
+    reason: str
+    lost_journal: str | None  # the journal whose events may be lost
+    had_seq: int | None  # how far it got, as far as anything outside it knows
+    source: Path | None  # the moved-aside file to carry tables and events from
+    moved_to: Path | None
+    depot_head: int | None = None  # the depot's acknowledgement that revealed it, if that did
+
+
 class Journal:
     """Append-only events with a durable commit, read by the uplink, pruned after the depot acks.
 
     Trouble with the journal itself is recorded as an event too: the first event of a fresh
-    journal after a recovery is an `alarm` saying where the old file went and why.
+    journal after a recovery is an `alarm` saying what happened, where the old file went and
+    which events, if any, were lost.
     """
 
     def __init__(
@@ -97,41 +139,36 @@ class Journal:
         self.clock: Clock = clock or SystemClock()
         self.retention_s = retention_s
         self._max_pages = max_pages
-        self._write_lock = threading.Lock()
+        # Re-entrant: a new epoch started while running holds it across its first transaction.
+        self._write_lock = threading.RLock()
         self._read_lock = threading.Lock()
         self._listeners: list[Callable[[list[Event]], None]] = []
         self.moved_aside: Path | None = None
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lockfile = self._take_process_lock()
+        self._hw: HighWater | None = None
         try:
-            recovery_reason = self._open_checked()
-            if recovery_reason is not None:
-                self.moved_aside = self._move_aside()
-                log.error(
-                    "journal %s moved aside to %s: %s", self.path, self.moved_aside, recovery_reason
-                )
-                if self._open_checked() is not None:  # a fresh file cannot be corrupt
-                    raise JournalError(f"cannot create a fresh journal at {self.path}")
+            self._hw = HighWater(f"{self.path}.hw")
+            epoch = self._open()
+            self._reader = self._connect()
+            self._load_meta()
+            if epoch is not None:
+                self._begin_epoch(epoch)
+            elif self._hw.unreadable:
+                log.error("%s: the high-water mark is unreadable; rollback not checked", self.path)
+                self.append(ALARM_KIND, {
+                    "alarm": HIGH_WATER_UNREADABLE,
+                    "journal": self.journal_id,
+                    "reason": "neither copy of the high-water mark verifies: a rollback of "
+                    "the journal before this start could not be detected",
+                })
+            else:
+                self._record_high_water()
         except BaseException:
+            if self._hw is not None:
+                self._hw.close()
             os.close(self._lockfile)
             raise
-        self._reader = self._connect()
-        meta = dict(self._w.execute("SELECT key, value FROM meta").fetchall())
-        self.journal_id: str = meta["journal_id"]
-        self._last_seq = int(meta["last_seq"])
-        self._last_hash = bytes.fromhex(meta["last_hash"])
-        self._acked = int(meta["acked_seq"])
-        self._pruned_seq = int(meta["pruned_seq"])
-        self._pruned_hash = bytes.fromhex(meta["pruned_hash"])
-        if self.moved_aside is not None:
-            self.append(
-                ALARM_KIND,
-                {
-                    "alarm": "journal_corrupt",
-                    "reason": recovery_reason,
-                    "moved_to": str(self.moved_aside),
-                },
-            )
 
     # --- opening, checking, recovering -----------------------------------------------------
 
@@ -156,6 +193,78 @@ class Journal:
             conn.close()
             raise
         return conn
+
+    def _open(self) -> _Epoch | None:
+        """Open the writer connection on a file fit to continue; say why a new epoch starts.
+
+        The file is compared with the high-water mark: a file that holds less than was
+        committed (or another journal, or nothing) is moved aside and a fresh one created.
+        """
+        assert self._hw is not None
+        mark = self._hw.mark
+        self._set_aside_orphans()
+        existed = self.path.exists() and self.path.stat().st_size > 0
+        corrupt = self._open_checked()
+        if corrupt is not None:
+            moved = self._move_aside("corrupt")
+            log.error("journal %s moved aside to %s: %s", self.path, moved, corrupt)
+            self._open_fresh()
+            lost = mark.journal_id if mark is not None else None
+            return _Epoch(JOURNAL_CORRUPT, corrupt, lost, _had(mark), moved, moved)
+        if mark is None:
+            return None
+        meta = dict(self._w.execute("SELECT key, value FROM meta").fetchall())
+        jid, last = meta["journal_id"], int(meta["last_seq"])
+        if jid == mark.journal_id:
+            problem = self._behind(meta, mark)
+            if problem is None:
+                return None
+            moved = self._move_aside("rolled-back")
+            log.error("journal %s %s; moved aside to %s", self.path, problem, moved)
+            self._open_fresh()
+            return _Epoch(JOURNAL_ROLLED_BACK, problem, jid, mark.last_seq, moved, moved)
+        if meta.get("previous_journal") == mark.journal_id:
+            return None  # a new epoch committed; its high-water mark was not written yet
+        if mark.last_seq == 0:
+            return None  # the old journal had nothing in it to lose
+        holds_events = last > 0 or int(meta["pruned_seq"]) > 0
+        if existed and holds_events:
+            problem = f"holds journal {jid}, not {mark.journal_id} that had reached {mark.last_seq}"
+            moved = self._move_aside("replaced")
+            log.error("journal %s %s; moved aside to %s", self.path, problem, moved)
+            self._open_fresh()
+            lost = mark.journal_id
+            return _Epoch(JOURNAL_ROLLED_BACK, problem, lost, mark.last_seq, moved, moved)
+        # Emptied, deleted, or a rollover that stopped before its first commit: any copy of the
+        # old journal moved aside before is where its surviving events are.
+        problem = "was emptied or is gone" if not existed else "holds no events"
+        log.error(
+            "journal %s %s (journal %s had reached %d)", self.path, problem, mark.journal_id,
+            mark.last_seq,
+        )
+        if existed:
+            self._move_aside("empty")
+            self._open_fresh()
+        source = self._find_aside(mark.journal_id)
+        return _Epoch(JOURNAL_LOST, problem, mark.journal_id, mark.last_seq, source, None)
+
+    def _behind(self, meta: Mapping[str, str], mark: Mark) -> str | None:
+        """Why the file is behind the high-water mark of the same journal, or None."""
+        last = int(meta["last_seq"])
+        if last < mark.last_seq:
+            return f"went back from event {mark.last_seq} to {last}"
+        if last == mark.last_seq:
+            stored: bytes | None = bytes.fromhex(meta["last_hash"])
+        else:
+            row = self._w.execute(
+                "SELECT hash FROM events WHERE seq=?", (mark.last_seq,)
+            ).fetchone()
+            stored = bytes(row[0]) if row is not None else None
+            if row is None and int(meta["pruned_seq"]) == mark.last_seq:
+                stored = bytes.fromhex(meta["pruned_hash"])
+        if stored is not None and stored != mark.last_hash:
+            return f"holds another event {mark.last_seq} than was committed (a fork)"
+        return None
 
     def _open_checked(self) -> str | None:
         """Open the writer connection; return why the file must be moved aside, or None."""
@@ -193,6 +302,9 @@ class Journal:
                     f"not {self.device_id!r}"
                 )
             self._check_head(meta)
+            if version < SCHEMA_VERSION:
+                self._w.execute(_DAMAGED_TABLE)
+                self._w.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except JournalError:
             raise
         except (sqlite3.DatabaseError, KeyError, ValueError) as exc:
@@ -200,6 +312,10 @@ class Journal:
                 raise JournalFull(f"disk full while checking journal {self.path}") from exc
             return f"check failed: {exc!r}"
         return None
+
+    def _open_fresh(self) -> None:
+        if self._open_checked() is not None:  # a fresh file cannot be corrupt
+            raise JournalError(f"cannot create a fresh journal at {self.path}")
 
     def _check_head(self, meta: Mapping[str, str]) -> None:
         row = self._w.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
@@ -213,7 +329,7 @@ class Journal:
         journal_id = uuid.uuid4().hex
         self._w.execute("BEGIN IMMEDIATE")
         try:
-            for statement in _SCHEMA.split(";"):
+            for statement in (_SCHEMA + ";" + _DAMAGED_TABLE).split(";"):
                 if statement.strip():
                     self._w.execute(statement)
             genesis = genesis_hash(journal_id).hex()
@@ -238,17 +354,261 @@ class Journal:
             raise
         _fsync_dir(self.path.parent)
 
-    def _move_aside(self) -> Path:
+    def _load_meta(self) -> None:
+        meta = dict(self._w.execute("SELECT key, value FROM meta").fetchall())
+        self.journal_id: str = meta["journal_id"]
+        self._last_seq = int(meta["last_seq"])
+        self._last_hash = bytes.fromhex(meta["last_hash"])
+        self._acked = int(meta["acked_seq"])
+        self._pruned_seq = int(meta["pruned_seq"])
+        self._pruned_hash = bytes.fromhex(meta["pruned_hash"])
+        # Events up to here were checked against their chain (or acknowledged: the depot holds
+        # them as they were sent); `read` checks the rest before anything is sent.
+        self._verified_seq = self._acked
+
+    def _move_aside(self, why: str) -> Path:
         with contextlib.suppress(Exception):
             self._w.close()
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{os.getpid()}")
+        target = self.path.with_name(f"{self.path.name}.{why}-{stamp}-{os.getpid()}")
+        n = 1
+        while target.exists():
+            n += 1
+            target = self.path.with_name(f"{self.path.name}.{why}-{stamp}-{os.getpid()}-{n}")
+        # The database first: a crash between the renames leaves its log without a database,
+        # which the next start sets aside too (`_set_aside_orphans`) rather than replaying it.
         for suffix in ("", "-wal", "-shm"):
             src = Path(f"{self.path}{suffix}")
             if src.exists():
                 os.replace(src, f"{target}{suffix}")
         _fsync_dir(self.path.parent)
+        self.moved_aside = target
         return target
+
+    def _set_aside_orphans(self) -> None:
+        """A write-ahead log with no database is not replayed into a new one: set aside."""
+        if self.path.exists() and self.path.stat().st_size > 0:
+            return
+        for suffix in ("-wal", "-shm"):
+            src = Path(f"{self.path}{suffix}")
+            if src.exists():
+                stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+                os.replace(src, f"{self.path}.orphan-{stamp}-{os.getpid()}{suffix}")
+                log.error("journal %s: its %s had no database; set aside", self.path, suffix)
+
+    def _find_aside(self, journal_id: str) -> Path | None:
+        """The newest moved-aside copy of `journal_id` beside the journal, if any survives."""
+        best: tuple[int, float, Path] | None = None
+        for candidate in self.path.parent.glob(f"{self.path.name}.*"):
+            name = candidate.name
+            if name.endswith(("-wal", "-shm", ".hw", ".lock")) or not candidate.is_file():
+                continue
+            info = _peek(candidate)
+            if info is None or info[0] != journal_id:
+                continue
+            key = (info[1], candidate.stat().st_mtime, candidate)
+            if best is None or key[:2] > best[:2]:
+                best = key
+        return best[2] if best is not None else None
+
+    # --- epochs: a new journal that accounts for the old one -------------------------------
+
+    def _begin_epoch(self, epoch: _Epoch) -> None:
+        """Write the new journal's first transaction: the old file's device tables, the alarm
+        that says what happened, and the old journal's surviving unacknowledged events."""
+        carry = _Carry.read(epoch.source, epoch.lost_journal, epoch.depot_head)
+        found = carry.found_seq
+        first = None if found is None else found + 1
+        if epoch.depot_head is not None:
+            first = max(first or 0, epoch.depot_head + 1)
+        lost: dict[str, int | None] | None = {"from": first, "to": epoch.had_seq}
+        if epoch.had_seq is not None and first is not None and epoch.had_seq < first:
+            lost = None  # the file held everything that was committed: nothing beyond it lost
+        payload: dict[str, Any] = {
+            "alarm": epoch.alarm,
+            "reason": epoch.reason,
+            "journal": epoch.lost_journal,
+            "had_seq": epoch.had_seq,
+            "found_seq": found,
+            "lost": lost,
+            "damaged": (
+                {"journal": carry.journal_id, "seqs": carry.damaged} if carry.damaged else None
+            ),
+            "carried": None,
+            "moved_to": str(epoch.moved_to) if epoch.moved_to is not None else None,
+        }
+        if epoch.depot_head is not None:
+            payload["depot_head"] = epoch.depot_head
+        if carry.events:
+            payload["carried"] = {
+                "journal": carry.journal_id,
+                "from_seq": carry.events[0].seq,
+                "to_seq": carry.events[-1].seq,
+                "as_seq": 2,  # the alarm is event 1 of the new journal
+            }
+        if carry.problem:
+            payload["carry_problem"] = carry.problem
+        if carry.tables_lost:
+            payload["tables_lost"] = carry.tables_lost
+        with self.transaction("the new journal could not be started") as tx:
+            tx.execute(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES ('previous_journal', ?)",
+                (epoch.lost_journal or "",),
+            )
+            for key, value in carry.meta:
+                tx.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+            for statement in carry.schema:
+                tx.execute(statement)
+            for table, rows in carry.rows:
+                if rows:
+                    marks = ",".join("?" * len(rows[0]))
+                    self._w.executemany(f'INSERT INTO "{table}" VALUES ({marks})', rows)
+            tx.append(ALARM_KIND, payload)
+            for row in carry.events:
+                tx.carry(row)
+        log.error(
+            "%s: new journal %s after %s: %s (lost %s, carried %d events)",
+            self.path, self.journal_id, epoch.alarm, epoch.reason, lost, len(carry.events),
+        )
+
+    def restart_epoch(self, depot_head: int) -> None:
+        """The depot acknowledged `depot_head` of this journal, beyond its last event: the file
+        went back (and so did whatever would have shown it). Carry on under a new journal id,
+        never reusing the numbers the depot holds, and say so in an alarm."""
+        with self._write_lock:
+            with self._read_lock:
+                last, old = self._last_seq, self.journal_id
+                with contextlib.suppress(sqlite3.Error):
+                    self._reader.close()
+                moved = self._move_aside("rolled-back")
+                self._open_fresh()
+                self._reader = self._connect()
+                self._load_meta()
+            reason = f"the depot acknowledged event {depot_head}, but the journal ends at {last}"
+            log.error("journal %s: %s; moved aside to %s", self.path, reason, moved)
+            epoch = _Epoch(JOURNAL_ROLLED_BACK, reason, old, None, moved, moved, depot_head)
+            self._begin_epoch(epoch)
+
+    def _record_high_water(self) -> None:
+        if self._hw is None:
+            return
+        try:
+            self._hw.record(Mark(self.journal_id, self._last_seq, self._last_hash))
+        except JournalError as exc:
+            # The event is committed; only the check for a later rollback is weaker. Say so.
+            log.error("%s", exc)
+
+    # --- checking the chain before sending -------------------------------------------------
+
+    def recheck(self) -> None:
+        """Check the unacknowledged events against their chain again before the next read.
+
+        The uplink calls it before resending: bytes can change on the card while they wait.
+        """
+        with self._read_lock:
+            self._verified_seq = min(self._verified_seq, self._acked)
+
+    def _check(self, through: int) -> int | None:
+        """Verify events after the verified ones up to `through`; the first bad one, or None.
+
+        Holding the read lock. Cheap: each event is hashed once, when it is first sent.
+        """
+        start = self._verified_seq
+        if through <= start:
+            return None
+        prev = self._hash_on(self._reader, start)
+        if prev is None:
+            return start + 1
+        expected = start + 1
+        for row in read_raw(self._reader, start, through - start):
+            if row.seq != expected or row.link(prev) != row.stored_hash:
+                return expected
+            prev = row.stored_hash
+            expected += 1
+        if expected <= through:
+            return expected
+        self._verified_seq = through
+        return None
+
+    def _hash_on(self, conn: sqlite3.Connection, seq: int) -> bytes | None:
+        if seq == self._pruned_seq:
+            return self._pruned_hash
+        row = conn.execute("SELECT hash FROM events WHERE seq=?", (seq,)).fetchone()
+        return bytes(row[0]) if row is not None else None
+
+    def _repair(self, first_bad: int) -> None:
+        """Take damaged events out of the chain: each is kept in `damaged_events` and replaced,
+        at its sequence number, by an `alarm` break record; the events after it are chained
+        on from the break record (they were never accepted by the depot: it refused the chain
+        at the damaged one). An event whose only fault is its stored hash is re-hashed."""
+        with self._write_lock:
+            anchor = self._hash_on(self._w, first_bad - 1)
+            if anchor is None:
+                raise JournalError(f"event {first_bad - 1} is no longer in the journal")
+            rows = read_raw(self._w, first_bad - 1)
+            verdicts = classify(anchor, first_bad, rows, self._last_hash)
+            have = verdicts[-1].seq if verdicts else first_bad - 1
+            tail = range(have + 1, self._last_seq + 1)
+            verdicts += [Verdict(s, MISSING, None, None) for s in tail]
+            broken = [v for v in verdicts if v.state in (DAMAGED, MISSING)]
+            now = self.clock.wall_ns()
+            prev = anchor
+            with self._transaction("damaged events not quarantined"):
+                for v in verdicts:
+                    if v.state in (DAMAGED, MISSING):
+                        prev = self._replace_with_break(v, prev, now)
+                        continue
+                    assert v.row is not None
+                    h = v.row.link(prev)
+                    assert h is not None
+                    if h != v.row.stored_hash:
+                        self._w.execute("UPDATE events SET hash=? WHERE seq=?", (h, v.seq))
+                    prev = h
+                self._w.execute("UPDATE meta SET value=? WHERE key='last_hash'", (prev.hex(),))
+            self._last_hash = prev
+            self._verified_seq = self._last_seq
+            self._record_high_water()
+        repaired = [v.seq for v in verdicts if v.state not in (INTACT, DAMAGED, MISSING)]
+        if broken:
+            log.error(
+                "%s: events %s no longer match their hash: quarantined, break records in their "
+                "place", self.path, [v.seq for v in broken],
+            )
+        if repaired:
+            log.warning("%s: stored hashes of events %s were damaged and repaired", self.path,
+                        repaired)
+
+    def _replace_with_break(self, v: Verdict, prev: bytes, now: int) -> bytes:
+        what = v.row.describe() if v.row is not None else {"uuid": None, "kind": None}
+        reason = (
+            "the stored event no longer matches its hash" if v.state == DAMAGED
+            else "the event is missing from the journal file"
+        )
+        if v.row is not None:
+            self._w.execute(
+                "INSERT INTO damaged_events(seq, uuid, boot_id, mono_ns, wall_ns, wall_synced, "
+                "kind, payload, hash, reason, found_ns) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (*v.row.columns, reason, now),
+            )
+            self._w.execute("DELETE FROM events WHERE seq=?", (v.seq,))
+        payload = {
+            "alarm": EVENT_DAMAGED,
+            "journal": self.journal_id,
+            "seq": v.seq,
+            "uuid": what["uuid"],
+            "kind": what["kind"],
+            "reason": reason,
+        }
+        text = canonical_payload(payload)
+        clock = self.clock
+        uid, boot, mono = uuid.uuid4().hex, clock.boot_id, clock.monotonic_ns()
+        synced = clock.wall_synced()
+        h = chain_hash(prev, v.seq, uid, boot, mono, now, synced, ALARM_KIND, text)
+        self._w.execute(
+            f"INSERT INTO events({_EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)",
+            (v.seq, uid, boot, mono, now, int(synced), ALARM_KIND, text, h),
+        )
+        return h
 
     # --- writing ---------------------------------------------------------------------------
 
@@ -306,6 +666,8 @@ class Journal:
                 yield tx
                 events = tx.flush()
             self._last_seq, self._last_hash = tx.seq, tx.hash
+            if events:
+                self._record_high_water()
         for listener in self._listeners:
             if events:
                 try:
@@ -409,6 +771,12 @@ class Journal:
 
         The hash lets the depot check that the batch continues the chain it already holds.
         """
+        for _attempt in range(3):
+            with self._read_lock:
+                bad = self._check(min(after_seq + limit, self._last_seq))
+            if bad is None:
+                break
+            self._repair(bad)
         with self._read_lock:
             if after_seq == self._pruned_seq:
                 prev = self._pruned_hash
@@ -430,6 +798,8 @@ class Journal:
             for conn in (self._reader, self._w):
                 with contextlib.suppress(sqlite3.Error):
                     conn.close()
+            if self._hw is not None:
+                self._hw.close()
             with contextlib.suppress(OSError):
                 os.close(self._lockfile)
 
@@ -453,18 +823,33 @@ class JournalTransaction:
     def append(self, kind: str, payload: Mapping[str, Any]) -> Event:
         """Add an event; it is stored when the transaction commits, and only then real."""
         clock = self._journal.clock
-        payload_json = canonical_payload(payload)
+        return self._add(
+            uuid.uuid4().hex, clock.boot_id, clock.monotonic_ns(), clock.wall_ns(),
+            clock.wall_synced(), kind, dict(payload), canonical_payload(payload),
+        )
+
+    def carry(self, row: RawRow) -> Event:
+        """Add an event of an old journal as it was (uuid, clocks, payload), numbered anew."""
+        e = row.event
+        if e is None or row.payload_json is None:
+            raise JournalError(f"event {row.seq} of the old journal cannot be carried")
+        return self._add(
+            e.uuid, e.boot_id, e.mono_ns, e.wall_ns, e.wall_synced, e.kind, dict(e.payload),
+            row.payload_json,
+        )
+
+    def _add(
+        self, uid: str, boot: str, mono: int, wall: int, synced: bool, kind: str,
+        payload: dict[str, Any], payload_json: str,
+    ) -> Event:
         self.seq += 1
-        uid = uuid.uuid4().hex
-        boot, mono, wall = clock.boot_id, clock.monotonic_ns(), clock.wall_ns()
-        synced = clock.wall_synced()
         self.hash = chain_hash(
             self.hash, self.seq, uid, boot, mono, wall, synced, kind, payload_json
         )
         self._rows.append(
             (self.seq, uid, boot, mono, wall, int(synced), kind, payload_json, self.hash)
         )
-        event = Event(self.seq, uid, boot, mono, wall, synced, kind, dict(payload), self.hash)
+        event = Event(self.seq, uid, boot, mono, wall, synced, kind, payload, self.hash)
         self._events.append(event)
         return event
 
@@ -485,6 +870,107 @@ class JournalTransaction:
         self._rows = []
         events, self._events = self._events, []
         return events
+
+
+@dataclass
+class _Carry:
+    """What a new journal takes over from the old file: its device tables and its surviving
+    unacknowledged events (checked against their chain first)."""
+
+    journal_id: str | None = None
+    found_seq: int | None = None  # the old journal's last event in the file (None: unknown)
+    schema: list[str] = field(default_factory=list)
+    meta: list[tuple[str, str]] = field(default_factory=list)
+    rows: list[tuple[str, list[tuple[Any, ...]]]] = field(default_factory=list)
+    events: list[RawRow] = field(default_factory=list)
+    damaged: list[int] = field(default_factory=list)
+    tables_lost: list[str] = field(default_factory=list)
+    problem: str | None = None
+
+    @classmethod
+    def read(cls, source: Path | None, lost_journal: str | None, depot_head: int | None) -> _Carry:
+        out = cls()
+        if source is None:
+            return out
+        try:
+            conn = sqlite3.connect(source, timeout=5.0)
+        except sqlite3.Error as exc:
+            out.problem = f"cannot open {source}: {exc}"
+            return out
+        try:
+            out._read(conn, lost_journal, depot_head)
+        except (sqlite3.Error, KeyError, ValueError) as exc:
+            out.problem = f"cannot read {source}: {exc}"
+        finally:
+            conn.close()
+        return out
+
+    def _read(self, conn: sqlite3.Connection, lost_journal: str | None, head: int | None) -> None:
+        objects = conn.execute(
+            "SELECT type, name, tbl_name, sql FROM sqlite_master WHERE sql IS NOT NULL "
+            "ORDER BY type='table' DESC, rowid"
+        ).fetchall()
+        for kind, name, table, sql in objects:  # tables first, then their indexes
+            if table in _SYNC_TABLES or str(name).startswith("sqlite_"):
+                continue
+            if table in self.tables_lost:
+                continue
+            if kind == "table":
+                try:
+                    rows = [tuple(r) for r in conn.execute(f'SELECT * FROM "{name}"').fetchall()]
+                except sqlite3.Error:
+                    self.tables_lost.append(str(name))
+                    continue
+                self.rows.append((str(name), rows))
+            self.schema.append(str(sql))
+        self.meta = [
+            (str(k), str(v))
+            for k, v in conn.execute("SELECT key, value FROM meta WHERE key LIKE 'schema:%'")
+        ]
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        self.journal_id = meta["journal_id"]
+        last = int(meta["last_seq"])
+        if self.journal_id == lost_journal:
+            self.found_seq = last
+        after = int(meta["acked_seq"])
+        if head is not None and self.journal_id == lost_journal:
+            after = max(after, head)  # the depot holds these: nothing to carry
+        if after >= last:
+            return
+        if after == int(meta["pruned_seq"]):
+            prev = bytes.fromhex(meta["pruned_hash"])
+        else:
+            row = conn.execute("SELECT hash FROM events WHERE seq=?", (after,)).fetchone()
+            prev = bytes(row[0]) if row is not None else b""
+        head_hash = bytes.fromhex(meta["last_hash"])
+        verdicts = classify(prev, after + 1, read_raw(conn, after), head_hash)
+        have = verdicts[-1].seq if verdicts else after
+        for v in verdicts:
+            if v.state in (DAMAGED, MISSING) or v.row is None or v.row.event is None:
+                self.damaged.append(v.seq)
+            else:
+                self.events.append(v.row)
+        self.damaged.extend(range(have + 1, last + 1))
+
+
+def _had(mark: Mark | None) -> int | None:
+    return mark.last_seq if mark is not None else None
+
+
+def _peek(path: Path) -> tuple[str, int] | None:
+    """(journal id, last sequence number) of a journal file, or None if it is not one."""
+    try:
+        with path.open("rb") as f:
+            if f.read(16) != b"SQLite format 3\x00":
+                return None
+        conn = sqlite3.connect(path, timeout=1.0)
+        try:
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            return str(meta["journal_id"]), int(meta["last_seq"])
+        finally:
+            conn.close()
+    except (OSError, sqlite3.Error, KeyError, ValueError):
+        return None
 
 
 def _row_event(r: tuple[Any, ...]) -> Event:

@@ -202,6 +202,9 @@ class Uplink:
         if self._next != self.journal.acked_seq + 1:
             log.info("%s: resending from %d (%s)", self.device, self.journal.acked_seq + 1, why)
             self.resends += 1
+            # What is sent again is checked against its chain again: the depot refusing a
+            # resend because a byte changed on the card would stall everything behind it.
+            self.journal.recheck()
         self._next = self.journal.acked_seq + 1
         self._last_progress = time.monotonic()
 
@@ -223,6 +226,23 @@ class Uplink:
             return
         if ack.journal_id != self.journal.journal_id:
             log.info("%s: ack for another journal %s ignored", self.device, ack.journal_id)
+            return
+        if ack.seq > self.journal.last_seq:
+            # The depot holds events this journal no longer has: the file went back. Going on
+            # would hand out those numbers again; the journal starts anew and says so.
+            log.error(
+                "%s: the depot acknowledged %d but the journal ends at %d: new journal",
+                self.device, ack.seq, self.journal.last_seq,
+            )
+            try:
+                self.journal.restart_epoch(ack.seq)
+            except JournalError as exc:
+                log.error("%s: %s", self.device, exc)
+                return
+            self._next = self.journal.acked_seq + 1
+            self._last_progress = time.monotonic()
+            self._publish_status(self.session.client, self._last_progress)
+            self._pump()
             return
         try:
             moved = self.journal.mark_acked(ack.seq)

@@ -24,10 +24,18 @@ from depot.store.base import Conn, DepotDatabase
 from depot.store.errors import StoreError
 from depot.store.migrations import LATEST
 from sync.errors import WireError
+from sync.journal import (
+    ALARM_KIND,
+    EVENT_DAMAGED,
+    JOURNAL_CORRUPT,
+    JOURNAL_LOST,
+    JOURNAL_ROLLED_BACK,
+)
 from sync.wire import (
     Ack,
     Batch,
     BatchHead,
+    Event,
     PhotoAck,
     PhotoChunk,
     canonical_payload,
@@ -164,6 +172,9 @@ class DepotStore:
                 for e in fresh
             ],
         )
+        for e in fresh:
+            if e.kind == ALARM_KIND and e.payload.get("alarm") in _LOSS_ALARMS:
+                self._record_losses(dev, jnl, e, now)
         if fresh:
             # Queued for the parcel book's projection in the same transaction (one row each).
             self._db.execute(
@@ -178,6 +189,54 @@ class DepotStore:
             (head, head_hash, now, dev, jnl),
         )
         return IngestResult(Ack(jnl, head), len(fresh), duplicates, gap=False)
+
+    def _record_losses(self, dev: str, jnl: str, alarm: Event, now: int) -> None:
+        """A device's alarm says confirmed events of a journal are gone: record which.
+
+        A break record stands for one event of its own journal. A journal that went back or
+        vanished lost its events from the first one this depot does not hold up to how far it
+        had got (open-ended when the device could not know). A malformed report is kept as
+        its alarm says it, and records what can be read of it; it never stops the batch.
+        """
+        doc = alarm.payload
+        name = str(doc.get("alarm"))
+        reason = str(doc.get("reason", ""))[:500]
+        rows: list[tuple[str, int, int | None]] = []
+        if name == EVENT_DAMAGED:
+            seq = _seq(doc.get("seq"))
+            if seq is not None:
+                rows.append((jnl, seq, seq))
+        else:
+            lost_journal = doc.get("journal")
+            lost = doc.get("lost")
+            if isinstance(lost_journal, str) and lost_journal and isinstance(lost, dict):
+                held = self._head(dev, lost_journal)
+                first = max(held + 1, _seq(lost.get("from")) or 1)
+                last = _seq(lost.get("to"))
+                if last is None or first <= last:
+                    rows.append((lost_journal, first, last))
+            damaged = doc.get("damaged")
+            if isinstance(damaged, dict) and isinstance(damaged.get("journal"), str):
+                source = str(damaged["journal"])
+                held = self._head(dev, source)
+                seqs = damaged.get("seqs")
+                for s in seqs if isinstance(seqs, list) else []:
+                    seq = _seq(s)
+                    if seq is not None and seq > held:
+                        rows.append((source, seq, seq))
+        for journal, first, last in rows[:10_000]:
+            self._db.execute(
+                "INSERT INTO losses(device, journal, first_seq, last_seq, reason, alarm, "
+                "alarm_uuid, recorded_ns) VALUES (?,?,?,?,?,?,?,?) "
+                "ON CONFLICT (alarm_uuid, journal, first_seq) DO NOTHING",
+                (dev, journal, first, last, reason, name, alarm.uuid, now),
+            )
+
+    def _head(self, dev: str, jnl: str) -> int:
+        row = self._db.execute(
+            "SELECT head_seq FROM streams WHERE device=? AND journal=?", (dev, jnl)
+        ).fetchone()
+        return int(row[0]) if row is not None else 0
 
     def holds(self, head: BatchHead) -> int | None:
         """The journal's stored head if every event of the batch is stored already, as the
@@ -313,6 +372,17 @@ class DepotStore:
             "WHERE e.device=s.device AND e.journal=s.journal)), 0) FROM streams s"
         )
         return int(str(rows[0][0]))
+
+
+_LOSS_ALARMS = frozenset({JOURNAL_CORRUPT, JOURNAL_ROLLED_BACK, JOURNAL_LOST, EVENT_DAMAGED})
+_MAX_SEQ = 2**63 - 1
+
+
+def _seq(value: object) -> int | None:
+    """A sequence number from a device's report, or None if it is not one."""
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= _MAX_SEQ:
+        return value
+    return None
 
 
 # --- the events waiting for the parcel book (inside the book's transaction) -------------------

@@ -293,6 +293,22 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX IF NOT EXISTS locker_drops_due ON locker_drops(kind, since_ns)",
         ),
     ),
+    Migration(
+        12,
+        "confirmed events a device reported lost, per journal",
+        (
+            # One row per loss a device's alarm reports: a damaged event taken out of its
+            # chain (`first_seq` = `last_seq`), or the tail of a journal that went back or
+            # vanished, from the first event the depot does not hold (`last_seq` NULL when
+            # nothing outside the journal knew how far it got).
+            # `alarm_uuid` is the reporting event's: storing the batch again adds nothing.
+            """CREATE TABLE IF NOT EXISTS losses (
+                id INTEGER PRIMARY KEY, device TEXT NOT NULL, journal TEXT NOT NULL,
+                first_seq INTEGER NOT NULL, last_seq INTEGER, reason TEXT NOT NULL,
+                alarm TEXT NOT NULL, alarm_uuid TEXT NOT NULL, recorded_ns INTEGER NOT NULL,
+                UNIQUE (alarm_uuid, journal, first_seq))""",
+        ),
+    ),
 )
 LATEST = MIGRATIONS[-1].number
 assert [m.number for m in MIGRATIONS] == list(range(1, LATEST + 1)), "numbered without holes"

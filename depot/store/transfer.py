@@ -47,10 +47,11 @@ TABLES = (
     "unprojected",
     "reactions",
     "alarms",
+    "losses",
 )
 # Columns PostgreSQL numbers itself (identity): copied as they are, then its counters moved on.
 _IDENTITY = {"events": "rowid", "gaps": "id", "quarantine": "id", "timeline": "id",
-             "webhook_outbox": "id", "reactions": "id", "alarms": "id"}
+             "webhook_outbox": "id", "reactions": "id", "alarms": "id", "losses": "id"}
 _BATCH = 500
 
 
