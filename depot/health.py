@@ -59,6 +59,7 @@ class DepotHealth:
                 waiting = events.waiting_count(conn)
                 hooks = outbox.counts(conn)
                 oldest_ns = outbox.oldest_pending_ns(conn)
+                losses = events.loss_counts(conn)
             finally:
                 self.database.close_reader(conn)
         except _DATABASE_ERRORS as exc:
@@ -84,6 +85,8 @@ class DepotHealth:
                 f"{hooks['dead']} webhook(s) dead-lettered: their receivers refused them or "
                 "never answered; a person must look (and retry them)"
             )
+        # Not a problem of the depot's own: each loss is an alarm a person acknowledges.
+        doc["losses"] = losses
         doc["webhooks"] = {
             "pending": hooks["pending"],
             "dead": hooks["dead"],

@@ -21,10 +21,12 @@ from typing import Any
 
 import pytest
 
+from depot.health import DepotHealth
 from depot.ingest import Depot, DepotStore
 from simulators.broker import Broker
 from sync.highwater import HighWater, Mark
 from sync.journal import ALARM_KIND, Journal
+from sync.photos import PhotoOutbox
 from sync.uplink import Uplink
 from sync.wire import Event, canonical_payload, chain_hash
 from tests.conftest import address
@@ -149,6 +151,7 @@ def test_device_tables_and_photos_survive_a_rollback(tmp_path: Path) -> None:
         with j.transaction() as tx:
             tx.execute("INSERT INTO slots VALUES ('A1', 'P-1')")
             tx.append("parcel_deposited", {"compartment": "A1"})
+        photo = PhotoOutbox(j).add(b"\xff\xd8 a doorstep \xff\xd9")
         scans(j, 30)
         image = power_cut(live, tmp_path / "cut")
     cut_wal(image, 0.3)
@@ -157,6 +160,8 @@ def test_device_tables_and_photos_survive_a_rollback(tmp_path: Path) -> None:
         # The device's tables are as the surviving file held them, and still versioned.
         j2.ensure_tables("locker", 3, [])
         assert j2.query("SELECT id, parcel FROM slots") == [("A1", "P-1")]
+        pending = PhotoOutbox(j2).next_pending()  # the photo outbox is the same rule's
+        assert pending is not None and pending.sha256 == photo.sha256
 
 
 def test_one_changed_byte_is_a_break_record_and_the_rest_still_verifies(tmp_path: Path) -> None:
@@ -362,6 +367,8 @@ def test_an_emptied_journal_is_a_loss_the_depot_records(
     store = depot.store
     assert store.query("SELECT journal, first_seq, last_seq FROM losses") == [(old, 9, 15)]
     assert accounted(store, confirmed) == []
+    shown = DepotHealth(store.database, session=None).check()["losses"]
+    assert shown == {"reports": 1, "events": 7, "open_ended": 0}
 
 
 def test_an_ack_beyond_the_journal_starts_a_new_one(
@@ -394,3 +401,35 @@ def test_an_ack_beyond_the_journal_starts_a_new_one(
     store = depot.store
     assert store.head(DEVICE, j2.journal_id) == j2.last_seq
     assert store.query("SELECT count(*) FROM quarantine") == [(0,)]
+
+
+def test_a_locker_whose_journal_went_back_still_hands_out_its_parcel(tmp_path: Path) -> None:
+    """The locker's compartments live in its journal file: after a rollback they are what the
+    surviving file held, in a new journal, and the customer's code still opens the door."""
+    from tests.test_locker import close_rig, make_rig, power_cut_and_restart
+
+    rig = make_rig(tmp_path)
+    cid, secrets = rig.courier_drops()
+    old = rig.journal.journal_id
+    image = power_cut(rig.config.journal, tmp_path / "image")
+    rig.locker.key("000000" if secrets["code"] != "000000" else "111111")
+    rig.watch.wait_event("pickup_attempt")
+
+    def card_goes_back() -> None:
+        live = Path(rig.config.journal)
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{live}{suffix}").unlink(missing_ok=True)
+        for suffix in ("", "-wal"):
+            src = Path(f"{image}{suffix}")
+            if src.exists():
+                shutil.copyfile(src, f"{live}{suffix}")
+
+    after = power_cut_and_restart(rig, card_goes_back)
+    try:
+        assert after.journal.journal_id != old
+        alarm = first_alarm(after.journal)
+        assert alarm["alarm"] == "journal_rolled_back" and alarm["journal"] == old
+        after.locker.key(secrets["code"])
+        after.watch.wait_event("door_unlocked", compartment=cid, purpose="pickup")
+    finally:
+        close_rig(after)

@@ -52,6 +52,7 @@ __all__ = [
     "event_at",
     "events_waiting",
     "forget_waiting",
+    "loss_counts",
     "photo_in",
     "waiting_count",
 ]
@@ -438,6 +439,16 @@ def command_answer(conn: Conn, device: str, command_id: str) -> tuple[str, dict[
         if doc.get("id") == command_id or command_id in str(doc.get("detail", "")):
             return str(kind), doc
     return None
+
+
+def loss_counts(conn: Conn) -> dict[str, int]:
+    """Confirmed events devices reported lost: `reports` (rows of `losses`), `events` (in the
+    ranges with a known end) and `open_ended` (ranges whose end no one could know)."""
+    row = conn.execute(
+        "SELECT count(*), coalesce(sum(last_seq - first_seq + 1), 0), "
+        "coalesce(sum(CASE WHEN last_seq IS NULL THEN 1 ELSE 0 END), 0) FROM losses"
+    ).fetchone()
+    return {"reports": int(row[0]), "events": int(row[1]), "open_ended": int(row[2])}
 
 
 def waiting_count(conn: Conn) -> int:
