@@ -366,7 +366,13 @@ class _Rows:
 
 def _read_csv(data: bytes) -> ImportResult:
     result = ImportResult("csv")
-    text = _decode(data, "surrogateescape")
+    try:
+        text = _decode(data, "surrogateescape")
+    except UnicodeDecodeError as exc:  # only UTF-16 (bench fuzz): a byte cut off, say
+        result.errors.append(
+            ImportProblem(None, "file", f"a UTF-16 byte-order mark, but not UTF-16: {exc.reason}")
+        )
+        return result
     header_line = next((line for line in text.splitlines() if line.strip()), "")
     if not header_line:
         result.errors.append(ImportProblem(None, "file", "the file is empty"))
@@ -498,6 +504,9 @@ def _read_json(data: bytes) -> ImportResult:
         return result
     except ValueError as exc:
         result.errors.append(ImportProblem(None, "file", f"not JSON: {exc}"))
+        return result
+    except RecursionError:  # found by `bench fuzz`: a file of a thousand nested brackets
+        result.errors.append(ImportProblem(None, "file", "not JSON a depot reads: nested too deep"))
         return result
     if isinstance(doc, dict) and isinstance(doc.get("parcels"), list):
         items = doc["parcels"]

@@ -9,7 +9,6 @@ before it is durably stored, and never stop because one device sent garbage.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -35,6 +34,7 @@ from sync.wire import (
     encode_photo_ack,
     photo_ack_topic,
     read_batch,
+    read_json,
     split_topic,
     verify_batch,
 )
@@ -58,8 +58,8 @@ __all__ = [
 
 def _status_state(text: str) -> str:
     try:
-        doc = json.loads(text)
-    except json.JSONDecodeError:
+        doc = read_json(text.encode(), "status")
+    except WireError:
         return "unknown"
     return str(doc.get("state", "unknown")) if isinstance(doc, dict) else "unknown"
 
@@ -126,39 +126,55 @@ class Depot:
         client.subscribe(topics)
 
     def _message(self, msg: mqtt.MQTTMessage) -> None:
+        """Handle one message from the broker; never raises, never drops a payload.
+
+        Whatever goes wrong while a payload is decoded or stored (a WireError, or anything
+        hostile input makes Python or the database raise: OverflowError, an integrity error,
+        UnicodeEncodeError, RecursionError, DepotStoreError…) puts the raw payload and the
+        reason in quarantine, and the depot goes on with the next message. Nothing of it was
+        stored and no ack went out, so a device that holds a good copy sends it again.
+        If even the quarantine cannot be written (the database is gone), the reason and the
+        topic are logged as an error: that is the one place a payload can be lost, and it says so.
+        What runs once a payload is stored (the `on_*` callbacks, the ack) is isolated from it:
+        a failure there is logged and never turns a stored batch into a quarantined one.
+        """
         payload = bytes(msg.payload)
+        topic = _topic_of(msg)
         try:
-            device, leaf = split_topic(msg.topic)
-        except WireError as exc:
-            self._quarantine(msg.topic, str(exc), payload)
+            device, leaf = split_topic(topic)
+            if leaf == "status":
+                self._status(device, payload)
+            elif leaf == "up/photo":
+                self._photo(device, payload)
+            else:
+                self._batch(device, payload)
+        except Exception as exc:
+            self._quarantine(topic, _reason(exc), payload)
+
+    def _status(self, device: str, payload: bytes) -> None:
+        text = payload.decode("utf-8", "replace")[:500]
+        self.store.set_status(device, text)
+        if self._on_status is not None:
+            self._after_stored("on_status", device, self._on_status, device, _status_state(text))
+
+    def _batch(self, device: str, payload: bytes) -> None:
+        """Decode, verify and store a batch (raising on any failure), then acknowledge it."""
+        head, doc = read_batch(payload)
+        if head.device != device:
+            raise WireError(f"batch names device {head.device!r} on {device!r}'s topic")
+        held = self.store.holds(head)
+        if held is not None:  # all of it stored before: say so, without re-verifying it
+            self.duplicates += 1
+            self._publish(device, ack_topic(device), encode_ack(Ack(head.journal_id, held)), True)
             return
-        if leaf == "status":
-            text = payload.decode("utf-8", "replace")[:500]
-            self.store.set_status(device, text)
-            if self._on_status is not None:
-                self._on_status(device, _status_state(text))
-            return
-        if leaf == "up/photo":
-            self._photo(msg.topic, device, payload)
-            return
-        try:
-            head, doc = read_batch(payload)
-            if head.device != device:
-                raise WireError(f"batch names device {head.device!r} on {device!r}'s topic")
-            held = self.store.holds(head)
-            if held is not None:  # all of it stored before: say so, without re-verifying it
-                self.duplicates += 1
-                ack = Ack(head.journal_id, held)
-                self.session.client.publish(ack_topic(device), encode_ack(ack), qos=1, retain=True)
-                return
-            batch = verify_batch(head, doc)
-            result = self._ingest(batch)
-        except WireError as exc:
-            self._quarantine(msg.topic, str(exc), payload)
-            return
+        batch = verify_batch(head, doc)
+        result = self._ingest(batch)
         self.batches += 1
         if self._on_stored is not None:
-            self._on_stored(device, result)
+            # The events are stored: a failing callback must not cost the ack. (The depot's
+            # own callback only wakes its projector, which takes the events from the
+            # `unprojected` queue whenever it next runs.)
+            self._after_stored("on_stored", device, self._on_stored, device, result)
         log.info(
             "%s: stored %d new events, %d duplicates; acknowledged %d",
             device,
@@ -170,7 +186,7 @@ class Depot:
             log.warning("%s: gap before %d (have %d)", device, batch.first_seq, result.ack.seq)
         if result.gap and result.ack.resend_from is None:
             return
-        self.session.client.publish(ack_topic(device), encode_ack(result.ack), qos=1, retain=True)
+        self._publish(device, ack_topic(device), encode_ack(result.ack), True)
 
     def _ingest(self, batch: Batch) -> IngestResult:
         """Store a batch; shared among workers, first wait a moment for a missing predecessor.
@@ -190,23 +206,74 @@ class Depot:
             time.sleep(GAP_RETRY_S)
         return self.store.ingest(batch) if result.gap else result
 
-    def _photo(self, topic: str, device: str, payload: bytes) -> None:
-        try:
-            chunk = decode_photo_chunk(payload)
-        except WireError as exc:
-            self._quarantine(topic, str(exc), payload)
-            return
+    def _photo(self, device: str, payload: bytes) -> None:
+        """Decode and keep a photo chunk (raising on any failure), then answer it."""
+        chunk = decode_photo_chunk(payload)
         ack = dataclasses.replace(self.store.photo_chunk(device, chunk), offset=chunk.offset)
         self.photo_chunks += 1
         if self._on_photo is not None:
-            self._on_photo(device, ack)
+            self._after_stored("on_photo", device, self._on_photo, device, ack)
         if ack.done:
             log.info("%s: photo %s stored and verified", device, ack.sha256)
         elif ack.error:
             log.error("%s: photo %s refused: %s", device, ack.sha256, ack.error)
-        self.session.client.publish(photo_ack_topic(device), encode_photo_ack(ack), qos=1)
+        self._publish(device, photo_ack_topic(device), encode_photo_ack(ack), False)
+
+    def _after_stored(
+        self, name: str, device: str, callback: Callable[..., None], *args: object
+    ) -> None:
+        try:
+            callback(*args)
+        except Exception:
+            log.exception(
+                "%s: %s failed after the payload was stored (kept, still acked)", device, name
+            )
+
+    def _publish(self, device: str, topic: str, body: bytes, retain: bool) -> None:
+        """Send an answer; a failure is logged (the device resends, and is answered then)."""
+        try:
+            self.session.client.publish(topic, body, qos=1, retain=retain)
+        except Exception:
+            log.exception("%s: could not publish the answer on %s", device, topic)
 
     def _quarantine(self, topic: str, reason: str, payload: bytes) -> None:
+        """Keep a refused payload and the reason for a person; never raises (see `_message`)."""
         self.quarantined += 1
         log.error("quarantined payload on %s: %s", topic, reason)
-        self.store.quarantine(topic, reason, payload)
+        try:
+            self.store.quarantine(topic, reason, payload)
+        except Exception as exc:
+            log.error(
+                "LOST a payload of %d bytes on %s: refused (%s), and the quarantine could not "
+                "store it: %s",
+                len(payload),
+                topic,
+                reason,
+                _reason(exc),
+            )
+
+
+#: A quarantine reason is one line of storable text: at most this many characters.
+MAX_REASON_CHARS = 500
+
+
+def _reason(exc: BaseException) -> str:
+    """What a person reading the quarantine needs: the refusal, or what failed and how.
+
+    A WireError's message is the reason itself; anything else is named by its type (an
+    OverflowError from SQLite's INTEGER says more than its bare message). Made storable on
+    every backend: one line, no NUL (PostgreSQL text refuses it), no lone surrogate.
+    """
+    text = str(exc) if isinstance(exc, WireError) else f"not stored: {type(exc).__name__}: {exc}"
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    text = " ".join(text.replace("\x00", "\\x00").split())
+    return text[:MAX_REASON_CHARS]
+
+
+def _topic_of(msg: mqtt.MQTTMessage) -> str:
+    """The message's topic; one that is not UTF-8 (a broker should refuse it) is escaped, so
+    the payload still reaches the quarantine under a name a person can read."""
+    try:
+        return msg.topic
+    except UnicodeDecodeError:
+        return bytes(msg._topic).decode("utf-8", "backslashreplace")

@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
+import re
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,6 +26,12 @@ BATCH_CONTENT_TYPE = "application/vnd.lastmile.events.v1+json"
 BATCH_ENCODING = "zlib"  # sent as MQTT v5 user property "enc"
 MAX_BATCH_BYTES = 4 * 1024 * 1024  # a batch larger than this, decompressed, is refused
 _ZLIB_LEVEL = 9
+# What a JSON document from outside may hold (`read_json`): the depot's columns are 64-bit
+# integers, and a payload nested without end only costs the depot's stack. A batch is level 1,
+# its payload column level 2, so an event's payload may nest MAX_PAYLOAD_DEPTH levels.
+MAX_JSON_DEPTH = 32
+MAX_PAYLOAD_DEPTH = MAX_JSON_DEPTH - 2
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 def events_topic(device: str) -> str:
@@ -54,6 +62,86 @@ def split_topic(topic: str) -> tuple[str, str]:
     return parts[2], "/".join(parts[3:])
 
 
+# --- JSON from outside -------------------------------------------------------------------------
+
+# A lone surrogate can only come from a `\uD800`-`\uDFFF` escape (strict UTF-8 refuses the raw
+# bytes), so text without one of these needs no per-string check. It also matches an escaped
+# backslash followed by "ud8…" and paired surrogates: only a filter, the walk decides.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_LONG_DIGITS = re.compile(r"\d{19}")  # every integer beyond 64 bits has at least 19 digits
+
+
+def _refuse_constant(name: str) -> Any:
+    raise WireError(f"{name}, which is not a JSON number")
+
+
+def read_json(data: bytes, what: str) -> Any:
+    """Parse JSON that came from outside, refusing what the depot cannot store faithfully.
+
+    Refused, each with a WireError naming the reason: bytes that are not strict UTF-8, NaN and
+    ±Infinity (and numbers that overflow to them), integers outside 64 bits, nesting deeper than
+    MAX_JSON_DEPTH, strings (keys too) holding a lone surrogate. Python's json takes all of
+    these, and each later fails somewhere else (SQLite's INTEGER, the UTF-8 of a hash, the
+    stack), where the reason is lost. `what` names the document in the message.
+    """
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise WireError(f"{what} is not UTF-8: {exc}") from None
+    try:
+        doc = json.loads(text, parse_constant=_refuse_constant)
+    except WireError as exc:
+        raise WireError(f"{what} holds {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise WireError(f"{what} is not JSON: {exc}") from None
+    except ValueError:  # the only other: an integer beyond Python's 4300-digit parse limit
+        raise WireError(f"{what} holds an integer outside 64 bits") from None
+    except RecursionError:
+        raise WireError(f"{what} holds more than {MAX_JSON_DEPTH} levels of nesting") from None
+    try:
+        _check_tree(doc, MAX_JSON_DEPTH, _SURROGATE_ESCAPE.search(text) is not None)
+    except WireError as exc:
+        raise WireError(f"{what} holds {exc}") from None
+    return doc
+
+
+def _check_tree(doc: Any, max_depth: int, strings: bool) -> None:
+    """One iterative walk over a parsed document: depth, integer range, finite floats, and
+    (when `strings`) encodable strings. Raises WireError saying which rule was broken."""
+    pending: list[tuple[Any, int]] = [([doc], 0)]
+    while pending:
+        node, depth = pending.pop()
+        if type(node) is dict:
+            if strings:
+                for key in node:
+                    _check_text(key)
+            items = node.values()
+        else:
+            items = node
+        for value in items:
+            kind = type(value)
+            if kind is int:
+                if not INT64_MIN <= value <= INT64_MAX:
+                    raise WireError("an integer outside 64 bits")
+            elif kind is str:
+                if strings and not value.isascii():
+                    _check_text(value)
+            elif kind is float:
+                if not math.isfinite(value):
+                    raise WireError("a number too large for a 64-bit float")
+            elif kind is dict or kind is list:
+                if depth >= max_depth:
+                    raise WireError(f"more than {max_depth} levels of nesting")
+                pending.append((value, depth + 1))
+
+
+def _check_text(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise WireError("a string with a lone surrogate (not Unicode text)") from None
+
+
 # --- events and their hash chain -------------------------------------------------------------
 
 
@@ -73,8 +161,40 @@ class Event:
 
 
 def canonical_payload(payload: Mapping[str, Any]) -> str:
-    """The one JSON text of a payload that the journal stores and the hash covers."""
-    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """The one JSON text of a payload that the journal stores and the hash covers.
+
+    Raises ValueError (as `json.dumps` does for what JSON cannot say) for a payload the depot
+    would refuse (`read_json`): NaN or an infinity, an integer outside 64 bits, nesting deeper
+    than MAX_PAYLOAD_DEPTH, a lone surrogate. A device must not journal such an event: every
+    resend of it would be quarantined and the events behind it would never arrive.
+    """
+    text = _canonical_text(payload)
+    # Cheap filters on the text first: a payload can break a rule only if it has this many
+    # brackets, a run of 19 digits, or non-ASCII text.
+    suspect = (
+        text.count("{") + text.count("[") > MAX_PAYLOAD_DEPTH
+        or _LONG_DIGITS.search(text) is not None
+        or not text.isascii()
+    )
+    if suspect:
+        try:
+            _check_tree(payload, MAX_PAYLOAD_DEPTH, True)
+        except WireError as exc:
+            raise ValueError(f"payload refused: it holds {exc}") from None
+    return text
+
+
+def _canonical_text(payload: Mapping[str, Any]) -> str:
+    try:
+        return json.dumps(
+            payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
+    except RecursionError:
+        raise ValueError(
+            f"payload refused: it holds more than {MAX_PAYLOAD_DEPTH} levels of nesting"
+        ) from None
+    except ValueError as exc:  # NaN or ±Infinity (allow_nan=False), or a circular reference
+        raise ValueError(f"payload refused: {exc}") from None
 
 
 def genesis_hash(journal_id: str) -> bytes:
@@ -203,13 +323,11 @@ def read_batch(payload: bytes) -> tuple[BatchHead, dict[str, Any]]:
     try:
         d = zlib.decompressobj()
         text = d.decompress(payload, MAX_BATCH_BYTES)
-        if d.unconsumed_tail:
-            raise WireError(f"batch larger than {MAX_BATCH_BYTES} bytes decompressed")
-        doc = json.loads(text)
     except zlib.error as exc:
         raise WireError(f"payload is not zlib data: {exc}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WireError(f"payload is not JSON: {exc}") from None
+    if d.unconsumed_tail:
+        raise WireError(f"batch larger than {MAX_BATCH_BYTES} bytes decompressed")
+    doc = read_json(text, "payload")
     if not isinstance(doc, dict):
         raise WireError("batch is not a JSON object")
     if doc.get("v") != WIRE_VERSION:
@@ -224,6 +342,8 @@ def read_batch(payload: bytes) -> tuple[BatchHead, dict[str, Any]]:
     except ValueError:
         raise WireError("prev/last are not hex") from None
     count = len(_field(doc, "u", list))
+    if first + count - 1 > INT64_MAX:
+        raise WireError(f"sequence numbers from {first} run beyond 64 bits")
     return BatchHead(device, journal_id, first, first + count - 1, last), doc
 
 
@@ -262,9 +382,12 @@ def verify_batch(head: BatchHead, doc: dict[str, Any]) -> Batch:
             raise WireError(f"event {first + i}: sync flag is not 0/1")
         mono += dm
         wall += dw
+        if not (INT64_MIN <= mono <= INT64_MAX and INT64_MIN <= wall <= INT64_MAX):
+            raise WireError(f"event {first + i}: clock deltas add up beyond 64 bits")
         seq = first + i
+        # The whole document passed read_json, so the payload needs no second check.
         h = chain_hash(
-            h, seq, uid, boots[bi], mono, wall, s[i] == "1", kinds[ki], canonical_payload(pl)
+            h, seq, uid, boots[bi], mono, wall, s[i] == "1", kinds[ki], _canonical_text(pl)
         )
         events.append(Event(seq, uid, boots[bi], mono, wall, s[i] == "1", kinds[ki], pl, h))
     if h != last:
@@ -300,10 +423,7 @@ def encode_ack(ack: Ack) -> bytes:
 
 
 def decode_ack(payload: bytes) -> Ack:
-    try:
-        doc = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WireError(f"ack is not JSON: {exc}") from None
+    doc = read_json(payload, "ack")
     if not isinstance(doc, dict) or doc.get("v") != WIRE_VERSION:
         raise WireError("ack is not a version-1 object")
     seq = _field(doc, "seq", int)
@@ -372,10 +492,7 @@ def decode_photo_chunk(payload: bytes) -> PhotoChunk:
     end = payload.find(b"\n", 0, _MAX_CHUNK_HEADER)
     if end < 0:
         raise WireError("photo chunk has no header line")
-    try:
-        doc = json.loads(payload[:end])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WireError(f"photo chunk header is not JSON: {exc}") from None
+    doc = read_json(payload[:end], "photo chunk header")
     if not isinstance(doc, dict) or doc.get("v") != WIRE_VERSION:
         raise WireError("photo chunk header is not a version-1 object")
     sha = _check_sha(doc.get("sha"))
@@ -424,10 +541,7 @@ def encode_photo_ack(ack: PhotoAck) -> bytes:
 
 
 def decode_photo_ack(payload: bytes) -> PhotoAck:
-    try:
-        doc = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WireError(f"photo ack is not JSON: {exc}") from None
+    doc = read_json(payload, "photo ack")
     if not isinstance(doc, dict) or doc.get("v") != WIRE_VERSION:
         raise WireError("photo ack is not a version-1 object")
     have = _field(doc, "have", int)

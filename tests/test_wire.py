@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import zlib
 from pathlib import Path
 
@@ -14,7 +15,17 @@ from hypothesis import strategies as st
 from depot.ingest import DepotStore
 from sync.errors import WireError
 from sync.journal import Journal
-from sync.wire import Ack, decode_ack, decode_batch, encode_ack, encode_batch, split_topic
+from sync.wire import (
+    Ack,
+    canonical_payload,
+    decode_ack,
+    decode_batch,
+    decode_photo_ack,
+    decode_photo_chunk,
+    encode_ack,
+    encode_batch,
+    split_topic,
+)
 
 
 @pytest.fixture
@@ -108,3 +119,94 @@ def test_depot_store_is_idempotent_detects_gaps_and_forks(journal: Journal, tmp_
     with pytest.raises(WireError):
         store.ingest(forged)
     assert store.head("van-1", journal.journal_id) == 25
+
+
+# --- the strict reader: what no decoder of outside bytes lets through ------------------------
+
+
+def _batch_with(fragment: str) -> bytes:
+    """A batch text whose first payload is `fragment`, verbatim (refused before its chain)."""
+    text = (
+        '{"v":1,"dev":"van-1","jnl":"j","first":1,"prev":"00","last":"00","boots":["b"],'
+        '"b":[0],"u":["' + "a" * 32 + '"],"m":[1],"w":[1],"s":"1","kinds":["k"],"k":[0],'
+        '"p":[' + fragment + "]}"
+    )
+    return zlib.compress(text.encode())
+
+
+@pytest.mark.parametrize(
+    ("fragment", "reason"),
+    [
+        ('{"n":NaN}', "NaN, which is not a JSON number"),
+        ('{"n":Infinity}', "Infinity"),
+        ('{"n":-Infinity}', "-Infinity"),
+        ('{"n":1e999}', "too large for a 64-bit float"),
+        ('{"n":9223372036854775808}', "integer outside 64 bits"),
+        ('{"n":-9223372036854775809}', "integer outside 64 bits"),
+        ('{"n":' + "7" * 5000 + "}", "integer outside 64 bits"),  # beyond Python's parse limit
+        ('{"n":' + "[" * 30 + "]" * 30 + "}", "more than 32 levels of nesting"),
+        ("[" * 1000 + "]" * 1000, "more than 32 levels of nesting"),  # RecursionError inside
+        ('{"n":"\\ud800"}', "lone surrogate"),
+        ('{"\\udc00x":1}', "lone surrogate"),
+        ('{"n":["ok","\\udbff"]}', "lone surrogate"),
+    ],
+)
+def test_the_strict_reader_refuses_with_the_reason(fragment: str, reason: str) -> None:
+    with pytest.raises(WireError, match=re.escape(reason)):
+        decode_batch(_batch_with(fragment))
+
+
+def test_the_strict_reader_takes_the_edges_of_what_is_allowed() -> None:
+    ok = [
+        '{"n":9223372036854775807,"m":-9223372036854775808}',
+        '{"n":"\\ud83d\\ude00","e":"\\\\ud800","f":1.5e300}',  # a pair; an escaped backslash
+        '{"n":' + "[" * 29 + "]" * 29 + "}",  # the payload is level 3, its deepest list 32
+    ]
+    for fragment in ok:
+        with pytest.raises(WireError, match="hash chain"):  # got past the reader
+            decode_batch(_batch_with(fragment))
+
+
+def test_every_decoder_of_outside_bytes_uses_the_strict_reader() -> None:
+    with pytest.raises(WireError, match="ack holds an integer outside 64 bits"):
+        decode_ack(b'{"v":1,"jnl":"j","seq":18446744073709551616}')
+    with pytest.raises(WireError, match="photo ack holds NaN"):
+        decode_photo_ack(b'{"v":1,"sha":"' + b"a" * 64 + b'","have":NaN}')
+    with pytest.raises(WireError, match="photo chunk header holds a string with a lone surrogate"):
+        decode_photo_chunk(b'{"v":1,"sha":"x","type":"image/\\ud800"}\nbytes')
+    with pytest.raises(WireError, match="is not UTF-8"):
+        decode_ack(b'{"v":1,"jnl":"\xff","seq":1}')
+
+
+def test_clock_deltas_and_sequence_numbers_must_stay_within_64_bits(journal: Journal) -> None:
+    prev, events = journal.read(0, 2)
+    doc = json.loads(zlib.decompress(encode_batch("van-1", journal.journal_id, prev, events)))
+    doc["w"] = [2**63 - 1, 1]  # each fits; their sum, the second event's clock, does not
+    with pytest.raises(WireError, match="clock deltas add up beyond 64 bits"):
+        decode_batch(zlib.compress(json.dumps(doc).encode()))
+    doc["first"] = 2**63 - 1  # the second event's sequence number would be 2**63
+    with pytest.raises(WireError, match="sequence numbers from"):
+        decode_batch(zlib.compress(json.dumps(doc).encode()))
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        ({"fix": float("nan")}, "Out of range float"),
+        ({"fix": float("inf")}, "Out of range float"),
+        ({"n": 2**64}, "integer outside 64 bits"),
+        ({"n": "\ud800"}, "lone surrogate"),
+        ({"\udfff": 1}, "lone surrogate"),
+        ({"n": json.loads("[" * 30 + "]" * 30)}, "more than 30 levels of nesting"),
+    ],
+)
+def test_a_device_cannot_journal_what_the_depot_would_refuse(
+    journal: Journal, payload: dict[str, object], reason: str
+) -> None:
+    before = journal.last_seq
+    with pytest.raises(ValueError, match=reason):
+        journal.append("parcel_scanned", payload)
+    assert journal.last_seq == before
+    # The edges are fine, and hash as before.
+    event = journal.append("parcel_scanned", {"n": 2**63 - 1, "d": [[[[1]]]], "t": "ü😀"})
+    assert canonical_payload(event.payload) == '{"d":[[[[1]]]],"n":9223372036854775807,"t":"ü😀"}'
