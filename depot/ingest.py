@@ -21,7 +21,7 @@ from depot.store.events import (
     DepotStoreError,
     IngestResult,
 )
-from sync.errors import WireError
+from sync.errors import ChainConflict, WireError
 from sync.mqtt import BrokerAddress, MqttSession
 from sync.wire import (
     TOPIC_ROOT,
@@ -32,6 +32,7 @@ from sync.wire import (
     decode_photo_chunk,
     encode_ack,
     encode_photo_ack,
+    events_topic,
     photo_ack_topic,
     read_batch,
     read_json,
@@ -168,7 +169,16 @@ class Depot:
             self._publish(device, ack_topic(device), encode_ack(Ack(head.journal_id, held)), True)
             return
         batch = verify_batch(head, doc)
-        result = self._ingest(batch)
+        try:
+            result = self._ingest(batch)
+        except ChainConflict as exc:
+            # Kept for a person like any refusal; and the device hears why, with how far the
+            # depot holds this journal: its resends would be refused forever otherwise.
+            self._quarantine(events_topic(device), str(exc), payload)
+            held = self.store.head(device, batch.journal_id)
+            refusal = Ack(batch.journal_id, held, refused=str(exc))
+            self._publish(device, ack_topic(device), encode_ack(refusal), True)
+            return
         self.batches += 1
         if self._on_stored is not None:
             # The events are stored: a failing callback must not cost the ack. (The depot's

@@ -44,6 +44,13 @@ State decisions beyond the contract's diagram (docs/DELIVERY.md, "Parcel states"
 - `hold_expired` is a state (the parcel is still in the compartment, no longer collectable);
   it becomes `returning` when the courier takes it out, or `in_locker` again when the depot
   extends the hold.
+- A locker whose journal went back (docs/WIRE.md, "Journal epochs") may record a deposit the
+  depot already holds again, with a new event and a NEW pickup credential: the one the
+  customer was told is gone with the lost part of its file. A `parcel_deposited` at the
+  parcel's own locker, while it is `in_locker` or `hold_expired`, whose sealed credential is
+  not the one of the last deposit told, is such a re-record: one `in_locker` timeline entry
+  that says so, and a new pickup notice (new code, the new hold) that replaces the earlier
+  one, through the usual notify path. The same credential again tells nobody.
 - A device event's time is its wall clock when the device says that clock was synchronised,
   else the depot's receipt time (a van without a real-time clock may think it is 1970). The
   timeline is ordered by projection order, never by those times.
@@ -141,6 +148,12 @@ REASON_TEXT = {
     "business_closed": "the business was closed",
 }
 # docs/DELIVERY.md "Failure reasons": the French INOVERT situation|justification, where defined.
+# The timeline's and the notice's words for a deposit the locker recorded again (above).
+RERECORDED_TEXT = "re-recorded by the locker after it lost its record; new pickup code issued"
+REPLACED_REASON = (
+    "the locker lost its record of the deposit and issued a new pickup code; "
+    "the earlier code no longer opens the door"
+)
 INOVERT = {
     "not_at_home": "REN|DAF",
     "address_not_found": "REN|CAD",
@@ -1135,6 +1148,14 @@ class ParcelBook(_ParcelQueries):
         target = fact.target(current, next_action) if callable(fact.target) else fact.target
         verdict = _judge(current, target)
         step, details = fact.step, dict(fact.details)
+        rerecorded = (
+            ev.kind == "parcel_deposited"
+            and verdict in ("move", "repeat")
+            and self._rerecorded(conn, ev, fact.parcel, current, row[3])
+        )
+        if rerecorded:
+            details["rerecorded"] = RERECORDED_TEXT
+            details["replaces_earlier_notice"] = True
         if ev.depot_time:
             details["time"] = "depot receipt (device clock not synchronised)"
         new_state = target if verdict in ("move", "irregular") and target else current
@@ -1172,7 +1193,7 @@ class ParcelBook(_ParcelQueries):
             step=step,
             device=ev.device,
             details=details,
-            notify=moved,
+            notify=moved or rerecorded,
         )
         if verdict == "anomaly":
             log.warning("anomaly for %s: %s", fact.parcel, details["anomaly"])
@@ -1191,6 +1212,31 @@ class ParcelBook(_ParcelQueries):
                 details=details,
             )
         return None
+
+    @staticmethod
+    def _rerecorded(
+        conn: Conn, ev: _StoredEvent, parcel: str, current: str, located: object
+    ) -> bool:
+        """Whether this deposit is the parcel's locker recording again a deposit it lost the
+        record of (a new credential), so the customer's code no longer opens the door.
+
+        Compared with the credential of the last deposit the book told about at that locker
+        (`late` entries told nobody); a replay has the same one, and a deposit elsewhere or of
+        a parcel not waiting in a locker is an ordinary move.
+        """
+        sealed = ev.payload.get("credential_for_depot")
+        if not isinstance(sealed, str) or current not in ("in_locker", "hold_expired"):
+            return False
+        if located != ev.device:
+            return False
+        for r in reversed(book.timeline_with_records(conn, parcel)):
+            entry, step, device, details = str(r[0]), r[5], r[6], _loads(r[8])
+            if step != "in_locker" or device != ev.device or "late" in details:
+                continue
+            found = book.deposit_of_entry(conn, entry)
+            if found is not None:
+                return _loads(found[1]).get("credential_for_depot") != sealed
+        return False  # no deposit told there: nothing to replace
 
     def _watch_locker_drop(
         self, conn: Conn, ev: _StoredEvent, fact: _Fact, current: str, located: object
@@ -1215,6 +1261,8 @@ class ParcelBook(_ParcelQueries):
             book.close_locker_drops(conn, parcel, ev.device, "abandoned")
             if book.close_locker_drops(conn, parcel, ev.device, "claim"):
                 return
+            if current in _IN_A_LOCKER and located == ev.device:
+                return  # recorded there again: the first deposit settled (or raised) this
             claims = [_loads(d).get("locker") for d in book.claims_of(conn, parcel)]
             van = book.parcel_van(conn, parcel)
             if ev.device in claims or van is None or current in FINAL_STATES:
@@ -1354,6 +1402,9 @@ def _public_details(
         found = {"locker": details.get("locker") or locker, "x12": "AU"}
         if details.get("hold_until"):
             found["hold_until"] = details["hold_until"]
+        if details.get("replaces_earlier_notice"):
+            found["replaces_earlier_notice"] = True
+            found["reason"] = REPLACED_REASON
         return found
     if state == "picked_up":
         return {"locker": details.get("locker") or locker}

@@ -9,6 +9,11 @@ class WireError(SyncError):
     """A payload or topic does not follow the wire contract; the reason says what is wrong."""
 
 
+class ChainConflict(WireError):
+    """A verified batch contradicts what the depot holds of its journal (a fork): the depot
+    refuses it and says so in its acknowledgement (`Ack.refused`)."""
+
+
 class JournalError(SyncError):
     """The journal cannot store or read events; a person may need to look at the device."""
 

@@ -51,6 +51,7 @@ ALARM_KIND = "alarm"
 JOURNAL_CORRUPT = "journal_corrupt"  # the file could not be read: moved aside
 JOURNAL_ROLLED_BACK = "journal_rolled_back"  # it holds less than was committed
 JOURNAL_LOST = "journal_lost"  # emptied or gone
+JOURNAL_REFUSED = "journal_refused"  # the depot holds another chain: what follows goes anew
 EVENT_DAMAGED = "event_damaged"  # the break record that stands in for a damaged event
 HIGH_WATER_UNREADABLE = "high_water_unreadable"  # the check above could not be made this time
 
@@ -147,6 +148,8 @@ class Journal:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lockfile = self._take_process_lock()
         self._hw: HighWater | None = None
+        self._reports_path = Path(f"{self.path}.reports")
+        self._reports_pending = False
         try:
             self._hw = HighWater(f"{self.path}.hw")
             epoch = self._open()
@@ -164,6 +167,9 @@ class Journal:
                 })
             else:
                 self._record_high_water()
+            self._reports_pending = self._reports_path.exists()
+            if self._reports_pending and self._acked >= 1:
+                self._clear_reports()
         except BaseException:
             if self._hw is not None:
                 self._hw.close()
@@ -450,6 +456,15 @@ class Journal:
             payload["carry_problem"] = carry.problem
         if carry.tables_lost:
             payload["tables_lost"] = carry.tables_lost
+        # Loss reports of earlier epochs the depot has not acknowledged yet are repeated: a
+        # journal lost while its own alarm waited to be sent must not take that alarm along.
+        earlier = self._load_reports()
+        if earlier:
+            payload["earlier"] = earlier
+        report = {k: payload[k] for k in ("alarm", "journal", "lost", "damaged")}
+        if report["journal"] is not None or report["damaged"] is not None:
+            earlier = [*earlier, report]
+        self._save_reports(earlier)  # before the commit: a crash in between repeats, never drops
         with self.transaction("the new journal could not be started") as tx:
             tx.execute(
                 "INSERT OR REPLACE INTO meta(key, value) VALUES ('previous_journal', ?)",
@@ -471,23 +486,35 @@ class Journal:
             self.path, self.journal_id, epoch.alarm, epoch.reason, lost, len(carry.events),
         )
 
-    def restart_epoch(self, depot_head: int) -> None:
-        """The depot acknowledged `depot_head` of this journal, beyond its last event: the file
-        went back (and so did whatever would have shown it). Carry on under a new journal id,
-        never reusing the numbers the depot holds, and say so in an alarm."""
+    def restart_epoch(self, depot_head: int, refused: str | None = None) -> None:
+        """Carry on under a new journal id from what the depot holds of this one.
+
+        Without `refused`: the depot acknowledged `depot_head`, beyond the journal's last event,
+        so the file went back (and so did whatever would have shown it); how far it had got
+        is unknown. With `refused`: the depot holds events up to `depot_head` whose hashes this
+        file no longer has (an event damaged after it was stored, then taken out of the chain
+        here), so every resend would be refused; the file itself is whole. Either way the
+        numbers the depot holds are never used again, and the alarm says what happened.
+        """
         with self._write_lock:
             with self._read_lock:
                 last, old = self._last_seq, self.journal_id
                 with contextlib.suppress(sqlite3.Error):
                     self._reader.close()
-                moved = self._move_aside("rolled-back")
+                moved = self._move_aside("refused" if refused else "rolled-back")
                 self._open_fresh()
                 self._reader = self._connect()
                 self._load_meta()
-            reason = f"the depot acknowledged event {depot_head}, but the journal ends at {last}"
+            if refused is not None:
+                alarm, had = JOURNAL_REFUSED, last
+                reason = f"the depot refused the chain after event {depot_head}: {refused}"
+            else:
+                alarm, had = JOURNAL_ROLLED_BACK, None
+                reason = (
+                    f"the depot acknowledged event {depot_head}, but the journal ends at {last}"
+                )
             log.error("journal %s: %s; moved aside to %s", self.path, reason, moved)
-            epoch = _Epoch(JOURNAL_ROLLED_BACK, reason, old, None, moved, moved, depot_head)
-            self._begin_epoch(epoch)
+            self._begin_epoch(_Epoch(alarm, reason, old, had, moved, moved, depot_head))
 
     def _record_high_water(self) -> None:
         if self._hw is None:
@@ -497,6 +524,48 @@ class Journal:
         except JournalError as exc:
             # The event is committed; only the check for a later rollback is weaker. Say so.
             log.error("%s", exc)
+
+    def _load_reports(self) -> list[dict[str, Any]]:
+        """Loss reports not yet acknowledged by the depot (kept in `<journal>.reports`)."""
+        try:
+            doc = json.loads(self._reports_path.read_bytes())
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError) as exc:
+            log.error("%s unreadable, earlier loss reports not repeated: %s",
+                      self._reports_path, exc)
+            return [{"alarm": "loss_reports_unreadable", "journal": None, "lost": None,
+                     "damaged": None, "reason": str(exc)[:200]}]
+        reports = doc.get("reports") if isinstance(doc, dict) else None
+        return [r for r in reports if isinstance(r, dict)] if isinstance(reports, list) else []
+
+    def _save_reports(self, reports: list[dict[str, Any]]) -> None:
+        if not reports:
+            self._clear_reports()
+            return
+        tmp = self._reports_path.with_name(self._reports_path.name + ".tmp")
+        data = json.dumps({"journal": self.journal_id, "reports": reports}).encode()
+        try:
+            with tmp.open("wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self._reports_path)
+            _fsync_dir(self.path.parent)
+        except OSError as exc:
+            # The alarm itself still goes out; only its repetition after another loss is weaker.
+            log.error("loss reports not kept in %s: %s", self._reports_path, exc)
+            return
+        self._reports_pending = True
+
+    def _clear_reports(self) -> None:
+        try:
+            self._reports_path.unlink(missing_ok=True)
+            _fsync_dir(self.path.parent)
+        except OSError as exc:
+            log.error("cannot remove %s: %s", self._reports_path, exc)
+            return
+        self._reports_pending = False
 
     # --- checking the chain before sending -------------------------------------------------
 
@@ -740,6 +809,10 @@ class Journal:
                     (seq, self.clock.wall_ns()),
                 )
             self._acked = seq
+            if self._reports_pending:
+                # Event 1 of this journal, the alarm that repeats every loss report not yet
+                # acknowledged, is at the depot now: the reports can go.
+                self._clear_reports()
             return True
 
     def prune(self) -> int:

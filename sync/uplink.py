@@ -227,15 +227,16 @@ class Uplink:
         if ack.journal_id != self.journal.journal_id:
             log.info("%s: ack for another journal %s ignored", self.device, ack.journal_id)
             return
-        if ack.seq > self.journal.last_seq:
-            # The depot holds events this journal no longer has: the file went back. Going on
-            # would hand out those numbers again; the journal starts anew and says so.
+        if ack.seq > self.journal.last_seq or ack.refused is not None:
+            # The depot holds events this journal no longer has (the file went back), or
+            # other versions of them (refused): going on would hand out those numbers again,
+            # or resend what is refused forever. The journal starts anew and says so.
             log.error(
-                "%s: the depot acknowledged %d but the journal ends at %d: new journal",
-                self.device, ack.seq, self.journal.last_seq,
+                "%s: the depot holds %d (%s), the journal ends at %d: new journal",
+                self.device, ack.seq, ack.refused or "beyond the journal", self.journal.last_seq,
             )
             try:
-                self.journal.restart_epoch(ack.seq)
+                self.journal.restart_epoch(ack.seq, ack.refused)
             except JournalError as exc:
                 log.error("%s: %s", self.device, exc)
                 return

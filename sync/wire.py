@@ -408,17 +408,23 @@ class Ack:
 
     `resend_from` is set when the depot saw a gap (a batch got lost on the way): the device
     should resend from there at once instead of waiting for its ack timeout.
+    `refused` is set when a batch contradicts the stored chain after `seq` (the device's own
+    events changed after the depot stored them): resending cannot help, so the device carries
+    what follows `seq` into a new journal.
     """
 
     journal_id: str
     seq: int
     resend_from: int | None = None
+    refused: str | None = None
 
 
 def encode_ack(ack: Ack) -> bytes:
     doc: dict[str, Any] = {"v": WIRE_VERSION, "jnl": ack.journal_id, "seq": ack.seq}
     if ack.resend_from is not None:
         doc["resend"] = ack.resend_from
+    if ack.refused is not None:
+        doc["refused"] = ack.refused
     return json.dumps(doc).encode()
 
 
@@ -432,7 +438,10 @@ def decode_ack(payload: bytes) -> Ack:
     resend = doc.get("resend")
     if resend is not None and (not isinstance(resend, int) or isinstance(resend, bool)):
         raise WireError("ack resend is not an integer")
-    return Ack(journal_id=_field(doc, "jnl", str), seq=seq, resend_from=resend)
+    refused = doc.get("refused")
+    if refused is not None and not isinstance(refused, str):
+        raise WireError("ack refused is not text")
+    return Ack(_field(doc, "jnl", str), seq, resend_from=resend, refused=refused)
 
 
 def encode_status(state: str, boot_id: str, **extra: Any) -> bytes:

@@ -433,3 +433,77 @@ def test_a_locker_whose_journal_went_back_still_hands_out_its_parcel(tmp_path: P
         after.watch.wait_event("door_unlocked", compartment=cid, purpose="pickup")
     finally:
         close_rig(after)
+
+
+def test_a_loss_report_lost_before_it_was_sent_is_repeated(
+    tmp_path: Path, broker: Broker, depot: Depot
+) -> None:
+    """A journal lost while the alarm about an earlier loss waited to be sent: the next
+    journal repeats that report, so neither loss goes unrecorded."""
+    path = tmp_path / "journal.db"
+    with Journal(path, DEVICE) as j1:
+        first = j1.journal_id
+        confirmed = [(first, e) for e in scans(j1, 8)]
+        drain(j1, broker)
+        confirmed += [(first, e) for e in scans(j1, 7, start=8)]
+    path.write_bytes(b"")
+    Path(f"{path}-wal").unlink(missing_ok=True)
+    with Journal(path, DEVICE) as j2:  # its alarm about the first journal is never sent
+        second = j2.journal_id
+        confirmed += [(second, e) for e in scans(j2, 3, start=20)]
+    assert Path(f"{path}.reports").exists()
+    path.unlink()
+    Path(f"{path}-wal").unlink(missing_ok=True)
+    with Journal(path, DEVICE) as j3:
+        alarm = first_alarm(j3)
+        assert alarm["journal"] == second and alarm["lost"] == {"from": None, "to": 4}
+        assert [r["journal"] for r in alarm["earlier"]] == [first]
+        drain(j3, broker)
+    assert not Path(f"{path}.reports").exists()  # acknowledged: not repeated again
+    store = depot.store
+    assert sorted(store.query("SELECT journal, first_seq, last_seq FROM losses")) == sorted(
+        [(first, 9, 15), (second, 1, 4)]
+    )
+    assert accounted(store, confirmed) == []
+
+
+def test_an_event_damaged_after_the_depot_stored_it_moves_to_a_new_journal(
+    tmp_path: Path, broker: Broker, depot: Depot
+) -> None:
+    """The depot stored events 1..10, the device recorded only the ack of 2 (a power cut took
+    the rest), then a byte of event 5 changed on the card: the device takes 5 out of its chain,
+    the depot holds the undamaged original and refuses the changed chain; told so, the device
+    carries on in a new journal instead of resending what is refused forever."""
+    path = tmp_path / "journal.db"
+    with Journal(path, DEVICE) as j:
+        old = j.journal_id
+        confirmed = [(old, e) for e in scans(j, 10)]
+        drain(j, broker)
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("UPDATE meta SET value='2' WHERE key='acked_seq'")
+    conn.close()
+    flip_byte(path, b"PARCEL-00004")  # event 5
+    with Journal(path, DEVICE) as j2:
+        refused = threading.Event()
+        j2.add_listener(
+            lambda events: refused.set()
+            if any(e.payload.get("alarm") == "journal_refused" for e in events) else None
+        )
+        up = Uplink(j2, address(broker, DEVICE), **FAST)  # type: ignore[arg-type]
+        up.start()
+        try:
+            confirmed += [(old, e) for e in scans(j2, 3, start=10)]  # sent as 11..13
+            assert refused.wait(30), "the refusal did not start a new journal"
+            assert j2.journal_id != old
+            assert up.wait_acked(j2.last_seq, 60)
+        finally:
+            up.stop()
+        alarm = first_alarm(j2)
+    assert alarm["alarm"] == "journal_refused" and alarm["depot_head"] == 10
+    assert alarm["lost"] is None
+    store = depot.store
+    # Carried events keep their uuid: the scans after 10 are at the depot, 5 in its original.
+    assert accounted(store, confirmed) == []
+    assert store.query("SELECT count(*) FROM losses") == [(0,)]
+    assert store.head(DEVICE, j2.journal_id) == j2.last_seq

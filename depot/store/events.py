@@ -23,12 +23,13 @@ from typing import Any
 from depot.store.base import Conn, DepotDatabase
 from depot.store.errors import StoreError
 from depot.store.migrations import LATEST
-from sync.errors import WireError
+from sync.errors import ChainConflict
 from sync.journal import (
     ALARM_KIND,
     EVENT_DAMAGED,
     JOURNAL_CORRUPT,
     JOURNAL_LOST,
+    JOURNAL_REFUSED,
     JOURNAL_ROLLED_BACK,
 )
 from sync.wire import (
@@ -145,13 +146,15 @@ class DepotStore:
             return IngestResult(Ack(jnl, head, resend), 0, 0, gap=True)
         expected_prev = head_hash if first == head + 1 else self._hash_at(dev, jnl, first - 1)
         if batch.prev_hash != expected_prev:
-            raise WireError(f"batch for {dev}/{jnl} at {first} does not continue the stored chain")
+            raise ChainConflict(
+                f"batch for {dev}/{jnl} at {first} does not continue the stored chain"
+            )
         fresh = [e for e in batch.events if e.seq > head]
         duplicates = len(batch.events) - len(fresh)
         if duplicates:
             overlap_end = batch.events[duplicates - 1]
             if overlap_end.hash != self._hash_at(dev, jnl, overlap_end.seq):
-                raise WireError(f"batch for {dev}/{jnl} contradicts stored events (fork)")
+                raise ChainConflict(f"batch for {dev}/{jnl} contradicts stored events (fork)")
         self._db.executemany(
             "INSERT INTO events(device, journal, seq, uuid, boot_id, mono_ns, wall_ns, "
             "wall_synced, kind, payload, hash, received_ns) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -208,30 +211,39 @@ class DepotStore:
             if seq is not None:
                 rows.append((jnl, seq, seq))
         else:
-            lost_journal = doc.get("journal")
-            lost = doc.get("lost")
-            if isinstance(lost_journal, str) and lost_journal and isinstance(lost, dict):
-                held = self._head(dev, lost_journal)
-                first = max(held + 1, _seq(lost.get("from")) or 1)
-                last = _seq(lost.get("to"))
-                if last is None or first <= last:
-                    rows.append((lost_journal, first, last))
-            damaged = doc.get("damaged")
-            if isinstance(damaged, dict) and isinstance(damaged.get("journal"), str):
-                source = str(damaged["journal"])
-                held = self._head(dev, source)
-                seqs = damaged.get("seqs")
-                for s in seqs if isinstance(seqs, list) else []:
-                    seq = _seq(s)
-                    if seq is not None and seq > held:
-                        rows.append((source, seq, seq))
+            earlier = doc.get("earlier")
+            reports = [doc, *(earlier if isinstance(earlier, list) else [])]
+            for report in reports[:100]:
+                if isinstance(report, dict):
+                    rows.extend(self._losses_in(dev, report))
         for journal, first, last in rows[:10_000]:
             self._db.execute(
                 "INSERT INTO losses(device, journal, first_seq, last_seq, reason, alarm, "
                 "alarm_uuid, recorded_ns) VALUES (?,?,?,?,?,?,?,?) "
-                "ON CONFLICT (alarm_uuid, journal, first_seq) DO NOTHING",
+                "ON CONFLICT (device, journal, first_seq) DO NOTHING",
                 (dev, journal, first, last, reason, name, alarm.uuid, now),
             )
+
+    def _losses_in(self, dev: str, report: dict[str, Any]) -> list[tuple[str, int, int | None]]:
+        """The (journal, first, last) ranges one loss report names, less what is stored."""
+        rows: list[tuple[str, int, int | None]] = []
+        lost_journal, lost = report.get("journal"), report.get("lost")
+        if isinstance(lost_journal, str) and lost_journal and isinstance(lost, dict):
+            held = self._head(dev, lost_journal)
+            first = max(held + 1, _seq(lost.get("from")) or 1)
+            last = _seq(lost.get("to"))
+            if last is None or first <= last:
+                rows.append((lost_journal, first, last))
+        damaged = report.get("damaged")
+        if isinstance(damaged, dict) and isinstance(damaged.get("journal"), str):
+            source = str(damaged["journal"])
+            held = self._head(dev, source)
+            seqs = damaged.get("seqs")
+            for s in seqs if isinstance(seqs, list) else []:
+                seq = _seq(s)
+                if seq is not None and seq > held:
+                    rows.append((source, seq, seq))
+        return rows
 
     def _head(self, dev: str, jnl: str) -> int:
         row = self._db.execute(
@@ -375,7 +387,9 @@ class DepotStore:
         return int(str(rows[0][0]))
 
 
-_LOSS_ALARMS = frozenset({JOURNAL_CORRUPT, JOURNAL_ROLLED_BACK, JOURNAL_LOST, EVENT_DAMAGED})
+_LOSS_ALARMS = frozenset(
+    {JOURNAL_CORRUPT, JOURNAL_ROLLED_BACK, JOURNAL_LOST, JOURNAL_REFUSED, EVENT_DAMAGED}
+)
 _MAX_SEQ = 2**63 - 1
 
 

@@ -301,12 +301,13 @@ MIGRATIONS: tuple[Migration, ...] = (
             # chain (`first_seq` = `last_seq`), or the tail of a journal that went back or
             # vanished, from the first event the depot does not hold (`last_seq` NULL when
             # nothing outside the journal knew how far it got).
-            # `alarm_uuid` is the reporting event's: storing the batch again adds nothing.
+            # `alarm_uuid` is the first reporting event's: a report repeated (a device repeats
+            # the ones not acknowledged when it loses a journal again) adds nothing.
             """CREATE TABLE IF NOT EXISTS losses (
                 id INTEGER PRIMARY KEY, device TEXT NOT NULL, journal TEXT NOT NULL,
                 first_seq INTEGER NOT NULL, last_seq INTEGER, reason TEXT NOT NULL,
                 alarm TEXT NOT NULL, alarm_uuid TEXT NOT NULL, recorded_ns INTEGER NOT NULL,
-                UNIQUE (alarm_uuid, journal, first_seq))""",
+                UNIQUE (device, journal, first_seq))""",
         ),
     ),
 )
