@@ -14,7 +14,8 @@ device, one for the depot and the broker): SIGKILL of a device (restarted after 
 whole depot or of one depot worker (its supervisor restarts it); a broker restart without
 persistence; a link reset or black hole; a full disk; damage to a killed device's journal (WAL
 cut short or scribbled on, one byte of an unacknowledged event changed, the journal emptied or
-deleted). The plan (kinds, targets, order) is fixed by the seed; the instants are not.
+deleted); a step of one device's wall clock, forwards or backwards. The plan (kinds, targets,
+order, clock steps) is fixed by the seed; the instants are not.
 
 How each fault is made, and what was left out:
 
@@ -27,10 +28,24 @@ How each fault is made, and what was left out:
   does itself on the next open), so the live copy of the event's page is in the main file, where
   a changed byte goes unnoticed by SQLite; in the WAL it would break the frame checksum and be a
   rollback, which `wal_scribble` covers.
-- `clock_jump` is left out: a device's wall clock is the host's (`sync.clock.SystemClock`,
-  `time.time_ns()`); GNSS time is not used for it and no configuration moves it, and a time
-  namespace moves only the monotonic clocks. Stepping the host clock would move every process on
-  the machine, so there is no product path to jump one device's clock.
+- `clock_jump`: NTP or chrony stepping a device's clock. A device's wall clock is the host's
+  (`sync.clock.SystemClock`, `time.time_ns()`), so every device process (never the depot or the
+  broker) runs with libfaketime preloaded (`LD_PRELOAD`; the library's path names the
+  architecture, so it is asked of `dpkg -L libfaketime`), reading its offset from a file of its
+  own (`FAKETIME_TIMESTAMP_FILE`, re-read within a second: `FAKETIME_CACHE_DURATION=1`). The fault
+  rewrites that file: CLOCK_REALTIME of that one process steps by 10 min to 6 h, forwards or
+  backwards, stays there for a while and is stepped back to true time about half the time. A
+  backward step always lands behind true time and behind where the clock stood, so the device
+  stamps new events earlier than ones it already stamped. The offset outlives a restart (a wrong
+  clock survives a reboot) and is left as it is for the drain. The monotonic clocks are not
+  faked (`FAKETIME_DONT_FAKE_MONOTONIC=1`), nor are file times (`NO_FAKE_STAT=1`). libfaketime
+  0.9.10 (Debian 12) then breaks Python 3.11's `time.sleep`: it converts the absolute
+  CLOCK_MONOTONIC deadline of `clock_nanosleep` as if it were wall time and the kernel says
+  EINVAL (libfaketime issue #426). So a device under libfaketime is started through a prelude
+  (`FAKED_CLOCK_PRELUDE`) that makes `time.sleep` wait in `select()` before `lastmile` runs; the
+  product's code is the same. The report counts the events the depot stored with a wall time
+  more than 5 min off the true one (`events_stamped_off_clock`, from their monotonic time).
+  Without libfaketime the kind is not planned and `left_out` says why.
 
 The harness is allowed to look: right before it damages a journal it copies the files and reads
 which event sat at which (journal, seq), and at the end it reads every journal file a device
@@ -63,7 +78,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -88,26 +103,31 @@ log = logging.getLogger("bench.chaos")
 
 # --- what is injected ----------------------------------------------------------------------------
 
-DEVICE_KINDS = ("kill_device", "link_cut", "blackhole", "disk_full", "journal_damage")
+DEVICE_KINDS = ("kill_device", "link_cut", "blackhole", "disk_full", "journal_damage",
+                "clock_jump")
 CENTRAL_KINDS = ("kill_depot", "kill_worker", "broker_restart")
 KINDS = DEVICE_KINDS + CENTRAL_KINDS
 DAMAGES = ("wal_truncate", "wal_scribble", "event_byte", "journal_emptied", "journal_missing")
+JUMP_DIRECTIONS = ("forward", "backward")
 #: Share of each kind in a plan. Depot and broker faults are rarer: each costs the whole fleet a
 #: reconnection, and their lane is one while the devices' are several.
 WEIGHTS = {
-    "kill_device": 0.20,
+    "kill_device": 0.17,
     "journal_damage": 0.18,
-    "link_cut": 0.16,
+    "link_cut": 0.13,
     "blackhole": 0.14,
     "disk_full": 0.14,
+    "clock_jump": 0.06,
     "kill_worker": 0.08,
     "broker_restart": 0.06,
     "kill_depot": 0.04,
 }
-LEFT_OUT = {
-    "clock_jump": "no product path: a device's wall clock is the host's (sync.clock.SystemClock); "
-    "nothing it trusts for wall time can be moved for one process",
-}
+#: (low, high) seconds of one clock step; as NTP or chrony step a clock that drifted or was wrong.
+JUMP_S = (10 * 60, 6 * 3600)
+SET_BACK_SHARE = 0.5  # of clock steps corrected back to true time once their pause is over
+OFF_CLOCK_S = 5 * 60  # an event stamped further than this from true time shows a step reached it
+NO_FAKETIME = ("libfaketime is not installed (apt-get install libfaketime, or bash .ci/setup): "
+               "one device's wall clock cannot be stepped on its own")
 #: (low, high) seconds a fault lasts: down time of a killed process, length of a cut or a full disk.
 PAUSE_S = {
     "kill_device": (0.2, 2.0),
@@ -118,6 +138,8 @@ PAUSE_S = {
     "kill_depot": (0.2, 2.0),
     "kill_worker": (0.0, 0.0),
     "broker_restart": (0.2, 2.0),
+    # Longer than libfaketime's one-second cache, so the device scans on the stepped clock.
+    "clock_jump": (3.0, 10.0),
 }
 DEVICE_GAP_S = (0.5, 2.5)  # between two faults of one device: scans go on in between
 CENTRAL_GAP_S = (1.0, 4.0)
@@ -174,33 +196,58 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 @dataclass(frozen=True)
 class Fault:
-    """One planned fault: what, on whom (a device name, or "depot"/"broker"), which damage."""
+    """One planned fault: what, on whom (a device name, or "depot"/"broker"), which damage; for
+    a clock step, the offset from true time (s) the device's clock is stepped to and whether it
+    is stepped back to true time after the pause."""
 
     index: int
     kind: str
     target: str
     damage: str | None = None
+    offset_s: int | None = None
+    set_back: bool = False
 
 
-def plan_faults(n: int, seed: int, devices: Sequence[str]) -> list[Fault]:
-    """`n` faults from `seed`: every kind and every damage once first (when n allows), then
-    drawn by WEIGHTS. The same seed and fleet give the same plan."""
+_VARIANTS: dict[str, tuple[str, ...]] = {
+    "journal_damage": DAMAGES, "clock_jump": JUMP_DIRECTIONS}
+
+
+def plan_faults(n: int, seed: int, devices: Sequence[str],
+                left_out: Collection[str] = ()) -> list[Fault]:
+    """`n` faults from `seed`: every kind, every damage and both directions of a clock step once
+    first (when n allows), then drawn by WEIGHTS; no kind in `left_out`. The same seed, fleet
+    and `left_out` give the same plan.
+
+    A clock step is 10 min to 6 h. Forwards it starts where the device's clock stood;
+    backwards it starts from the earlier of that and true time, so a clock left ahead by the
+    previous step goes back past true time and past every time it has shown since."""
     rng = random.Random(seed)
-    first: list[tuple[str, str | None]] = [(k, None) for k in KINDS if k != "journal_damage"]
-    first += [("journal_damage", d) for d in DAMAGES]
+    kinds_here = [k for k in KINDS if k not in left_out]
+    first: list[tuple[str, str | None]] = []
+    for k in kinds_here:
+        first += [(k, v) for v in _VARIANTS[k]] if k in _VARIANTS else [(k, None)]
     rng.shuffle(first)
-    kinds, weights = zip(*WEIGHTS.items(), strict=True)
+    kinds, weights = zip(*((k, w) for k, w in WEIGHTS.items() if k in kinds_here), strict=True)
     picks: list[tuple[str, str | None]] = first[:n]
     while len(picks) < n:
         kind = rng.choices(kinds, weights)[0]
-        picks.append((kind, rng.choice(DAMAGES) if kind == "journal_damage" else None))
+        picks.append((kind, rng.choice(_VARIANTS[kind]) if kind in _VARIANTS else None))
+    offsets = dict.fromkeys(devices, 0)  # each device's clock, as the plan leaves it
     faults = []
-    for i, (kind, damage) in enumerate(picks):
+    for i, (kind, variant) in enumerate(picks):
         if kind in CENTRAL_KINDS:
             target = "broker" if kind == "broker_restart" else "depot"
         else:
             target = rng.choice(devices)
-        faults.append(Fault(i, kind, target, damage))
+        if kind == "clock_jump":
+            step = rng.randint(*JUMP_S)
+            was = offsets[target]
+            offset = was + step if variant == "forward" else min(was, 0) - step
+            set_back = rng.random() < SET_BACK_SHARE
+            offsets[target] = 0 if set_back else offset
+            faults.append(Fault(i, kind, target, offset_s=offset, set_back=set_back))
+        else:
+            faults.append(Fault(i, kind, target, variant))
     return faults
 
 
@@ -208,6 +255,91 @@ def barcode(prefix: str, serial: int) -> str:
     """A valid UPU S10 code, unique per (prefix, serial)."""
     digits = f"{serial:08d}"
     return f"{prefix}{digits}{s10_check_digit(digits)}NL"
+
+
+# --- the devices' clocks -------------------------------------------------------------------------
+
+FAKETIME_LIBRARY = "libfaketime.so.1"
+SHM_DIR = Path("/dev/shm")  # where glibc keeps shm_open and sem_open names
+#: Runs before `lastmile` in a device under libfaketime. Python 3.11's `time.sleep` waits with
+#: clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME), whose deadline libfaketime 0.9.10 mistakes
+#: for wall time when the monotonic clock is not faked (EINVAL); a select() timeout is the same
+#: relative wait on the monotonic clock and libfaketime leaves it alone.
+FAKED_CLOCK_PRELUDE = """\
+import select
+import time
+
+
+def _sleep(secs):
+    secs = float(secs)
+    if secs < 0:
+        raise ValueError("sleep length must be non-negative")
+    select.select([], [], [], secs)
+
+
+time.sleep = _sleep
+"""
+_RUN_LASTMILE = """\
+import runpy
+import sys
+sys.argv[0] = "lastmile"
+runpy.run_module("lastmile", run_name="__main__", alter_sys=True)
+"""
+
+
+def find_libfaketime() -> Path | None:
+    """Debian's libfaketime, where its package list puts it (the directory names the
+    architecture), else a `make install` of it; None when there is none."""
+    listed: list[Path] = []
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        done = subprocess.run(["dpkg", "-L", "libfaketime"], capture_output=True, text=True,
+                              timeout=30, check=False)
+        if done.returncode == 0:
+            listed = [Path(line) for line in done.stdout.splitlines()
+                      if line.endswith(f"/{FAKETIME_LIBRARY}")]
+    for path in [*listed, Path("/usr/local/lib/faketime") / FAKETIME_LIBRARY]:
+        if path.is_file():
+            return path
+    return None
+
+
+def faked_clock_env(library: Path, offset_file: Path) -> dict[str, str]:
+    """The environment of a process whose wall clock (and nothing else) is true time plus the
+    offset in `offset_file`, re-read within a second of a change."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAKETIME")}
+    preload = env.get("LD_PRELOAD")
+    env.update({
+        "LD_PRELOAD": f"{library} {preload}" if preload else str(library),
+        "FAKETIME_TIMESTAMP_FILE": str(offset_file),
+        "FAKETIME_CACHE_DURATION": "1",
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+        "NO_FAKE_STAT": "1",  # a stepped clock does not change the times files already have
+    })
+    return env
+
+
+def write_clock_offset(path: Path, offset_s: int) -> None:
+    """Step the wall clock of the processes reading `path` to true time + `offset_s`. Replaced
+    whole, so libfaketime never reads half a file."""
+    part = path.with_name(f"{path.name}.part")
+    part.write_text(f"{offset_s:+d}\n")
+    os.replace(part, path)
+
+
+def forget_faketime_shm(pid: int) -> None:
+    """Remove the shared memory and semaphore libfaketime named after a reaped process. It
+    removes them itself at a clean exit; after a SIGKILL they stay, and a later process given
+    the same pid would refuse to start ("shm_open failed: File exists")."""
+    for name in (f"faketime_shm_{pid}", f"sem.faketime_sem_{pid}"):
+        with contextlib.suppress(OSError):
+            (SHM_DIR / name).unlink()
+
+
+def _host_boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
 
 
 # --- device processes ----------------------------------------------------------------------------
@@ -226,11 +358,13 @@ class DeviceProcess:
     """One `lastmile van|locker` process at a time for one device, and what it said.
 
     stdout is read line by line (JSON) on a thread; stderr too, into the device's log file, so
-    that a full-disk fault (a file-size limit on the process) cannot block or silence it.
+    that a full-disk fault (a file-size limit on the process) cannot block or silence it. With a
+    `faketime` library, its wall clock follows `clock_file` (see `faked_clock_env`).
     """
 
     def __init__(self, name: str, kind: str, workdir: Path, config: Path, journal: Path,
-                 link: LinkProxy, on_confirmed: Callable[[Confirmed], None]) -> None:
+                 link: LinkProxy, on_confirmed: Callable[[Confirmed], None],
+                 faketime: Path | None = None) -> None:
         self.name = name
         self.kind = kind
         self.workdir = workdir
@@ -238,6 +372,12 @@ class DeviceProcess:
         self.journal = journal
         self.link = link
         self._on_confirmed = on_confirmed
+        self.clock_file: Path | None = None
+        self._env: dict[str, str] | None = None
+        if faketime is not None:
+            self.clock_file = workdir / "clock.offset"
+            write_clock_offset(self.clock_file, 0)
+            self._env = faked_clock_env(faketime, self.clock_file)
         self.proc: subprocess.Popen[bytes] | None = None
         self.ready = threading.Event()
         self.lines: list[dict[str, Any]] = []
@@ -265,10 +405,12 @@ class DeviceProcess:
         self.ready.clear()
         self._expected_exit = False
         self.starts += 1
+        lastmile = ([sys.executable, "-c", FAKED_CLOCK_PRELUDE + _RUN_LASTMILE]
+                    if self._env is not None else [sys.executable, "-m", "lastmile"])
         proc = subprocess.Popen(
-            [sys.executable, "-m", "lastmile", "-v", self.kind, "--config", str(self.config)],
+            [*lastmile, "-v", self.kind, "--config", str(self.config)],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            cwd=self.workdir,
+            cwd=self.workdir, env=self._env,
         )
         self.proc = proc
         assert proc.stdout is not None and proc.stderr is not None
@@ -355,6 +497,8 @@ class DeviceProcess:
                 self.lines.append(doc)
                 self._cond.notify_all()
         proc.wait()
+        if self._env is not None:
+            forget_faketime_shm(proc.pid)
         if not self._expected_exit:
             self.ready.clear()
             tail = self.log_path.read_text(errors="replace").splitlines()[-1:] or [""]
@@ -680,14 +824,18 @@ class Tally:
     damage_log: list[DamageRecord] = field(default_factory=list)
     not_ready_after_restart: Counter[str] = field(default_factory=Counter)
     notes: list[str] = field(default_factory=list)
+    clock_steps: Counter[str] = field(default_factory=Counter)  # forward, backward, set_back
+    clock_offsets_s: list[int] = field(default_factory=list)  # every offset a clock was set to
 
 
 class ChaosFleet:
     """Broker, depot, links, devices and couriers of one run; `run_plan` injects the faults."""
 
-    def __init__(self, workdir: Path, vans: int, seed: int) -> None:
+    def __init__(self, workdir: Path, vans: int, seed: int, faketime: Path | None = None) -> None:
         self.workdir = workdir
         self.seed = seed
+        self.faketime = faketime
+        self.clock_offsets: dict[str, int] = {}  # each device's, as its lane last set it
         self.van_names = [f"van-{i}" for i in range(1, vans + 1)]
         self.names = [*self.van_names, "locker-1"]
         self.passwords = {n: secrets.token_urlsafe(12) for n in self.names}
@@ -789,8 +937,9 @@ class ChaosFleet:
                 self.stop_couriers, rng)
         config = ddir / f"{name}.toml"
         config.write_text(text)
-        dev = DeviceProcess(name, kind, ddir, config, journal, link, self._record)
+        dev = DeviceProcess(name, kind, ddir, config, journal, link, self._record, self.faketime)
         self.devices[name] = dev
+        self.clock_offsets[name] = 0
         self.stack.callback(dev.close)
         t = threading.Thread(target=target, name=f"courier-{name}", daemon=True)
         self._courier_threads.append(t)
@@ -837,7 +986,10 @@ class ChaosFleet:
 
     def inject(self, f: Fault, rng: random.Random) -> None:
         pause = rng.uniform(*PAUSE_S[f.kind])
-        log.info("fault %d: %s %s %s (%.1f s)", f.index, f.kind, f.target, f.damage or "", pause)
+        step = "" if f.offset_s is None else f"to {f.offset_s:+d} s" + (
+            ", then back" if f.set_back else "")
+        log.info("fault %d: %s %s %s (%.1f s)", f.index, f.kind, f.target, f.damage or step,
+                 pause)
         if f.kind == "kill_device":
             dev = self.devices[f.target]
             dev.kill()
@@ -883,6 +1035,16 @@ class ChaosFleet:
             self.broker.stop()
             time.sleep(pause)
             self.broker.start()
+        elif f.kind == "clock_jump":
+            dev = self.devices[f.target]
+            if f.offset_s is None or dev.clock_file is None:
+                raise BenchError(f"fault {f.index}: no clock offset planned, or {dev.name}'s "
+                                 "clock cannot be stepped (no libfaketime)")
+            was = self.clock_offsets[dev.name]
+            self._step_clock(dev, f.offset_s, "forward" if f.offset_s > was else "backward")
+            time.sleep(pause)
+            if f.set_back:
+                self._step_clock(dev, 0, "set_back")
         else:
             raise ValueError(f"unknown fault kind {f.kind!r}")
         with self._tally_lock:
@@ -892,6 +1054,14 @@ class ChaosFleet:
         with self._tally_lock:
             if len(self.tally.notes) < 50:
                 self.tally.notes.append(text)
+
+    def _step_clock(self, dev: DeviceProcess, offset_s: int, how: str) -> None:
+        assert dev.clock_file is not None
+        write_clock_offset(dev.clock_file, offset_s)
+        self.clock_offsets[dev.name] = offset_s
+        with self._tally_lock:
+            self.tally.clock_steps[how] += 1
+            self.tally.clock_offsets_s.append(offset_s)
 
     def _restart(self, dev: DeviceProcess) -> None:
         dev.start()
@@ -998,19 +1168,32 @@ class DepotRecord:
     quarantined: int
     gaps: int
     alarms: Counter[str]
+    # Events stamped more than OFF_CLOCK_S "ahead" of or "behind" true time.
+    off_clock: Counter[str] = field(default_factory=Counter)
 
 
 def read_depot(database: Path, devices: dict[str, str]) -> DepotRecord:
-    """`devices` maps each device to the kind of its facts."""
+    """`devices` maps each device to the kind of its facts.
+
+    An event's true time comes from its monotonic time, which no fault moves: on this boot,
+    true wall time = monotonic time + (now's wall time - now's monotonic time)."""
     events: dict[str, list[tuple[str, int, str, str]]] = {d: [] for d in devices}
     losses: dict[str, list[tuple[str, int, int | None, str]]] = {d: [] for d in devices}
     alarms: Counter[str] = Counter()
+    off_clock: Counter[str] = Counter()
+    boot = _host_boot_id()
+    wall_at_mono_0 = time.time_ns() - time.monotonic_ns()
     conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
     try:
-        for device, journal, seq, uid, kind, payload in conn.execute(
-                "SELECT device, journal, seq, uuid, kind, payload FROM events"):
+        for device, journal, seq, uid, kind, payload, boot_id, mono_ns, wall_ns in conn.execute(
+                "SELECT device, journal, seq, uuid, kind, payload, boot_id, mono_ns, wall_ns "
+                "FROM events"):
             if device not in devices:
                 continue
+            if boot_id == boot:
+                off_s = (int(wall_ns) - int(mono_ns) - wall_at_mono_0) / 1e9
+                if abs(off_s) > OFF_CLOCK_S:
+                    off_clock["ahead" if off_s > 0 else "behind"] += 1
             try:
                 doc = json.loads(payload)
             except ValueError:
@@ -1030,7 +1213,7 @@ def read_depot(database: Path, devices: dict[str, str]) -> DepotRecord:
         gaps = conn.execute("SELECT count(*) FROM gaps").fetchone()[0]
     finally:
         conn.close()
-    return DepotRecord(events, losses, int(quarantined), int(gaps), alarms)
+    return DepotRecord(events, losses, int(quarantined), int(gaps), alarms, off_clock)
 
 
 def account(fleet: ChaosFleet, depot: DepotRecord) -> dict[str, Any]:
@@ -1114,11 +1297,11 @@ def account(fleet: ChaosFleet, depot: DepotRecord) -> dict[str, Any]:
 
 
 def run_fleet(workdir: Path, vans: int, seed: int, plan: Sequence[Fault], scan_s: float,
-              drain_timeout: float) -> dict[str, Any]:
-    """Start a fleet, scan while `plan` is injected (or for `scan_s` with no plan), drain,
-    stop, account."""
+              drain_timeout: float, faketime: Path | None = None) -> dict[str, Any]:
+    """Start a fleet (its devices under `faketime` when given), scan while `plan` is injected
+    (or for `scan_s` with no plan), drain, stop, account."""
     started = time.monotonic()
-    with ChaosFleet(workdir, vans, seed) as fleet:
+    with ChaosFleet(workdir, vans, seed, faketime) as fleet:
         fleet.start_couriers()
         faults_started = time.monotonic()
         if plan:
@@ -1132,8 +1315,17 @@ def run_fleet(workdir: Path, vans: int, seed: int, plan: Sequence[Fault], scan_s
         fleet.stop_everything()
         journals = fleet.read_final_journals()
         kinds = {n: FACT_KINDS[d.kind] for n, d in fleet.devices.items()}
-        result = account(fleet, read_depot(fleet.depot.workdir / "depot.db", kinds))
+        depot = read_depot(fleet.depot.workdir / "depot.db", kinds)
+        result = account(fleet, depot)
+        offsets = fleet.tally.clock_offsets_s
         result.update({
+            "clock_steps": {
+                **{k: fleet.tally.clock_steps[k] for k in (*JUMP_DIRECTIONS, "set_back")},
+                "furthest_ahead_s": max([0, *offsets]),
+                "furthest_behind_s": min([0, *offsets]),
+                "devices_faked": faketime is not None,
+            },
+            "events_stamped_off_clock": {k: depot.off_clock[k] for k in ("ahead", "behind")},
             "faults": dict(fleet.tally.faults),
             "damage": dict(fleet.tally.damages),
             "damage_effects": Counter(_effect(d.what) for d in fleet.tally.damage_log),
@@ -1168,8 +1360,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if find_mosquitto() is None:
         raise BenchError("bench chaos needs Mosquitto (apt-get install mosquitto)")
     started = time.monotonic()
+    faketime = find_libfaketime()
+    left_out = {} if faketime is not None else {"clock_jump": NO_FAKETIME}
+    if faketime is None:
+        log.warning("clock_jump left out: %s", NO_FAKETIME)
     names = [*(f"van-{i}" for i in range(1, args.vans + 1)), "locker-1"]
-    plan = plan_faults(args.faults, args.seed, names)
+    plan = plan_faults(args.faults, args.seed, names, left_out)
     with contextlib.ExitStack() as stack:
         stack.enter_context(terminate_as_error())
         if args.keep:
@@ -1182,16 +1378,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         mount = describe_mount(workdir)
         log.info("baseline: %d vans and a locker, %.0f s without faults", args.vans,
                  args.baseline_s)
+        # The baseline's devices run under libfaketime too (at true time), so that the ratios
+        # measure the faults and not the preload.
         baseline = run_fleet(workdir / "baseline", args.vans, args.seed, [], args.baseline_s,
-                             args.drain_timeout_s)
+                             args.drain_timeout_s, faketime)
         log.info("chaos: %d faults, seed %d", args.faults, args.seed)
         chaos = run_fleet(workdir / "chaos", args.vans, args.seed, plan, 0.0,
-                          args.drain_timeout_s)
-    return report(args, plan, chaos, baseline, time.monotonic() - started, mount)
+                          args.drain_timeout_s, faketime)
+    return report(args, plan, chaos, baseline, time.monotonic() - started, mount, left_out)
 
 
 def report(args: argparse.Namespace, plan: Sequence[Fault], chaos: dict[str, Any],
-           baseline: dict[str, Any], elapsed_s: float, mount: dict[str, Any]) -> dict[str, Any]:
+           baseline: dict[str, Any], elapsed_s: float, mount: dict[str, Any],
+           left_out: dict[str, str]) -> dict[str, Any]:
     injected = sum(chaos["faults"].values())
     targets: dict[str, bool] = {
         "lost_silently_0": chaos["lost_silently"] == 0,
@@ -1200,9 +1399,13 @@ def report(args: argparse.Namespace, plan: Sequence[Fault], chaos: dict[str, Any
     }
     if args.faults >= TARGET_FAULTS:
         targets["faults_at_least_1000"] = injected >= TARGET_FAULTS
+    if args.faults >= len(KINDS):
+        # Not met when a kind was left out (no libfaketime) or never came round.
+        targets["every_kind_injected"] = set(chaos["faults"]) == set(KINDS)
     planned = Counter(f.kind for f in plan)
     base_keys = ("confirmed", "at_depot", "lost_silently", "duplicates", "drain_s",
-                 "confirmed_per_s", "scanning_s", "elapsed_s", "not_drained")
+                 "confirmed_per_s", "scanning_s", "elapsed_s", "not_drained",
+                 "events_stamped_off_clock")
     return {
         "benchmark": "chaos",
         "seed": args.seed,
@@ -1211,7 +1414,7 @@ def report(args: argparse.Namespace, plan: Sequence[Fault], chaos: dict[str, Any
         "faults_planned": dict(planned),
         **chaos,
         "faults_injected": injected,
-        "left_out": LEFT_OUT,
+        "left_out": left_out,
         "disk_full_method": "prlimit RLIMIT_FSIZE=0 on the running device, then lifted "
                             "(EFBIG: SQLite's I/O error path, not SQLITE_FULL)",
         "baseline": {k: baseline.get(k) for k in base_keys},
@@ -1237,4 +1440,5 @@ def summary(r: dict[str, Any]) -> str:
             f"{r['reported_lost']['count']} reported lost, {r['lost_silently']} lost silently, "
             f"{r['duplicates']} duplicates ({r['carried_copies']} carried copies); drain "
             f"{r['drain_s']} s (baseline {r['baseline']['drain_s']} s); "
-            f"targets {'met' if r['targets_met']['all'] else 'NOT met'}")
+            + "".join(f"{kind} left out ({why}); " for kind, why in r["left_out"].items())
+            + f"targets {'met' if r['targets_met']['all'] else 'NOT met'}")

@@ -4,12 +4,25 @@ silently and stores nothing twice; and the harness's faults are what they say th
 from __future__ import annotations
 
 import json
+import select
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
-from bench.chaos import CENTRAL_KINDS, DAMAGES, KINDS, damage_journal, plan_faults
+from bench.chaos import (
+    CENTRAL_KINDS,
+    DAMAGES,
+    FAKED_CLOCK_PRELUDE,
+    JUMP_S,
+    KINDS,
+    SHM_DIR,
+    damage_journal,
+    faked_clock_env,
+    find_libfaketime,
+    plan_faults,
+    write_clock_offset,
+)
 from sync.journal import Journal
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,8 +38,12 @@ def test_a_short_chaos_run_accounts_for_every_confirmed_fact(tmp_path: Path) -> 
     assert done.returncode == 0, done.stderr[-3000:]
     r = json.loads(done.stdout)
     assert r["faults_injected"] == 50
-    assert set(r["faults"]) == set(KINDS), r["faults"]
+    assert set(r["faults"]) == set(KINDS), (r["faults"], r["left_out"])
     assert set(r["damage"]) == set(DAMAGES), r["damage"]
+    # Both directions of a clock step were made, and the depot holds facts stamped by them.
+    assert r["clock_steps"]["forward"] >= 1 and r["clock_steps"]["backward"] >= 1
+    assert sum(r["events_stamped_off_clock"].values()) > 0
+    assert r["baseline"]["events_stamped_off_clock"] == {"ahead": 0, "behind": 0}
     assert r["confirmed"] > 0
     assert r["lost_silently"] == 0, (r["lost_silently_by_fault"], r["lost_silently_examples"])
     assert r["duplicates"] == 0
@@ -43,6 +60,72 @@ def test_the_fault_plan_is_the_seeds_and_covers_every_kind() -> None:
     assert {f.damage for f in plan if f.kind == "journal_damage"} == set(DAMAGES)
     for f in plan:
         assert (f.target in ("depot", "broker")) == (f.kind in CENTRAL_KINDS)
+        assert (f.offset_s is not None) == (f.kind == "clock_jump")
+    # The coverage-first part holds every kind, every damage and both clock directions.
+    first = plan_faults(len(KINDS) - 2 + len(DAMAGES) + 2, 3, DEVICES)
+    assert {f.kind for f in first} == set(KINDS)
+    assert {f.damage for f in first if f.kind == "journal_damage"} == set(DAMAGES)
+    assert {f.offset_s > 0 for f in first if f.offset_s is not None} == {True, False}
+
+
+def test_clock_steps_are_within_bounds_and_a_backward_one_goes_past_true_time() -> None:
+    low, high = JUMP_S
+    for seed in range(20):
+        clocks = dict.fromkeys(DEVICES, 0)
+        for f in plan_faults(300, seed, DEVICES):
+            if f.offset_s is None:
+                continue
+            was, now = clocks[f.target], f.offset_s
+            if now > was:  # forwards, from where the clock stood
+                assert low <= now - was <= high
+            else:  # backwards, from true time or from further back
+                assert low <= min(was, 0) - now <= high
+                assert now <= -low
+            clocks[f.target] = 0 if f.set_back else now
+
+
+def test_a_plan_without_libfaketime_leaves_clock_jump_out_and_keeps_the_rest() -> None:
+    plan = plan_faults(200, 11, DEVICES, left_out={"clock_jump": "no libfaketime"})
+    assert {f.kind for f in plan} == set(KINDS) - {"clock_jump"}
+    assert all(f.offset_s is None for f in plan)
+    assert plan == plan_faults(200, 11, DEVICES, left_out={"clock_jump": "no libfaketime"})
+
+
+def test_a_faked_clock_steps_the_wall_clock_of_one_process_only(tmp_path: Path) -> None:
+    """The device's environment and prelude: a step moves time.time() of that process, not its
+    monotonic clock, time.sleep still works, and nothing is left in /dev/shm when it ends."""
+    library = find_libfaketime()
+    assert library is not None, "libfaketime is not installed: run bash .ci/setup"
+    offset = tmp_path / "clock.offset"
+    write_clock_offset(offset, 0)
+    # Prints wall minus monotonic time; once told the clock was stepped, waits (in time.sleep,
+    # at most 20 s) for libfaketime to read the new offset and prints it again.
+    probe = FAKED_CLOCK_PRELUDE + """
+import sys
+base = time.time() - time.monotonic()
+print(base, flush=True)
+sys.stdin.readline()
+start = time.monotonic()
+while time.monotonic() - start < 20 and abs(time.time() - time.monotonic() - base) < 3000:
+    time.sleep(0.05)
+print(time.time() - time.monotonic(), flush=True)
+"""
+    with subprocess.Popen([sys.executable, "-c", probe],
+                          env=faked_clock_env(library, offset), stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True) as child:
+        assert child.stdin is not None and child.stdout is not None
+        before = float(child.stdout.readline())
+        write_clock_offset(offset, -7200)
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        ready, _, _ = select.select([child.stdout], [], [], 60)
+        assert ready, "the child did not answer"
+        after = float(child.stdout.readline())
+        assert child.wait(30) == 0
+    # Wall minus monotonic moved by the step (give or take a second of scheduling): the wall
+    # clock went back two hours, the monotonic clock went on.
+    assert abs((after - before) + 7200) < 5, (before, after)
+    assert not list(SHM_DIR.glob(f"*faketime*_{child.pid}"))
 
 
 def test_event_byte_changes_one_digit_of_an_unacknowledged_payload(tmp_path: Path) -> None:

@@ -507,3 +507,21 @@ def test_an_event_damaged_after_the_depot_stored_it_moves_to_a_new_journal(
     assert accounted(store, confirmed) == []
     assert store.query("SELECT count(*) FROM losses") == [(0,)]
     assert store.head(DEVICE, j2.journal_id) == j2.last_seq
+
+
+def test_a_carried_break_record_still_names_its_own_journal(
+    tmp_path: Path, broker: Broker, depot: Depot
+) -> None:
+    path = tmp_path / "journal.db"
+    with Journal(path, DEVICE) as j:
+        old = j.journal_id
+        made = scans(j, 10)
+    flip_byte(path, b"PARCEL-00004")  # event 5
+    with Journal(path, DEVICE) as j2:
+        j2.read(0, 100)  # the check before sending puts a break record at 5
+        j2.restart_epoch(0, refused="the depot holds another chain")  # carried, unsent
+        assert j2.journal_id != old
+        drain(j2, broker)
+    store = depot.store
+    assert store.query("SELECT journal, first_seq, last_seq FROM losses") == [(old, 5, 5)]
+    assert accounted(store, [(old, e) for e in made]) == []

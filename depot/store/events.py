@@ -207,9 +207,11 @@ class DepotStore:
         reason = str(doc.get("reason", ""))[:500]
         rows: list[tuple[str, int, int | None]] = []
         if name == EVENT_DAMAGED:
-            seq = _seq(doc.get("seq"))
+            # The break record names its journal: carried into a new journal after a rollback,
+            # it still speaks of the one it stood in.
+            seq, named = _seq(doc.get("seq")), doc.get("journal")
             if seq is not None:
-                rows.append((jnl, seq, seq))
+                rows.append((named if isinstance(named, str) and named else jnl, seq, seq))
         else:
             earlier = doc.get("earlier")
             reports = [doc, *(earlier if isinstance(earlier, list) else [])]
