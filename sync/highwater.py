@@ -23,6 +23,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from sync.durable import fsync_dir
 from sync.errors import JournalError
 
 _MAGIC = b"LMHW"
@@ -53,7 +54,7 @@ class HighWater:
         except OSError as exc:
             raise JournalError(f"cannot open the high-water file {self.path}: {exc}") from exc
         if created:
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
         self._counter = 0
         self.mark: Mark | None = None
         # The file existed with bytes in it but neither slot verifies: the check it exists for
@@ -116,9 +117,3 @@ def _parse(slot: bytes) -> tuple[int, Mark] | None:
     return counter, Mark(journal_id, last_seq, last_hash)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from sync.clock import Clock, SystemClock
+from sync.durable import fsync_dir, write_atomically
 from sync.errors import JournalError, JournalFull
 from sync.highwater import HighWater, Mark
 from sync.journal_check import DAMAGED, INTACT, MISSING, RawRow, Verdict, classify, read_raw
@@ -93,12 +94,6 @@ def _pragmas(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA foreign_keys=ON")
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _is_full(exc: sqlite3.Error) -> bool:
@@ -358,7 +353,7 @@ class Journal:
             with contextlib.suppress(sqlite3.Error):
                 self._w.execute("ROLLBACK")
             raise
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
 
     def _load_meta(self) -> None:
         meta = dict(self._w.execute("SELECT key, value FROM meta").fetchall())
@@ -387,7 +382,7 @@ class Journal:
             src = Path(f"{self.path}{suffix}")
             if src.exists():
                 os.replace(src, f"{target}{suffix}")
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
         self.moved_aside = target
         return target
 
@@ -543,15 +538,9 @@ class Journal:
         if not reports:
             self._clear_reports()
             return
-        tmp = self._reports_path.with_name(self._reports_path.name + ".tmp")
         data = json.dumps({"journal": self.journal_id, "reports": reports}).encode()
         try:
-            with tmp.open("wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self._reports_path)
-            _fsync_dir(self.path.parent)
+            write_atomically(self._reports_path, data)
         except OSError as exc:
             # The alarm itself still goes out; only its repetition after another loss is weaker.
             log.error("loss reports not kept in %s: %s", self._reports_path, exc)
@@ -561,7 +550,7 @@ class Journal:
     def _clear_reports(self) -> None:
         try:
             self._reports_path.unlink(missing_ok=True)
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
         except OSError as exc:
             log.error("cannot remove %s: %s", self._reports_path, exc)
             return

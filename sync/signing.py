@@ -50,6 +50,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from sync.durable import fsync_dir, write_atomically
 from sync.errors import SyncError
 
 ENVELOPE_VERSION = 1
@@ -174,33 +175,12 @@ def write_private_key(path: str | os.PathLike[str], pem: bytes) -> None:
     Created 0600 from the first byte (never chmod'ed after the fact), renamed into place, and
     the directory fsync'd, so a power cut leaves either the old key or the new one.
     """
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(pem)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(target.parent)
+    write_atomically(path, pem, mode=0o600)
 
 
 def key_fingerprint(public: bytes) -> str:
     """A short, stable name for a public key in logs and events (not a secret)."""
     return hashlib.sha256(public).hexdigest()[:16]
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # --- canonical JSON ------------------------------------------------------------------------
@@ -599,7 +579,7 @@ class SqliteReplayStore:
                     conn.execute("ROLLBACK")
                 raise
             if created:
-                _fsync_dir(self.path.parent)
+                fsync_dir(self.path.parent)
             return
         if version > _REPLAY_SCHEMA_VERSION:
             raise ReplayStoreError(
