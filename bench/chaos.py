@@ -1170,6 +1170,9 @@ class DepotRecord:
     alarms: Counter[str]
     # Events stamped more than OFF_CLOCK_S "ahead" of or "behind" true time.
     off_clock: Counter[str] = field(default_factory=Counter)
+    # Deposits a locker recorded again after its journal went back, which the parcel book
+    # recognised as such (a new pickup code, the customer told again): not a duplicate.
+    rerecorded: set[str] = field(default_factory=set)
 
 
 def read_depot(database: Path, devices: dict[str, str]) -> DepotRecord:
@@ -1209,11 +1212,15 @@ def read_depot(database: Path, devices: dict[str, str]) -> DepotRecord:
                 if device in losses:
                     losses[device].append(
                         (journal, int(first), None if last is None else int(last), str(reason)))
+        rerecorded = {
+            str(r[0]) for r in conn.execute(
+                "SELECT event_uuid FROM timeline WHERE details LIKE '%\"rerecorded\"%'")
+        } if "timeline" in tables else set()
         quarantined = conn.execute("SELECT count(*) FROM quarantine").fetchone()[0]
         gaps = conn.execute("SELECT count(*) FROM gaps").fetchone()[0]
     finally:
         conn.close()
-    return DepotRecord(events, losses, int(quarantined), int(gaps), alarms, off_clock)
+    return DepotRecord(events, losses, int(quarantined), int(gaps), alarms, off_clock, rerecorded)
 
 
 def account(fleet: ChaosFleet, depot: DepotRecord) -> dict[str, Any]:
@@ -1261,15 +1268,18 @@ def account(fleet: ChaosFleet, depot: DepotRecord) -> dict[str, Any]:
             if sum(1 for x in examples if x["cause"] == cause) < 3:  # a few of each cause
                 examples.append({"device": c.device, "parcel": c.key, "uuid": c.uuid,
                                  "positions": sorted(places), "cause": cause})
-    same_stream = re_recorded = carried = 0
+    same_stream = re_recorded = carried = rerecorded = 0
     for evs in depot.events.values():
         by_key: dict[str, list[tuple[str, int, str, str]]] = {}
         for e in evs:
             by_key.setdefault(e[3], []).append(e)
         for rows in by_key.values():
             uuids = {r[2] for r in rows}
-            # One fact as two events (two uuids): the depot projects it twice.
-            re_recorded += len(uuids) - 1
+            # One fact as two events (two uuids): the depot projects it twice, unless the
+            # book knew the later one for a locker's re-recording after a rollback.
+            known = len(uuids & depot.rerecorded)
+            rerecorded += known
+            re_recorded += max(0, len(uuids) - 1 - known)
             for u in uuids:
                 journals = [r[0] for r in rows if r[2] == u]
                 same_stream += len(journals) - len(set(journals))  # twice in one stream
@@ -1284,6 +1294,7 @@ def account(fleet: ChaosFleet, depot: DepotRecord) -> dict[str, Any]:
         "duplicates": duplicates,
         "duplicates_detail": {"same_stream": same_stream, "one_fact_two_uuids": re_recorded},
         "carried_copies": carried,
+        "deposits_rerecorded_after_rollback": rerecorded,
         "reported_lost": {"count": sum(reported.values()), "by_fault_kind": dict(reported)},
         "losses_recorded": sum(len(v) for v in depot.losses.values()),
         "depot_alarms": dict(depot.alarms),
