@@ -407,6 +407,7 @@ def test_a_locker_whose_journal_went_back_still_hands_out_its_parcel(tmp_path: P
     """The locker's compartments live in its journal file: after a rollback they are what the
     surviving file held, in a new journal, and the customer's code still opens the door."""
     from tests.test_locker import close_rig, make_rig, power_cut_and_restart
+    from tests.test_redeposit import card_goes_back
 
     rig = make_rig(tmp_path)
     cid, secrets = rig.courier_drops()
@@ -415,16 +416,7 @@ def test_a_locker_whose_journal_went_back_still_hands_out_its_parcel(tmp_path: P
     rig.locker.key("000000" if secrets["code"] != "000000" else "111111")
     rig.watch.wait_event("pickup_attempt")
 
-    def card_goes_back() -> None:
-        live = Path(rig.config.journal)
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{live}{suffix}").unlink(missing_ok=True)
-        for suffix in ("", "-wal"):
-            src = Path(f"{image}{suffix}")
-            if src.exists():
-                shutil.copyfile(src, f"{live}{suffix}")
-
-    after = power_cut_and_restart(rig, card_goes_back)
+    after = power_cut_and_restart(rig, lambda: card_goes_back(Path(rig.config.journal), image))
     try:
         assert after.journal.journal_id != old
         alarm = first_alarm(after.journal)
