@@ -37,9 +37,9 @@ BENCHMARKS: dict[str, tuple[ModuleType, str]] = {
                      "camera app saves"),
     "fleet": (fleet, "a fleet's morning (2,000 backlogs, then steady scans) through Mosquitto "
                      "into the real depot process, each set-up vs the SQLite baseline"),
-    "chaos": (chaos, "vans and a locker as real processes under N seeded faults (kills, cuts, "
-                     "full disk, journal damage); every confirmed fact accounted for, vs a "
-                     "fault-free baseline"),
+    "chaos": (chaos, "vans and a locker as real processes under N seeded faults (kills, broker "
+                     "restarts, cuts, full disk, journal damage, clock steps); every confirmed "
+                     "fact accounted for, vs a fault-free baseline"),
     "fuzz": (fuzz, "every parser of outside bytes under hypothesis (a million inputs): crashes, "
                    "hangs, slowest input, vs bytes.decode on the same inputs"),
 }
