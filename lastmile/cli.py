@@ -520,6 +520,84 @@ def _depot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _depot_db(args: argparse.Namespace) -> Any:
+    """The depot's database for a tool that writes to it (accounts, tokens)."""
+    from depot.store import StoreError, open_database
+
+    db = args.db if args.db is not None else None
+    if db is None:
+        if args.config is None:
+            _usage_error(f"lastmile depot {args.depot_tool}: give --config or --database")
+        db = _depot_service_config(args).database
+    try:
+        return open_database(db)
+    except StoreError as exc:
+        raise SystemExit(f"lastmile depot: {exc}") from None
+
+
+def _read_new_password(name: str) -> str:
+    """A new password: typed twice at a terminal, or the first line of stdin otherwise."""
+    import getpass
+
+    if sys.stdin.isatty():
+        first = getpass.getpass(f"password for {name}: ")
+        if getpass.getpass("again: ") != first:
+            _usage_error("lastmile depot user add: the two passwords differ")
+        return first
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+def _depot_user(args: argparse.Namespace) -> int:
+    """Operator accounts for the console: add one (or give it a new password and role)."""
+    from depot.web import auth
+
+    database = _depot_db(args)
+    try:
+        if args.user_action == "list":
+            from depot.store import accounts
+
+            with database.reading() as conn:
+                for name, role, *_ in accounts.users(conn):
+                    print(f"{name}\t{role}")
+            return 0
+        password = _read_new_password(args.name)
+        try:
+            new = auth.add_user(database, args.name, args.role, password)
+        except auth.AuthError as exc:
+            _usage_error(f"lastmile depot user add: {exc}")
+        print(f"{'added' if new else 'updated'} {args.name} ({args.role})"
+              + ("" if new else "; their sessions are signed out"))
+        return 0
+    finally:
+        database.close()
+
+
+def _depot_token(args: argparse.Namespace) -> int:
+    """API tokens for machines reading the JSON API: add one (printed once) or remove one."""
+    from depot.web import auth
+
+    database = _depot_db(args)
+    try:
+        if args.token_action == "remove":
+            if not auth.remove_token(database, args.name):
+                print(f"lastmile depot token remove: no token named {args.name!r}",
+                      file=sys.stderr)
+                return 1
+            print(f"removed token {args.name}")
+            return 0
+        try:
+            token = auth.add_token(database, args.name)
+        except auth.AuthError as exc:
+            print(f"lastmile depot token add: {exc}", file=sys.stderr)
+            return 1
+        print(token)
+        print(f"(the API token {args.name!r}; send it as 'Authorization: Bearer <token>'. "
+              "It is not shown again.)", file=sys.stderr)
+        return 0
+    finally:
+        database.close()
+
+
 def _depot_migrate(args: argparse.Namespace) -> int:
     """Copy a depot to another database (SQLite to PostgreSQL, or back) and check the copy."""
     from depot.store import StoreError, open_database
@@ -837,6 +915,28 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--database", "--db", dest="db", metavar="PATH_OR_URL",
                     help="or the depot's database directly")
     al.set_defaults(func=_depot_alarms)
+    u = tools.add_parser("user", help="operator accounts for the depot's console")
+    uu = u.add_subparsers(dest="user_action", metavar="ACTION", required=True)
+    ua = uu.add_parser("add", help="add an operator (password from a prompt or stdin's first line)")
+    ua.add_argument("name", help="the operator's sign-in name")
+    ua.add_argument("--role", choices=["viewer", "operator"], default="operator",
+                    help="viewer: sees everything; operator: also acts (default)")
+    ul = uu.add_parser("list", help="the accounts and their roles")
+    for sp in (ua, ul):
+        sp.add_argument("--config", type=Path, help="the depot's TOML settings (its database)")
+        sp.add_argument("--database", "--db", dest="db", metavar="PATH_OR_URL",
+                        help="or the depot's database directly")
+    u.set_defaults(func=_depot_user)
+    tk = tools.add_parser("token", help="API tokens for machines reading the JSON API")
+    tt = tk.add_subparsers(dest="token_action", metavar="ACTION", required=True)
+    ta = tt.add_parser("add", help="make a token NAME and print it (once)")
+    tr = tt.add_parser("remove", help="revoke the token NAME")
+    for sp in (ta, tr):
+        sp.add_argument("name", help="what the token is for, e.g. merchant-portal")
+        sp.add_argument("--config", type=Path, help="the depot's TOML settings (its database)")
+        sp.add_argument("--database", "--db", dest="db", metavar="PATH_OR_URL",
+                        help="or the depot's database directly")
+    tk.set_defaults(func=_depot_token)
     m = tools.add_parser(
         "migrate",
         help="copy a depot to another database (e.g. SQLite to PostgreSQL) and verify the copy",

@@ -33,6 +33,7 @@ from simulators.webhooks import WebhookReceiver
 from sync.journal import Journal
 from sync.uplink import Uplink
 from tests.conftest import address
+from tests.web import client
 
 ROOT = Path(__file__).resolve().parent.parent
 WAIT_S = 20.0
@@ -123,6 +124,7 @@ def test_a_forced_locker_door_reaches_the_api_the_operator_and_a_person(
 ) -> None:
     service, operator = depot
     api = service.api.url
+    http = client(service.database)
 
     def locker_1() -> dict[str, Any]:
         found = http(f"{api}/devices")[1]["devices"]
@@ -195,6 +197,7 @@ def test_a_device_whose_link_dies_goes_offline_by_its_will(
 ) -> None:
     service, _ = depot
     api = service.api.url
+    http = client(service.database)
 
     def van_1() -> dict[str, Any] | None:
         found = http(f"{api}/devices")[1]["devices"]

@@ -48,6 +48,7 @@ from sync.journal import Journal
 from sync.signing import generate_keypair
 from sync.wire import command_topic
 from tests.conftest import address, depot_sql
+from tests.web import client
 
 ROOT = Path(__file__).resolve().parent.parent
 DAY = "2026-11-21"
@@ -987,6 +988,7 @@ def test_the_desk_tracks_the_day_by_cli_and_http_as_the_book_has_it(
     assert "webhook" not in json.dumps(doc)  # merchants' URLs stay out of the desk's view
 
     api = day.service.api
+    get_json = client(day.service.database)
     assert api is not None
     status, over_http = get_json(f"{api.url}/parcels/{first}")
     assert status == 200 and over_http == doc

@@ -120,9 +120,12 @@ def test_import_plan_track_and_export(tmp_path: Path, depot_database: str) -> No
     assert events and all(e["type"] == "ObjectEvent" for e in events)
 
 
-def get(url: str) -> tuple[int, Any]:
+def get(url: str, token: str | None = None) -> tuple[int, Any]:
+    request = urllib.request.Request(url)
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
+        with urllib.request.urlopen(request, timeout=5) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
@@ -148,8 +151,10 @@ def test_the_running_depot_serves_its_api_and_stops_on_sigterm(
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
-        assert proc.stdout is not None
-        banner = json.loads(proc.stdout.readline())
+        assert proc.stdout is not None and proc.stderr is not None
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read()
+        banner = json.loads(line)
         assert banner["depot"] == "running" and banner["api"] == f"http://127.0.0.1:{port}"
         base = banner["api"]
         deadline = time.monotonic() + 10
@@ -163,11 +168,25 @@ def test_the_running_depot_serves_its_api_and_stops_on_sigterm(
             assert time.monotonic() < deadline, "the API never answered 200"
             time.sleep(0.05)
         assert status == 200 and health["ok"] is True and health["parcels"] == 3
-        status, parcel = get(f"{base}/parcels/{GOOD[2]}")
+        assert "recipient" not in json.dumps(health)
+        status, refused = get(f"{base}/parcels/{GOOD[2]}")  # nothing personal without a token
+        assert status == 401 and "token" in refused["error"]
+        assert get(f"{base}/parcels", "lmt_not-a-token")[0] == 401
+        made = lastmile("depot", "token", "add", "desk", "--config", str(config))
+        assert made.returncode == 0, made.stderr
+        token = made.stdout.strip()
+        assert token.startswith("lmt_") and "not shown again" in made.stderr
+        again = lastmile("depot", "token", "add", "desk", "--config", str(config))
+        assert again.returncode == 1 and "exists" in again.stderr
+        status, parcel = get(f"{base}/parcels/{GOOD[2]}", token)
         assert status == 200 and parcel["state"] == "received"
-        status, listing = get(f"{base}/parcels?state=received")
+        status, listing = get(f"{base}/parcels?state=received", token)
         assert status == 200 and listing["count"] == len(listing["parcels"]) == 3
-        status, error = get(f"{base}/parcels/RR000000000NL")
+        gone = lastmile("depot", "token", "remove", "desk", "--config", str(config))
+        assert gone.returncode == 0, gone.stderr
+        assert get(f"{base}/parcels?state=received", token)[0] == 401
+        token = lastmile("depot", "token", "add", "desk-2", "--config", str(config)).stdout.strip()
+        status, error = get(f"{base}/parcels/RR000000000NL", token)
         assert status == 404 and "error" in error
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0

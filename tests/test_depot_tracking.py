@@ -23,7 +23,6 @@ from typing import Any
 import pytest
 
 from depot.epcis import STEP_MAPPING, epc_uri, export_epcis, is_sscc
-from depot.http import DepotApi
 from depot.ingest import DepotStore
 from depot.store import Conn
 from depot.tracking import (
@@ -33,9 +32,11 @@ from depot.tracking import (
     TrackingError,
     UnknownParcelError,
 )
+from depot.web import DepotWeb
 from sync.journal import Journal
 from sync.wire import decode_batch, encode_batch
 from tests.conftest import depot_sql
+from tests.web import api_token
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -684,8 +685,10 @@ def test_identifiers_are_gs1_digital_links_only_for_valid_ssccs() -> None:
 # --- the HTTP API -----------------------------------------------------------------------------
 
 
-def _get(url: str, method: str = "GET") -> tuple[int, str, Any]:
+def _get(url: str, method: str = "GET", token: str | None = None) -> tuple[int, str, Any]:
     request = urllib.request.Request(url, method=method)
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             body = response.read()
@@ -698,7 +701,8 @@ def _get(url: str, method: str = "GET") -> tuple[int, str, Any]:
 def test_the_http_api_answers_in_json(depot: Depot) -> None:
     a_round(depot)
     project_all(depot.book)
-    with DepotApi(depot.book) as api:
+    token = api_token(depot.book.database)
+    with DepotWeb(depot.book) as api:
         assert api.url.startswith("http://127.0.0.1:")
         status, ctype, health = _get(api.url + "/health")
         assert (status, ctype, health["ok"], health["parcels"]) == (
@@ -708,21 +712,21 @@ def test_the_http_api_answers_in_json(depot: Depot) -> None:
             3,
         )
 
-        status, _, listing = _get(api.url + "/parcels")
+        status, _, listing = _get(api.url + "/parcels", token=token)
         assert status == 200 and listing["count"] == 3
-        status, _, delivered = _get(api.url + "/parcels?state=delivered")
+        status, _, delivered = _get(api.url + "/parcels?state=delivered", token=token)
         assert [p["parcel"] for p in delivered["parcels"]] == [S10_A]
 
-        status, _, track = _get(f"{api.url}/parcels/{SSCC}")
+        status, _, track = _get(f"{api.url}/parcels/{SSCC}", token=token)
         assert status == 200 and track == depot.book.track(SSCC)
         assert "webhook" not in json.dumps(track)
 
-        status, _, doc = _get(f"{api.url}/parcels/{SSCC}/epcis")
+        status, _, doc = _get(f"{api.url}/parcels/{SSCC}/epcis", token=token)
         assert status == 200 and len(_check_epcis_document(doc)) == len(track["timeline"])
-        status, _, doc = _get(api.url + "/epcis")
+        status, _, doc = _get(api.url + "/epcis", token=token)
         assert status == 200 and _check_epcis_document(doc)
 
-        status, _, vans = _get(api.url + "/vans")
+        status, _, vans = _get(api.url + "/vans", token=token)
         assert vans["vans"]["van-1"]["manifest_version"] == 1 and vans["vans"]["van-1"]["day"]
 
         for path, code in (
@@ -734,19 +738,25 @@ def test_the_http_api_answers_in_json(depot: Depot) -> None:
             ("/parcels?state=delivered&state=received", 400),
             (f"/parcels/{SSCC}?x=1", 400),
         ):
-            status, ctype, error = _get(api.url + path)
+            status, ctype, error = _get(api.url + path, token=token)
             assert (status, ctype) == (code, "application/json"), path
             assert isinstance(error["error"], str) and "Traceback" not in error["error"]
 
+        for path in ("/parcels", f"/parcels/{SSCC}", "/epcis", "/vans", "/devices", "/alarms"):
+            status, ctype, error = _get(api.url + path)  # no token: nothing personal
+            assert (status, ctype) == (401, "application/json"), path
+            assert SSCC not in json.dumps(error)
+
         for method in ("POST", "PUT", "DELETE", "PATCH"):
-            status, ctype, error = _get(f"{api.url}/parcels/{SSCC}", method)
+            status, ctype, error = _get(f"{api.url}/parcels/{SSCC}", method, token)
             assert (status, ctype) == (405, "application/json") and "error" in error
 
 
 def test_the_http_api_hides_internal_errors(depot: Depot) -> None:
     receive_all(depot, S10_A)
-    with DepotApi(depot.book) as api:
+    token = api_token(depot.book.database)
+    with DepotWeb(depot.book) as api:
         with depot_sql(depot.path) as conn:
             conn.execute("DROP TABLE vans")  # a broken file: the client hears nothing of it
-        status, ctype, error = _get(api.url + "/vans")
+        status, ctype, error = _get(api.url + "/vans", token=token)
         assert (status, ctype, error) == (500, "application/json", {"error": "internal error"})

@@ -165,12 +165,12 @@ def test_a_stalled_ingest_or_outbox_and_a_broken_database_are_problems(
 
 
 def test_the_api_alone_vouches_for_its_database_and_no_more(tmp_path: Path) -> None:
-    from depot.http import DepotApi
     from depot.tracking import ParcelBook
+    from depot.web import DepotWeb
 
     book = ParcelBook(tmp_path / "depot.db")
     try:
-        with DepotApi(book) as api:
+        with DepotWeb(book) as api:
             with urllib.request.urlopen(api.url + "/health", timeout=10) as response:
                 assert response.status == 200 and json.loads(response.read())["ok"] is True
             for leftover in tmp_path.glob("depot.db*"):

@@ -1,0 +1,55 @@
+"""What the web layer is handed by the depot: its book, its judgement, its clock and actions.
+
+`WebDepot` is the one object every route reaches through `request.app.state.depot`. The
+actions are the depot service's own methods (`DepotActions`): the web layer asks, the service
+decides and records, as for every other decision; a depot run without a service (a tool, a
+test of the book alone) has none, and the pages that would act say so.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from starlette.requests import Request
+from starlette.templating import Jinja2Templates
+
+from depot.tracking import ParcelBook
+from depot.web import auth
+from sync.clock import Clock
+
+SESSION_COOKIE = "lm_session"
+Health = Callable[[], dict[str, Any]]
+
+
+class DepotActions(Protocol):
+    """What a person at a web page may ask the depot service to do."""
+
+    def extend_hold(self, parcel: str, token: str) -> tuple[str, float]: ...
+
+    def send_command(self, target: str, action: str, args: Mapping[str, Any]) -> str: ...
+
+
+@dataclass
+class WebDepot:
+    """The depot as the web layer sees it."""
+
+    book: ParcelBook
+    clock: Clock
+    templates: Jinja2Templates
+    health: Health | None = None
+    actions: DepotActions | None = None
+    # Set when the server stops: live streams end instead of holding the shutdown up.
+    stopping: threading.Event = field(default_factory=threading.Event)
+
+
+def session_of(request: Request) -> auth.Session | None:
+    """The signed-in operator behind this request's cookie (looked up once per request)."""
+    if "session" not in request.state._state:
+        depot: WebDepot = request.app.state.depot
+        cookie = request.cookies.get(SESSION_COOKIE, "")
+        request.state.session = auth.find_session(depot.book.database, cookie)
+    found: auth.Session | None = request.state.session
+    return found
