@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 
+from depot.store import positions
 from depot.store.events import (
     STORE_SCHEMA_VERSION,
     DepotStore,
@@ -30,6 +31,7 @@ from sync.wire import (
     PhotoAck,
     ack_topic,
     decode_photo_chunk,
+    decode_positions,
     encode_ack,
     encode_photo_ack,
     events_topic,
@@ -100,6 +102,7 @@ class Depot:
         self.duplicates = 0  # batches held already, acknowledged without a second look
         self.quarantined = 0
         self.photo_chunks = 0
+        self.positions_stored = 0  # position samples new to the store
         self.session = MqttSession(
             address,
             client_id=client_id,
@@ -121,7 +124,11 @@ class Depot:
 
     def _connected(self, client: mqtt.Client) -> None:
         share = f"$share/{self.shared}/" if self.shared else ""
-        topics = [(f"{share}{TOPIC_ROOT}/+/events", 1), (f"{share}{TOPIC_ROOT}/+/up/photo", 1)]
+        topics = [
+            (f"{share}{TOPIC_ROOT}/+/events", 1),
+            (f"{share}{TOPIC_ROOT}/+/up/photo", 1),
+            (f"{share}{TOPIC_ROOT}/+/up/positions", 1),
+        ]
         if self.statuses:
             topics.append((f"{TOPIC_ROOT}/+/status", 1))
         client.subscribe(topics)
@@ -147,6 +154,8 @@ class Depot:
                 self._status(device, payload)
             elif leaf == "up/photo":
                 self._photo(device, payload)
+            elif leaf == "up/positions":
+                self._positions(device, payload)
             else:
                 self._batch(device, payload)
         except Exception as exc:
@@ -228,6 +237,16 @@ class Depot:
         elif ack.error:
             log.error("%s: photo %s refused: %s", device, ack.sha256, ack.error)
         self._publish(device, photo_ack_topic(device), encode_photo_ack(ack), False)
+
+    def _positions(self, device: str, payload: bytes) -> None:
+        """Store a van's position samples (raising on any failure); nothing is answered:
+        a sample is not a fact, and a lost one is replaced by the van's next."""
+        named, samples = decode_positions(payload)
+        if named != device:
+            raise WireError(f"positions name device {named!r} on {device!r}'s topic")
+        with self.store.database.transaction() as conn:
+            stored = positions.record(conn, device, samples, received_ns=time.time_ns())
+        self.positions_stored += stored
 
     def _after_stored(
         self, name: str, device: str, callback: Callable[..., None], *args: object

@@ -8,7 +8,8 @@ sealing key (`credential_for_depot`); this module owns what the notice adds to t
 - at enqueue (`notice_body`): the locker's name and address, the compartment size, the hold's
   end, a signed link to extend the hold, and for the customer only the credential *still
   sealed*. The outbox row therefore holds nothing a reader of the database could collect with;
-- at each send attempt (`PickupRenderer`, the outbox's render hook): the credential is opened
+- at each send attempt (`open_pickup_section`, in the outbox's render hook
+  `depot.customer.NoticeRenderer`): the credential is opened
   with the depot's keys and replaced by the 6-digit code, the QR token and the token's QR code
   as a PNG (made with segno). The bytes are the same on every attempt, so the signature a
   receiver checks and its dedup by event id behave as for every other notification.
@@ -29,9 +30,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import urllib.parse
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import segno
@@ -42,13 +43,17 @@ from depot.keys import DepotKeys
 from depot.store import Conn, outbox
 
 __all__ = [
+    "PICKUP_NEEDLE",
     "ExtendRefused",
-    "PickupRenderer",
+    "Pickup",
     "check_extend_token",
     "extend_link",
+    "extend_refusal",
     "extend_token",
     "notice_body",
     "notices_sent",
+    "open_pickup",
+    "open_pickup_section",
 ]
 
 PICKUP = "pickup"  # the body's key for the credential: sealed at rest, opened when sent
@@ -95,6 +100,19 @@ def check_extend_token(keys: DepotKeys, parcel: str, token: str) -> bool:
     return any(hmac.compare_digest(_mac(k, parcel), token) for k in _token_keys(keys))
 
 
+def extend_refusal(state: object, *, asked_before: bool, locker: object) -> str | None:
+    """Why the customer may not extend this hold now (said to them), or None when they may:
+    once, while the parcel waits in a locker the depot knows and before the hold ends. The one
+    rule behind the extend-hold link and the customer's page (`depot.customer`)."""
+    if state not in ("in_locker", "hold_expired"):
+        return "the parcel is not waiting in a locker"
+    if state == "hold_expired" or asked_before:
+        return "the hold can be extended once, before it ends"
+    if not locker:
+        return "the depot does not know which locker holds the parcel"
+    return None
+
+
 def notice_body(
     body: Mapping[str, Any],
     *,
@@ -139,30 +157,47 @@ def extend_link(base_url: str, parcel: str, token: str) -> str:
     return f"{base_url.rstrip('/')}/parcels/{quoted}/extend-hold?token={token}"
 
 
-class PickupRenderer:
-    """The outbox's render hook: opens a body's sealed credential into code, token and QR."""
+@dataclass(frozen=True)
+class Pickup:
+    """What opens a parcel's compartment: the 6-digit code and the QR token (never stored)."""
 
-    def __init__(self, keys: DepotKeys, encode: Any) -> None:
-        """`encode(mapping) -> bytes` is the outbox's own body encoding (the same function that
-        stored the row), so a rendered body is encoded exactly like every other."""
-        self._keys = keys
-        self._encode = encode
+    code: str
+    qr_token: str
 
-    def __call__(self, stored: bytes) -> bytes:
-        if b'"' + PICKUP.encode() + b'"' not in stored:
-            return stored  # most rows: not a pickup notice, sent as stored
-        doc = json.loads(stored)
-        section = doc.get(PICKUP)
-        if not isinstance(section, dict) or "sealed" not in section:
-            return stored
-        credential = self._keys.open_credential(
-            str(section["sealed"]), locker=str(section["locker"]), parcel=str(section["parcel"])
-        )
-        qr = segno.make(credential["qr"], error=QR_ERROR)
-        doc[PICKUP] = {
-            "code": credential["code"],
-            "qr_token": credential["qr"],
-            "qr_png": qr.png_data_uri(scale=QR_SCALE),
-        }
-        rendered: bytes = self._encode(doc)
-        return rendered
+    def qr(self) -> segno.QRCode:
+        """The token's QR code, as the customer shows it to the locker's scanner."""
+        return segno.make(self.qr_token, error=QR_ERROR)
+
+    def qr_svg(self) -> str:
+        """The QR code as an inline SVG document (the customer's page draws it at any size)."""
+        svg: str = self.qr().svg_inline(scale=QR_SCALE, omitsize=True)
+        return svg
+
+
+def open_pickup(keys: DepotKeys, sealed: str, *, locker: str, parcel: str) -> Pickup:
+    """Open the credential `locker` sealed for `parcel` (`DepotKeys.open_credential`; raises
+    its CredentialError when no key of the depot's opens it). The one way the depot turns a
+    sealed credential into a code: the pickup notice and the customer's page both call it."""
+    credential = keys.open_credential(sealed, locker=locker, parcel=parcel)
+    return Pickup(code=credential["code"], qr_token=credential["qr"])
+
+
+PICKUP_NEEDLE = b'"' + PICKUP.encode() + b'"'  # in a stored body: maybe a sealed credential
+
+
+def open_pickup_section(keys: DepotKeys, doc: dict[str, Any]) -> bool:
+    """At a send attempt: replace `doc`'s sealed credential (if it has one) with the code, the
+    QR token and the token's QR as a PNG; True when it did. Part of the outbox's render hook
+    (`depot.customer.NoticeRenderer`); a credential no key opens raises, so the row waits."""
+    section = doc.get(PICKUP)
+    if not isinstance(section, dict) or "sealed" not in section:
+        return False
+    pickup = open_pickup(
+        keys, str(section["sealed"]), locker=str(section["locker"]), parcel=str(section["parcel"])
+    )
+    doc[PICKUP] = {
+        "code": pickup.code,
+        "qr_token": pickup.qr_token,
+        "qr_png": pickup.qr().png_data_uri(scale=QR_SCALE),
+    }
+    return True

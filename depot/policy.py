@@ -38,6 +38,17 @@ The rules, in order:
 first failed door ``attempts`` is 1, so with the default ``max_attempts`` of 2 the parcel gets
 one more drive. A redirect to a locker is not an attempt at the door.
 
+6. A customer asks, from their tracking page, to have the parcel delivered again on the next
+   day (:func:`decide_on_redelivery_request`). Granted, once, as a ``second_attempt`` (the next
+   day's plan puts it on a van) when a home attempt is still due: the parcel failed at the door
+   and is with the courier (``attempted``) or back at the depot (``at_depot``), or its locker
+   hold ran out (``hold_expired``: the planned collection brings it back to the depot, and the
+   return scan keeps it there for the round instead of returning it); and fewer than
+   ``max_attempts`` attempts were made, and no failure reason sends it back at once. Declined
+   (:class:`RequestDeclined`, in words for the customer) otherwise: a parcel still on its
+   first round needs nothing, one the policy sent to a locker is on its way there, one waiting
+   in a locker is collected there (or its hold extended), and a final one is done.
+
 Must never: decide on a reason it does not know (it raises :class:`PolicyError` rather than
 guess), send a parcel to a locker the recipient refused or one that has no fitting
 compartment, or read anything but its arguments.
@@ -68,9 +79,11 @@ __all__ = [
     "NextAction",
     "PolicyError",
     "ReasonCodes",
+    "RequestDeclined",
     "decide_after_failure",
     "decide_after_hold_expired",
     "decide_after_reservation_refused",
+    "decide_on_redelivery_request",
     "fits",
 ]
 
@@ -89,6 +102,10 @@ class PolicyError(DepotError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class RequestDeclined(DepotError):
+    """A customer's request the policy does not grant; the message is said to the customer."""
 
 
 #: Reasons after which the parcel goes back to the merchant without another try.
@@ -230,6 +247,58 @@ def decide_after_hold_expired(locker: str) -> NextAction:
         "return_to_sender",
         None,
         f"hold expired at {locker}: the recipient did not collect it in time",
+    )
+
+
+#: Why a redelivery is declined in a state where it never applies, in the customer's words.
+_NOT_REDELIVERABLE: Mapping[str, str] = MappingProxyType(
+    {
+        "received": "the parcel is still to go out for its first delivery",
+        "loaded": "the parcel is on the van for its first delivery",
+        "out_for_delivery": "the parcel is out for delivery now",
+        "redirected": "the parcel is on its way to a parcel locker",
+        "in_locker": (
+            "the parcel is waiting for you in the locker; collect it there, or ask for more time"
+        ),
+        "returning": "the parcel is on its way back to the sender",
+        "delivered": "the parcel was delivered",
+        "picked_up": "the parcel was picked up",
+        "returned_to_sender": "the parcel went back to the sender",
+    }
+)
+_REDELIVERABLE = frozenset({"attempted", "at_depot", "hold_expired"})
+
+
+def decide_on_redelivery_request(
+    *,
+    state: str,
+    next_action: str | None,
+    last_reason: str | None,
+    attempts: int,
+    asked_before: bool,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+) -> NextAction:
+    """A customer asked for delivery on the next day (rule 6): a ``second_attempt``, or
+    :class:`RequestDeclined` saying why not."""
+    if state not in _REDELIVERABLE:
+        said = _NOT_REDELIVERABLE.get(state, f"the parcel is {state.replace('_', ' ')}")
+        raise RequestDeclined(f"{said}, so it cannot be delivered again")
+    if asked_before:
+        raise RequestDeclined("you have asked for another delivery already; it is planned")
+    at_once = RETURN_AT_ONCE.get(last_reason or "")
+    if at_once is not None:
+        raise RequestDeclined(f"{at_once}, so it cannot be delivered again")
+    if next_action == "locker" and state != "hold_expired":
+        raise RequestDeclined("the parcel is on its way to a parcel locker, collect it there")
+    if attempts >= max_attempts:
+        raise RequestDeclined(
+            f"all {max_attempts} delivery attempts were made; the parcel goes back to the sender"
+        )
+    return NextAction(
+        "second_attempt",
+        None,
+        f"the customer asked for delivery on the next day (attempt {attempts + 1} "
+        f"of {max_attempts})",
     )
 
 

@@ -79,6 +79,8 @@ from sync.clock import Clock, SystemClock
 log = logging.getLogger(__name__)
 
 DEPOT_DEVICE = "depot"  # the `device` of timeline entries the depot itself makes
+CUSTOMER_DEVICE = "customer"  # ... and of those a customer's request made (their page)
+REQUEST_STEP = "customer_request"
 
 STATES = (
     "received",
@@ -968,6 +970,26 @@ class ParcelBook(_ParcelQueries):
                 notify=True,
             )
 
+    def record_request(self, parcel: str, request: str, details: Mapping[str, Any]) -> None:
+        """A customer's request from their page (`depot.customer`): one timeline entry by
+        `CUSTOMER_DEVICE` that moves nothing and tells nobody (the decision that follows, if
+        any, is its own entry). In the caller's transaction, if any, so a request and what it
+        caused commit together."""
+        with self._lock, self._transaction() as conn:
+            state = self._state_of(conn, parcel)
+            now = self._clock.wall_ns()
+            self._record_entry(
+                conn,
+                parcel=parcel,
+                event_uuid=f"request:{uuid.uuid4().hex}",
+                at_ns=now,
+                state=state,
+                step=REQUEST_STEP,
+                device=CUSTOMER_DEVICE,
+                details={"request": request, **details},
+                notify=False,
+            )
+
     def note_command(self, command_id: str, *, locker: str, action: str, parcel: str) -> None:
         """Remember which parcel a signed locker command is about.
 
@@ -1229,14 +1251,10 @@ class ParcelBook(_ParcelQueries):
             return False
         if located != ev.device:
             return False
-        for r in reversed(book.timeline_with_records(conn, parcel)):
-            entry, step, device, details = str(r[0]), r[5], r[6], _loads(r[8])
-            if step != "in_locker" or device != ev.device or "late" in details:
-                continue
-            found = book.deposit_of_entry(conn, entry)
-            if found is not None:
-                return _loads(found[1]).get("credential_for_depot") != sealed
-        return False  # no deposit told there: nothing to replace
+        told = told_deposit(conn, parcel, ev.device)
+        if told is None:
+            return False  # no deposit told there: nothing to replace
+        return told.get("credential_for_depot") != sealed
 
     def _watch_locker_drop(
         self, conn: Conn, ev: _StoredEvent, fact: _Fact, current: str, located: object
@@ -1363,6 +1381,22 @@ class ParcelBook(_ParcelQueries):
 
 
 _IN_A_LOCKER = frozenset({"in_locker", "hold_expired", "picked_up"})
+
+
+def told_deposit(conn: Conn, parcel: str, locker: str) -> dict[str, Any] | None:
+    """The `parcel_deposited` payload of the last deposit of `parcel` at `locker` the book
+    told about (its newest `in_locker` entry there that is not `late`), or None.
+
+    Its sealed credential is the one the customer holds: a re-recorded deposit is compared
+    with it, and the customer's page opens it (`depot.customer`)."""
+    for r in reversed(book.timeline_with_records(conn, parcel)):
+        entry, step, device, details = str(r[0]), r[5], r[6], _loads(r[8])
+        if step != "in_locker" or device != locker or "late" in details:
+            continue
+        found = book.deposit_of_entry(conn, entry)
+        if found is not None:
+            return _loads(found[1])
+    return None
 
 Verdict = Literal["none", "move", "repeat", "late", "anomaly", "irregular"]
 

@@ -181,6 +181,22 @@ class _Parcel:
         return self.loaded and self.outcome not in _FINAL and self.returned_raw is None
 
 
+@dataclass(frozen=True)
+class RoundProgress:
+    """The round as a position sample tells it: phase, current stop, stops done of all."""
+
+    phase: str
+    current_stop: int | None
+    stops_done: int
+    stops_total: int
+    depot: tuple[float, float] | None
+
+    @property
+    def on_the_road(self) -> bool:
+        """Departed and not yet closed: the van is out (or on its way back)."""
+        return self.phase in (ON_ROUTE, RETURNING)
+
+
 def _event_facts(event: Event) -> dict[str, Any]:
     return {"event": event.kind, "seq": event.seq, "uuid": event.uuid, **event.payload}
 
@@ -1178,6 +1194,27 @@ class DeliveryRound:
                     {r.parcel for r in rows if r.on_van and self._due_here(r, where)}
                 )
             return doc
+
+    def progress(self) -> RoundProgress | None:
+        """How far the round has got, for the van's position samples; None without a manifest.
+
+        Read without the round's lock (the GNSS reader thread asks, once per sample, and must
+        not wait behind a courier's photo): the phase and stop are the last committed ones.
+        A stop is done when no parcel loaded for it is still waiting for its outcome.
+        """
+        manifest, phase, current = self._manifest, self._phase, self._current_stop
+        if manifest is None:
+            return None
+        total = len(manifest.stops)
+        waiting = {
+            int(r[0])
+            for r in self.journal.query(
+                "SELECT DISTINCT stop FROM delivery_parcels WHERE stop IS NOT NULL "
+                "AND loaded_raw IS NOT NULL AND outcome IS NULL AND returned_raw IS NULL"
+            )
+        }
+        done = sum(1 for s in manifest.stops if s.stop not in waiting)
+        return RoundProgress(phase, current, done, total, manifest.depot)
 
     # --- courier input as documents (the CLI's stdin) ------------------------------------------
 

@@ -32,10 +32,12 @@ from edge.delivery import SCAN_REJECTED as SCAN_REJECTED  # one name for both de
 from edge.delivery import CourierFeedback, DeliveryRound, Position, RoundError, Tone
 from edge.errors import EdgeError
 from edge.ports import require_port
+from edge.positions import PositionSampler
 from parcel.errors import ParcelError
 from parcel.identify import Rejection, identify
 from sync import BrokerAddress, Clock, Event, Journal, JournalError, JournalFull
 from sync.mqtt import tls_client_files
+from sync.positions import PositionOutbox
 from sync.uplink import Uplink
 
 log = logging.getLogger("edge.van")
@@ -259,14 +261,14 @@ class _GnssReader(Protocol):
     def current(self, max_age_s: float | None = None) -> Position | None: ...
 
 
-def _open_gnss(config: VanConfig) -> _GnssReader:
+def _open_gnss(config: VanConfig, on_fix: Callable[[Any], None]) -> _GnssReader:
     # Imported only when a receiver is configured: a van without one never loads the driver.
     from drivers.errors import DriverError
     from drivers.gnss import GnssReader
 
     assert config.gnss_port is not None
     try:
-        return GnssReader(config.gnss_port, baudrate=config.gnss_baudrate)
+        return GnssReader(config.gnss_port, baudrate=config.gnss_baudrate, on_fix=on_fix)
     except DriverError as exc:
         raise ConfigError(f"[gnss] {exc}") from exc
 
@@ -379,6 +381,7 @@ class Van:
         self.desk = ScanDesk(self.journal, feedback)
         self.round: DeliveryRound | None = None
         self.gnss: _GnssReader | None = None
+        self.positions: PositionSampler | None = None  # samples while out on the round
         self.camera: _CameraReader | None = None
         self._last_frame: tuple[Any, float] | None = None  # (pixels, time.monotonic())
         self.camera_ready = threading.Event()  # set by the first decoded frame, like the scanner
@@ -391,7 +394,7 @@ class Van:
                 if not isinstance(feedback, CourierFeedback):
                     raise ConfigError("the delivery round needs feedback that can tell() tones")
                 if config.gnss_port:
-                    self.gnss = _open_gnss(config)
+                    self.gnss = _open_gnss(config, self._on_fix)
                 self.round = DeliveryRound(
                     self.journal,
                     feedback,
@@ -400,6 +403,10 @@ class Van:
                     clock=clock,
                     photos=self.take_photo,
                 )
+                if self.gnss is not None:
+                    self.positions = PositionSampler(
+                        PositionOutbox(self.journal), self.round.progress, self.journal.clock
+                    )
             elif config.gnss_port:
                 log.warning("[gnss] is configured but [round] is not enabled: GNSS not used")
         except BaseException:
@@ -449,6 +456,11 @@ class Van:
 
     def _position(self) -> Position | None:
         return self.gnss.current() if self.gnss is not None else None
+
+    def _on_fix(self, fix: Any) -> None:
+        # The GNSS reader's thread, once per receiver epoch: the sampler decides if one is due.
+        if self.positions is not None:
+            self.positions.on_fix(fix)
 
     def _command(self, name: str, payload: bytes) -> None:
         # In the MQTT network thread: hand the manifest to the round's worker and return.

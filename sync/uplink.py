@@ -21,10 +21,13 @@ from sync.errors import JournalError, WireError
 from sync.journal import Journal
 from sync.mqtt import BrokerAddress, MqttSession, Will, backoff_delay, new_properties
 from sync.photos import PhotoOutbox
+from sync.positions import PositionOutbox
 from sync.wire import (
     BATCH_CONTENT_TYPE,
     BATCH_ENCODING,
+    MAX_POSITION_SAMPLES,
     PHOTO_CONTENT_TYPE,
+    POSITIONS_CONTENT_TYPE,
     PhotoChunk,
     ack_topic,
     command_topic,
@@ -32,10 +35,12 @@ from sync.wire import (
     decode_photo_ack,
     encode_batch,
     encode_photo_chunk,
+    encode_positions,
     encode_status,
     events_topic,
     photo_ack_topic,
     photo_topic,
+    positions_topic,
     status_topic,
 )
 
@@ -47,6 +52,10 @@ ACK_PATIENCE_MAX = 8
 # While connected, the retained status is published again at most this often, when the
 # journal's figures (last sequence, backlog) changed since the last one.
 STATUS_EVERY_S = 60.0
+# Position samples go out in batches: when this many wait, or when the oldest waiting one is
+# this old on the device's clock (a van that stopped sampling still sends its last one).
+POSITION_BATCH = 2
+POSITION_BATCH_S = 60.0
 
 
 class Uplink:
@@ -61,6 +70,12 @@ class Uplink:
     when every event is on the wire: a new event waits behind at most one chunk, whatever the
     photo backlog. Each chunk waits for the depot's word on how much it holds; that word is
     kept in the journal file, so a cut or a reboot resumes from it.
+
+    Position samples (`sync.positions`) go behind the events too, before the next photo
+    chunk (a photo backlog must not starve the ETA), `position_batch` at a time or once the
+    oldest waited `position_batch_s` of the device's clock. They are published at QoS 1 and
+    forgotten once paho has them: the depot does not answer them, as a sample is not a fact
+    and a lost one is replaced 30 s later (see docs/WIRE.md).
     """
 
     def __init__(
@@ -76,6 +91,8 @@ class Uplink:
         backoff_max_s: float = 60.0,
         prune_every_s: float = 60.0,
         photo_chunk_bytes: int = 16 * 1024,
+        position_batch: int = POSITION_BATCH,
+        position_batch_s: float = POSITION_BATCH_S,
         on_command: Callable[[str, bytes], None] | None = None,
     ) -> None:
         """`on_command(name, payload)` receives depot commands (`…/cmd/<name>`), unverified:
@@ -107,6 +124,13 @@ class Uplink:
         self.photo_bytes_sent = 0
         self.photos_done = 0
         self._status_sent: tuple[float, int, int] = (0.0, -1, -1)  # (when, last_seq, acked)
+        self.positions = PositionOutbox(journal)
+        self._position_batch = max(1, min(position_batch, MAX_POSITION_SAMPLES))
+        self._position_batch_ns = int(position_batch_s * 1e9)
+        self.position_messages_sent = 0
+        self.positions_sent = 0
+        self._positions_props = new_properties(PacketTypes.PUBLISH)
+        self._positions_props.ContentType = POSITIONS_CONTENT_TYPE
         self._photo_props = new_properties(PacketTypes.PUBLISH)
         self._photo_props.ContentType = PHOTO_CONTENT_TYPE
         self._props = new_properties(PacketTypes.PUBLISH)
@@ -297,6 +321,7 @@ class Uplink:
             self.batches_sent += 1
             self.payload_bytes_sent += len(payload)
         if self._next > self.journal.last_seq:
+            self._pump_positions()
             self._pump_photo(now)
         sent_at, last, acked_then = self._status_sent
         if now - sent_at >= STATUS_EVERY_S and (last, acked_then) != (
@@ -313,6 +338,35 @@ class Uplink:
             else:
                 if pruned:
                     log.info("%s: pruned %d acknowledged events", self.device, pruned)
+
+    # --- positions, behind the events ------------------------------------------------------------
+
+    def _pump_positions(self) -> None:
+        """Publish the waiting position samples when a batch is full or its oldest is due."""
+        try:
+            waiting = self.positions.pending(MAX_POSITION_SAMPLES)
+        except JournalError as exc:
+            log.error("%s: cannot read the position outbox: %s", self.device, exc)
+            return
+        if not waiting:
+            return
+        age = abs(self.journal.clock.wall_ns() - waiting[0].at_ns)  # a clock set back: send
+        if len(waiting) < self._position_batch and age < self._position_batch_ns:
+            return
+        payload = encode_positions(self.device, waiting)
+        props = self._positions_props if self.session.address.mqtt5 else None
+        info = self.session.client.publish(
+            positions_topic(self.device), payload, qos=1, properties=props
+        )
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            log.info("%s: positions refused (%s); will send again", self.device, info.rc)
+            return
+        try:
+            self.positions.sent(waiting)
+        except JournalError as exc:  # sent twice at worst: the depot keeps one per time
+            log.error("%s: %s", self.device, exc)
+        self.position_messages_sent += 1
+        self.positions_sent += len(waiting)
 
     # --- photos, behind the events --------------------------------------------------------------
 

@@ -611,3 +611,115 @@ def check_command(action: str, args: Mapping[str, Any]) -> dict[str, Any]:
             raise WireError(f"{action}: hours must be a number above 0 and at most {limit}")
         out[name] = value
     return out
+
+
+# --- van positions on the round ----------------------------------------------------------------
+
+POSITIONS_CONTENT_TYPE = "application/vnd.lastmile.positions.v1+json"
+#: Samples one message may carry: a van offline for four hours at one sample per 30 s.
+MAX_POSITION_SAMPLES = 480
+_POSITION_COLUMNS = 8
+
+
+def positions_topic(device: str) -> str:
+    """Device → depot: position samples of a van on its round (QoS 1, no answer)."""
+    return f"{TOPIC_ROOT}/{device}/up/positions"
+
+
+@dataclass(frozen=True)
+class PositionSample:
+    """Where a van was at `at_ns` (its wall clock) and how far its round had got.
+
+    A sample is not a fact of the journal: it feeds the ETA and the operator's map, and a
+    lost one is replaced by the next. `stop` is the stop the courier last arrived at (None
+    between leaving the depot and the first stop, or heading back); `stops_done` counts the
+    round's stops with nothing left to hand over, out of `stops_total`.
+    """
+
+    at_ns: int
+    lat: float
+    lon: float
+    accuracy_m: float | None
+    speed_mps: float | None
+    stop: int | None
+    stops_done: int
+    stops_total: int
+
+    def as_row(self) -> list[Any]:
+        return [
+            self.at_ns,
+            round(self.lat, 6),
+            round(self.lon, 6),
+            None if self.accuracy_m is None else round(self.accuracy_m, 1),
+            None if self.speed_mps is None else round(self.speed_mps, 2),
+            self.stop,
+            self.stops_done,
+            self.stops_total,
+        ]
+
+
+def encode_positions(device: str, samples: Sequence[PositionSample]) -> bytes:
+    """`{"v": 1, "dev": device, "p": [[at_ns, lat, lon, acc_m, speed_mps, stop, done,
+    total], ...]}`, oldest first: rows, not objects, so a batch stays small on a cellular link."""
+    if not 1 <= len(samples) <= MAX_POSITION_SAMPLES:
+        raise WireError(f"a positions message carries 1 to {MAX_POSITION_SAMPLES} samples")
+    doc = {"v": WIRE_VERSION, "dev": device, "p": [s.as_row() for s in samples]}
+    return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _number(value: object, what: str, low: float, high: float, *, optional: bool) -> float | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise WireError(f"{what} is not a number")
+    if not low <= value <= high:
+        raise WireError(f"{what} {value} is outside {low:g}..{high:g}")
+    return float(value)
+
+
+def _count(value: object, what: str, *, optional: bool) -> int | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise WireError(f"{what} is not a whole number of at least 0")
+    return value
+
+
+def decode_positions(payload: bytes) -> tuple[str, list[PositionSample]]:
+    """The device a positions message names and its samples; WireError says what is wrong
+    (the depot quarantines the message whole: a sample cannot be half believed)."""
+    doc = read_json(payload, "positions")
+    if not isinstance(doc, dict) or doc.get("v") != WIRE_VERSION:
+        raise WireError("positions message is not a version-1 object")
+    device = _field(doc, "dev", str)
+    rows = _field(doc, "p", list)
+    if not 1 <= len(rows) <= MAX_POSITION_SAMPLES:
+        raise WireError(f"positions message has {len(rows)} samples (1 to {MAX_POSITION_SAMPLES})")
+    samples: list[PositionSample] = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, list) or len(row) != _POSITION_COLUMNS:
+            raise WireError(f"position sample {i} is not a list of {_POSITION_COLUMNS} values")
+        at, lat, lon, acc, speed, stop, done, total = row
+        at_ns = _count(at, f"sample {i}: time", optional=False)
+        stop_n = _count(stop, f"sample {i}: stop", optional=True)
+        done_n = _count(done, f"sample {i}: stops done", optional=False)
+        total_n = _count(total, f"sample {i}: stops total", optional=False)
+        assert at_ns is not None and done_n is not None and total_n is not None
+        if done_n > total_n or (stop_n is not None and not 1 <= stop_n <= total_n):
+            raise WireError(f"sample {i}: stop {stop_n}, {done_n} done of {total_n} do not fit")
+        la = _number(lat, f"sample {i}: lat", -90.0, 90.0, optional=False)
+        lo = _number(lon, f"sample {i}: lon", -180.0, 180.0, optional=False)
+        assert la is not None and lo is not None
+        samples.append(
+            PositionSample(
+                at_ns,
+                la,
+                lo,
+                _number(acc, f"sample {i}: accuracy", 0.0, 1e6, optional=True),
+                _number(speed, f"sample {i}: speed", 0.0, 1e3, optional=True),
+                stop_n,
+                done_n,
+                total_n,
+            )
+        )
+    return device, samples

@@ -169,6 +169,10 @@ def test_the_customer_gets_the_code_and_qr_the_merchant_where_and_until_when(
     assert customer["pickup"]["qr_token"] == QR
     assert _decode_qr(customer["pickup"]["qr_png"]) == QR
     assert "pickup" not in merchant
+    # The customer's page is linked from their notice only: it shows the code.
+    assert customer["tracking_url"].startswith("https://depot.example.com/t/")
+    assert "tracking_url" not in merchant
+    token = customer["tracking_url"].rpartition("/t/")[2]
     raw_merchant = next(r.raw for r in site.receiver.received if r.path == "/merchant")
     assert CODE.encode() not in raw_merchant and QR.encode() not in raw_merchant
     assert all(r.verified for r in site.receiver.received)
@@ -178,6 +182,7 @@ def test_the_customer_gets_the_code_and_qr_the_merchant_where_and_until_when(
     site.service.stop()
     dump = "\n".join(sqlite3.connect(tmp_path / "depot.db").iterdump())
     assert CODE not in dump and QR not in dump and "Zm9vYmFyYmF6cXV4" not in dump
+    assert token not in dump  # only its digest is kept: the link cannot be rebuilt from it
     assert CODE not in caplog.text and QR not in caplog.text
 
 

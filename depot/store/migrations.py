@@ -310,6 +310,53 @@ MIGRATIONS: tuple[Migration, ...] = (
                 UNIQUE (device, journal, first_seq))""",
         ),
     ),
+    Migration(
+        13,
+        "van positions: where each van was on its round, for the ETA and the fleet's map",
+        (
+            # One row per sample (a van's wall clock at the fix); a sample sent twice (QoS 1)
+            # is kept once. `depot.store.positions` keeps about a day of them per van.
+            """CREATE TABLE IF NOT EXISTS van_positions (
+                van TEXT NOT NULL, fix_ns INTEGER NOT NULL, lat REAL NOT NULL,
+                lon REAL NOT NULL, accuracy_m REAL, speed_mps REAL, stop INTEGER,
+                stops_done INTEGER NOT NULL, stops_total INTEGER NOT NULL,
+                received_ns INTEGER NOT NULL,
+                PRIMARY KEY (van, fix_ns))""",
+        ),
+    ),
+    Migration(
+        14,
+        "customers' tracking links: the SHA-256 of each link's token and its parcel",
+        (
+            # The token itself is never stored (`depot.customer`): a reader of the database
+            # cannot rebuild a link. A parcel has a row per token it was given (a rotation of
+            # the sealing key gives a new one); `created_ns` is when it was first given.
+            """CREATE TABLE IF NOT EXISTS tracking_links (
+                digest TEXT PRIMARY KEY, parcel TEXT NOT NULL, created_ns INTEGER NOT NULL)""",
+            "CREATE INDEX IF NOT EXISTS tracking_links_parcel ON tracking_links(parcel)",
+        ),
+    ),
+    Migration(
+        15,
+        "the console's accounts: operators, their sessions, the API's bearer tokens",
+        (
+            # `password` is an Argon2id hash; a session's `id` and a token's `digest` are the
+            # SHA-256 of their random value (`depot.web.auth`): nothing here signs anyone in.
+            """CREATE TABLE IF NOT EXISTS console_users (
+                name TEXT PRIMARY KEY, role TEXT NOT NULL CHECK (role IN ('viewer', 'operator')),
+                password TEXT NOT NULL, failures INTEGER NOT NULL,
+                locked_until_ns INTEGER NOT NULL, created_ns INTEGER NOT NULL)""",
+            """CREATE TABLE IF NOT EXISTS console_sessions (
+                id TEXT PRIMARY KEY,
+                user_name TEXT NOT NULL REFERENCES console_users(name) ON DELETE CASCADE,
+                csrf TEXT NOT NULL, created_ns INTEGER NOT NULL, seen_ns INTEGER NOT NULL,
+                expires_ns INTEGER NOT NULL)""",
+            "CREATE INDEX IF NOT EXISTS console_sessions_user ON console_sessions(user_name)",
+            """CREATE TABLE IF NOT EXISTS api_tokens (
+                name TEXT PRIMARY KEY, digest TEXT NOT NULL UNIQUE,
+                created_ns INTEGER NOT NULL)""",
+        ),
+    ),
 )
 LATEST = MIGRATIONS[-1].number
 assert [m.number for m in MIGRATIONS] == list(range(1, LATEST + 1)), "numbered without holes"

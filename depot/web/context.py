@@ -16,6 +16,9 @@ from typing import Any, Protocol
 from starlette.requests import Request
 from starlette.templating import Jinja2Templates
 
+from depot.config import LockerSiteConfig
+from depot.customer import CustomerView
+from depot.policy import NextAction
 from depot.tracking import ParcelBook
 from depot.web import auth
 from sync.clock import Clock
@@ -31,6 +34,23 @@ class DepotActions(Protocol):
 
     def send_command(self, target: str, action: str, args: Mapping[str, Any]) -> str: ...
 
+    # The customer's page (`depot.customer`): what it shows, and the customer's two requests.
+    def customer_view(self, token: str) -> CustomerView: ...
+
+    def customer_extend(self, token: str) -> tuple[str, float]: ...
+
+    def customer_redeliver(self, token: str) -> NextAction: ...
+
+
+@dataclass(frozen=True)
+class Sites:
+    """Where the depot's places are, from its settings (the fleet page's map): the depot, its
+    locker sites and the vans it plans for (a van never heard from is still listed)."""
+
+    depot: tuple[float, float] | None = None
+    lockers: tuple[LockerSiteConfig, ...] = ()
+    vans: tuple[str, ...] = ()
+
 
 @dataclass
 class WebDepot:
@@ -41,6 +61,7 @@ class WebDepot:
     templates: Jinja2Templates
     health: Health | None = None
     actions: DepotActions | None = None
+    sites: Sites = field(default_factory=Sites)
     # Set when the server stops: live streams end instead of holding the shutdown up.
     stopping: threading.Event = field(default_factory=threading.Event)
 

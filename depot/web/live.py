@@ -1,16 +1,15 @@
-"""What the live stream watches: a fingerprint of the depot that changes when anything a
-page shows may have changed, and the news between two fingerprints.
+"""What the live streams watch (`depot.store.watch`): a fingerprint of the depot that changes
+when anything a page shows may have changed, and the news between two fingerprints.
 
-The fingerprint is a handful of indexed maxima and counts (the newest timeline entry, alarm,
-device status, quarantined payload and webhook change), read on every look: a depot worker
-other than the one serving the page changes them too, so the stream watches the database,
-not this process.
+The stream watches the database, not this process: a depot worker other than the one serving
+the page changes it too.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from depot.store import watch
 from depot.tracking import iso_utc
 from depot.web.api import reader
 from depot.web.context import WebDepot
@@ -18,32 +17,17 @@ from depot.web.context import WebDepot
 Fingerprint = tuple[int, ...]
 NEWS_MAX = 20  # timeline entries sent with one piece of news; a page refetches for the rest
 
-_LOOKS = (
-    "SELECT coalesce(max(id), 0) FROM timeline",
-    "SELECT coalesce(max(id), 0) FROM alarms",
-    "SELECT count(*) FROM alarms WHERE state = 'open'",
-    "SELECT coalesce(max(updated_ns), 0) FROM device_status",
-    "SELECT coalesce(max(id), 0) FROM quarantine",
-    "SELECT count(*) FROM webhook_outbox WHERE state = 'pending'",
-    "SELECT count(*) FROM webhook_outbox WHERE state = 'dead'",
-    "SELECT coalesce(max(published_ns), 0) FROM depot_commands",
-)
-
 
 def fingerprint(depot: WebDepot) -> Fingerprint:
     with reader(depot.book.database) as conn:
-        return tuple(int(conn.execute(sql).fetchone()[0]) for sql in _LOOKS)
+        return watch.fingerprint(conn)
 
 
 def news(depot: WebDepot, before: Fingerprint, now: Fingerprint) -> dict[str, Any]:
-    """The timeline entries newer than `before` (at most `NEWS_MAX`, newest last) and the
+    """The timeline entries newer than `before` (at most `NEWS_MAX`, oldest first) and the
     open alarms now."""
     with reader(depot.book.database) as conn:
-        rows = conn.execute(
-            "SELECT id, parcel, state, step, device, at_ns FROM timeline WHERE id > ? "
-            "ORDER BY id DESC LIMIT ?",
-            (before[0], NEWS_MAX),
-        ).fetchall()
+        rows = watch.timeline_after(conn, before[watch.TIMELINE], NEWS_MAX)
     return {
         "timeline": [
             {
@@ -56,5 +40,21 @@ def news(depot: WebDepot, before: Fingerprint, now: Fingerprint) -> dict[str, An
             }
             for r in reversed(rows)
         ],
-        "alarms_open": now[2],
+        "alarms_open": now[watch.ALARMS_OPEN],
     }
+
+
+def parcel_of_link(depot: WebDepot, token: str) -> str | None:
+    """The parcel a customer's link names (None: no such link); see `depot.customer`."""
+    from depot.customer import UnknownLink, find_link
+
+    with reader(depot.book.database) as conn:
+        try:
+            return find_link(conn, token).parcel
+        except UnknownLink:
+            return None
+
+
+def parcel_fingerprint(depot: WebDepot, parcel: str) -> tuple[int, int]:
+    with reader(depot.book.database) as conn:
+        return watch.parcel_fingerprint(conn, parcel)

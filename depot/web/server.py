@@ -27,7 +27,7 @@ from starlette.templating import Jinja2Templates
 
 from depot.tracking import ParcelBook
 from depot.web import api, console
-from depot.web.context import DepotActions, Health, WebDepot
+from depot.web.context import DepotActions, Health, Sites, WebDepot
 from sync.clock import Clock, SystemClock
 
 log = logging.getLogger(__name__)
@@ -72,16 +72,19 @@ class DepotWeb:
         health: Health | None = None,
         clock: Clock | None = None,
         actions: DepotActions | None = None,
+        sites: Sites | None = None,
     ) -> None:
         """`health()` judges the depot (`depot.health.DepotHealth.check`); `clock` times what
         people do (the depot's, which a simulated day runs fast); `actions` is the depot
-        service, which carries out what an operator or a customer asks."""
+        service, which carries out what an operator or a customer asks; `sites` where the
+        depot, its lockers and its vans are (the fleet page's map), from its settings."""
         self.depot = WebDepot(
             book=book,
             clock=clock or SystemClock(),
             templates=templates(),
             health=health,
             actions=actions,
+            sites=sites or Sites(),
         )
         self.book = book
         self.host = host

@@ -1,0 +1,519 @@
+"""The customer's tracking link: its token, and everything the customer's page shows.
+
+Every notice to a customer carries `tracking_url` = `{public_url}/t/{token}` (the path alone
+without a public URL): the outbox row holds only the link's digest, and the URL is made at
+each send attempt (`NoticeRenderer`, as the pickup code is), so the token is in no table. The page
+behind it (`depot.web`) asks this module what to show (`customer_view`) and hands the
+customer's two requests to the depot service (`DepotService.customer_extend`,
+`DepotService.customer_redeliver`), which decide them with the depot's own rules.
+
+The token is an HMAC of the parcel id under a key derived from the depot's newest sealing key
+(as the extend-hold link's, `depot.pickup`, with its own context), 192 bits, base64url. It is
+the same in every notice of a parcel (a notice re-made, another worker: no state to share),
+and the database keeps only its SHA-256 -> parcel (`depot.store.links`), because the page must
+find the parcel from the token alone: an HMAC cannot be inverted, and a parcel id in the URL
+would tell a finder whose parcel it is. A reader of the database can therefore rebuild no
+link, and the page shows the pickup code only by opening the locker's sealed credential with
+the depot's keys at the moment it is asked (`depot.pickup.open_pickup`), as the pickup notice
+does. After a rotation of the sealing key a parcel's next notice carries a new token; the
+stored digests keep the earlier links working.
+
+"Expiring with the parcel": a link works while the parcel's journey is open and for
+`LINK_DAYS_AFTER_FINAL` days after it reached a final state (delivered, picked up, returned to
+sender; the time of that timeline entry), so a customer can still see how it ended. After
+that the page says it has expired and shows nothing else (`CustomerView.expired`), and no
+request is taken.
+
+Must never: store or log a token or a pickup code, show a code for a parcel that is not
+waiting in its locker, or show what the merchant or the courier recorded beyond plain words
+(no proof-of-delivery fixes, no photos, no recipient's name or address: whoever holds the
+link sees the page; a neighbour's address is shown, as in the notice, since the parcel is
+fetched there).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import importlib
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from depot.config import LockerSiteConfig
+from depot.errors import DepotError
+from depot.keys import DepotKeys
+from depot.pickup import (
+    PICKUP_NEEDLE,
+    ExtendRefused,
+    extend_refusal,
+    open_pickup,
+    open_pickup_section,
+)
+from depot.policy import (
+    DEFAULT_MAX_ATTEMPTS,
+    NextAction,
+    RequestDeclined,
+    decide_on_redelivery_request,
+)
+from depot.store import Conn, book, links
+from depot.tracking import (
+    CUSTOMER_DEVICE,
+    FINAL_STATES,
+    REASON_TEXT,
+    REQUEST_STEP,
+    iso_utc,
+    told_deposit,
+)
+
+__all__ = [
+    "EXTEND",
+    "LINK_DAYS_AFTER_FINAL",
+    "REDELIVER",
+    "REFUSALS",
+    "STATE_WORDS",
+    "TRACKING_URL",
+    "CustomerView",
+    "LinkExpired",
+    "NoticeRenderer",
+    "RequestDeclined",
+    "TimelineLine",
+    "UnknownLink",
+    "customer_view",
+    "find_link",
+    "link_at_rest",
+    "link_digest",
+    "record_link",
+    "redelivery_decision",
+    "tracking_path",
+    "tracking_token",
+    "tracking_url",
+]
+
+log = logging.getLogger(__name__)
+
+LINK_DAYS_AFTER_FINAL = 14  # a link works this long after the journey ended, then says expired
+_DAY_NS = 86_400 * 10**9
+_TOKEN_CONTEXT = b"lastmile tracking link\0"
+_TOKEN_BYTES = 24  # 192 bits: unguessable, 32 characters in a URL
+TRACKING_URL = "tracking_url"  # the key of the link in a customer's notice
+EXTEND = "extend_hold"  # the customer's two requests, as recorded in the timeline
+REDELIVER = "redeliver"
+
+#: The parcel's state in the customer's words (the page's headline).
+STATE_WORDS: Mapping[str, str] = {
+    "received": "Expected at the depot",
+    "loaded": "On the delivery van",
+    "out_for_delivery": "On its way",
+    "attempted": "We missed you",
+    "redirected": "On its way to a parcel locker",
+    "in_locker": "Waiting for you in a parcel locker",
+    "hold_expired": "No longer collectable from the locker",
+    "returning": "On its way back to the sender",
+    "at_depot": "At the depot",
+    "delivered": "Delivered",
+    "picked_up": "Picked up",
+    "returned_to_sender": "Returned to the sender",
+}
+
+#: Timeline steps in the customer's words; steps not named here are the depot's business.
+_STEP_WORDS: Mapping[str, str] = {
+    "loaded": "Loaded onto the delivery van",
+    "out_for_delivery": "Out for delivery",
+    "redirected": "On its way to a parcel locker",
+    "in_locker": "Put in a parcel locker for you",
+    "hold_extended": "The locker keeps it for you longer",
+    "hold_expired": "The time to collect it from the locker ran out",
+    "picked_up": "Picked up from the locker",
+    "delivered": "Delivered",
+    "collected_for_return": "Taken out of the locker by a courier",
+    "returned_to_depot": "Back at the depot",
+    "returned_to_sender": "Returned to the sender",
+}
+_NEXT_ACTION_WORDS: Mapping[str, str] = {
+    "second_attempt": "We will try again on the next round",
+    "locker": "We will take it to a parcel locker near you",
+    "return_to_sender": "It will go back to the sender",
+}
+_REQUEST_WORDS: Mapping[str, str] = {
+    EXTEND: "You asked for more time to collect it",
+    REDELIVER: "You asked for delivery on the next day",
+}
+
+
+class UnknownLink(DepotError):
+    """No parcel has this tracking link (a mistyped or made-up token): the page says 404."""
+
+    def __init__(self) -> None:
+        super().__init__("this tracking link is not one the depot made")
+
+
+class LinkExpired(DepotError):
+    """The parcel's journey ended more than `LINK_DAYS_AFTER_FINAL` days ago."""
+
+    def __init__(self) -> None:
+        super().__init__("this tracking link has expired")
+
+
+#: What the page may be told when a request is not taken (each message is for the customer).
+REFUSALS = (UnknownLink, LinkExpired, ExtendRefused, RequestDeclined)
+
+
+@dataclass(frozen=True)
+class TimelineLine:
+    """One line of the parcel's history for the customer: `at` (ISO UTC) and `at_ns` for the
+    template to show in local time, `words`, and `hold_until` (ISO) where a hold begins or
+    is extended."""
+
+    at: str
+    at_ns: int
+    step: str
+    words: str
+    hold_until: str | None = None
+
+
+@dataclass(frozen=True)
+class CustomerView:
+    """Everything the customer's page shows. When `expired`, only `parcel`, `state` and
+    `state_words` are filled in."""
+
+    parcel: str
+    state: str
+    state_words: str
+    expired: bool = False
+    final: bool = False
+    expires_ns: int | None = None  # when the link stops working (None: the journey is open)
+    timeline: list[TimelineLine] = field(default_factory=list)  # newest first
+    window: tuple[str, str] | None = None  # the delivery window, times of the delivery day
+    eta: Any = None  # `depot.eta.parcel_eta`'s answer, when that module is there and has one
+    locker: str | None = None
+    locker_name: str | None = None
+    locker_address: str | None = None
+    compartment_size: str | None = None
+    hold_until: str | None = None  # ISO UTC
+    pickup_code: str | None = None  # only while the parcel waits in its locker
+    pickup_qr_svg: str | None = None
+    can_extend: bool = False
+    extend_refused: str | None = None  # why not, in the customer's words
+    can_redeliver: bool = False
+    redeliver_refused: str | None = None
+
+    def __repr__(self) -> str:
+        """Without the code and its QR: a view that reaches a log line must not carry them."""
+        return f"CustomerView(parcel={self.parcel!r}, state={self.state!r})"
+
+
+# --- the token ---------------------------------------------------------------------------
+
+
+def _tokens(keys: DepotKeys, parcel: str) -> list[str]:
+    """`parcel`'s token under each of the depot's sealing keys, newest key first."""
+    from cryptography.hazmat.primitives import serialization
+
+    found = []
+    for key in keys.sealing:
+        raw = key.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+        mac_key = hashlib.sha256(_TOKEN_CONTEXT + raw).digest()
+        mac = hmac.new(mac_key, parcel.encode("utf-8"), hashlib.sha256).digest()
+        found.append(base64.urlsafe_b64encode(mac[:_TOKEN_BYTES]).decode("ascii").rstrip("="))
+    return found
+
+
+def tracking_token(keys: DepotKeys, parcel: str) -> str | None:
+    """`parcel`'s tracking token under the depot's newest sealing key (None: no sealing key,
+    so no code could be shown either, and no link is given)."""
+    found = _tokens(keys, parcel)
+    return found[0] if found else None
+
+
+def link_digest(token: str) -> str:
+    """What the database keeps of a token: its SHA-256, hex."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def tracking_path(token: str) -> str:
+    return f"/t/{token}"
+
+
+def tracking_url(base_url: str | None, token: str) -> str:
+    """The link in a notice: `{base_url}/t/{token}`, or the path alone without a public URL."""
+    return f"{base_url.rstrip('/')}{tracking_path(token)}" if base_url else tracking_path(token)
+
+
+def record_link(conn: Conn, keys: DepotKeys, parcel: str, now_ns: int) -> str | None:
+    """`parcel`'s token, its digest recorded (in the caller's transaction) so the page can
+    find the parcel; None without a sealing key."""
+    token = tracking_token(keys, parcel)
+    if token is not None:
+        links.remember(conn, link_digest(token), parcel, now_ns)
+    return token
+
+
+def link_at_rest(
+    conn: Conn, keys: DepotKeys, parcel: str, base_url: str | None, now_ns: int
+) -> dict[str, str] | None:
+    """What a customer's notice holds in the outbox for its `tracking_url`: the link's digest
+    and the public URL, never the token (`NoticeRenderer` makes the URL at each attempt).
+    The digest is recorded (the caller's transaction) so the page finds the parcel; None
+    without a sealing key."""
+    token = record_link(conn, keys, parcel, now_ns)
+    if token is None:
+        return None
+    return {"digest": link_digest(token), "base": base_url or ""}
+
+
+_LINK_NEEDLE = b'"tracking_url":{'
+
+
+def _render_link(keys: DepotKeys, doc: dict[str, Any]) -> bool:
+    """Replace `doc`'s link at rest with the URL; True when it did. The token is the one
+    whose digest was recorded, under whichever sealing key made it, so every attempt sends
+    the same bytes across a key rotation; with that key gone the notice goes without a link
+    (the page could not be reached by it anyway)."""
+    at_rest = doc.get(TRACKING_URL)
+    if not isinstance(at_rest, dict):
+        return False
+    digest = str(at_rest.get("digest"))
+    token = next(
+        (t for t in _tokens(keys, str(doc.get("parcel"))) if link_digest(t) == digest), None
+    )
+    if token is None:
+        log.warning(
+            "notice %s: no sealing key makes its tracking link; sent without it",
+            doc.get("event_id"),
+        )
+        del doc[TRACKING_URL]
+    else:
+        doc[TRACKING_URL] = tracking_url(str(at_rest.get("base") or "") or None, token)
+    return True
+
+
+class NoticeRenderer:
+    """The webhook outbox's render hook for the depot's notices: at each send attempt, the
+    customer's tracking link (`link_at_rest`) and the pickup credential
+    (`depot.pickup.open_pickup_section`) are made from what the row holds at rest."""
+
+    def __init__(self, keys: DepotKeys, encode: Callable[[Mapping[str, Any]], bytes]) -> None:
+        """`encode(mapping) -> bytes` is the outbox's own body encoding (the same function that
+        stored the row), so a rendered body is encoded exactly like every other."""
+        self._keys = keys
+        self._encode = encode
+
+    def __call__(self, stored: bytes) -> bytes:
+        if _LINK_NEEDLE not in stored and PICKUP_NEEDLE not in stored:
+            return stored  # most rows: sent as stored
+        doc = json.loads(stored)
+        if not isinstance(doc, dict):
+            return stored
+        linked = _render_link(self._keys, doc)
+        opened = open_pickup_section(self._keys, doc)
+        return self._encode(doc) if linked or opened else stored
+
+
+@dataclass(frozen=True)
+class Link:
+    """A tracking link found: its parcel, and when it stops working (None: not yet known)."""
+
+    parcel: str
+    expires_ns: int | None
+
+    def expired(self, now_ns: int) -> bool:
+        return self.expires_ns is not None and now_ns >= self.expires_ns
+
+
+def find_link(conn: Conn, token: str) -> Link:
+    """The link `token` is, or UnknownLink."""
+    if not token or len(token) > 100:
+        raise UnknownLink()
+    parcel = links.parcel_of(conn, link_digest(token))
+    if parcel is None:
+        raise UnknownLink()
+    ended = next(
+        (int(r[0]) for r in book.timeline_of(conn, parcel) if r[1] in FINAL_STATES), None
+    )
+    return Link(parcel, None if ended is None else ended + LINK_DAYS_AFTER_FINAL * _DAY_NS)
+
+
+# --- the page ----------------------------------------------------------------------------
+
+
+def _details(text: object) -> dict[str, Any]:
+    try:
+        doc = json.loads(str(text))
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _words(step: str, details: Mapping[str, Any], sites: Mapping[str, LockerSiteConfig]) -> str:
+    """One timeline entry in the customer's words, or "" for one they are not shown."""
+    if "late" in details or step == "anomaly":
+        return ""
+    if step == "received":
+        scanned = details.get("source") == "arrival_scan"
+        return "Arrived at the depot" if scanned else "The sender told us it is coming"
+    if step == "attempted":
+        reason = str(details.get("reason") or "")
+        return f"We tried to deliver it: {REASON_TEXT.get(reason, reason.replace('_', ' '))}"
+    if step == "next_action":
+        return _NEXT_ACTION_WORDS.get(str(details.get("kind")), "")
+    if step == REQUEST_STEP:
+        return _REQUEST_WORDS.get(str(details.get("request")), "")
+    if step == "in_locker":
+        site = sites.get(str(details.get("locker")))
+        where = (site.title or site.name) if site is not None else None
+        words = f"Put in the locker at {where} for you" if where else _STEP_WORDS[step]
+        if details.get("rerecorded"):
+            words += " (a new pickup code: the earlier one no longer opens the door)"
+        return words
+    if step == "delivered" and details.get("to") == "neighbour":
+        # Where to fetch it: the customer's notice says the same.
+        at = details.get("neighbour_address")
+        return f"Left with a neighbour at {at}" if isinstance(at, str) else "Left with a neighbour"
+    if step == "delivered" and details.get("to") == "safe_place":
+        return "Delivered and left in a safe place"
+    return _STEP_WORDS.get(step, "")
+
+
+def _timeline(
+    conn: Conn, parcel: str, sites: Mapping[str, LockerSiteConfig]
+) -> tuple[list[TimelineLine], str | None]:
+    """The customer's timeline, newest first, and the hold's end as last said."""
+    lines: list[TimelineLine] = []
+    hold_until: str | None = None
+    for at_ns, _state, step, _device, text in book.timeline_of(conn, parcel):
+        details = _details(text)
+        until = details.get("hold_until") if step in ("in_locker", "hold_extended") else None
+        if isinstance(until, str) and "late" not in details:
+            hold_until = until
+        words = _words(str(step), details, sites)
+        if words:
+            held = until if isinstance(until, str) else None
+            lines.append(TimelineLine(iso_utc(int(at_ns)), int(at_ns), str(step), words, held))
+    lines.reverse()
+    return lines, hold_until
+
+
+def _eta(conn: Conn, parcel: str, now_ns: int) -> Any:
+    """`depot.eta.parcel_eta`, when that module is there (it is built beside this one)."""
+    try:
+        module = importlib.import_module("depot.eta")
+    except ModuleNotFoundError as exc:
+        if exc.name != "depot.eta":
+            raise
+        return None
+    return module.parcel_eta(conn, parcel, now_ns)
+
+
+def _requests(conn: Conn, parcel: str) -> set[str]:
+    """The requests the customer has made for `parcel` (from its timeline)."""
+    return {
+        str(_details(r[4]).get("request"))
+        for r in book.timeline_of(conn, parcel)
+        if r[2] == REQUEST_STEP and r[3] == CUSTOMER_DEVICE
+    }
+
+
+def redelivery_decision(
+    conn: Conn, parcel: str, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS
+) -> NextAction:
+    """What the policy says to a request for delivery on the next day for `parcel` now
+    (RequestDeclined, said to the customer, when it does not grant it)."""
+    info = book.parcel_row(conn, parcel)
+    if info is None:
+        raise UnknownLink()
+    return decide_on_redelivery_request(
+        state=str(info["state"]),
+        next_action=info.get("next_action"),
+        last_reason=info.get("last_reason"),
+        attempts=int(info.get("attempts") or 0),
+        asked_before=REDELIVER in _requests(conn, parcel),
+        max_attempts=max_attempts,
+    )
+
+
+def extend_decision(conn: Conn, parcel: str) -> str | None:
+    """Why the customer may not extend the hold now (`depot.pickup.extend_refusal`), or None."""
+    info = book.parcel_row(conn, parcel) or {}
+    asked = book.commands_noted(conn, parcel, "extend_hold") > 0
+    return extend_refusal(info.get("state"), asked_before=asked, locker=info.get("locker"))
+
+
+def customer_view(
+    conn: Conn,
+    token: str,
+    *,
+    keys: DepotKeys,
+    lockers: Sequence[LockerSiteConfig],
+    now_ns: int,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    can_command: bool = True,
+) -> CustomerView:
+    """What the page of `token` shows now (UnknownLink for a token no parcel has).
+
+    `conn` may be a reader's own connection (an HTTP request's). `can_command`: the depot can
+    sign locker commands (without a signing key no extension can be sent). A credential no
+    key of the depot's opens raises `depot.keys.CredentialError`: the page cannot show the
+    code, and saying so is better than a page without it.
+    """
+    link = find_link(conn, token)
+    info = book.parcel_row(conn, link.parcel)
+    if info is None:  # a link is recorded only for a parcel in the book, which keeps it
+        raise UnknownLink()
+    state = str(info["state"])
+    words = STATE_WORDS.get(state, state.replace("_", " "))
+    if link.expired(now_ns):
+        return CustomerView(link.parcel, state, words, expired=True, final=True)
+    sites = {site.name: site for site in lockers}
+    timeline, hold_until = _timeline(conn, link.parcel, sites)
+    window = json.loads(info["window"]) if info.get("window") else None
+    locker = info.get("locker") if state in ("redirected", "in_locker", "hold_expired") else None
+    site = sites.get(str(locker)) if locker else None
+    code = qr = size = None
+    if state == "in_locker" and locker:
+        deposit = told_deposit(conn, link.parcel, str(locker))
+        sealed = deposit.get("credential_for_depot") if deposit else None
+        if deposit is not None and isinstance(deposit.get("size"), str):
+            size = str(deposit["size"])
+        if isinstance(sealed, str):
+            pickup = open_pickup(keys, sealed, locker=str(locker), parcel=link.parcel)
+            code, qr = pickup.code, pickup.qr_svg()
+        if site is not None:
+            words = f"Waiting for you in the locker at {site.title or site.name}"
+    extend_no = extend_decision(conn, link.parcel)
+    if extend_no is None and not can_command:
+        extend_no = "the depot cannot send commands to lockers just now"
+    try:
+        redelivery_decision(conn, link.parcel, max_attempts=max_attempts)
+        redeliver_no = None
+    except RequestDeclined as exc:
+        redeliver_no = str(exc)
+    final = state in FINAL_STATES
+    return CustomerView(
+        parcel=link.parcel,
+        state=state,
+        state_words=words,
+        final=final,
+        expires_ns=link.expires_ns,
+        timeline=timeline,
+        window=(str(window[0]), str(window[1])) if window else None,
+        eta=None if final else _eta(conn, link.parcel, now_ns),
+        locker=str(locker) if locker else None,
+        locker_name=(site.title or site.name) if site is not None else None,
+        locker_address=(site.address or None) if site is not None else None,
+        compartment_size=size,
+        hold_until=hold_until if state in ("in_locker", "hold_expired") else None,
+        pickup_code=code,
+        pickup_qr_svg=qr,
+        can_extend=extend_no is None,
+        extend_refused=extend_no,
+        can_redeliver=redeliver_no is None,
+        redeliver_refused=redeliver_no,
+    )

@@ -1,0 +1,213 @@
+"""The customer's page behind every notice's link: `/t/{token}`.
+
+It shows the parcel's state and history in plain words, the delivery window and the ETA,
+and, while the parcel waits in a locker, where, the pickup code and its QR and until when
+(`depot.customer.customer_view` decides all of it; this module only draws it). Two buttons
+send the customer's requests to the depot service, which decides them by its own rules:
+more time in the locker (once) and delivery on the next day.
+
+The token in the URL is the page's only authority, and it is also what keeps a forged form
+out: a page elsewhere cannot post to a link it does not know. A GET changes nothing (mail
+scanners follow links); the buttons POST, and the answer is a redirect back to the page with
+a one-line message (a reload never repeats a request). The page follows the parcel live:
+`/t/{token}/live` is a server-sent event stream that speaks when its timeline or its van's
+position changes, and the page then swaps its `data-live` parts.
+
+Must never: show anything to a token the depot did not give out (404, nothing else), or
+anything but the state words to an expired one; put the pickup code anywhere but the page's
+own body (never in a URL, a log line or a cookie).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import urllib.parse
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
+
+from depot.customer import REFUSALS, CustomerView, LinkExpired, UnknownLink
+from depot.keys import CredentialError
+from depot.store import DATABASE_ERRORS
+from depot.web import live
+from depot.web.context import WebDepot
+
+log = logging.getLogger(__name__)
+
+NOTE_COOKIE = "lm_note"
+LIVE_EVERY_S = 2.0
+
+
+def _depot(request: Request) -> WebDepot:
+    depot: WebDepot = request.app.state.depot
+    return depot
+
+
+def _when(ns: int | None) -> str | None:
+    if ns is None:
+        return None
+    return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).strftime("%a %d %b, %H:%M UTC")
+
+
+def _iso_when(iso: str | None) -> str | None:
+    if not iso:
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    except ValueError:
+        return iso
+    return moment.astimezone(dt.UTC).strftime("%a %d %b, %H:%M UTC")
+
+
+def _page(request: Request) -> Response:
+    depot = _depot(request)
+    token = request.path_params["token"]
+    if depot.actions is None:
+        return _plain(503, "Tracking is not available just now.")
+    try:
+        view: CustomerView = depot.actions.customer_view(token)
+    except UnknownLink:
+        return _plain(404, "This tracking link is not one we know. Check the link in your "
+                           "notice.")
+    except CredentialError:
+        log.warning("customer page: a pickup credential the depot cannot open")
+        return _plain(503, "We cannot show the pickup code just now; your notice has it.")
+    except DATABASE_ERRORS:
+        log.exception("customer page failed")
+        return _plain(503, "Tracking is not available just now; try again in a minute.")
+    eta = view.eta
+    context: dict[str, Any] = {
+        "view": view,
+        "token": token,
+        "note": _note(request),
+        "eta_at": _when(getattr(eta, "eta_ns", None)) if eta is not None else None,
+        "eta_stops": getattr(eta, "stops_before", None) if eta is not None else None,
+        "hold_until_at": _iso_when(view.hold_until),
+        "expires_at": _when(view.expires_ns),
+        "lines": [
+            {"at": _when(line.at_ns), "words": line.words,
+             "hold_until": _iso_when(line.hold_until)}
+            for line in view.timeline
+        ],
+    }
+    status = 410 if view.expired else 200
+    response = depot.templates.TemplateResponse(
+        request, "customer.html", context, status_code=status,
+        headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer",
+                 "X-Robots-Tag": "noindex"},
+    )
+    if request.cookies.get(NOTE_COOKIE):
+        response.delete_cookie(NOTE_COOKIE, path=request.url.path)
+    return response
+
+
+def _note(request: Request) -> str | None:
+    note = request.cookies.get(NOTE_COOKIE)
+    return urllib.parse.unquote(note) if note else None
+
+
+def _plain(status: int, message: str) -> Response:
+    page = (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        "<title>Your parcel</title></head><body><main><p>"
+        + message.replace("<", "&lt;")
+        + "</p></main></body></html>"
+    )
+    return Response(page, status_code=status, media_type="text/html",
+                    headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
+
+
+async def page(request: Request) -> Response:
+    return await run_in_threadpool(_page, request)
+
+
+def _request(request: Request, kind: str) -> Response:
+    depot = _depot(request)
+    token = request.path_params["token"]
+    back = f"/t/{urllib.parse.quote(token)}"
+    if depot.actions is None:
+        return _plain(503, "Tracking is not available just now.")
+    try:
+        if kind == "extend":
+            _, hours = depot.actions.customer_extend(token)
+            note = f"Done: the locker keeps your parcel {hours:g} hours longer."
+        else:
+            depot.actions.customer_redeliver(token)
+            note = "Done: we will bring your parcel again on the next delivery day."
+    except UnknownLink:
+        return _plain(404, "This tracking link is not one we know.")
+    except LinkExpired:
+        note = "This tracking link has expired."
+    except REFUSALS as exc:
+        note = f"Sorry, not possible: {exc}."
+    except DATABASE_ERRORS:
+        log.exception("customer request failed")
+        note = "We could not take your request just now; try again in a minute."
+    response = RedirectResponse(back, status_code=303)
+    response.set_cookie(NOTE_COOKIE, urllib.parse.quote(note), max_age=120, path=back,
+                        httponly=True, samesite="strict")
+    return response
+
+
+async def _drain(request: Request) -> None:
+    async for _ in request.stream():  # a form's body says nothing more than the button
+        pass
+
+
+async def extend(request: Request) -> Response:
+    await _drain(request)
+    return await run_in_threadpool(_request, request, "extend")
+
+
+async def redeliver(request: Request) -> Response:
+    await _drain(request)
+    return await run_in_threadpool(_request, request, "redeliver")
+
+
+async def follow(request: Request) -> Response:
+    """Server-sent events for one parcel: `news` when its timeline or its van moves."""
+    depot = _depot(request)
+    token = request.path_params["token"]
+    parcel = await run_in_threadpool(live.parcel_of_link, depot, token)
+    if parcel is None:
+        return Response("unknown link", status_code=404, media_type="text/plain")
+
+    async def stream() -> AsyncIterator[bytes]:
+        seen = await run_in_threadpool(live.parcel_fingerprint, depot, parcel)
+        yield b"retry: 5000\n\n"
+        quiet = 0.0
+        while not depot.stopping.is_set() and not await request.is_disconnected():
+            await asyncio.sleep(LIVE_EVERY_S)
+            quiet += LIVE_EVERY_S
+            try:
+                now = await run_in_threadpool(live.parcel_fingerprint, depot, parcel)
+            except DATABASE_ERRORS as exc:
+                log.warning("customer live: %s", exc)
+                continue
+            if now != seen:
+                seen, quiet = now, 0.0
+                yield b"event: news\ndata: {}\n\n"
+            elif quiet >= 15.0:
+                quiet = 0.0
+                yield b": still here\n\n"
+
+    return StreamingResponse(
+        stream(), media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/t/{token}", page, methods=["GET"]),
+        Route("/t/{token}/extend", extend, methods=["POST"]),
+        Route("/t/{token}/redeliver", redeliver, methods=["POST"]),
+        Route("/t/{token}/live", follow, methods=["GET"]),
+    ]
