@@ -16,7 +16,20 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
 
-from bench import camera, chaos, decode, fleet, fuzz, idle, locker, photo, route, scan, sync
+from bench import (
+    camera,
+    chaos,
+    console,
+    decode,
+    fleet,
+    fuzz,
+    idle,
+    locker,
+    photo,
+    route,
+    scan,
+    sync,
+)
 from bench.rig import BenchError
 
 BENCHMARKS: dict[str, tuple[ModuleType, str]] = {
@@ -40,6 +53,8 @@ BENCHMARKS: dict[str, tuple[ModuleType, str]] = {
     "chaos": (chaos, "vans and a locker as real processes under N seeded faults (kills, broker "
                      "restarts, cuts, full disk, journal damage, clock steps); every confirmed "
                      "fact accounted for, vs a fault-free baseline"),
+    "console": (console, "the operators' console pages on a depot of 10,000 parcels: p50/p95 "
+                         "ms and bytes per page, vs /health"),
     "fuzz": (fuzz, "every parser of outside bytes under hypothesis (a million inputs): crashes, "
                    "hangs, slowest input, vs bytes.decode on the same inputs"),
 }

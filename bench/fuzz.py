@@ -17,6 +17,8 @@ promise, e.g. a scan longer than `max_len`); a *hang* is one input taking longer
   Never raises: bad frames come back as `FrameError` items.
 - `wire_batch`, `wire_photo_chunk`, `wire_ack`: `sync.wire` `read_batch` + `verify_batch`,
   `decode_photo_chunk`, `decode_ack` and `decode_photo_ack` (`WireError`).
+- `wire_positions`: `sync.wire.decode_positions`, as the depot reads a van's position samples
+  (`WireError`); every sample it returns is in range (coordinates, stop within the round).
 - `import_csv`, `import_json`: `depot.imports.read_import` (`ParcelImportError`; bad rows are
   results, not exceptions).
 - `locker_command`: `sync.signing.CommandVerifier.verify` of a locker (`CommandRejected`).
@@ -259,6 +261,23 @@ def _wire_ack(data: bytes) -> None:
             decode(data)
 
 
+def _wire_positions(data: bytes) -> None:
+    from sync.wire import MAX_POSITION_SAMPLES, decode_positions
+
+    _device, samples = decode_positions(data)
+    if not 1 <= len(samples) <= MAX_POSITION_SAMPLES:
+        raise BrokenPromise(f"{len(samples)} samples in one message")
+    for s in samples:
+        if not (-90 <= s.lat <= 90 and -180 <= s.lon <= 180):  # also false for NaN
+            raise BrokenPromise(f"sample at {s.lat}, {s.lon} is off the map")
+        stop_fits = s.stop is None or 1 <= s.stop <= s.stops_total
+        if s.stops_done > s.stops_total or not stop_fits:
+            raise BrokenPromise(f"stop {s.stop}, {s.stops_done} done of {s.stops_total}")
+        for value in (s.accuracy_m, s.speed_mps):
+            if value is not None and not 0 <= value < math.inf:
+                raise BrokenPromise(f"accuracy or speed {value} out of range")
+
+
 def _import(fmt: str) -> Callable[[bytes], None]:
     def parse(data: bytes) -> None:
         from depot.imports import read_import
@@ -351,6 +370,26 @@ def _ack_seeds() -> tuple[bytes, ...]:
         encode_photo_ack(PhotoAck("ab" * 32, 0, error="hash mismatch", offset=65536)),
         encode_photo_ack(PhotoAck("ab" * 32, 200, done=True)),
     )
+
+
+def _positions_seeds() -> tuple[bytes, ...]:
+    """Messages `encode_positions` made: one sample before the first stop; several on the
+    round, some without accuracy or speed; one back at the depot with every stop done."""
+    from sync.wire import PositionSample, encode_positions
+
+    t0 = 1_700_000_000_000_000_000
+    return (
+        encode_positions("van-1", [PositionSample(t0, 52.37, 4.89, 5.0, 0.0, None, 0, 12)]),
+        encode_positions(
+            "van-2",
+            [
+                PositionSample(t0 + n * 15_000_000_000, 52.3 + n / 1e4, 4.9 - n / 1e4,
+                               None if n % 2 else 3.5, None if n % 3 else 8.25, n or None, n, 12)
+                for n in range(6)
+            ],
+        ),
+        encode_positions("van-1", [PositionSample(t0, -33.9, 151.2, 1e6, 1e3, 12, 12, 12)]),
+    )  # fmt: skip
 
 
 def _scanner_seeds() -> tuple[bytes, ...]:
@@ -503,6 +542,13 @@ def build_targets() -> list[Target]:
             (*_JSON_TOKENS, b"\n"),
         ),
         Target("wire_ack", _wire_ack, (WireError,), _ack_seeds(), _JSON_TOKENS),
+        Target(
+            "wire_positions",
+            _wire_positions,
+            (WireError,),
+            _positions_seeds(),
+            (*_JSON_TOKENS, b'"dev":', b'"p":[[', b"90.000001", b"-180", b"1e6", b"13"),
+        ),
         Target("import_csv", _import("csv"), (ParcelImportError,), _csv_seeds(), _CSV_TOKENS),
         Target(
             "import_json",

@@ -43,8 +43,10 @@ __all__ = [
     "acknowledge",
     "list_alarms",
     "notify_operator",
+    "open_alarms",
     "open_by_device",
     "open_count",
+    "open_count_of",
     "raise_alarm",
     "record_device_alarm",
 ]
@@ -149,6 +151,18 @@ def list_alarms(conn: Conn, state: str = "open", limit: int = MAX_LISTED) -> lis
     if state != "all" and state not in STATES:
         raise AlarmError(f"unknown alarm state {state!r}; states: open, acknowledged, all")
     return [_doc(r) for r in table.listing(conn, None if state == "all" else state, limit)]
+
+
+def open_alarms(
+    conn: Conn, limit: int, *, alarm: str | None = None, other_than: str | None = None
+) -> list[dict[str, Any]]:
+    """Open alarms, newest first: only those named `alarm`, or all but `other_than`."""
+    return [_doc(r) for r in table.open_listing(conn, limit, alarm=alarm, other_than=other_than)]
+
+
+def open_count_of(conn: Conn, alarm: str) -> int:
+    """Open alarms named `alarm`."""
+    return table.open_count_of(conn, alarm)
 
 
 def acknowledge(

@@ -63,7 +63,12 @@ class Eta:
 
 @dataclass(frozen=True)
 class VanProgress:
-    """A van's round as the fleet page shows it."""
+    """A van's round as the fleet page shows it.
+
+    `manifest` is the round it runs (None when the depot holds none it can read) and
+    `pending_stops` the numbers of that round's stops not done yet (see `van_progress`), so
+    the page draws each stop by the rule that counts `stops_done`, not by a copy of it.
+    """
 
     van: str
     day: str | None
@@ -72,6 +77,8 @@ class VanProgress:
     current_stop: int | None
     position: VanPosition | None
     position_age_s: float | None
+    manifest: Manifest | None
+    pending_stops: frozenset[int]
 
 
 def travel_s(distance_m: float, stops: int) -> float:
@@ -160,13 +167,16 @@ def van_progress(conn: Conn, van: str, now_ns: int) -> VanProgress:
     if manifest is None:
         done = where.stops_done if where is not None else 0
         total = where.stops_total if where is not None else 0
-        return VanProgress(van, None, done, total, current, where, age)
+        return VanProgress(van, None, done, total, current, where, age, None, frozenset())
     waiting = _open_stops(conn, van, manifest)
     loaded = {r for r in book.loaded_on(conn, van)}
     waiting |= {s for p in loaded if (s := manifest.stop_of(p)) is not None}
-    done = sum(
-        1
+    pending = frozenset(
+        s.stop
         for s in manifest.stops
-        if s.stop not in waiting and (s.parcels or (current is not None and s.stop <= current))
+        if s.stop in waiting or not (s.parcels or (current is not None and s.stop <= current))
     )
-    return VanProgress(van, manifest.day, done, len(manifest.stops), current, where, age)
+    total = len(manifest.stops)
+    return VanProgress(
+        van, manifest.day, total - len(pending), total, current, where, age, manifest, pending
+    )

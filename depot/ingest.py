@@ -106,7 +106,7 @@ class Depot:
         self.session = MqttSession(
             address,
             client_id=client_id,
-            on_connected=self._connected,
+            subscriptions=self._topics(),
             on_message=self._message,
             backoff_min_s=0.2,
             backoff_max_s=10.0,
@@ -122,7 +122,8 @@ class Depot:
     def stop(self) -> None:
         self.session.stop()
 
-    def _connected(self, client: mqtt.Client) -> None:
+    def _topics(self) -> list[tuple[str, int]]:
+        """What the session subscribes to; it reports connected once the broker acked these."""
         share = f"$share/{self.shared}/" if self.shared else ""
         topics = [
             (f"{share}{TOPIC_ROOT}/+/events", 1),
@@ -131,7 +132,7 @@ class Depot:
         ]
         if self.statuses:
             topics.append((f"{TOPIC_ROOT}/+/status", 1))
-        client.subscribe(topics)
+        return topics
 
     def _message(self, msg: mqtt.MQTTMessage) -> None:
         """Handle one message from the broker; never raises, never drops a payload.

@@ -19,6 +19,7 @@ policy runs only on the transitions that projection returns).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -31,15 +32,29 @@ from typing import Any
 
 from depot.alarms import notify_operator, open_count, raise_alarm
 from depot.config import DepotConfig
+from depot.customer import (
+    EXTEND,
+    REDELIVER,
+    TRACKING_URL,
+    CustomerView,
+    LinkExpired,
+    NoticeRenderer,
+    customer_view,
+    find_link,
+    link_at_rest,
+    record_link,
+    redelivery_decision,
+    tracking_url,
+)
 from depot.errors import DepotError
 from depot.imports import ImportResult, read_import
 from depot.ingest import Depot, DepotStore
 from depot.keys import DepotKeys
 from depot.pickup import (
     ExtendRefused,
-    PickupRenderer,
     check_extend_token,
     extend_link,
+    extend_refusal,
     extend_token,
     notice_body,
 )
@@ -74,6 +89,11 @@ ABANDONED_GRACE_S = 120.0
 LOCKER_DROP_ALARM = "locker_drop_unconfirmed"
 # Where a parcel can be while the van that brought it still has it.
 _ON_THE_ROUND = frozenset({"loaded", "out_for_delivery", "attempted", "redirected"})
+# Where an operator may put a parcel back to be planned (not in a locker: its recipient
+# collects it there; not `returning`: booked for its sender) or send it back to its sender.
+REPLAN_FROM = frozenset({"at_depot", "hold_expired"}) | _ON_THE_ROUND
+RETURN_FROM = frozenset({"received", "at_depot", "returning", "hold_expired"}) | _ON_THE_ROUND
+MAX_REASON = 200  # an operator's reason for a command, as the locker journals it
 IDLE_WAKE_S = 1.0  # retries of unsent manifests and commands; no work is done when idle
 
 class DepotServiceError(DepotError):
@@ -163,7 +183,7 @@ class DepotService:
             max_attempts=config.webhook_max_attempts,
             backoff_base_s=config.webhook_backoff_base_s,
             backoff_max_s=config.webhook_backoff_max_s,
-            render=PickupRenderer(self.keys, encode_body) if self.keys.sealing else None,
+            render=NoticeRenderer(self.keys, encode_body) if self.keys.sealing else None,
         )
         self.api: Any = None
         self._wake = threading.Event()
@@ -180,16 +200,22 @@ class DepotService:
 
     def start(self) -> None:
         if self.config.api is not None and self.worker == 1:
-            from depot.http import DepotApi
+            from depot.web import DepotWeb
+            from depot.web.context import Sites
 
             host, port = self.config.api
-            self.api = DepotApi(
+            self.api = DepotWeb(
                 self.book,
                 host=host,
                 port=port,
                 health=self.health,
                 clock=self.clock,
-                extend_hold=self.extend_hold if self.keys.sealing else None,
+                actions=self,
+                sites=Sites(
+                    depot=(self.config.lat, self.config.lon),
+                    lockers=tuple(self.config.lockers),
+                    vans=tuple(self.config.vans),
+                ),
             )
             self.api.start()
         self.webhooks.start()
@@ -795,6 +821,11 @@ class DepotService:
         body: Mapping[str, Any] = n.body
         if body.get("state") == "in_locker":
             body = self._pickup_notice(conn, n)
+        if n.audience == "customer":  # the merchant's copy never: the page shows the code
+            parcel = str(n.body.get("parcel"))
+            link = link_at_rest(conn, self.keys, parcel, self.public_url, self.clock.wall_ns())
+            if link is not None:
+                body = {**body, TRACKING_URL: link}
         enqueue(
             conn,
             event_id=n.event_id,
@@ -848,26 +879,232 @@ class DepotService:
             raise ExtendRefused("this link is not valid for that parcel", forbidden=True)
         if self.keys.signing is None:
             raise ExtendRefused("this depot cannot send commands to lockers just now")
-        info = self.book.parcel(parcel)
-        if info is None or info.get("state") not in ("in_locker", "hold_expired"):
-            raise ExtendRefused("the parcel is not waiting in a locker")
+        info = self.book.parcel(parcel) or {}
         with self.database.reading() as conn:
-            asked = book.commands_noted(conn, parcel, "extend_hold")
-        if info.get("state") == "hold_expired" or asked:
-            raise ExtendRefused("the hold can be extended once, before it ends")
+            asked = book.commands_noted(conn, parcel, "extend_hold") > 0
         locker = info.get("locker")
-        if not locker:
-            raise ExtendRefused("the depot does not know which locker holds the parcel")
+        refusal = extend_refusal(info.get("state"), asked_before=asked, locker=locker)
+        if refusal is not None:
+            raise ExtendRefused(refusal)
         hours = self.config.extend_hold_h
         command = self.send_command(str(locker), "extend_hold", {"parcel": parcel, "hours": hours})
         log.info("customer asked for %g more hours for %s at %s", hours, parcel, locker)
         return command, hours
+
+    # --- the operators' console (depot.web.pages.lockers) -------------------------------------
+
+    def operator_extend_hold(self, parcel: str, by: str, reason: str) -> tuple[str, float]:
+        """An operator asked from the console for more time for `parcel` at its locker: the
+        customer's rule (`extend_refusal`: once, while it waits in a locker, before the hold
+        ends) without the link's token; the operator's name and reason are signed into the
+        command, so the depot's outbox row and the locker's journal both say who and why.
+        (the command's id, the hours asked for); ExtendRefused or DepotServiceError say why
+        not, before anything is queued."""
+        by, reason = _who_and_why(by, reason)
+        if self.keys.signing is None:
+            raise ExtendRefused("this depot has no key to sign commands to lockers")
+        info = self.book.parcel(parcel)
+        if info is None:
+            raise ExtendRefused(f"unknown parcel {parcel}")
+        with self.database.reading() as conn:
+            asked = book.commands_noted(conn, parcel, "extend_hold") > 0
+        locker = info.get("locker")
+        refusal = extend_refusal(info.get("state"), asked_before=asked, locker=locker)
+        if refusal is not None:
+            raise ExtendRefused(refusal)
+        hours = self.config.extend_hold_h
+        command = self.send_command(
+            str(locker),
+            "extend_hold",
+            {"parcel": parcel, "hours": hours, "by": by, "reason": reason},
+        )
+        log.info("%s asked for %g more hours for %s at %s: %s", by, hours, parcel, locker, reason)
+        return command, hours
+
+    def operator_remote_open(self, locker: str, compartment: str, by: str, reason: str) -> str:
+        """An operator opens a compartment from the console: a signed `remote_open` through
+        the command outbox, naming who and why (the locker journals both with its answer);
+        the command's id. A reason is required: a door opened from afar must be explained."""
+        return self._operator_command(locker, "remote_open", compartment, by, reason)
+
+    def operator_set_in_service(
+        self, locker: str, compartment: str, by: str, reason: str
+    ) -> str:
+        """An operator puts back in service a compartment the locker took out (a jammed lock,
+        fixed): a signed `set_in_service`, naming who and why; the command's id. The locker
+        refuses it (`command_failed`) for a compartment that is in service."""
+        return self._operator_command(locker, "set_in_service", compartment, by, reason)
+
+    def _operator_command(
+        self, locker: str, action: str, compartment: str, by: str, reason: str
+    ) -> str:
+        by, reason = _who_and_why(by, reason)
+        if self.keys.signing is None:
+            raise DepotServiceError("this depot has no key to sign commands to lockers")
+        command = self.send_command(
+            locker, action, {"compartment": compartment, "by": by, "reason": reason}
+        )
+        log.info("%s: %s %s at %s: %s", by, action, compartment, locker, reason)
+        return command
+
+    # --- the customer's page (depot.customer) ----------------------------------------------
+
+    def tracking_link(self, parcel: str) -> str | None:
+        """`parcel`'s tracking link, as its customer's notices carry it (recorded, so it
+        works from now on); None when the depot has no sealing key, or no such parcel."""
+        with self.database.transaction() as conn:
+            if book.state_of(conn, parcel) is None:
+                return None
+            token = record_link(conn, self.keys, parcel, self.clock.wall_ns())
+        return None if token is None else tracking_url(self.public_url, token)
+
+    def customer_view(self, token: str) -> CustomerView:
+        """What the customer's page of `token` shows now (`depot.customer.customer_view`);
+        UnknownLink for a token the depot did not give out."""
+        with self.database.reading() as conn:
+            return customer_view(
+                conn,
+                token,
+                keys=self.keys,
+                lockers=self.config.lockers,
+                now_ns=self.clock.wall_ns(),
+                max_attempts=self.config.max_attempts,
+                can_command=self.keys.signing is not None,
+            )
+
+    def _customer_parcel(self, conn: Conn, token: str) -> str:
+        link = find_link(conn, token)
+        if link.expired(self.clock.wall_ns()):
+            raise LinkExpired()
+        return link.parcel
+
+    def customer_extend(self, token: str) -> tuple[str, float]:
+        """The customer asked for more time from their page: `extend_hold` for the parcel of
+        `token` (the same rule, once, before the hold ends), and the request in its timeline,
+        in one transaction. UnknownLink, LinkExpired or ExtendRefused say why not."""
+        with self.database.transaction() as conn:
+            parcel = self._customer_parcel(conn, token)
+            proof = extend_token(self.keys, parcel)
+            if proof is None:
+                raise ExtendRefused("this depot cannot extend holds just now")
+            command, hours = self.extend_hold(parcel, proof)
+            self.book.record_request(parcel, EXTEND, {"hours": hours, "command": command})
+        return command, hours
+
+    def customer_redeliver(self, token: str) -> NextAction:
+        """The customer asked for delivery on the next day from their page: the request is
+        recorded in the parcel's timeline and the policy decides it
+        (`depot.policy.decide_on_redelivery_request`: a `second_attempt` the next day's plan
+        carries out), in one transaction. UnknownLink, LinkExpired or RequestDeclined (the
+        policy's reason, in the customer's words) when it is not taken; nothing is recorded
+        then."""
+        with self.database.transaction() as conn:
+            parcel = self._customer_parcel(conn, token)
+            decision = redelivery_decision(conn, parcel, max_attempts=self.config.max_attempts)
+            self.book.record_request(parcel, REDELIVER, {})
+            self.book.set_next_action(parcel, decision.kind, reason=decision.reason)
+        self.decisions.append((parcel, decision))
+        log.info("customer asked for %s to be delivered again: %s", parcel, decision.kind)
+        self._wake.set()
+        return decision
+
+    # --- the operators' console (depot.web.pages.exceptions) --------------------------------
+
+    def operator_replan(self, parcel: str, by: str, *, alarm: int | None = None) -> str:
+        """An operator puts the parcel back to be planned: the policy's `second_attempt`
+        (the next `plan_day` puts a parcel at the depot on a van; one still with a van is
+        planned once its return scan brings it back to the depot), recorded in its timeline
+        with the operator's name; `alarm` (the disagreement that led here) is acknowledged in
+        the same transaction. Returns the parcel's state. DepotServiceError when the parcel
+        cannot go out again from where it is (`REPLAN_FROM`)."""
+        with self.database.transaction() as conn:
+            self._operator_parcel(conn, parcel, REPLAN_FROM, "re-plan")
+            state = self.book.set_next_action(
+                parcel, "second_attempt", reason=f"re-planned by {by} at the console"
+            )
+            self._operator_ack(conn, alarm, by, "re-planned the parcel")
+        self.decisions.append(
+            (parcel, NextAction("second_attempt", None, f"re-planned by {by}"))
+        )
+        log.info("operator %s re-planned %s (%s)", by, parcel, state)
+        self._wake.set()
+        return state
+
+    def operator_return_to_sender(self, parcel: str, by: str, *, alarm: int | None = None) -> str:
+        """An operator sends the parcel back to its sender: `return_to_sender` recorded with
+        the operator's name; a parcel at the depot (received, at_depot, returning) is booked
+        handed back at once (`mark_returned_to_sender`, as `_after_failure` does), one still
+        out comes back with its van and is booked then. `alarm` is acknowledged with it.
+        Returns the parcel's state; DepotServiceError outside `RETURN_FROM`."""
+        with self.database.transaction() as conn:
+            self._operator_parcel(conn, parcel, RETURN_FROM, "return to its sender")
+            state = self.book.set_next_action(
+                parcel, "return_to_sender", reason=f"returned to its sender by {by} at the console"
+            )
+            if state in ("received", "at_depot", "returning"):
+                self.book.mark_returned_to_sender(parcel)
+                state = "returned_to_sender"
+            self._operator_ack(conn, alarm, by, "returned the parcel to its sender")
+        self.decisions.append(
+            (parcel, NextAction("return_to_sender", None, f"returned by {by}"))
+        )
+        log.info("operator %s returned %s to its sender (%s)", by, parcel, state)
+        self._wake.set()
+        return state
+
+    def operator_retry_webhook(self, event_id: str, by: str) -> None:
+        """An operator requeues a dead letter (after fixing the receiver or a key): pending
+        again, a fresh budget of attempts, due at once (`depot.webhooks.retry_dead`).
+        DepotServiceError when it is not a dead letter (sent or requeued meanwhile)."""
+        from depot.webhooks import retry_dead
+
+        with self.database.transaction() as conn:
+            if not retry_dead(conn, event_id):
+                raise DepotServiceError(f"webhook {event_id} is not a dead letter (any more)")
+        log.info("operator %s requeued the dead webhook %s", by, event_id)
+        self.webhooks.wake()
+
+    def _operator_parcel(
+        self, conn: Conn, parcel: str, allowed: frozenset[str], doing: str
+    ) -> str:
+        state = book.state_of(conn, parcel)
+        if state is None:
+            raise DepotServiceError(f"no parcel {parcel!r} at this depot")
+        if state not in allowed:
+            raise DepotServiceError(
+                f"{parcel} is {state.replace('_', ' ')}: cannot {doing} it from there"
+            )
+        return state
+
+    def _operator_ack(self, conn: Conn, alarm_id: int | None, by: str, note: str) -> None:
+        """Acknowledge the alarm an operator's action answered (one acknowledged meanwhile
+        keeps its first acknowledgement: the action stands anyway)."""
+        if alarm_id is None:
+            return
+        from depot.alarms import AlarmStateError, acknowledge
+
+        with contextlib.suppress(AlarmStateError):
+            acknowledge(conn, alarm_id, by=by, note=note, now_ns=self.clock.wall_ns())
 
     def _secret_for(self, key_id: str) -> bytes:
         try:
             return self.config.webhook_secrets[key_id]
         except KeyError:
             raise DepotServiceError(f"no webhook secret for {key_id!r}") from None
+
+
+def _who_and_why(by: str, reason: str) -> tuple[str, str]:
+    """An operator's name and reason as a command carries them: one line each (a locker takes
+    printable text only), the reason at most `MAX_REASON` characters; DepotServiceError when
+    either is missing, so no command goes out unexplained."""
+    by, reason = " ".join(by.split()), " ".join(reason.split())
+    if not by:
+        raise DepotServiceError("a command from a person must say who asked")
+    if not reason:
+        raise DepotServiceError("say why (a reason is required)")
+    if len(reason) > MAX_REASON or len(by) > MAX_REASON:
+        raise DepotServiceError(f"a reason is at most {MAX_REASON} characters")
+    return by, reason
 
 
 def _disagreement(drop: LockerDrop, now_ns: int) -> dict[str, Any]:

@@ -120,6 +120,12 @@ class _CourierSession:
     returns: list[str] = field(default_factory=list)
 
 
+def _asked_by(args: Mapping[str, Any]) -> dict[str, Any]:
+    """Who asked for a command and why, when a person did (the console sends both): journaled
+    with its answer, so the locker's own record says who opened a door remotely."""
+    return {k: args[k] for k in ("by", "reason") if k in args}
+
+
 class Locker:
     """A running locker. Inputs are queued (`scan`, `key`, `command`); `start()` runs it."""
 
@@ -685,7 +691,7 @@ class Locker:
             tx.execute(
                 "UPDATE parcels SET hold_until_ns=?, state='stored' WHERE parcel=?", (until, parcel)
             )
-            return {"parcel": parcel, "hold_until_ns": until}, None
+            return {"parcel": parcel, "hold_until_ns": until, **_asked_by(args)}, None
         if action == "remote_open":
             cid = str(args["compartment"])
             if cid not in self._specs:
@@ -695,8 +701,48 @@ class Locker:
             if self._specs[cid].board in self._offline:
                 raise LockerError(f"the board of {cid} is off the bus")
             self._record_opening(tx, cid, "remote_open", self._compartment(cid)["parcel"])
-            return {"compartment": cid}, cid
+            return {"compartment": cid, **_asked_by(args)}, cid
+        if action == "set_in_service":
+            return self._set_in_service(tx, str(args["compartment"]), args), None
         raise LockerError(f"unknown action {action!r}")
+
+    def _set_in_service(
+        self, tx: JournalTransaction, cid: str, args: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """A person fixed a compartment the locker took out of service (a jammed lock): it is
+        back to what its record says it holds: the parcel still inside (occupied), a
+        reservation still running (reserved), else free. Journaled as
+        `compartment_in_service` with who and why, beside the command's `command_accepted`."""
+        if cid not in self._specs:
+            raise LockerError(f"no compartment {cid}")
+        rows = self.journal.query(
+            "SELECT state, parcel, reserved_for, reserved_until_ns, out_reason "
+            "FROM compartments WHERE id=?",
+            (cid,),
+        )
+        state, parcel, reserved_for, reserved_until, out_reason = rows[0]
+        if state != "out_of_service":
+            raise LockerError(f"compartment {cid} is in service ({state})")
+        if parcel is not None:
+            now_state = "occupied"
+        elif reserved_for is not None and (reserved_until or 0) > self._now_ns():
+            now_state = "reserved"
+        else:
+            now_state = "free"
+            reserved_for = reserved_until = None
+        tx.execute(
+            "UPDATE compartments SET state=?, out_reason=NULL, reserved_for=?, "
+            "reserved_until_ns=? WHERE id=?",
+            (now_state, reserved_for, reserved_until, cid),
+        )
+        facts = {"compartment": cid, "state": now_state, "was": out_reason, **_asked_by(args)}
+        tx.append("compartment_in_service", facts)
+        # A door whose contents were not checked while it was out of service is looked at
+        # afresh at the next change its sensors report.
+        door = self._doors.get(cid)
+        if door is not None:
+            door.mismatch_alarmed = False
+        return {"compartment": cid, "state": now_state}
 
     def _free_ids(self) -> list[str]:
         """Free compartments, without an opening, on boards that answer."""

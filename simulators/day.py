@@ -94,6 +94,16 @@ def _positive_hours(text: str) -> float:
     return value
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError("a port is 0 (any free one) to 65535")
+    return value
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vans", type=int, default=3, help="number of vans (default 3)")
     p.add_argument("--seed", type=int, default=1, help="random seed of the run (default 1)")
@@ -140,9 +150,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "needs Mosquitto) and the database (default 1)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object, no progress")
+    p.add_argument(
+        "--ui",
+        type=_port,
+        metavar="PORT",
+        help="after the days, keep the depot (its database and web port, on 127.0.0.1:PORT; "
+        "0: any free port) up until interrupted, with an operator account made for you: "
+        "look around the console",
+    )
 
 
 def run_from_args(args: argparse.Namespace) -> int:
+    def tell(report: dict[str, Any]) -> None:
+        if args.json:
+            print(json.dumps(report, indent=None))
+            sys.stdout.flush()
+        else:
+            _print_summary(report)
+
+    told: list[dict[str, Any]] = []
+
+    def linger(report: dict[str, Any], service: Any) -> None:
+        tell(report)
+        told.append(report)
+        _console_until_interrupted(service)
+
     report = run_day(
         DayPlan(
             vans=args.vans,
@@ -155,15 +187,49 @@ def run_from_args(args: argparse.Namespace) -> int:
             broker=args.broker,
             database=args.database,
             workers=args.workers,
+            ui_port=args.ui,
         ),
         workdir=args.workdir,
         progress=None if args.json else _print_progress,
+        linger=linger if args.ui is not None else None,
     )
-    if args.json:
-        print(json.dumps(report, indent=None))
-    else:
-        _print_summary(report)
+    if not told:
+        tell(report)
     return 0 if report["ok"] else 1
+
+
+CONSOLE_USER = "operator"
+
+
+def _console_until_interrupted(service: Any) -> None:
+    """Make an operator account on the depot, as a depot's operator would (the product's own
+    `add_user`), say where the console is, and wait for SIGINT or SIGTERM.
+
+    The simulator only opens the door: the depot it started serves its own console. The
+    password is new each run and printed once, on the one line a person or a test reads.
+    """
+    import secrets
+    import signal
+
+    from depot.web.auth import add_user
+
+    if service.api is None:
+        raise SimulatorError("the depot has no web port to show")
+    password = secrets.token_urlsafe(12)
+    add_user(service.database, CONSOLE_USER, "operator", password)
+    done = threading.Event()
+
+    def stop(_signum: int, _frame: object) -> None:
+        done.set()
+
+    before = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        print(f"console: {service.api.url}/ user {CONSOLE_USER} password {password}", flush=True)
+        while not done.wait(3600.0):  # woken by the signal handler; the timeout only bounds it
+            pass
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 @dataclass(frozen=True)
@@ -184,6 +250,7 @@ class DayPlan:
     broker: Literal["auto", "mosquitto", "embedded"] = "auto"
     database: str | None = None  # None: a SQLite file in the workdir; a URL; or "postgresql"
     workers: int = 1
+    ui_port: int | None = None  # the depot's web port on 127.0.0.1 (None: any free one)
 
 
 class _Workers:
@@ -652,9 +719,16 @@ def _town(rng: random.Random, n: int) -> list[tuple[float, float, str]]:
 
 
 def run_day(
-    plan: DayPlan, *, workdir: Path | None = None, progress: Callable[[str], None] | None = None
+    plan: DayPlan,
+    *,
+    workdir: Path | None = None,
+    progress: Callable[[str], None] | None = None,
+    linger: Callable[[dict[str, Any], Any], None] | None = None,
 ) -> dict[str, Any]:
-    """Run the simulated days and return the figures of the report."""
+    """Run the simulated days and return the figures of the report.
+
+    `linger(report, depot)`, if given, runs once the report is made and before anything is
+    stopped, with the depot service (its first worker): `--ui` keeps the depot up there."""
     from depot.config import DepotConfig, LockerSiteConfig
     from depot.service import DepotService
     from edge.van import Van, VanConfig
@@ -808,7 +882,8 @@ def run_day(
         broker=BrokerAddress(
             broker.host, broker.port, depot_user, depot_pw, mqtt5=broker.mqtt5, tls_ca=tls_ca
         ),
-        api=("127.0.0.1", 0),  # customers' extend-hold links lead here
+        # Customers' links lead here, and with --ui a person's browser.
+        api=("127.0.0.1", plan.ui_port or 0),
         webhook_secrets=dict(secrets),
         webhook_max_attempts=12,  # about 1.75 to 3.5 simulated hours of retries
         webhook_backoff_base_s=60.0,
@@ -1045,6 +1120,8 @@ def run_day(
         report["tls"] = tls_ca is not None
         report["real_seconds"] = round(time.monotonic() - started, 2)
         report["lags"] = [f"{_clock_text(h)} {what}" for h, what in sim.lags]
+        if linger is not None:
+            linger(report, service.first)
         return report
     finally:
         stopping.set()
@@ -1446,6 +1523,8 @@ def _report(
         "photos_named": len(named_photos),
         "photos_verified_at_depot": verified,
         "photos_missing": len(named_photos) - verified,
+        # Samples of where the vans were on their rounds (`van_positions`, for the ETA).
+        "positions_stored": int(str(store.query("SELECT count(*) FROM van_positions")[0][0])),
         "photo_bytes_at_depot": int(str(photo_bytes[0][0])),
         "photo_largest_bytes": int(str(photo_bytes[0][1])),
         "decisions": dict(Counter(d.kind for _p, d in service.decisions)),

@@ -7,6 +7,11 @@ from the upper half of an exponentially growing window ("equal jitter").
 
 It runs paho's network loop in one thread of its own; every callback (connected, message,
 tick) runs in that thread, so the owner's state needs no locks against the network.
+
+"Connected" means "will receive": the session subscribes to its owner's topics itself and says
+it is connected only once the broker has acknowledged them (SUBACK). A broker drops a message
+published before a subscription to it is in place, so an owner (or a test) that took the
+CONNACK as "ready" lost whatever came in that gap.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +36,9 @@ log = logging.getLogger("sync.mqtt")
 
 LOOP_WAKE_S = 1.0  # upper bound of an idle wait in the network thread; not a poll of work
 CONNACK_TIMEOUT_S = 10.0
+SUBACK_TIMEOUT_S = 10.0  # a broker that takes the connection but not the subscriptions is down
 _CONNECTING = "connecting to the broker"
+_SUBSCRIBING = "subscribing at the broker"
 # CONNACK reason codes that say who we are, or how we proved it, was refused (MQTT v5 3.2.2.2:
 # bad user name or password, not authorized, bad authentication method; paho reports a v3.1.1
 # broker's return codes 4 and 5 as the first two).
@@ -107,9 +114,13 @@ def backoff_delay(attempt: int, low: float, high: float, rng: random.Random) -> 
 class MqttSession:
     """A persistent MQTT v5 session (clean_start=False, session expiry) with our reconnect policy.
 
-    `on_connected(client)` runs after every successful CONNACK (subscribe there);
-    `on_message(msg)` for each message; `on_tick()` after every pass of the network loop,
-    at least once a second and right after any network activity.
+    `subscriptions` (topic filter, QoS) are subscribed after every successful CONNACK; the
+    session counts as connected (`connected`, `wait_connected`, ticks) only once the broker
+    has acknowledged them, and drops and redials a connection whose SUBACK does not come
+    within SUBACK_TIMEOUT_S. `on_connected(client)` runs after every successful CONNACK,
+    right after the SUBSCRIBE went out; `on_message(msg)` for each message; `on_tick()` after
+    every pass of the network loop while connected, at least once a second and right after
+    any network activity.
     """
 
     def __init__(
@@ -117,8 +128,9 @@ class MqttSession:
         address: BrokerAddress,
         client_id: str,
         *,
-        on_connected: Callable[[mqtt.Client], None],
         on_message: Callable[[mqtt.MQTTMessage], None],
+        subscriptions: Sequence[tuple[str, int]] = (),
+        on_connected: Callable[[mqtt.Client], None] = lambda _client: None,
         on_tick: Callable[[], None] = lambda: None,
         will: Will | None = None,
         keepalive_s: int = 30,
@@ -128,6 +140,7 @@ class MqttSession:
         rng: random.Random | None = None,
     ) -> None:
         self.address = address
+        self._subscriptions = list(subscriptions)
         self._on_connected = on_connected
         self._on_message = on_message
         self._on_tick = on_tick
@@ -136,7 +149,10 @@ class MqttSession:
         self._backoff = (backoff_min_s, backoff_max_s)
         self._rng = rng or random.Random()
         self._stop = threading.Event()
-        self._connected = threading.Event()
+        self._connected = threading.Event()  # CONNACK and SUBACK received: will receive
+        self._link_up = False  # CONNACK received (network thread; read by stop() after join)
+        self._suback_mid: int | None = None  # the SUBSCRIBE whose SUBACK is awaited
+        self._ready_by = 0.0  # monotonic deadline of the CONNACK, then of the SUBACK
         self._thread: threading.Thread | None = None
         self.connects = 0
         self._problem: str | None = "not connected to the broker yet"
@@ -162,6 +178,7 @@ class MqttSession:
         c.on_connect = self._handle_connect
         c.on_disconnect = self._handle_disconnect
         c.on_message = self._handle_message
+        c.on_subscribe = self._handle_subscribe
         self.client = c
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -180,12 +197,15 @@ class MqttSession:
             return
         self._stop.set()
         self._thread.join(timeout)
-        if self._connected.is_set():
+        # The link, not `_connected`: the network thread clears that on its way out, and a
+        # session stopped before its SUBACK still owes the broker a DISCONNECT.
+        if self._link_up:
             if before_disconnect is not None:
                 before_disconnect(self.client)
                 self._drain_outgoing(timeout=2.0)
             self.client.disconnect()
             self.client.loop(timeout=0.2)
+            self._link_up = False
         self._thread = None
 
     def wake(self) -> None:
@@ -214,6 +234,7 @@ class MqttSession:
         return self._connected.is_set()
 
     def wait_connected(self, timeout: float) -> bool:
+        """Wait until connected and subscribed: a message published from now on reaches us."""
         return self._connected.wait(timeout)
 
     @property
@@ -277,7 +298,7 @@ class MqttSession:
 
     def _serve(self) -> bool:
         """Run the loop until the connection drops; True when the session got connected."""
-        deadline = time.monotonic() + CONNACK_TIMEOUT_S
+        self._ready_by = time.monotonic() + CONNACK_TIMEOUT_S  # moved on at the CONNACK
         got_connected = False
         while not self._stop.is_set():
             rc = self.client.loop(timeout=LOOP_WAKE_S)
@@ -287,20 +308,28 @@ class MqttSession:
                     self._on_tick()
                 except Exception:
                     log.exception("%s: tick failed", self.address.username)
-            elif got_connected or time.monotonic() > deadline:
+            elif got_connected or time.monotonic() > self._ready_by:
                 if self._problem == _CONNECTING:
                     self._problem = (
                         f"the broker at {self._where()} did not answer within "
                         f"{CONNACK_TIMEOUT_S:g} s"
                     )
+                elif self._problem == _SUBSCRIBING:
+                    self._problem = (
+                        f"the broker at {self._where()} did not acknowledge the subscriptions "
+                        f"within {SUBACK_TIMEOUT_S:g} s"
+                    )
+                    log.warning("%s: %s", self.address.username, self._problem)
                 break
             if rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_AGAIN):
                 log.info("%s: connection lost (%s)", self.address.username, rc.name)
-                if self._problem == _CONNECTING:
+                if self._problem in (_CONNECTING, _SUBSCRIBING):
                     self._problem = f"the broker at {self._where()} hung up ({rc.name})"
                 break
         if not self._stop.is_set():
             self._connected.clear()
+            self._link_up = False
+            self._suback_mid = None
             try:
                 self.client.disconnect()
             except Exception:  # the socket may already be gone
@@ -326,13 +355,48 @@ class MqttSession:
             else:
                 self._problem = f"the broker refused the connection ({reason})"
             return
-        self.connects += 1
-        self._problem = None
-        self._connected.set()
+        self._link_up = True
+        if self._subscriptions:
+            self._problem = _SUBSCRIBING
+            self._ready_by = time.monotonic() + SUBACK_TIMEOUT_S
+            rc, mid = client.subscribe(self._subscriptions)
+            # Not sent (the socket went already): no SUBACK comes, and the loop redials.
+            self._suback_mid = mid if rc == mqtt.MQTT_ERR_SUCCESS else None
         try:
             self._on_connected(client)
         except Exception:
             log.exception("%s: on_connected failed", self.address.username)
+        if not self._subscriptions:
+            self._ready()
+
+    def _handle_subscribe(
+        self,
+        _c: mqtt.Client,
+        _u: object,
+        mid: int,
+        reasons: list[ReasonCode],
+        _p: Properties | None,
+    ) -> None:
+        if mid != self._suback_mid:
+            return  # an owner's own SUBSCRIBE, or one of a connection gone since
+        self._suback_mid = None
+        for (topic, _qos), reason in zip(self._subscriptions, reasons, strict=False):
+            if reason.is_failure:
+                # Redialling would not change the broker's mind: say so, and serve the rest.
+                log.error(
+                    "%s: the broker refused the subscription to %s (%s); nothing on it "
+                    "will arrive",
+                    self.address.username,
+                    topic,
+                    reason,
+                )
+        self._ready()
+
+    def _ready(self) -> None:
+        """Connected and subscribed: from now on a message published to us reaches us."""
+        self.connects += 1
+        self._problem = None
+        self._connected.set()
 
     def _handle_disconnect(
         self,
@@ -345,6 +409,8 @@ class MqttSession:
         if self._connected.is_set():  # not after a refused CONNACK: that reason stands
             self._problem = f"disconnected from the broker ({reason})"
         self._connected.clear()
+        self._link_up = False
+        self._suback_mid = None
         log.info("%s: disconnected: %s", self.address.username, reason)
 
     def _handle_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:

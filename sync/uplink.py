@@ -139,6 +139,12 @@ class Uplink:
         self.session = MqttSession(
             address,
             client_id=self.device,
+            # Subscribed by the session, which reports connected once the broker acked them.
+            subscriptions=[
+                (ack_topic(self.device), 1),
+                (photo_ack_topic(self.device), 1),
+                (command_topic(self.device), 1),
+            ],
             on_connected=self._connected,
             on_message=self._message,
             on_tick=self._pump,
@@ -196,9 +202,6 @@ class Uplink:
     # --- in the network thread ---------------------------------------------------------------
 
     def _connected(self, client: mqtt.Client) -> None:
-        client.subscribe(ack_topic(self.device), qos=1)
-        client.subscribe(photo_ack_topic(self.device), qos=1)
-        client.subscribe(command_topic(self.device), qos=1)
         self._publish_status(client, time.monotonic())
         # Whatever was in flight on the old connection may be gone: resend from the ack.
         self._rewind("reconnected")

@@ -573,10 +573,21 @@ def decode_photo_ack(payload: bytes) -> PhotoAck:
 #: by the locker before it acts, so both read the vocabulary from one place.
 COMMAND_SIZES = ("S", "M", "L")
 MAX_COMMAND_HOURS = 14 * 24.0  # a hold or reservation longer than two weeks is a typing error
+#: A person's command (from the console) names who asked (`by`) and why (`reason`): both travel
+#: signed and the locker journals them with the command's answer.
 LOCKER_COMMANDS: Mapping[str, tuple[tuple[str, str, bool], ...]] = {
     "reserve": (("parcel", "text", True), ("size", "size", False), ("hours", "hours", False)),
-    "extend_hold": (("parcel", "text", True), ("hours", "hours", True)),
-    "remote_open": (("compartment", "text", True),),
+    "extend_hold": (
+        ("parcel", "text", True), ("hours", "hours", True), ("by", "text", False),
+        ("reason", "text", False),
+    ),
+    "remote_open": (
+        ("compartment", "text", True), ("by", "text", False), ("reason", "text", False),
+    ),
+    # A compartment the locker took out of service (a jammed lock) is usable again.
+    "set_in_service": (
+        ("compartment", "text", True), ("reason", "text", True), ("by", "text", False),
+    ),
 }
 
 

@@ -19,6 +19,9 @@ from simulators.broker import Broker
 from simulators.postgres import PostgresServer, find_postgres
 from sync.mqtt import BrokerAddress
 
+# The console's browser tests: `browser` and `page` (Debian's Chromium through Playwright).
+pytest_plugins = ("tests.browser",)
+
 DEVICES = ("van-1", "van-2")
 
 

@@ -140,3 +140,30 @@ def test_bench_fleet_reports_every_figure(tmp_path: Path) -> None:
     assert isinstance(targets, dict)
     assert set(targets) == {"events_per_s_postgresql_10000", "drain_under_60s",
                             "ack_p99_under_250ms"}
+
+
+def test_bench_console_reports_every_page_against_health(tmp_path: Path) -> None:
+    r = bench(tmp_path, "console", "--parcels", "300", "--vans", "3", "--lockers", "2",
+              "--n", "2", "--warmup", "0")
+    assert r["parcels"] == 300 and r["targets"] == {"p95_ms_max": 300.0, "bytes_max": 204800}
+    (run,) = r["runs"]
+    assert run["backend"] == "sqlite" and sum(run["by_state"].values()) == 300
+    # The day's states, each with the timeline the product wrote for it.
+    assert {"received", "out_for_delivery", "delivered", "attempted", "in_locker"} <= set(
+        run["by_state"]
+    )
+    assert run["timeline_entries"] > 300 and run["events"] > 0
+    assert set(run["health"]) == {"status", "p50_ms", "p95_ms", "bytes"}
+    assert run["health"]["status"] in (200, 503)  # 503: the bench's depot has no broker
+    pages = run["pages"]
+    assert {"today", "fleet", "parcels", "parcels_search", "parcel", "lockers", "exceptions",
+            "customer"} == set(pages)
+    for name, page in pages.items():
+        assert page["missing"] == (page["status"] == 404), name
+        if page["status"] is not None:
+            for key in ("path", "p50_ms", "p95_ms", "bytes", "ratio_p95_vs_health", "met"):
+                assert key in page, (name, key)
+    assert pages["today"]["status"] == 200 and pages["today"]["bytes"] > 0
+    assert run["missing_pages"] == [n for n, p in pages.items() if p["missing"]]
+    assert run["targets_met"] == all(p["met"] for p in pages.values())
+    assert r["targets_met"] == run["targets_met"]

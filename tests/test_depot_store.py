@@ -225,3 +225,24 @@ def test_copy_depot_is_the_same_function_the_command_runs(tmp_path: Path) -> Non
     assert report.ok and report.rows["events"] > 0
     source.close()
     target.close()
+
+
+def test_a_copy_takes_every_table_the_migrations_make(tmp_path: Path) -> None:
+    """`depot migrate` copies `transfer.TABLES`: a table a migration adds must be there too,
+    or a move to PostgreSQL would leave it behind (accounts, links, positions, ...)."""
+    from depot.store import open_database
+    from depot.store.transfer import TABLES as COPIED
+
+    database = open_database(tmp_path / "depot.db")
+    try:
+        with database.reading() as conn:
+            made = {
+                str(r[0])
+                for r in conn.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' "
+                    "AND name NOT LIKE 'sqlite_%'"
+                )
+            }
+    finally:
+        database.close()
+    assert made == set(COPIED)

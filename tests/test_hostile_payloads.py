@@ -117,14 +117,11 @@ class Device:
         self.session = MqttSession(
             address(broker, "van-1"),
             "van-1",
-            on_connected=self._connected,
+            subscriptions=[(ack_topic("van-1"), 1), (photo_ack_topic("van-1"), 1)],
             on_message=self._message,
             backoff_min_s=0.1,
             backoff_max_s=1.0,
         )
-
-    def _connected(self, client: mqtt.Client) -> None:
-        client.subscribe([(ack_topic("van-1"), 1), (photo_ack_topic("van-1"), 1)])
 
     def _message(self, msg: mqtt.MQTTMessage) -> None:
         with self.cond:

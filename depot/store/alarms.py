@@ -52,6 +52,32 @@ def listing(conn: Conn, state: str | None, limit: int) -> list[Row]:
     ).fetchall()
 
 
+def open_listing(
+    conn: Conn, limit: int, *, alarm: str | None = None, other_than: str | None = None
+) -> list[Row]:
+    """Open alarms, newest first, at most `limit`: only those named `alarm`, or all but those
+    named `other_than` (the console lists some kinds beside what they are about)."""
+    where = ""
+    params: tuple[str, ...] = ()
+    if alarm is not None:
+        where, params = " AND alarm = ?", (alarm,)
+    elif other_than is not None:
+        where, params = " AND alarm <> ?", (other_than,)
+    return conn.execute(
+        f"SELECT {COLUMNS} FROM alarms WHERE state = 'open'{where} ORDER BY id DESC LIMIT ?",
+        (*params, limit),
+    ).fetchall()
+
+
+def open_count_of(conn: Conn, alarm: str) -> int:
+    """Open alarms named `alarm`."""
+    return int(
+        conn.execute(
+            "SELECT count(*) FROM alarms WHERE state = 'open' AND alarm = ?", (alarm,)
+        ).fetchone()[0]
+    )
+
+
 def one(conn: Conn, alarm_id: int) -> Row | None:
     row: Row | None = conn.execute(
         f"SELECT {COLUMNS} FROM alarms WHERE id = ?", (alarm_id,)

@@ -433,3 +433,49 @@ def claims_of(conn: Conn, parcel: str) -> list[str]:
 def parcel_van(conn: Conn, parcel: str) -> str | None:
     row = conn.execute("SELECT van FROM parcels WHERE id=?", (parcel,)).fetchone()
     return None if row is None or row[0] is None else str(row[0])
+
+
+# --- the console's exceptions queue (depot.web.pages.exceptions) -------------------------------
+
+
+def open_locker_drops(conn: Conn, kinds: Sequence[str], limit: int) -> list[Row]:
+    """(id, kind, parcel, locker, van, compartment, since_ns, parcel state) of the open rows of
+    `kinds`, newest first, at most `limit` (the state is None for a parcel the book lacks)."""
+    marks = ",".join("?" * len(kinds))
+    return conn.execute(
+        "SELECT d.id, d.kind, d.parcel, d.locker, d.van, d.compartment, d.since_ns, p.state "
+        f"FROM locker_drops d LEFT JOIN parcels p ON p.id = d.parcel WHERE d.kind IN ({marks}) "
+        "ORDER BY d.since_ns DESC, d.id DESC LIMIT ?",
+        (*kinds, limit),
+    ).fetchall()
+
+
+def locker_drop_count(conn: Conn, kinds: Sequence[str]) -> int:
+    marks = ",".join("?" * len(kinds))
+    return int(
+        conn.execute(
+            f"SELECT count(*) FROM locker_drops WHERE kind IN ({marks})", tuple(kinds)
+        ).fetchone()[0]
+    )
+
+
+def parcels_in_states(conn: Conn, states: Sequence[str], limit: int) -> list[Row]:
+    """(id, state, next_action, attempts, last_reason, van, locker, updated_ns) of parcels in
+    `states`, the most recently changed first, at most `limit` (indexed by state)."""
+    marks = ",".join("?" * len(states))
+    return conn.execute(
+        "SELECT id, state, next_action, attempts, last_reason, van, locker, updated_ns "
+        f"FROM parcels WHERE state IN ({marks}) ORDER BY updated_ns DESC, id LIMIT ?",
+        (*states, limit),
+    ).fetchall()
+
+
+def states_of(conn: Conn, parcels: Sequence[str]) -> dict[str, str]:
+    """The states of the parcels named that the book holds, by id (one query)."""
+    if not parcels:
+        return {}
+    marks = ",".join("?" * len(parcels))
+    rows = conn.execute(
+        f"SELECT id, state FROM parcels WHERE id IN ({marks})", tuple(parcels)
+    ).fetchall()
+    return {str(r[0]): str(r[1]) for r in rows}

@@ -20,7 +20,6 @@ Must never: write anything.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from depot.store.base import Conn
@@ -34,7 +33,6 @@ __all__ = [
     "open_alarm_kinds",
     "outcomes",
     "outcomes_by_hour",
-    "waiting_on_vans",
 ]
 
 DAY_NS = 86_400 * 10**9
@@ -135,17 +133,3 @@ def open_alarm_kinds(conn: Conn) -> list[tuple[str, int]]:
         "SELECT alarm, count(*) FROM alarms WHERE state = 'open' GROUP BY alarm ORDER BY 2 DESC, 1"
     ).fetchall()
     return [(str(a), int(n)) for a, n in rows]
-
-
-def waiting_on_vans(conn: Conn, vans: Iterable[str] | None = None) -> dict[str, set[str]]:
-    """van -> the parcels still on it for delivery (`loaded` or `out_for_delivery`): what
-    makes a stop of its round not done yet (the map's pending dots)."""
-    found: dict[str, set[str]] = {}
-    wanted = None if vans is None else set(vans)
-    for van, parcel in conn.execute(
-        "SELECT van, id FROM parcels WHERE state IN ('loaded', 'out_for_delivery') "
-        "AND van IS NOT NULL"
-    ):
-        if wanted is None or str(van) in wanted:
-            found.setdefault(str(van), set()).add(str(parcel))
-    return found

@@ -467,6 +467,20 @@ def loss_counts(conn: Conn) -> dict[str, int]:
     return {"reports": int(row[0]), "events": int(row[1]), "open_ended": int(row[2])}
 
 
+def quarantine_recent(conn: Conn, limit: int) -> list[tuple[Any, ...]]:
+    """(id, topic, reason, payload size in bytes, received_ns) of the newest quarantined
+    payloads, at most `limit`: what a person looks at; the payload itself stays in the table."""
+    return conn.execute(
+        "SELECT id, topic, reason, length(payload), received_ns FROM quarantine "
+        "ORDER BY id DESC LIMIT ?",
+        (limit,),
+    ).fetchall()
+
+
+def quarantine_count(conn: Conn) -> int:
+    return int(conn.execute("SELECT count(*) FROM quarantine").fetchone()[0])
+
+
 def waiting_count(conn: Conn) -> int:
     return int(conn.execute("SELECT count(*) FROM unprojected").fetchone()[0])
 

@@ -357,6 +357,17 @@ MIGRATIONS: tuple[Migration, ...] = (
                 created_ns INTEGER NOT NULL)""",
         ),
     ),
+    Migration(
+        16,
+        "indexes for the console: the timeline by time, van positions by arrival",
+        (
+            # The Today page counts the day's door steps; each open live page asks for the
+            # newest position about once a second. Without these both read whole tables
+            # that grow with every day the depot keeps.
+            "CREATE INDEX IF NOT EXISTS timeline_at ON timeline(at_ns)",
+            "CREATE INDEX IF NOT EXISTS van_positions_received ON van_positions(received_ns)",
+        ),
+    ),
 )
 LATEST = MIGRATIONS[-1].number
 assert [m.number for m in MIGRATIONS] == list(range(1, LATEST + 1)), "numbered without holes"

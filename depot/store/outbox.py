@@ -15,7 +15,7 @@ longer pending (an operator's dead letter, a row another worker already recorded
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -28,10 +28,13 @@ __all__ = [
     "State",
     "add",
     "counts",
+    "dead_count",
     "dead_letters",
+    "dead_recent",
     "due",
     "ensure_schema",
     "entry",
+    "for_events",
     "lease",
     "mark_dead",
     "mark_sent",
@@ -173,6 +176,25 @@ def entry(conn: Conn, event_id: str) -> OutboxEntry | None:
     return None if row is None else OutboxEntry._from_row(row)
 
 
+def for_events(conn: Conn, event_ids: Sequence[str]) -> list[OutboxEntry]:
+    """The rows of these event ids, oldest first (the console's page of one parcel asks with
+    the ids its timeline entries gave their notifications: `<entry uuid>:<audience>`).
+    Looked up by the unique event id, a few hundred at a time."""
+    found: list[OutboxEntry] = []
+    ids = list(dict.fromkeys(event_ids))
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        found += [
+            OutboxEntry._from_row(r)
+            for r in conn.execute(
+                f"SELECT {_ENTRY_COLUMNS} FROM webhook_outbox "
+                f"WHERE event_id IN ({','.join('?' * len(chunk))})",
+                chunk,
+            )
+        ]
+    return sorted(found, key=lambda e: e.id)
+
+
 def dead_letters(conn: Conn, limit: int | None = None) -> list[OutboxEntry]:
     """Dead letters, oldest first: what a person must look at (kept forever, never deleted)."""
     sql = f"SELECT {_ENTRY_COLUMNS} FROM webhook_outbox WHERE state = 'dead' ORDER BY id"
@@ -181,6 +203,24 @@ def dead_letters(conn: Conn, limit: int | None = None) -> list[OutboxEntry]:
         sql += " LIMIT ?"
         params = (int(limit),)
     return [OutboxEntry._from_row(r) for r in conn.execute(sql, params)]
+
+
+def dead_recent(conn: Conn, limit: int) -> list[tuple[Any, ...]]:
+    """(event_id, url, key_id, attempts, last_error, status_code, dead_ns) of the newest dead
+    letters, at most `limit`, bodies left out (the console lists them; a body is for a person
+    who opens one)."""
+    return conn.execute(
+        "SELECT event_id, url, key_id, attempts, last_error, status_code, dead_ns "
+        "FROM webhook_outbox WHERE state = 'dead' ORDER BY dead_ns DESC, id DESC LIMIT ?",
+        (int(limit),),
+    ).fetchall()
+
+
+def dead_count(conn: Conn) -> int:
+    """Dead letters (counted on the state index)."""
+    return int(
+        conn.execute("SELECT count(*) FROM webhook_outbox WHERE state = 'dead'").fetchone()[0]
+    )
 
 
 def retry_dead(conn: Conn, event_id: str) -> bool:

@@ -48,10 +48,18 @@ TABLES = (
     "reactions",
     "alarms",
     "losses",
+    "collections",
+    "locker_drops",
+    "van_positions",
+    "tracking_links",
+    "console_users",
+    "console_sessions",
+    "api_tokens",
 )
 # Columns PostgreSQL numbers itself (identity): copied as they are, then its counters moved on.
 _IDENTITY = {"events": "rowid", "gaps": "id", "quarantine": "id", "timeline": "id",
-             "webhook_outbox": "id", "reactions": "id", "alarms": "id", "losses": "id"}
+             "webhook_outbox": "id", "reactions": "id", "alarms": "id", "losses": "id",
+             "collections": "id", "locker_drops": "id"}
 _BATCH = 500
 
 

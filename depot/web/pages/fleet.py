@@ -13,10 +13,10 @@ manifest (`vans` table) and those that sent a position; the lockers are the sett
 sites; any other device heard of is listed with the lockers. A van or locker of the settings
 the depot never heard from is listed as such: a missing device is news too.
 
-A stop's dot is done when none of its parcels is still on the van (`loaded` or
-`out_for_delivery`), pending otherwise; a stop with nothing to hand over (a collection) is
-done once the van has reached it. The rounds drawn are each van's current manifest when it is
-of today (the depot's clock, UTC) or still has stops pending.
+A stop's dot is done or pending by the rule that counts the van's stops done, which
+`depot.eta.van_progress` owns (`VanProgress.pending_stops`, with the manifest it read). The
+rounds drawn are each van's current manifest when it is of today (the depot's clock, UTC) or
+still has stops pending.
 """
 
 from __future__ import annotations
@@ -29,23 +29,13 @@ from starlette.requests import Request
 from starlette.routing import BaseRoute, Route
 
 from depot.eta import VanProgress, van_progress
-from depot.store import book, dashboard, positions, sends
+from depot.store import book, dashboard, positions
 from depot.web import mapsvg
 from depot.web.api import devices, reader
 from depot.web.auth import Session
 from depot.web.console import page
 from depot.web.context import WebDepot
-from parcel.errors import ParcelError
 from parcel.manifest import Manifest
-
-
-def _manifest(body: bytes | None) -> Manifest | None:
-    if body is None:
-        return None
-    try:
-        return Manifest.from_json(body)
-    except ParcelError:
-        return None
 
 
 def _age(seconds: float | None) -> str:
@@ -64,17 +54,14 @@ def _when(iso: str | None) -> str | None:
 
 
 def _stops(
-    manifest: Manifest, waiting: set[str], current: int | None
+    manifest: Manifest, pending_stops: frozenset[int]
 ) -> tuple[list[tuple[float, float]], list[tuple[float, float]], int | None]:
     """The round's stops as (done, pending) points, and its first pending stop."""
     done: list[tuple[float, float]] = []
     pending: list[tuple[float, float]] = []
     first_pending = None
     for s in manifest.stops:
-        if s.parcels:
-            open_ = any(p in waiting for p in s.parcels)
-        else:
-            open_ = current is None or s.stop > current
+        open_ = s.stop in pending_stops
         (pending if open_ else done).append((s.lat, s.lon))
         if open_ and first_pending is None:
             first_pending = s.stop
@@ -123,16 +110,14 @@ def _build(request: Request, depot: WebDepot, session: Session) -> Mapping[str, 
             set(sites.vans) | {str(r[0]) for r in book.van_manifests(conn)} | set(last_positions)
         )
         progress = {v: van_progress(conn, v, now) for v in vans}
-        manifests = {v: _manifest(sends.current_manifest_body(conn, v)) for v in vans}
-        waiting = dashboard.waiting_on_vans(conn, vans)
+    manifests = {v: progress[v].manifest for v in vans}
 
     van_rows, rounds = [], []
     for van in vans:
         manifest = manifests[van]
-        current = progress[van].current_stop
         next_stop = None
         if manifest is not None:
-            done, pending, next_stop = _stops(manifest, waiting.get(van, set()), current)
+            done, pending, next_stop = _stops(manifest, progress[van].pending_stops)
             if manifest.day == today or pending:
                 rounds.append(mapsvg.VanStops(van, done, pending))
         van_rows.append(_van_row(van, heard.get(van), progress[van], manifest, next_stop))
