@@ -965,7 +965,7 @@ def build_parser() -> argparse.ArgumentParser:
         "command", help="send a locker a command through the depot (which signs it)"
     )
     c.add_argument("target", help="the locker, e.g. locker-1")
-    c.add_argument("action", help="reserve | extend_hold | remote_open")
+    c.add_argument("action", help="reserve | extend_hold | remote_open | set_in_service")
     c.add_argument(
         "args",
         nargs="*",
