@@ -877,9 +877,19 @@ class DepotService:
         was extended before or is over: once, before it ends, is the carrier's offer."""
         if not check_extend_token(self.keys, parcel, token):
             raise ExtendRefused("this link is not valid for that parcel", forbidden=True)
+        command, hours, locker = self._queue_extend(parcel, {})
+        log.info("customer asked for %g more hours for %s at %s", hours, parcel, locker)
+        return command, hours
+
+    def _queue_extend(self, parcel: str, extra: Mapping[str, Any]) -> tuple[str, float, str]:
+        """`extend_hold` for `parcel` at its locker under the one rule (`extend_refusal`:
+        once, while it waits in a locker, before the hold ends), whoever asks; (the command's
+        id, the hours, the locker). ExtendRefused before anything is queued."""
         if self.keys.signing is None:
             raise ExtendRefused("this depot cannot send commands to lockers just now")
-        info = self.book.parcel(parcel) or {}
+        info = self.book.parcel(parcel)
+        if info is None:
+            raise ExtendRefused(f"unknown parcel {parcel}")
         with self.database.reading() as conn:
             asked = book.commands_noted(conn, parcel, "extend_hold") > 0
         locker = info.get("locker")
@@ -887,9 +897,8 @@ class DepotService:
         if refusal is not None:
             raise ExtendRefused(refusal)
         hours = self.config.extend_hold_h
-        command = self.send_command(str(locker), "extend_hold", {"parcel": parcel, "hours": hours})
-        log.info("customer asked for %g more hours for %s at %s", hours, parcel, locker)
-        return command, hours
+        args = {"parcel": parcel, "hours": hours, **extra}
+        return self.send_command(str(locker), "extend_hold", args), hours, str(locker)
 
     # --- the operators' console (depot.web.pages.lockers) -------------------------------------
 
@@ -901,23 +910,7 @@ class DepotService:
         (the command's id, the hours asked for); ExtendRefused or DepotServiceError say why
         not, before anything is queued."""
         by, reason = _who_and_why(by, reason)
-        if self.keys.signing is None:
-            raise ExtendRefused("this depot has no key to sign commands to lockers")
-        info = self.book.parcel(parcel)
-        if info is None:
-            raise ExtendRefused(f"unknown parcel {parcel}")
-        with self.database.reading() as conn:
-            asked = book.commands_noted(conn, parcel, "extend_hold") > 0
-        locker = info.get("locker")
-        refusal = extend_refusal(info.get("state"), asked_before=asked, locker=locker)
-        if refusal is not None:
-            raise ExtendRefused(refusal)
-        hours = self.config.extend_hold_h
-        command = self.send_command(
-            str(locker),
-            "extend_hold",
-            {"parcel": parcel, "hours": hours, "by": by, "reason": reason},
-        )
+        command, hours, locker = self._queue_extend(parcel, {"by": by, "reason": reason})
         log.info("%s asked for %g more hours for %s at %s: %s", by, hours, parcel, locker, reason)
         return command, hours
 
