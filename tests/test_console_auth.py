@@ -88,8 +88,9 @@ def test_the_sign_in_form_refuses_a_post_without_its_nonce(web: DepotWeb) -> Non
 def test_the_sign_in_page_sends_nobody_elsewhere(web: DepotWeb) -> None:
     auth.add_user(web.book.database, "kim", "operator", PASSWORD)
     console = Console(web.url)
-    _, _, page = console.request("/signin?next=//evil.example/")
-    assert "evil.example" not in page
+    for target in ("//evil.example/", "/%5Cevil.example/", "https://evil.example/"):
+        _, _, page = console.request("/signin?next=" + target)
+        assert "evil.example" not in page, target
 
 
 def test_the_json_api_wants_a_token_or_a_session_and_health_stays_open(web: DepotWeb) -> None:
@@ -141,3 +142,16 @@ def test_accounts_are_made_from_the_command_line(tmp_path: Path) -> None:
         assert PASSWORD not in str(row)
     finally:
         database.close()
+
+
+def test_a_session_left_idle_for_a_working_day_signs_out(web: DepotWeb) -> None:
+    console = signed_in(web.url, web.book.database)
+    assert console.get("/console")[0] == 200
+    with web.book.database.transaction() as conn:  # as if the last page was 8 h 1 min ago
+        conn.execute(
+            "UPDATE console_sessions SET seen_ns = seen_ns - ?", ((auth.IDLE_S + 60) * 10**9,)
+        )
+    status, headers, _ = console.request("/console")
+    assert status == 303 and headers["location"].startswith("/signin")
+    with web.book.database.reading() as conn:
+        assert conn.execute("SELECT count(*) FROM console_sessions").fetchone()[0] == 0

@@ -209,15 +209,22 @@ def find_session(database: DepotDatabase, cookie: str) -> Session | None:
         return None
     key = digest(cookie)
     now = _now_ns()
-    with database.transaction() as conn:
+    # Looked up on a reader of its own: a page view does not queue behind the ingest for the
+    # writer, except to note its use once a minute or to end a stale session.
+    conn = database.reader()
+    try:
         row = store.session(conn, key)
-        if row is None:
-            return None
-        name, role, csrf, seen_ns, expires_ns = row
-        if int(expires_ns) <= now or int(seen_ns) <= now - IDLE_S * 10**9:
+    finally:
+        database.close_reader(conn)
+    if row is None:
+        return None
+    name, role, csrf, seen_ns, expires_ns = row
+    if int(expires_ns) <= now or int(seen_ns) <= now - IDLE_S * 10**9:
+        with database.transaction() as conn:
             store.end_session(conn, key)
-            return None
-        if now - int(seen_ns) > 60 * 10**9:  # one write a minute is enough to stay awake
+        return None
+    if now - int(seen_ns) > 60 * 10**9:  # one write a minute is enough to stay awake
+        with database.transaction() as conn:
             store.touch_session(conn, key, now)
     return Session(str(name), str(role), str(csrf), key)
 

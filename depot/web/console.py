@@ -68,7 +68,8 @@ def _secure(request: Request) -> bool:
 
 def _safe_next(target: str | None) -> str:
     """Only a path on this site: a sign-in link must not send anyone elsewhere."""
-    if not target or not target.startswith("/") or target.startswith("//"):
+    # A browser reads "/\\host" as "//host": a backslash anywhere is refused too.
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
         return "/console"
     return target
 
