@@ -1,0 +1,645 @@
+"""The decoder: one image in, the barcodes in it out (`Decoder`), and `Deduper` across frames.
+
+This module owns the decoding strategy and its time budget (see `Decoder`), the barcode
+formats and their names in zxing-cpp, the `Symbol` a read becomes, the checks on an image
+handed in, and `CameraError`, the package's exception (here because this is the lowest module
+that raises it). It calls zxing-cpp itself, `drivers.camera.regions` for where else to look
+and `drivers.camera.zbar` for the second opinion.
+
+What it must never do: report a code no decoder vouched for, alter a read's data, raise out of
+a decode because a decoder library failed (that is logged and counted as a miss), or import
+OpenCV, numpy or zxing-cpp at module level.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from drivers.camera.regions import (
+    _AFTER_A_READ,
+    _PLAIN,
+    _analysis_pixels,
+    _attempts,
+    _centre,
+    _crop_pixels,
+    _find_regions,
+    _inside,
+    _Region,
+    _Regions,
+    _straighten,
+)
+from drivers.camera.zbar import _ZBAR_TYPES, _Read, _Zbar
+from drivers.errors import DriverError
+from drivers.scanner import Scan
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
+
+    Image = NDArray[np.uint8]
+    AnyImage = NDArray[Any]  # what callers hand in; checked to be uint8 gray/BGR/BGRA
+    Points = tuple[tuple[float, float], ...]
+
+log = logging.getLogger("drivers.camera")
+
+#: Formats read by default: what parcel labels, retail barcodes on parcels and phone screens
+#: carry. Names are zxing-cpp's formats, lower-cased.
+PARCEL_FORMATS = (
+    "aztec",
+    "code128",
+    "code39",
+    "datamatrix",
+    "ean13",
+    "ean8",
+    "itf",
+    "pdf417",
+    "qrcode",
+    "upca",
+    "upce",
+)
+
+# Our format name -> zxing-cpp BarcodeFormat member used to request it.
+_ZXING_REQUEST = {
+    "aztec": "Aztec",
+    "codabar": "Codabar",
+    "code128": "Code128",
+    "code39": "Code39",
+    "code93": "Code93",
+    "databar": "DataBar",
+    "datamatrix": "DataMatrix",
+    "ean13": "EAN13",
+    "ean8": "EAN8",
+    "itf": "ITF",
+    "maxicode": "MaxiCode",
+    "microqr": "MicroQRCode",
+    "pdf417": "PDF417",
+    "qrcode": "QRCode",
+    "upca": "UPCA",
+    "upce": "UPCE",
+}
+# Formats looked for in a straightened linear crop: the linear codes, and PDF417 (stacked
+# bars). Other crops and the whole frame are searched for every format.
+_LINEAR_CROP_FORMATS = frozenset(
+    {
+        "codabar",
+        "code128",
+        "code39",
+        "code93",
+        "databar",
+        "ean13",
+        "ean8",
+        "itf",
+        "pdf417",
+        "upca",
+        "upce",
+    }
+)
+# zxing-cpp's reported format (BarcodeFormat name) -> our name; variants fold to their family.
+_ZXING_NAME = {
+    "Aztec": "aztec",
+    "AztecCode": "aztec",
+    "AztecRune": "aztec",
+    "Codabar": "codabar",
+    "Code128": "code128",
+    "Code39": "code39",
+    "Code39Std": "code39",
+    "Code39Ext": "code39",
+    "Code93": "code93",
+    "DataBar": "databar",
+    "DataBarOmni": "databar",
+    "DataBarStk": "databar",
+    "DataBarStkOmni": "databar",
+    "DataBarLtd": "databar",
+    "DataBarExp": "databar",
+    "DataBarExpStk": "databar",
+    "DataMatrix": "datamatrix",
+    "EAN13": "ean13",
+    "EAN8": "ean8",
+    "ITF": "itf",
+    "ITF14": "itf",
+    "MaxiCode": "maxicode",
+    "MicroQRCode": "microqr",
+    "PDF417": "pdf417",
+    "CompactPDF417": "pdf417",
+    "QRCode": "qrcode",
+    "QRCodeModel1": "qrcode",
+    "QRCodeModel2": "qrcode",
+    "UPCA": "upca",
+    "UPCE": "upce",
+}
+
+DEFAULT_BUDGET_MS = 15.0
+# The full-frame pass runs on at most this many pixels (a tilted 640 x 480 photo fits); a larger
+# frame is shrunk for it, and its full resolution is used in the straightened region crops.
+FULL_PASS_PIXELS = 320_000
+MAX_REGIONS = 6
+# What one decoder call is predicted to cost before it has been measured on this machine,
+# in milliseconds per megapixel, and a floor for tiny images (call overhead).
+_PRIOR_MS_PER_MP = {
+    "full": 10.0,
+    "regions": 15.0,
+    "crop": 6.0,
+    "zxing": 20.0,
+    "zxing/linear": 10.0,
+    "zxing/bars": 4.0,
+    "zbar": 30.0,
+    "zbar/rows": 6.0,
+}
+_MIN_STEP_MS = 0.1
+
+
+class CameraError(DriverError):
+    """A camera or an image that cannot be used as given; retrying will not help."""
+
+
+@dataclass(frozen=True)
+class Symbol:
+    """One barcode in an image, with its data exactly as a serial scanner would send it.
+
+    ``text`` is the data without the AIM identifier: GS1 data without its leading FNC1 and
+    with GS (0x1D) for every later one, control characters untouched. For ASCII data (every
+    parcel identifier) ``aim + text`` is byte for byte what the scanner sends; other text is
+    decoded by the symbol's character set (ECI, or the symbology's default).
+    ``aim`` is the AIM symbology identifier (``]C1``...), None if the decoder gave none.
+    ``format`` is the symbology in lower case (``code128``, ``qrcode``, see `PARCEL_FORMATS`);
+    ``corners`` the symbol's outline in image pixels, clockwise from its top-left as read;
+    ``source`` which strategy read it, e.g. ``zxing``, ``zbar``, ``zxing/region/clahe``.
+    """
+
+    text: str
+    aim: str | None
+    format: str
+    corners: Points
+    source: str
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """What makes two reads the same code: ``(text, format)``."""
+        return (self.text, self.format)
+
+    def to_scan(self, at: float) -> Scan:
+        """The serial scanner's `Scan` for this read (``raw`` is UTF-8, i.e. ASCII for codes)."""
+        return Scan(
+            data=self.text, aim=self.aim, raw=((self.aim or "") + self.text).encode(), at=at
+        )
+
+
+class _Costs:
+    """What each step costs on this machine, in ms per megapixel, learnt as it runs.
+
+    Steps: ``full`` (zxing-cpp on the whole frame), ``regions`` (the region search),
+    ``crop`` (straightening and treating a crop), ``zxing``, ``zxing/linear`` and
+    ``zxing/bars`` (zxing-cpp on a crop: every reader; the linear ones and PDF417's; the
+    linear ones alone, kept apart because PDF417's reader costs ten times theirs), ``zbar``
+    (the whole frame) and ``zbar/rows`` (a linear crop, along its rows).
+    """
+
+    def __init__(self) -> None:
+        self._ms_per_mp = dict(_PRIOR_MS_PER_MP)
+
+    def predict(self, step: str, pixels: int) -> float:
+        return max(_MIN_STEP_MS, self._ms_per_mp[step] * pixels / 1e6)
+
+    def learn(self, step: str, pixels: int, ms: float) -> None:
+        if pixels >= 10_000:  # below, call overhead dominates and says nothing per pixel
+            self._ms_per_mp[step] = 0.8 * self._ms_per_mp[step] + 0.2 * ms * 1e6 / pixels
+
+
+class _Found:
+    """Symbols found so far in one image, deduplicated by ``(text, format)``, in order."""
+
+    def __init__(self) -> None:
+        self.symbols: list[Symbol] = []
+        self._keys: set[tuple[str, str]] = set()
+
+    def add(self, symbol: Symbol, *, second_opinion: bool = False) -> bool:
+        if symbol.key in self._keys:
+            return False
+        if second_opinion and self._contradicts(symbol):
+            log.debug("second opinion %r disagrees with a read at the same place", symbol)
+            return False
+        self._keys.add(symbol.key)
+        self.symbols.append(symbol)
+        return True
+
+    def _contradicts(self, symbol: Symbol) -> bool:
+        # zbar reading a code zxing-cpp already read, with a different text (zbar guesses
+        # character sets differently): the first reader's text stands.
+        cx, cy = _centre(symbol.corners)
+        return any(
+            s.format == symbol.format and _inside(cx, cy, s.corners, grow=0.2) for s in self.symbols
+        )
+
+    def covers(self, region: _Region) -> bool:
+        x, y = region.centre
+        return any(_inside(x, y, s.corners, grow=0.3) for s in self.symbols)
+
+
+class Decoder:
+    """Finds the barcodes in one image: ``decode(image) -> list[Symbol]``.
+
+    Strategy, most likely reads first:
+
+    1. zxing-cpp on the whole frame, shrunk by a whole factor to at most `FULL_PASS_PIXELS`
+       pixels if larger, at all scales (``try_downscale``); upright and upside down only
+       (``try_rotate`` off: the region crops below cover every other angle, for less).
+    2. Candidate regions (`_find_regions`): image gradients pooled into cells give texture
+       energy and orientation coherence (the structure tensor); textured blobs of alternating
+       edges are code candidates, the coherent ones linear codes (or PDF417) with their
+       reading angle. Each region not already covered by a read is cut out straightened (a
+       perspective warp of its outline onto an upright rectangle) and tried with zxing-cpp
+       (a linear crop with the linear readers along its rows; any other crop with every
+       reader, both ways round and inverted, for a phone screen in dark mode), then for a
+       linear crop with zbar along its rows (the second opinion); as it is, and after CLAHE,
+       a sharpening and Otsu binarisation, then as last resorts for the best region
+       straightened at twice the resolution or thresholded globally (`_LAST_RESORTS`), in
+       the order of `_attempts`: the attempts most likely to read come first, so that a
+       slower machine, whose budget ends sooner, loses only the unlikely ones. PDF417's
+       reader, ten times the cost of the linear ones, looks only at untreated linear crops.
+       Once a code has been read, only regions not much weaker than the best get one more
+       untreated look.
+    3. zbar's second opinion on the whole frame (linear codes and QR), if nothing was read.
+
+    zbar runs after zxing-cpp's region crops, not before: on the bench's photos, tilted
+    copies and 1280 x 720 frames it read almost nothing zxing-cpp missed on a whole frame,
+    while the crops did, and the time budget is better spent there. A zbar read at the place
+    of an earlier read of the same format with another text is dropped as a disagreement
+    (zbar guesses character sets where zxing-cpp follows ECI).
+
+    Reads are deduplicated by ``(text, format)``, in the order found.
+
+    Time budget: ``budget_ms`` counts from the call. The first pass always runs. Every later
+    step (the region search, each crop and each decoder call on it, the whole-frame zbar
+    pass) starts only if the time already spent plus the step's predicted cost (a running
+    mean of its cost per megapixel on this machine) fits in the budget; otherwise decode
+    stops there and returns what it has. A step is never interrupted, so a decode overruns
+    the budget only by a step that took longer than predicted. On a camera the next frame is
+    the next chance. ``budget_ms=None`` tries everything whatever it costs.
+
+    Failures: an exception from a decoder library or from the image processing is logged
+    (``drivers.camera``, warning) and that attempt counts as a miss; ``decode`` still returns
+    whatever the other attempts found. ``misses`` counts such failures. Only an argument that
+    is not an image raises (`CameraError`).
+
+    Not thread-safe (the cost estimates and counters are per instance): one per thread.
+    """
+
+    def __init__(
+        self,
+        *,
+        budget_ms: float | None = DEFAULT_BUDGET_MS,
+        second_opinion: bool = True,
+        formats: Iterable[str] = PARCEL_FORMATS,
+        full_pass_pixels: int = FULL_PASS_PIXELS,
+        try_rotate: bool = False,
+        try_downscale: bool = True,
+        regions: bool = True,
+        max_regions: int = MAX_REGIONS,
+    ) -> None:
+        if budget_ms is not None and budget_ms <= 0:
+            raise CameraError("budget_ms must be positive, or None for no budget")
+        names = tuple(formats)
+        unknown = [f for f in names if f not in _ZXING_REQUEST]
+        if unknown or not names:
+            raise CameraError(
+                f"unknown barcode formats {unknown}; known: {sorted(_ZXING_REQUEST)}"
+                if unknown
+                else "formats must not be empty"
+            )
+        if full_pass_pixels < 10_000:
+            raise CameraError("full_pass_pixels must be at least 10000")
+        self.budget_ms = budget_ms
+        self.formats = names
+        self._full_pass_pixels = full_pass_pixels
+        self._try_rotate = try_rotate
+        self._try_downscale = try_downscale
+        self._regions = regions
+        self._max_regions = max_regions
+        self._costs = _Costs()
+        # zxingcpp.BarcodeFormats per kind of image (see `_zxing`), built on first use:
+        # zxingcpp is imported lazily.
+        self._zxing_formats: dict[str, Any] = {}
+        self._zbar: _Zbar | None = None
+        self._zbar_types = [t for t, name in _ZBAR_TYPES.items() if name in names]
+        self.second_opinion = second_opinion and bool(self._zbar_types)
+        if self.second_opinion:
+            try:
+                self._zbar = _Zbar(self._zbar_types)
+            except (ImportError, OSError, AttributeError) as exc:
+                log.warning("no second opinion: zbar cannot be loaded (%s)", exc)
+                self.second_opinion = False
+        self.misses = 0  # decoder calls that raised
+
+    def warm_up(self) -> None:
+        """Decode a small made-up picture with no budget: loads the libraries and sets up
+        everything a decode uses, so the first real frame's budget is not spent on that."""
+        import numpy as np
+
+        stripes = np.zeros((120, 200), dtype=np.uint8)
+        stripes[:, 20:180] = np.where((np.arange(160) // 3) % 2 == 0, 0, 255)
+        budget, self.budget_ms = self.budget_ms, None
+        try:
+            self.decode(stripes)
+        finally:
+            self.budget_ms = budget
+
+    # -- the strategy ---------------------------------------------------------------------
+
+    def decode(self, image: AnyImage) -> list[Symbol]:
+        """The barcodes in ``image`` (a gray or BGR uint8 numpy array), best effort in budget."""
+        clock = _Budget(self.budget_ms, self._costs)
+        gray = _gray(image)
+        found = _Found()
+
+        # 1. zxing-cpp on the whole frame.
+        work, scale = _shrink(gray, self._full_pass_pixels)
+        back = _scaling(1 / scale)
+        for read in self._zxing(work, "full", clock, rotate=self._try_rotate):
+            found.add(_symbol(read, back, "zxing"))
+
+        # 2. straightened candidate regions.
+        if self._regions and clock.fits("regions", _analysis_pixels(gray)):
+            self._regions_pass(gray, found, clock)
+
+        # 3. zbar's second opinion on the whole frame, when nothing was found yet.
+        if not found.symbols and self._zbar is not None and clock.fits("zbar", work.size):
+            for read in self._zbar_read(work, clock):
+                found.add(_symbol(read, back, "zbar"), second_opinion=True)
+        return found.symbols
+
+    def _regions_pass(self, gray: Image, found: _Found, clock: _Budget) -> None:
+        """Try the regions' straightened crops, in the order of `_attempts`."""
+        regions = _Regions(_find_regions(gray, self._max_regions), self._count_miss)
+        with clock.timing("regions", _analysis_pixels(gray)):
+            next(iter(regions), None)  # the search itself, and the first region
+        crops: dict[
+            tuple[int, int], tuple[Image, Callable[[list[tuple[float, float]]], Points]]
+        ] = {}
+        best_score = 0.0
+        for index, region, treatment in _attempts(regions):
+            best_score = max(best_score, region.score)
+            if found.covers(region):
+                continue
+            if found.symbols and (
+                treatment is not _PLAIN or region.score < best_score * _AFTER_A_READ
+            ):
+                # Once a code was read, what is left is most often print and clutter: only
+                # regions not much weaker than the best get one more (untreated) look.
+                continue
+            linear = region.linear
+            use_zbar = treatment.zbar and linear and self._zbar is not None
+            if not treatment.zxing and not use_zbar:
+                continue
+            # A straightened linear crop reads along its rows: only the linear readers (and
+            # PDF417's) look at it, along the rows. PDF417's reader only on the untreated
+            # crop: it costs ten times the others' on a crop that holds one, and where the
+            # untreated crop failed the treated ones almost never read it (the same code's
+            # 2D region, tried early by `_attempts`, is its better chance). Any other crop
+            # may also hold a linear code that the region's outline did not line up: every
+            # reader, both ways.
+            kind = "any" if not linear else "linear" if treatment is _PLAIN else "bars"
+            step = {"any": "zxing", "linear": "zxing/linear", "bars": "zxing/bars"}[kind]
+            pixels = _crop_pixels(region, treatment.scale)
+            first_step = step if treatment.zxing else "zbar/rows"
+            if not clock.fits("crop", pixels) or not clock.fits(first_step, pixels):
+                return
+            try:
+                with clock.timing("crop", pixels):
+                    key = (index, treatment.scale)
+                    if key not in crops:
+                        crop, to_image = _straighten(gray, region, treatment.scale)
+                        crops[key] = (crop, _perspective(to_image))
+                    crop, back = crops[key]
+                    treated = treatment.apply(crop)
+            except Exception:
+                self.misses += 1
+                log.warning("%s crop of a region failed", treatment.name, exc_info=True)
+                continue
+            if treatment.zxing:
+                for read in self._zxing(
+                    treated,
+                    step,
+                    clock,
+                    rotate=not linear,
+                    kind=kind,
+                    global_threshold=treatment.global_threshold,
+                ):
+                    found.add(_symbol(read, back, f"zxing/region/{treatment.name}"))
+            # zbar on 2D crops costs more than it finds (and it reads only QR there).
+            if found.covers(region) or not use_zbar:
+                continue
+            if clock.fits("zbar/rows", treated.size):
+                for read in self._zbar_read(treated, clock, rows_only=True):
+                    source = f"zbar/region/{treatment.name}"
+                    found.add(_symbol(read, back, source), second_opinion=True)
+
+    def _count_miss(self) -> None:
+        self.misses += 1
+
+    # -- the decoders, each call guarded ----------------------------------------------------
+
+    def _zxing(
+        self,
+        image: Image,
+        step: str,
+        clock: _Budget,
+        *,
+        rotate: bool,
+        kind: str = "any",
+        global_threshold: bool = False,
+    ) -> list[_Read]:
+        """zxing-cpp's reads of ``image``; ``kind`` says which readers look: ``any`` (every
+        format), ``linear`` (a straightened linear crop: the linear readers and PDF417's),
+        ``bars`` (a treated linear crop: the linear readers only, see `_regions_pass`)."""
+        try:
+            import zxingcpp
+
+            formats = self._zxing_formats.get(kind)
+            if formats is None:
+                wanted = [
+                    f
+                    for f in self.formats
+                    if kind == "any"
+                    or (f in _LINEAR_CROP_FORMATS and (kind == "linear" or f != "pdf417"))
+                ]
+                formats = zxingcpp.BarcodeFormats(
+                    [
+                        getattr(zxingcpp.BarcodeFormat, _ZXING_REQUEST[f])
+                        for f in wanted or self.formats
+                    ]
+                )
+                self._zxing_formats[kind] = formats
+            binarizer = (
+                zxingcpp.Binarizer.GlobalHistogram
+                if global_threshold
+                else zxingcpp.Binarizer.LocalAverage
+            )
+            with clock.timing(step, image.size):
+                barcodes = zxingcpp.read_barcodes(
+                    image,
+                    formats=formats,
+                    try_rotate=rotate,
+                    try_downscale=step == "full" and self._try_downscale,
+                    # Light-on-dark (a phone in dark mode) is tried on 2D crops only, where
+                    # it is cheap; on every whole frame it would double the first pass.
+                    try_invert=step == "zxing",
+                    text_mode=zxingcpp.TextMode.Plain,
+                    binarizer=binarizer,
+                )
+            reads = []
+            for b in barcodes:
+                p = b.position
+                corners = [
+                    (float(q.x), float(q.y))
+                    for q in (p.top_left, p.top_right, p.bottom_right, p.bottom_left)
+                ]
+                name = _ZXING_NAME.get(b.format.name, b.format.name.lower())
+                reads.append(_Read(b.text, b.symbology_identifier or None, name, corners))
+            return reads
+        except Exception:
+            self.misses += 1
+            log.warning("zxing-cpp failed on a %s image", _shape(image), exc_info=True)
+            return []
+
+    def _zbar_read(self, image: Image, clock: _Budget, *, rows_only: bool = False) -> list[_Read]:
+        assert self._zbar is not None
+        try:
+            with clock.timing("zbar/rows" if rows_only else "zbar", image.size):
+                return self._zbar.read(image, rows_only=rows_only)
+        except Exception:
+            self.misses += 1
+            log.warning("zbar failed on a %s image", _shape(image), exc_info=True)
+            return []
+
+
+class _Budget:
+    """The time left for one decode, and what the steps cost."""
+
+    def __init__(self, budget_ms: float | None, costs: _Costs) -> None:
+        self._started = time.perf_counter()
+        self._budget_ms = budget_ms
+        self._costs = costs
+
+    def fits(self, step: str, pixels: int) -> bool:
+        """Whether ``step`` on ``pixels`` is predicted to end within the budget."""
+        if self._budget_ms is None:
+            return True
+        spent_ms = (time.perf_counter() - self._started) * 1000
+        return spent_ms + self._costs.predict(step, pixels) <= self._budget_ms
+
+    @contextlib.contextmanager
+    def timing(self, step: str, pixels: int) -> Iterator[None]:
+        started = time.perf_counter()
+        yield
+        self._costs.learn(step, pixels, (time.perf_counter() - started) * 1000)
+
+
+# -- image helpers -------------------------------------------------------------------------
+
+
+def _gray(image: AnyImage) -> Image:
+    import cv2
+    import numpy as np
+
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
+        raise CameraError("an image is a numpy uint8 array (gray, BGR or BGRA)")
+    if image.ndim == 2:
+        return image
+    if image.ndim == 3 and image.shape[2] == 3:
+        return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)  # type: ignore[return-value]
+    if image.ndim == 3 and image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2GRAY)  # type: ignore[return-value]
+    if image.ndim == 3 and image.shape[2] == 1:
+        return image[:, :, 0]
+    raise CameraError(f"an image of shape {image.shape} is neither gray nor BGR")
+
+
+def _shrink(gray: Image, max_pixels: int) -> tuple[Image, float]:
+    """The image shrunk by the smallest whole factor that brings it to ``max_pixels``.
+
+    Whole factors because OpenCV averages whole blocks many times faster than it resamples
+    by an arbitrary ratio (and averaging is what keeps thin bars from aliasing away). The
+    last rows and columns that do not fill a block are left out.
+    """
+    import cv2
+
+    h, w = gray.shape
+    factor = 1
+    while (h // factor) * (w // factor) > max_pixels:
+        factor += 1
+    if factor == 1:
+        return gray, 1.0
+    trimmed = gray[: h - h % factor, : w - w % factor]
+    size = (w // factor, h // factor)
+    return cv2.resize(trimmed, size, interpolation=cv2.INTER_AREA), 1 / factor  # type: ignore[return-value]
+
+
+def _shape(image: Image) -> str:
+    return "x".join(map(str, image.shape))
+
+
+def _scaling(factor: float) -> Callable[[list[tuple[float, float]]], Points]:
+    def back(points: list[tuple[float, float]]) -> Points:
+        return tuple((round(x * factor, 1), round(y * factor, 1)) for x, y in points)
+
+    return back
+
+
+def _perspective(matrix: Any) -> Callable[[list[tuple[float, float]]], Points]:
+    def back(points: list[tuple[float, float]]) -> Points:
+        import cv2
+        import numpy as np
+
+        src = np.array([points], dtype=np.float32)
+        out = cv2.perspectiveTransform(src, matrix)[0]
+        return tuple((round(float(x), 1), round(float(y), 1)) for x, y in out)
+
+    return back
+
+
+def _symbol(
+    read: _Read, back: Callable[[list[tuple[float, float]]], Points], source: str
+) -> Symbol:
+    return Symbol(read.text, read.aim, read.format, back(read.corners), source)
+
+
+# ----------------------------------------------------------------------------------------------
+# Deduplication across frames
+
+
+class Deduper:
+    """Reports a code once while it stays in view, and again after it left view.
+
+    Feed it each decoded frame's symbols in order, whether any were found or not. A code (its
+    ``(text, format)``) is new when it was not seen in the last ``window_frames`` frames fed:
+    a label held under the camera for seconds is one read; a frame or two where the decoder
+    missed it (motion blur) does not make it new; the same parcel shown again after
+    ``window_frames`` frames without it is a deliberate second read, as with the serial
+    scanner's debounce. Pure: no clock, no I/O.
+    """
+
+    def __init__(self, window_frames: int = 10) -> None:
+        if window_frames < 1:
+            raise CameraError("window_frames must be at least 1")
+        self.window_frames = window_frames
+        self._frame = 0
+        self._last_seen: dict[tuple[str, str], int] = {}
+
+    def feed(self, symbols: Iterable[Symbol]) -> list[Symbol]:
+        """Take one frame's symbols; return those that are new, in order."""
+        self._frame += 1
+        new = []
+        for symbol in symbols:
+            last = self._last_seen.get(symbol.key)
+            if last is None or self._frame - last - 1 >= self.window_frames:
+                new.append(symbol)
+            self._last_seen[symbol.key] = self._frame
+        if len(self._last_seen) > 64:  # forget codes long out of view
+            horizon = self._frame - self.window_frames
+            self._last_seen = {k: f for k, f in self._last_seen.items() if f >= horizon}
+        return new
