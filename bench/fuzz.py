@@ -55,9 +55,12 @@ import time
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.rig import BenchError, host_facts, rounded
+
+if TYPE_CHECKING:
+    from depot.imports import ImportFormat
 
 DEFAULT_INPUTS = 1_000_000
 BATCH = 100  # inputs per hypothesis example
@@ -278,11 +281,11 @@ def _wire_positions(data: bytes) -> None:
                 raise BrokenPromise(f"accuracy or speed {value} out of range")
 
 
-def _import(fmt: str) -> Callable[[bytes], None]:
+def _import(fmt: ImportFormat) -> Callable[[bytes], None]:
     def parse(data: bytes) -> None:
         from depot.imports import read_import
 
-        result = read_import(data, format=fmt)  # type: ignore[arg-type]
+        result = read_import(data, format=fmt)
         for record in result.records:
             if not (math.isfinite(record.lat) and math.isfinite(record.lon)):
                 raise BrokenPromise(f"record {record.id} has a coordinate that is not finite")

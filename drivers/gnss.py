@@ -30,17 +30,16 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
-import random
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Literal, TypeAlias
 
 import serial
 
 from drivers.errors import DriverError
+from drivers.reader import SerialReader
 
 __all__ = [
     "BadNmeaChecksum",
@@ -53,6 +52,7 @@ __all__ = [
     "GnssReader",
     "IgnoredSentence",
     "NmeaFramer",
+    "NoFixReason",
     "RejectedLine",
     "Rmc",
     "Sentence",
@@ -86,6 +86,12 @@ KNOT_MPS = 1852.0 / 3600.0  # One knot, the unit of RMC speed, in metres per sec
 # Longest a read blocks; also how long stop() can take on a transport without cancel_read().
 IDLE_READ_S = 1.0
 DEFAULT_STALE_S = 3.0  # Three missed epochs at 1 Hz: the receiver or its cable is gone.
+
+NoFixReason: TypeAlias = Literal["receiver_disconnected", "receiver_silent", "no_signal"]
+"""Why `GnssReader.fix_or_reason` has no current fix: the port is not open (unplugged, or the
+reader is between reconnects); the port is open but no position sentence arrived within the
+freshness window (a receiver still starting, or one that stopped talking); or the receiver's
+latest epoch says it has no fix (no sky: a tunnel, a car park)."""
 
 
 class GnssError(DriverError):
@@ -531,7 +537,7 @@ class GnssCounters:
     no_fix_epochs: int
 
 
-class GnssReader:
+class GnssReader(SerialReader):
     """Reads a GNSS receiver on a background thread, across unplug and replug.
 
     ``port`` is a device path (``/dev/serial/by-id/...``, ``/dev/ttyACM0``) or any pyserial
@@ -549,8 +555,12 @@ class GnssReader:
     partial line and the open epoch are dropped, and opening is retried after a delay drawn
     uniformly between ``reconnect_min_s`` and a ceiling that doubles per failed attempt up to
     ``reconnect_max_s`` (exponential backoff with jitter); the ceiling resets once a
-    connection carried data or stayed up that long.
+    connection carried data or stayed up that long (`drivers.reader.ReconnectingReader`).
+    `stop` wakes a blocked read with ``cancel_read``.
     """
+
+    error = GnssError
+    log = log
 
     def __init__(
         self,
@@ -564,28 +574,20 @@ class GnssReader:
         reconnect_min_s: float = 0.2,
         reconnect_max_s: float = 5.0,
     ) -> None:
-        if not 0 < reconnect_min_s <= reconnect_max_s:
-            raise GnssError("need 0 < reconnect_min_s <= reconnect_max_s")
+        super().__init__(
+            "GNSS receiver",
+            port,
+            baudrate=baudrate,
+            idle_read_s=IDLE_READ_S,
+            reconnect_min_s=reconnect_min_s,
+            reconnect_max_s=reconnect_max_s,
+            on_connection=on_connection,
+        )
         if not stale_after_s > 0:
             raise GnssError("stale_after_s must be positive")
-        try:
-            # Catch a bad URL scheme or baud rate here, not as an endless retry loop later.
-            serial.serial_for_url(port, baudrate=baudrate, do_not_open=True)
-        except ValueError as e:
-            raise GnssError(f"cannot use GNSS port {port!r}: {e}") from e
-        self._port = port
-        self._baudrate = baudrate
         self._on_fix = on_fix
-        self._on_connection = on_connection
         self._stale_after_s = stale_after_s
         self._framer = NmeaFramer(max_line=max_line)  # Reader thread only.
-        self._reconnect_min_s = reconnect_min_s
-        self._reconnect_max_s = reconnect_max_s
-        self._jitter = random.Random()
-        self._stopping = threading.Event()
-        # Guards _serial between the reader thread (open/close) and stop() (cancel_read).
-        self._port_lock = threading.Lock()
-        self._serial: serial.Serial | None = None
         # Guards the assembler and the counters; notified after every sentence.
         self._state = threading.Condition(threading.Lock())
         self._assembler = FixAssembler()
@@ -596,18 +598,30 @@ class GnssReader:
             "garbage": 0,
             "overlong": 0,
         }
-        self._connected = False
-        self._thread: threading.Thread | None = None
-
-    @property
-    def connected(self) -> bool:
-        """True while the port is open."""
-        return self._connected
+        self._heard_at: float | None = None  # monotonic time of the latest RMC or GGA
 
     def current(self, max_age_s: float | None = None) -> Fix | None:
         """The latest fix if the latest epoch had one and it is fresh; otherwise None."""
         with self._state:
             return self._fresh(max_age_s)
+
+    def fix_or_reason(self, max_age_s: float | None = None) -> Fix | NoFixReason:
+        """`current`'s fix, or why there is none, decided under one lock so the two agree.
+
+        A proof of delivery without a position must say why (see `NoFixReason`): a receiver
+        in a tunnel and a receiver that fell off its cable are different facts for whoever
+        reads the proof.
+        """
+        with self._state:
+            fix = self._fresh(max_age_s)
+            if fix is not None:
+                return fix
+            if not self._connected:
+                return "receiver_disconnected"
+            limit = self._stale_after_s if max_age_s is None else max_age_s
+            if self._heard_at is None or time.monotonic() - self._heard_at > limit:
+                return "receiver_silent"
+            return "no_signal"
 
     def wait_for_fix(self, timeout_s: float, max_age_s: float | None = None) -> Fix | None:
         """Wait up to ``timeout_s`` for `current` to have a fix; None if none came."""
@@ -628,44 +642,6 @@ class GnssReader:
                 no_fix_epochs=self._assembler.no_fix_epochs,
             )
 
-    def start(self) -> None:
-        """Start the reader thread. A reader runs once: make a new one after `stop`."""
-        if self._thread is not None:
-            raise GnssError("GNSS reader already started")
-        # Daemon so a forgotten stop() cannot keep the process alive; stop() is still the
-        # way to end it, and it is never left to __del__.
-        self._thread = threading.Thread(
-            target=self._run, name=f"gnss-reader {self._port}", daemon=True
-        )
-        self._thread.start()
-
-    def stop(self, timeout: float = 2.0) -> None:
-        """Stop reading and wait for the thread to end; raises GnssError if it does not."""
-        self._stopping.set()
-        with self._port_lock:
-            if self._serial is not None:
-                cancel = getattr(self._serial, "cancel_read", None)
-                if cancel is not None:  # socket:// has none: its read ends within IDLE_READ_S.
-                    cancel()
-        thread = self._thread
-        if thread is None or thread is threading.current_thread():
-            return  # Never started, or stop() called from a callback: the thread will exit.
-        thread.join(timeout)
-        if thread.is_alive():
-            raise GnssError(f"GNSS reader on {self._port} did not stop within {timeout} s")
-
-    def __enter__(self) -> GnssReader:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     def _fresh(self, max_age_s: float | None) -> Fix | None:
         fix = self._assembler.latest
         if fix is None:
@@ -673,73 +649,15 @@ class GnssReader:
         limit = self._stale_after_s if max_age_s is None else max_age_s
         return fix if time.monotonic() - fix.received_at <= limit else None
 
-    def _run(self) -> None:
-        try:
-            self._reconnect_until_stopped()
-        except Exception:
-            # Only a bug gets here; say so in the device log, not just on stderr.
-            log.exception("GNSS reader on %s died", self._port)
-            self._connected = False
-            raise
-
-    def _reconnect_until_stopped(self) -> None:
-        failures = 0
-        while not self._stopping.is_set():
-            port = self._open(failures)
-            if port is not None:
-                opened_at = time.monotonic()
-                carried_data = self._read_until_error(port)
-                self._close(port)
-                # A link that worked resets the backoff; one that dies at once (a device node
-                # that lingers after the unplug) keeps growing it instead of spinning.
-                lasted = time.monotonic() - opened_at >= self._reconnect_max_s
-                failures = 0 if carried_data or lasted else failures + 1
-            else:
-                failures += 1
-            if self._stopping.wait(self._backoff(failures)):
-                break
-
-    def _backoff(self, failures: int) -> float:
-        ceiling = min(self._reconnect_max_s, self._reconnect_min_s * 2 ** min(failures, 32))
-        return self._jitter.uniform(self._reconnect_min_s, ceiling)
-
-    def _open(self, failures: int) -> serial.Serial | None:
-        try:
-            port = serial.serial_for_url(self._port, baudrate=self._baudrate, timeout=IDLE_READ_S)
-        except (OSError, ValueError) as e:  # SerialException is an OSError
-            # The first failure is news; the retries that follow are not.
-            log.log(
-                logging.WARNING if failures == 0 else logging.DEBUG,
-                "cannot open GNSS receiver on %s: %s",
-                self._port,
-                e,
-            )
-            return None
-        with self._port_lock:
-            if self._stopping.is_set():
-                port.close()
-                return None
-            self._serial = port
-        log.info("GNSS receiver connected on %s", self._port)
-        self._set_connected(True)
-        return port
-
-    def _close(self, port: serial.Serial) -> None:
-        with self._port_lock:
-            self._serial = None
-            try:
-                port.close()
-            except OSError as e:
-                log.debug("closing GNSS port %s: %s", self._port, e)
+    def _disconnected(self) -> None:
         # Bytes and sentences after the reconnect must not complete what the cut began.
         self._framer.drop_partial()
         with self._state:
             settled = self._assembler.close()
             self._state.notify_all()
         self._announce(settled)
-        self._set_connected(False)
 
-    def _read_until_error(self, port: serial.Serial) -> bool:
+    def _pump(self, port: serial.Serial) -> bool:
         """Pump bytes into the framer until stop or a port error; True if any byte arrived."""
         carried_data = False
         while not self._stopping.is_set():
@@ -770,6 +688,7 @@ class GnssReader:
                     self._counts["ignored"] += 1
                 else:
                     settled += self._assembler.add(item, now)
+                    self._heard_at = now
             self._state.notify_all()
         self._announce(settled)
 
@@ -781,11 +700,3 @@ class GnssReader:
                 self._on_fix(fix)
             except Exception:
                 log.exception("GNSS on_fix callback failed for %r", fix)
-
-    def _set_connected(self, connected: bool) -> None:
-        self._connected = connected
-        if self._on_connection is not None:
-            try:
-                self._on_connection(connected)
-            except Exception:
-                log.exception("GNSS on_connection callback failed")

@@ -20,17 +20,15 @@ What it must never do:
 from __future__ import annotations
 
 import logging
-import random
 import re
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import TracebackType
 
 import serial
 
 from drivers.errors import DriverError
+from drivers.reader import SerialReader
 
 __all__ = ["Rejected", "Scan", "ScanFramer", "ScannerError", "ScannerReader"]
 
@@ -234,21 +232,25 @@ class ScanFramer:
         return Rejected(reason=reason, raw=raw, at=at)
 
 
-class ScannerReader:
+class ScannerReader(SerialReader):
     """Reads scans from a serial scanner on a background thread, across unplug and replug.
 
     ``port`` is a device path (``/dev/serial/by-id/...``, ``/dev/ttyACM0``) or any pyserial URL
     (``spy:///dev/ttyACM0?file=trace.txt`` taps the wire). Callbacks run on the reader thread;
     an exception in one is logged and the reader carries on.
 
-    Reconnect: when the port errors or vanishes it is closed, any partial frame is dropped,
-    and opening is retried after a delay drawn uniformly between ``reconnect_min_s`` and a
-    ceiling that doubles per failed attempt up to ``reconnect_max_s`` (exponential backoff with
-    jitter); the ceiling resets once a connection carried data or stayed up that long. Scans
-    made while disconnected are lost at the scanner, and bytes sent before the port opens are
-    flushed by the open: the courier sees no confirmation and scans again. Watch
-    ``on_connection`` (called with True/False on the reader thread) to show it on screen.
+    Reconnect (`drivers.reader.ReconnectingReader`): when the port errors or vanishes it is
+    closed, any partial frame is dropped, and opening is retried after a delay drawn uniformly
+    between ``reconnect_min_s`` and a ceiling that doubles per failed attempt up to
+    ``reconnect_max_s`` (exponential backoff with jitter); the ceiling resets once a connection
+    carried data or stayed up that long. Scans made while disconnected are lost at the
+    scanner, and bytes sent before the port opens are flushed by the open: the courier sees no
+    confirmation and scans again. Watch ``on_connection`` (called with True/False on the
+    reader thread) to show it on screen. `stop` wakes a blocked read with ``cancel_read``.
     """
+
+    error = ScannerError
+    log = log
 
     def __init__(
         self,
@@ -262,138 +264,26 @@ class ScannerReader:
         reconnect_min_s: float = 0.2,
         reconnect_max_s: float = 5.0,
     ) -> None:
-        if not 0 < reconnect_min_s <= reconnect_max_s:
-            raise ScannerError("need 0 < reconnect_min_s <= reconnect_max_s")
-        try:
-            # Catch a bad URL scheme or baud rate here, not as an endless retry loop later.
-            serial.serial_for_url(port, baudrate=baudrate, do_not_open=True)
-        except ValueError as e:
-            raise ScannerError(f"cannot use scanner port {port!r}: {e}") from e
-        self._port = port
+        super().__init__(
+            "scanner",
+            port,
+            baudrate=baudrate,
+            idle_read_s=IDLE_READ_S,
+            reconnect_min_s=reconnect_min_s,
+            reconnect_max_s=reconnect_max_s,
+            on_connection=on_connection,
+        )
         self._on_scan = on_scan
         self._on_reject = on_reject
-        self._on_connection = on_connection
         self._framer = framer if framer is not None else ScanFramer()
-        self._baudrate = baudrate
-        self._reconnect_min_s = reconnect_min_s
-        self._reconnect_max_s = reconnect_max_s
-        self._jitter = random.Random()
-        self._stopping = threading.Event()
-        # Guards _serial between the reader thread (open/close) and stop() (cancel_read), so
-        # stop never touches a port whose file descriptors are being closed.
-        self._lock = threading.Lock()
-        self._serial: serial.Serial | None = None
-        self._connected = False
-        self._thread: threading.Thread | None = None
 
-    @property
-    def connected(self) -> bool:
-        """True while the port is open."""
-        return self._connected
-
-    def start(self) -> None:
-        """Start the reader thread. A reader runs once: make a new one after `stop`."""
-        if self._thread is not None:
-            raise ScannerError("scanner reader already started")
-        # Daemon so a forgotten stop() cannot keep the process alive; stop() is still the
-        # way to end it, and it is never left to __del__.
-        self._thread = threading.Thread(
-            target=self._run, name=f"scanner-reader {self._port}", daemon=True
-        )
-        self._thread.start()
-
-    def stop(self, timeout: float = 2.0) -> None:
-        """Stop reading and wait for the thread to end; raises ScannerError if it does not."""
-        self._stopping.set()
-        with self._lock:
-            if self._serial is not None:
-                cancel = getattr(self._serial, "cancel_read", None)
-                if cancel is not None:  # socket:// has none: its read ends within IDLE_READ_S.
-                    cancel()
-        thread = self._thread
-        if thread is None or thread is threading.current_thread():
-            return  # Never started, or stop() called from a callback: the thread will exit.
-        thread.join(timeout)
-        if thread.is_alive():
-            raise ScannerError(f"scanner reader on {self._port} did not stop within {timeout} s")
-
-    def __enter__(self) -> ScannerReader:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def _run(self) -> None:
-        try:
-            self._reconnect_until_stopped()
-        except Exception:
-            # Only a bug gets here; say so in the device log, not just on stderr.
-            log.exception("scanner reader on %s died", self._port)
-            self._connected = False
-            raise
-
-    def _reconnect_until_stopped(self) -> None:
-        failures = 0
-        while not self._stopping.is_set():
-            port = self._open(failures)
-            if port is not None:
-                opened_at = time.monotonic()
-                carried_data = self._read_until_error(port)
-                self._close(port)
-                # A link that worked resets the backoff; one that dies at once (a device node
-                # that lingers after the unplug) keeps growing it instead of spinning.
-                lasted = time.monotonic() - opened_at >= self._reconnect_max_s
-                failures = 0 if carried_data or lasted else failures + 1
-            else:
-                failures += 1
-            if self._stopping.wait(self._backoff(failures)):
-                break
-        self._framer.drop_partial()
-
-    def _backoff(self, failures: int) -> float:
-        ceiling = min(self._reconnect_max_s, self._reconnect_min_s * 2 ** min(failures, 32))
-        return self._jitter.uniform(self._reconnect_min_s, ceiling)
-
-    def _open(self, failures: int) -> serial.Serial | None:
-        try:
-            port = serial.serial_for_url(self._port, baudrate=self._baudrate, timeout=IDLE_READ_S)
-        except (OSError, ValueError) as e:  # SerialException is an OSError
-            # The first failure is news; the retries that follow are not.
-            log.log(
-                logging.WARNING if failures == 0 else logging.DEBUG,
-                "cannot open scanner on %s: %s",
-                self._port,
-                e,
-            )
-            return None
-        with self._lock:
-            if self._stopping.is_set():
-                port.close()
-                return None
-            self._serial = port
-        log.info("scanner connected on %s", self._port)
-        self._set_connected(True)
-        return port
-
-    def _close(self, port: serial.Serial) -> None:
-        with self._lock:
-            self._serial = None
-            try:
-                port.close()
-            except OSError as e:
-                log.debug("closing scanner port %s: %s", self._port, e)
+    def _disconnected(self) -> None:
         # A frame cut by the disconnect must not be completed by bytes after the reconnect.
         self._framer.drop_partial()
-        self._set_connected(False)
 
-    def _read_until_error(self, port: serial.Serial) -> bool:
+    def _pump(self, link: serial.Serial) -> bool:
         """Pump bytes into the framer until stop or a port error; True if any byte arrived."""
+        port = link
         framer = self._framer
         carried_data = False
         while not self._stopping.is_set():
@@ -433,11 +323,3 @@ class ScannerReader:
                     self._on_reject(frame)
             except Exception:
                 log.exception("scanner callback failed for %r", frame)
-
-    def _set_connected(self, connected: bool) -> None:
-        self._connected = connected
-        if self._on_connection is not None:
-            try:
-                self._on_connection(connected)
-            except Exception:
-                log.exception("scanner on_connection callback failed")

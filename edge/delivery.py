@@ -9,7 +9,9 @@ killed at any instant comes back with exactly the round its journal tells.
 
 Must never: tell the courier anything is done before its event is committed; run a manifest
 older than the one it runs, or another van's; journal an outcome the courier's input does not
-support (a handover without a name, a safe place without a photo); talk to the broker (the
+support (a handover without a name, a safe place without a photo, a handover without the
+parcel's scan or the courier's reason for none); record a proof of delivery with a hole (no
+scan and no reason, no fix and no reason: `DeliveryRound._pod`); talk to the broker (the
 uplink drains the journal; the depot reads `manifest_applied` as the van's acknowledgement).
 """
 
@@ -65,6 +67,22 @@ SCAN_REJECTED = "scan_rejected"  # an unreadable label, as the plain scan desk r
 
 #: A fix further than this from the stop's coordinates marks the proof of delivery `far`.
 FAR_M = 100.0
+
+#: Why the courier hands a parcel over without a scan at this visit, as they say it. A proof
+#: of delivery has the scan or one of these: a parcel marked delivered from the driver's seat
+#: and one whose torn label would not read are different facts for whoever reads the proof.
+NO_SCAN_REASONS = ("label_unreadable", "label_missing", "scanner_fault")
+#: The van's own word when the courier gave none and the outcome does not need a scan (a
+#: failed attempt, a redirect, a locker drop: nothing was handed over).
+NOT_SCANNED = "not_scanned"
+
+#: Why the van has no position of its own: no receiver configured, the position source
+#: raised, it gave coordinates that are not numbers, or it returned nothing and said no more.
+#: A receiver's own reasons (drivers.gnss.NoFixReason) come through as they are.
+NO_RECEIVER = "no_receiver"
+POSITION_ERROR = "position_error"
+BAD_POSITION = "bad_position"
+NO_POSITION = "no_position"
 
 
 DELIVERED_TO = ("recipient", "neighbour", "safe_place")
@@ -144,6 +162,17 @@ class Position(Protocol):
 
     @property
     def utc(self) -> object: ...
+
+
+@dataclass(frozen=True)
+class NoFix:
+    """No position, and why: what a position source answers instead of a fix.
+
+    A proof of delivery takes its position from one such answer, so it carries either the
+    fix or the reason, never neither (`DeliveryRound._pod`).
+    """
+
+    reason: str
 
 
 @runtime_checkable
@@ -230,13 +259,22 @@ def _clean(value: object, what: str) -> str | None:
     return value.strip() or None
 
 
+def _no_scan(value: object) -> str | None:
+    """The courier's reason for an outcome without a scan, checked before anything else."""
+    reason = _clean(value, "no_scan")
+    if reason is not None and reason not in NO_SCAN_REASONS:
+        raise InvalidOutcome("bad_no_scan", f"no_scan must be one of {', '.join(NO_SCAN_REASONS)}")
+    return reason
+
+
 class DeliveryRound:
     """A van's round for the day, driven by scans, courier input and the depot's manifests.
 
     Scans come from the scanner thread, courier input from the screen (the CLI's stdin),
     manifests from the uplink: one lock serialises them, and every method decides from the
     committed tables, writes the event and the state in one transaction, then tells the courier.
-    `position()` returns the current GNSS fix, or None when there is none (or it is stale).
+    `position()` returns the current GNSS fix, or a `NoFix` saying why there is none (None
+    is taken as a `NoFix` without a known reason: `no_position`).
     """
 
     def __init__(
@@ -245,7 +283,7 @@ class DeliveryRound:
         feedback: CourierFeedback,
         *,
         van_id: str,
-        position: Callable[[], Position | None],
+        position: Callable[[], Position | NoFix | None],
         clock: Clock | None = None,
         photos: Callable[[str], Jpeg] | None = None,
     ) -> None:
@@ -795,7 +833,7 @@ class DeliveryRound:
                 raise RoundError("no_such_stop", f"no stop {stop} (stops 1..{len(manifest.stops)})")
             where = manifest.stop(stop)
             (event,) = self._courier_commit(
-                [(STOP_ARRIVED, {"stop": stop, "fix": self._fix_doc(self._fix())})],
+                [(STOP_ARRIVED, {"stop": stop, "fix": self._fix_doc(self._locate())})],
                 [
                     ("UPDATE delivery_round SET current_stop=?", (stop,)),
                     # A scan proves the parcel in hand at this visit, not at an earlier one.
@@ -846,19 +884,24 @@ class DeliveryRound:
             )
         return stop, row
 
-    def _fix(self) -> Position | None:
+    def _locate(self) -> Position | NoFix:
+        """Where the handheld is, or why that is not known: never neither."""
         try:
-            fix = self._position()
+            found = self._position()
         except Exception:
             log.exception("position source failed")
-            return None
-        if fix is None or not (math.isfinite(fix.lat) and math.isfinite(fix.lon)):
-            return None
-        return fix
+            return NoFix(POSITION_ERROR)
+        if found is None:
+            return NoFix(NO_POSITION)
+        if isinstance(found, NoFix):
+            return found
+        if not (math.isfinite(found.lat) and math.isfinite(found.lon)):
+            return NoFix(BAD_POSITION)
+        return found
 
     @staticmethod
-    def _fix_doc(fix: Position | None) -> dict[str, Any] | None:
-        if fix is None:
+    def _fix_doc(fix: Position | NoFix) -> dict[str, Any] | None:
+        if isinstance(fix, NoFix):
             return None
         accuracy = fix.accuracy_m
         return {
@@ -882,18 +925,49 @@ class DeliveryRound:
         ref, statement = self._photo_outbox.statement(jpeg.data)
         return {**ref.as_payload(), "width": jpeg.width, "height": jpeg.height}, [statement]
 
-    def _pod(self, row: _Parcel, stop: Stop, photo: dict[str, Any] | None) -> dict[str, Any]:
-        """Proof of delivery: the scan at this visit, where the handheld was, and when."""
-        fix = self._fix()
+    @staticmethod
+    def _scanned_here(row: _Parcel, stop: Stop) -> bool:
+        return row.scan_stop == stop.stop and row.scan_raw is not None
+
+    def _unscanned_reason(
+        self, row: _Parcel, stop: Stop, said: str | None, *, required: bool
+    ) -> str | None:
+        """Why the proof has no scan at this visit: None when it has one, else the courier's
+        reason; an outcome that hands the parcel over is refused without either."""
+        if self._scanned_here(row, stop):
+            return None  # the scan is the better proof: a reason given as well is not kept
+        if said is not None:
+            return said
+        if required:
+            raise InvalidOutcome(
+                "scan_missing",
+                f"{row.parcel} is not scanned here: scan it, or say why it cannot be "
+                f"(no_scan: {' | '.join(NO_SCAN_REASONS)})",
+            )
+        return NOT_SCANNED
+
+    def _pod(
+        self, row: _Parcel, stop: Stop, photo: dict[str, Any] | None, no_scan: str | None
+    ) -> dict[str, Any]:
+        """Proof of delivery: the scan at this visit, where the handheld was, and when.
+
+        The one place a proof is built, so its two holes cannot open: it has the scan or the
+        reason there is none (`no_scan_reason`), and the fix or the reason there is none
+        (`no_fix_reason`), each pair taken from one answer.
+        """
+        located = self._locate()
+        fix = None if isinstance(located, NoFix) else located
         distance = None
         if fix is not None:
             distance = round(distance_m(fix.lat, fix.lon, stop.lat, stop.lon), 1)
-        scanned = row.scan_stop == stop.stop and row.scan_raw is not None
+        scanned = self._scanned_here(row, stop)
         return {
             "scan": row.scan_raw if scanned else None,
             "scanned_at_ns": row.scanned_at_ns if scanned else None,
-            "fix": self._fix_doc(fix),
+            "no_scan_reason": None if scanned else (no_scan or NOT_SCANNED),
+            "fix": self._fix_doc(located),
             "no_fix": fix is None,
+            "no_fix_reason": located.reason if isinstance(located, NoFix) else None,
             "distance_m": distance,
             "far": distance is not None and distance > FAR_M,
             "at_ns": self._clock.wall_ns(),
@@ -904,9 +978,9 @@ class DeliveryRound:
         pod = event.payload["pod"]
         notes = []
         if pod["scan"] is None:
-            notes.append("not scanned here")
+            notes.append(f"not scanned here ({pod['no_scan_reason'].replace('_', ' ')})")
         if pod["no_fix"]:
-            notes.append("no GNSS fix")
+            notes.append(f"no GNSS fix ({pod['no_fix_reason'].replace('_', ' ')})")
         elif pod["far"]:
             notes.append(f"{pod['distance_m']:.0f} m from the stop")
         self._tell("warn" if notes else "ok", "; ".join([say, *notes]), event)
@@ -918,8 +992,14 @@ class DeliveryRound:
         name: str | None = None,
         neighbour_address: str | None = None,
         photo: str | None = None,
+        no_scan: str | None = None,
     ) -> Event:
-        """Handed over (or left in a safe place); the proof the courier must give comes first."""
+        """Handed over (or left in a safe place); the proof the courier must give comes first.
+
+        That proof includes the parcel's scan at this visit, or the courier's `no_scan`
+        reason (NO_SCAN_REASONS) when its label cannot be read: a handover is never recorded
+        on a typed id alone."""
+        no_scan = _no_scan(no_scan)
         name = _clean(name, "name")
         neighbour_address = _clean(neighbour_address, "neighbour_address")
         photo = _clean(photo, "photo")
@@ -939,6 +1019,7 @@ class DeliveryRound:
             raise InvalidOutcome("photo_missing", "left in a safe place: a photo is needed")
         with self._lock:
             stop, row = self._outcome_target(parcel, locker_stop=False, allowed=(None, FAILED))
+            no_scan = self._unscanned_reason(row, stop, no_scan, required=True)
             picture, store = self._photo(photo)
             payload = {
                 "parcel": parcel,
@@ -947,7 +1028,7 @@ class DeliveryRound:
                 "name": name,
                 "neighbour_address": neighbour_address,
                 "photo": picture,
-                "pod": self._pod(row, stop, picture),
+                "pod": self._pod(row, stop, picture, no_scan),
                 "upu": DELIVERED_CODES.upu,
                 "x12": DELIVERED_CODES.x12,
             }
@@ -961,8 +1042,11 @@ class DeliveryRound:
             self._tell_outcome(event, f"delivered ({to.replace('_', ' ')})")
             return event
 
-    def fail(self, parcel: str, reason: str, photo: str | None = None) -> Event:
+    def fail(
+        self, parcel: str, reason: str, photo: str | None = None, no_scan: str | None = None
+    ) -> Event:
         """A failed attempt; the parcel stays on the van (another stop, a locker, or back)."""
+        no_scan = _no_scan(no_scan)
         photo = _clean(photo, "photo")
         codes = FAILURE_REASONS.get(reason) if isinstance(reason, str) else None
         if codes is None:
@@ -971,6 +1055,7 @@ class DeliveryRound:
             )
         with self._lock:
             stop, row = self._outcome_target(parcel, locker_stop=False, allowed=(None, FAILED))
+            no_scan = self._unscanned_reason(row, stop, no_scan, required=False)
             picture, store = self._photo(photo)
             payload = {
                 "parcel": parcel,
@@ -979,7 +1064,7 @@ class DeliveryRound:
                 "upu": codes.upu,
                 "x12": codes.x12,
                 "attempt": row.failures + 1,
-                "pod": self._pod(row, stop, picture),
+                "pod": self._pod(row, stop, picture, no_scan),
             }
             (event,) = self._courier_commit(
                 [(DELIVERY_FAILED, payload)],
@@ -994,20 +1079,24 @@ class DeliveryRound:
             self._tell_outcome(event, f"not delivered: {reason.replace('_', ' ')}")
             return event
 
-    def redirect(self, parcel: str, locker: str, photo: str | None = None) -> Event:
+    def redirect(
+        self, parcel: str, locker: str, photo: str | None = None, no_scan: str | None = None
+    ) -> Event:
         """The courier takes the parcel to a locker instead; it is on the van until dropped."""
+        no_scan = _no_scan(no_scan)
         photo = _clean(photo, "photo")
         name = _clean(locker, "locker")
         if name is None:
             raise InvalidOutcome("locker_missing", "redirect to which locker?")
         with self._lock:
             stop, row = self._outcome_target(parcel, locker_stop=False, allowed=(None, FAILED))
+            no_scan = self._unscanned_reason(row, stop, no_scan, required=False)
             picture, store = self._photo(photo)
             payload = {
                 "parcel": parcel,
                 "stop": stop.stop,
                 "locker": name,
-                "pod": self._pod(row, stop, picture),
+                "pod": self._pod(row, stop, picture, no_scan),
             }
             (event,) = self._courier_commit(
                 [(PARCEL_REDIRECTED, payload)],
@@ -1022,19 +1111,24 @@ class DeliveryRound:
             self._tell_outcome(event, f"for locker {name}")
             return event
 
-    def drop_at_locker(self, parcel: str, photo: str | None = None) -> Event:
-        """At a locker stop: the courier has put the parcel in the locker (which records it)."""
+    def drop_at_locker(
+        self, parcel: str, photo: str | None = None, no_scan: str | None = None
+    ) -> Event:
+        """At a locker stop: the courier has put the parcel in the locker (which records it;
+        its word, not a scan here, is what puts the parcel in: no scan is required)."""
+        no_scan = _no_scan(no_scan)
         photo = _clean(photo, "photo")
         with self._lock:
             stop, row = self._outcome_target(
                 parcel, locker_stop=True, allowed=(None, FAILED, REDIRECTED)
             )
+            no_scan = self._unscanned_reason(row, stop, no_scan, required=False)
             picture, store = self._photo(photo)
             payload = {
                 "parcel": parcel,
                 "stop": stop.stop,
                 "locker": stop.locker,
-                "pod": self._pod(row, stop, picture),
+                "pod": self._pod(row, stop, picture, no_scan),
             }
             (event,) = self._courier_commit(
                 [(PARCEL_DROPPED_AT_LOCKER, payload)],
@@ -1092,7 +1186,7 @@ class DeliveryRound:
             "compartment": listed.compartment if listed is not None else None,
             "listed": listed is not None,
             "raw": raw,
-            "fix": self._fix_doc(self._fix()),
+            "fix": self._fix_doc(self._locate()),
         }
         (event,) = self._commit(
             "collection not stored",
@@ -1269,10 +1363,10 @@ def _photo_file(spec: str) -> Jpeg:
 _COURIER_FIELDS: Mapping[str, tuple[str, ...]] = {
     "depart": (),
     "arrive": ("stop",),
-    "deliver": ("parcel", "to", "name", "neighbour_address", "photo"),
-    "fail": ("parcel", "reason", "photo"),
-    "redirect": ("parcel", "locker", "photo"),
-    "drop": ("parcel", "photo"),
+    "deliver": ("parcel", "to", "name", "neighbour_address", "photo", "no_scan"),
+    "fail": ("parcel", "reason", "photo", "no_scan"),
+    "redirect": ("parcel", "locker", "photo", "no_scan"),
+    "drop": ("parcel", "photo", "no_scan"),
     "collect": ("parcel",),
     "end_round": (),
     "close_day": (),

@@ -28,8 +28,16 @@ from typing import Any, Protocol
 
 from drivers.photo import Jpeg
 from drivers.scanner import Rejected, Scan, ScanFramer, ScannerReader
+from edge.delivery import (
+    NO_RECEIVER,
+    CourierFeedback,
+    DeliveryRound,
+    NoFix,
+    Position,
+    RoundError,
+    Tone,
+)
 from edge.delivery import SCAN_REJECTED as SCAN_REJECTED  # one name for both desks
-from edge.delivery import CourierFeedback, DeliveryRound, Position, RoundError, Tone
 from edge.errors import EdgeError
 from edge.ports import require_port
 from edge.positions import PositionSampler
@@ -260,6 +268,8 @@ class _GnssReader(Protocol):
 
     def current(self, max_age_s: float | None = None) -> Position | None: ...
 
+    def fix_or_reason(self, max_age_s: float | None = None) -> Position | str: ...
+
 
 def _open_gnss(config: VanConfig, on_fix: Callable[[Any], None]) -> _GnssReader:
     # Imported only when a receiver is configured: a van without one never loads the driver.
@@ -383,7 +393,7 @@ class Van:
         self.gnss: _GnssReader | None = None
         self.positions: PositionSampler | None = None  # samples while out on the round
         self.camera: _CameraReader | None = None
-        self._last_frame: tuple[Any, float] | None = None  # (pixels, time.monotonic())
+        self._last_frame: tuple[Any, float] | None = None  # (drivers.camera.Frame, its .at)
         self.camera_ready = threading.Event()  # set by the first decoded frame, like the scanner
         self._frame_lock = threading.Lock()
         self._manifests: queue.Queue[bytes | None] = queue.Queue()
@@ -432,7 +442,8 @@ class Van:
 
         def keep(frame: Frame, _symbols: list[Symbol]) -> None:
             with self._frame_lock:
-                self._last_frame = (frame.image, frame.at)
+                # The frame, not its pixels: a camera's JPEG is decoded only if a photo is taken.
+                self._last_frame = (frame, frame.at)
             self.camera_ready.set()
 
         return FrameReader(Camera(source), on_scan=self.scanner_on_scan, on_symbols=keep)
@@ -452,10 +463,21 @@ class Van:
             last = self._last_frame
         if last is None or time.monotonic() - last[1] > PHOTO_FRAME_MAX_AGE_S:
             raise PhotoError("the camera has no current picture")
-        return encode_photo(last[0])
+        from drivers.camera import CameraError
 
-    def _position(self) -> Position | None:
-        return self.gnss.current() if self.gnss is not None else None
+        try:
+            pixels = last[0].image
+        except CameraError as exc:
+            raise PhotoError(f"the camera's picture does not decode: {exc}") from exc
+        return encode_photo(pixels)
+
+    def _position(self) -> Position | NoFix:
+        # The receiver says why it has no fix (unplugged, silent, no sky); a van without one
+        # says so itself: a proof of delivery never lacks both a fix and its reason.
+        if self.gnss is None:
+            return NoFix(NO_RECEIVER)
+        found = self.gnss.fix_or_reason()
+        return NoFix(found) if isinstance(found, str) else found
 
     def _on_fix(self, fix: Any) -> None:
         # The GNSS reader's thread, once per receiver epoch: the sampler decides if one is due.

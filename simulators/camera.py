@@ -51,7 +51,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
 
 import numpy as np
 
@@ -59,9 +59,12 @@ from simulators.errors import SimulatorError
 from simulators.parcels import GS, Label
 
 if TYPE_CHECKING:
+    from cv2.typing import MatLike
     from numpy.typing import NDArray
 
     Image = NDArray[np.uint8]
+
+_Scalar = TypeVar("_Scalar", bound=np.generic)
 
 __all__ = [
     "AIM_IDS",
@@ -487,6 +490,16 @@ class CameraFrame:
         return dataclasses.replace(self, image=image)
 
 
+def _typed(matrix: MatLike, dtype: type[_Scalar]) -> NDArray[_Scalar]:
+    """A cv2 result with the element type it has: cv2's stubs give every result as a matrix of
+    any number type, while ours have their input's (uint8 frames, float32 masks, a float64
+    homography). Checked, never converted: another type here is a bug to hear about."""
+    array = np.asarray(matrix)
+    if array.dtype != dtype:
+        raise SimulatorError(f"cv2 returned {array.dtype}, expected {np.dtype(dtype)}")
+    return array.astype(dtype, copy=False)
+
+
 def _rng(seed: int | np.random.Generator) -> np.random.Generator:
     return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
 
@@ -500,7 +513,9 @@ def _backdrop(kind: str, seed: int, width: int, height: int) -> Image:
     def smooth_noise(cells_x: int, amplitude: float) -> NDArray[np.float32]:
         cells_y = max(2, round(cells_x * height / width))
         coarse = rng.normal(0.0, amplitude, (cells_y, cells_x)).astype(np.float32)
-        return cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
+        return _typed(
+            cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC), np.float32
+        )
 
     def fine(sigma: float) -> NDArray[np.float32]:
         return rng.standard_normal((height, width), dtype=np.float32) * np.float32(sigma)
@@ -556,7 +571,7 @@ def _project(
     ry = np.array([[math.cos(y), 0, math.sin(y)], [0, 1, 0], [-math.sin(y), 0, math.cos(y)]])
     corners = np.array([[0, 0, 0], [w, 0, 0], [w, h, 0], [0, h, 0]]) - np.array([px, py, 0])
     turned = corners @ (rz @ rx @ ry).T + np.array([0.0, 0.0, focal])
-    uv = focal * turned[:, :2] / turned[:, 2:3] + np.array(center)
+    uv: NDArray[np.float64] = focal * turned[:, :2] / turned[:, 2:3] + np.array(center)
     return uv.astype(np.float32)
 
 
@@ -581,7 +596,7 @@ def _composite(
     h, w = src.shape[:2]
     frame_h, frame_w = canvas.shape[:2]
     rect = np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float32)
-    homography = cv2.getPerspectiveTransform(rect, quad)
+    homography = _typed(cv2.getPerspectiveTransform(rect, quad), np.float64)
     # Work only on the part of the frame the object (its smear, its shadow) can reach.
     reach = (32 if shadow > 0 else 2) + math.ceil(smear_px)
     x0 = max(0, math.floor(float(quad[:, 0].min())) - reach)
@@ -668,7 +683,7 @@ class Scene:
         if abs(scale - 1.0) > 1e-6:
             size = (max(1, round(src.shape[1] * scale)), max(1, round(src.shape[0] * scale)))
             interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-            src = cv2.resize(src, size, interpolation=interpolation)
+            src = _typed(cv2.resize(src, size, interpolation=interpolation), np.uint8)
         sx = src.shape[1] / label.image.shape[1]
         sy = src.shape[0] / label.image.shape[0]
         where = center if center is not None else (self.width / 2, self.height / 2)
@@ -748,9 +763,10 @@ def rotate(image: Image, angle_deg: float, *, center: tuple[float, float] | None
     h, w = image.shape[:2]
     pivot = center if center is not None else ((w - 1) / 2, (h - 1) / 2)
     matrix = cv2.getRotationMatrix2D(pivot, angle_deg, 1.0)
-    return cv2.warpAffine(
+    turned = cv2.warpAffine(
         image, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
     )
+    return _typed(turned, np.uint8)
 
 
 def perspective(
@@ -776,9 +792,10 @@ def perspective(
         moves = np.asarray(offsets, np.float64).reshape(4, 2)
     rect = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float32)
     matrix = cv2.getPerspectiveTransform(rect, (rect + moves).astype(np.float32))
-    return cv2.warpPerspective(
+    warped = cv2.warpPerspective(
         image, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
     )
+    return _typed(warped, np.uint8)
 
 
 def gaussian_blur(image: Image, sigma: float) -> Image:
@@ -787,7 +804,7 @@ def gaussian_blur(image: Image, sigma: float) -> Image:
 
     if sigma <= 0:
         return image.copy()
-    return cv2.GaussianBlur(image, (0, 0), sigma)
+    return _typed(cv2.GaussianBlur(image, (0, 0), sigma), np.uint8)
 
 
 def motion_blur(image: NDArray[Any], length_px: float, angle_deg: float = 0.0) -> NDArray[Any]:
@@ -868,8 +885,9 @@ def low_light(
     the mean cut to ``contrast``, over the sensor's ``black_level``."""
     img = image.astype(np.float32)
     mean = float(img.mean())
-    out = black_level + gain * (mean + contrast * (img - mean))
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    out: NDArray[np.float32] = black_level + gain * (mean + contrast * (img - mean))
+    out += 0.5
+    return np.clip(out, 0, 255, out=out).astype(np.uint8)
 
 
 def jpeg(image: Image, quality: int = 50) -> Image:
@@ -879,10 +897,14 @@ def jpeg(image: Image, quality: int = 50) -> Image:
     ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     if not ok:
         raise SimulatorError("cv2 could not JPEG-encode the image")
-    return cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    decoded = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if decoded is None:
+        raise SimulatorError("cv2 could not decode the JPEG it had just encoded")
+    return _typed(decoded, np.uint8)
 
 
 Side = Literal["left", "right", "top", "bottom"]
+Occluder = Literal["finger", "tape"]
 
 
 def occlude(
@@ -891,7 +913,7 @@ def occlude(
     *,
     rng: int | np.random.Generator = 0,
     fraction: float = 0.3,
-    kind: Literal["finger", "tape"] = "finger",
+    kind: Occluder = "finger",
     side: Side | None = None,
 ) -> Image:
     """Part of a code covered, never all of it.
@@ -1092,8 +1114,14 @@ def phone_qr_scene(
 
     canvas = _backdrop("locker", seed, width, height).copy()
     scale = phone_height_px / ph
-    small = cv2.resize(art, (round(cw * scale), round(ch * scale)), interpolation=cv2.INTER_AREA)
-    small_alpha = cv2.resize(alpha, (small.shape[1], small.shape[0]), interpolation=cv2.INTER_AREA)
+    small = _typed(
+        cv2.resize(art, (round(cw * scale), round(ch * scale)), interpolation=cv2.INTER_AREA),
+        np.uint8,
+    )
+    small_alpha = _typed(
+        cv2.resize(alpha, (small.shape[1], small.shape[0]), interpolation=cv2.INTER_AREA),
+        np.uint8,
+    )
     where = center if center is not None else (width * 0.55, height * 0.5)
     quad = _project(
         (small.shape[1], small.shape[0]),
@@ -1168,8 +1196,8 @@ class SimulatedCamera:
             for item in frames:
                 shot = item if isinstance(item, CameraFrame) else CameraFrame(item)
                 image = shot.image
-                if image.ndim == 2:
-                    image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+                if image.ndim == 2:  # what it makes of a non-uint8 grey is refused below
+                    image = np.asarray(cv2.cvtColor(image, cv2.COLOR_GRAY2BGR))
                 if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
                     raise SimulatorError("frames must be BGR uint8 arrays (or grey)")
                 size = (image.shape[1], image.shape[0])

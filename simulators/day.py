@@ -1380,6 +1380,22 @@ def _standstills(
 
 
 FINAL_STATES = ("delivered", "picked_up", "returned_to_sender")
+
+
+def _pod_complete(pod: Mapping[str, Any]) -> bool:
+    """A delivery's proof is complete with the scan at the door or the courier's reason for
+    none (the van's own `not_scanned` is no reason), and a fix or the reason for none."""
+    why_no_scan = pod.get("no_scan_reason")
+    identified = bool(pod.get("scan")) or (
+        isinstance(why_no_scan, str) and why_no_scan not in ("", "not_scanned")
+    )
+    why_no_fix = pod.get("no_fix_reason")
+    located = isinstance(pod.get("fix"), dict) or (
+        pod.get("no_fix") is True and isinstance(why_no_fix, str) and why_no_fix != ""
+    )
+    return identified and located
+
+
 ACCOUNTED = (*FINAL_STATES, "in_locker", "at_depot", "received")
 
 
@@ -1478,9 +1494,8 @@ def _report(
         if stored is not None and hashlib.sha256(stored[1]).hexdigest() == sha:
             verified += 1
     photo_bytes = store.query("SELECT coalesce(sum(size), 0), coalesce(max(size), 0) FROM photos")
-    complete = sum(
-        1 for p in pods if p.get("scan") and (p.get("fix") is not None or p.get("no_fix") is True)
-    )
+    complete = sum(1 for p in pods if _pod_complete(p))
+    scanned = sum(1 for p in pods if p.get("scan"))
     with service.database.reading() as conn:
         hooks = stats(conn)
         notices = notices_sent(conn)
@@ -1509,6 +1524,7 @@ def _report(
         if first
         else None,
         "pod_complete_rate": round(complete / len(pods), 4) if pods else None,
+        "pod_scanned_rate": round(scanned / len(pods), 4) if pods else None,
         "unaccounted_parcels": unaccounted,
         "pickup_notices_sent": notices,
         "alarms_open": service.alarms_open(),
@@ -1610,7 +1626,8 @@ def _print_summary(r: dict[str, Any]) -> None:
         + f"; {r['unaccounted_parcels']} unaccounted",
         f"  decisions after failures: {_counted(r['decisions'], _DECISION_WORDS)}",
         f"  first-attempt success {_rate(r['first_attempt_success_rate'])}, proof of delivery "
-        f"complete {_rate(r['pod_complete_rate'])}; collections from lockers planned "
+        f"complete {_rate(r['pod_complete_rate'])} (scanned {_rate(r['pod_scanned_rate'])}); "
+        f"collections from lockers planned "
         f"{r['collections_planned']}, done {r['collected_from_lockers']}, "
         f"{r['expired_awaiting_collection']} expired awaiting the next day's; "
         f"{_n(r['alarms_open'], 'alarm')} open",

@@ -441,15 +441,18 @@ class Courier:
                     self.tally.wrong_stop_refused += 1
         for parcel in here:
             home = self.world[parcel]
-            if self.rng.random() < UNREADABLE_LABEL:
-                self.tally.unreadable_labels += 1  # torn label: the courier types the outcome
+            # A torn label: the courier types the outcome, and says why there is no scan.
+            torn = self.rng.random() < UNREADABLE_LABEL
+            said = {"no_scan": "label_unreadable"} if torn else {}
+            if torn:
+                self.tally.unreadable_labels += 1
             else:
                 self._scan(home.label, ("parcel_scanned_at_stop", "stop_scan_refused"))
             self.attempts[parcel] += 1
             what, how = home.fate(self.attempts[parcel])
             self.sim_wait(self.rng.uniform(*SERVICE_S))
             if what == "deliver":
-                doc: dict[str, Any] = {"do": "deliver", "parcel": parcel, "to": how}
+                doc: dict[str, Any] = {"do": "deliver", "parcel": parcel, "to": how, **said}
                 if how == "recipient":
                     doc["name"] = home.recipient
                 elif how == "neighbour":
@@ -462,7 +465,7 @@ class Courier:
                     self.tally.delivered += 1
                     self.on_van.discard(parcel)
             else:
-                if self._do({"do": "fail", "parcel": parcel, "reason": how}) is not None:
+                if self._do({"do": "fail", "parcel": parcel, "reason": how, **said}) is not None:
                     self.tally.failed[how] += 1
         if self.tunnel:
             self.gnss.tunnel(False)

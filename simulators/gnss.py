@@ -16,9 +16,8 @@ are dropped after a short bounded wait (a receiver's UART does not wait for its 
 epoch thread sleeps on an Event between epochs. At high clock speeds it skips epochs rather
 than write more than ``max_real_rate_hz`` per real second.
 
-The pty behaviour it relies on (raw mode kept after the slave fd closes, bytes written before
-the host opens the port being flushed by pyserial, closing the master as the unplug) is
-described in simulators/scanner.py and pinned by tests/test_scanner_serial.py.
+The pty and the epoch thread's life are simulators/device_port.py's, which also describes the
+pty behaviour relied on (pinned by tests/test_scanner_serial.py).
 """
 
 from __future__ import annotations
@@ -30,11 +29,9 @@ import logging
 import math
 import os
 import random
-import select
 import sys
 import threading
 import time
-import tty
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +39,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from parcel.geo import distance_m
+from simulators.device_port import DevicePort, ServingThread
 from simulators.errors import SimulatorError
 
 if TYPE_CHECKING:  # `lastmile --help` builds `sim gnss`'s options: sync (paho, SQLite) stays out
@@ -129,12 +127,9 @@ class SimulatedGnss:
             raise SimulatorError("max_real_rate_hz must be positive")
         if not 0.0 <= corrupt_share <= 1.0:
             raise SimulatorError("corrupt_share must be between 0 and 1")
-        if write_timeout_s < 0:
-            raise SimulatorError("write_timeout_s must not be negative")
         if len(talker) != 2 or not talker.isalpha() or not talker.isupper():
             raise SimulatorError(f"talker {talker!r} is not two capital letters")
         _check_position(*position)
-        self._link = Path(link) if link is not None else None
         if clock is None:
             from sync.clock import SystemClock
 
@@ -145,7 +140,6 @@ class SimulatedGnss:
         self._corrupt_share = corrupt_share
         self._rng = random.Random(seed)
         self._talker = talker
-        self._write_timeout_s = write_timeout_s
 
         # The simulated world and the history, under one lock with a condition notified
         # whenever the history grows (see wait_until).
@@ -160,35 +154,27 @@ class SimulatedGnss:
         self._corrupt_next = 0
         self._history: list[WrittenSentence] = []
 
-        # Held around every use of the master fd so unplug() from one thread cannot close it
-        # (and let the kernel reuse its number) under a write from the epoch thread.
-        self._io = threading.Lock()
-        self._master: int | None = None
-        self._device = ""
-        self._overflowing = False  # Logged once per stretch of nobody reading.
-        self._closed = False
-        self._stopping = threading.Event()
-        self._plug()
-        self._thread = threading.Thread(
-            target=self._run, name=f"gnss-sim {self._device}", daemon=True
+        self._port = DevicePort("GNSS receiver", link, log=log, write_timeout_s=write_timeout_s)
+        self._epochs = ServingThread(
+            f"gnss-sim {self._port.device}", self._epochs_until_stopped, log=log
         )
-        self._thread.start()
+        self._epochs.start()
 
     # -- where the driver connects -------------------------------------------------------------
 
     @property
     def path(self) -> str:
         """What a driver opens: the symlink if one was asked for, else the pty slave."""
-        return str(self._link) if self._link is not None else self._device
+        return self._port.path
 
     @property
     def device(self) -> str:
         """The current pty slave (``/dev/pts/N``); it changes on every replug."""
-        return self._device
+        return self._port.device
 
     @property
     def plugged(self) -> bool:
-        return self._master is not None
+        return self._port.plugged
 
     # -- the antenna and the sky ---------------------------------------------------------------
 
@@ -260,9 +246,7 @@ class SimulatedGnss:
 
     def write_raw(self, data: bytes) -> None:
         """Send bytes as they are: noise, a half sentence, a sentence of another kind."""
-        self._check_open()
-        data = bytes(data)
-        accepted = self._write(data)
+        accepted = self._port.write(data)
         if accepted:
             raw = WrittenSentence(
                 at=time.monotonic(),
@@ -281,34 +265,18 @@ class SimulatedGnss:
 
     def unplug(self) -> None:
         """Pull the cable: the pty disappears, and so does the symlink to it."""
-        self._check_open()
-        with self._io:
-            if self._master is None:
-                raise SimulatorError("GNSS receiver is already unplugged")
-            os.close(self._master)
-            self._master = None
-        if self._link is not None and self._link.is_symlink():
-            self._link.unlink()
-        log.info("GNSS receiver unplugged from %s", self._device)
+        self._port.unplug()
 
     def replug(self) -> None:
         """Plug back in: a fresh pty, and the symlink points at it."""
-        self._check_open()
-        if self._master is not None:
-            raise SimulatorError("GNSS receiver is already plugged in")
-        self._plug()
+        self._port.plug()
 
     def close(self) -> None:
         """Stop the epochs and unplug for good; safe to call twice."""
-        if self._closed:
-            return
-        self._stopping.set()
-        self._thread.join(2.0)
-        if self._master is not None:
-            self.unplug()
-        self._closed = True
-        if self._thread.is_alive():
-            raise SimulatorError("GNSS simulator thread did not stop within 2 s")
+        try:
+            self._epochs.stop(2.0)
+        finally:
+            self._port.close()
 
     def __enter__(self) -> SimulatedGnss:
         return self
@@ -339,19 +307,13 @@ class SimulatedGnss:
 
     # -- the epoch thread -----------------------------------------------------------------------
 
-    def _run(self) -> None:
-        try:
-            self._epochs_until_stopped()
-        except Exception:
-            log.exception("GNSS simulator on %s died", self._device)
-            raise
-
     def _epochs_until_stopped(self) -> None:
+        stopping = self._epochs.stopping
         clock, period = self._clock, self._period_ns
         real0, sim0 = time.monotonic_ns(), clock.monotonic_ns()
         last_epoch: int | None = None
         last_written = -math.inf
-        while not self._stopping.is_set():
+        while not stopping.is_set():
             wall = clock.wall_ns()
             epoch = wall // period
             if last_epoch is None or epoch > last_epoch:
@@ -370,7 +332,7 @@ class SimulatedGnss:
             else:
                 wait = self._min_gap_s
             wait = max(wait, last_written + self._min_gap_s - time.monotonic(), 0.0)
-            self._stopping.wait(wait)
+            stopping.wait(wait)
 
     def _emit(self, wall_ns: int, sim_ns: int) -> None:
         utc = _EPOCH0 + dt.timedelta(microseconds=wall_ns // 1000)
@@ -398,7 +360,7 @@ class SimulatedGnss:
                 time.monotonic(), kind, sim_ns, utc, lat, lon, fix, corrupt, data
             )
             self._record(entry)
-            if self._write(data) != data:
+            if self._port.write(data) != data:
                 self._unrecord(entry)
 
     def _record(self, entry: WrittenSentence) -> None:
@@ -471,71 +433,6 @@ class SimulatedGnss:
         if flipped in b"$*\r\n":
             flipped = sentence[i] ^ 0x02
         return sentence[:i] + bytes([flipped]) + sentence[i + 1 :]
-
-    # -- the pty ---------------------------------------------------------------------------------
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise SimulatorError("simulated GNSS receiver is closed")
-
-    def _plug(self) -> None:
-        master, slave = os.openpty()
-        try:
-            # No echo, no CR/LF translation: the host must see exactly the receiver's bytes.
-            tty.setraw(slave)
-            self._device = os.ttyname(slave)
-        except OSError:
-            os.close(master)
-            raise
-        finally:
-            os.close(slave)  # The raw settings stay with the pty.
-        os.set_blocking(master, False)
-        if self._link is not None:
-            try:
-                self._point_link(self._device)
-            except BaseException:
-                os.close(master)
-                raise
-        with self._io:
-            self._master = master
-            self._overflowing = False
-        log.info("GNSS receiver plugged in at %s (%s)", self.path, self._device)
-
-    def _point_link(self, target: str) -> None:
-        assert self._link is not None
-        link = self._link
-        if link.exists() and not link.is_symlink():
-            raise SimulatorError(f"{link} exists and is not a symlink; not replacing it")
-        # Build the new link beside the old and rename over it, so a driver retrying its
-        # open never sees a half-made link.
-        tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
-        tmp.unlink(missing_ok=True)
-        tmp.symlink_to(target)
-        os.replace(tmp, link)
-
-    def _write(self, data: bytes) -> bytes:
-        """Write to the master; return what the pty accepted, dropping what it would not."""
-        with self._io:
-            master = self._master
-            if master is None:
-                return b""  # Unplugged: the receiver talks into the void.
-            view = memoryview(data)
-            give_up_at = time.monotonic() + self._write_timeout_s
-            while view:
-                try:
-                    view = view[os.write(master, view) :]
-                except BlockingIOError:
-                    left = give_up_at - time.monotonic()
-                    if left <= 0:
-                        break
-                    select.select([], [master], [], left)  # until the host drains, or the bound
-                except OSError as e:
-                    log.warning("GNSS write failed on %s: %s", self._device, e)
-                    break
-            if view and not self._overflowing:
-                log.warning("nobody drains the GNSS pty %s: dropping sentences", self._device)
-            self._overflowing = bool(view)
-            return data[: len(data) - len(view)]
 
 
 # ---- NMEA, written independently of drivers.gnss -------------------------------------------------

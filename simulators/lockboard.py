@@ -21,32 +21,28 @@ or not; a person can only put or take one through an open door.
 Must never: block a test forever (every write has a bounded wait, the serving thread stops on
 `close`), or guess at what the driver meant: a frame it cannot read gets no answer.
 
-How the pty is used: raw mode (no echo, no CR/LF translation), and unlike
-simulators/scanner.py the simulator keeps a slave fd open for its whole life. Reading a pty
-master while no slave fd is open fails with EIO, and the boards must be able to listen before
-and between the driver's opens. Nobody reads that fd: the host's flush on open still drops
-bytes sent before it opened.
+The pty and the serving thread's life are simulators/device_port.py's: a listening port (the
+boards must hear the host before and between the driver's opens, so a slave fd stays open),
+raw mode, bounded writes, and a read that `after` and `close` interrupt.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import heapq
 import itertools
 import logging
 import os
-import select
 import sys
 import threading
 import time
-import tty
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import NamedTuple
 
+from simulators.device_port import DevicePort, ServingThread
 from simulators.errors import SimulatorError
 
 __all__ = [
@@ -225,17 +221,12 @@ class SimulatedLockBoards:
             raise SimulatorError(f"a bus holds 1-{MAX_BOARDS} boards, not {boards}")
         if not 1 <= locks_per_board <= MAX_LOCKS:
             raise SimulatorError(f"a board has 1-{MAX_LOCKS} locks, not {locks_per_board}")
-        if byte_delay_s < 0 or write_timeout_s < 0:
-            raise SimulatorError("byte_delay_s and write_timeout_s must not be negative")
         lock_pol = _per_board(lock_bit_open, boards, "lock_bit_open")
         item_pol = _per_board(item_bit_present, boards, "item_bit_present")
         self._boards = [
             _Board(b, lock_pol[b], item_pol[b], [_Compartment() for _ in range(locks_per_board)])
             for b in range(boards)
         ]
-        self._link = Path(link) if link is not None else None
-        self._byte_delay_s = byte_delay_s
-        self._write_timeout_s = write_timeout_s
         self.on_unlock = on_unlock
         # One re-entrant lock for the board state, the fault settings and the history, with a
         # condition that is notified whenever any of them changes (see wait_until).
@@ -249,46 +240,35 @@ class SimulatedLockBoards:
         self._history: list[Exchange] = []
         self._timers: list[_Timer] = []
         self._seq = itertools.count()
-        self._write_lock = threading.Lock()  # one reply on the wire at a time
-        self._stopping = threading.Event()
         self._closed = False
-        self._fds_closed = False
-
-        master, slave = os.openpty()
-        try:
-            tty.setraw(slave)  # the host must see exactly the boards' bytes, and no echo
-            self._device = os.ttyname(slave)
-            os.set_blocking(master, False)
-            # Wakes the serving thread's select for new timers and for close().
-            self._wake_r, self._wake_w = os.pipe()
-            os.set_blocking(self._wake_w, False)
-        except BaseException:
-            os.close(master)
-            os.close(slave)
-            raise
-        self._master, self._slave = master, slave
-        try:
-            if self._link is not None:
-                _point_link(self._link, self._device)
-        except BaseException:
-            self._close_fds()
-            raise
-        self._thread = threading.Thread(
-            target=self._serve, name=f"lockboards {self._device}", daemon=True
+        # Only the serving thread writes, so replies never interleave on the wire.
+        self._port = DevicePort(
+            "lock boards",
+            link,
+            log=log,
+            write_timeout_s=write_timeout_s,
+            byte_delay_s=byte_delay_s,
+            listen=True,
         )
-        self._thread.start()
-        log.info("%d simulated lock board(s) at %s (%s)", boards, self.path, self._device)
+        self._serving = ServingThread(
+            f"lockboards {self._port.device}",
+            self._serve,
+            log=log,
+            wake=self._port.interrupt,
+        )
+        self._serving.start()
+        log.info("%d simulated lock board(s) at %s", boards, self.path)
 
     # -- where the driver connects -------------------------------------------------------------
 
     @property
     def path(self) -> str:
         """What a driver opens: the symlink if one was asked for, else the pty slave."""
-        return str(self._link) if self._link is not None else self._device
+        return self._port.path
 
     @property
     def device(self) -> str:
-        return self._device
+        return self._port.device
 
     @property
     def boards(self) -> int:
@@ -428,19 +408,13 @@ class SimulatedLockBoards:
         """Stop serving and remove the pty and the link; safe to call twice."""
         if self._closed:
             return
-        if self._thread is threading.current_thread():
+        if self._serving.is_current():
             raise SimulatorError("close() from the serving thread (on_unlock or after) would hang")
         self._closed = True
-        self._stopping.set()
-        self._wake()
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            raise SimulatorError(f"lock-board simulator did not stop within {timeout} s")
-        link = self._link
-        if link is not None and link.is_symlink() and os.readlink(link) == self._device:
-            link.unlink()
-        self._close_fds()
-        log.info("simulated lock boards at %s closed", self._device)
+        # The port stays open if the thread does not stop: it may still be using the fds.
+        self._serving.stop(timeout)
+        self._port.close()
+        log.info("simulated lock boards at %s closed", self._port.device)
 
     def __enter__(self) -> SimulatedLockBoards:
         return self
@@ -482,39 +456,22 @@ class SimulatedLockBoards:
     def _schedule(self, due: float, action: Callable[[], None]) -> None:
         with self._state:
             heapq.heappush(self._timers, _Timer(due, next(self._seq), action))
-        self._wake()
-
-    def _wake(self) -> None:
-        with self._state:  # never write to the fd number after close() released it
-            if self._fds_closed:
-                return
-            with contextlib.suppress(BlockingIOError):  # the pipe is full of wake-ups already
-                os.write(self._wake_w, b"\0")
+        self._port.interrupt()  # the serving thread's wait may end sooner now
 
     def _serve(self) -> None:
         parser = HostFrameParser()
-        try:
-            while not self._stopping.is_set():
-                with self._state:
-                    due = self._timers[0].due if self._timers else None
-                wait = None if due is None else max(0.0, due - time.monotonic())
-                readable, _, _ = select.select([self._master, self._wake_r], [], [], wait)
-                if self._wake_r in readable:
-                    os.read(self._wake_r, 4096)
-                if self._master in readable:
-                    try:
-                        data = os.read(self._master, 4096)
-                    except BlockingIOError:
-                        data = b""
-                    for frame in parser.feed(data):
-                        self._handle(frame)
-                self._run_due_timers()
-        except Exception:
-            log.exception("lock-board simulator on %s died", self._device)
-            raise
+        stopping = self._serving.stopping
+        while not stopping.is_set():
+            with self._state:
+                due = self._timers[0].due if self._timers else None
+            # No timer: wait for the host, or for `after`/`close` to interrupt.
+            wait = None if due is None else max(0.0, due - time.monotonic())
+            for frame in parser.feed(self._port.read(wait)):
+                self._handle(frame)
+            self._run_due_timers()
 
     def _run_due_timers(self) -> None:
-        while not self._stopping.is_set():
+        while not self._serving.stopping.is_set():
             with self._state:
                 if not self._timers or self._timers[0].due > time.monotonic():
                     return
@@ -596,46 +553,12 @@ class SimulatedLockBoards:
             index = len(self._history)
             self._history.append(Exchange(time.monotonic(), received, bytes(reply)))
             self._changed.notify_all()
-        sent = bytearray()
-        if self._byte_delay_s > 0:
-            for i in range(len(reply)):
-                if i:
-                    time.sleep(self._byte_delay_s)  # UART pacing, not waiting for an outcome
-                sent += self._write(reply[i : i + 1])
-        else:
-            sent += self._write(reply)
-        if bytes(sent) != reply:
+        sent = self._port.write(reply, cancel=self._serving.stopping)
+        if sent != reply:
             with self._changed:
                 at = self._history[index].at
                 self._history[index] = Exchange(at, received, bytes(sent))
                 self._changed.notify_all()
-
-    def _write(self, data: bytes) -> bytes:
-        """Write to the master; return what the pty accepted within the write timeout."""
-        with self._write_lock:
-            view = memoryview(data)
-            give_up_at = time.monotonic() + self._write_timeout_s
-            while view and not self._stopping.is_set():
-                try:
-                    view = view[os.write(self._master, view) :]
-                except BlockingIOError:
-                    left = give_up_at - time.monotonic()
-                    if left <= 0:
-                        break
-                    select.select([], [self._master], [], min(left, 0.1))
-                except OSError as e:
-                    log.warning("lock-board reply lost on %s: %s", self._device, e)
-                    break
-            if view:
-                log.warning("nobody drained %s: %d reply bytes lost", self._device, len(view))
-            return data[: len(data) - len(view)]
-
-    def _close_fds(self) -> None:
-        with self._state:
-            self._fds_closed = True
-        for fd in (self._master, self._slave, self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
 
 
 def _per_board(value: bool | Sequence[bool], boards: int, name: str) -> list[bool]:
@@ -645,16 +568,6 @@ def _per_board(value: bool | Sequence[bool], boards: int, name: str) -> list[boo
     if len(values) != boards:
         raise SimulatorError(f"{name}: {len(values)} values for {boards} boards")
     return values
-
-
-def _point_link(link: Path, target: str) -> None:
-    if link.exists() and not link.is_symlink():
-        raise SimulatorError(f"{link} exists and is not a symlink; not replacing it")
-    # Build the new link beside the old and rename over it: never a half-made link.
-    tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(target)
-    os.replace(tmp, link)
 
 
 # -- command line: `lastmile sim lockboard` ---------------------------------------------------

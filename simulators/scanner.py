@@ -8,26 +8,9 @@ so a driver opens the slave path exactly as it would open ``/dev/ttyACM0``. It i
 wire from PROTOCOLS.md section 1 on its own and must never import from ``drivers``: a framing
 bug shared by both sides would pass every test.
 
-It must never block a test forever: the master is non-blocking, and bytes nobody reads are
-dropped after a bounded wait, as a real scanner's are.
-
-How Linux ptys behave (checked on Linux 6.18; tests/test_scanner_serial.py pins what we rely on):
-
-- Writes to the master succeed while no process has the slave open, even if the slave was
-  never opened: the bytes wait in the slave's input queue. pyserial flushes that queue when it
-  opens the port (``reset_input_buffer`` in ``Serial.open``), so bytes written before the host
-  opens the port are lost, as PROTOCOLS.md says. A plain ``os.open`` of the slave would see them.
-- The queue holds about 16 KiB; past that, writes to the non-blocking master raise
-  ``BlockingIOError`` (EAGAIN) and ``select`` reports the master not writable until the host
-  reads.
-- Reading the master while no slave fd is open raises EIO (this module never reads it).
-- Closing the master removes ``/dev/pts/N`` at once; a host blocked reading the slave wakes up
-  with "readable" and a zero-byte read, which pyserial raises as ``SerialException``. Bytes
-  still queued for the host are discarded with it. Opening the vanished path fails with ENOENT.
-  This is the unplug.
-- termios settings (raw mode) live with the pty, not with an fd: they persist after the last
-  slave fd closes, so the simulator sets raw mode once and does not hold the slave open.
-  Without raw mode the line discipline echoes input back to the master and turns CR into LF.
+It must never block a test forever: the pty (simulators/device_port.py, where the pty
+behaviour we rely on is written down) is non-blocking, and bytes nobody reads are dropped after a
+bounded wait, as a real scanner's are.
 """
 
 from __future__ import annotations
@@ -36,15 +19,13 @@ import argparse
 import logging
 import os
 import random
-import select
 import sys
-import threading
 import time
-import tty
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
+from simulators.device_port import DevicePort
 from simulators.errors import SimulatorError
 
 __all__ = [
@@ -89,34 +70,29 @@ class SimulatedScanner:
         byte_delay_s: float = 0.0,
         write_timeout_s: float = WRITE_TIMEOUT_S,
     ) -> None:
-        if byte_delay_s < 0 or write_timeout_s < 0:
-            raise SimulatorError("byte_delay_s and write_timeout_s must not be negative")
-        self._link = Path(link) if link is not None else None
         self._suffix = suffix or b""
-        self._byte_delay_s = byte_delay_s
-        self._write_timeout_s = write_timeout_s
         self.history: list[tuple[float, bytes]] = []
-        # Held around every use of the master fd so unplug() from one thread cannot close it
-        # (and let the kernel reuse its number) under a write from another.
-        self._lock = threading.Lock()
-        self._master: int | None = None
-        self._device = ""
-        self._closed = False
-        self._plug()
+        self._port = DevicePort(
+            "scanner",
+            link,
+            log=log,
+            write_timeout_s=write_timeout_s,
+            byte_delay_s=byte_delay_s,
+        )
 
     @property
     def path(self) -> str:
         """What a driver opens: the symlink if one was asked for, else the pty slave."""
-        return str(self._link) if self._link is not None else self._device
+        return self._port.path
 
     @property
     def device(self) -> str:
         """The current pty slave (``/dev/pts/N``); it changes on every replug."""
-        return self._device
+        return self._port.device
 
     @property
     def plugged(self) -> bool:
-        return self._master is not None
+        return self._port.plugged
 
     def scan(self, text: str | bytes, aim: str | None = "]C0") -> None:
         """Send one read: ``[aim][text][suffix]``; text is encoded latin-1, byte for byte."""
@@ -136,30 +112,15 @@ class SimulatedScanner:
 
     def unplug(self) -> None:
         """Pull the cable: the pty disappears, and so does the symlink to it."""
-        self._check_open()
-        with self._lock:
-            if self._master is None:
-                raise SimulatorError("scanner is already unplugged")
-            os.close(self._master)
-            self._master = None
-        if self._link is not None and self._link.is_symlink():
-            self._link.unlink()
-        log.info("scanner unplugged from %s", self._device)
+        self._port.unplug()
 
     def replug(self) -> None:
         """Plug back in: a fresh pty, and the symlink points at it."""
-        self._check_open()
-        if self._master is not None:
-            raise SimulatorError("scanner is already plugged in")
-        self._plug()
+        self._port.plug()
 
     def close(self) -> None:
         """Unplug for good; safe to call twice."""
-        if self._closed:
-            return
-        if self._master is not None:
-            self.unplug()
-        self._closed = True
+        self._port.close()
 
     def __enter__(self) -> SimulatedScanner:
         return self
@@ -172,84 +133,10 @@ class SimulatedScanner:
     ) -> None:
         self.close()
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise SimulatorError("simulated scanner is closed")
-
-    def _plug(self) -> None:
-        master, slave = os.openpty()
-        try:
-            # No echo, no CR/LF translation: the host must see exactly the scanner's bytes.
-            tty.setraw(slave)
-            self._device = os.ttyname(slave)
-        except OSError:
-            os.close(master)
-            raise
-        finally:
-            os.close(slave)  # The raw settings stay with the pty (see the module docstring).
-        os.set_blocking(master, False)
-        if self._link is not None:
-            try:
-                self._point_link(self._device)
-            except BaseException:
-                os.close(master)
-                raise
-        with self._lock:
-            self._master = master
-        log.info("scanner plugged in at %s (%s)", self.path, self._device)
-
-    def _point_link(self, target: str) -> None:
-        assert self._link is not None
-        link = self._link
-        if link.exists() and not link.is_symlink():
-            raise SimulatorError(f"{link} exists and is not a symlink; not replacing it")
-        # Build the new link beside the old and rename over it, so a driver retrying its
-        # open never sees a half-made link.
-        tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
-        tmp.unlink(missing_ok=True)
-        tmp.symlink_to(target)
-        os.replace(tmp, link)
-
     def _send(self, data: bytes) -> None:
-        self._check_open()
-        if self._byte_delay_s > 0:
-            sent = bytearray()
-            for i in range(len(data)):
-                if i:
-                    time.sleep(self._byte_delay_s)  # UART pacing, not waiting for an outcome.
-                sent += self._write(data[i : i + 1])
-            accepted = bytes(sent)
-        else:
-            accepted = self._write(data)
+        accepted = self._port.write(data)
         if accepted:
             self.history.append((time.monotonic(), accepted))
-
-    def _write(self, data: bytes) -> bytes:
-        """Write to the master; return what the pty accepted, dropping what it would not."""
-        with self._lock:
-            master = self._master
-            if master is None:
-                log.warning("scanner unplugged: %d bytes lost: %r", len(data), data[:32])
-                return b""
-            view = memoryview(data)
-            give_up_at = time.monotonic() + self._write_timeout_s
-            while view:
-                try:
-                    view = view[os.write(master, view) :]
-                except BlockingIOError:
-                    left = give_up_at - time.monotonic()
-                    if left <= 0:
-                        break
-                    # Sleep until the host drains the queue, or give up at the bound.
-                    select.select([], [master], [], left)
-                except OSError as e:
-                    log.warning("scanner write failed on %s: %s", self._device, e)
-                    break
-            if view:
-                log.warning(
-                    "nobody drained the scanner pty %s: %d bytes lost", self._device, len(view)
-                )
-            return data[: len(data) - len(view)]
 
 
 # -- command line: `lastmile sim scanner` and `lastmile sim keypad` -------------------------------

@@ -11,6 +11,7 @@ import secrets
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypedDict
 
 import pytest
 
@@ -37,6 +38,22 @@ def address(broker: Broker, who: str, port: int | None = None) -> BrokerAddress:
     """Connection details for a device (or "depot"), optionally through a link proxy's port."""
     user, password = broker.depot_credentials if who == "depot" else broker.credentials(who)
     return BrokerAddress(broker.host, port or broker.port, user, password)
+
+
+def blob(value: object) -> bytes:
+    """A BLOB column's value from a store query as bytes (SQLite gives bytes, PostgreSQL's
+    bytea a memoryview); fails the test if it is neither."""
+    assert isinstance(value, bytes | memoryview), value
+    return bytes(value)
+
+
+class UplinkPatience(TypedDict):
+    """An `Uplink`'s waits, shrunk by tests so that a lost ack or a restart costs seconds."""
+
+    ack_timeout_s: float
+    keepalive_s: int
+    backoff_min_s: float
+    backoff_max_s: float
 
 
 # --- PostgreSQL -------------------------------------------------------------------------------

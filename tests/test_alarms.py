@@ -32,13 +32,18 @@ from simulators.lockboard import SimulatedLockBoards
 from simulators.webhooks import WebhookReceiver
 from sync.journal import Journal
 from sync.uplink import Uplink
-from tests.conftest import address
+from tests.conftest import UplinkPatience, address
 from tests.web import client
 
 ROOT = Path(__file__).resolve().parent.parent
 WAIT_S = 20.0
 OPERATOR_SECRET = b"operator-secret-0123456789"
-FAST_SYNC = {"ack_timeout_s": 2.0, "keepalive_s": 2, "backoff_min_s": 0.1, "backoff_max_s": 1.0}
+FAST_SYNC: UplinkPatience = {
+    "ack_timeout_s": 2.0,
+    "keepalive_s": 2,
+    "backoff_min_s": 0.1,
+    "backoff_max_s": 1.0,
+}
 
 
 def wait_until(predicate: Callable[[], object], what: str, timeout: float = WAIT_S) -> None:
@@ -206,7 +211,7 @@ def test_a_device_whose_link_dies_goes_offline_by_its_will(
     link = LinkProxy(broker.host, broker.port, name="van-1")
     link.start()
     journal = Journal(tmp_path / "van-1.db", "van-1")
-    uplink = Uplink(journal, address(broker, "van-1", link.port), **FAST_SYNC)  # type: ignore[arg-type]
+    uplink = Uplink(journal, address(broker, "van-1", link.port), **FAST_SYNC)
     try:
         seq = journal.append("parcel_scanned", {"parcel": "RB123456785GB"}).seq
         uplink.start()
@@ -295,7 +300,7 @@ def test_a_device_s_status_says_how_much_the_depot_has_not_confirmed(
     journal = Journal(tmp_path / "van-1.db", "van-1")
     for n in range(3):
         journal.append("parcel_scanned", {"parcel": f"RB12345678{n}GB"})
-    uplink = Uplink(journal, address(broker, "van-1"), **FAST_SYNC)  # type: ignore[arg-type]
+    uplink = Uplink(journal, address(broker, "van-1"), **FAST_SYNC)
     seen: list[dict[str, Any]] = []
     user, password = broker.depot_credentials
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="watcher", protocol=mqtt.MQTTv5)

@@ -12,7 +12,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -195,8 +195,8 @@ def connected(peers: Callable[..., Peer], broker: Any, username: str, **kw: Any)
 
 
 def test_acl_rules_bind_every_device_to_its_own_subtree() -> None:
-    def may(user: str, access: str, topic: str) -> bool:
-        return acl_allows(user, access, topic, depot_username="depot")  # type: ignore[arg-type]
+    def may(user: str, access: Literal["read", "write"], topic: str) -> bool:
+        return acl_allows(user, access, topic, depot_username="depot")
 
     assert may("van-1", "write", "lastmile/v1/van-1/events")
     assert may("van-1", "write", "lastmile/v1/van-1/status")

@@ -13,12 +13,14 @@ import math
 import random
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import zxingcpp
+from numpy.typing import NDArray
 
 from simulators import camera, parcels
 from simulators.camera import CameraFrame, Scene, SimulatedCamera
@@ -40,6 +42,12 @@ ZX_FORMAT = {
     "itf": zxingcpp.BarcodeFormat.ITF,
     "code39": zxingcpp.BarcodeFormat.Code39,
 }
+
+
+def in_view(shot: CameraFrame) -> tuple[int, int, int, int]:
+    """Where the symbol is in the frame; fails the test if it is not in view."""
+    assert shot.symbol_box is not None, "the symbol is not in the frame"
+    return shot.symbol_box
 
 
 def read(image: np.ndarray, *fmts: str) -> list[tuple[str, str]]:
@@ -107,8 +115,8 @@ def test_pickup_qr_prefix_is_the_lockers() -> None:
 
 
 @pytest.mark.parametrize(("fmt", "text"), sample_texts())
-def test_undistorted_label_decodes_to_exactly_its_text(fmt: str, text: str) -> None:
-    printed = camera.render_label(text, format=fmt)  # type: ignore[arg-type]
+def test_undistorted_label_decodes_to_exactly_its_text(fmt: camera.SymbolFormat, text: str) -> None:
+    printed = camera.render_label(text, format=fmt)
     assert (printed.text, printed.format) == (text, fmt)
     # ITF-14 ends in a valid check digit, which a reader validates and says so with "]I1".
     assert printed.aim == ("]I1" if fmt == "itf" else camera.AIM_IDS[fmt])
@@ -116,9 +124,9 @@ def test_undistorted_label_decodes_to_exactly_its_text(fmt: str, text: str) -> N
 
 
 @pytest.mark.parametrize("fmt", ["code128", "gs1-128", "qr", "datamatrix", "gs1-datamatrix"])
-def test_bare_symbol_decodes_and_has_its_quiet_zone(fmt: str) -> None:
+def test_bare_symbol_decodes_and_has_its_quiet_zone(fmt: camera.SymbolFormat) -> None:
     text = f"42012345{GS}9212345678901234567890" if fmt.startswith("gs1") else "RR123456785NL"
-    symbol = camera.render_symbol(text, fmt, module_px=2)  # type: ignore[arg-type]
+    symbol = camera.render_symbol(text, fmt, module_px=2)
     assert symbol.ndim == 2 and symbol.dtype == np.uint8
     assert set(np.unique(symbol)) == {0, 255}
     # The quiet zone is light all round.
@@ -181,11 +189,11 @@ def test_plain_text_needs_a_format() -> None:
 
 
 @pytest.mark.parametrize("fmt", ["code128", "gs1-128", "qr", "datamatrix", "gs1-datamatrix"])
-def test_label_in_a_scene_decodes_on_the_full_frame(fmt: str) -> None:
+def test_label_in_a_scene_decodes_on_the_full_frame(fmt: camera.SymbolFormat) -> None:
     text = f"00123456789012345675{GS}42012345" if fmt == "gs1-128" else "RR123456785NL"
     if fmt == "gs1-datamatrix":
         text = f"42012345{GS}9212345678901234567890"
-    printed = camera.render_label(text, format=fmt)  # type: ignore[arg-type]
+    printed = camera.render_label(text, format=fmt)
     shot = Scene("cardboard", seed=1).frame(printed)
     assert shot.image.shape == (720, 1280, 3) and shot.image.dtype == np.uint8
     assert shot.symbol_in_view
@@ -197,7 +205,8 @@ def test_scene_reports_where_the_symbol_landed() -> None:
     shot = Scene("van_floor", seed=3).frame(
         printed, center=(500, 380), width_px=420, angle_deg=30, pitch_deg=8, yaw_deg=-12
     )
-    (found,) = zxingcpp.read_barcodes(shot.image, formats=zxingcpp.BarcodeFormat.QRCode)
+    qr_only = zxingcpp.BarcodeFormats([zxingcpp.BarcodeFormat.QRCode])
+    (found,) = zxingcpp.read_barcodes(shot.image, formats=qr_only)
     p = found.position
     seen = [
         (p.top_left.x, p.top_left.y),
@@ -337,14 +346,14 @@ def qr_shot() -> CameraFrame:
 @pytest.mark.parametrize("kind", ["finger", "tape"])
 @pytest.mark.parametrize("side", ["left", "right", "top", "bottom"])
 def test_occlusion_covers_part_of_the_code_not_all(
-    qr_shot: CameraFrame, kind: str, side: str
+    qr_shot: CameraFrame, kind: camera.Occluder, side: camera.Side
 ) -> None:
     shot = qr_shot
     assert shot.symbol_box is not None
     x, y, w, h = shot.symbol_box
     covered = camera.occlude(
         shot.image, shot.symbol_box, rng=5, fraction=0.35, kind=kind, side=side
-    )  # type: ignore[arg-type]
+    )
     changed = np.any(covered != shot.image, axis=2)
     share = changed[y : y + h, x : x + w].mean()
     assert 0.05 < share < 0.6
@@ -355,9 +364,9 @@ def test_occlusion_covers_part_of_the_code_not_all(
     assert np.array_equal(
         covered,
         camera.occlude(shot.image, shot.symbol_box, rng=5, fraction=0.35, kind=kind, side=side),
-    )  # type: ignore[arg-type]
+    )
     with pytest.raises(SimulatorError):
-        camera.occlude(shot.image, shot.symbol_box, fraction=1.0, kind=kind)  # type: ignore[arg-type]
+        camera.occlude(shot.image, shot.symbol_box, fraction=1.0, kind=kind)
 
 
 def test_low_light_darkens_and_flattens() -> None:
@@ -376,7 +385,7 @@ def test_jpeg_adds_artefacts_that_grow_as_quality_falls() -> None:
 
 # --- mild distortions stay readable --------------------------------------------------------
 
-MILD = {
+MILD: dict[str, Callable[[CameraFrame], NDArray[np.uint8]]] = {
     # Linear codes: zxing-cpp scans rows and columns only, so a Code 128 tilted further than
     # about atan(bar height / symbol width) (some 10 degrees here) is not read on one frame.
     "rotate": lambda f: camera.rotate(f.image, 5),
@@ -384,7 +393,7 @@ MILD = {
     "gaussian": lambda f: camera.gaussian_blur(f.image, 1.0),
     "motion": lambda f: camera.motion_blur(f.image, 4, 20),
     "glare": lambda f: camera.glare(
-        f.image, (f.symbol_box[0], f.symbol_box[1]), (90, 50), strength=0.6
+        f.image, (in_view(f)[0], in_view(f)[1]), (90, 50), strength=0.6
     ),
     "noise": lambda f: camera.sensor_noise(f.image, 2, sigma=8),
     "low_light": lambda f: camera.low_light(f.image, gain=0.45, contrast=0.8),
@@ -403,12 +412,12 @@ MILD = {
 
 
 @pytest.mark.parametrize("fmt", ["code128", "gs1-128", "qr", "gs1-datamatrix"])
-def test_mild_distortions_remain_readable_on_the_full_frame(fmt: str) -> None:
+def test_mild_distortions_remain_readable_on_the_full_frame(fmt: camera.SymbolFormat) -> None:
     text = {
         "gs1-128": f"00123456789012345675{GS}42012345",
         "gs1-datamatrix": f"42012345{GS}9212345678901234567890",
     }.get(fmt, "1Z999AA10123456784")
-    printed = camera.render_label(text, format=fmt)  # type: ignore[arg-type]
+    printed = camera.render_label(text, format=fmt)
     shot = Scene("cardboard", seed=4).frame(printed, angle_deg=2)
     unreadable = [
         name
@@ -420,9 +429,9 @@ def test_mild_distortions_remain_readable_on_the_full_frame(fmt: str) -> None:
 
 @pytest.mark.parametrize("fmt", ["qr", "datamatrix", "gs1-datamatrix"])
 @pytest.mark.parametrize("angle", [45.0, 160.0, -75.0])
-def test_2d_codes_read_at_any_angle(fmt: str, angle: float) -> None:
+def test_2d_codes_read_at_any_angle(fmt: camera.SymbolFormat, angle: float) -> None:
     text = f"42012345{GS}9212345678901234567890" if fmt.startswith("gs1") else "RB123456785GB"
-    printed = camera.render_label(text, format=fmt)  # type: ignore[arg-type]
+    printed = camera.render_label(text, format=fmt)
     shot = Scene("van_floor", seed=2).frame(printed, width_px=400)
     assert read(camera.rotate(shot.image, angle), fmt) == [(printed.text, printed.aim)]
 

@@ -47,6 +47,7 @@ def test_an_operator_signs_in_and_out_with_a_session_cookie_of_the_right_kind(
     with web.book.database.reading() as conn:  # the database holds a digest, not the cookie
         stored = conn.execute("SELECT id, csrf FROM console_sessions").fetchall()
     sent = next(c.value for c in console.jar if c.name == "lm_session")
+    assert sent is not None
     assert len(stored) == 1 and stored[0][0] == auth.digest(sent) != sent
 
     assert console.request("/signout", {"csrf": "forged"})[0] == 403  # CSRF on sign-out too

@@ -150,6 +150,13 @@ def cell(page: str, locker: str, cid: str) -> tuple[str, str]:
     return found.group(1), _text(found.group(2))
 
 
+def command_row(page: str, command: str = "[0-9a-f]+") -> str:
+    """The text of a command's row (the first one, by default)."""
+    row = re.search(rf'<tr id="command-{command}">(.*?)</tr>', page, re.S)
+    assert row, f"no command row {command}"
+    return _text(row.group(1))
+
+
 def _text(fragment: str) -> str:
     text = html.unescape(re.sub(r"<[^>]+>", " ", fragment))
     return re.sub(r"\s+", " ", text).strip()
@@ -201,7 +208,7 @@ def test_an_operator_opens_a_compartment_with_a_reason(site: Site) -> None:
          {"compartment": "C1", "by": user, "reason": "technician on site"}),
     ]
     _, page = kim.get("/console/lockers")
-    row = _text(re.search(r'<tr id="command-[0-9a-f]+">(.*?)</tr>', page, re.S).group(1))
+    row = command_row(page)
     assert "remote open C1" in row and user in row and "technician on site" in row
     assert "queued" in row
 
@@ -244,7 +251,7 @@ def test_a_compartment_goes_back_in_service_when_the_locker_says_so(site: Site) 
     _, page = kim.get("/console/lockers")
     assert cell(page, "locker-1", "C1")[0] == "free"
     assert "Put back in service" not in page
-    assert "done" in _text(re.search(rf'<tr id="command-{command}">(.*?)</tr>', page, re.S)[1])
+    assert "done" in command_row(page, command)
 
 
 def test_a_viewer_or_a_forged_form_changes_nothing(site: Site) -> None:

@@ -116,14 +116,13 @@ def known_day(d: Depot) -> None:
     d.store.set_status("van-1", '{"state": "online", "boot_id": "b"}')
     d.store.set_status("van-2", '{"state": "offline", "boot_id": "b"}')
     now = FixedClock().wall
-    stop = {"kind": "address", "address": "Damrak 1", "recipient": "A. Jansen"}
     van2_round = Manifest(
         van="van-2",
         version=1,
         day=DAY,
         depot=(52.3600, 4.9000),
         stops=(
-            Stop(1, 52.3702, 4.8952, (LATE,), **stop),
+            Stop(1, 52.3702, 4.8952, (LATE,), address="Damrak 1", recipient="A. Jansen"),
             Stop(2, 52.3750, 4.8800, (STILL_OUT,), address="Spui 2"),
         ),
     )

@@ -105,9 +105,9 @@ def test_a_parcel_s_page_has_its_timeline_proof_webhooks_and_export(site: Site) 
     kim = signed_in(site.url, site.service.database, "viewer")
     status, page = kim.get(f"/console/parcels/{DE_VRIES}")
     assert status == 200
-    assert _text(re.search(r'id="card-state">(.*?)</div>\s*</div>', page, re.S)[1]).startswith(
-        "delivered"
-    )
+    state = re.search(r'id="card-state">(.*?)</div>\s*</div>', page, re.S)
+    assert state, page
+    assert _text(state[1]).startswith("delivered")
     assert "Keizersgracht 12, 1015 CX Amsterdam" in page and "09:00–12:00" in page
     pod = _text(page[page.index('id="pod-1"'):page.index('data-live="parcel-timeline"')])
     assert "B. de Vries" in pod and "52.37611, 4.88812" in pod

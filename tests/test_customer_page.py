@@ -10,6 +10,7 @@ import http.cookiejar
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from email.message import Message
 
 import pytest
 
@@ -37,8 +38,8 @@ class Phone:
                 return exc.code, _lower(exc.headers), exc.read().decode()
 
 
-def _lower(headers: object) -> dict[str, str]:
-    return {k.lower(): v for k, v in headers.items()}  # type: ignore[attr-defined]
+def _lower(headers: Message) -> dict[str, str]:
+    return {k.lower(): str(v) for k, v in headers.items()}
 
 
 class _Stay(urllib.request.HTTPRedirectHandler):

@@ -24,7 +24,6 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from depot.ingest import Depot, DepotStore, IngestResult
 from edge.delivery import (
-    FAILURE_REASONS,
     IN_LOCKER,
     DeliveryRound,
     InvalidOutcome,
@@ -32,6 +31,7 @@ from edge.delivery import (
     RoundError,
 )
 from edge.van import Van, VanConfig
+from parcel.codes import FAILURE_REASONS
 from parcel.geo import distance_m
 from parcel.identify import s10_check_digit
 from parcel.manifest import Manifest, Stop
@@ -286,6 +286,8 @@ def test_each_way_of_delivering_is_recorded_with_its_codes(
 ) -> None:
     rnd, _screen = loaded_round(journal)
     rnd.arrive(1)
+    rnd.scan(P1)
+    rnd.scan(P2)
     neighbour = rnd.deliver(P1, to="neighbour", name="B. de Vries", neighbour_address="Damrak 3")
     assert neighbour.payload["to"] == "neighbour"
     assert neighbour.payload["neighbour_address"] == "Damrak 3"
@@ -311,6 +313,7 @@ def test_an_unusable_photo_refuses_the_outcome_and_stores_nothing(
 ) -> None:
     rnd, _screen = loaded_round(journal)
     rnd.arrive(1)
+    rnd.scan(P1)
     path = tmp_path / "IMG_1.jpg"
     if content is not None:
         path.write_bytes(content)
@@ -367,12 +370,14 @@ def test_pod_carries_the_scan_the_fix_the_distance_and_far(journal: Journal) -> 
     blind = rnd.fail(P2, "not_at_home").payload["pod"]
     assert blind["fix"] is None and blind["no_fix"] is True
     assert blind["distance_m"] is None and blind["far"] is False
-    assert blind["scan"] is None and blind["scanned_at_ns"] is None  # incomplete, allowed
+    assert blind["scan"] is None and blind["scanned_at_ns"] is None  # a failed attempt: allowed
+    assert blind["no_scan_reason"] == "not_scanned" and blind["no_fix_reason"] == "no_position"
     tone, say, _ = screen.last
     assert tone == "warn" and "no GNSS fix" in say and "not scanned" in say
 
     gps.fix = Fix(*STOP_1)  # still at stop 1 while claiming stop 2
     rnd.arrive(2)
+    rnd.scan(P3)
     far = rnd.deliver(P3, name="C. Bakker").payload["pod"]
     assert far["far"] is True
     assert far["distance_m"] == pytest.approx(distance_m(*STOP_1, *STOP_2), abs=0.1)
@@ -397,6 +402,7 @@ def test_failures_carry_codes_and_count_attempts(journal: Journal) -> None:
     for reason, codes in FAILURE_REASONS.items():
         assert (codes.upu, codes.x12) == ("EMH", "AH"), reason
     # The door opens after all: a failed parcel can still be delivered at its stop.
+    rnd.scan(P1)
     assert rnd.deliver(P1, name="A. Jansen").kind == "parcel_delivered"
 
 
@@ -506,7 +512,12 @@ def test_renumbered_stops_make_the_courier_arrive_again(journal: Journal) -> Non
     rnd.apply_manifest(moved.to_json())
     assert rnd.current_stop is None and "arrive" in screen.last[1]
     rnd.arrive(3)
-    assert rnd.deliver(P3, name="C. Bakker").payload["pod"]["scan"] is None
+    # The scan was at the visit the renumbering ended: a handover now needs a new one.
+    with pytest.raises(InvalidOutcome) as unscanned:
+        rnd.deliver(P3, name="C. Bakker")
+    assert unscanned.value.reason == "scan_missing"
+    rnd.scan(P3)
+    assert rnd.deliver(P3, name="C. Bakker").payload["pod"]["scan"] == P3
 
 
 def test_a_later_days_manifest_waits_until_the_day_is_closed(journal: Journal) -> None:
@@ -536,6 +547,7 @@ def test_returns_and_the_days_reconciliation(journal: Journal) -> None:
         rnd.scan(p)
     rnd.depart()
     rnd.arrive(1)
+    rnd.scan(P1)
     rnd.deliver(P1, name="A. Jansen")
     rnd.redirect(P2, "locker-9")  # a locker not on this round: it comes back
     rnd.arrive(2)
@@ -577,11 +589,12 @@ def test_courier_commands_as_documents(journal: Journal) -> None:
     rnd.scan(P1)
     assert rnd.courier({"do": "depart"})["missing"] == [P2, P3, P4]
     assert rnd.courier({"do": "arrive", "stop": 1})["event"] == "stop_arrived"
+    rnd.scan(P1)
     result = rnd.courier({"do": "deliver", "parcel": P1, "to": "recipient", "name": "A. J."})
     assert result["event"] == "parcel_delivered" and result["pod"]["far"] is False
     assert isinstance(result["seq"], int)
     assert rnd.courier({"do": "status"})["parcels"]["delivered"] == 1
-    for doc, reason in [
+    refusals: list[tuple[dict[str, object], str]] = [
         ({"do": "fly"}, "bad_input"),
         ({"do": "deliver", "parcel": P2, "nmae": "typo"}, "bad_input"),
         ({"do": "fail", "parcel": P2}, "reason_missing"),
@@ -589,7 +602,8 @@ def test_courier_commands_as_documents(journal: Journal) -> None:
         ({"do": "arrive", "stop": 9}, "no_such_stop"),
         ({"do": "deliver", "parcel": P1, "name": "again"}, "already_done"),
         ({"do": "redirect", "parcel": P2, "locker": "locker-1"}, "not_on_van"),
-    ]:
+    ]
+    for doc, reason in refusals:
         with pytest.raises(RoundError) as refused:
             rnd.courier(doc)
         assert refused.value.reason == reason, doc

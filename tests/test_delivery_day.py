@@ -727,6 +727,7 @@ def test_notifications_survive_a_receiver_down_for_an_hour_of_simulated_time(
         rig.do("arrive", stop=stop.stop)
         for parcel in stop.parcels:
             if stop.stop == 1:
+                rig.scan(parcel, "parcel_scanned_at_stop")
                 rig.do("deliver", parcel=parcel, name="C. Visser")
                 outcome[parcel] = "delivered"
             else:
@@ -959,6 +960,7 @@ def test_the_desk_tracks_the_day_by_cli_and_http_as_the_book_has_it(
     rig.do("depart")
     (first,), (second,) = (s.parcels for s in rig.manifest.stops)
     rig.do("arrive", stop=1)
+    rig.scan(first, "parcel_scanned_at_stop")
     rig.do("deliver", parcel=first, to="neighbour", name="D. Smit", neighbour_address="Damrak 3")
     rig.do("arrive", stop=2)
     rig.do("fail", parcel=second, reason="not_at_home")

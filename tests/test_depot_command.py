@@ -25,7 +25,7 @@ from depot.store import open_database
 from simulators.broker import Broker
 from simulators.lockboard import SimulatedLockBoards
 from sync.signing import generate_keypair, sign_command
-from sync.wire import command_topic
+from sync.wire import Event, command_topic
 
 PARCEL = "RB123456785GB"
 
@@ -198,7 +198,7 @@ sealing_key = "{depot_keys["sealing_key"]}"
         heard = threading.Condition()
         kinds: list[tuple[str, dict[str, object]]] = []
 
-        def listen(events: list) -> None:  # type: ignore[type-arg]
+        def listen(events: list[Event]) -> None:
             with heard:
                 kinds.extend((e.kind, dict(e.payload)) for e in events)
                 heard.notify_all()

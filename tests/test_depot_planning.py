@@ -630,7 +630,9 @@ def test_manifest_round_trip_and_shelves() -> None:
     assert Manifest.from_json(manifest.to_json()) == manifest
     assert [s.stop for s in manifest.stops] == list(range(1, len(manifest.stops) + 1))
     assert sorted(manifest.parcels) == sorted(r.id for r in records)
-    shared = manifest.stops[manifest.stop_of(s10(99)) - 1]  # type: ignore[operator]
+    shared_stop = manifest.stop_of(s10(99))
+    assert shared_stop is not None
+    shared = manifest.stops[shared_stop - 1]
     assert shared.window == ("08:00", "10:00")
     assert shared.instructions == "gate code 12"
     assert shared.parcels == tuple(sorted(shared.parcels))

@@ -32,7 +32,7 @@ from simulators.webhooks import WebhookReceiver
 from sync.journal import Journal
 from sync.mqtt import BrokerAddress
 from sync.uplink import Uplink
-from tests.conftest import depot_sql
+from tests.conftest import blob, depot_sql
 
 ROOT = Path(__file__).resolve().parent.parent
 DEVICES = tuple(f"van-{i}" for i in range(1, 7))
@@ -89,7 +89,7 @@ def stored_exactly_once(database: str, journals: list[Journal]) -> None:
                 "SELECT seq, uuid, hash FROM events WHERE device=? AND journal=? ORDER BY seq",
                 (journal.device_id, journal.journal_id),
             )
-            assert [(int(r[0]), str(r[1]), bytes(r[2])) for r in rows] == [  # type: ignore[call-overload]
+            assert [(r[0], str(r[1]), blob(r[2])) for r in rows] == [
                 (e.seq, e.uuid, e.hash) for e in events
             ], journal.device_id
         assert store.missing_seqs() == 0
@@ -308,7 +308,8 @@ def test_a_decision_a_dead_worker_left_is_taken_by_the_next_once(
     assert died.returncode == 9
     # The failure was projected and committed; what follows from it waits in the queue.
     assert book.track(S10_B)["state"] == "attempted"
-    assert book.parcel(S10_B)["next_action"] is None  # type: ignore[index]
+    failed = book.parcel(S10_B)
+    assert failed is not None and failed["next_action"] is None
     assert book.reactions_waiting() == 1 and book.waiting_events() == 0
 
     config = DepotConfig(database=depot_database, lat=52.37, lon=4.90, vans=["van-1"])
@@ -318,7 +319,8 @@ def test_a_decision_a_dead_worker_left_is_taken_by_the_next_once(
         assert service.decisions == [
             (S10_B, NextAction("second_attempt", None, service.decisions[0][1].reason))
         ]
-        assert book.parcel(S10_B)["next_action"] == "second_attempt"  # type: ignore[index]
+        decided = book.parcel(S10_B)
+        assert decided is not None and decided["next_action"] == "second_attempt"
         assert book.reactions_waiting() == 0
         service.process()  # nothing is decided twice
         assert len(service.decisions) == 1

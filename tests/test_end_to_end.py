@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -32,9 +32,14 @@ from simulators.scanner import SimulatedScanner
 from sync.journal import Journal
 from sync.uplink import Uplink
 from sync.wire import Event, events_topic
-from tests.conftest import address
+from tests.conftest import UplinkPatience, address, blob
 
-FAST_SYNC = {"ack_timeout_s": 2.0, "keepalive_s": 2, "backoff_min_s": 0.1, "backoff_max_s": 1.0}
+FAST_SYNC: UplinkPatience = {
+    "ack_timeout_s": 2.0,
+    "keepalive_s": 2,
+    "backoff_min_s": 0.1,
+    "backoff_max_s": 1.0,
+}
 
 
 class DepotWatch:
@@ -93,7 +98,7 @@ def assert_exactly_once_in_order(
         (device, jid),
     )
     assert [r[0] for r in rows] == list(range(1, len(events) + 1))
-    assert [(r[1], bytes(r[2])) for r in rows] == [(e.uuid, e.hash) for e in events]  # type: ignore[arg-type]
+    assert [(r[1], blob(r[2])) for r in rows] == [(e.uuid, e.hash) for e in events]
     at_depot = {str(r[1]): int(str(r[0])) for r in rows}
     seqs = [at_depot[str(c["uuid"])] for c in confirmed]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs), "confirmed scans out of order"
@@ -204,7 +209,7 @@ def test_broker_restarted_mid_drain_with_persistence_off(
     watch.hook = restart_once
     uplink = Uplink(
         journal, address(broker, "van-1"), batch_events=100, window_events=600, **FAST_SYNC
-    )  # type: ignore[arg-type]
+    )
     uplink.start()
     try:
         assert restarted.wait(30)
@@ -217,14 +222,14 @@ def test_broker_restarted_mid_drain_with_persistence_off(
     assert_exactly_once_in_order(service.store, tmp_path / "van-1.db", "van-1", [])
 
 
-def _lastmile(*args: str, **kw: object) -> subprocess.Popen[str]:
+def _lastmile(*args: str, env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "lastmile.cli", *args],
         text=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        **kw,
-    )  # type: ignore[call-overload]
+        env=env,
+    )
 
 
 class DepotLog:
@@ -272,7 +277,7 @@ def test_depot_restarted_mid_ingest(broker: Broker, tmp_path: Path, depot_databa
     depot_log = DepotLog(depot)
     uplink = Uplink(
         journal, address(broker, "van-1"), batch_events=100, window_events=400, **FAST_SYNC
-    )  # type: ignore[arg-type]
+    )
     try:
         uplink.start()
         assert depot_log.wait_acked(1000, 30)
@@ -354,7 +359,7 @@ def test_malformed_payload_is_quarantined_and_the_depot_keeps_going(
         client.disconnect()
     journal = Journal(tmp_path / "van-1.db", "van-1")
     journal.append("parcel_scanned", {"parcel": "RB123456785GB"})
-    uplink = Uplink(journal, address(broker, "van-1"), **FAST_SYNC)  # type: ignore[arg-type]
+    uplink = Uplink(journal, address(broker, "van-1"), **FAST_SYNC)
     uplink.start()
     try:
         assert uplink.wait_acked(1, 20)
@@ -374,7 +379,7 @@ def test_status_is_online_while_connected_and_the_will_marks_a_lost_van_offline(
     journal.append("parcel_scanned", {"parcel": "RB123456785GB"})
 
     with LinkProxy(broker.host, broker.port, name="van-1") as link:
-        uplink = Uplink(journal, address(broker, "van-1", link.port), **FAST_SYNC)  # type: ignore[arg-type]
+        uplink = Uplink(journal, address(broker, "van-1", link.port), **FAST_SYNC)
         uplink.start()
         try:
             assert uplink.wait_acked(1, 20)

@@ -41,7 +41,7 @@ from sync.wire import (
     photo_topic,
     status_topic,
 )
-from tests.conftest import address, depot_sql
+from tests.conftest import address, blob, depot_sql
 
 WAIT_S = 20.0
 BOOT = "b" * 32
@@ -176,7 +176,7 @@ def depot(broker: Broker, depot_database: str) -> Iterator[RecordingDepot]:
 
 def quarantined(store: DepotStore) -> list[tuple[str, str, bytes]]:
     rows = store.query("SELECT topic, reason, payload FROM quarantine ORDER BY id")
-    return [(str(t), str(r), bytes(p)) for t, r, p in rows]  # type: ignore[call-overload]
+    return [(str(t), str(r), blob(p)) for t, r, p in rows]
 
 
 def stored_events(store: DepotStore, journal_id: str) -> int:

@@ -29,9 +29,14 @@ from sync.journal import ALARM_KIND, Journal
 from sync.photos import PhotoOutbox
 from sync.uplink import Uplink
 from sync.wire import Event, canonical_payload, chain_hash
-from tests.conftest import address
+from tests.conftest import UplinkPatience, address
 
-FAST = {"ack_timeout_s": 2.0, "keepalive_s": 2, "backoff_min_s": 0.1, "backoff_max_s": 1.0}
+FAST: UplinkPatience = {
+    "ack_timeout_s": 2.0,
+    "keepalive_s": 2,
+    "backoff_min_s": 0.1,
+    "backoff_max_s": 1.0,
+}
 DEVICE = "van-1"
 
 
@@ -275,7 +280,7 @@ def depot(broker: Broker, depot_database: str) -> Iterator[Depot]:
 
 
 def drain(journal: Journal, broker: Broker) -> None:
-    up = Uplink(journal, address(broker, DEVICE), **FAST)  # type: ignore[arg-type]
+    up = Uplink(journal, address(broker, DEVICE), **FAST)
     up.start()
     try:
         assert up.wait_acked(journal.last_seq, 60), "the depot did not acknowledge everything"
@@ -387,7 +392,7 @@ def test_an_ack_beyond_the_journal_starts_a_new_one(
         assert j2.journal_id == old and j2.last_seq == 5
         woke = threading.Event()
         j2.add_listener(lambda events: woke.set())
-        up = Uplink(j2, address(broker, DEVICE), **FAST)  # type: ignore[arg-type]
+        up = Uplink(j2, address(broker, DEVICE), **FAST)
         up.start()
         try:
             assert woke.wait(30), "no new journal started"
@@ -482,7 +487,7 @@ def test_an_event_damaged_after_the_depot_stored_it_moves_to_a_new_journal(
             lambda events: refused.set()
             if any(e.payload.get("alarm") == "journal_refused" for e in events) else None
         )
-        up = Uplink(j2, address(broker, DEVICE), **FAST)  # type: ignore[arg-type]
+        up = Uplink(j2, address(broker, DEVICE), **FAST)
         up.start()
         try:
             confirmed += [(old, e) for e in scans(j2, 3, start=10)]  # sent as 11..13

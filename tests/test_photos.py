@@ -32,9 +32,9 @@ from sync.wire import (
     encode_photo_ack,
     encode_photo_chunk,
 )
-from tests.conftest import address
+from tests.conftest import UplinkPatience, address
 
-FAST: dict[str, float] = {
+FAST: UplinkPatience = {
     "ack_timeout_s": 2.0,
     "keepalive_s": 2,
     "backoff_min_s": 0.1,

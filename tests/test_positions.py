@@ -174,6 +174,7 @@ def test_samples_every_30_s_on_the_round_and_none_while_parked_at_the_depot(
         assert gaps == {30.0}
         assert (taken[0].stop, taken[0].stops_done, taken[0].stops_total) == (None, 0, 3)
         rnd.arrive(1)
+        rnd.scan(P1)
         rnd.deliver(P1, to="recipient", name="A. Jansen")
         drive(30, STOP_1)
         last = outbox.pending(1000)[-1]

@@ -20,16 +20,17 @@ class CheckingBeeper:
 
     def __init__(self, db: Path) -> None:
         self.db = db
-        self.heard: queue.Queue[tuple[str, object]] = queue.Queue()
+        # (what, the event confirmed, its row at the beep) or ("refused", None, the reason)
+        self.heard: queue.Queue[tuple[str, Event | None, object]] = queue.Queue()
 
     def confirmed(self, event: Event) -> None:
         other = sqlite3.connect(self.db)  # as another process would see it after a power cut
         row = other.execute("SELECT uuid FROM events WHERE seq=?", (event.seq,)).fetchone()
         other.close()
-        self.heard.put(("confirmed", (event, row)))
+        self.heard.put(("confirmed", event, row))
 
     def refused(self, reason: str, raw: str) -> None:
-        self.heard.put(("refused", reason))
+        self.heard.put(("refused", None, reason))
 
 
 def _desk_on_pty(tmp_path: Path, journal: Journal) -> tuple[CheckingBeeper, ScannerReader,
@@ -38,8 +39,13 @@ def _desk_on_pty(tmp_path: Path, journal: Journal) -> tuple[CheckingBeeper, Scan
     desk = ScanDesk(journal, beeper)
     scanner = SimulatedScanner(tmp_path / "scanner.tty")
     opened = threading.Event()
+
+    def on_connection(up: bool) -> None:
+        if up:
+            opened.set()
+
     reader = ScannerReader(str(scanner.path), on_scan=desk.on_scan, framer=ScanFramer(b"\r\n"),
-                           on_connection=lambda up: up and opened.set())
+                           on_connection=on_connection)
     reader.start()
     assert opened.wait(10), "the reader never opened the scanner's port"
     return beeper, reader, scanner
@@ -50,12 +56,12 @@ def test_a_scan_is_on_disk_before_the_courier_hears_the_beep(tmp_path: Path) -> 
     beeper, reader, scanner = _desk_on_pty(tmp_path, journal)
     try:
         scanner.scan("00157035381410375177\x1d42012345", aim="]C1")
-        what, (event, row) = beeper.heard.get(timeout=10)  # type: ignore[misc]
+        what, event, row = beeper.heard.get(timeout=10)
     finally:
         reader.stop()
         scanner.close()
         journal.close()
-    assert what == "confirmed"
+    assert what == "confirmed" and event is not None
     assert row == (event.uuid,)
     assert event.kind == PARCEL_SCANNED
     assert event.payload["parcel"] == "157035381410375177"
@@ -68,7 +74,7 @@ def test_an_invalid_label_is_refused_and_recorded(tmp_path: Path) -> None:
     beeper, reader, scanner = _desk_on_pty(tmp_path, journal)
     try:
         scanner.scan("RB123456786GB")
-        what, reason = beeper.heard.get(timeout=10)
+        what, _, reason = beeper.heard.get(timeout=10)
         _prev, events = journal.read(0, 10)
     finally:
         reader.stop()
@@ -90,7 +96,7 @@ def test_a_full_disk_refuses_the_scan_and_confirms_nothing(tmp_path: Path) -> No
     beeper, reader, scanner = _desk_on_pty(tmp_path, journal)
     try:
         scanner.scan("RB123456785GB")
-        what, reason = beeper.heard.get(timeout=10)
+        what, _, reason = beeper.heard.get(timeout=10)
     finally:
         reader.stop()
         scanner.close()

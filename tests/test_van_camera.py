@@ -104,7 +104,7 @@ def test_a_doorstep_photo_is_the_camera_s_newest_frame_made_small(
     import cv2
 
     decoded = cv2.imdecode(np.frombuffer(photo.data, np.uint8), cv2.IMREAD_COLOR)
-    assert decoded.shape == (540, 960, 3)
+    assert decoded is not None and decoded.shape == (540, 960, 3)
 
 
 def test_without_a_current_frame_a_camera_photo_is_refused(broker: Broker, tmp_path: Path) -> None:

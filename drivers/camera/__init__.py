@@ -20,7 +20,9 @@ The layers, one module each, imports flowing one way (capture -> decoder -> regi
 - `zbar`: the second opinion, a typed binding to libzbar's image scanner.
 - `capture`: `Camera`, the I/O; an OpenCV capture on a thread with a small queue that drops
   the oldest frame, so a slow reader gets recent frames, never a backlog; reopens a dead
-  stream. `FrameReader`: camera, decoder and deduper on a thread, reads handed to a callback.
+  stream; takes a Motion-JPEG camera's frames as JPEG, decoded only when looked at.
+  `FrameReader`: camera, decoder and deduper on a thread, reads handed to a callback, resting
+  on a still scene.
 
 This module is the public surface only: import from ``drivers.camera``, not from its modules.
 Everything logs to the ``drivers.camera`` logger.

@@ -2,28 +2,37 @@
 
 This module owns the I/O: an OpenCV capture on a thread with a small queue that drops the
 oldest frame, so a slow reader gets recent frames, never a backlog; reopening a dead stream
-with backoff and jitter; the configured source as OpenCV takes it (`parse_source`); and the
-reader thread that runs camera, decoder and deduper and hands out `drivers.scanner.Scan`
-objects, resting the decoder while the scene is still (`StillScene`).
+with backoff and jitter (`drivers.reader.ReconnectingReader`); the configured source as
+OpenCV takes it (`parse_source`); and the reader thread that runs camera, decoder and deduper
+and hands out `drivers.scanner.Scan` objects, resting while the scene is still
+(`StillScene`).
+
+Resting is most of a camera's day, and on a 1280x720 Motion-JPEG camera most of its cost is
+not the barcode decoder but decompressing every JPEG it sends. So a camera that sends JPEG
+(every USB webcam's MJPEG mode, MJPEG files and streams) is read undecoded: `Frame` carries
+the camera's JPEG and decodes it only when its pixels are asked for. `FrameReader` then looks
+at a still scene through a DCT-scaled, grey, eighth-size decode of the JPEG (about half the
+cost of a full decode: the entropy decoding remains), a few times a second rather than every
+frame (most of the saving), and decodes a full frame only when the scene moved and for the
+periodic second look. Measured by ``python -m bench camera``.
 
 What it must never do: import OpenCV at module level (it is imported when a thread starts or
-a frame is looked at), or decode itself: `drivers.camera.decoder` does.
+a frame is looked at), or decode barcodes itself: `drivers.camera.decoder` does.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from drivers.camera.decoder import CameraError, Decoder, Deduper, Symbol, _gray
+from drivers.reader import Reader, ReconnectingReader
 from drivers.scanner import Scan
 
 if TYPE_CHECKING:
@@ -34,6 +43,13 @@ if TYPE_CHECKING:
     AnyImage = NDArray[Any]  # what callers hand in; checked to be uint8 gray/BGR/BGRA
 
 log = logging.getLogger("drivers.camera")
+
+# A JPEG starts with its SOI marker; a raw packet that does not is some other codec's.
+_JPEG_SOI = b"\xff\xd8"
+# The still check wants a picture at least this wide (StillScene's 64-cell thumbnail, each
+# cell the mean of a few pixels); a camera's JPEG is decoded at the smallest DCT scale
+# (1/8, 1/4, 1/2) that still gives it.
+_GLANCE_MIN_WIDTH = 160
 
 
 def parse_source(value: object) -> int | str:
@@ -55,13 +71,55 @@ def parse_source(value: object) -> int | str:
     return value
 
 
-@dataclass(frozen=True)
 class Frame:
-    """One picture from the camera."""
+    """One picture from the camera: its pixels, or the camera's JPEG of them.
 
-    image: Image  # BGR (or gray) pixels as OpenCV delivers them
-    seq: int  # 1, 2, 3... over the camera's life; a gap is frames dropped unread
-    at: float  # time.monotonic() when the frame was grabbed
+    ``jpeg`` is the undecoded Motion-JPEG frame as the camera sent it (a flat uint8 array),
+    or None when the capture decoded the frame itself (`Camera` says when). `image` is the
+    BGR (or grey) pixels, decoded from ``jpeg`` the first time they are asked for and kept:
+    a frame nobody looks at costs no decode. A JPEG that does not decode raises CameraError
+    there. Safe to share between threads (two first calls may both decode; same result).
+    """
+
+    __slots__ = ("_image", "at", "jpeg", "seq")
+
+    def __init__(
+        self,
+        image: Image | None = None,
+        seq: int = 0,
+        at: float = 0.0,
+        *,
+        jpeg: Image | None = None,
+    ) -> None:
+        if (image is None) == (jpeg is None):
+            raise CameraError("a frame is either its pixels or its JPEG")
+        self._image = image
+        self.jpeg = jpeg
+        self.seq = seq  # 1, 2, 3... over the camera's life; a gap is frames dropped unread
+        self.at = at  # time.monotonic() when the frame was grabbed
+
+    @property
+    def image(self) -> Image:
+        """The frame's pixels, BGR as OpenCV delivers them (or grey)."""
+        image = self._image
+        if image is None:
+            import cv2
+
+            assert self.jpeg is not None  # a frame is one or the other
+            decoded: Any = cv2.imdecode(self.jpeg, cv2.IMREAD_COLOR)
+            if decoded is None:
+                raise CameraError(f"frame {self.seq}: the camera's JPEG does not decode")
+            self._image = image = decoded
+        return image
+
+    @property
+    def decoded(self) -> bool:
+        """True once the pixels exist (always for a frame the capture decoded)."""
+        return self._image is not None
+
+    def __repr__(self) -> str:
+        kind = "jpeg" if self.jpeg is not None else "image"
+        return f"Frame(seq={self.seq}, at={self.at:.3f}, {kind})"
 
 
 class StillScene:
@@ -121,7 +179,16 @@ class StillScene:
 # The camera
 
 
-class Camera:
+@dataclass
+class _Capture:
+    """An open capture, whether it hands out JPEG packets, and the packet read to find out."""
+
+    capture: Any  # cv2.VideoCapture
+    packets: bool
+    first: Any = None
+
+
+class Camera(ReconnectingReader[_Capture]):
     """Frames from a camera device, a video file or a stream, on a background thread.
 
     ``source``: a device index (``0``), a device path (``/dev/video0``), a video file, or a
@@ -137,6 +204,17 @@ class Camera:
     A video file is played at its own frame rate (``realtime``, default: on for files, off
     for devices and streams, which pace themselves), so it stands in for a camera.
 
+    JPEG packets (``packets``, default on): OpenCV's raw mode (``CAP_PROP_FORMAT`` -1, which
+    the FFmpeg backend takes for files and streams, and ``CAP_PROP_CONVERT_RGB`` off for a
+    V4L2 device) hands out each frame as the camera encoded it, so the capture thread copies
+    bytes instead of decompressing 1280x720 pixels 15 times a second; the `Frame` decodes
+    itself when its pixels are asked for. That only works for Motion-JPEG: the first packet of
+    every capture must start with a JPEG's SOI marker. A source that refuses raw mode, or
+    whose packets are another codec's (H.264, a camera sending YUYV, a backend that ignores
+    the setting), is reopened and read as before, decoded by OpenCV (``Frame.jpeg`` is then
+    None) - the fallback costs what every frame cost before, nothing breaks. ``packets``
+    says which way the current capture reads.
+
     Reopen: when the source ends or fails (a stream drops, a USB camera is unplugged, a file
     reaches its end) the capture is released and reopened after a delay drawn uniformly
     between ``reopen_min_s`` and a ceiling that doubles per failed attempt up to
@@ -147,6 +225,10 @@ class Camera:
     OpenCV is imported when the thread starts, never at import of this module.
     """
 
+    error = CameraError
+    log = log
+    connected_on_open = False  # connected once a frame came, not when the source opened
+
     def __init__(
         self,
         source: int | str,
@@ -156,6 +238,7 @@ class Camera:
         height: int | None = None,
         fps: float | None = None,
         realtime: bool | None = None,
+        packets: bool = True,
         reopen_min_s: float = 0.5,
         reopen_max_s: float = 10.0,
         stream_timeout_s: float = 5.0,
@@ -165,35 +248,23 @@ class Camera:
             raise CameraError(f"a camera source is a device index or a path/URL, not {source!r}")
         if queue_frames < 1:
             raise CameraError("queue_frames must be at least 1")
-        if not 0 < reopen_min_s <= reopen_max_s:
-            raise CameraError("need 0 < reopen_min_s <= reopen_max_s")
+        super().__init__(
+            f"camera {source}",
+            reconnect_min_s=reopen_min_s,
+            reconnect_max_s=reopen_max_s,
+            on_connection=on_connection,
+        )
         self.source = source
         self._width, self._height, self._fps = width, height, fps
         self._is_file = isinstance(source, str) and Path(source).is_file()
         self._realtime = self._is_file if realtime is None else realtime
-        self._reopen_min_s, self._reopen_max_s = reopen_min_s, reopen_max_s
+        self._try_packets = packets
         self._stream_timeout_ms = int(stream_timeout_s * 1000)
-        self._on_connection = on_connection
         self._frames: deque[Frame] = deque(maxlen=queue_frames)
         self._cond = threading.Condition()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._jitter = random.Random()
         self._seq = 0
-        self._connected = False
+        self.packets = False  # whether the current capture hands out JPEG packets
         self.dropped = 0  # frames pushed out of the queue unread
-
-    @property
-    def connected(self) -> bool:
-        """True while the source is open and delivering."""
-        return self._connected
-
-    def start(self) -> None:
-        """Start the capture thread. A camera runs once: make a new one after `stop`."""
-        if self._thread is not None:
-            raise CameraError("camera already started")
-        self._thread = threading.Thread(target=self._run, name=f"camera {self.source}", daemon=True)
-        self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop capturing and wait for the thread; CameraError if it does not end in time.
@@ -201,15 +272,7 @@ class Camera:
         The thread ends after the frame read in progress: at once for a device or a file,
         within ``stream_timeout_s`` for a stream that went silent.
         """
-        self._stopping.set()
-        with self._cond:
-            self._cond.notify_all()
-        thread = self._thread
-        if thread is None or thread is threading.current_thread():
-            return
-        thread.join(timeout)
-        if thread.is_alive():
-            raise CameraError(f"camera {self.source} did not stop within {timeout} s")
+        super().stop(timeout)
 
     def read(self, timeout: float | None = None) -> Frame | None:
         """The oldest queued frame, waiting up to ``timeout`` s; None if none came or stopped."""
@@ -217,42 +280,49 @@ class Camera:
             self._cond.wait_for(lambda: self._frames or self._stopping.is_set(), timeout)
             return self._frames.popleft() if self._frames else None
 
-    def __enter__(self) -> Camera:
-        self.start()
-        return self
+    def _interrupt(self, timeout: float) -> None:
+        # A read of the capture cannot be cancelled (it ends with the frame in progress);
+        # what stop() can do at once is wake whoever waits in read().
+        with self._cond:
+            self._cond.notify_all()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    def _connect(self, failures: int) -> _Capture | None:
+        capture = self._open_capture(failures)
+        if capture is None or not self._try_packets:
+            return None if capture is None else _Capture(capture, packets=False)
+        opened = self._packet_capture(capture)
+        if opened is not None:
+            return opened
+        # Not Motion-JPEG after all: read this source decoded from now on.
+        self._try_packets = False
+        capture.release()
+        capture = self._open_capture(failures)
+        return None if capture is None else _Capture(capture, packets=False)
 
-    def _run(self) -> None:
-        try:
-            failures = 0
-            while not self._stopping.is_set():
-                capture = self._open(failures)
-                if capture is None:
-                    failures += 1
-                else:
-                    delivered = self._pump(capture)
-                    capture.release()
-                    self._set_connected(False)
-                    failures = 0 if delivered else failures + 1
-                if self._stopping.wait(self._backoff(failures)):
-                    break
-        except Exception:
-            log.exception("camera thread for %s died", self.source)
-            self._set_connected(False)
-            raise
+    def _packet_capture(self, capture: Any) -> _Capture | None:
+        """The capture switched to JPEG packets, with its first packet; None if it will not."""
+        import cv2
 
-    def _backoff(self, failures: int) -> float:
-        ceiling = min(self._reopen_max_s, self._reopen_min_s * 2 ** min(failures, 32))
-        return self._jitter.uniform(self._reopen_min_s, ceiling)
+        fourcc = int(capture.get(cv2.CAP_PROP_FOURCC) or 0)
+        name = fourcc.to_bytes(4, "little").decode("latin-1").upper() if fourcc > 0 else ""
+        if name and name not in ("MJPG", "JPEG"):
+            log.info("camera %s sends %r, not Motion-JPEG: OpenCV decodes it", self.source, name)
+            return None
+        raw = bool(capture.set(cv2.CAP_PROP_FORMAT, -1))
+        if not raw and capture.getBackendName() == "V4L2":
+            raw = bool(capture.set(cv2.CAP_PROP_CONVERT_RGB, 0))
+        if not raw:
+            log.info("camera %s has no raw mode: OpenCV decodes its frames", self.source)
+            return None
+        ok, packet = capture.read()
+        if not ok or packet is None:
+            return _Capture(capture, packets=True)  # nothing to judge yet: _pump ends it
+        if packet.dtype.name != "uint8" or bytes(packet.ravel()[:2]) != _JPEG_SOI:
+            log.info("camera %s gives no JPEG packets: OpenCV decodes its frames", self.source)
+            return None
+        return _Capture(capture, packets=True, first=packet.ravel())
 
-    def _open(self, failures: int) -> Any:
+    def _open_capture(self, failures: int) -> Any:
         import cv2
 
         try:
@@ -273,20 +343,11 @@ class Camera:
             else:
                 capture = cv2.VideoCapture(self.source)
         except cv2.error as exc:
-            log.log(
-                logging.WARNING if failures == 0 else logging.DEBUG,
-                "camera %s: %s",
-                self.source,
-                exc,
-            )
+            self._log_failure(failures, "camera %s: %s", self.source, exc)
             return None
         if not capture.isOpened():
             capture.release()
-            log.log(
-                logging.WARNING if failures == 0 else logging.DEBUG,
-                "cannot open camera %s",
-                self.source,
-            )
+            self._log_failure(failures, "cannot open camera %s", self.source)
             return None
         if not self._is_file:
             # Keep the driver's own queue short: our queue decides what is dropped.
@@ -301,19 +362,28 @@ class Camera:
         log.info("camera %s open", self.source)
         return capture
 
-    def _pump(self, capture: Any) -> bool:
+    def _close(self, link: _Capture) -> None:
+        link.capture.release()
+
+    def _pump(self, link: _Capture) -> bool:
         """Move frames from the capture into the queue until it fails or stop; True if any."""
         import cv2
 
+        capture = link.capture
+        self.packets = link.packets
         period = 0.0
         if self._realtime:
             fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
             period = 1.0 / fps if 0 < fps <= 240 else 1.0 / 30
         delivered = False
         due = time.monotonic()
+        pending, link.first = link.first, None
         while not self._stopping.is_set():
-            ok, image = capture.read()
-            if not ok or image is None:
+            if pending is not None:
+                ok, data, pending = True, pending, None
+            else:
+                ok, data = capture.read()
+            if not ok or data is None:
                 if delivered or not self._is_file:
                     log.info("camera %s: no more frames", self.source)
                 return delivered
@@ -325,7 +395,11 @@ class Camera:
                 self._seq += 1
                 if len(self._frames) == self._frames.maxlen:
                     self.dropped += 1
-                self._frames.append(Frame(image=image, seq=self._seq, at=now))
+                if link.packets:
+                    frame = Frame(seq=self._seq, at=now, jpeg=data.ravel())
+                else:
+                    frame = Frame(data, seq=self._seq, at=now)
+                self._frames.append(frame)
                 self._cond.notify()
             if period:
                 due = max(due + period, now - period)
@@ -333,35 +407,44 @@ class Camera:
                     break
         return delivered
 
-    def _set_connected(self, connected: bool) -> None:
-        if connected == self._connected:
-            return
-        self._connected = connected
-        if self._on_connection is not None:
-            try:
-                self._on_connection(connected)
-            except Exception:
-                log.exception("camera on_connection callback failed")
 
-
-class FrameReader:
+class FrameReader(Reader):
     """A camera used as a barcode scanner: frames decoded, deduplicated, handed out as `Scan`.
 
     Runs on its own thread: takes the camera's newest frames, decodes each with ``decoder``,
     passes the symbols through ``deduper`` and calls ``on_scan`` with a `drivers.scanner.Scan`
     per new code, timed at the frame's capture. ``on_scan`` is the same callback a
-    `ScannerReader` takes; ``on_symbols`` (optional) sees every decoded frame's symbols, for
-    a viewfinder. An exception in a callback is logged and the reader carries on. The reader
-    starts and stops the camera it was given, and warms the decoder up before the first
-    frame. Frames that arrive while one is being decoded wait in the camera's queue, where
-    the oldest are dropped: the reader never lags behind the camera.
+    `ScannerReader` takes; ``on_symbols`` (optional) sees every frame taken with the symbols
+    that stand for it, for a viewfinder (asking a frame for its ``image`` decodes it: keep the
+    `Frame`, not its pixels, when only some are wanted). An exception in a callback is logged
+    and the reader carries on. The reader starts and stops the camera it was given, and warms
+    the decoder up before the first frame. Frames that arrive while one is being decoded wait
+    in the camera's queue, where the oldest are dropped: the reader never lags behind.
 
     ``skip_still`` (default on) lets a frame that shows the same scene as the last decoded one
-    keep that frame's symbols instead of being decoded again (`StillScene`), so a camera
-    facing an unchanging scene costs the capture and a thumbnail per frame, not a decode; off,
-    every frame is decoded. ``frames_seen`` counts frames taken from the camera,
-    ``frames_decoded`` those the decoder looked at.
+    keep that frame's symbols instead of being decoded again (`StillScene`); off, every frame
+    is decoded. When the camera sends JPEG (`Camera` ``packets``), resting costs even less:
+
+    - the still check looks at a grey, DCT-scaled decode of the JPEG (an eighth of each side
+      for 1280x720: the entropy decoding remains, the inverse DCT and colour conversion of a
+      full frame do not), and a full frame is decoded only when the scene moved, and for
+      `StillScene`'s periodic second look (every ``refresh_frames`` looks);
+    - while the last look found the scene unchanged, the next look waits until a frame
+      ``still_look_s`` (default 0.15 s) younger than the last one looked at: every third frame
+      at 15 fps. A label held up is therefore seen at most ``still_look_s`` after the first
+      frame that shows it; the first change puts the reader back on every frame until a look
+      finds the scene still again.
+
+    A camera whose frames OpenCV decodes (no JPEG) is checked on every frame, as the decode
+    was paid for already.
+
+    ``frames_seen`` counts frames taken from the camera, ``frames_looked`` those compared
+    with the still scene, ``frames_decoded`` those the decoder looked at (with JPEG packets,
+    the only frames decoded at full size by the reader).
     """
+
+    error = CameraError
+    log = log
 
     def __init__(
         self,
@@ -372,59 +455,54 @@ class FrameReader:
         deduper: Deduper | None = None,
         on_symbols: Callable[[Frame, list[Symbol]], None] | None = None,
         skip_still: bool = True,
+        still_look_s: float = 0.15,
     ) -> None:
+        if still_look_s < 0:
+            raise CameraError("still_look_s must not be negative")
+        super().__init__("frame reader")
         self.camera = camera
         self.decoder = decoder if decoder is not None else Decoder()
         self.deduper = deduper if deduper is not None else Deduper()
         self.still = StillScene() if skip_still else None
+        self.still_look_s = still_look_s
         self._on_scan = on_scan
         self._on_symbols = on_symbols
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._glance_flag: int | None = None  # cv2.IMREAD_REDUCED_GRAYSCALE_{8,4,2}
         self.frames_seen = 0
+        self.frames_looked = 0
         self.frames_decoded = 0
 
-    def start(self) -> None:
-        if self._thread is not None:
-            raise CameraError("frame reader already started")
-        self.camera.start()
-        self._thread = threading.Thread(target=self._run, name="camera-decoder", daemon=True)
-        self._thread.start()
-
     def stop(self, timeout: float = 5.0) -> None:
-        self._stopping.set()
-        self.camera.stop(timeout)
-        thread = self._thread
-        if thread is None or thread is threading.current_thread():
-            return
-        thread.join(timeout)
-        if thread.is_alive():
-            raise CameraError(f"frame reader did not stop within {timeout} s")
+        """Stop the camera and the reader; CameraError if either does not end in time."""
+        super().stop(timeout)
 
-    def __enter__(self) -> FrameReader:
-        self.start()
-        return self
+    def _starting(self) -> None:
+        self.camera.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    def _interrupt(self, timeout: float) -> None:
+        self.camera.stop(timeout)  # wakes our read of its queue
 
-    def _run(self) -> None:
+    def _serve(self) -> None:
         self.decoder.warm_up()
         symbols: list[Symbol] = []
+        resting = False  # the last look found the scene unchanged
+        looked_at = 0.0  # Frame.at of the last frame looked at
         while not self._stopping.is_set():
             frame = self.camera.read(timeout=0.5)
             if frame is None:
                 continue
             try:
-                if self.still is None or not self.still.unchanged(frame.image):
-                    symbols = self.decoder.decode(frame.image)
-                    self.frames_decoded += 1
-                # else: the same scene as the last decoded frame, so the same symbols
+                if self.still is None:
+                    symbols = self._decode(frame)
+                elif not (
+                    resting and frame.jpeg is not None and frame.at - looked_at < self.still_look_s
+                ):
+                    looked_at = frame.at
+                    self.frames_looked += 1
+                    resting = self.still.unchanged(self._glance(frame))
+                    if not resting:
+                        symbols = self._decode(frame)
+                # else: resting, and this frame is not due a look: the same symbols stand
             except CameraError:
                 log.exception("camera frame %d is not an image", frame.seq)
                 continue
@@ -439,3 +517,31 @@ class FrameReader:
                     self._on_scan(symbol.to_scan(frame.at))
                 except Exception:
                     log.exception("scan callback failed for %r", symbol)
+
+    def _decode(self, frame: Frame) -> list[Symbol]:
+        symbols = self.decoder.decode(frame.image)
+        self.frames_decoded += 1
+        return symbols
+
+    def _glance(self, frame: Frame) -> AnyImage:
+        """What the still check compares: a small grey decode of the JPEG, or the pixels."""
+        if frame.jpeg is None:
+            return frame.image
+        import cv2
+
+        flags = (
+            cv2.IMREAD_REDUCED_GRAYSCALE_8,
+            cv2.IMREAD_REDUCED_GRAYSCALE_4,
+            cv2.IMREAD_REDUCED_GRAYSCALE_2,
+        )
+        # The smallest scale that leaves the thumbnail enough pixels, found on the first frame
+        # (a 1280x720 camera: an eighth; a 640x360 one: a quarter).
+        for flag in flags if self._glance_flag is None else (self._glance_flag,):
+            small: Any = cv2.imdecode(frame.jpeg, flag)
+            if small is None:
+                raise CameraError(f"frame {frame.seq}: the camera's JPEG does not decode")
+            if small.shape[1] >= _GLANCE_MIN_WIDTH or flag == flags[-1]:
+                self._glance_flag = flag
+                break
+        glance: AnyImage = small
+        return glance

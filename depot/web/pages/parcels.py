@@ -97,6 +97,12 @@ def _list(request: Request, depot: WebDepot, session: Session) -> Mapping[str, A
     }
 
 
+def _reason_text(value: object) -> str | None:
+    """A proof's reason code as words (`no_signal` -> "no signal"); a van too old to send
+    one leaves it None, and the page says no reason was given."""
+    return value.replace("_", " ") if isinstance(value, str) and value else None
+
+
 def _proofs(track: Mapping[str, Any], info: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Each proof of delivery the van recorded (a delivery, a failed attempt, a redirect, a
     drop at a locker), with the fix's distance from the parcel's address added."""
@@ -122,10 +128,12 @@ def _proofs(track: Mapping[str, Any], info: Mapping[str, Any]) -> list[dict[str,
                 "step": entry["step"],
                 "fix": fix,
                 "no_fix": bool(pod.get("no_fix")),
+                "no_fix_reason": _reason_text(pod.get("no_fix_reason")),
                 "from_stop": pod.get("distance_m"),
                 "from_address": None if from_address is None else round(from_address, 1),
                 "far": bool(pod.get("far")),
                 "scanned": pod.get("scan") is not None,
+                "no_scan_reason": _reason_text(pod.get("no_scan_reason")),
                 "to": details.get("to"),
                 "name": details.get("name"),
                 "neighbour_address": details.get("neighbour_address"),
