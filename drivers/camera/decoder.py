@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -26,7 +27,9 @@ from drivers.camera.regions import (
     _analysis_pixels,
     _attempts,
     _centre,
+    _clahe,
     _crop_pixels,
+    _deblurred,
     _find_regions,
     _inside,
     _Region,
@@ -99,6 +102,13 @@ _LINEAR_CROP_FORMATS = frozenset(
         "upce",
     }
 )
+# Linear symbologies whose check lets misreads through: none or an optional one (ITF, Code 39,
+# Codabar), or a single mod-10 digit over few modules (UPC-E, EAN-8, EAN-13, UPC-A). Two of
+# their reads at one place that disagree are both dropped (`_Found.settle`).
+_WEAK_CHECK = frozenset({"codabar", "code39", "ean13", "ean8", "itf", "upca", "upce"})
+# The UPC/EAN family's sizes in modules: a shorter one read within a longer one's bars is a
+# partial read (`_Found.settle`).
+_UPC_EAN_MODULES = {"ean13": 95, "upca": 95, "ean8": 67, "upce": 51}
 # zxing-cpp's reported format (BarcodeFormat name) -> our name; variants fold to their family.
 _ZXING_NAME = {
     "Aztec": "aztec",
@@ -151,6 +161,34 @@ _PRIOR_MS_PER_MP = {
     "zbar/rows": 6.0,
 }
 _MIN_STEP_MS = 0.1
+
+# The thorough fallback (`Decoder._thorough_attempts`; files only, no budget): the scales of
+# the whole image tried by zxing-cpp (1: full resolution, which the first pass may have
+# shrunk), with a global threshold, and by zbar (whose cost grows fastest with size); the
+# most pixels an enlarged copy may have (enlarging a large photo costs seconds and adds no
+# detail); how many regions, at which enlargements of
+# their straightened crops, and the largest such crop.
+_THOROUGH_SCALES = (1.0, 0.5, 0.75, 1.5, 2.0)
+_THOROUGH_GLOBAL_SCALES = (1.0, 0.5, 2.0)
+_THOROUGH_ZBAR_SCALES = (1.0, 0.5)
+_THOROUGH_MAX_PIXELS = 4_000_000
+_THOROUGH_SLOW_PIXELS = 1_500_000
+_THOROUGH_REGIONS = 12
+_THOROUGH_CROP_SCALES = (2, 3)
+_THOROUGH_MAX_CROP_PIXELS = 600_000
+# A crop longer than this (at the image's resolution) has pixels enough: not enlarged.
+_THOROUGH_ENLARGE_UP_TO = 800
+# Defocus blur undone (`drivers.camera.regions._deblurred`) in the best linear regions'
+# crops (thin bars are what blur merges first; on 2D crops it has read nothing the other
+# attempts missed, at three times the cost), for these blur radii in image pixels (a code a
+# little, well and badly out of focus).
+_DEBLUR_REGIONS = 4
+_DEBLUR_RADII = (1.5, 2.5, 3.5)
+# Symbologies whose symbols carry Reed-Solomon error correction: a read of noise fails its
+# checks. Any other read from the thorough fallback must be confirmed (see `_thorough`).
+# PDF417 is not among them: its error correction can be as low as two codewords, and its
+# reads of badly blurred or deblurred crops came out garbled but accepted.
+_SELF_CHECKING = frozenset({"aztec", "datamatrix", "maxicode", "microqr", "qrcode"})
 
 
 class CameraError(DriverError):
@@ -235,6 +273,43 @@ class _Found:
             s.format == symbol.format and _inside(cx, cy, s.corners, grow=0.2) for s in self.symbols
         )
 
+    def settle(self) -> None:
+        """Drop the reads that two linear reads at the same place show to be misreads.
+
+        One printed code gives one text. Where two linear reads overlap and one's text lies
+        inside the other's (a UPC-E or EAN-8 found inside an EAN-13's bars, an ITF read from
+        a false stop pattern halfway), the shorter is a partial read: it goes. Where they
+        overlap as two sizes of the UPC/EAN family, the smaller (a UPC-E's 51 modules, an
+        EAN-8's 67) was found among the larger's 95 bars: it goes. Where they overlap with
+        unrelated texts of the same weakly checked symbology (`_WEAK_CHECK`),
+        neither can be trusted: both go, and the next frame (or the thorough fallback, for a
+        file) has another look. zxing-cpp's outline of a linear read is the scan line that
+        read it; two scan lines across one code's bars may be as far apart as the bars are
+        long, hence `_same_code`.
+        """
+        drop: set[int] = set()
+        linear = [
+            (i, s)
+            for i, s in enumerate(self.symbols)
+            if s.format in _LINEAR_CROP_FORMATS and s.format != "pdf417"
+        ]
+        for n, (i, a) in enumerate(linear):
+            for j, b in linear[n + 1 :]:
+                if not (_same_code(a.corners, b.corners) or _same_code(b.corners, a.corners)):
+                    continue
+                if a.text in b.text or b.text in a.text:
+                    drop.add(i if len(a.text) < len(b.text) else j)
+                elif a.format == b.format and a.format in _WEAK_CHECK:
+                    drop.update((i, j))
+                elif _UPC_EAN_MODULES.get(a.format, 0) > _UPC_EAN_MODULES.get(b.format, 99):
+                    drop.add(j)
+                elif _UPC_EAN_MODULES.get(b.format, 0) > _UPC_EAN_MODULES.get(a.format, 99):
+                    drop.add(i)
+        if drop:
+            log.debug("dropped misreads %r", [self.symbols[i] for i in sorted(drop)])
+            self.symbols = [s for i, s in enumerate(self.symbols) if i not in drop]
+            self._keys = {s.key for s in self.symbols}
+
     def covers(self, region: _Region) -> bool:
         x, y = region.centre
         return any(_inside(x, y, s.corners, grow=0.3) for s in self.symbols)
@@ -264,6 +339,15 @@ class Decoder:
        Once a code has been read, only regions not much weaker than the best get one more
        untreated look.
     3. zbar's second opinion on the whole frame (linear codes and QR), if nothing was read.
+    4. Only with no budget (a file, ``lastmile decode``) and still nothing read: the thorough
+       fallback (`_thorough_attempts`): the whole image at full resolution and other scales
+       with every rotation, more regions enlarged and sharpened, defocus blur undone, global
+       thresholds, zbar at several scales; where a linear read must be confirmed by a second
+       attempt before it stands (`_thorough`). ``thorough=False`` leaves it out.
+
+    Misreads: two linear reads at one place that contradict each other (a partial read
+    inside a whole one, or two texts of one weakly checked code) are settled before the
+    answer is returned (`_Found.settle`), on every path.
 
     zbar runs after zxing-cpp's region crops, not before: on the bench's photos, tilted
     copies and 1280 x 720 frames it read almost nothing zxing-cpp missed on a whole frame,
@@ -279,7 +363,9 @@ class Decoder:
     mean of its cost per megapixel on this machine) fits in the budget; otherwise decode
     stops there and returns what it has. A step is never interrupted, so a decode overruns
     the budget only by a step that took longer than predicted. On a camera the next frame is
-    the next chance. ``budget_ms=None`` tries everything whatever it costs.
+    the next chance. ``budget_ms=None`` tries everything whatever it costs, in a fixed order:
+    then nothing depends on the clock or on the learnt costs, and a file gets the same answer
+    on any machine under any load.
 
     Failures: an exception from a decoder library or from the image processing is logged
     (``drivers.camera``, warning) and that attempt counts as a miss; ``decode`` still returns
@@ -300,6 +386,7 @@ class Decoder:
         try_downscale: bool = True,
         regions: bool = True,
         max_regions: int = MAX_REGIONS,
+        thorough: bool = True,
     ) -> None:
         if budget_ms is not None and budget_ms <= 0:
             raise CameraError("budget_ms must be positive, or None for no budget")
@@ -320,6 +407,7 @@ class Decoder:
         self._try_downscale = try_downscale
         self._regions = regions
         self._max_regions = max_regions
+        self._thorough_enabled = thorough
         self._costs = _Costs()
         # zxingcpp.BarcodeFormats per kind of image (see `_zxing`), built on first use:
         # zxingcpp is imported lazily.
@@ -343,10 +431,12 @@ class Decoder:
         stripes = np.zeros((120, 200), dtype=np.uint8)
         stripes[:, 20:180] = np.where((np.arange(160) // 3) % 2 == 0, 0, 255)
         budget, self.budget_ms = self.budget_ms, None
+        thorough, self._thorough_enabled = self._thorough_enabled, False
         try:
             self.decode(stripes)
         finally:
             self.budget_ms = budget
+            self._thorough_enabled = thorough
 
     # -- the strategy ---------------------------------------------------------------------
 
@@ -370,7 +460,200 @@ class Decoder:
         if not found.symbols and self._zbar is not None and clock.fits("zbar", work.size):
             for read in self._zbar_read(work, clock):
                 found.add(_symbol(read, back, "zbar"), second_opinion=True)
+
+        found.settle()
+        # 4. A file, with no budget, where nothing was read: the thorough fallback.
+        if not found.symbols and self.budget_ms is None and self._thorough_enabled:
+            self._thorough(gray, found)
+            found.settle()
         return found.symbols
+
+    # -- the thorough fallback (no budget only) ---------------------------------------------
+
+    def _thorough(self, gray: Image, found: _Found) -> None:
+        """Try `_thorough_attempts` in order until one of them leaves a read standing.
+
+        A read of a self-checking symbology (`_SELF_CHECKING`: Reed-Solomon codewords) stands
+        on its own. A linear code's read stands only once a second attempt has read the same
+        text: its check digit (mod 10 for EAN/UPC, none at all in some ITF and Code 39) lets
+        about one noise read in ten through, and the fallback makes hundreds of attempts on
+        images where the normal cascade found nothing, so one lucky read of clutter would
+        otherwise become a false positive. A real code that blur or tilt hides from the
+        cascade is usually read by several of the scales and treatments below; a misread
+        almost never repeats itself exactly.
+        """
+        votes: dict[tuple[str, str], set[str]] = {}
+        for name, attempt in self._thorough_attempts(gray):
+            try:
+                symbols = attempt()
+            except Exception:
+                self.misses += 1
+                log.warning("thorough attempt %s failed", name, exc_info=True)
+                continue
+            for symbol in symbols:
+                sources = votes.setdefault(symbol.key, set())
+                sources.add(symbol.source)
+                if symbol.format in _SELF_CHECKING or len(sources) >= 2:
+                    found.add(symbol, second_opinion=symbol.source.startswith("zbar"))
+            if found.symbols:
+                return
+
+    def _thorough_attempts(self, gray: Image) -> Iterator[tuple[str, Callable[[], list[Symbol]]]]:
+        """(name, attempt) for the thorough fallback, in order; each attempt returns the
+        symbols it read, mapped back into the image.
+
+        Only for files (``budget_ms=None``): none of this is ever weighed against a clock,
+        and the order is fixed, so a file gives the same answer on any machine under any
+        load. In order, as each mechanism matters on phone photos in general:
+
+        - zxing-cpp on the whole image at full resolution and at other scales, with every
+          rotation and inversion: the first pass shrinks a large photo, and a small code in
+          it loses its modules; a blurred one reads better smaller (the blur per pixel
+          shrinks with the image) or larger (more pixels per module for the detectors).
+        - more regions (`_THOROUGH_REGIONS`), each straightened bicubically at two and
+          three times the resolution, as it is, sharpened (an unsharp mask scaled to the
+          enlargement) and under CLAHE (glare, low contrast); zxing-cpp with local and with
+          global thresholds, and zbar along the rows of a linear crop.
+        - zxing-cpp with one global threshold on the whole image at a few scales, and on a
+          sharpened copy.
+        - zbar on the whole image at several scales, as it is and sharpened: its linear
+          decoders hold up better on blur than zxing-cpp's.
+        """
+        clock = _Budget(None, _Costs())  # never timed against anything; learns nothing
+        h, w = gray.shape
+
+        def scales(candidates: Iterable[float]) -> Iterator[float]:
+            for s in candidates:
+                if (s <= 1 or s * s * h * w <= _THOROUGH_MAX_PIXELS) and min(h, w) * s >= 32:
+                    yield s
+
+        def whole(
+            scale: float, *, global_threshold: bool = False, sharpen: bool = False
+        ) -> Callable[[], list[Symbol]]:
+            def attempt() -> list[Symbol]:
+                image = _sharpened(_resized(gray, scale), 1.0) if sharpen else _resized(gray, scale)
+                source = _thorough_source("zxing", scale, global_threshold, sharpen)
+                back = _scaling(1 / scale)
+                return [
+                    _symbol(read, back, source)
+                    for read in self._zxing(
+                        image,
+                        "zxing",
+                        clock,
+                        rotate=True,
+                        global_threshold=global_threshold,
+                        downscale=True,
+                        invert=True,
+                    )
+                ]
+
+            return attempt
+
+        def zbar_whole(scale: float, *, sharpen: bool = False) -> Callable[[], list[Symbol]]:
+            def attempt() -> list[Symbol]:
+                image = _sharpened(_resized(gray, scale), 1.0) if sharpen else _resized(gray, scale)
+                source = _thorough_source("zbar", scale, False, sharpen)
+                back = _scaling(1 / scale)
+                return [_symbol(read, back, source) for read in self._zbar_read(image, clock)]
+
+            return attempt
+
+        for s in scales(_THOROUGH_SCALES):
+            yield f"zxing x{s:g}", whole(s)
+        if self._regions:
+            regions = _Regions(_find_regions(gray, _THOROUGH_REGIONS), self._count_miss)
+            for index, region in regions:
+                if max(region.size()) > _THOROUGH_ENLARGE_UP_TO:
+                    continue
+                for scale in _THOROUGH_CROP_SCALES:
+                    if _crop_pixels(region, scale) > _THOROUGH_MAX_CROP_PIXELS:
+                        continue
+                    yield f"region {index} x{scale}", self._thorough_region(gray, region, scale)
+            linear = [(i, r) for i, r in regions if r.linear][:_DEBLUR_REGIONS]
+            for index, region in linear:
+                if _crop_pixels(region) > _THOROUGH_MAX_CROP_PIXELS:
+                    continue
+                for radius in _DEBLUR_RADII:
+                    name = f"region {index} deblurred r{radius:g}"
+                    yield name, self._thorough_deblurred(gray, region, radius)
+        for s in scales(_THOROUGH_GLOBAL_SCALES):
+            yield f"zxing x{s:g} global", whole(s, global_threshold=True)
+        # The sharpened and zbar passes on at most `_THOROUGH_SLOW_PIXELS`: they cost the
+        # most per pixel, and a photo that large has detail to spare.
+        fit = min(1.0, math.sqrt(_THOROUGH_SLOW_PIXELS / (h * w)))
+        yield f"zxing x{fit:.3g} sharpened", whole(fit, sharpen=True)
+        if self._zbar is not None:
+            for s in (fit * z for z in _THOROUGH_ZBAR_SCALES):
+                yield f"zbar x{s:.3g}", zbar_whole(s)
+            yield f"zbar x{fit:.3g} sharpened", zbar_whole(fit, sharpen=True)
+
+    def _thorough_deblurred(
+        self, gray: Image, region: _Region, radius: float
+    ) -> Callable[[], list[Symbol]]:
+        """One region straightened, its defocus blur of ``radius`` pixels undone
+        (`_deblurred`), read with both binarizers (and by zbar along the rows if linear)."""
+
+        def attempt() -> list[Symbol]:
+            clock = _Budget(None, _Costs())
+            crop, to_image = _straighten(gray, region, 1, cubic=True)
+            back = _perspective(to_image)
+            treated = _deblurred(crop, radius)
+            source = f"region/deblur{radius:g}"
+            return self._thorough_reads(treated, back, source, region.linear, clock)
+
+        return attempt
+
+    def _thorough_reads(
+        self,
+        image: Image,
+        back: Callable[[list[tuple[float, float]]], Points],
+        source: str,
+        linear: bool,
+        clock: _Budget,
+    ) -> list[Symbol]:
+        """A straightened crop read by zxing-cpp with local then global thresholds, and by
+        zbar along its rows if it is linear; sources ``zxing/thorough/<source>[/global]``
+        and ``zbar/thorough/<source>``."""
+        out: list[Symbol] = []
+        for global_threshold in (False, True):
+            name = f"zxing/thorough/{source}" + ("/global" if global_threshold else "")
+            for read in self._zxing(
+                image,
+                "zxing",
+                clock,
+                rotate=not linear,
+                kind="linear" if linear else "any",
+                global_threshold=global_threshold,
+                downscale=False,
+                invert=not linear,
+            ):
+                out.append(_symbol(read, back, name))
+        if linear and self._zbar is not None:
+            for read in self._zbar_read(image, clock, rows_only=True):
+                out.append(_symbol(read, back, f"zbar/thorough/{source}"))
+        return out
+
+    def _thorough_region(
+        self, gray: Image, region: _Region, scale: int
+    ) -> Callable[[], list[Symbol]]:
+        """One region straightened bicubically at ``scale``, as it is, sharpened and under
+        CLAHE, read with both binarizers (and by zbar along the rows if linear)."""
+
+        def attempt() -> list[Symbol]:
+            clock = _Budget(None, _Costs())
+            crop, to_image = _straighten(gray, region, scale, cubic=True)
+            back = _perspective(to_image)
+            out: list[Symbol] = []
+            for name, treated in (
+                ("plain", crop),
+                ("sharpen", _sharpened(crop, scale / 2)),
+                ("clahe", _clahe(crop)),
+            ):
+                source = f"region/x{scale}/{name}"
+                out += self._thorough_reads(treated, back, source, region.linear, clock)
+            return out
+
+        return attempt
 
     def _regions_pass(self, gray: Image, found: _Found, clock: _Budget) -> None:
         """Try the regions' straightened crops, in the order of `_attempts`."""
@@ -452,10 +735,13 @@ class Decoder:
         rotate: bool,
         kind: str = "any",
         global_threshold: bool = False,
+        downscale: bool | None = None,
+        invert: bool | None = None,
     ) -> list[_Read]:
         """zxing-cpp's reads of ``image``; ``kind`` says which readers look: ``any`` (every
         format), ``linear`` (a straightened linear crop: the linear readers and PDF417's),
-        ``bars`` (a treated linear crop: the linear readers only, see `_regions_pass`)."""
+        ``bars`` (a treated linear crop: the linear readers only, see `_regions_pass`).
+        ``downscale`` and ``invert`` default to what the step calls for (see below)."""
         try:
             import zxingcpp
 
@@ -484,10 +770,12 @@ class Decoder:
                     image,
                     formats=formats,
                     try_rotate=rotate,
-                    try_downscale=step == "full" and self._try_downscale,
+                    try_downscale=(step == "full" and self._try_downscale)
+                    if downscale is None
+                    else downscale,
                     # Light-on-dark (a phone in dark mode) is tried on 2D crops only, where
                     # it is cheap; on every whole frame it would double the first pass.
-                    try_invert=step == "zxing",
+                    try_invert=step == "zxing" if invert is None else invert,
                     text_mode=zxingcpp.TextMode.Plain,
                     binarizer=binarizer,
                 )
@@ -577,6 +865,51 @@ def _shrink(gray: Image, max_pixels: int) -> tuple[Image, float]:
     trimmed = gray[: h - h % factor, : w - w % factor]
     size = (w // factor, h // factor)
     return cv2.resize(trimmed, size, interpolation=cv2.INTER_AREA), 1 / factor  # type: ignore[return-value]
+
+
+def _same_code(a: Points, b: Points) -> bool:
+    """Whether the centre of linear read ``b`` lies on the code of linear read ``a``: along
+    it within its length, across it within a quarter of its length beyond its outline (bars
+    are rarely taller than half their code's length)."""
+    bx, by = _centre(b)
+    ax, ay = _centre(a)
+    (x0, y0), (x1, y1) = a[0], a[1]
+    length = math.hypot(x1 - x0, y1 - y0)
+    if length <= 0:
+        return False
+    ux, uy = (x1 - x0) / length, (y1 - y0) / length
+    along = abs((bx - ax) * ux + (by - ay) * uy)
+    across = abs((bx - ax) * -uy + (by - ay) * ux)
+    thickness = max(abs((px - ax) * -uy + (py - ay) * ux) for px, py in a)
+    return along <= length * 0.55 + 4 and across <= thickness + length / 4 + 4
+
+
+def _resized(gray: Image, scale: float) -> Image:
+    """``gray`` scaled by ``scale``: averaged areas down, bicubic up."""
+    import cv2
+
+    if scale == 1.0:
+        return gray
+    h, w = gray.shape
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
+    return cv2.resize(gray, size, interpolation=interpolation)  # type: ignore[return-value]
+
+
+def _sharpened(gray: Image, sigma: float) -> Image:
+    """An unsharp mask of radius ``sigma``: restores the edges a little blur softened."""
+    import cv2
+
+    blurred = cv2.GaussianBlur(gray, (0, 0), sigma)
+    return cv2.addWeighted(gray, 1.8, blurred, -0.8, 0)  # type: ignore[return-value]
+
+
+def _thorough_source(reader: str, scale: float, global_threshold: bool, sharpen: bool) -> str:
+    return (
+        f"{reader}/thorough/x{scale:.3g}"
+        + ("/global" if global_threshold else "")
+        + ("/sharpen" if sharpen else "")
+    )
 
 
 def _shape(image: Image) -> str:
