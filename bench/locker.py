@@ -10,20 +10,31 @@
    board's history is stamped when the reply is written, on `time.monotonic()`; the hook runs
    right after that write, on the board's serving thread). The codes are real: each parcel is
    deposited by a simulated courier (badge, label, door put-and-shut), and its code is
-   unsealed from the `parcel_deposited` event with the depot's key. Each measurement uses a
-   fresh valid code: the person takes the parcel and shuts the door once the locker has seen it
-   open, and a new parcel is deposited in its place, so the number of stored parcels stays put.
+   unsealed from the `parcel_deposited` event with the depot's key (a courier fills the locker
+   a board's worth at a time: 16 labels scanned, 16 doors filled and shut). Each measurement
+   uses a fresh valid code: the person takes the parcel and shuts the door once the locker has
+   seen it open, and a new parcel is deposited in its place, so the number stored stays put.
 
-   Why: the locker checks a typed code against every stored credential with scrypt (~9 ms each
-   on the development server), so the wait at the keypad grows with the parcels inside. It is
-   measured twice: with one parcel stored (`*_1_parcel`) and with `--parcels` stored, picking
-   a random stored parcel each time (its place in the locker's scan order is reported as
-   `verifies_*`). The baseline is the bare wire: `LockBus.unlock()` on the same bus (the
-   locker's own `LockBus`, so it meets the same polling traffic), on a lock no compartment
-   uses, timed from the call to the board's hook; one baseline per measurement, alternating.
-   Both start at a random moment of the poll cycle (a pause drawn from 0 to the poll
-   interval), as a customer does: a poll in progress, or the bus's turnaround gap after one,
-   delays either.
+   The locker has `--parcels` compartments (default 200: 13 boards of 16 locks, one lock kept
+   for the baseline) and is measured with 1, 40 and `--parcels` parcels stored, the last with
+   every compartment full (`unlock_p99_ms_by_stored`; the flat `unlock_*_ms` figures are the
+   full locker's, `*_1_parcel` the single parcel's), picking a random stored parcel each time.
+   The number of boards stays put across the three, so what changes is only what is stored.
+   Why these: the wait at the keypad once grew with the parcels inside (every stored hash was
+   tried, ~9 ms of scrypt each), and then with the boards on the bus (the controller asked
+   every board, ~11 ms each here, before it looked at the keypad again: p99 ~130 ms with 13
+   boards, whatever was stored). Now a code costs one scrypt (`verify_ms`), made on the
+   keypad's thread while the controller finishes the one board it is asking, then one commit
+   before the unlock frame. The target, from the issue, is p99 under 50 ms with 200
+   compartments full (`targets_met.unlock_p99_under_50ms_at_200`; null when `--parcels` is
+   below 200). With 30 pickups per level, p99 is close to the slowest of them.
+
+   The baseline is the bare wire: `LockBus.unlock()` on the same bus (the locker's own
+   `LockBus`, so it meets the same polling traffic), on a lock no compartment uses, timed from
+   the call to the board's hook; one baseline per measurement, alternating, and a ratio of the
+   p99s per number stored. Both start at a random moment of the poll cycle (a pause drawn from
+   0 to the poll interval), as a customer does: a board being polled, or the bus's turnaround
+   gap after one, delays either.
 
 2. Polling cost. A real locker process (`lastmile locker --config FILE`, the production entry
    point, with no keypad, scanner or uplink configured: nothing but the locker and its bus)
@@ -77,6 +88,9 @@ BADGE = "C-BENCH"
 LOCKS_PER_BOARD = 16
 MAX_BOARDS = 16
 SIZE = "M"
+STORED_LEVELS = (1, 40)  # measured below `--parcels`, then `--parcels` itself (all full)
+TARGET_UNLOCK_P99_MS = 50.0
+TARGET_UNLOCK_AT_STORED = 200  # the issue's full locker: 200 compartments, every one full
 POLL_BOARDS = 3
 STATUS_ONE = 0x30  # the host's status request, as it appears in the boards' history
 TARGET_CPU_PERCENT = 1.0
@@ -86,22 +100,43 @@ CHILD_START_TIMEOUT_S = 30.0
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--n", type=int, default=30,
-                   help="pickups measured with --parcels stored, and again with one (default 30)")
-    p.add_argument("--parcels", type=int, default=40,
-                   help="parcels stored while measuring (default 40; boards are added, 16 "
-                        "compartments each)")
-    p.add_argument("--warmup", type=int, default=1,
-                   help="pickups made first in each phase and not counted (default 1)")
-    p.add_argument("--window", type=float, default=10.0,
-                   help="seconds of polling measured (default 10)")
-    p.add_argument("--settle", type=float, default=2.0,
-                   help="seconds after the locker process starts polling before the window "
-                        "(default 2)")
+    p.add_argument(
+        "--n",
+        type=int,
+        default=30,
+        help="pickups measured at each number of parcels stored (default 30)",
+    )
+    p.add_argument(
+        "--parcels",
+        type=int,
+        default=TARGET_UNLOCK_AT_STORED,
+        help="compartments of the locker, all full in the last measurement "
+        "(default 200; boards of 16 locks as needed; also measured with 1 and "
+        "40 stored)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        help="pickups made first in each phase and not counted (default 1)",
+    )
+    p.add_argument(
+        "--window", type=float, default=10.0, help="seconds of polling measured (default 10)"
+    )
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=2.0,
+        help="seconds after the locker process starts polling before the window (default 2)",
+    )
     p.add_argument("--seed", type=int, default=1, help="random seed of labels and picks")
-    p.add_argument("--dir", type=Path, default=None,
-                   help="make the scratch directory here (default: the current directory; "
-                        "not tmpfs, where fsync is free)")
+    p.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        help="make the scratch directory here (default: the current directory; "
+        "not tmpfs, where fsync is free)",
+    )
 
 
 # --- watching the locker ---------------------------------------------------------------------
@@ -135,8 +170,9 @@ class EventLog:
         with self.cond:
             if not self.cond.wait_for(lambda: found() is not None, timeout):
                 seen = [(e.kind, dict(e.payload)) for e in self.events[since:]][-8:]
-                raise BenchError(f"the locker journalled no {kind} {match} in {timeout} s; "
-                                 f"last: {seen}")
+                raise BenchError(
+                    f"the locker journalled no {kind} {match} in {timeout} s; last: {seen}"
+                )
             event = found()
         assert event is not None
         return event
@@ -194,21 +230,28 @@ def boards_for(parcels: int) -> int:
     return math.ceil((parcels + 1) / LOCKS_PER_BOARD)
 
 
+def stored_levels(parcels: int) -> list[int]:
+    """How many parcels are stored in each measurement: 1, 40, then every compartment."""
+    return sorted({n for n in STORED_LEVELS if n < parcels} | {parcels})
+
+
 class PickupRig:
-    """A locker on simulated boards with a serial keypad, a courier and a customer."""
+    """A locker of `parcels` compartments on simulated boards, with a serial keypad, a courier
+    and a customer."""
 
     def __init__(self, workdir: Path, parcels: int, rng: random.Random) -> None:
         self.rng = rng
         boards = boards_for(parcels)
         # The last lock of the last board is wired but belongs to no compartment: the baseline
-        # pulses it, and the locker ignores its door.
+        # pulses it, and the locker ignores its door. Locks beyond `parcels` are not wired, so
+        # `parcels` stored is a full locker.
         self.spare = (boards - 1, LOCKS_PER_BOARD - 1)
         self.compartments = [
             CompartmentSpec(f"{chr(ord('A') + b)}{n:02d}", b, n, SIZE)
             for b in range(boards)
             for n in range(LOCKS_PER_BOARD)
             if (b, n) != self.spare
-        ]
+        ][:parcels]
         self.where = {c.id: (c.board, c.lock) for c in self.compartments}
         sealing_private, sealing_public = generate_sealing_keypair()
         self._unsealing_key = load_sealing_key(sealing_private)
@@ -269,31 +312,44 @@ class PickupRig:
         """A person is not faster than the locker's poll: wait until it saw the door open."""
         self.events.wait("door_opened", since, compartment=cid)
 
-    def deposit(self) -> Stored:
-        """A courier drops a new parcel; returns where it went and the customer's code."""
-        label, parcel = self._fresh_label()
+    def deposit(self, count: int = 1) -> list[Stored]:
+        """A courier drops `count` new parcels (scans them all, then fills and shuts every
+        door that opened); returns where each went and its customer's code."""
+        labels = [self._fresh_label() for _ in range(count)]
         since = self.events.mark()
         self.locker.scan(BADGE_PREFIX + BADGE)
-        self.locker.scan(label.data, label.aim)
-        try:
-            unlocked = self.events.wait("door_unlocked", since, purpose="dropoff", parcel=parcel)
-        except BenchError as exc:
-            raise BenchError(f"{exc}; display: {self.display.shown}") from None
-        cid = str(unlocked.payload["compartment"])
-        board, lock = self.where[cid]
-        self._seen_open(cid, since)
-        self.boards.put_parcel(board, lock)
-        self.boards.close_door(board, lock)
-        deposited = self.events.wait("parcel_deposited", since, parcel=parcel)
-        sealed = str(deposited.payload["credential_for_depot"])
-        plain = unseal(self._unsealing_key, sealed,
-                       associated_data(PICKUP_CREDENTIAL_PURPOSE, DEVICE, parcel))
-        return Stored(parcel, cid, str(json.loads(plain)["code"]))
+        for label, _ in labels:
+            self.locker.scan(label.data, label.aim)
+        cids = []
+        for _, parcel in labels:
+            try:
+                unlocked = self.events.wait(
+                    "door_unlocked", since, purpose="dropoff", parcel=parcel
+                )
+            except BenchError as exc:
+                raise BenchError(f"{exc}; display: {self.display.shown}") from None
+            cids.append(str(unlocked.payload["compartment"]))
+        for cid in cids:
+            board, lock = self.where[cid]
+            self._seen_open(cid, since)
+            self.boards.put_parcel(board, lock)
+            self.boards.close_door(board, lock)
+        stored = []
+        for (_, parcel), cid in zip(labels, cids, strict=True):
+            deposited = self.events.wait("parcel_deposited", since, parcel=parcel)
+            sealed = str(deposited.payload["credential_for_depot"])
+            plain = unseal(
+                self._unsealing_key,
+                sealed,
+                associated_data(PICKUP_CREDENTIAL_PURPOSE, DEVICE, parcel),
+            )
+            stored.append(Stored(parcel, cid, str(json.loads(plain)["code"])))
+        return stored
 
-    def scan_position(self, parcel: str) -> int:
-        """How many credentials the locker verifies to find `parcel`'s (its own query)."""
-        rows = self.journal.query("SELECT parcel FROM parcels WHERE state='stored'")
-        return [str(r[0]) for r in rows].index(parcel) + 1
+    def fill(self, stored: list[Stored], count: int) -> None:
+        """Deposit until `count` parcels are stored, a board's worth of labels at a time."""
+        while len(stored) < count:
+            stored += self.deposit(min(LOCKS_PER_BOARD, count - len(stored)))
 
     def pickup_ms(self, stored: Stored) -> float:
         """Key the code on the keypad; ms from the CR's write to the unlock frame's arrival.
@@ -311,8 +367,9 @@ class PickupRig:
             raise BenchError(f"{exc}; display: {self.display.shown}") from None
         unlocked = self.events.wait("door_unlocked", since, purpose="pickup")
         if unlocked.payload["compartment"] != stored.compartment:  # two parcels, one code
-            raise BenchError(f"code of {stored.compartment} opened "
-                             f"{unlocked.payload['compartment']}")
+            raise BenchError(
+                f"code of {stored.compartment} opened {unlocked.payload['compartment']}"
+            )
         self._seen_open(stored.compartment, since)
         self.boards.take_parcel(board, lock)
         self.boards.close_door(board, lock)
@@ -334,34 +391,38 @@ class PickupRig:
 class Phase:
     """One series of pickups with a fixed number of parcels stored."""
 
+    stored: int
     latency_ms: list[float] = dataclasses.field(default_factory=list)
     baseline_ms: list[float] = dataclasses.field(default_factory=list)
-    verifies: list[int] = dataclasses.field(default_factory=list)
+
+    def p(self, q: float) -> float:
+        return percentile(self.latency_ms, q)
+
+    def baseline_p(self, q: float) -> float:
+        return percentile(self.baseline_ms, q)
 
 
 def measure(rig: PickupRig, stored: list[Stored], n: int, warmup: int) -> Phase:
     """`warmup + n` pickups of random stored parcels, each re-stocked with a new parcel."""
-    phase = Phase()
+    phase = Phase(len(stored))
     poll_s = rig.config.poll_interval_s
     for i in range(warmup + n):
         k = rig.rng.randrange(len(stored))
-        position = rig.scan_position(stored[k].parcel)
         # People come at any moment of the poll cycle, not right after the poll that saw the
         # last door shut (which is when the previous step returned).
         time.sleep(rig.rng.uniform(0, poll_s))
         latency = rig.pickup_ms(stored[k])
         time.sleep(rig.rng.uniform(0, poll_s))
         baseline = rig.bare_unlock_ms()
-        stored[k] = rig.deposit()
+        (stored[k],) = rig.deposit()
         if i >= warmup:
             phase.latency_ms.append(latency)
             phase.baseline_ms.append(baseline)
-            phase.verifies.append(position)
     return phase
 
 
 def verify_ms(times: int = 10) -> float:
-    """Median cost of one scrypt code check, as the locker does it per stored parcel."""
+    """Median cost of one scrypt code check: what a code pickup costs in hashing."""
     stored = issue_credential().stored
     costs = []
     for _ in range(times):
@@ -373,36 +434,43 @@ def verify_ms(times: int = 10) -> float:
 
 def latency(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     rig = PickupRig(workdir, args.parcels, random.Random(args.seed))
+    phases: list[Phase] = []
     try:
         started = time.monotonic()
-        stored = [rig.deposit()]
-        few = measure(rig, stored, args.n, args.warmup)
-        while len(stored) < args.parcels:
-            stored.append(rig.deposit())
-        many = measure(rig, stored, args.n, args.warmup)
+        stored: list[Stored] = []
+        for level in stored_levels(args.parcels):
+            rig.fill(stored, level)
+            phases.append(measure(rig, stored, args.n, args.warmup))
         elapsed = time.monotonic() - started
         polls = rig.locker.polls
     finally:
         rig.close()
-    p50, p99 = percentile(many.latency_ms, 50), percentile(many.latency_ms, 99)
-    b50, b99 = percentile(many.baseline_ms, 50), percentile(many.baseline_ms, 99)
+    few, full = phases[0], phases[-1]
+
+    def by_stored(figure: Callable[[Phase], float], digits: int = 3) -> dict[str, float]:
+        return {str(ph.stored): rounded(figure(ph), digits) for ph in phases}
+
     return {
-        "n": len(many.latency_ms),
+        "n": len(full.latency_ms),
         "stored_parcels": args.parcels,
+        "compartments": len(rig.compartments),
         "lock_boards": rig.spare[0] + 1,
-        "unlock_p50_ms": rounded(p50),
-        "unlock_p99_ms": rounded(p99),
-        "unlock_max_ms": rounded(max(many.latency_ms)),
-        "verifies_p50": percentile(many.verifies, 50),
-        "verifies_max": max(many.verifies),
+        "unlock_p99_ms_by_stored": by_stored(lambda ph: ph.p(99)),
+        "unlock_p50_ms_by_stored": by_stored(lambda ph: ph.p(50)),
+        "unlock_max_ms_by_stored": by_stored(lambda ph: max(ph.latency_ms)),
+        "baseline_unlock_p99_ms_by_stored": by_stored(lambda ph: ph.baseline_p(99)),
+        "ratio_p99_by_stored": by_stored(lambda ph: ph.p(99) / ph.baseline_p(99), 2),
+        "unlock_p50_ms": rounded(full.p(50)),
+        "unlock_p99_ms": rounded(full.p(99)),
+        "unlock_max_ms": rounded(max(full.latency_ms)),
         "n_1_parcel": len(few.latency_ms),
-        "unlock_p50_ms_1_parcel": rounded(percentile(few.latency_ms, 50)),
-        "unlock_p99_ms_1_parcel": rounded(percentile(few.latency_ms, 99)),
+        "unlock_p50_ms_1_parcel": rounded(few.p(50)),
+        "unlock_p99_ms_1_parcel": rounded(few.p(99)),
         "unlock_max_ms_1_parcel": rounded(max(few.latency_ms)),
-        "baseline_unlock_p50_ms": rounded(b50),
-        "baseline_unlock_p99_ms": rounded(b99),
-        "baseline_unlock_max_ms": rounded(max(many.baseline_ms + few.baseline_ms)),
-        "ratio_p99": rounded(p99 / b99, 2),
+        "baseline_unlock_p50_ms": rounded(full.baseline_p(50)),
+        "baseline_unlock_p99_ms": rounded(full.baseline_p(99)),
+        "baseline_unlock_max_ms": rounded(max(x for ph in phases for x in ph.baseline_ms)),
+        "ratio_p99": rounded(full.p(99) / full.baseline_p(99), 2),
         "verify_ms": rounded(verify_ms()),
         "latency_phase_s": rounded(elapsed, 1),
         "latency_phase_polls": polls,
@@ -430,8 +498,14 @@ def write_config(workdir: Path, port: str, boards: int) -> Path:
     ]
     for b in range(boards):
         for n in range(LOCKS_PER_BOARD):
-            lines += ["", "[[compartments]]", f'id = "{chr(ord("A") + b)}{n:02d}"',
-                      f"board = {b}", f"lock = {n}", f'size = "{SIZE}"']
+            lines += [
+                "",
+                "[[compartments]]",
+                f'id = "{chr(ord("A") + b)}{n:02d}"',
+                f"board = {b}",
+                f"lock = {n}",
+                f'size = "{SIZE}"',
+            ]
     config = workdir / f"{DEVICE}-idle.toml"
     config.write_text("\n".join(lines) + "\n")
     return config
@@ -476,9 +550,13 @@ def polling(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         sleep_s = CHILD_START_TIMEOUT_S + args.settle + args.window + 60
         with (workdir / "locker.stdout").open("wb") as out, stderr_path.open("wb") as err:
             command = lastmile_command()
-            child = subprocess.Popen([*command, "locker", "--config", str(config)],
-                                     cwd=workdir, stdin=subprocess.DEVNULL, stdout=out,
-                                     stderr=err)
+            child = subprocess.Popen(
+                [*command, "locker", "--config", str(config)],
+                cwd=workdir,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+            )
         baseline: subprocess.Popen[bytes] | None = None
         try:
             baseline = subprocess.Popen(
@@ -494,9 +572,11 @@ def polling(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 return all(counts[b] > 0 for b in range(POLL_BOARDS))
 
             if not _wait(polling_all, CHILD_START_TIMEOUT_S) or child.poll() is not None:
-                raise BenchError("the locker process did not poll every board in "
-                                 f"{CHILD_START_TIMEOUT_S} s (status {child.poll()})\n"
-                                 f"{_tail(stderr_path)}")
+                raise BenchError(
+                    "the locker process did not poll every board in "
+                    f"{CHILD_START_TIMEOUT_S} s (status {child.poll()})\n"
+                    f"{_tail(stderr_path)}"
+                )
             started_after = time.monotonic() - began
             time.sleep(args.settle)
             try:
@@ -504,8 +584,7 @@ def polling(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 time.sleep(args.window)
                 ours1, base1 = sample(child.pid), sample(baseline.pid)
             except OSError as exc:  # /proc/PID is gone: the process died under the bench
-                raise BenchError(f"a measured process ended: {exc}\n{_tail(stderr_path)}"
-                                 ) from None
+                raise BenchError(f"a measured process ended: {exc}\n{_tail(stderr_path)}") from None
             alive = child.poll() is None
             frames = _status_frames(sim, ours0.at, ours1.at)
         finally:
@@ -531,8 +610,9 @@ def polling(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "polling_after_s": rounded(started_after, 2),
         "locker_alive_through_window": alive,
         "locker_exit_status": child_status,
-        "command": " ".join([Path(command[0]).name, *command[1:], "locker", "--config",
-                             config.name]),
+        "command": " ".join(
+            [Path(command[0]).name, *command[1:], "locker", "--config", config.name]
+        ),
     }
 
 
@@ -540,20 +620,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.n < 1 or args.warmup < 0:
         raise BenchError("--n must be at least 1 and --warmup not negative")
     if not 1 <= args.parcels < MAX_BOARDS * LOCKS_PER_BOARD:
-        raise BenchError(f"--parcels must be 1-{MAX_BOARDS * LOCKS_PER_BOARD - 1} "
-                         "(16 boards of 16 locks, one kept for the baseline)")
+        raise BenchError(
+            f"--parcels must be 1-{MAX_BOARDS * LOCKS_PER_BOARD - 1} "
+            "(16 boards of 16 locks, one kept for the baseline)"
+        )
     if args.window <= 0 or args.settle < 0:
         raise BenchError("--window must be positive and --settle not negative")
     with scratch_dir(args.dir, "locker") as workdir:
         mount = describe_mount(workdir)
         pickups = latency(args, workdir)
         poll = polling(args, workdir)
+    at_target = pickups["unlock_p99_ms_by_stored"].get(str(TARGET_UNLOCK_AT_STORED))
+    targets_met: dict[str, bool | None] = {
+        f"unlock_p99_under_50ms_at_{TARGET_UNLOCK_AT_STORED}": (
+            None if at_target is None else at_target < TARGET_UNLOCK_P99_MS
+        ),
+        "poll_cpu_under_1_percent": poll["poll_cpu_percent"] < TARGET_CPU_PERCENT,
+    }
     return {
         "benchmark": "locker",
         **pickups,
         **{k: v for k, v in poll.items() if k != "poll_interval_s"},
-        "targets": {"poll_cpu_percent_max": TARGET_CPU_PERCENT},
-        "targets_met": poll["poll_cpu_percent"] < TARGET_CPU_PERCENT,
+        "targets": {
+            "unlock_p99_ms_max": TARGET_UNLOCK_P99_MS,
+            "unlock_judged_at_stored": TARGET_UNLOCK_AT_STORED,
+            "poll_cpu_percent_max": TARGET_CPU_PERCENT,
+        },
+        # "all": every target judged (a run with fewer than 200 compartments judges no
+        # latency) and met.
+        "targets_met": {**targets_met, "all": all(v is True for v in targets_met.values())},
         "mount": mount,
         "host": host_facts(),
         "seed": args.seed,
@@ -561,11 +656,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def summary(r: dict[str, Any]) -> str:
+    by_stored = ", ".join(f"{k} stored {v} ms" for k, v in r["unlock_p99_ms_by_stored"].items())
+    met = ", ".join(f"{k}: {v}" for k, v in r["targets_met"].items())
     return (
-        f"locker: unlock after the last key p50 {r['unlock_p50_ms']} ms, p99 "
-        f"{r['unlock_p99_ms']} ms with {r['stored_parcels']} parcels stored (1 parcel: p99 "
-        f"{r['unlock_p99_ms_1_parcel']} ms; one scrypt check {r['verify_ms']} ms); bare "
-        f"LockBus.unlock p99 {r['baseline_unlock_p99_ms']} ms; polling {r['boards']} boards "
-        f"at {r['poll_hz']} Hz: {r['poll_cpu_percent']} % CPU (sleeping python "
-        f"{r['baseline_cpu_percent']} %); targets {'met' if r['targets_met'] else 'NOT met'}"
+        f"locker: unlock after the last key, p99 with {by_stored} ({r['compartments']} "
+        f"compartments on {r['lock_boards']} boards; one scrypt check {r['verify_ms']} ms); "
+        f"bare LockBus.unlock p99 {r['baseline_unlock_p99_ms']} ms (full); polling "
+        f"{r['boards']} boards at {r['poll_hz']} Hz: {r['poll_cpu_percent']} % CPU (sleeping "
+        f"python {r['baseline_cpu_percent']} %); targets {met}"
     )

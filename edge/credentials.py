@@ -1,8 +1,9 @@
 """Pickup credentials of a parcel locker: issued, stored as salted hashes, verified offline.
 
 Owns: drawing a parcel's pickup code (6 digits) and QR token, the stored form the locker keeps
-(salted hashes only), constant-time verification, the keypad's brute-force guard, and sealing
-the plaintext for the depot (which tells the customer) with sync.signing.
+(salted hashes only), the lookup tag that finds a credential by its secret, constant-time
+verification, the keypad's brute-force guard, and sealing the plaintext for the depot (which
+tells the customer) with sync.signing.
 Must never: write a code or token in plaintext anywhere (journal, tables, logs, repr, str),
 compare a secret with ==, let a keypad guess through during a lockout, or let a power cut
 shorten a lockout.
@@ -13,6 +14,25 @@ determined attacker who stole the SD card from finding it (with the parameters b
 being read off the card at a glance; the real defence of the code is the keypad lockout, the
 short hold window, and the depot seeing every lockout in the journal. QR tokens carry 256
 random bits, so a fast salted SHA-256 protects them completely and scanning one is cheap.
+
+One salt per locker, one scrypt per pickup. A locker finds the credential of a typed code by
+its lookup tag (lookup_tag): the code's scrypt under one random salt of the locker's own,
+indexed in its table. An index needs one salt for all: a hash under a salt per credential
+cannot be looked up without hashing the typed code under every stored salt, which is what made
+the keypad's wait grow with the parcels inside. Credentials used to carry a second scrypt hash
+under a salt of their own, checked after the tag had found them; it bought nothing:
+- an SD-card thief sweeps the tags: 10**6 scrypts under the one locker salt reveal every code
+  stored, whatever the per-credential hashes say. A salt per credential costs him one sweep
+  per parcel only where no shared tag exists, and an index is exactly such a tag;
+- at the keypad the same codes open either way (a tag is a 256-bit hash of the code under the
+  locker's salt, and a locker never stores two parcels with one code);
+- what a salt is for still holds: the locker's salt is random (not a secret, and not needed to
+  be), so no table computed in advance, nor a sweep of another locker's card, applies here.
+So a credential is now issued under the locker's salt (issue_credential(lookup_salt=...)): its
+stored code hash IS its tag, and a pickup costs one scrypt (PresentedSecret.opens compares the
+stored hash with the tag already computed, in constant time). The record keeps its version-1
+form, which older software verifies as before; records issued under a salt of their own still
+open, with the second scrypt, until they are collected.
 """
 
 from __future__ import annotations
@@ -39,11 +59,12 @@ HASH_BYTES = 32
 
 # scrypt cost for codes. N=2**12, r=8, p=1 takes 4 MiB and about 9 ms per verification on
 # the development server (AMD EPYC; 2**13: 20 ms, 2**14: 44 ms), several times that on a
-# Raspberry Pi. The locker checks a typed code against every stored parcel, so one keypad
-# entry costs (parcels in the locker) x this: 60 parcels is about half a second here. A higher
-# cost would make every customer wait and would not change the attacker's arithmetic much:
-# their work per credential stays 10**6 times the locker's. Stored in each record, so a later
-# change still verifies codes issued before it.
+# Raspberry Pi. One keypad entry costs one of these whatever the parcels stored (the lookup
+# tag finds the credential; see the module docstring), and the customer waits for it. A higher
+# cost would not change the attacker's arithmetic much: his work per locker stays 10**6 times
+# the locker's per entry. Stored in each record, so a record still verifies after a change;
+# but the lookup tags in a locker's index are made at this cost too, so changing it needs the
+# stored parcels re-tagged (or their codes would no longer find them).
 SCRYPT_N = 2**12
 SCRYPT_R = 8
 SCRYPT_P = 1
@@ -154,20 +175,33 @@ class IssuedCredential:
     def __repr__(self) -> str:
         return "IssuedCredential(code=<hidden>, qr_token=<hidden>)"
 
+    def lookup_tags(self) -> tuple[str, str]:
+        """(code tag, QR tag): lookup_tag() of this code and token under the salt the
+        credential was issued with, without hashing again. Issued with a locker's
+        `lookup_salt`, these are its entries in that locker's index."""
+        return self.stored.code_hash.hex(), self.stored.qr_hash.hex()
 
-def issue_credential(rng: random.Random | None = None) -> IssuedCredential:
+
+def issue_credential(
+    rng: random.Random | None = None, *, lookup_salt: bytes | None = None
+) -> IssuedCredential:
     """Draw a 6-digit code (uniform, leading zeros kept) and a 256-bit QR token.
 
+    `lookup_salt` is the locker's own salt (see lookup_tag): the credential is hashed under it,
+    so its stored hashes are its lookup tags and a pickup costs one scrypt (module docstring).
+    Without it the salt is fresh from `secrets`: a credential that stands alone.
     `rng` is for tests only (a seeded random.Random makes codes reproducible); production
-    leaves it out and draws from `secrets`. The salt always comes from `secrets`.
+    leaves it out and draws from `secrets`.
     """
+    if lookup_salt is not None and len(lookup_salt) < SALT_BYTES:
+        raise ValueError(f"a lookup salt has at least {SALT_BYTES} bytes")
     if rng is None:
         code = f"{secrets.randbelow(10**CODE_DIGITS):0{CODE_DIGITS}d}"
         qr_token = secrets.token_urlsafe(QR_TOKEN_BYTES)
     else:
         code = f"{rng.randrange(10**CODE_DIGITS):0{CODE_DIGITS}d}"
         qr_token = _b64(rng.randbytes(QR_TOKEN_BYTES))
-    salt = secrets.token_bytes(SALT_BYTES)
+    salt = secrets.token_bytes(SALT_BYTES) if lookup_salt is None else lookup_salt
     stored = StoredCredential(
         salt=salt,
         code_hash=_code_hash(code, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P),
@@ -221,10 +255,10 @@ def lookup_tag(secret: str, locker_salt: bytes, *, is_code: bool) -> str | None:
 
     Checking a typed code against every stored credential costs one scrypt per parcel (about
     10 ms each: 0.4 s with 40 parcels, and the locker stops watching its doors meanwhile). So
-    the locker also keeps this tag, under one salt of its own, and finds the candidate by
-    index; the candidate is then verified against its own per-credential salted hash. The tag
-    costs an SD-card thief one brute force per locker instead of one per credential, which is
-    no real change for a 10**6 code space (see the module docstring). None: not well formed.
+    the locker keeps this tag, under one salt of its own, and finds the credential by index.
+    The tag costs an SD-card thief one brute force per locker instead of one per credential,
+    which is no real change for a 10**6 code space (see the module docstring). None: not well
+    formed.
     """
     if is_code:
         if not _is_code(secret):
@@ -233,6 +267,50 @@ def lookup_tag(secret: str, locker_salt: bytes, *, is_code: bool) -> str | None:
     if not isinstance(secret, str) or not 0 < len(secret) <= _MAX_QR_TEXT:
         return None
     return _qr_hash(secret, locker_salt).hex()
+
+
+class PresentedSecret:
+    """A code typed or a QR token scanned at a locker, hashed once under its lookup salt.
+
+    `tag` finds the credential in the locker's index; `opens()` then says whether this is that
+    credential's secret. Holding the secret and its tag together is what lets `opens()` skip
+    the second scrypt safely: the tag it compares is the one made from this very secret. Made
+    by hash_presented(); repr never shows the secret or the tag.
+    """
+
+    __slots__ = ("_is_code", "_salt", "_secret", "tag")
+
+    def __init__(self, secret: str, tag: str, lookup_salt: bytes, *, is_code: bool) -> None:
+        self._secret = secret
+        self._salt = lookup_salt
+        self._is_code = is_code
+        self.tag = tag
+
+    def __repr__(self) -> str:
+        return f"PresentedSecret({'code' if self._is_code else 'qr'}, hidden)"
+
+    def opens(self, stored: StoredCredential) -> bool:
+        """True when the secret is `stored`'s code (or QR token); compared in constant time.
+
+        A credential issued under the same lookup salt at the current cost stores this very
+        tag as its hash: one comparison, no hashing. One issued under a salt of its own (by
+        older software) is verified the old way, with its own scrypt.
+        """
+        cost = (stored.n, stored.r, stored.p) == (SCRYPT_N, SCRYPT_R, SCRYPT_P)
+        if stored.salt == self._salt and (cost or not self._is_code):
+            expected = stored.code_hash if self._is_code else stored.qr_hash
+            return hmac.compare_digest(expected, bytes.fromhex(self.tag))
+        if self._is_code:
+            return verify_code(stored, self._secret)
+        return verify_qr(stored, self._secret)
+
+
+def hash_presented(secret: str, lookup_salt: bytes, *, is_code: bool) -> PresentedSecret | None:
+    """The secret presented at the locker with its lookup_tag(); None: not well formed."""
+    tag = lookup_tag(secret, lookup_salt, is_code=is_code)
+    if tag is None:
+        return None
+    return PresentedSecret(secret, tag, lookup_salt, is_code=is_code)
 
 
 def _is_code(code: object) -> bool:
@@ -419,9 +497,12 @@ __all__ = [
     "KeypadGuard",
     "KeypadLocked",
     "LockoutStarted",
+    "PresentedSecret",
     "StoredCredential",
+    "hash_presented",
     "issue_credential",
     "lockout_seconds",
+    "lookup_tag",
     "sealed_for_depot",
     "verify_code",
     "verify_qr",

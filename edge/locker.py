@@ -2,11 +2,12 @@
 
 Owns what happens between a person and a door. One controller thread owns the lock-board bus
 and all state; scanner reads, keypad entries and depot commands are queued to it, and the
-boards are polled on a timer (they never report by themselves). Every fact is an event in the
-journal, and the locker's state (which compartment holds which parcel, which door was opened
-for what) lives in tables of the same SQLite file, written in the same transaction as the
-event that changed it — so a power cut at any instant leaves state and journal agreeing, and
-a restart resumes from them and a fresh board poll.
+boards are polled on a timer (they never report by themselves), one board per step with the
+queue served in between, so a person waits for one board's answer, never for a whole round.
+Every fact is an event in the journal, and the locker's state (which compartment holds which
+parcel, which door was opened for what) lives in tables of the same SQLite file, written in
+the same transaction as the event that changed it — so a power cut at any instant leaves state
+and journal agreeing, and a restart resumes from them and a fresh board poll.
 
 Must never: open a door for a wrong code or an unverified command, confirm a deposit before
 the door closed on a parcel, issue a credential twice, hold a pickup code in plaintext
@@ -29,12 +30,11 @@ from drivers.lockboard import BoardStatus, LockBoardError, LockBus
 from edge.credentials import (
     CredentialError,
     KeypadGuard,
+    PresentedSecret,
     StoredCredential,
+    hash_presented,
     issue_credential,
-    lookup_tag,
     sealed_for_depot,
-    verify_code,
-    verify_qr,
 )
 from edge.errors import EdgeError
 from edge.locker_config import CompartmentSpec, LockerConfig
@@ -220,8 +220,17 @@ class Locker:
         self._inbox.put(lambda: self._on_scan(data, aim))
 
     def key(self, line: str) -> None:
-        """A line from the keypad: a pickup code, a courier code, or a function key."""
-        self._inbox.put(lambda: self._on_key(line.strip()))
+        """A line from the keypad: a pickup code, a courier code, or a function key.
+
+        A pickup code is hashed here, on the caller's thread (the keypad's reader), before it
+        is queued: its scrypt (~9 ms here, several times that on a Pi; it lets go of the GIL)
+        then overlaps whatever the controller is doing, a board being asked most often,
+        instead of following it. Hashing is not checking: the controller still refuses a code
+        unchecked during a lockout, and only it compares the hash with anything.
+        """
+        line = line.strip()
+        presented = hash_presented(line, self._salt, is_code=True) if line.isdigit() else None
+        self._inbox.put(lambda: self._on_key(line, presented))
 
     def command(self, name: str, payload: bytes) -> None:
         """A depot command as it came off the wire; verified before anything is done."""
@@ -230,21 +239,39 @@ class Locker:
     # --- the controller thread -------------------------------------------------------------
 
     def _run(self) -> None:
+        """Serve the queue, and poll the boards every `poll_interval_s`, one board per step.
+
+        A round of 13 boards takes ~150 ms (a status exchange and the bus's 10 ms turnaround
+        each, more at 19,200 baud): a code typed at its start would wait all of it. So between
+        two boards of a round the queue is looked at without waiting, and one waiting input
+        goes first; the round still goes on one board per step however busy the queue is.
+        """
         next_poll = time.monotonic()
+        due: list[int] = []  # boards of the current round not yet asked
         while not self._stop.is_set():
             try:
-                job = self._inbox.get(timeout=max(0.0, next_poll - time.monotonic()))
+                if due:
+                    job = self._inbox.get_nowait()
+                else:
+                    job = self._inbox.get(timeout=max(0.0, next_poll - time.monotonic()))
             except queue.Empty:
                 job = None
             try:
                 if job is not None:
                     job()
                 now = time.monotonic()
-                if now >= next_poll:
+                if not due and now >= next_poll:
                     # Scheduled before polling: a poll that fails must not make the loop spin,
-                    # and the rate stays the configured one however long a poll takes.
+                    # and the rate stays the configured one however long a round takes.
                     next_poll = max(next_poll + self.config.poll_interval_s, now)
-                    self._poll()
+                    self.polls += 1
+                    due = [b.board for b in self.bus.boards]
+                if due:
+                    # Taken off the round before asking: a board whose poll raises is not
+                    # asked again at once.
+                    self._poll_board(due.pop(0))
+                    if not due:
+                        self._round_done()
             except Exception:
                 # One bad input or a transient board fault must not stop the locker.
                 log.exception("locker controller step failed")
@@ -384,7 +411,7 @@ class Locker:
         else:
             self.display.show("scan your pickup QR code or enter your code")
 
-    def _on_key(self, line: str) -> None:
+    def _on_key(self, line: str, presented: PresentedSecret | None = None) -> None:
         courier = self._courier_active()
         if line.startswith(COURIER_PREFIX):
             self._login(line[len(COURIER_PREFIX) :])
@@ -396,7 +423,7 @@ class Locker:
         elif line == KEY_COLLECT_RETURNS and courier is not None:
             self._collect_returns(courier)
         elif line.isdigit():
-            self._pickup("code", line)
+            self._pickup("code", line, presented)
         else:
             self.display.show("unknown key")
 
@@ -445,15 +472,16 @@ class Locker:
 
     def _deposit(self, tx: JournalTransaction, cid: str, parcel: str) -> None:
         while True:  # two parcels in one locker must never share a code
-            issued = issue_credential()
-            code_tag = lookup_tag(issued.code, self._salt, is_code=True)
+            # Issued under the locker's own salt: its stored hashes are its index entries, and
+            # a pickup costs one scrypt (edge.credentials, "One salt per locker").
+            issued = issue_credential(lookup_salt=self._salt)
+            code_tag, qr_tag = issued.lookup_tags()
             clash = self.journal.query(
                 "SELECT 1 FROM parcels WHERE code_tag=? AND state IN ('stored', 'expired')",
                 (code_tag,),
             )
             if not clash:
                 break
-        qr_tag = lookup_tag(issued.qr_token, self._salt, is_code=False)
         now = self._now_ns()
         hold_until = now + int(self.config.hold_s * 1e9)
         tx.execute(
@@ -499,10 +527,12 @@ class Locker:
 
     # --- pickup ------------------------------------------------------------------------------
 
-    def _pickup(self, method: str, secret: str) -> None:
-        """One pickup attempt: found by its lookup tag in one hash, verified against the
-        parcel's own salted hash, recorded (right or wrong) in the same commit as the opening
-        it causes, so one fsync stands between the last key and the unlock frame."""
+    def _pickup(self, method: str, secret: str, presented: PresentedSecret | None = None) -> None:
+        """One pickup attempt: hashed once (a code already by `key`), found by its lookup tag
+        and verified with that same hash, recorded (right or wrong) in the same commit as the
+        opening it causes, so one scrypt and one commit stand between the last key and the
+        unlock frame. The commit comes before the pulse, always: a door is never opened
+        without its reason on record."""
         now = time.monotonic()
         is_code = method == "code"
         if is_code:
@@ -514,7 +544,7 @@ class Locker:
                     )
                 self.display.show("keypad locked", seconds=round(wait))
                 return
-        match = self._find_credential(secret, is_code)
+        match = self._find_credential(secret, is_code, presented)
         offline = match is not None and self._specs[match[1]].board in self._offline
         busy = match is not None and (match[1] in self._open_cids or offline)
         with self.journal.transaction() as tx:
@@ -549,15 +579,20 @@ class Locker:
         else:
             self._pulse(match[1], "pickup")
 
-    def _find_credential(self, secret: str, is_code: bool) -> tuple[str, str] | None:
-        tag = lookup_tag(secret, self._salt, is_code=is_code)
-        if tag is None:
+    def _find_credential(
+        self, secret: str, is_code: bool, presented: PresentedSecret | None = None
+    ) -> tuple[str, str] | None:
+        """The stored parcel and compartment `secret` opens, if any. `presented` is its hash
+        when the caller made it already (Locker.key); a malformed secret is never hashed."""
+        if presented is None:
+            presented = hash_presented(secret, self._salt, is_code=is_code)
+        if presented is None:
             return None
         column = "code_tag" if is_code else "qr_tag"
         rows = self.journal.query(
             f"SELECT parcel, compartment, credential FROM parcels "
             f"WHERE {column}=? AND state='stored'",
-            (tag,),
+            (presented.tag,),
         )
         for parcel, cid, record in rows:
             try:
@@ -566,7 +601,7 @@ class Locker:
                 # A damaged record opens nothing, and the attempt is still counted.
                 log.error("credential of %s is damaged: %s", parcel, exc)
                 continue
-            if verify_code(stored, secret) if is_code else verify_qr(stored, secret):
+            if presented.opens(stored):
                 return str(parcel), str(cid)
         return None
 
@@ -757,21 +792,23 @@ class Locker:
 
     # --- polling the boards --------------------------------------------------------------------
 
-    def _poll(self) -> None:
-        self.polls += 1
-        results = self.bus.poll_all()
-        for board, result in results.items():
-            if isinstance(result, LockBoardError):
-                if board not in self._offline:
-                    self._offline.add(board)
-                    with self.journal.transaction() as tx:
-                        self._alarm(tx, "board_offline", board=board, error=str(result))
-                continue
-            if board in self._offline:
-                self._offline.discard(board)
+    def _poll_board(self, board: int) -> None:
+        try:
+            status = self.bus.status(board)
+        except LockBoardError as exc:
+            if board not in self._offline:
+                self._offline.add(board)
                 with self.journal.transaction() as tx:
-                    tx.append("board_back_online", {"board": board})
-            self._observe_board(result)
+                    self._alarm(tx, "board_offline", board=board, error=str(exc))
+            return
+        if board in self._offline:
+            self._offline.discard(board)
+            with self.journal.transaction() as tx:
+                tx.append("board_back_online", {"board": board})
+        self._observe_board(status)
+
+    def _round_done(self) -> None:
+        """Every board was asked once: what needs a whole round (all seen, holds due)."""
         if not self.boards_seen.is_set() and not self._offline:
             self.boards_seen.set()
         now = time.monotonic()

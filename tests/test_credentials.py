@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import random
 import re
 import time
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -16,6 +18,8 @@ from edge.credentials import (
     FIRST_LOCKOUT_S,
     MAX_LOCKOUT_S,
     SCRYPT_N,
+    SCRYPT_P,
+    SCRYPT_R,
     WRONG_CODES_BEFORE_LOCKOUT,
     CredentialError,
     IssuedCredential,
@@ -23,8 +27,10 @@ from edge.credentials import (
     KeypadLocked,
     LockoutStarted,
     StoredCredential,
+    hash_presented,
     issue_credential,
     lockout_seconds,
+    lookup_tag,
     sealed_for_depot,
     verify_code,
     verify_qr,
@@ -157,6 +163,138 @@ def test_measured_verify_time_is_reported_not_asserted(issued: IssuedCredential)
         verify_code(issued.stored, _other_code(issued.code))
     per = (time.perf_counter() - start) / rounds
     print(f"\nverify_code: {per * 1000:.1f} ms per code (scrypt N={SCRYPT_N})")
+
+
+# --- found by the locker's lookup tag --------------------------------------------------------
+
+LOCKER_SALT = bytes(range(16))
+
+
+@pytest.fixture(scope="module")
+def in_locker() -> IssuedCredential:
+    """A credential as a locker issues it: under the locker's own lookup salt."""
+    return issue_credential(lookup_salt=LOCKER_SALT)
+
+
+@pytest.fixture(scope="module")
+def of_its_own() -> IssuedCredential:
+    """A credential as lockers issued them before: under a salt of its own."""
+    return issue_credential()
+
+
+class ScryptCalls:
+    """Counts the scrypt hashes edge.credentials makes (the real function does the work)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        real = hashlib.scrypt
+
+        def counted(*args: Any, **kwargs: Any) -> bytes:
+            self.count += 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(hashlib, "scrypt", counted)
+
+
+def test_under_a_lookup_salt_the_stored_hashes_are_the_lookup_tags(
+    in_locker: IssuedCredential,
+) -> None:
+    code_tag, qr_tag = in_locker.lookup_tags()
+    assert code_tag == lookup_tag(in_locker.code, LOCKER_SALT, is_code=True)
+    assert qr_tag == lookup_tag(in_locker.qr_token, LOCKER_SALT, is_code=False)
+    # The record keeps its version-1 form: software that verifies it the old way still can.
+    record = in_locker.stored.to_record()
+    assert record["v"] == 1 and record["kdf"] == "scrypt"
+    again = StoredCredential.from_record(json.loads(json.dumps(record)))
+    assert again.salt == LOCKER_SALT
+    assert verify_code(again, in_locker.code) and verify_qr(again, in_locker.qr_token)
+    assert not verify_code(again, _other_code(in_locker.code))
+    with pytest.raises(ValueError):
+        issue_credential(lookup_salt=b"short")
+
+
+def test_a_presented_code_opens_its_credential_with_one_hash(
+    in_locker: IssuedCredential, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = ScryptCalls(monkeypatch)
+    presented = hash_presented(in_locker.code, LOCKER_SALT, is_code=True)
+    assert presented is not None and calls.count == 1
+    assert presented.tag == in_locker.lookup_tags()[0]
+    assert presented.opens(in_locker.stored)
+    assert calls.count == 1  # the tag was the proof: no second scrypt
+
+
+def test_a_credential_of_its_own_salt_still_opens_with_a_second_hash(
+    of_its_own: IssuedCredential, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What an older locker stored: its own salt, found by a tag under the locker's salt.
+    presented = hash_presented(of_its_own.code, LOCKER_SALT, is_code=True)
+    assert presented is not None
+    calls = ScryptCalls(monkeypatch)
+    assert presented.opens(of_its_own.stored)
+    assert calls.count == 1
+    wrong = hash_presented(_other_code(of_its_own.code), LOCKER_SALT, is_code=True)
+    assert wrong is not None and not wrong.opens(of_its_own.stored)
+    token = hash_presented(of_its_own.qr_token, LOCKER_SALT, is_code=False)
+    assert token is not None and token.opens(of_its_own.stored)
+    other_token = hash_presented(of_its_own.qr_token + "A", LOCKER_SALT, is_code=False)
+    assert other_token is not None and not other_token.opens(of_its_own.stored)
+
+
+def test_a_presented_secret_opens_no_other_credential(in_locker: IssuedCredential) -> None:
+    other = issue_credential(lookup_salt=LOCKER_SALT)
+    code = hash_presented(in_locker.code, LOCKER_SALT, is_code=True)
+    token = hash_presented(in_locker.qr_token, LOCKER_SALT, is_code=False)
+    assert code is not None and token is not None
+    if other.code != in_locker.code:
+        assert not code.opens(other.stored)
+    assert not token.opens(other.stored)
+    assert token.opens(in_locker.stored)
+    wrong = hash_presented(_other_code(in_locker.code), LOCKER_SALT, is_code=True)
+    assert wrong is not None and not wrong.opens(in_locker.stored)
+    # The same code at another locker is another tag: that locker's index does not find it.
+    elsewhere = hash_presented(in_locker.code, bytes(16), is_code=True)
+    assert elsewhere is not None and elsewhere.tag != code.tag
+    # A code taken for a QR token is not the token.
+    as_token = hash_presented(in_locker.code, LOCKER_SALT, is_code=False)
+    assert as_token is not None and not as_token.opens(in_locker.stored)
+
+
+def test_a_record_at_another_cost_is_verified_at_its_own_cost(
+    in_locker: IssuedCredential,
+) -> None:
+    """A record under the locker's salt but another scrypt cost (issued by a version with
+    other parameters) is not the tag: it is checked with its own hash, right and wrong."""
+    cost = {"n": SCRYPT_N // 2, "r": SCRYPT_R, "p": SCRYPT_P}
+    code_hash = hashlib.scrypt(
+        in_locker.code.encode(), salt=LOCKER_SALT, dklen=32, maxmem=2**26, **cost
+    )
+    stored = StoredCredential(
+        salt=LOCKER_SALT, code_hash=code_hash, qr_hash=in_locker.stored.qr_hash, **cost
+    )
+    right = hash_presented(in_locker.code, LOCKER_SALT, is_code=True)
+    wrong = hash_presented(_other_code(in_locker.code), LOCKER_SALT, is_code=True)
+    assert right is not None and wrong is not None
+    assert right.opens(stored)
+    assert not wrong.opens(stored)
+
+
+@pytest.mark.parametrize("secret", ["", "12345", "1234567", "12345a", "١٢٣٤٥٦"])
+def test_a_malformed_code_is_not_hashed_at_all(
+    secret: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = ScryptCalls(monkeypatch)
+    assert hash_presented(secret, LOCKER_SALT, is_code=True) is None
+    assert calls.count == 0
+    assert hash_presented("x" * 257, LOCKER_SALT, is_code=False) is None
+
+
+def test_a_presented_secret_never_shows_itself(in_locker: IssuedCredential) -> None:
+    for secret, is_code in ((in_locker.code, True), (in_locker.qr_token, False)):
+        presented = hash_presented(secret, LOCKER_SALT, is_code=is_code)
+        assert presented is not None
+        for text in (repr(presented), str(presented)):
+            assert secret not in text and presented.tag not in text
 
 
 # --- sealing for the depot -----------------------------------------------------------------

@@ -6,18 +6,20 @@ locker only ever learns of it by polling the boards, as a real one does.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from drivers.lockboard import BoardConfig, LockBus
+from drivers.lockboard import BoardConfig, BoardStatus, LockBus
+from edge.credentials import StoredCredential, issue_credential, lookup_tag, verify_code, verify_qr
 from edge.locker import BADGE_PREFIX, QR_PREFIX, Locker
 from edge.locker_config import CompartmentSpec, LockerConfig
 from simulators.lockboard import SimulatedLockBoards
@@ -145,7 +147,9 @@ class Rig:
         return cid, secrets
 
 
-def make_rig(tmp_path: Path, *, sim_boards: int = 1, **overrides: Any) -> Rig:
+def make_rig(
+    tmp_path: Path, *, sim_boards: int = 1, bus_type: type[LockBus] = LockBus, **overrides: Any
+) -> Rig:
     sealing_private, sealing_public = generate_sealing_keypair()
     command_private, command_public = generate_keypair()
     boards = SimulatedLockBoards(sim_boards, link=tmp_path / "bus.tty")
@@ -168,7 +172,7 @@ def make_rig(tmp_path: Path, *, sim_boards: int = 1, **overrides: Any) -> Rig:
     journal = Journal(config.journal, config.device_id)
     watch = Watch()
     journal.add_listener(watch.on_events)
-    bus = LockBus(config.lockboard_port, config.boards)
+    bus = bus_type(config.lockboard_port, config.boards)
     bus.open()
     locker = Locker(config, journal, bus, watch)
     locker.start()
@@ -465,3 +469,137 @@ def test_a_board_off_the_bus_is_not_chosen_for_a_dropoff(tmp_path: Path) -> None
         assert "lock_jammed" not in [e.payload.get("alarm") for e in rig.watch.events]
     finally:
         close_rig(rig)
+
+
+# --- a code's way to the door ---------------------------------------------------------------
+
+
+class WatchedBus(LockBus):
+    """The real driver on the real pty, noting in order every board asked and lock pulsed.
+
+    It waits up to a second for a reply, so that a board made slow still answers in time."""
+
+    def __init__(self, port: str, boards: Sequence[BoardConfig]) -> None:
+        super().__init__(port, boards, reply_timeout_s=1.0)
+        self.calls: list[tuple[str, int]] = []
+        self.cond = threading.Condition()
+
+    def _note(self, call: str, board: int) -> None:
+        with self.cond:
+            self.calls.append((call, board))
+            self.cond.notify_all()
+
+    def status(self, board: int) -> BoardStatus:
+        self._note("status", board)
+        return super().status(board)
+
+    def unlock(self, board: int, lock: int) -> None:
+        self._note("unlock", board)
+        super().unlock(board, lock)
+
+
+def test_a_code_is_served_between_two_boards_of_a_poll_round(tmp_path: Path) -> None:
+    """A person at the keypad waits for the board being asked, not for the whole round (13
+    boards take ~150 ms): the code's unlock goes out before the round's next board is asked."""
+    rig = make_rig(
+        tmp_path, sim_boards=3, boards=[BoardConfig(b) for b in range(3)], bus_type=WatchedBus
+    )
+    bus = rig.locker.bus
+    assert isinstance(bus, WatchedBus)
+    try:
+        cid, secrets = rig.courier_drops()
+        rig.boards.slow(1, 0.5)  # the middle board answers late: a round stays half done
+        with bus.cond:
+            start = len(bus.calls)
+            assert bus.cond.wait_for(lambda: ("status", 1) in bus.calls[start:], 10)
+            asked = start + bus.calls[start:].index(("status", 1))
+            rig.locker.key(secrets["code"])  # while board 1 is being asked
+        rig.watch.wait_event("door_unlocked", compartment=cid, purpose="pickup")
+        with bus.cond:
+            assert bus.cond.wait_for(lambda: len(bus.calls) >= asked + 3, 10)
+            assert bus.calls[asked : asked + 3] == [("status", 1), ("unlock", 0), ("status", 2)]
+        rig.person_takes_parcel_and_closes(cid)
+        rig.watch.wait_event("parcel_picked_up", parcel=PARCEL)
+    finally:
+        close_rig(rig)
+
+
+def test_a_typed_code_costs_one_scrypt_made_before_it_is_queued(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One memory-hard hash per code whatever is stored, made on the keypad's thread, so it
+    overlaps the board the controller is asking instead of following it."""
+    cid, secrets = rig.courier_drops()
+    hashed_on: list[str] = []
+    real = hashlib.scrypt
+
+    def noted(*args: Any, **kwargs: Any) -> bytes:
+        hashed_on.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hashlib, "scrypt", noted)
+    rig.locker.key(secrets["code"])
+    rig.watch.wait_event("door_unlocked", compartment=cid, purpose="pickup")
+    assert hashed_on == [threading.current_thread().name]
+
+
+def test_a_credential_is_stored_under_the_locker_salt_in_its_old_form(rig: Rig) -> None:
+    """Its hashes are the locker's lookup tags (one scrypt per pickup), in the version-1
+    record that the previous software checks too: a locker rolled back still opens it."""
+    _cid, secrets = rig.courier_drops()
+    ((salt_hex,),) = rig.journal.query("SELECT value FROM locker_meta WHERE key='lookup_salt'")
+    ((record, code_tag, qr_tag),) = rig.journal.query(
+        "SELECT credential, code_tag, qr_tag FROM parcels WHERE parcel=?", (PARCEL,)
+    )
+    assert secrets["code"] not in record and secrets["qr"] not in record
+    stored = StoredCredential.from_record(json.loads(record))
+    assert stored.salt == bytes.fromhex(salt_hex)
+    assert (stored.code_hash.hex(), stored.qr_hash.hex()) == (code_tag, qr_tag)
+    assert verify_code(stored, secrets["code"])
+    assert verify_qr(stored, secrets["qr"].removeprefix(QR_PREFIX))
+
+
+@pytest.mark.parametrize("method", ["code", "qr"])
+def test_a_parcel_an_older_locker_stored_still_opens(tmp_path: Path, method: str) -> None:
+    """Before, a credential had a salt of its own, found by its tag under the locker's salt
+    and then checked against its own hash: a locker updated with such parcels inside still
+    opens them, for the right code or token only."""
+    rig = make_rig(tmp_path)
+    cid, _ = rig.courier_drops()
+    older = issue_credential()  # a salt of its own, as the previous version issued them
+
+    def stored_by_the_previous_version() -> None:
+        db = sqlite3.connect(rig.config.journal)
+        try:
+            with db:
+                ((salt_hex,),) = db.execute(
+                    "SELECT value FROM locker_meta WHERE key='lookup_salt'"
+                ).fetchall()
+                salt = bytes.fromhex(salt_hex)
+                db.execute(
+                    "UPDATE parcels SET credential=?, code_tag=?, qr_tag=? WHERE parcel=?",
+                    (
+                        json.dumps(older.stored.to_record()),
+                        lookup_tag(older.code, salt, is_code=True),
+                        lookup_tag(older.qr_token, salt, is_code=False),
+                        PARCEL,
+                    ),
+                )
+        finally:
+            db.close()
+
+    after = power_cut_and_restart(rig, stored_by_the_previous_version)
+    try:
+        if method == "code":
+            after.locker.key(f"{(int(older.code) + 1) % 10**6:06d}")
+            assert after.watch.wait_event("pickup_attempt").payload["ok"] is False
+            after.locker.key(older.code)
+        else:
+            after.locker.scan(QR_PREFIX + older.qr_token + "A", "]Q1")
+            assert after.watch.wait_event("pickup_attempt").payload["ok"] is False
+            after.locker.scan(QR_PREFIX + older.qr_token, "]Q1")
+        after.watch.wait_event("door_unlocked", compartment=cid, purpose="pickup")
+        after.person_takes_parcel_and_closes(cid)
+        after.watch.wait_event("parcel_picked_up", parcel=PARCEL, compartment=cid)
+    finally:
+        close_rig(after)
