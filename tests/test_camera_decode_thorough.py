@@ -85,15 +85,17 @@ def test_with_no_budget_the_answer_does_not_depend_on_learned_costs() -> None:
     assert texts(answers[0][0]) == ["LM-SMALL-1234"]  # the answers are reads, not misses
 
 
-def scripted(
-    attempts: list[list[Symbol]],
-) -> Callable[[Any], Iterator[tuple[str, Callable[[], list[Symbol]]]]]:
-    """Attempts of the thorough fallback that return the given symbols, one list each."""
+Attempt = Callable[[], list[tuple[Symbol, bool]]]
 
-    def returning(symbols: list[Symbol]) -> Callable[[], list[Symbol]]:
-        return lambda: symbols
 
-    def run(gray: Any) -> Iterator[tuple[str, Callable[[], list[Symbol]]]]:
+def scripted(attempts: list[list[Symbol]]) -> Callable[[Any], Iterator[tuple[str, Attempt]]]:
+    """Attempts of the thorough fallback that return the given symbols, one list each (none
+    of them doubtful)."""
+
+    def returning(symbols: list[Symbol]) -> Attempt:
+        return lambda: [(s, False) for s in symbols]
+
+    def run(gray: Any) -> Iterator[tuple[str, Attempt]]:
         for n, symbols in enumerate(attempts):
             yield f"attempt {n}", returning(symbols)
 
@@ -112,13 +114,13 @@ def sym(
     ("attempts", "reported"),
     [
         # A Code 39 read once, out of hundreds of attempts, is what noise gives: not reported.
-        ([[sym("4A1", "code39", "a")], [], []], []),
+        ([[sym("4A1", "code39", "zxing/a")], [], []], []),
         # Read again by another attempt (another scale, treatment or reader): reported.
-        ([[sym("4A1", "code39", "a")], [], [sym("4A1", "code39", "b")]], ["4A1"]),
-        # The same attempt's same source twice is one vote.
-        ([[sym("606060", "itf", "a")], [sym("606060", "itf", "a")]], []),
+        ([[sym("4A1", "code39", "zxing/a")], [], [sym("4A1", "code39", "zbar/b")]], ["4A1"]),
+        # The same image twice is one vote, whichever reader or binarizer read it.
+        ([[sym("606060", "itf", "zxing/a")], [sym("606060", "itf", "zbar/a/global")]], []),
         # A QR code's Reed-Solomon check vouches for it: one read is enough.
-        ([[], [sym("LM-1", "qrcode", "a")]], ["LM-1"]),
+        ([[], [sym("LM-1", "qrcode", "zxing/a")]], ["LM-1"]),
     ],
 )
 def test_a_weakly_checked_read_of_the_fallback_needs_a_second_attempt_to_agree(

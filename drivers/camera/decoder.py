@@ -36,7 +36,7 @@ from drivers.camera.regions import (
     _Regions,
     _straighten,
 )
-from drivers.camera.zbar import _ZBAR_TYPES, _Read, _Zbar
+from drivers.camera.zbar import _ITF_MIN_DIGITS, _ZBAR_TYPES, _Read, _Zbar
 from drivers.errors import DriverError
 from drivers.scanner import Scan
 
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     Image = NDArray[np.uint8]
     AnyImage = NDArray[Any]  # what callers hand in; checked to be uint8 gray/BGR/BGRA
     Points = tuple[tuple[float, float], ...]
+    _Reads = list[tuple["Symbol", bool]]  # a thorough attempt's symbols, each `_doubtful` or not
 
 log = logging.getLogger("drivers.camera")
 
@@ -106,6 +107,11 @@ _LINEAR_CROP_FORMATS = frozenset(
 # Codabar), or a single mod-10 digit over few modules (UPC-E, EAN-8, EAN-13, UPC-A). Two of
 # their reads at one place that disagree are both dropped (`_Found.settle`).
 _WEAK_CHECK = frozenset({"codabar", "code39", "ean13", "ean8", "itf", "upca", "upce"})
+# A weakly checked read from zbar stands only if at least this many of its scan lines decoded
+# it (zbar's "quality"). A printed code's bars cross many lines and read on most of them; a
+# misread is one line's unlucky path through blur, glare or a treatment's artefacts, which
+# the next line, a few pixels away, does not repeat.
+_ZBAR_MIN_LINES = 2
 # The UPC/EAN family's sizes in modules: a shorter one read within a longer one's bars is a
 # partial read (`_Found.settle`).
 _UPC_EAN_MODULES = {"ean13": 95, "upca": 95, "ean8": 67, "upce": 51}
@@ -249,25 +255,50 @@ class _Costs:
 
 
 class _Found:
-    """Symbols found so far in one image, deduplicated by ``(text, format)``, in order."""
+    """Symbols found so far in one image, deduplicated by ``(text, format)``, in order, with
+    the strategies (``source``) that read each; and the doubtful reads that wait for a
+    second strategy to read them too before they count."""
 
     def __init__(self) -> None:
         self.symbols: list[Symbol] = []
         self._keys: set[tuple[str, str]] = set()
+        self._sources: dict[tuple[str, str], set[str]] = {}
+        self._doubtful: dict[tuple[str, str], Symbol] = {}
 
-    def add(self, symbol: Symbol, *, second_opinion: bool = False) -> bool:
-        if symbol.key in self._keys:
+    def add(self, symbol: Symbol, *, second_opinion: bool = False, doubtful: bool = False) -> bool:
+        """Count a read; True if it is a new symbol.
+
+        ``doubtful``: the read stands only once another strategy (another ``source``) has
+        read the same text too; until then it is held back (see `_doubtful`).
+        ``second_opinion``: zbar's read, which does not stand against an earlier read of
+        the same format at the same place with another text (zbar guesses character sets
+        differently), unless the code is weakly checked: there one of the two texts is a
+        misread, and `settle` decides.
+        """
+        key = symbol.key
+        if key in self._keys:
+            self._sources[key].add(symbol.source)
             return False
-        if second_opinion and self._contradicts(symbol):
+        if key in self._doubtful:
+            self._sources[key].add(symbol.source)
+            if len(self._sources[key]) < 2:
+                return False
+            symbol = self._doubtful.pop(key)
+        elif doubtful:
+            log.debug("doubtful read %r waits for a second strategy", symbol)
+            self._doubtful[key] = symbol
+            self._sources[key] = {symbol.source}
+            return False
+        else:
+            self._sources[key] = {symbol.source}
+        if second_opinion and symbol.format not in _WEAK_CHECK and self._contradicts(symbol):
             log.debug("second opinion %r disagrees with a read at the same place", symbol)
             return False
-        self._keys.add(symbol.key)
+        self._keys.add(key)
         self.symbols.append(symbol)
         return True
 
     def _contradicts(self, symbol: Symbol) -> bool:
-        # zbar reading a code zxing-cpp already read, with a different text (zbar guesses
-        # character sets differently): the first reader's text stands.
         cx, cy = _centre(symbol.corners)
         return any(
             s.format == symbol.format and _inside(cx, cy, s.corners, grow=0.2) for s in self.symbols
@@ -281,16 +312,21 @@ class _Found:
         a false stop pattern halfway), the shorter is a partial read: it goes. Where they
         overlap as two sizes of the UPC/EAN family, the smaller (a UPC-E's 51 modules, an
         EAN-8's 67) was found among the larger's 95 bars: it goes. Where they overlap with
-        unrelated texts of the same weakly checked symbology (`_WEAK_CHECK`),
-        neither can be trusted: both go, and the next frame (or the thorough fallback, for a
-        file) has another look. zxing-cpp's outline of a linear read is the scan line that
-        read it; two scan lines across one code's bars may be as far apart as the bars are
-        long, hence `_same_code`.
+        unrelated texts of the same weakly checked symbology (`_WEAK_CHECK`), neither can be
+        trusted, however many strategies read either (a small blurred code misreads the
+        same way at several scales): both go, and the next frame (or the thorough fallback,
+        for a file) has another look. Doubtful reads still waiting for a second strategy
+        (`add`) count as reads here, though they never stand. zxing-cpp's outline of a
+        linear read is the scan line that read it; two scan lines across one code's bars may
+        be as far apart as the bars are long, hence `_same_code`.
         """
+        # The doubtful reads never stand on their own, but they are reads of what is there:
+        # they show a standing read to be a part or a misread as well as any.
+        reads = self.symbols + list(self._doubtful.values())
         drop: set[int] = set()
         linear = [
             (i, s)
-            for i, s in enumerate(self.symbols)
+            for i, s in enumerate(reads)
             if s.format in _LINEAR_CROP_FORMATS and s.format != "pdf417"
         ]
         for n, (i, a) in enumerate(linear):
@@ -305,14 +341,28 @@ class _Found:
                     drop.add(j)
                 elif _UPC_EAN_MODULES.get(b.format, 0) > _UPC_EAN_MODULES.get(a.format, 99):
                     drop.add(i)
+        drop = {i for i in drop if i < len(self.symbols)}
         if drop:
             log.debug("dropped misreads %r", [self.symbols[i] for i in sorted(drop)])
             self.symbols = [s for i, s in enumerate(self.symbols) if i not in drop]
             self._keys = {s.key for s in self.symbols}
 
     def covers(self, region: _Region) -> bool:
+        """Whether a read already accounts for the region, so that its crop need not be tried.
+
+        A weakly checked linear read (`_WEAK_CHECK`) accounts for it only once a second
+        strategy has read it too. Until then the crop gets its look: a scan line across the
+        whole frame that entered a tilted code through the ends of its bars read a part of
+        it (an ITF's last twelve digits of fourteen, a UPC-E among an EAN-13's bars), with a
+        quiet zone on either side and a valid check, and only the straightened crop reads the
+        whole code that shows it to be a part (`settle`).
+        """
         x, y = region.centre
-        return any(_inside(x, y, s.corners, grow=0.3) for s in self.symbols)
+        return any(
+            _inside(x, y, s.corners, grow=0.3)
+            and (s.format not in _WEAK_CHECK or len(self._sources[s.key]) >= 2)
+            for s in self.symbols
+        )
 
 
 class Decoder:
@@ -347,7 +397,11 @@ class Decoder:
 
     Misreads: two linear reads at one place that contradict each other (a partial read
     inside a whole one, or two texts of one weakly checked code) are settled before the
-    answer is returned (`_Found.settle`), on every path.
+    answer is returned (`_Found.settle`), on every path. A weakly checked read from a
+    region crop, and any read that spent all its error correction (`_doubtful`), stands
+    only once a second strategy reads the same text (`_Found.add`); a weakly checked read
+    from zbar only if two of its scan lines decoded it (`_ZBAR_MIN_LINES`); an ITF of under
+    six digits never (`_ITF_MIN_DIGITS`).
 
     zbar runs after zxing-cpp's region crops, not before: on the bench's photos, tilted
     copies and 1280 x 720 frames it read almost nothing zxing-cpp missed on a whole frame,
@@ -450,7 +504,7 @@ class Decoder:
         work, scale = _shrink(gray, self._full_pass_pixels)
         back = _scaling(1 / scale)
         for read in self._zxing(work, "full", clock, rotate=self._try_rotate):
-            found.add(_symbol(read, back, "zxing"))
+            found.add(_symbol(read, back, "zxing"), doubtful=_doubtful(read))
 
         # 2. straightened candidate regions.
         if self._regions and clock.fits("regions", _analysis_pixels(gray)):
@@ -464,6 +518,9 @@ class Decoder:
         found.settle()
         # 4. A file, with no budget, where nothing was read: the thorough fallback.
         if not found.symbols and self.budget_ms is None and self._thorough_enabled:
+            # A fresh look: the cascade's doubtful and disputed reads neither vote nor
+            # dispute there; its own rule (two images agree) weighs what it reads.
+            found = _Found()
             self._thorough(gray, found)
             found.settle()
         return found.symbols
@@ -481,6 +538,11 @@ class Decoder:
         otherwise become a false positive. A real code that blur or tilt hides from the
         cascade is usually read by several of the scales and treatments below; a misread
         almost never repeats itself exactly.
+
+        The second read must come from another attempt (another image: scale, crop or
+        treatment), not from another reader or binarizer on the same pixels: the ringing
+        that undoing a blur leaves, or a stripe of print, is the same pattern to each of
+        them, and two readers of one such image agree on its misread as often as not.
         """
         votes: dict[tuple[str, str], set[str]] = {}
         for name, attempt in self._thorough_attempts(gray):
@@ -490,17 +552,18 @@ class Decoder:
                 self.misses += 1
                 log.warning("thorough attempt %s failed", name, exc_info=True)
                 continue
-            for symbol in symbols:
-                sources = votes.setdefault(symbol.key, set())
-                sources.add(symbol.source)
-                if symbol.format in _SELF_CHECKING or len(sources) >= 2:
+            for symbol, doubtful in symbols:
+                images = votes.setdefault(symbol.key, set())
+                images.add(_image_of(symbol.source))
+                alone = symbol.format in _SELF_CHECKING and not doubtful
+                if alone or len(images) >= 2:
                     found.add(symbol, second_opinion=symbol.source.startswith("zbar"))
             if found.symbols:
                 return
 
-    def _thorough_attempts(self, gray: Image) -> Iterator[tuple[str, Callable[[], list[Symbol]]]]:
+    def _thorough_attempts(self, gray: Image) -> Iterator[tuple[str, Callable[[], _Reads]]]:
         """(name, attempt) for the thorough fallback, in order; each attempt returns the
-        symbols it read, mapped back into the image.
+        symbols it read, mapped back into the image, each with whether it is `_doubtful`.
 
         Only for files (``budget_ms=None``): none of this is ever weighed against a clock,
         and the order is fixed, so a file gives the same answer on any machine under any
@@ -529,13 +592,13 @@ class Decoder:
 
         def whole(
             scale: float, *, global_threshold: bool = False, sharpen: bool = False
-        ) -> Callable[[], list[Symbol]]:
-            def attempt() -> list[Symbol]:
+        ) -> Callable[[], _Reads]:
+            def attempt() -> _Reads:
                 image = _sharpened(_resized(gray, scale), 1.0) if sharpen else _resized(gray, scale)
                 source = _thorough_source("zxing", scale, global_threshold, sharpen)
                 back = _scaling(1 / scale)
                 return [
-                    _symbol(read, back, source)
+                    (_symbol(read, back, source), _doubtful(read))
                     for read in self._zxing(
                         image,
                         "zxing",
@@ -549,12 +612,13 @@ class Decoder:
 
             return attempt
 
-        def zbar_whole(scale: float, *, sharpen: bool = False) -> Callable[[], list[Symbol]]:
-            def attempt() -> list[Symbol]:
+        def zbar_whole(scale: float, *, sharpen: bool = False) -> Callable[[], _Reads]:
+            def attempt() -> _Reads:
                 image = _sharpened(_resized(gray, scale), 1.0) if sharpen else _resized(gray, scale)
                 source = _thorough_source("zbar", scale, False, sharpen)
                 back = _scaling(1 / scale)
-                return [_symbol(read, back, source) for read in self._zbar_read(image, clock)]
+                reads = self._zbar_read(image, clock, one_line=True)
+                return [(_symbol(read, back, source), _doubtful(read)) for read in reads]
 
             return attempt
 
@@ -568,14 +632,15 @@ class Decoder:
                 for scale in _THOROUGH_CROP_SCALES:
                     if _crop_pixels(region, scale) > _THOROUGH_MAX_CROP_PIXELS:
                         continue
-                    yield f"region {index} x{scale}", self._thorough_region(gray, region, scale)
+                    attempt = self._thorough_region(gray, index, region, scale)
+                    yield f"region {index} x{scale}", attempt
             linear = [(i, r) for i, r in regions if r.linear][:_DEBLUR_REGIONS]
             for index, region in linear:
                 if _crop_pixels(region) > _THOROUGH_MAX_CROP_PIXELS:
                     continue
                 for radius in _DEBLUR_RADII:
                     name = f"region {index} deblurred r{radius:g}"
-                    yield name, self._thorough_deblurred(gray, region, radius)
+                    yield name, self._thorough_deblurred(gray, index, region, radius)
         for s in scales(_THOROUGH_GLOBAL_SCALES):
             yield f"zxing x{s:g} global", whole(s, global_threshold=True)
         # The sharpened and zbar passes on at most `_THOROUGH_SLOW_PIXELS`: they cost the
@@ -588,17 +653,17 @@ class Decoder:
             yield f"zbar x{fit:.3g} sharpened", zbar_whole(fit, sharpen=True)
 
     def _thorough_deblurred(
-        self, gray: Image, region: _Region, radius: float
-    ) -> Callable[[], list[Symbol]]:
+        self, gray: Image, index: int, region: _Region, radius: float
+    ) -> Callable[[], _Reads]:
         """One region straightened, its defocus blur of ``radius`` pixels undone
         (`_deblurred`), read with both binarizers (and by zbar along the rows if linear)."""
 
-        def attempt() -> list[Symbol]:
+        def attempt() -> _Reads:
             clock = _Budget(None, _Costs())
             crop, to_image = _straighten(gray, region, 1, cubic=True)
             back = _perspective(to_image)
             treated = _deblurred(crop, radius)
-            source = f"region/deblur{radius:g}"
+            source = f"region{index}/deblur{radius:g}"
             return self._thorough_reads(treated, back, source, region.linear, clock)
 
         return attempt
@@ -610,11 +675,11 @@ class Decoder:
         source: str,
         linear: bool,
         clock: _Budget,
-    ) -> list[Symbol]:
+    ) -> _Reads:
         """A straightened crop read by zxing-cpp with local then global thresholds, and by
         zbar along its rows if it is linear; sources ``zxing/thorough/<source>[/global]``
         and ``zbar/thorough/<source>``."""
-        out: list[Symbol] = []
+        out: _Reads = []
         for global_threshold in (False, True):
             name = f"zxing/thorough/{source}" + ("/global" if global_threshold else "")
             for read in self._zxing(
@@ -627,29 +692,29 @@ class Decoder:
                 downscale=False,
                 invert=not linear,
             ):
-                out.append(_symbol(read, back, name))
+                out.append((_symbol(read, back, name), _doubtful(read)))
         if linear and self._zbar is not None:
-            for read in self._zbar_read(image, clock, rows_only=True):
-                out.append(_symbol(read, back, f"zbar/thorough/{source}"))
+            for read in self._zbar_read(image, clock, rows_only=True, one_line=True):
+                out.append((_symbol(read, back, f"zbar/thorough/{source}"), _doubtful(read)))
         return out
 
     def _thorough_region(
-        self, gray: Image, region: _Region, scale: int
-    ) -> Callable[[], list[Symbol]]:
+        self, gray: Image, index: int, region: _Region, scale: int
+    ) -> Callable[[], _Reads]:
         """One region straightened bicubically at ``scale``, as it is, sharpened and under
         CLAHE, read with both binarizers (and by zbar along the rows if linear)."""
 
-        def attempt() -> list[Symbol]:
+        def attempt() -> _Reads:
             clock = _Budget(None, _Costs())
             crop, to_image = _straighten(gray, region, scale, cubic=True)
             back = _perspective(to_image)
-            out: list[Symbol] = []
+            out: _Reads = []
             for name, treated in (
                 ("plain", crop),
                 ("sharpen", _sharpened(crop, scale / 2)),
                 ("clahe", _clahe(crop)),
             ):
-                source = f"region/x{scale}/{name}"
+                source = f"region{index}/x{scale}/{name}"
                 out += self._thorough_reads(treated, back, source, region.linear, clock)
             return out
 
@@ -712,14 +777,19 @@ class Decoder:
                     kind=kind,
                     global_threshold=treatment.global_threshold,
                 ):
-                    found.add(_symbol(read, back, f"zxing/region/{treatment.name}"))
+                    source = f"zxing/region/{treatment.name}"
+                    # A crop is cut, warped and treated to make bars readable: a weakly
+                    # checked code read there stands once another strategy agrees.
+                    doubt = _doubtful(read) or read.format in _WEAK_CHECK
+                    found.add(_symbol(read, back, source), doubtful=doubt)
             # zbar on 2D crops costs more than it finds (and it reads only QR there).
             if found.covers(region) or not use_zbar:
                 continue
             if clock.fits("zbar/rows", treated.size):
                 for read in self._zbar_read(treated, clock, rows_only=True):
                     source = f"zbar/region/{treatment.name}"
-                    found.add(_symbol(read, back, source), second_opinion=True)
+                    doubt = read.format in _WEAK_CHECK
+                    found.add(_symbol(read, back, source), second_opinion=True, doubtful=doubt)
 
     def _count_miss(self) -> None:
         self.misses += 1
@@ -787,22 +857,50 @@ class Decoder:
                     for q in (p.top_left, p.top_right, p.bottom_right, p.bottom_left)
                 ]
                 name = _ZXING_NAME.get(b.format.name, b.format.name.lower())
-                reads.append(_Read(b.text, b.symbology_identifier or None, name, corners))
+                if name == "itf" and len(b.text) < _ITF_MIN_DIGITS:
+                    log.debug("ITF %r too short to trust", b.text)
+                    continue
+                spare = b.extra.get("UEC") if isinstance(b.extra, dict) else None
+                reads.append(
+                    _Read(
+                        b.text,
+                        b.symbology_identifier or None,
+                        name,
+                        corners,
+                        spare=float(spare) if isinstance(spare, (int, float)) else None,
+                    )
+                )
             return reads
         except Exception:
             self.misses += 1
             log.warning("zxing-cpp failed on a %s image", _shape(image), exc_info=True)
             return []
 
-    def _zbar_read(self, image: Image, clock: _Budget, *, rows_only: bool = False) -> list[_Read]:
+    def _zbar_read(
+        self, image: Image, clock: _Budget, *, rows_only: bool = False, one_line: bool = False
+    ) -> list[_Read]:
+        """zbar's reads of ``image``, without the weakly checked linear ones it read with
+        another text at the same place (`_disputed`) or, unless ``one_line``, that only one
+        of its scan lines decoded (`_ZBAR_MIN_LINES`). The thorough fallback takes one-line
+        reads: there a second image must read the same text anyway (`_thorough`), which
+        tells a misread from a code that blur left readable along one line only."""
         assert self._zbar is not None
         try:
             with clock.timing("zbar/rows" if rows_only else "zbar", image.size):
-                return self._zbar.read(image, rows_only=rows_only)
+                reads = self._zbar.read(image, rows_only=rows_only)
         except Exception:
             self.misses += 1
             log.warning("zbar failed on a %s image", _shape(image), exc_info=True)
             return []
+        kept = [
+            r
+            for r in reads
+            if r.format not in _WEAK_CHECK
+            or ((one_line or (r.lines or 0) >= _ZBAR_MIN_LINES) and not _disputed(r, reads))
+        ]
+        if len(kept) < len(reads):
+            log.debug("zbar reads dropped %r", [r for r in reads if r not in kept])
+        return kept
 
 
 class _Budget:
@@ -910,6 +1008,35 @@ def _thorough_source(reader: str, scale: float, global_threshold: bool, sharpen:
         + ("/global" if global_threshold else "")
         + ("/sharpen" if sharpen else "")
     )
+
+
+def _doubtful(read: _Read) -> bool:
+    """Whether a read must wait for a second strategy to agree (`_Found.add`): one that
+    spent all its error correction. Reed-Solomon corrects up to a limit and, past it, now and
+    then "corrects" a garbled symbol into another valid one, which is then within the limit
+    of what it read: a read with none of its correction left is where such miscorrections
+    lie (a PDF417 under glare, with its correction as low as 2 codewords, came out so with
+    one word in three wrong). A clean read of the same code elsewhere, or the same text
+    from another crop or treatment, vouches for it."""
+    return read.spare is not None and read.spare <= 0.0
+
+
+def _disputed(read: _Read, reads: list[_Read]) -> bool:
+    """Whether another of one decoder call's reads gives the same format another text at the
+    same place: one of the two is a misread, and one call cannot tell which (its other scan
+    lines read the other text)."""
+    return any(
+        r.format == read.format
+        and r.text != read.text
+        and _inside(*_centre(tuple(read.corners)), tuple(r.corners), grow=0.2)
+        for r in reads
+    )
+
+
+def _image_of(source: str) -> str:
+    """Which pixels a read of the thorough fallback came from: its source without the reader
+    (``zxing``, ``zbar``) and the binarizer (``global``), e.g. ``thorough/region2/x3/clahe``."""
+    return "/".join(part for part in source.split("/")[1:] if part != "global")
 
 
 def _shape(image: Image) -> str:

@@ -37,6 +37,11 @@ _ZBAR_TYPES = {
     93: "code93",
     128: "code128",
 }
+# Interleaved 2 of 5 has no check character of its own, and a short one is a few bars: a
+# short read out of noise, or out of a longer code entered halfway, is its classic false
+# positive. Both decoders read no ITF shorter than this (zbar by its configuration,
+# `drivers.camera.decoder` by dropping zxing-cpp's); parcels carry ITF-14.
+_ITF_MIN_DIGITS = 6
 _ZBAR_MOD_GS1 = 1 << 0  # zbar.h ZBAR_MOD_GS1: the symbol began with FNC1 (GS1 data).
 _ZBAR_CFG_ENABLE = 0  # zbar.h ZBAR_CFG_ENABLE
 _ZBAR_CFG_MIN_LEN = 0x20  # zbar.h ZBAR_CFG_MIN_LEN
@@ -60,12 +65,21 @@ _ZBAR_AIM_GS1 = {"code128": "]C1", "qrcode": "]Q3"}
 
 @dataclass(frozen=True)
 class _Read:
-    """A decoder's answer before it is mapped back into the image."""
+    """A decoder's answer before it is mapped back into the image.
+
+    ``lines``: for zbar, how many of its scan lines decoded the symbol (zbar's "quality");
+    None where the decoder does not say (zxing-cpp, which already asks two lines to agree
+    on a linear code before it reports one). ``spare``: for zxing-cpp, the part of the
+    symbol's error correction that was left unused (1.0 none used); None where there is
+    none or the decoder does not say.
+    """
 
     text: str
     aim: str | None
     format: str
     corners: list[tuple[float, float]]
+    lines: int | None = None
+    spare: float | None = None
 
 
 class _Zbar:
@@ -98,9 +112,7 @@ class _Zbar:
             w.zbar_image_scanner_set_config(scanner, 0, _ZBAR_CFG_ENABLE, 0)  # all off...
             for t in self._types:  # ...then only ours
                 w.zbar_image_scanner_set_config(scanner, t, _ZBAR_CFG_ENABLE, 1)
-            # Interleaved 2 of 5 has no check character: short reads out of noise are its
-            # classic false positive.
-            w.zbar_image_scanner_set_config(scanner, 25, _ZBAR_CFG_MIN_LEN, 6)
+            w.zbar_image_scanner_set_config(scanner, 25, _ZBAR_CFG_MIN_LEN, _ITF_MIN_DIGITS)
             if rows_only:
                 w.zbar_image_scanner_set_config(scanner, 0, _ZBAR_CFG_X_DENSITY, 0)
                 w.zbar_image_scanner_set_config(scanner, 0, _ZBAR_CFG_Y_DENSITY, 3)
@@ -149,6 +161,7 @@ class _Zbar:
                         aim=(_ZBAR_AIM_GS1 if gs1 else _ZBAR_AIM).get(name, _ZBAR_AIM.get(name)),
                         format=name,
                         corners=_box(points),
+                        lines=int(w.zbar_symbol_get_quality(symbol)),
                     )
                 )
             symbol = w.zbar_symbol_next(symbol)
