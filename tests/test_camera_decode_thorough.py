@@ -16,8 +16,10 @@ import numpy as np
 import pytest
 import zxingcpp
 
+import drivers.camera.decoder as decoder_module
 from drivers.camera import Decoder, Symbol
 from drivers.camera.decoder import _Found
+from drivers.camera.regions import _gaussian_deblurred
 
 
 def small_qr_in_a_big_photo() -> Any:
@@ -48,6 +50,27 @@ def defocused_code128(radius: float = 3.5) -> Any:
     return cv2.filter2D(image, -1, disc / disc.sum())
 
 
+def small_blurred_ean13(sigma: float, angle: float) -> Any:
+    """An EAN-13 of 1.5-pixel modules on a white label, turned by ``angle`` degrees and
+    softly out of focus (a Gaussian blur of ``sigma`` pixels): about what a phone gives of a
+    book's barcode a step away. A blur of about one pixel merges its thinnest bars."""
+    import cv2
+
+    modules = barcode.get_barcode_class("ean13")("400638133393").build()[0]
+    row = np.array([0 if m == "1" else 255 for m in modules], dtype=np.uint8)
+    image: Any = cv2.resize(
+        np.repeat(row[None, :], 60, axis=0),
+        (round(len(modules) * 1.5), 60),
+        interpolation=cv2.INTER_AREA,
+    )
+    image = cv2.copyMakeBorder(image, 30, 30, 30, 30, cv2.BORDER_CONSTANT, value=255)
+    image = cv2.copyMakeBorder(image, 60, 60, 60, 60, cv2.BORDER_CONSTANT, value=190)
+    h, w = image.shape
+    turn = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0)
+    image = cv2.warpAffine(image, turn, (w, h), flags=cv2.INTER_LINEAR, borderValue=190)
+    return cv2.GaussianBlur(image, (0, 0), sigma)
+
+
 def texts(symbols: list[Symbol]) -> list[str]:
     return [s.text for s in symbols]
 
@@ -69,6 +92,38 @@ def test_a_defocused_code_is_read_by_the_thorough_fallback() -> None:
     image = defocused_code128()
     assert Decoder(budget_ms=None, thorough=False).decode(image) == []
     assert texts(Decoder(budget_ms=None).decode(image)) == ["LM12345678"]
+
+
+@pytest.mark.parametrize(("sigma", "angle"), [(1.1, 0), (1.1, 20), (1.1, 35)])
+def test_a_small_softly_blurred_code_is_read_once_the_blur_is_undone(
+    monkeypatch: pytest.MonkeyPatch, sigma: float, angle: float
+) -> None:
+    image = small_blurred_ean13(sigma, angle)
+    assert texts(Decoder(budget_ms=None).decode(image)) == ["4006381333931"]
+    # Every other attempt of the fallback fails on it: the Gaussian deblurring reads it.
+    monkeypatch.setattr(decoder_module, "_GAUSSIAN_DEBLUR_SIGMAS", ())
+    assert Decoder(budget_ms=None).decode(image) == []
+
+
+def test_a_misread_outlined_on_a_part_of_the_code_is_outvoted() -> None:
+    """Less blur: zbar reads the code's right half as another EAN-13 at two treatments of
+    one crop, and outlines only that half; the code's own text, read from many images,
+    outlined on the whole code, shows the misread to lie on the same bars."""
+    assert texts(Decoder(budget_ms=None).decode(small_blurred_ean13(0.9, 20))) == [
+        "4006381333931"
+    ]
+
+
+def test_gaussian_deblurring_parts_thin_bars_that_a_blur_merged() -> None:
+    import cv2
+
+    bars = np.repeat(np.tile(np.array([0, 0, 255, 255], dtype=np.uint8), 40)[None, :], 40, 0)
+    blurred: Any = cv2.GaussianBlur(bars, (0, 0), 1.2)
+    restored = _gaussian_deblurred(blurred, 1.2, 0.003)
+    middle = (slice(10, 30), slice(20, -20))
+    assert np.ptp(blurred[middle]) < 100  # two-pixel bars, nearly merged into gray
+    assert np.ptp(restored[middle]) > 180  # apart again
+    assert np.abs(restored[middle].astype(int) - bars[middle]).mean() < 30
 
 
 def test_with_no_budget_the_answer_does_not_depend_on_learned_costs() -> None:
@@ -121,6 +176,29 @@ def sym(
         ([[sym("606060", "itf", "zxing/a")], [sym("606060", "itf", "zbar/a/global")]], []),
         # A QR code's Reed-Solomon check vouches for it: one read is enough.
         ([[], [sym("LM-1", "qrcode", "zxing/a")]], ["LM-1"]),
+        # A confirmed UPC-E does not end the fallback: a later attempt reads the EAN-13
+        # whose bars it was found among, and the part goes.
+        (
+            [
+                [sym("01673000", "upce", "zxing/a")],
+                [sym("01673000", "upce", "zxing/b")],
+                [sym("3673953676973", "ean13", "zxing/c")],
+                [sym("3673953676973", "ean13", "zbar/d")],
+            ],
+            ["3673953676973"],
+        ),
+        # Two texts of one EAN-13: the one read from three times as many images stands...
+        (
+            [[sym("6775051730575", "ean13", f"zbar/{n}")] for n in "ab"]
+            + [[sym("9781585730575", "ean13", f"zxing/{n}")] for n in "cdefgh"],
+            ["9781585730575"],
+        ),
+        # ...and where neither outvotes the other, neither does.
+        (
+            [[sym("6775051730575", "ean13", f"zbar/{n}")] for n in "ab"]
+            + [[sym("9781585730575", "ean13", f"zxing/{n}")] for n in "cde"],
+            [],
+        ),
     ],
 )
 def test_a_weakly_checked_read_of_the_fallback_needs_a_second_attempt_to_agree(
@@ -169,3 +247,13 @@ def test_two_linear_reads_of_one_code_that_disagree_are_dropped() -> None:
     found.add(sym("LM2", "code128", "zxing", 600, 480, length=300))
     found.settle()
     assert texts(found.symbols) == ["4006381333931", "LM1", "LM2"]
+
+
+def test_two_texts_lie_at_one_place_when_any_of_their_outlines_do() -> None:
+    found = _Found()
+    found.add(sym("4006381333931", "ean13", "zbar/a", 0, 100, length=60))  # the left half
+    # Another outline of the same text, over the whole code (another attempt's read).
+    found.note(sym("4006381333931", "ean13", "zxing/b", 0, 100, length=140))
+    found.add(sym("0014800000436", "ean13", "zbar/c", 110, 100, length=30))  # the right end
+    found.settle()
+    assert texts(found.symbols) == []  # one code, two texts: neither stands

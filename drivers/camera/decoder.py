@@ -17,7 +17,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +31,7 @@ from drivers.camera.regions import (
     _crop_pixels,
     _deblurred,
     _find_regions,
+    _gaussian_deblurred,
     _inside,
     _Region,
     _Regions,
@@ -190,6 +191,18 @@ _THOROUGH_ENLARGE_UP_TO = 800
 # little, well and badly out of focus).
 _DEBLUR_REGIONS = 4
 _DEBLUR_RADII = (1.5, 2.5, 3.5)
+# A softer blur of about a pixel undone (`drivers.camera.regions._gaussian_deblurred`) in the
+# best regions' enlarged crops (`_THOROUGH_CROP_SCALES`), linear or not: a small code's bars
+# or modules of one or two pixels, merged by a little defocus, the sensor and the warp, come
+# apart only once the crop has pixels enough to hold them. The blur's sigma in image pixels;
+# the noise-to-signal ratios (more damping, less). zxing-cpp alone reads them: zbar's linear
+# decoders take the ringing the filter leaves beside each edge for bars, and misread where
+# zxing-cpp's, which ask two scan lines to agree, read nothing.
+_GAUSSIAN_DEBLUR_SIGMAS = (1.2, 1.5)
+_GAUSSIAN_DEBLUR_NOISE = (0.01, 0.003)
+# In the thorough fallback, a text of a weakly checked code read from at least this many
+# times as many images as another text at the same place outvotes it (`_Found.settle`).
+_OUTVOTED = 3
 # Symbologies whose symbols carry Reed-Solomon error correction: a read of noise fails its
 # checks. Any other read from the thorough fallback must be confirmed (see `_thorough`).
 # PDF417 is not among them: its error correction can be as low as two codewords, and its
@@ -264,6 +277,12 @@ class _Found:
         self._keys: set[tuple[str, str]] = set()
         self._sources: dict[tuple[str, str], set[str]] = {}
         self._doubtful: dict[tuple[str, str], Symbol] = {}
+        self._outlines: dict[tuple[str, str], list[Points]] = {}
+
+    def note(self, symbol: Symbol) -> None:
+        """Remember where a read lay, without counting it (`settle` weighs every outline of
+        a text: zbar outlines only the scan lines that decoded, often a part of the code)."""
+        self._outlines.setdefault(symbol.key, []).append(symbol.corners)
 
     def add(self, symbol: Symbol, *, second_opinion: bool = False, doubtful: bool = False) -> bool:
         """Count a read; True if it is a new symbol.
@@ -276,6 +295,7 @@ class _Found:
         misread, and `settle` decides.
         """
         key = symbol.key
+        self.note(symbol)
         if key in self._keys:
             self._sources[key].add(symbol.source)
             return False
@@ -304,7 +324,7 @@ class _Found:
             s.format == symbol.format and _inside(cx, cy, s.corners, grow=0.2) for s in self.symbols
         )
 
-    def settle(self) -> None:
+    def settle(self, images: Mapping[tuple[str, str], int] | None = None) -> None:
         """Drop the reads that two linear reads at the same place show to be misreads.
 
         One printed code gives one text. Where two linear reads overlap and one's text lies
@@ -315,10 +335,16 @@ class _Found:
         unrelated texts of the same weakly checked symbology (`_WEAK_CHECK`), neither can be
         trusted, however many strategies read either (a small blurred code misreads the
         same way at several scales): both go, and the next frame (or the thorough fallback,
-        for a file) has another look. Doubtful reads still waiting for a second strategy
+        for a file) has another look. Unless ``images`` says how many images (the thorough
+        fallback's scales, crops and treatments) read each text, and one text was read from
+        at least `_OUTVOTED` times as many as the other: a misread repeats itself on a few
+        of the fallback's dozens of images, the code's own text on most of those that read
+        anything there. Doubtful reads still waiting for a second strategy
         (`add`) count as reads here, though they never stand. zxing-cpp's outline of a
         linear read is the scan line that read it; two scan lines across one code's bars may
-        be as far apart as the bars are long, hence `_same_code`.
+        be as far apart as the bars are long, hence `_same_code`; zbar's outline is its scan
+        lines that decoded, sometimes a part of the code only: two texts lie at the same place
+        when any outline of one (`note`) lies on any outline of the other.
         """
         # The doubtful reads never stand on their own, but they are reads of what is there:
         # they show a standing read to be a part or a misread as well as any.
@@ -331,12 +357,22 @@ class _Found:
         ]
         for n, (i, a) in enumerate(linear):
             for j, b in linear[n + 1 :]:
-                if not (_same_code(a.corners, b.corners) or _same_code(b.corners, a.corners)):
+                if not any(
+                    _same_code(p, q) or _same_code(q, p)
+                    for p in self._outlines.get(a.key, [a.corners])
+                    for q in self._outlines.get(b.key, [b.corners])
+                ):
                     continue
                 if a.text in b.text or b.text in a.text:
                     drop.add(i if len(a.text) < len(b.text) else j)
                 elif a.format == b.format and a.format in _WEAK_CHECK:
-                    drop.update((i, j))
+                    na, nb = (images.get(s.key, 1) if images else 1 for s in (a, b))
+                    if na >= _OUTVOTED * nb:
+                        drop.add(j)
+                    elif nb >= _OUTVOTED * na:
+                        drop.add(i)
+                    else:
+                        drop.update((i, j))
                 elif _UPC_EAN_MODULES.get(a.format, 0) > _UPC_EAN_MODULES.get(b.format, 99):
                     drop.add(j)
                 elif _UPC_EAN_MODULES.get(b.format, 0) > _UPC_EAN_MODULES.get(a.format, 99):
@@ -522,13 +558,14 @@ class Decoder:
             # dispute there; its own rule (two images agree) weighs what it reads.
             found = _Found()
             self._thorough(gray, found)
-            found.settle()
         return found.symbols
 
     # -- the thorough fallback (no budget only) ---------------------------------------------
 
     def _thorough(self, gray: Image, found: _Found) -> None:
-        """Try `_thorough_attempts` in order until one of them leaves a read standing.
+        """Try `_thorough_attempts` in order until one of them leaves a read of a
+        self-checking code standing, or all of them (a linear code's read may yet be shown a
+        part or a misread by a later attempt's: `_Found.settle`, which has the last word).
 
         A read of a self-checking symbology (`_SELF_CHECKING`: Reed-Solomon codewords) stands
         on its own. A linear code's read stands only once a second attempt has read the same
@@ -558,8 +595,11 @@ class Decoder:
                 alone = symbol.format in _SELF_CHECKING and not doubtful
                 if alone or len(images) >= 2:
                     found.add(symbol, second_opinion=symbol.source.startswith("zbar"))
-            if found.symbols:
-                return
+                else:
+                    found.note(symbol)
+            if found.symbols and all(s.format in _SELF_CHECKING for s in found.symbols):
+                break
+        found.settle({key: len(images) for key, images in votes.items()})
 
     def _thorough_attempts(self, gray: Image) -> Iterator[tuple[str, Callable[[], _Reads]]]:
         """(name, attempt) for the thorough fallback, in order; each attempt returns the
@@ -641,6 +681,19 @@ class Decoder:
                 for radius in _DEBLUR_RADII:
                     name = f"region {index} deblurred r{radius:g}"
                     yield name, self._thorough_deblurred(gray, index, region, radius)
+            for index, region in regions:
+                if index >= _DEBLUR_REGIONS or max(region.size()) > _THOROUGH_ENLARGE_UP_TO:
+                    continue
+                for scale in _THOROUGH_CROP_SCALES:
+                    if _crop_pixels(region, scale) > _THOROUGH_MAX_CROP_PIXELS:
+                        continue
+                    for sigma in _GAUSSIAN_DEBLUR_SIGMAS:
+                        for noise in _GAUSSIAN_DEBLUR_NOISE:
+                            name = f"region {index} x{scale} gaussian {sigma:g}/{noise:g}"
+                            attempt = self._thorough_gaussian(
+                                gray, index, region, scale, sigma, noise
+                            )
+                            yield name, attempt
         for s in scales(_THOROUGH_GLOBAL_SCALES):
             yield f"zxing x{s:g} global", whole(s, global_threshold=True)
         # The sharpened and zbar passes on at most `_THOROUGH_SLOW_PIXELS`: they cost the
@@ -668,6 +721,23 @@ class Decoder:
 
         return attempt
 
+    def _thorough_gaussian(
+        self, gray: Image, index: int, region: _Region, scale: int, sigma: float, noise: float
+    ) -> Callable[[], _Reads]:
+        """One region straightened bicubically at ``scale``, a Gaussian blur of ``sigma``
+        image pixels undone (`_gaussian_deblurred`), read by zxing-cpp with both binarizers
+        (see `_GAUSSIAN_DEBLUR_SIGMAS` for why not zbar)."""
+
+        def attempt() -> _Reads:
+            clock = _Budget(None, _Costs())
+            crop, to_image = _straighten(gray, region, scale, cubic=True)
+            treated = _gaussian_deblurred(crop, sigma * scale, noise)
+            source = f"region{index}/x{scale}/gaussian{sigma:g}/{noise:g}"
+            back = _perspective(to_image)
+            return self._thorough_reads(treated, back, source, region.linear, clock, zbar=False)
+
+        return attempt
+
     def _thorough_reads(
         self,
         image: Image,
@@ -675,10 +745,12 @@ class Decoder:
         source: str,
         linear: bool,
         clock: _Budget,
+        *,
+        zbar: bool = True,
     ) -> _Reads:
         """A straightened crop read by zxing-cpp with local then global thresholds, and by
-        zbar along its rows if it is linear; sources ``zxing/thorough/<source>[/global]``
-        and ``zbar/thorough/<source>``."""
+        zbar along its rows if it is linear (and ``zbar``); sources
+        ``zxing/thorough/<source>[/global]`` and ``zbar/thorough/<source>``."""
         out: _Reads = []
         for global_threshold in (False, True):
             name = f"zxing/thorough/{source}" + ("/global" if global_threshold else "")
@@ -693,7 +765,7 @@ class Decoder:
                 invert=not linear,
             ):
                 out.append((_symbol(read, back, name), _doubtful(read)))
-        if linear and self._zbar is not None:
+        if zbar and linear and self._zbar is not None:
             for read in self._zbar_read(image, clock, rows_only=True, one_line=True):
                 out.append((_symbol(read, back, f"zbar/thorough/{source}"), _doubtful(read)))
         return out
