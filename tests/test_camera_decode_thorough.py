@@ -257,3 +257,17 @@ def test_two_texts_lie_at_one_place_when_any_of_their_outlines_do() -> None:
     found.add(sym("0014800000436", "ean13", "zbar/c", 110, 100, length=30))  # the right end
     found.settle()
     assert texts(found.symbols) == []  # one code, two texts: neither stands
+
+
+def test_two_texts_of_one_strongly_checked_code_that_overlap_are_dropped() -> None:
+    """A smear read along a few scan lines of a Code 128 passed its check with another text:
+    inside the outline of the code's own read, it shows one of the two to be a misread."""
+    whole = ((151.0, 194.0), (467.0, 194.0), (467.0, 252.0), (151.0, 252.0))
+    few_lines = ((150.0, 219.0), (465.0, 219.0), (465.0, 228.0), (150.0, 228.0))
+    for images, kept in ((None, []), ({("FW727", "code128"): 9, ("F48z*", "code128"): 2}, ["FW727"])):
+        found = _Found()
+        found.add(Symbol("FW727", None, "code128", whole, "zxing"))
+        found.add(Symbol("F48z*", None, "code128", few_lines, "zxing"))
+        # Alone, neither stands; with the thorough fallback's images, the text most read.
+        found.settle(images)
+        assert texts(found.symbols) == kept

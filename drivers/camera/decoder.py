@@ -339,8 +339,11 @@ class _Found:
         fallback's scales, crops and treatments) read each text, and one text was read from
         at least `_OUTVOTED` times as many as the other: a misread repeats itself on a few
         of the fallback's dozens of images, the code's own text on most of those that read
-        anything there. Doubtful reads still waiting for a second strategy
-        (`add`) count as reads here, though they never stand. zxing-cpp's outline of a
+        anything there. Doubtful reads still waiting for a second strategy (`add`) count as
+        reads here, though they never stand. A code with a stronger check (Code 128's modulo
+        103) gets the same treatment where the two reads overlap: along the bars of one code,
+        not merely near it (two codes stacked on a label are two codes), where a smear read
+        along a few scan lines gave a second text that passed the check. zxing-cpp's outline of a
         linear read is the scan line that read it; two scan lines across one code's bars may
         be as far apart as the bars are long, hence `_same_code`; zbar's outline is its scan
         lines that decoded, sometimes a part of the code only: two texts lie at the same place
@@ -357,15 +360,22 @@ class _Found:
         ]
         for n, (i, a) in enumerate(linear):
             for j, b in linear[n + 1 :]:
-                if not any(
-                    _same_code(p, q) or _same_code(q, p)
+                outlines = [
+                    (p, q)
                     for p in self._outlines.get(a.key, [a.corners])
                     for q in self._outlines.get(b.key, [b.corners])
-                ):
+                ]
+                if not any(_same_code(p, q) or _same_code(q, p) for p, q in outlines):
                     continue
                 if a.text in b.text or b.text in a.text:
                     drop.add(i if len(a.text) < len(b.text) else j)
-                elif a.format == b.format and a.format in _WEAK_CHECK:
+                elif a.format == b.format and (
+                    a.format in _WEAK_CHECK
+                    or any(
+                        _inside(*_centre(q), p, grow=0.2) or _inside(*_centre(p), q, grow=0.2)
+                        for p, q in outlines
+                    )
+                ):
                     na, nb = (images.get(s.key, 1) if images else 1 for s in (a, b))
                     if na >= _OUTVOTED * nb:
                         drop.add(j)
