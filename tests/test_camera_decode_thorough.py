@@ -264,7 +264,8 @@ def test_two_texts_of_one_strongly_checked_code_that_overlap_are_dropped() -> No
     inside the outline of the code's own read, it shows one of the two to be a misread."""
     whole = ((151.0, 194.0), (467.0, 194.0), (467.0, 252.0), (151.0, 252.0))
     few_lines = ((150.0, 219.0), (465.0, 219.0), (465.0, 228.0), (150.0, 228.0))
-    for images, kept in ((None, []), ({("FW727", "code128"): 9, ("F48z*", "code128"): 2}, ["FW727"])):
+    votes = {("FW727", "code128"): 9, ("F48z*", "code128"): 2}
+    for images, kept in ((None, []), (votes, ["FW727"])):
         found = _Found()
         found.add(Symbol("FW727", None, "code128", whole, "zxing"))
         found.add(Symbol("F48z*", None, "code128", few_lines, "zxing"))
