@@ -50,6 +50,9 @@ Example::
                                        # a deposit the van has not claimed) after this many
                                        # minutes is an operator alarm
 
+    [log]
+    level = "info"                     # debug | info | warning | error; SIGHUP re-reads it
+
     [[lockers]]
     name = "locker-1"
     lat = 52.37
@@ -62,6 +65,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import tomllib
 import urllib.parse
@@ -71,6 +75,7 @@ from pathlib import Path
 from typing import Any
 
 from depot.errors import DepotError
+from parcel.runlog import log_level
 from sync.mqtt import BrokerAddress, tls_client_files
 from sync.wire import MAX_COMMAND_HOURS
 
@@ -119,6 +124,11 @@ class DepotConfig:
     worker_passwords: dict[int, str] = field(default_factory=dict)  # worker -> its own secret
     # worker -> its client certificate and key files (None, None: the broker asks for none)
     worker_certs: dict[int, tuple[str | None, str | None]] = field(default_factory=dict)
+    log_level: int = logging.INFO  # [log] level
+    source: Path | None = None  # the file this was read from (a reload reads it again)
+    # Settings the command line gave instead of the file's (database, workers): a reload
+    # keeps them as they are.
+    overridden: set[str] = field(default_factory=set)
 
     def broker_for(self, worker: int) -> BrokerAddress | None:
         """Worker `worker`'s broker account (1-based): the configured one when the depot runs
@@ -191,7 +201,15 @@ def load_depot_config(path: str | os.PathLike[str]) -> DepotConfig:
         lat=_number(depot, "lat", "depot"),
         lon=_number(depot, "lon", "depot"),
         vans=list(vans),
+        source=file,
     )
+    log = doc.get("log", {})
+    if not isinstance(log, dict) or set(log) - {"level"}:
+        raise DepotConfigError("[log] takes only level")
+    try:
+        config.log_level = log_level(log.get("level", "info"))
+    except ValueError as exc:
+        raise DepotConfigError(str(exc)) from None
     api = depot.get("api", "")
     if api:
         host, sep, port = str(api).rpartition(":")

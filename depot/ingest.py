@@ -29,15 +29,16 @@ from sync.wire import (
     Ack,
     Batch,
     PhotoAck,
+    Status,
     ack_topic,
     decode_photo_chunk,
     decode_positions,
+    decode_status,
     encode_ack,
     encode_photo_ack,
     events_topic,
     photo_ack_topic,
     read_batch,
-    read_json,
     split_topic,
     verify_batch,
 )
@@ -59,12 +60,12 @@ __all__ = [
 ]
 
 
-def _status_state(text: str) -> str:
+def _read_status(text: str) -> Status:
+    """The stored text read by the wire's rule; a status that is not JSON says nothing."""
     try:
-        doc = read_json(text.encode(), "status")
+        return decode_status(text.encode())
     except WireError:
-        return "unknown"
-    return str(doc.get("state", "unknown")) if isinstance(doc, dict) else "unknown"
+        return Status(state="unknown", boot_id=None, software=None)
 
 
 class Depot:
@@ -164,9 +165,10 @@ class Depot:
 
     def _status(self, device: str, payload: bytes) -> None:
         text = payload.decode("utf-8", "replace")[:500]
-        self.store.set_status(device, text)
+        status = _read_status(text)
+        self.store.set_status(device, text, software=status.software)
         if self._on_status is not None:
-            self._after_stored("on_status", device, self._on_status, device, _status_state(text))
+            self._after_stored("on_status", device, self._on_status, device, status.state)
 
     def _batch(self, device: str, payload: bytes) -> None:
         """Decode, verify and store a batch (raising on any failure), then acknowledge it."""

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from depot.alarms import notify_operator, open_count, raise_alarm
-from depot.config import DepotConfig
+from depot.config import DepotConfig, load_depot_config
 from depot.customer import (
     EXTEND,
     REDELIVER,
@@ -71,8 +71,11 @@ from depot.tracking import LockerDrop, Notification, ParcelBook, Transition, iso
 from depot.webhooks import WebhookSender, encode_body, enqueue
 from parcel.errors import ParcelError
 from parcel.manifest import LockerReturn, Manifest, Stop
+from parcel.runlog import needs_restart, reload_failed, reload_log_level, report_reload
 from sync.clock import Clock, SystemClock
 from sync.errors import WireError
+from sync.mqtt import BrokerAddress
+from sync.uplink import broker_change
 from sync.wire import check_command, command_topic
 
 log = logging.getLogger(__name__)
@@ -95,6 +98,39 @@ REPLAN_FROM = frozenset({"at_depot", "hold_expired"}) | _ON_THE_ROUND
 RETURN_FROM = frozenset({"received", "at_depot", "returning", "hold_expired"}) | _ON_THE_ROUND
 MAX_REASON = 200  # an operator's reason for a command, as the locker journals it
 IDLE_WAKE_S = 1.0  # retries of unsent manifests and commands; no work is done when idle
+# The longest a healthy logistics pass takes: a fleet's morning backlog projected, decided and
+# sent, on a Pi's SD card or a busy PostgreSQL. A logistics thread that has not come round for
+# three times that is stalled (`DepotService.health`).
+LOGISTICS_PASS_S = 20.0
+# What `DepotService.reload` applies while running, and how depot.toml names the rest.
+_DEPOT_LIVE = frozenset(
+    {"log_level", "broker", "worker_passwords", "worker_certs", "source", "overridden"}
+)
+_DEPOT_SETTINGS = {
+    "database": "depot.database",
+    "lat": "depot.lat",
+    "lon": "depot.lon",
+    "vans": "depot.vans",
+    "api": "depot.api",
+    "public_url": "depot.public_url",
+    "signing_key": "depot.signing_key",
+    "sealing_key": "depot.sealing_key",
+    "workers": "depot.workers",
+    "webhook_secrets": "webhooks.secrets_file",
+    "webhook_max_attempts": "webhooks.max_attempts",
+    "webhook_backoff_base_s": "webhooks.backoff_base_s",
+    "webhook_backoff_max_s": "webhooks.backoff_max_s",
+    "operator_webhook": "operator.webhook",
+    "max_attempts": "policy.max_attempts",
+    "max_locker_km": "policy.max_locker_km",
+    "locker_hold_h": "policy.locker_hold_h",
+    "extend_hold_h": "policy.extend_hold_h",
+    "locker_confirm_min": "policy.locker_confirm_min",
+    "lockers": "[[lockers]]",
+    "broker": "[broker]",
+    "worker_passwords": "broker.password_file",
+    "worker_certs": "broker.tls_cert",
+}
 
 class DepotServiceError(DepotError):
     """The depot cannot do what was asked (no broker, no key, no such van)."""
@@ -168,14 +204,8 @@ class DepotService:
             # pass or a claim on the other. SQLite has one writer whatever the connections.
             if self.database.dialect == "postgresql":
                 self._ingest_database = open_database(config.database)
-            self.depot = Depot(
-                DepotStore(self._ingest_database),
-                address,
-                client_id=address.username,
-                shared=SHARE_GROUP if config.workers > 1 else None,
-                statuses=worker == 1,
-                on_stored=self._stored,
-            )
+            self.depot = self._ingest(address)
+        self._started = False
         self.webhooks = WebhookSender(
             self.database,
             secret_for=self._secret_for,
@@ -190,6 +220,7 @@ class DepotService:
         self._stop = threading.Event()
         self._pass_lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._beat_at = time.monotonic()  # the logistics thread's last time round
         # A claim on a manifest or command outlives a publish's PUBACK wait several times over,
         # in this depot's clock (a simulated one runs faster than real time).
         speed = float(getattr(self.clock, "speed", 1.0)) or 1.0
@@ -198,7 +229,19 @@ class DepotService:
 
     # --- running ----------------------------------------------------------------------------
 
+    def _ingest(self, address: BrokerAddress) -> Depot:
+        """The event ingest on its broker session, as this worker runs it."""
+        return Depot(
+            DepotStore(self._ingest_database),
+            address,
+            client_id=address.username,
+            shared=SHARE_GROUP if self.config.workers > 1 else None,
+            statuses=self.worker == 1,
+            on_stored=self._stored,
+        )
+
     def start(self) -> None:
+        self._started = True
         if self.config.api is not None and self.worker == 1:
             from depot.web import DepotWeb
             from depot.web.context import Sites
@@ -208,7 +251,7 @@ class DepotService:
                 self.book,
                 host=host,
                 port=port,
-                health=self.health,
+                health=self.check_health,
                 clock=self.clock,
                 actions=self,
                 sites=Sites(
@@ -225,6 +268,7 @@ class DepotService:
             self.depot.start()
 
     def stop(self) -> None:
+        self._started = False
         if self.depot is not None:
             self.depot.stop()
         self._stop.set()
@@ -237,6 +281,49 @@ class DepotService:
         if self._ingest_database is not self.database:
             self._ingest_database.close()
         self.database.close()
+
+    def reload(self) -> list[str]:
+        """SIGHUP: read `depot.toml` again and apply what can change while the depot runs:
+        the log level, and this worker's broker address (host, port, credentials, TLS files:
+        the ingest leaves the old broker and connects to the new one; what it has not
+        acknowledged, the devices send again). Every other changed setting is named in a line
+        of its own ("depot.database changed: restart to apply"); settings the command line
+        gave (`--database`, `--workers`) stay as given. A file that no longer loads changes
+        nothing and is one error line. Returns the lines it logged."""
+        if self.config.source is None:
+            return reload_failed(log, "the depot was not started from a configuration file")
+        try:
+            new = load_depot_config(self.config.source)
+        except DepotError as exc:
+            return reload_failed(log, exc)
+        for name in self.config.overridden:
+            setattr(new, name, getattr(self.config, name))
+        new.overridden = self.config.overridden
+        said = [reload_log_level(self.config.log_level, new.log_level)]
+        live = set(_DEPOT_LIVE)
+        old_address, address = self.config.broker_for(self.worker), new.broker_for(self.worker)
+        if self.depot is not None and address is not None and old_address is not None:
+            said.append(broker_change(old_address, address))
+            if said[-1] is not None:
+                self._move_ingest(address)
+        else:
+            live -= {"broker", "worker_passwords", "worker_certs"}  # added or taken away
+        restart = needs_restart(self.config, new, live=live, names=_DEPOT_SETTINGS)
+        kept = {name: getattr(new, name) for name in live}
+        self.config = dataclasses.replace(self.config, **kept)
+        return report_reload(log, [line for line in said if line], restart)
+
+    def _move_ingest(self, address: BrokerAddress) -> None:
+        # A new session rather than a changed one: paho sets TLS up once per client. The
+        # logistics thread publishes through `self.depot`; between the two it finds the old
+        # one disconnected and leaves its sends for the next pass.
+        moved = self._ingest(address)
+        old = self.depot
+        if self._started and old is not None:
+            old.stop()
+        self.depot = moved
+        if self._started:
+            moved.start()
 
     def __enter__(self) -> DepotService:
         self.start()
@@ -254,6 +341,7 @@ class DepotService:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            self._beat_at = time.monotonic()
             self._wake.wait(IDLE_WAKE_S)
             self._wake.clear()
             if self._stop.is_set():
@@ -287,7 +375,38 @@ class DepotService:
         self.webhooks.wake()
         return handled
 
-    def health(self) -> dict[str, Any]:
+    def health(self) -> list[str]:
+        """The depot's own threads that are dead or stalled, by name (empty: all is well): the
+        logistics loop and the ingest's network thread. Not the depot's judgement of its work
+        (`check_health`): a broker or a database that is down is no reason to restart it."""
+        problems: list[str] = []
+        thread = self._thread
+        if thread is not None:
+            limit = 3 * LOGISTICS_PASS_S
+            if not thread.is_alive():
+                problems.append(f"{thread.name} thread is not running")
+            elif time.monotonic() - self._beat_at > limit:
+                problems.append(f"{thread.name} thread stalled (no pass for over {limit:g} s)")
+        if self.depot is not None:
+            # MqttSession keeps its thread to itself; nothing else tells whether it runs.
+            network = self.depot.session._thread
+            if network is not None and not network.is_alive():
+                problems.append(f"ingest network thread {network.name} is not running")
+        return problems
+
+    def status_line(self) -> str:
+        """For `systemctl status`: `online, worker 1/1, 120 batches stored`.
+
+        Only what the process holds in memory: the service loop asks every few seconds, and
+        must not queue behind a long pass for the database's lock (its watchdog pings wait).
+        """
+        where = f"worker {self.worker}/{self.config.workers}"
+        if self.depot is None:
+            return f"no broker, {where}"
+        link = "online" if self.depot.session.connected else "offline"
+        return f"{link}, {where}, {self.depot.batches} batches stored"
+
+    def check_health(self) -> dict[str, Any]:
         """The depot's judgement of itself (`depot.health`): `{"ok", "problems", ...}`."""
         from depot.health import DepotHealth
 

@@ -14,7 +14,8 @@ photo beats no proof.
 
 No metadata is written (OpenCV's encoder writes none): where the photo was taken is in the
 event, signed into the journal's hash chain, not in EXIF that a customer's copy would leak.
-OpenCV is imported on first use, never at import of this module.
+OpenCV is imported on first use, never at import of this module: it comes with the `camera`
+extra, and a van installed without it refuses a photo with the sentence that says so.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from drivers.errors import DriverError
+from parcel.version import install_command, missing_modules
 
 LONG_SIDE = 960
 MAX_BYTES = 100_000
@@ -45,8 +47,17 @@ class Jpeg:
     quality: int
 
 
+def _require_opencv() -> None:
+    """PhotoError, in one line saying what to install, when the `camera` extra (OpenCV) is
+    missing: the courier's outcome is refused with it instead of the van's input thread
+    dying of an ImportError."""
+    if missing_modules("camera"):
+        raise PhotoError(f"photos need `{install_command('camera')}` (OpenCV)")
+
+
 def encode_photo(image: Any, *, long_side: int = LONG_SIDE, max_bytes: int = MAX_BYTES) -> Jpeg:
     """Downscale (never upscale) to `long_side` and encode at the best quality that fits."""
+    _require_opencv()
     import cv2
     import numpy as np
 
@@ -70,6 +81,7 @@ def encode_photo(image: Any, *, long_side: int = LONG_SIDE, max_bytes: int = MAX
 
 def load_photo(path: str | Path, **limits: int) -> Jpeg:
     """Read an image file (JPEG, PNG, ...) from another app and make it our photo."""
+    _require_opencv()
     import cv2
 
     target = Path(path)

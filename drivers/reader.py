@@ -17,11 +17,18 @@ made to return; what is the same is written here once:
   not retry in lockstep). The ceiling resets once a link carried data or stayed up for
   ``reconnect_max_s``; a link that dies at once (a device node that lingers after an unplug)
   keeps growing it instead of spinning. `connected` and ``on_connection`` say when a link is
-  up.
+  up. A device that stays away is one warning, a reminder every few minutes and one line when
+  it is back, never a line per retry (`parcel.runlog.Trouble`).
 
 Errors: each driver raises its own `drivers.errors.DriverError` subclass, so a reader's
 "already started" and "did not stop" come out as the subclass's ``error`` type
 (`ScannerError`, `GnssError`, `CameraError`), never as a type of this module.
+
+Heartbeat: every reader's loop asks "am I stopping?" once per pass and sleeps only in a wait
+on that same stop event, so the stop event is also the heartbeat (`_Heartbeat`): each question
+the reader's own thread asks is a beat, and each timed wait promises a beat by its end. A
+thread that hangs (in a callback, a read without its timeout) stops beating, and
+`Reader.problem` says so; the readers themselves need not remember to beat.
 
 What it must never do: know a device's bytes or frames, poll (the thread blocks in the
 subclass's read, or waits on an event, with a timeout), or swallow a bug in the thread (it is
@@ -39,6 +46,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, ClassVar, Generic, Self, TypeVar
 
 from drivers.errors import DriverError
+from parcel.runlog import Trouble
 
 if TYPE_CHECKING:
     import serial
@@ -46,6 +54,13 @@ if TYPE_CHECKING:
 __all__ = ["Reader", "ReconnectingReader", "SerialReader", "backoff_delay"]
 
 Link = TypeVar("Link")
+
+#: A reader is stalled once its thread has shown no sign of life for this many times its
+#: `Reader.quiet_s`: a slow disk or a loaded machine may double a pass, hardly triple it.
+STALL_FACTOR = 3.0
+#: What one callback may take on a reader's thread besides the read: a journal commit, with its
+#: fsync on an SD card.
+CALLBACK_S = 1.0
 
 
 def backoff_delay(failures: int, min_s: float, max_s: float, rng: random.Random) -> float:
@@ -59,12 +74,55 @@ def backoff_delay(failures: int, min_s: float, max_s: float, rng: random.Random)
     return rng.uniform(min_s, ceiling)
 
 
+class _Heartbeat(threading.Event):
+    """A reader's stop event that also keeps its heartbeat.
+
+    Only the reader's own thread (``owner``) beats: `stop` and whoever reads a reader's
+    output from another thread ask the same event, and their questions prove nothing about the
+    reader. A timed wait by the owner is a promise to beat again by its end (a reader waiting
+    to reconnect is alive while it waits); an untimed one promises nothing.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.owner: threading.Thread | None = None
+        self.beat_at = time.monotonic()  # the owner's last sign of life
+        self.quiet_until = 0.0  # the end of the timed wait the owner is in, if any
+
+    def is_set(self) -> bool:
+        if threading.current_thread() is self.owner:
+            self.beat_at = time.monotonic()
+        return super().is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if threading.current_thread() is not self.owner:
+            return super().wait(timeout)
+        now = time.monotonic()
+        self.beat_at = now
+        if timeout is not None:
+            self.quiet_until = now + max(0.0, timeout)
+        try:
+            return super().wait(timeout)
+        finally:
+            self.beat_at = time.monotonic()
+            self.quiet_until = 0.0
+
+    def silent_for(self) -> float:
+        """Seconds since the owner's last sign of life, not counting a promised wait."""
+        return max(0.0, time.monotonic() - max(self.beat_at, self.quiet_until))
+
+
 class Reader:
     """One background thread with a start-once, stop-and-join life cycle.
 
     Subclasses supply `_serve` (the thread's work, which must return soon after `_stopping`
     is set) and, when `_serve` can block, `_interrupt` (how `stop` wakes it). ``error`` is the
     subclass's own exception type; ``name`` names the thread and the messages.
+
+    ``quiet_s`` is the longest the thread normally goes between two passes of its loop, not
+    counting timed waits on its stop event: by default 5 s (a stream's read or open timeout);
+    a serial reader sets its read timeout plus one callback. `problem` calls the thread
+    stalled after `STALL_FACTOR` times that.
     """
 
     error: ClassVar[type[DriverError]] = DriverError
@@ -72,8 +130,9 @@ class Reader:
 
     def __init__(self, name: str) -> None:
         self._name = name
-        self._stopping = threading.Event()
+        self._stopping = _Heartbeat()
         self._thread: threading.Thread | None = None
+        self.quiet_s = 5.0
 
     def start(self) -> None:
         """Start the thread. A reader runs once: make a new one after `stop`."""
@@ -81,7 +140,29 @@ class Reader:
             raise self.error(f"{self._name} already started")
         self._starting()
         self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+        self._stopping.owner = self._thread
+        self._stopping.beat_at = time.monotonic()
         self._thread.start()
+
+    @property
+    def name(self) -> str:
+        """What the reader is, in words: its thread's name ("scanner reader on /dev/ttyACM0")."""
+        return self._name
+
+    def problem(self, within_s: float | None = None) -> str | None:
+        """None while the thread runs and showed a sign of life within ``within_s`` seconds
+        (default: `STALL_FACTOR` times ``quiet_s``); else what is wrong, naming the reader.
+
+        The words do not change while the trouble lasts, so a status line built from them
+        changes only when the trouble does.
+        """
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            return f"{self._name} is not running"
+        limit = STALL_FACTOR * self.quiet_s if within_s is None else within_s
+        if self._stopping.silent_for() > limit:
+            return f"{self._name} stalled (no sign of life for over {limit:g} s)"
+        return None
 
     def stop(self, timeout: float = 2.0) -> None:
         """Stop, wake the thread out of a blocking read, and wait up to ``timeout`` s for it
@@ -134,8 +215,9 @@ class ReconnectingReader(Reader, Generic[Link]):
 
     Subclasses supply:
 
-    - `_connect(failures)`: open a link, or log why not and return None (the first failure
-      at WARNING, the retries at DEBUG: `_log_failure` does that);
+    - `_connect(failures)`: open a link, or log why not with `_log_failure` and return None
+      (the device going away at WARNING, a reminder every few minutes while it stays away,
+      the retries in between at DEBUG, and one INFO line when a link opens again);
     - `_pump(link)`: read until `_stopping` is set or the link fails; True if it carried data;
     - `_close(link)`: release it. Called with the link lock held, as `_interrupt` is, so a
       stop never touches a handle whose file descriptors are being closed;
@@ -169,6 +251,8 @@ class ReconnectingReader(Reader, Generic[Link]):
         self._link_lock = threading.Lock()
         self._link: Link | None = None
         self._connected = False
+        # The device away (opens failing): said once, reminded, and said when it is back.
+        self._unavailable = Trouble(self.log)
 
     @property
     def connected(self) -> bool:
@@ -190,6 +274,7 @@ class ReconnectingReader(Reader, Generic[Link]):
                         self._link = link
                 if stopped:
                     break
+                self._unavailable.over("%s open again", self._name)
                 if self.connected_on_open:
                     self._set_connected(True)
                 opened_at = time.monotonic()
@@ -232,8 +317,10 @@ class ReconnectingReader(Reader, Generic[Link]):
         """Called on the reader thread after a link closed, before ``on_connection(False)``."""
 
     def _log_failure(self, failures: int, message: str, *args: object) -> None:
-        """The first failure to open is news; the retries that follow are not."""
-        self.log.log(logging.WARNING if failures == 0 else logging.DEBUG, message, *args)
+        """A failed open: a warning when the device went away, a reminder every few minutes
+        while it stays away, the retries in between at debug (`parcel.runlog.Trouble`).
+        ``failures`` is the backoff's count, kept in the signature for the subclasses."""
+        self._unavailable.failing(message, *args)
 
     def _set_connected(self, connected: bool) -> None:
         if connected == self._connected:
@@ -283,6 +370,7 @@ class SerialReader(ReconnectingReader["serial.Serial"]):
         self._port = port
         self._baudrate = baudrate
         self._idle_read_s = idle_read_s
+        self.quiet_s = idle_read_s + CALLBACK_S  # one read's timeout, then what it delivered
 
     def _connect(self, failures: int) -> serial.Serial | None:
         import serial

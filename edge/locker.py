@@ -76,6 +76,11 @@ BADGE_PREFIX = "LMC:"
 QR_PREFIX = "LMQR:"
 
 ALARM = "alarm"
+# The longest a healthy controller goes between two passes of its loop besides its wait for
+# the next poll: one board's status with its retries (three 0.2 s attempts), a journal commit
+# with its fsync on an SD card, a credential issued. A controller silent for three times that,
+# or three poll intervals if longer, is stalled (`Locker.health`).
+CONTROLLER_PASS_S = 2.0
 
 
 class LockerError(EdgeError):
@@ -147,6 +152,7 @@ class Locker:
         self._inbox: queue.Queue[Callable[[], None]] = queue.Queue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._beat_at = time.monotonic()  # the controller's last pass
         self._doors: dict[str, _Door] = {}
         self._unlock_started: dict[str, float] = {}  # monotonic time of each pending unlock
         self._offline: set[int] = set()
@@ -200,8 +206,35 @@ class Locker:
     # --- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
+        self._beat_at = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="locker", daemon=True)
         self._thread.start()
+
+    def health(self) -> list[str]:
+        """The controller thread, if it is dead or stalled (empty: healthy, or not started)."""
+        thread = self._thread
+        if thread is None:
+            return []
+        if not thread.is_alive():
+            return [f"locker controller {thread.name} is not running"]
+        limit = 3 * max(CONTROLLER_PASS_S, self.config.poll_interval_s)
+        if time.monotonic() - self._beat_at > limit:
+            return [f"locker controller {thread.name} stalled (no pass for over {limit:g} s)"]
+        return []
+
+    def status_line(self) -> str:
+        """`12/40 occupied`, then compartments out of service and boards not answering."""
+        counts = dict(
+            self.journal.query("SELECT state, count(*) FROM compartments GROUP BY state")
+        )
+        line = f"{counts.get('occupied', 0)}/{len(self._specs)} occupied"
+        if counts.get("out_of_service"):
+            line += f", {counts['out_of_service']} out of service"
+        offline = sorted(self._offline)  # the controller's set, copied in one step
+        if offline:
+            boards = ", ".join(str(b) for b in offline)
+            line += f", board{'s' if len(offline) > 1 else ''} {boards} offline"
+        return line
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
@@ -249,6 +282,7 @@ class Locker:
         next_poll = time.monotonic()
         due: list[int] = []  # boards of the current round not yet asked
         while not self._stop.is_set():
+            self._beat_at = time.monotonic()
             try:
                 if due:
                     job = self._inbox.get_nowait()

@@ -10,6 +10,7 @@ it) must stay unloaded in a locker that has none.
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Any
 
 from drivers.lockboard import BoardConfig
 from edge.errors import EdgeError
+from parcel.runlog import log_level
 from sync.mqtt import BrokerAddress, tls_client_files
 
 DEFAULT_HOLD_H = 72.0
@@ -63,6 +65,8 @@ class LockerConfig:
     camera_source: int | str | None = None
     broker: BrokerAddress | None = None
     sync: dict[str, Any] = field(default_factory=dict)
+    log_level: int = logging.INFO  # [log] level
+    source: Path | None = None  # the file this was read from: a reload reads it again
 
     def __post_init__(self) -> None:
         seen: set[tuple[int, int]] = set()
@@ -151,6 +155,9 @@ def load_locker_config(path: str | os.PathLike[str]) -> LockerConfig:
                 tls_key=tls_key,
             )
         depot = doc.get("depot", {})
+        log = doc.get("log", {})
+        if not isinstance(log, dict) or set(log) - {"level"}:
+            raise LockerConfigError(f"locker config {path}: [log] takes only level")
         return LockerConfig(
             device_id=device_id,
             journal=base / doc.get("journal", f"{device_id}.journal.db"),
@@ -170,6 +177,8 @@ def load_locker_config(path: str | os.PathLike[str]) -> LockerConfig:
             camera_source=_camera_source(doc["camera"]) if "camera" in doc else None,
             broker=broker,
             sync=dict(doc.get("sync", {})),
+            log_level=log_level(log.get("level", "info")),  # ValueError: said below
+            source=Path(path),
         )
     except KeyError as exc:
         raise LockerConfigError(f"locker config {path} lacks {exc}") from exc

@@ -9,6 +9,8 @@ the uplink and go to the locker unverified: the locker checks their signatures i
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -17,16 +19,35 @@ from typing import TYPE_CHECKING
 from drivers.lockboard import BusError, LockBus
 from drivers.scanner import Scan, ScanFramer, ScannerReader
 from edge.locker import QR_PREFIX, Display, JsonLinesDisplay, Locker
-from edge.locker_config import LockerConfig, load_locker_config
+from edge.locker_config import LockerConfig, LockerConfigError, load_locker_config
 from edge.ports import port_problem, require_port
+from parcel.runlog import needs_restart, reload_failed, reload_log_level, report_reload
 from sync.clock import Clock
 from sync.journal import Journal
-from sync.uplink import Uplink
+from sync.uplink import DRAIN_ON_STOP_S, Uplink
 
 if TYPE_CHECKING:
     from drivers.camera import FrameReader
 
 INPUT_WAIT_S = 5.0
+log = logging.getLogger("edge.locker_device")
+# What `LockerDevice.reload` applies while running, and how the file names the rest.
+_LOCKER_LIVE = frozenset({"log_level", "broker", "source"})
+_LOCKER_SETTINGS = {
+    "lockboard_port": "[lockboard] port",
+    "boards": "[lockboard] boards",
+    "compartments": "[[compartments]]",
+    "sizes": "[sizes]",
+    "hold_s": "hold_hours",
+    "courier_badges": "[couriers] badges",
+    "depot_sealing_key": "[depot] sealing_key",
+    "command_keys": "[depot] command_keys",
+    "scanner_port": "[scanner] port",
+    "keypad_port": "[keypad] port",
+    "camera_source": "[camera] source",
+    "broker": "[broker]",
+    "sync": "[sync]",
+}
 
 
 class LockerDevice:
@@ -133,6 +154,46 @@ class LockerDevice:
                 reader.stop()
             self.locker.stop()
             if self.uplink is not None:
-                self.uplink.stop()
+                self.uplink.stop(drain_s=DRAIN_ON_STOP_S)  # nothing new comes: inputs stopped
             self.bus.close()
             self.journal.close()
+
+    def health(self) -> list[str]:
+        """The locker's threads that are dead or stalled, by name (empty: all is well): the
+        readers by their heartbeat (`drivers.reader.Reader.problem`), the controller and the
+        uplink by their own."""
+        problems = [reader.problem() for reader in self.readers]
+        if self.camera is not None:
+            problems += [self.camera.problem(), self.camera.camera.problem()]
+        found = [p for p in problems if p is not None] + self.locker.health()
+        return found + (self.uplink.health() if self.uplink is not None else [])
+
+    def status_line(self) -> str:
+        """For `systemctl status`: `online, backlog 0, 12/40 occupied`."""
+        link = self.uplink.status_line() if self.uplink is not None else "no broker configured"
+        return f"{link}, {self.locker.status_line()}"
+
+    def reload(self) -> list[str]:
+        """SIGHUP: read the configuration file again and apply what can change while the
+        locker runs: the log level, and the broker address (the uplink reconnects; the journal
+        is the outbox, so nothing queued is lost). Every other changed setting is named in a
+        line of its own ("[lockboard] port changed: restart to apply"): doors, keys and
+        readers are not swapped under a running controller. A file that no longer loads
+        changes nothing and is one error line. Returns the lines it logged."""
+        if self.config.source is None:
+            return reload_failed(log, "the locker was not started from a configuration file")
+        try:
+            new = load_locker_config(self.config.source)
+        except LockerConfigError as exc:
+            return reload_failed(log, exc)
+        live = set(_LOCKER_LIVE)
+        said = [reload_log_level(self.config.log_level, new.log_level)]
+        if self.uplink is not None and new.broker is not None:
+            said.append(self.uplink.reconnect(new.broker))  # None when it is the same
+        else:
+            live.discard("broker")  # a broker added or taken away: a restart's job
+        applied = [line for line in said if line]
+        restart = needs_restart(self.config, new, live=live, names=_LOCKER_SETTINGS)
+        broker = new.broker if "broker" in live else self.config.broker
+        self.config = dataclasses.replace(self.config, log_level=new.log_level, broker=broker)
+        return report_reload(log, applied, restart)

@@ -12,6 +12,7 @@ its own schedule, and depot commands arrive through it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from drivers.photo import Jpeg
+from drivers.reader import Reader
 from drivers.scanner import Rejected, Scan, ScanFramer, ScannerReader
 from edge.delivery import (
     NO_RECEIVER,
@@ -43,10 +45,17 @@ from edge.ports import require_port
 from edge.positions import PositionSampler
 from parcel.errors import ParcelError
 from parcel.identify import Rejection, identify
+from parcel.runlog import (
+    log_level,
+    needs_restart,
+    reload_failed,
+    reload_log_level,
+    report_reload,
+)
 from sync import BrokerAddress, Clock, Event, Journal, JournalError, JournalFull
 from sync.mqtt import tls_client_files
 from sync.positions import PositionOutbox
-from sync.uplink import Uplink
+from sync.uplink import DRAIN_ON_STOP_S, Uplink
 
 log = logging.getLogger("edge.van")
 
@@ -66,6 +75,9 @@ SYNC_SETTINGS = frozenset(
     }
 )
 SUFFIXES: Mapping[str, bytes | None] = {"crlf": b"\r\n", "cr": b"\r", "lf": b"\n", "none": None}
+#: How long `Van.start` waits for the scanner's port to open: started, the van is ready to scan
+#: (a scan sent before the port opens is flushed by the open, and lost).
+INPUT_WAIT_S = 5.0
 
 
 class Feedback(Protocol):
@@ -174,6 +186,24 @@ class VanConfig:
     gnss_port: str | None = None
     gnss_baudrate: int = 9600
     camera_source: int | str | None = None  # device index, device path, video file or URL
+    log_level: int = logging.INFO  # [log] level
+    source: Path | None = None  # the file this was read from: a reload reads it again
+
+
+# What `Van.reload` applies while running, and how the file names the rest.
+_VAN_LIVE = {"log_level", "broker", "source"}
+_VAN_SETTINGS = {
+    "journal": "journal",
+    "scanner_port": "[scanner] port",
+    "scanner_suffix": "[scanner] suffix",
+    "scanner_baudrate": "[scanner] baudrate",
+    "retention_s": "retention_hours",
+    "sync": "[sync]",
+    "round_enabled": "[round] enabled",
+    "gnss_port": "[gnss] port",
+    "gnss_baudrate": "[gnss] baudrate",
+    "camera_source": "[camera] source",
+}
 
 
 class ConfigError(EdgeError):
@@ -221,6 +251,10 @@ def load_config(path: str | os.PathLike[str]) -> VanConfig:
             raise ConfigError("[round] enabled must be true or false")
         gnss = _section(doc, "gnss", {"port", "baudrate"})
         camera = _section(doc, "camera", {"source"})
+        try:
+            level = log_level(_section(doc, "log", {"level"}).get("level", "info"))
+        except ValueError as exc:
+            raise ConfigError(f"config {path}: {exc}") from None
         return VanConfig(
             device_id=device_id,
             journal=Path(path).parent / doc.get("journal", f"{device_id}.journal.db"),
@@ -242,6 +276,8 @@ def load_config(path: str | os.PathLike[str]) -> VanConfig:
             gnss_port=str(gnss["port"]) if "port" in gnss else None,
             gnss_baudrate=int(gnss.get("baudrate", 9600)),
             camera_source=_camera_source(camera["source"]) if "source" in camera else None,
+            log_level=level,
+            source=Path(path),
         )
     except KeyError as exc:
         raise ConfigError(f"config {path} lacks {exc}") from exc
@@ -270,6 +306,8 @@ class _GnssReader(Protocol):
 
     def fix_or_reason(self, max_age_s: float | None = None) -> Position | str: ...
 
+    def problem(self, within_s: float | None = None) -> str | None: ...
+
 
 def _open_gnss(config: VanConfig, on_fix: Callable[[Any], None]) -> _GnssReader:
     # Imported only when a receiver is configured: a van without one never loads the driver.
@@ -289,6 +327,11 @@ class _CameraReader(Protocol):
     def start(self) -> None: ...
 
     def stop(self, timeout: float = 5.0) -> None: ...
+
+    def problem(self, within_s: float | None = None) -> str | None: ...
+
+    @property
+    def camera(self) -> Reader: ...  # the capture thread behind the decoding one
 
 
 PHOTO_FRAME_MAX_AGE_S = 2.0  # a "camera" photo must show now, not where the van was
@@ -399,6 +442,7 @@ class Van:
         self._manifests: queue.Queue[bytes | None] = queue.Queue()
         self._round_worker: threading.Thread | None = None
         self._courier_input: CourierInput | None = None
+        self._last_scan_ns: int | None = None  # the journal clock's time of the latest read
         try:
             if config.round_enabled:
                 if not isinstance(feedback, CourierFeedback):
@@ -451,7 +495,16 @@ class Van:
     @property
     def scanner_on_scan(self) -> Callable[[Scan], None]:
         """Where a read goes, from the serial scanner or the camera: one path for both."""
-        return self.round.on_scan if self.round is not None else self.desk.on_scan
+        return self._read
+
+    def _read(self, scan: Scan) -> None:
+        # On the reader's thread. The time is for `status_line`, what a person checking on the
+        # van wants first: is anybody scanning with it?
+        self._last_scan_ns = self.journal.clock.wall_ns()
+        if self.round is not None:
+            self.round.on_scan(scan)
+        else:
+            self.desk.on_scan(scan)
 
     def take_photo(self, spec: str) -> Jpeg:
         """`"camera"`: the camera's newest frame; anything else: an image file's path."""
@@ -564,6 +617,13 @@ class Van:
             self.camera.start()
         if self._courier_input is not None:
             self._courier_input.start()
+        # Ready means ready to scan (systemd hears READY=1 when this returns): wait, boundedly,
+        # for the port to open; one that does not is said, and the van runs on waiting for it.
+        if not self.scanner_ready.wait(INPUT_WAIT_S):
+            log.warning(
+                "scanner on %s did not open within %g s; waiting for it",
+                self.config.scanner_port, INPUT_WAIT_S,
+            )
 
     def stop(self) -> None:
         if self._courier_input is not None:
@@ -571,13 +631,65 @@ class Van:
         self.scanner.stop()
         if self.camera is not None:
             self.camera.stop()
-        self.uplink.stop()
+        self.uplink.stop(drain_s=DRAIN_ON_STOP_S)  # the inputs are stopped: nothing new comes
         if self._round_worker is not None:
             self._manifests.put(None)  # after the uplink: no manifest arrives any more
             self._round_worker.join(10)
         if self.gnss is not None:
             self.gnss.stop()
         self.journal.close()
+
+    def health(self) -> list[str]:
+        """The van's threads that are dead or stalled, by name (empty: all is well).
+
+        Readers are judged by their own heartbeat (`drivers.reader.Reader.problem`), the uplink
+        by its own; the manifest worker waits for work without a bound, so only its death is
+        news. Courier input is not watched: it ends with its stdin, and the van runs on.
+        """
+        problems = [self.scanner.problem()]
+        if self.camera is not None:
+            problems += [self.camera.problem(), self.camera.camera.problem()]
+        if self.gnss is not None:
+            problems.append(self.gnss.problem())
+        worker = self._round_worker
+        if worker is not None and not worker.is_alive():
+            problems.append(f"manifest worker {worker.name} is not running")
+        return [p for p in problems if p is not None] + self.uplink.health()
+
+    def status_line(self) -> str:
+        """For `systemctl status`: `online, backlog 3, last scan 12:03:04`."""
+        at = self._last_scan_ns
+        when = (
+            "no scan yet"
+            if at is None
+            else f"last scan {time.strftime('%H:%M:%S', time.localtime(at / 1e9))}"
+        )
+        return f"{self.uplink.status_line()}, {when}"
+
+    def reload(self) -> list[str]:
+        """SIGHUP: read the configuration file again and apply what can change while the van
+        runs (the log level; the broker address, by reconnecting the uplink: the journal is the
+        outbox, so nothing queued is lost). Every other changed setting is named in a line of
+        its own, "[scanner] port changed: restart to apply": swapping a reader or the journal
+        under a running round is a restart's job. A file that no longer loads changes nothing
+        and is one error line. Returns the lines it logged."""
+        if self.config.source is None:
+            return reload_failed(log, "the van was not started from a configuration file")
+        try:
+            new = load_config(self.config.source)
+        except ConfigError as exc:
+            return reload_failed(log, exc)
+        applied = [
+            said
+            for said in (
+                reload_log_level(self.config.log_level, new.log_level),
+                self.uplink.reconnect(new.broker),  # None when the address is the same
+            )
+            if said
+        ]
+        restart = needs_restart(self.config, new, live=_VAN_LIVE, names=_VAN_SETTINGS)
+        self.config = dataclasses.replace(self.config, log_level=new.log_level, broker=new.broker)
+        return report_reload(log, applied, restart)
 
     def __enter__(self) -> Van:
         self.start()

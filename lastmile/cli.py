@@ -15,7 +15,10 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    from lastmile.service import Device as _Device
 
 
 def _identify(args: argparse.Namespace) -> int:
@@ -166,38 +169,39 @@ def _password(args: argparse.Namespace) -> str:
     return password
 
 
-class _Device(Protocol):
-    def start(self) -> None: ...
-
-    def stop(self) -> None: ...
-
-
 def _run_device(name: str, make: Callable[[], _Device]) -> int:
-    """Build and start a device, run until SIGTERM/SIGINT, stop it; exit 2 if it cannot start."""
+    """Build and start a device, serve it as a systemd service (`lastmile.service`: READY,
+    STATUS, the watchdog, SIGHUP's reload) until SIGTERM/SIGINT, stop it; exit 2 if it cannot
+    start. The signals are caught from before the start, so one sent while it starts is not
+    lost (the device starts, then stops)."""
     from depot.errors import DepotError
     from edge.errors import EdgeError
+    from lastmile.service import Control, serve
     from parcel.errors import ParcelError
     from sync.errors import SyncError
 
+    control = Control()
+    control.install_signal_handlers()
     try:
         device = make()
         device.start()
     except (DepotError, EdgeError, ParcelError, SyncError, OSError) as exc:
+        control.close()
         print(f"lastmile {name}: {exc}", file=sys.stderr)
         return 2
-    try:
-        _wait_for_signal()
-    finally:
-        device.stop()
-    return 0
+    return serve(device, control)
 
 
 def _van(args: argparse.Namespace) -> int:
     from edge.van import JsonLinesFeedback, Van, load_config
 
     def make() -> Van:
+        from lastmile import logs
+
         feedback = JsonLinesFeedback()
-        van = Van(load_config(args.config), feedback)
+        config = load_config(args.config)
+        logs.for_device(config.device_id, config.log_level)
+        van = Van(config, feedback)
         # With [round] enabled: courier commands as JSON lines on stdin, a reply line each.
         # End of stdin only ends the input; the van runs until SIGTERM/SIGINT as before.
         if sys.stdin is not None:  # None when started without any stdin at all
@@ -208,9 +212,29 @@ def _van(args: argparse.Namespace) -> int:
 
 
 def _locker(args: argparse.Namespace) -> int:
+    from edge.locker import JsonLinesDisplay
+    from edge.locker_config import load_locker_config
     from edge.locker_device import LockerDevice
+    from lastmile import logs
 
-    return _run_device("locker", lambda: LockerDevice.from_config_file(args.config))
+    def make() -> LockerDevice:
+        config = load_locker_config(args.config)
+        logs.for_device(config.device_id, config.log_level)
+        return LockerDevice(config, JsonLinesDisplay())
+
+    return _run_device("locker", make)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from lastmile.check import run_from_args
+
+    return run_from_args(args)
+
+
+def _install(args: argparse.Namespace) -> int:
+    from lastmile.install import run_from_args
+
+    return run_from_args(args)
 
 
 def _depot_service_config(args: argparse.Namespace) -> Any:
@@ -227,14 +251,19 @@ def _depot_service_config(args: argparse.Namespace) -> Any:
 def _depot_run_service(args: argparse.Namespace) -> int:
     """The whole depot: ingest, parcel states, policy, manifests, webhooks, HTTP API."""
     from depot.service import DepotService
+    from lastmile import logs
 
     config = _depot_service_config(args)
     if config.broker is None:
         raise SystemExit("lastmile depot: the config has no [broker]")
     if args.db is not None:  # --database on the command line wins over the file's
         config.database = args.db
+        config.overridden.add("database")  # and over a reloaded file's
     if args.workers is not None:
         config.workers = args.workers
+        config.overridden.add("workers")
+    solo = config.workers == 1 or args.worker is None
+    logs.for_device("depot" if solo else f"depot-{args.worker}", config.log_level)
     if config.workers > 1 and args.worker is None:
         return _depot_supervise(args, config.workers)
     worker = args.worker or 1
@@ -807,6 +836,18 @@ def _broker_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key-file", help="the client certificate's private key")
 
 
+class _Version(argparse.Action):
+    """`--version`: "lastmile-edge 0.1.0", from `parcel.version` (the one owner). Not argparse's
+    own version action, which needs the text when the parser is built: every command would
+    then pay for reading the installed metadata."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from parcel.version import DISTRIBUTION, software_version
+
+        print(f"{DISTRIBUTION} {software_version()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lastmile",
@@ -814,6 +855,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="log more (-v info, -vv debug) to stderr"
+    )
+    parser.add_argument(
+        "--version", action=_Version, nargs=0, help="print lastmile-edge's version and exit"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -854,6 +898,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("locker", help="run a parcel locker: lock boards, keypad, scanner, sync")
     p.add_argument("--config", required=True, type=Path, help="the locker's TOML configuration")
     p.set_defaults(func=_locker)
+
+    p = sub.add_parser(
+        "check",
+        help="pre-flight: will this van, locker or depot work here? (ports, broker, clock, disk)",
+        description="Check a device's set-up before it runs: config, serial ports, broker, "
+        "certificates, clock, disk. Exit status: 0 all ok (warnings allowed), 1 something "
+        "will not work, 2 the config is unusable.",
+    )
+    from lastmile.check import add_arguments as add_check_arguments
+
+    add_check_arguments(p)
+    p.set_defaults(func=_check)
+
+    p = sub.add_parser(
+        "install",
+        help="write the systemd unit, sysusers, tmpfiles and udev files for a role "
+        "(starts nothing)",
+    )
+    from lastmile.install import add_arguments as add_install_arguments
+
+    add_install_arguments(p)
+    p.set_defaults(func=_install)
 
     p = sub.add_parser(
         "depot",
@@ -1030,11 +1096,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
-    logging.basicConfig(
-        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    return int(args.func(args))
+    from lastmile import logs
+
+    logs.setup(args.verbose, args.command)  # the one owner of the process's log set-up
+    try:
+        return int(args.func(args))
+    except ModuleNotFoundError as exc:  # a command whose extra was not installed: say which
+        from parcel.version import extra_providing, install_command
+
+        extra = extra_providing(exc.name)
+        if extra is None:
+            raise
+        if args.command == "sim":  # the simulated day runs every device and the depot
+            extra = "sim"
+        print(f"lastmile {args.command}: needs `{install_command(extra)}`", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

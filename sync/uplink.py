@@ -13,10 +13,13 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 
+from parcel.runlog import Trouble
+from parcel.version import software_version
 from sync.errors import JournalError, WireError
 from sync.journal import Journal
 from sync.mqtt import BrokerAddress, MqttSession, Will, backoff_delay, new_properties
@@ -56,6 +59,14 @@ STATUS_EVERY_S = 60.0
 # this old on the device's clock (a van that stopped sampling still sends its last one).
 POSITION_BATCH = 2
 POSITION_BATCH_S = 60.0
+# While connected, the network thread ticks after every pass of its loop (at least once a
+# second, `sync.mqtt.LOOP_WAKE_S`); a tick that publishes a window of events or prunes a week
+# of acknowledged ones from an SD card may take a few seconds. 5 s is the longest a healthy pass
+# takes; a connected thread silent three times that long is stalled (`Uplink.health`).
+STALL_S = 3 * 5.0
+# What a device being stopped (SIGTERM) gives the depot to acknowledge its backlog: a few
+# seconds at most, so that the whole stop stays within systemd's patience and 5 s.
+DRAIN_ON_STOP_S = 1.5
 
 
 class Uplink:
@@ -112,6 +123,7 @@ class Uplink:
         self._next = journal.acked_seq + 1
         self._last_progress = time.monotonic()
         self._last_prune = 0.0
+        self._ticked_at = time.monotonic()  # the network thread's last sign of life
         self._acked_changed = threading.Condition()
         self.batches_sent = 0
         self.payload_bytes_sent = 0
@@ -136,7 +148,18 @@ class Uplink:
         self._props = new_properties(PacketTypes.PUBLISH)
         self._props.ContentType = BATCH_CONTENT_TYPE
         self._props.UserProperty = ("enc", BATCH_ENCODING)
-        self.session = MqttSession(
+        self._keepalive_s = keepalive_s
+        self._backoff_s = (backoff_min_s, backoff_max_s)
+        # A broker out of reach is one warning, a reminder every few minutes, one line when
+        # it is back (the session's own per-attempt lines are details).
+        self._unreachable = Trouble(log)
+        self._started = False
+        self.session = self._new_session(address)
+        # A committed event goes out at once, not on the network loop's next idle tick.
+        journal.add_listener(self._journaled)
+
+    def _new_session(self, address: BrokerAddress) -> MqttSession:
+        return _Session(
             address,
             client_id=self.device,
             # Subscribed by the session, which reports connected once the broker acked them.
@@ -148,25 +171,71 @@ class Uplink:
             on_connected=self._connected,
             on_message=self._message,
             on_tick=self._pump,
-            will=Will(status_topic(self.device), encode_status("offline", journal.clock.boot_id)),
-            keepalive_s=keepalive_s,
-            backoff_min_s=backoff_min_s,
-            backoff_max_s=backoff_max_s,
+            on_unreachable=self._broker_unreachable,
+            will=Will(
+                status_topic(self.device),
+                encode_status("offline", self.journal.clock.boot_id, software=software_version()),
+            ),
+            keepalive_s=self._keepalive_s,
+            backoff_min_s=self._backoff_s[0],
+            backoff_max_s=self._backoff_s[1],
         )
-        # A committed event goes out at once, not on the network loop's next idle tick.
-        journal.add_listener(self._journaled)
 
     def start(self) -> None:
+        self._started = True
         self.session.start()
+
+    def reconnect(self, address: BrokerAddress) -> str | None:
+        """Move to another broker address (host, port, credentials, TLS files): leave the
+        old broker as `stop` does, and connect to the new one if the uplink was running.
+
+        Nothing is lost: the uplink keeps nothing of its own, and on the new connection it
+        resends from the depot's last acknowledgement, as after any reconnect. A new session
+        rather than a changed one, because paho sets TLS up once per client. Returns what
+        changed in words (None: the address is the same, nothing was done). Call it from the
+        thread that starts and stops the uplink (the service loop's SIGHUP), never from the
+        network thread.
+        """
+        said = broker_change(self.session.address, address)
+        if said is None:
+            return None
+        running = self._started
+        if running:
+            self.stop()
+        self.session = self._new_session(address)
+        if running:
+            self.start()
+        return said
+
+    def _broker_unreachable(self, problem: str) -> None:
+        # In the network thread, after each attempt that did not end connected.
+        self._unreachable.failing("%s: no connection to the broker: %s", self.device, problem)
 
     def _journaled(self, _events: object) -> None:
         self.session.wake()
 
-    def stop(self) -> None:
+    def stop(self, drain_s: float = 0.0) -> None:
+        """Leave the broker (a retained `offline` status, then DISCONNECT).
+
+        ``drain_s``: first give the depot up to that long to acknowledge what the journal holds,
+        while connected (a device shut down cleanly leaves nothing for the depot to wait for).
+        Not connected, nothing is waited for: the journal keeps it all for the next start.
+        """
+        if drain_s > 0 and self.connected and self.journal.unacked:
+            self.session.wake()
+            if not self.wait_acked(self.journal.last_seq, drain_s):
+                log.info(
+                    "%s: stopping with %d events not yet acknowledged (kept in the journal)",
+                    self.device, self.journal.unacked,
+                )
+        self._started = False
+
         def goodbye(client: mqtt.Client) -> None:
             client.publish(
                 status_topic(self.device),
-                encode_status("offline", self.journal.clock.boot_id),
+                encode_status(
+                    "offline", self.journal.clock.boot_id, software=software_version()
+                ),
                 qos=1,
                 retain=True,
             )
@@ -176,6 +245,30 @@ class Uplink:
     @property
     def connected(self) -> bool:
         return self.session.connected
+
+    def health(self) -> list[str]:
+        """The network thread, if it is dead or stalled (empty: healthy, or not started).
+
+        Stalled means connected and silent for `STALL_S`; while not connected the thread
+        waits to redial or for an answer, each wait bounded by the session, and only its
+        death is news.
+        """
+        # MqttSession keeps its thread to itself; the uplink's own session class reads it too.
+        thread = self.session._thread
+        if thread is None:
+            return []
+        if not thread.is_alive():
+            return [f"uplink network thread {thread.name} is not running"]
+        if self.connected and time.monotonic() - self._ticked_at > STALL_S:
+            return [f"uplink network thread {thread.name} stalled (silent for over {STALL_S:g} s)"]
+        return []
+
+    def status_line(self) -> str:
+        """`online, backlog 3` (events the depot has not acknowledged), or `offline (why)`."""
+        problem = self.session.problem
+        if problem is None:
+            return f"online, backlog {self.journal.unacked}"
+        return f"offline ({problem}), backlog {self.journal.unacked}"
 
     def wait_acked(self, seq: int, timeout: float) -> bool:
         """Block until the depot has acknowledged `seq` (for tests, tools and shutdown)."""
@@ -202,6 +295,11 @@ class Uplink:
     # --- in the network thread ---------------------------------------------------------------
 
     def _connected(self, client: mqtt.Client) -> None:
+        self._ticked_at = time.monotonic()
+        address = self.session.address
+        self._unreachable.over(
+            "%s: connected to the broker at %s:%d again", self.device, address.host, address.port
+        )
         self._publish_status(client, time.monotonic())
         # Whatever was in flight on the old connection may be gone: resend from the ack.
         self._rewind("reconnected")
@@ -209,13 +307,15 @@ class Uplink:
 
     def _publish_status(self, client: mqtt.Client, now: float) -> None:
         """The retained `online` status, with how far the journal is and how much of it the
-        depot has not confirmed yet (its presence page shows both)."""
+        depot has not confirmed yet (its presence page shows both), and the software version
+        this device runs (the depot lists it per device)."""
         last, acked = self.journal.last_seq, self.journal.acked_seq
         client.publish(
             status_topic(self.device),
             encode_status(
                 "online",
                 self.journal.clock.boot_id,
+                software=software_version(),
                 journal=self.journal.journal_id,
                 last_seq=last,
                 backlog=max(0, last - acked),
@@ -289,9 +389,9 @@ class Uplink:
         self._pump()
 
     def _pump(self) -> None:
+        self._ticked_at = now = time.monotonic()
         if not self.session.connected:
             return
-        now = time.monotonic()
         acked = self.journal.acked_seq
         silences, patience_s = self.patience
         if self._next > acked + 1 and now - self._last_progress > patience_s:
@@ -446,3 +546,47 @@ class Uplink:
         with self._acked_changed:
             self._acked_changed.notify_all()
         self._pump()
+
+
+class _Session(MqttSession):
+    """The uplink's MQTT session: also tells the uplink of each attempt that did not end
+    connected (not reached, refused, no answer), so that the uplink can say once that the
+    broker is out of reach, instead of a line per retry."""
+
+    def __init__(
+        self,
+        address: BrokerAddress,
+        client_id: str,
+        *,
+        on_unreachable: Callable[[str], None],
+        **settings: Any,
+    ) -> None:
+        super().__init__(address, client_id, **settings)
+        self._on_unreachable = on_unreachable
+
+    def _open(self) -> bool:
+        opened = super()._open()
+        if not opened:
+            self._on_unreachable(self.problem or "cannot reach the broker")
+        return opened
+
+    def _serve(self) -> bool:
+        served = super()._serve()
+        if not served and not self._stop.is_set():
+            self._on_unreachable(self.problem or "the broker did not answer")
+        return served
+
+
+def broker_change(old: BrokerAddress, new: BrokerAddress) -> str | None:
+    """What differs between two broker addresses, in words that never show a secret:
+    "broker 10.0.0.5:8883 -> 10.0.0.6:8883, credentials"; None when nothing does."""
+    parts = []
+    if (old.host, old.port) != (new.host, new.port):
+        parts.append(f"{old.host}:{old.port} -> {new.host}:{new.port}")
+    if (old.username, old.password) != (new.username, new.password):
+        parts.append("credentials")
+    if (old.tls_ca, old.tls_cert, old.tls_key) != (new.tls_ca, new.tls_cert, new.tls_key):
+        parts.append("TLS files")
+    if old.mqtt5 != new.mqtt5:
+        parts.append("MQTT version")
+    return f"broker {', '.join(parts)}" if parts else None

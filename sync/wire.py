@@ -444,9 +444,58 @@ def decode_ack(payload: bytes) -> Ack:
     return Ack(_field(doc, "jnl", str), seq, resend_from=resend, refused=refused)
 
 
-def encode_status(state: str, boot_id: str, **extra: Any) -> bytes:
-    """`online` (retained, sent on connect) or `offline` (the last will, and on clean stop)."""
-    return json.dumps({"v": WIRE_VERSION, "state": state, "boot": boot_id, **extra}).encode()
+# A software version is a label for people ("0.1.0", "1.4.0rc2+deb12"), not a document: the
+# depot keeps one this long at most and drops a longer one rather than store a stranger's text.
+MAX_SOFTWARE_CHARS = 64
+_SOFTWARE = re.compile(rf"[!-~]{{1,{MAX_SOFTWARE_CHARS}}}")  # printable ASCII, no spaces
+
+
+@dataclass(frozen=True)
+class Status:
+    """What a device's retained status says of it, as far as the depot acts on it.
+
+    `software` is the version of lastmile-edge it runs, or None when the status does not name
+    one (a device from before versions were reported, or a malformed value).
+    """
+
+    state: str
+    boot_id: str | None
+    software: str | None
+
+
+def encode_status(
+    state: str, boot_id: str, *, software: str | None = None, **extra: Any
+) -> bytes:
+    """`online` (retained, sent on connect) or `offline` (the last will, and on clean stop).
+
+    `software` rides in both, so that the depot knows what a device runs even when all it
+    has heard of it since it started is its will.
+    """
+    doc: dict[str, Any] = {"v": WIRE_VERSION, "state": state, "boot": boot_id}
+    if software is not None:
+        doc["software"] = software
+    return json.dumps({**doc, **extra}).encode()
+
+
+def decode_status(payload: bytes) -> Status:
+    """A device's status as the depot reads it; WireError only if it is not a JSON object.
+
+    Lenient on purpose, unlike a batch: a status is the device's word about itself, shown to
+    people and never acted on, so an unknown field is ignored (newer devices may add some), a
+    missing state reads "unknown" and a `software` that is not short printable text reads as
+    None, rather than one odd field hiding that the device is online.
+    """
+    doc = read_json(payload, "status")
+    if not isinstance(doc, dict):
+        raise WireError("status is not a JSON object")
+    state, boot, software = doc.get("state"), doc.get("boot"), doc.get("software")
+    return Status(
+        state=state if isinstance(state, str) else "unknown",
+        boot_id=boot if isinstance(boot, str) else None,
+        software=software
+        if isinstance(software, str) and _SOFTWARE.fullmatch(software)
+        else None,
+    )
 
 
 # --- proof-of-delivery photos ------------------------------------------------------------------

@@ -358,13 +358,21 @@ class DepotStore:
                 (topic, reason, payload, time.time_ns()),
             )
 
-    def set_status(self, device: str, status: str) -> None:
+    def set_status(self, device: str, status: str, *, software: str | None = None) -> None:
+        """Keep a device's newest status text, and the software version it names.
+
+        A status that names no version (one from a device older than version reports) leaves
+        the one recorded before: "unknown" would be no truer, and an operator looking for the
+        devices still on an old version finds them by the version they last reported.
+        """
         with self._lock:
             self._db.execute(
-                "INSERT INTO device_status(device, status, updated_ns) VALUES (?,?,?) "
+                "INSERT INTO device_status(device, status, updated_ns, software) "
+                "VALUES (?,?,?,?) "
                 "ON CONFLICT(device) DO UPDATE SET status=excluded.status, "
-                "updated_ns=excluded.updated_ns",
-                (device, status, time.time_ns()),
+                "updated_ns=excluded.updated_ns, "
+                "software=coalesce(excluded.software, device_status.software)",
+                (device, status, time.time_ns(), software),
             )
 
     # --- questions ------------------------------------------------------------------------
@@ -487,17 +495,24 @@ def waiting_count(conn: Conn) -> int:
 
 def device_presence(conn: Conn) -> dict[str, dict[str, Any]]:
     """What the depot knows of each device's link, on any connection: its last status
-    message (`status`, raw text, and `status_ns`, when stored) and its newest journal
-    (`journal`, `last_seq` stored, `last_batch_ns` when a batch of it was last stored)."""
+    message (`status`, raw text, and `status_ns`, when stored), the software version its
+    statuses last named (`software`, None if none did) and its newest journal (`journal`,
+    `last_seq` stored, `last_batch_ns` when a batch of it was last stored)."""
     found: dict[str, dict[str, Any]] = {}
-    for device, status, updated_ns in conn.execute(
-        "SELECT device, status, updated_ns FROM device_status"
+    for device, status, updated_ns, software in conn.execute(
+        "SELECT device, status, updated_ns, software FROM device_status"
     ):
-        found[str(device)] = {"status": str(status), "status_ns": int(updated_ns)}
+        found[str(device)] = {
+            "status": str(status),
+            "status_ns": int(updated_ns),
+            "software": None if software is None else str(software),
+        }
     for device, journal, head_seq, last_seen_ns in conn.execute(
         "SELECT device, journal, head_seq, last_seen_ns FROM streams ORDER BY last_seen_ns"
     ):  # a device's newest journal last: it wins
-        found.setdefault(str(device), {"status": None, "status_ns": None}).update(
+        found.setdefault(
+            str(device), {"status": None, "status_ns": None, "software": None}
+        ).update(
             journal=str(journal), last_seq=int(head_seq), last_batch_ns=int(last_seen_ns)
         )
     return found

@@ -368,6 +368,16 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX IF NOT EXISTS van_positions_received ON van_positions(received_ns)",
         ),
     ),
+    Migration(
+        17,
+        "the software version each device last reported in its status",
+        (
+            # Its own column, not only inside the newest status text: a status that names no
+            # version leaves the one recorded before it (`DepotStore.set_status`), which the
+            # text alone would lose; and the fleet's versions are one query away.
+            "ALTER TABLE device_status ADD COLUMN software TEXT",
+        ),
+    ),
 )
 LATEST = MIGRATIONS[-1].number
 assert [m.number for m in MIGRATIONS] == list(range(1, LATEST + 1)), "numbered without holes"

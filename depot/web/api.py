@@ -11,7 +11,8 @@ Owns the JSON routes and their answers::
     GET /epcis                  an EPCIS 2.0 document with every parcel's events
     GET /vans                   {"vans": {van: {"manifest_version", "day", "updated"}}}
     GET /devices                {"count": n, "devices": [{"device", "state", "last_seen",
-                                 "journal", "last_seq", "backlog", "alarms_open", ...}]}
+                                 "software", "journal", "last_seq", "backlog", "alarms_open",
+                                 ...}]}
     GET /alarms[?state=S]       {"count": n, "alarms": [...]}, newest first; S is open (the
                                  default), acknowledged or all
     POST /alarms/{id}/ack       body {"by": "name", "note": "..."} (both optional): the
@@ -421,9 +422,9 @@ _NO_STORE = {"Cache-Control": "no-store"}
 def devices(conn: Conn) -> list[dict[str, Any]]:
     """Each device the depot has heard of: its link state from its last status message
     (`online`, or `offline` from its will or its goodbye), when it was last heard of (status or
-    batch), its newest journal's highest stored sequence number, its backlog (events its last
-    status said it had that the depot has not stored; null when its status carries none) and
-    its open alarms."""
+    batch), the software version its statuses last named (null when none did), its newest
+    journal's highest stored sequence number, its backlog (events its last status said it had
+    that the depot has not stored; null when its status carries none) and its open alarms."""
     open_alarms = alarms.open_by_device(conn)
     found = []
     for device, facts in sorted(events.device_presence(conn).items()):
@@ -446,6 +447,7 @@ def devices(conn: Conn) -> list[dict[str, Any]]:
                 "status_at": iso_utc(facts["status_ns"]) if facts["status_ns"] else None,
                 "last_seen": iso_utc(max(seen)) if seen else None,
                 "last_seen_ns": max(seen) if seen else None,
+                "software": facts.get("software"),
                 "journal": facts.get("journal"),
                 "last_seq": facts.get("last_seq"),
                 "backlog": backlog if isinstance(backlog, int) and backlog >= 0 else None,

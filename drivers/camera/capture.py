@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from drivers.camera.decoder import CameraError, Decoder, Deduper, Symbol, _gray
 from drivers.reader import Reader, ReconnectingReader
 from drivers.scanner import Scan
+from parcel.version import install_command, missing_modules
 
 if TYPE_CHECKING:
     import numpy as np
@@ -52,13 +53,31 @@ _JPEG_SOI = b"\xff\xd8"
 _GLANCE_MIN_WIDTH = 160
 
 
+def require_camera_libraries() -> None:
+    """CameraError, in one line saying what to install, if the `camera` extra is missing (a
+    device without a camera installs none of OpenCV, numpy, zxing-cpp and pyzbar).
+
+    Asked when a configuration names a camera (`parse_source`) and when one is made
+    (`Camera`), so a device that has a camera but not its libraries refuses to start with that
+    sentence, instead of failing later on its camera thread with an ImportError. Looks the
+    modules up without importing them: OpenCV still loads only when the thread starts.
+    """
+    missing = missing_modules("camera")
+    if missing:
+        raise CameraError(
+            f"the camera needs `{install_command('camera')}` (missing: {', '.join(missing)})"
+        )
+
+
 def parse_source(value: object) -> int | str:
     """A configured camera source as `Camera` takes it: digits are a device index.
 
     "0" must become the integer 0: OpenCV opens an int as a device index and a string as a
     path or URL, so "0" would be looked for as a file. Anything else is kept as written, not
-    joined to a directory: a source may be a URL.
+    joined to a directory: a source may be a URL. A source is refused while the camera's
+    libraries are not installed (`require_camera_libraries`).
     """
+    require_camera_libraries()
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise CameraError(f"a camera source is a string or a device index, not {value!r}")
     if isinstance(value, int) or (value.isascii() and value.isdigit()):
@@ -244,6 +263,7 @@ class Camera(ReconnectingReader[_Capture]):
         stream_timeout_s: float = 5.0,
         on_connection: Callable[[bool], None] | None = None,
     ) -> None:
+        require_camera_libraries()
         if isinstance(source, bool) or not isinstance(source, int | str):
             raise CameraError(f"a camera source is a device index or a path/URL, not {source!r}")
         if queue_frames < 1:

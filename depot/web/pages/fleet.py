@@ -1,7 +1,8 @@
 """The console's Fleet page: every van and locker, how each van's round is going, and a map.
 
 The operator's question is "is everything out there alive, and where are the vans?": each
-device's link state, when it was last heard of and what it still has to send
+device's link state, when it was last heard of, the software version it runs (a fleet's update
+system installs versions; this page tells which device runs what) and what it still has to send
 (`depot.web.api.devices`, the same facts as `GET /devices`); each van's round from the
 depot's ETA model (`depot.eta.van_progress`: stops done of its manifest's stops, the stop the
 van last said it reached, its last position); and a map drawn here, without any map service
@@ -85,6 +86,7 @@ def _van_row(
         "device": van,
         "state": seen["state"] if seen else "never heard from",
         "last_seen": _when(seen["last_seen"]) if seen else None,
+        "software": seen["software"] if seen else None,
         "backlog": seen["backlog"] if seen else None,
         "alarms_open": seen["alarms_open"] if seen else 0,
         "day": progress.day,
@@ -133,6 +135,7 @@ def _build(request: Request, depot: WebDepot, session: Session) -> Mapping[str, 
                 "title": (site.title or site.address) if site is not None else "",
                 "state": seen["state"] if seen else "never heard from",
                 "last_seen": _when(seen["last_seen"]) if seen else None,
+                "software": seen["software"] if seen else None,
                 "backlog": seen["backlog"] if seen else None,
                 "alarms_open": seen["alarms_open"] if seen else 0,
             }
