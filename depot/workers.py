@@ -15,7 +15,7 @@ import logging
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +28,17 @@ HEALTHY_AFTER_S = 60.0  # a worker that ran this long starts the next restart pa
 class Workers:
     """N worker processes, each restarted when it dies, all stopped by `stop()`."""
 
-    def __init__(self, command: Callable[[int], Sequence[str]], count: int) -> None:
+    def __init__(
+        self,
+        command: Callable[[int], Sequence[str]],
+        count: int,
+        *,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         if count < 1:
             raise ValueError("at least one worker")
         self._command = command
+        self._env = dict(env) if env is not None else None
         self.count = count
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -49,13 +56,32 @@ class Workers:
         with self._lock:
             return {k: p.pid for k, p in self._procs.items() if p.poll() is None}
 
+    def health(self) -> list[str]:
+        """The workers not running right now (dead, or waiting out a restart pause): while
+        any is, the supervisor's watchdog stays silent, so a worker that cannot come back
+        gets the whole depot restarted by systemd rather than a depot short of a worker."""
+        running = self.pids()
+        return [
+            f"depot worker {k} is not running"
+            for k in range(1, self.count + 1)
+            if k not in running
+        ]
+
+    def status_line(self) -> str:
+        running = len(self.pids())
+        n = self.restarts
+        restarts = f", {n} restart{'s' if n > 1 else ''}" if n else ""
+        return f"{running}/{self.count} workers running{restarts}"
+
     def _mind(self, worker: int) -> None:
         pause = RESTART_MIN_S
         while not self._stop.is_set():
             with self._lock:
                 if self._stop.is_set():
                     return
-                proc = subprocess.Popen(list(self._command(worker)), stdin=subprocess.DEVNULL)
+                proc = subprocess.Popen(
+                    list(self._command(worker)), stdin=subprocess.DEVNULL, env=self._env
+                )
                 self._procs[worker] = proc
             log.info("depot worker %d running as pid %d", worker, proc.pid)
             began = time.monotonic()

@@ -503,14 +503,19 @@ def _depot_supervise(args: argparse.Namespace, workers: int) -> int:
 
     extra = ["--database", str(args.db)] if args.db is not None else []
     command = worker_command(sys.executable, str(args.config), workers, extra, args.verbose)
-    minder = Workers(command, workers)
-    minder.start()
-    print(json.dumps({"depot": "supervising", "workers": workers}), flush=True)
-    try:
-        _wait_for_signal()
-    finally:
-        minder.stop()
-    return 0
+    # Under systemd the supervisor is the service (READY, STATUS, the watchdog while every
+    # worker runs); its workers are its children, not services that talk to systemd.
+    env = {k: v for k, v in os.environ.items() if k not in _SYSTEMD_NOTIFY_ENV}
+
+    def make() -> Workers:
+        print(json.dumps({"depot": "supervising", "workers": workers}), flush=True)
+        return Workers(command, workers, env=env)
+
+    return _run_device("depot", make)
+
+
+# What systemd gives the process it watches; a child must not take it for its own.
+_SYSTEMD_NOTIFY_ENV = frozenset({"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"})
 
 
 def _depot(args: argparse.Namespace) -> int:

@@ -456,3 +456,70 @@ def test_the_supervisor_restarts_a_dead_worker_and_stops_them_all(
         if supervisor.poll() is None:
             supervisor.kill()
             supervisor.wait(10)
+
+
+def test_the_supervisor_alone_talks_to_systemd_and_pings_while_every_worker_runs(
+    fleet_broker: Broker, tmp_path: Path
+) -> None:
+    """`lastmile depot --workers N` under `Type=notify`: READY, STATUS and the watchdog come
+    from the supervisor (systemd hears only the main process), never from a worker; a worker
+    that is down shows in the STATUS, and SIGTERM is STOPPING=1 then a clean exit."""
+    import socket
+    import struct
+
+    receiver = WebhookReceiver(SECRETS)
+    config = write_worker_config(tmp_path, fleet_broker, str(tmp_path / "depot.db"), receiver)
+    receiver.close()
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify.sock"))
+    notify.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)  # each datagram's sender
+    seen: list[tuple[int, dict[str, str]]] = []
+
+    def next_message(wanted: Callable[[dict[str, str]], bool], what: str) -> dict[str, str]:
+        deadline = time.monotonic() + WAIT_S
+        while (left := deadline - time.monotonic()) > 0:
+            notify.settimeout(left)
+            try:
+                data, ancillary, _, _ = notify.recvmsg(4096, socket.CMSG_SPACE(12))
+            except TimeoutError:
+                break
+            pid = next(
+                struct.unpack("3i", d)[0]
+                for level, kind, d in ancillary
+                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS
+            )
+            message = dict(line.split("=", 1) for line in data.decode().splitlines())
+            seen.append((pid, message))
+            if wanted(message):
+                return message
+        raise AssertionError(f"no {what}; seen {seen[-10:]}")
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NOTIFY_SOCKET": str(tmp_path / "notify.sock")}
+    env["WATCHDOG_USEC"] = "500000"
+    env.pop("WATCHDOG_PID", None)
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", "lastmile", "depot", "--config", str(config)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        first = next_message(lambda m: m.get("READY") == "1", "READY=1")
+        if "2/2 workers running" not in first.get("STATUS", ""):  # a STATUS= when it changes
+            next_message(lambda m: "2/2 workers running" in m.get("STATUS", ""), "both workers")
+        for n in range(3):
+            next_message(lambda m: m.get("WATCHDOG") == "1", f"ping {n + 1}")
+        workers = _children(supervisor.pid)
+        assert len(workers) == 2
+        os.kill(min(workers), signal.SIGKILL)
+        next_message(lambda m: "1 restart" in m.get("STATUS", ""), "the restart in the STATUS")
+        supervisor.send_signal(signal.SIGTERM)
+        next_message(lambda m: m.get("STOPPING") == "1", "STOPPING=1")
+        assert supervisor.wait(WAIT_S) == 0
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+            supervisor.wait(WAIT_S)
+        notify.close()
+    assert {pid for pid, _ in seen} == {supervisor.pid}  # never a worker
