@@ -388,10 +388,9 @@ class DepotService:
             elif time.monotonic() - self._beat_at > limit:
                 problems.append(f"{thread.name} thread stalled (no pass for over {limit:g} s)")
         if self.depot is not None:
-            # MqttSession keeps its thread to itself; nothing else tells whether it runs.
-            network = self.depot.session._thread
-            if network is not None and not network.is_alive():
-                problems.append(f"ingest network thread {network.name} is not running")
+            dead = self.depot.session.thread_problem()
+            if dead is not None:
+                problems.append(f"ingest {dead}")
         return problems
 
     def status_line(self) -> str:

@@ -32,6 +32,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from parcel.runlog import Trouble
+
 log = logging.getLogger("sync.mqtt")
 
 LOOP_WAKE_S = 1.0  # upper bound of an idle wait in the network thread; not a poll of work
@@ -156,6 +158,9 @@ class MqttSession:
         self._thread: threading.Thread | None = None
         self.connects = 0
         self._problem: str | None = "not connected to the broker yet"
+        # A broker out of reach is one warning, a reminder every few minutes and one line when
+        # it is back; each attempt's own lines are details (debug).
+        self._unreachable = Trouble(log)
         self._ever_opened = False
         self._name = client_id
         c = mqtt.Client(
@@ -188,6 +193,15 @@ class MqttSession:
             return
         self._thread = threading.Thread(target=self._run, name=f"mqtt-{self._name}", daemon=True)
         self._thread.start()
+
+    def thread_problem(self) -> str | None:
+        """What is wrong with the network thread, for a service's watchdog (None: not started,
+        running, or stopped on purpose): a thread that died took every send and receive with
+        it, while the session still looks merely disconnected."""
+        thread = self._thread
+        if thread is None or thread.is_alive() or self._stop.is_set():
+            return None
+        return f"network thread {thread.name} is not running"
 
     def stop(
         self, before_disconnect: Callable[[mqtt.Client], None] | None = None, timeout: float = 5.0
@@ -251,15 +265,19 @@ class MqttSession:
         while not self._stop.is_set():
             if not first:
                 delay = backoff_delay(attempt, *self._backoff, self._rng)
-                log.info("%s: reconnecting in %.2f s", self.address.username, delay)
+                log.debug("%s: reconnecting in %.2f s", self.address.username, delay)
                 if self._stop.wait(delay):
                     break
             first = False
             attempt += 1
-            if not self._open():
-                continue
-            if self._serve():
+            if self._open() and self._serve():
                 attempt = 0
+            elif not self._stop.is_set():
+                self._unreachable.failing(
+                    "%s: no connection to the broker: %s",
+                    self.address.username,
+                    self._problem or "the broker did not answer",
+                )
         self._connected.clear()
 
     def _open(self) -> bool:
@@ -282,7 +300,7 @@ class MqttSession:
                 self.client.reconnect()
         except (OSError, mqtt.WebsocketConnectionError, ValueError) as exc:
             self._problem = f"cannot reach the broker at {self._where()}: {exc}"
-            log.info(
+            log.debug(
                 "%s: cannot reach broker %s:%d: %s",
                 self.address.username,
                 self.address.host,
@@ -397,6 +415,9 @@ class MqttSession:
         self.connects += 1
         self._problem = None
         self._connected.set()
+        self._unreachable.over(
+            "%s: connected to the broker at %s again", self.address.username, self._where()
+        )
 
     def _handle_disconnect(
         self,

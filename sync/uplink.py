@@ -13,12 +13,10 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 
-from parcel.runlog import Trouble
 from parcel.version import software_version
 from sync.errors import JournalError, WireError
 from sync.journal import Journal
@@ -150,16 +148,13 @@ class Uplink:
         self._props.UserProperty = ("enc", BATCH_ENCODING)
         self._keepalive_s = keepalive_s
         self._backoff_s = (backoff_min_s, backoff_max_s)
-        # A broker out of reach is one warning, a reminder every few minutes, one line when
-        # it is back (the session's own per-attempt lines are details).
-        self._unreachable = Trouble(log)
         self._started = False
         self.session = self._new_session(address)
         # A committed event goes out at once, not on the network loop's next idle tick.
         journal.add_listener(self._journaled)
 
     def _new_session(self, address: BrokerAddress) -> MqttSession:
-        return _Session(
+        return MqttSession(
             address,
             client_id=self.device,
             # Subscribed by the session, which reports connected once the broker acked them.
@@ -171,7 +166,6 @@ class Uplink:
             on_connected=self._connected,
             on_message=self._message,
             on_tick=self._pump,
-            on_unreachable=self._broker_unreachable,
             will=Will(
                 status_topic(self.device),
                 encode_status("offline", self.journal.clock.boot_id, software=software_version()),
@@ -206,10 +200,6 @@ class Uplink:
         if running:
             self.start()
         return said
-
-    def _broker_unreachable(self, problem: str) -> None:
-        # In the network thread, after each attempt that did not end connected.
-        self._unreachable.failing("%s: no connection to the broker: %s", self.device, problem)
 
     def _journaled(self, _events: object) -> None:
         self.session.wake()
@@ -253,14 +243,11 @@ class Uplink:
         waits to redial or for an answer, each wait bounded by the session, and only its
         death is news.
         """
-        # MqttSession keeps its thread to itself; the uplink's own session class reads it too.
-        thread = self.session._thread
-        if thread is None:
-            return []
-        if not thread.is_alive():
-            return [f"uplink network thread {thread.name} is not running"]
+        dead = self.session.thread_problem()
+        if dead is not None:
+            return [f"uplink {dead}"]
         if self.connected and time.monotonic() - self._ticked_at > STALL_S:
-            return [f"uplink network thread {thread.name} stalled (silent for over {STALL_S:g} s)"]
+            return [f"uplink network thread stalled (silent for over {STALL_S:g} s)"]
         return []
 
     def status_line(self) -> str:
@@ -296,10 +283,6 @@ class Uplink:
 
     def _connected(self, client: mqtt.Client) -> None:
         self._ticked_at = time.monotonic()
-        address = self.session.address
-        self._unreachable.over(
-            "%s: connected to the broker at %s:%d again", self.device, address.host, address.port
-        )
         self._publish_status(client, time.monotonic())
         # Whatever was in flight on the old connection may be gone: resend from the ack.
         self._rewind("reconnected")
@@ -546,35 +529,6 @@ class Uplink:
         with self._acked_changed:
             self._acked_changed.notify_all()
         self._pump()
-
-
-class _Session(MqttSession):
-    """The uplink's MQTT session: also tells the uplink of each attempt that did not end
-    connected (not reached, refused, no answer), so that the uplink can say once that the
-    broker is out of reach, instead of a line per retry."""
-
-    def __init__(
-        self,
-        address: BrokerAddress,
-        client_id: str,
-        *,
-        on_unreachable: Callable[[str], None],
-        **settings: Any,
-    ) -> None:
-        super().__init__(address, client_id, **settings)
-        self._on_unreachable = on_unreachable
-
-    def _open(self) -> bool:
-        opened = super()._open()
-        if not opened:
-            self._on_unreachable(self.problem or "cannot reach the broker")
-        return opened
-
-    def _serve(self) -> bool:
-        served = super()._serve()
-        if not served and not self._stop.is_set():
-            self._on_unreachable(self.problem or "the broker did not answer")
-        return served
 
 
 def broker_change(old: BrokerAddress, new: BrokerAddress) -> str | None:
