@@ -669,7 +669,8 @@ class GnssReader(SerialReader):
                     if waiting:
                         chunk += port.read(waiting)
             except OSError as e:
-                log.warning("GNSS receiver on %s disconnected: %s", self._port, e)
+                # The reader base warns if it stays away (`Reader`); a blip is no warning.
+                log.info("GNSS receiver on %s disconnected: %s", self._port, e)
                 return carried_data
             if chunk:
                 carried_data = True

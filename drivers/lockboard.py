@@ -37,6 +37,7 @@ from typing import ClassVar
 import serial
 
 from drivers.errors import DriverError
+from parcel.runlog import Trouble
 
 __all__ = [
     "BadChecksum",
@@ -367,6 +368,10 @@ class LockBus:
         self._serial: serial.Serial | None = None
         self._wanted_open = False
         self._quiet_until = 0.0  # time.monotonic() before which we must not send
+        # Garbled replies from one board (noise on the RS-485 pair, a second master, a board
+        # at the wrong baud rate) last while the cause lasts, at several polls a second: one
+        # warning per board, a reminder every few minutes, one line when it answers cleanly.
+        self._garbled = {board: Trouble(log) for board in configs}
 
     @property
     def boards(self) -> tuple[BoardConfig, ...]:
@@ -414,12 +419,13 @@ class LockBus:
                 reply, errors = self._exchange(frame, board, self._reply_timeout_s)
                 if reply is not None:
                     if attempt > 1:
-                        log.info("lock board %d answered on attempt %d", board, attempt)
+                        log.debug("lock board %d answered on attempt %d", board, attempt)
+                    self._garbled[board].over("lock board %d answers cleanly again", board)
                     return reply.to_status(config)
                 if errors:
                     last_error = errors[-1]
-                    log.warning(
-                        "lock board %d attempt %d/%d: %s", board, attempt, attempts, last_error
+                    self._garbled[board].failing(
+                        "lock board %d: %s (attempt %d/%d)", board, last_error, attempt, attempts
                     )
                 else:
                     log.debug("lock board %d attempt %d/%d: no answer", board, attempt, attempts)

@@ -304,7 +304,8 @@ class ScannerReader(SerialReader):
                     if waiting:
                         chunk += port.read(waiting)
             except OSError as e:
-                log.warning("scanner on %s disconnected: %s", self._port, e)
+                # The reader base warns if it stays away (`Reader`); a blip is no warning.
+                log.info("scanner on %s disconnected: %s", self._port, e)
                 return carried_data
             now = time.monotonic()
             if chunk:

@@ -585,11 +585,8 @@ class Van:
 
     def _scanner_connection(self, up: bool) -> None:
         # The courier's screen shows this; a scanner that is unplugged cannot be scanned with.
-        log.log(
-            logging.INFO if up else logging.WARNING,
-            "scanner %s",
-            "connected" if up else "disconnected",
-        )
+        # Info either way: the scanner's reader warns once if it stays away (one owner).
+        log.info("scanner %s", "connected" if up else "disconnected")
         if up:
             self.scanner_ready.set()
         else:

@@ -186,6 +186,22 @@ def test_every_reply_corrupted_is_a_bad_checksum_never_a_status(
     assert bus.status(0).board == 0  # the fault passed; the bus is fine
 
 
+def test_garbled_replies_that_last_are_one_warning_and_one_line_when_they_stop(
+    sim: SimulatedLockBoards, bus: LockBus, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Noise on the pair at every poll must not write a warning per attempt (several a
+    second): one when it starts, one line when the board answers cleanly again."""
+    caplog.set_level("DEBUG", logger="drivers.lockboard")
+    sim.corrupt_next(3 * (RETRIES + 1))
+    for _ in range(3):
+        with pytest.raises(BadChecksum):
+            bus.status(0)
+    bus.status(0)
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= 20]
+    assert [level for level, _ in said] == ["WARNING", "INFO"], said
+    assert "lock board 0" in said[0][1] and "answers cleanly again" in said[1][1]
+
+
 def test_a_reply_from_the_wrong_address_is_never_taken_as_this_boards_status(
     sim: SimulatedLockBoards, bus: LockBus
 ) -> None:

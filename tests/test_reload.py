@@ -140,6 +140,7 @@ def test_an_unplugged_scanner_is_a_warning_once_not_one_per_retry(tmp_path: Path
             scanner.unplug()  # the pty disappears: every reopen fails with ENOENT
             lines.wait(logging.DEBUG, "cannot open scanner", count=10)
             assert len(lines.said(logging.WARNING, "cannot open scanner")) == 1
+            assert len(lines.said(logging.WARNING, "")) == 1  # nothing else warns of it
             scanner.replug()
             lines.wait(logging.INFO, "open again after")
             assert up.wait(WAIT_S)
