@@ -4,9 +4,9 @@ The test is systemd's end of the notify protocol: it binds the datagram socket a
 told about in NOTIFY_SOCKET and reads what arrives. Real `lastmile van` and `lastmile locker`
 processes on real pseudo-terminals and a real broker send READY=1 once started, STATUS= lines,
 WATCHDOG=1 at half of WATCHDOG_USEC, and STOPPING=1 on SIGTERM before a clean exit that keeps
-every confirmed event. A van in this process shows that a reader thread hung in its callback
-stops the pings (and that they resume once it runs again), and a device of the test's own
-shows SIGHUP's reload hook with real signals.
+every confirmed event. A van and a locker in this process show that a reader thread or the
+controller loop hung in a callback stops the pings (and that they resume once it runs again),
+and a device of the test's own shows SIGHUP's reload hook with real signals.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+from edge.locker_config import load_locker_config
+from edge.locker_device import LockerDevice
 from edge.van import Van, VanConfig
 from lastmile.service import Control, Notifier, run, watchdog_interval
 from simulators.broker import Broker
@@ -380,6 +382,93 @@ def test_a_hung_scanner_thread_stops_the_watchdog_pings_until_it_runs_again(
     with Journal(tmp_path / "van-1.db", "van-1") as journal:
         _prev, events = journal.read(0, 10)
     assert [e.uuid for e in events] == [e.uuid for e in beeper.confirmed_events]
+
+
+class HangingScreen:
+    """The locker's screen, whose driver hangs on one message once told to (a display stuck
+    in a write): the thread that shows it is what hangs."""
+
+    def __init__(self, on: str) -> None:
+        self.on = on
+        self.hanging = threading.Event()
+        self.release = threading.Event()
+        self.shown: list[str] = []
+
+    def show(self, message: str, **_facts: object) -> None:
+        self.shown.append(message)
+        if self.on in message:
+            self.hanging.set()
+            self.release.wait(120)  # the test releases it; this is only a bound
+
+
+def test_a_hung_locker_thread_stops_the_watchdog_pings_until_it_runs_again(
+    broker: Broker, tmp_path: Path
+) -> None:
+    password = secrets.token_hex(8)
+    broker.add_device("locker-1", password)
+    (tmp_path / "locker.pw").write_text(password)
+    _private, sealing_public = generate_sealing_keypair()
+    sock = NotifySocket(str(tmp_path / "notify.sock"))
+    screen = HangingScreen("courier welcome")
+    with (
+        SimulatedLockBoards(1, link=tmp_path / "bus.tty") as boards,
+        SimulatedScanner(tmp_path / "keypad.tty", suffix=b"\r") as keypad,
+    ):
+        config = tmp_path / "locker.toml"
+        config.write_text(f"""
+device_id = "locker-1"
+journal = "locker.db"
+poll_interval_s = 0.05
+[lockboard]
+port = "{boards.path}"
+boards = [{{ board = 0 }}]
+[[compartments]]
+id = "A1"
+board = 0
+lock = 0
+size = "S"
+[couriers]
+badges = ["C42"]
+[keypad]
+port = "{keypad.path}"
+[depot]
+sealing_key = "{base64.b64encode(sealing_public).decode()}"
+[broker]
+port = {broker.port}
+password_file = "locker.pw"
+{SYNC}""")
+        locker = LockerDevice(load_locker_config(config), screen)
+        locker.start()
+        control = Control()
+        result: list[int] = []
+        loop = threading.Thread(
+            target=lambda: result.append(
+                run(locker, control, Notifier(sock.address), watchdog_s=0.1)
+            ),
+            name="service loop",
+        )
+        loop.start()
+        try:
+            sock.wait_for(ready, "READY=1")
+            wait_pings(sock, 3)
+            keypad.scan("*C42", aim=None)  # a courier's badge: the screen hangs greeting him
+            assert screen.hanging.wait(WAIT_S), f"no courier welcome; shown {screen.shown}"
+            said = sock.wait_for(status_with("stalled"), "a STATUS= naming the stall")
+            during = sock.during(1.0)  # ten ping intervals
+            assert not [m for m in during if ping(m)], (said, during)
+            # The badge is served on the controller's loop (between board polls): that is
+            # what hangs, and what the STATUS names.
+            assert "locker controller" in said["STATUS"]
+            assert loop.is_alive() and locker.health()
+            screen.release.set()  # it runs again: the pings resume
+            sock.wait_for(ping, "WATCHDOG=1 after the locker ran again")
+            assert locker.health() == []
+        finally:
+            screen.release.set()
+            control.request_stop()
+            loop.join(WAIT_S)
+            sock.close()
+    assert result == [0]
 
 
 class Reloadable:
