@@ -31,6 +31,7 @@ from simulators.scanner import SimulatedScanner
 from simulators.tls import make_pki
 from sync.clock import ScaledClock
 from sync.journal import Journal
+from tests.lockers import locker_toml
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -319,31 +320,16 @@ def test_a_locker_asks_every_lock_board_and_fails_on_one_that_does_not_answer(
         # [scanner] and [broker] would satisfy the van's loader too: the lock boards decide.
         config = tmp_path / "locker.toml"
         config.write_text(
-            f"""
-device_id = "locker-1"
-journal = "locker.db"
-[lockboard]
-port = "{boards.path}"
-boards = [{{ board = 0 }}, {{ board = 1 }}]
-[[compartments]]
-id = "A1"
-board = 0
-lock = 0
-size = "S"
-[[compartments]]
-id = "B1"
-board = 1
-lock = 0
-size = "M"
-[scanner]
-port = "{scanner.path}"
-[keypad]
-port = "{keypad.path}"
-[broker]
-host = "{broker.host}"
-port = {broker.port}
-password_file = "locker-1.password"
-"""
+            locker_toml(
+                journal="locker.db",
+                lockboard=str(boards.path),
+                compartments=(("A1", 0, 0, "S"), ("B1", 1, 0, "M")),
+                badges=(),
+                scanner=str(scanner.path),
+                keypad=str(keypad.path),
+                broker=f'host = "{broker.host}"\nport = {broker.port}\n'
+                'password_file = "locker-1.password"',
+            )
         )
         good = check(config, "--json")
         boards.set_offline(1)

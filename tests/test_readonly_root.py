@@ -13,7 +13,6 @@ skipped, with the reason, where `unshare -m` is not permitted.
 
 from __future__ import annotations
 
-import base64
 import json
 import shutil
 import signal
@@ -33,6 +32,7 @@ from simulators.scanner import SimulatedScanner
 from sync.journal import Journal
 from sync.signing import generate_sealing_keypair
 from tests.conftest import address
+from tests.lockers import locker_toml
 
 ROOT = Path(__file__).resolve().parent.parent
 WAIT_S = 20.0  # every wait for a process's line gives up after this
@@ -239,27 +239,16 @@ def test_a_locker_on_a_read_only_root_stores_a_parcel(tmp_path: Path) -> None:
         SimulatedScanner(tmp_path / "keypad.tty", suffix=b"\r") as keypad,
     ):
         config = etc / "locker.toml"
-        config.write_text(f"""
-device_id = "locker-1"
-journal = "{state / "locker-1.journal.db"}"
-poll_interval_s = 0.05
-[lockboard]
-port = "{boards.path}"
-boards = [{{ board = 0 }}]
-[[compartments]]
-id = "A1"
-board = 0
-lock = 0
-size = "S"
-[couriers]
-badges = ["C42"]
-[scanner]
-port = "{scanner.path}"
-[keypad]
-port = "{keypad.path}"
-[depot]
-sealing_key = "{base64.b64encode(sealing_public).decode()}"
-""")
+        config.write_text(
+            locker_toml(
+                journal=str(state / "locker-1.journal.db"),
+                lockboard=str(boards.path),
+                scanner=str(scanner.path),
+                keypad=str(keypad.path),
+                sealing_public=sealing_public,
+                settings="poll_interval_s = 0.05",
+            )
+        )
         locker = ReadOnlyRoot(tmp_path, state, "locker", "--config", str(config))
 
         def shown(text: str) -> Callable[[list[dict[str, object]]], bool]:

@@ -11,7 +11,6 @@ and a device of the test's own shows SIGHUP's reload hook with real signals.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import secrets
@@ -36,6 +35,7 @@ from sync.journal import Journal
 from sync.signing import generate_sealing_keypair
 from sync.wire import Event
 from tests.conftest import address
+from tests.lockers import SMALL_AND_MEDIUM, locker_toml
 
 ROOT = Path(__file__).resolve().parent.parent
 WAIT_S = 20.0  # every wait for a message, a line or a thread gives up after this
@@ -224,35 +224,18 @@ def test_a_locker_under_systemd_tells_its_occupancy_and_stops_cleanly(
         SimulatedScanner(tmp_path / "keypad.tty", suffix=b"\r") as keypad,
     ):
         config = tmp_path / "locker.toml"
-        config.write_text(f"""
-device_id = "locker-1"
-journal = "locker.db"
-poll_interval_s = 0.05
-[lockboard]
-port = "{boards.path}"
-boards = [{{ board = 0 }}]
-[[compartments]]
-id = "A1"
-board = 0
-lock = 0
-size = "S"
-[[compartments]]
-id = "B1"
-board = 0
-lock = 1
-size = "M"
-[couriers]
-badges = ["C42"]
-[scanner]
-port = "{scanner.path}"
-[keypad]
-port = "{keypad.path}"
-[depot]
-sealing_key = "{base64.b64encode(sealing_public).decode()}"
-[broker]
-port = {broker.port}
-password_file = "locker.pw"
-{SYNC}""")
+        config.write_text(
+            locker_toml(
+                journal="locker.db",
+                lockboard=str(boards.path),
+                compartments=SMALL_AND_MEDIUM,
+                scanner=str(scanner.path),
+                keypad=str(keypad.path),
+                sealing_public=sealing_public,
+                broker=f'port = {broker.port}\npassword_file = "locker.pw"\n{SYNC}',
+                settings="poll_interval_s = 0.05",
+            )
+        )
         locker = Child(tmp_path, sock.address, "locker", "--config", str(config))
         try:
             first = sock.wait_for(ready, "READY=1")
@@ -415,28 +398,16 @@ def test_a_hung_locker_thread_stops_the_watchdog_pings_until_it_runs_again(
         SimulatedScanner(tmp_path / "keypad.tty", suffix=b"\r") as keypad,
     ):
         config = tmp_path / "locker.toml"
-        config.write_text(f"""
-device_id = "locker-1"
-journal = "locker.db"
-poll_interval_s = 0.05
-[lockboard]
-port = "{boards.path}"
-boards = [{{ board = 0 }}]
-[[compartments]]
-id = "A1"
-board = 0
-lock = 0
-size = "S"
-[couriers]
-badges = ["C42"]
-[keypad]
-port = "{keypad.path}"
-[depot]
-sealing_key = "{base64.b64encode(sealing_public).decode()}"
-[broker]
-port = {broker.port}
-password_file = "locker.pw"
-{SYNC}""")
+        config.write_text(
+            locker_toml(
+                journal="locker.db",
+                lockboard=str(boards.path),
+                keypad=str(keypad.path),
+                sealing_public=sealing_public,
+                broker=f'port = {broker.port}\npassword_file = "locker.pw"\n{SYNC}',
+                settings="poll_interval_s = 0.05",
+            )
+        )
         locker = LockerDevice(load_locker_config(config), screen)
         locker.start()
         control = Control()
