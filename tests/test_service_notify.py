@@ -27,7 +27,7 @@ from typing import IO
 from edge.locker_config import load_locker_config
 from edge.locker_device import LockerDevice
 from edge.van import Van, VanConfig
-from lastmile.service import Control, Notifier, run, watchdog_interval
+from lastmile.service import Control, Device, Notifier, run, watchdog_interval
 from simulators.broker import Broker
 from simulators.lockboard import SimulatedLockBoards
 from simulators.scanner import SimulatedScanner
@@ -291,6 +291,28 @@ def test_the_depot_under_systemd_is_ready_pings_and_stops_cleanly(
     assert "Traceback" not in depot.stderr()
 
 
+class ServiceLoop:
+    """The service loop (`lastmile.service.run`) on a started device, in a thread of this
+    process, telling ``sock`` and pinging every 0.1 s; `stop` ends it as SIGTERM would and
+    checks it returned 0."""
+
+    def __init__(self, device: Device, sock: NotifySocket) -> None:
+        self.control = Control()
+        self.result: list[int] = []
+        self.thread = threading.Thread(
+            target=lambda: self.result.append(
+                run(device, self.control, Notifier(sock.address), watchdog_s=0.1)
+            ),
+            name="service loop",
+        )
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.control.request_stop()
+        self.thread.join(WAIT_S)
+        assert self.result == [0]
+
+
 class HangingBeeper:
     """The van's feedback, which hangs on the reader's thread once told to: a beeper driver
     stuck in a write, say. The scan is journaled by then; the reader thread is what hangs."""
@@ -328,15 +350,7 @@ def test_a_hung_scanner_thread_stops_the_watchdog_pings_until_it_runs_again(
             beeper,
         )
         van.start()
-        control = Control()
-        result: list[int] = []
-        loop = threading.Thread(
-            target=lambda: result.append(
-                run(van, control, Notifier(sock.address), watchdog_s=0.1)
-            ),
-            name="service loop",
-        )
-        loop.start()
+        loop = ServiceLoop(van, sock)
         try:
             sock.wait_for(ready, "READY=1")
             wait_pings(sock, 3)
@@ -350,17 +364,15 @@ def test_a_hung_scanner_thread_stops_the_watchdog_pings_until_it_runs_again(
             # ...and pings no more, while the loop itself and the uplink are well.
             during = sock.during(1.0)  # ten ping intervals
             assert not [m for m in during if ping(m)], during
-            assert loop.is_alive() and van.uplink.connected and van.uplink.health() == []
+            assert loop.thread.is_alive() and van.uplink.connected and van.uplink.health() == []
             assert van.health() and all("scanner reader" in p for p in van.health())
             beeper.release.set()  # the reader runs again: the pings resume
             sock.wait_for(ping, "WATCHDOG=1 after the reader ran again")
             assert van.health() == []
         finally:
             beeper.release.set()
-            control.request_stop()
-            loop.join(WAIT_S)
+            loop.stop()
             sock.close()
-    assert result == [0]
     assert [e.payload["parcel"] for e in beeper.confirmed_events] == [PARCELS[0]]
     with Journal(tmp_path / "van-1.db", "van-1") as journal:
         _prev, events = journal.read(0, 10)
@@ -410,15 +422,7 @@ def test_a_hung_locker_thread_stops_the_watchdog_pings_until_it_runs_again(
         )
         locker = LockerDevice(load_locker_config(config), screen)
         locker.start()
-        control = Control()
-        result: list[int] = []
-        loop = threading.Thread(
-            target=lambda: result.append(
-                run(locker, control, Notifier(sock.address), watchdog_s=0.1)
-            ),
-            name="service loop",
-        )
-        loop.start()
+        loop = ServiceLoop(locker, sock)
         try:
             sock.wait_for(ready, "READY=1")
             wait_pings(sock, 3)
@@ -430,16 +434,14 @@ def test_a_hung_locker_thread_stops_the_watchdog_pings_until_it_runs_again(
             # The badge is served on the controller's loop (between board polls): that is
             # what hangs, and what the STATUS names.
             assert "locker controller" in said["STATUS"]
-            assert loop.is_alive() and locker.health()
+            assert loop.thread.is_alive() and locker.health()
             screen.release.set()  # it runs again: the pings resume
             sock.wait_for(ping, "WATCHDOG=1 after the locker ran again")
             assert locker.health() == []
         finally:
             screen.release.set()
-            control.request_stop()
-            loop.join(WAIT_S)
+            loop.stop()
             sock.close()
-    assert result == [0]
 
 
 class Reloadable:
