@@ -171,3 +171,22 @@ def test_two_readers_or_binarizers_on_one_image_are_one_vote_in_the_fallback(
     decoder = Decoder(budget_ms=None)
     monkeypatch.setattr(decoder, "_thorough_attempts", attempts)
     assert decoder.decode(np.full((240, 320), 200, dtype=np.uint8)) == []
+
+
+def test_zbar_reads_no_qr_text_beyond_ascii_and_zxing_reads_it_instead() -> None:
+    """zbar guesses a QR's character set; where the text is not ASCII the guess decides it
+    (a glared QR of Japanese text came out as other characters). Its such reads are left
+    out; zxing-cpp, which follows the symbol's ECI, reads the text."""
+
+    def qr(text: str) -> Any:
+        image = zxingcpp.create_barcode(text, zxingcpp.BarcodeFormat.QRCode).to_image(scale=4)
+        return np.pad(np.asarray(image), 40, constant_values=255)
+
+    decoder = Decoder(budget_ms=None)
+    assert decoder._zbar is not None
+    foreign = qr("Grüße, 荷物 LM-1")
+    assert [r.text for r in decoder._zbar.read(foreign)] == ["Grüße, 荷物 LM-1"]  # zbar reads it
+    clock = _Budget(None, _Costs())
+    assert decoder._zbar_read(foreign, clock) == []  # but its read is not taken
+    assert [r.text for r in decoder._zbar_read(qr("LM-ASCII-1"), clock)] == ["LM-ASCII-1"]
+    assert [s.text for s in decoder.decode(foreign)] == ["Grüße, 荷物 LM-1"]

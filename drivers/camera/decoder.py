@@ -963,9 +963,14 @@ class Decoder:
     ) -> list[_Read]:
         """zbar's reads of ``image``, without the weakly checked linear ones it read with
         another text at the same place (`_disputed`) or, unless ``one_line``, that only one
-        of its scan lines decoded (`_ZBAR_MIN_LINES`). The thorough fallback takes one-line
-        reads: there a second image must read the same text anyway (`_thorough`), which
-        tells a misread from a code that blur left readable along one line only."""
+        of its scan lines decoded (`_ZBAR_MIN_LINES`); and without its QR reads whose text is
+        not ASCII: zbar turns a QR's bytes into text by guessing their character set (Shift_JIS
+        and others, where the symbol declares none), zxing-cpp by the standard's default and
+        the symbol's ECI, and where the guess decides the text, zbar's read of a glared QR
+        came out as another text of the same symbol (zxing-cpp's reads of it stand). The
+        thorough fallback takes one-line reads: there a second image must read the same text
+        anyway (`_thorough`), which tells a misread from a code that blur left readable along
+        one line only."""
         assert self._zbar is not None
         try:
             with clock.timing("zbar/rows" if rows_only else "zbar", image.size):
@@ -977,8 +982,11 @@ class Decoder:
         kept = [
             r
             for r in reads
-            if r.format not in _WEAK_CHECK
-            or ((one_line or (r.lines or 0) >= _ZBAR_MIN_LINES) and not _disputed(r, reads))
+            if not (r.format == "qrcode" and not r.text.isascii())
+            and (
+                r.format not in _WEAK_CHECK
+                or ((one_line or (r.lines or 0) >= _ZBAR_MIN_LINES) and not _disputed(r, reads))
+            )
         ]
         if len(kept) < len(reads):
             log.debug("zbar reads dropped %r", [r for r in reads if r not in kept])
