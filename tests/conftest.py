@@ -9,7 +9,8 @@ import os
 import re
 import secrets
 import sqlite3
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypedDict
 
@@ -54,6 +55,24 @@ class UplinkPatience(TypedDict):
     keepalive_s: int
     backoff_min_s: float
     backoff_max_s: float
+
+
+#: An uplink that notices a lost ack in 2 s and redials within a second.
+FAST_SYNC: UplinkPatience = {
+    "ack_timeout_s": 2.0,
+    "keepalive_s": 2,
+    "backoff_min_s": 0.1,
+    "backoff_max_s": 1.0,
+}
+
+
+def wait_until(predicate: Callable[[], object], what: str, timeout: float = 20.0) -> None:
+    """Until ``predicate()`` holds, looking every 50 ms; fails naming ``what`` after
+    ``timeout`` seconds (for state another process or thread changes without telling)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
 
 
 # --- PostgreSQL -------------------------------------------------------------------------------

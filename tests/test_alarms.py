@@ -10,10 +10,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,25 +31,14 @@ from simulators.lockboard import SimulatedLockBoards
 from simulators.webhooks import WebhookReceiver
 from sync.journal import Journal
 from sync.uplink import Uplink
-from tests.conftest import UplinkPatience, address
+from tests.conftest import FAST_SYNC, address, wait_until
 from tests.web import client
 
 ROOT = Path(__file__).resolve().parent.parent
 WAIT_S = 20.0
 OPERATOR_SECRET = b"operator-secret-0123456789"
-FAST_SYNC: UplinkPatience = {
-    "ack_timeout_s": 2.0,
-    "keepalive_s": 2,
-    "backoff_min_s": 0.1,
-    "backoff_max_s": 1.0,
-}
 
 
-def wait_until(predicate: Callable[[], object], what: str, timeout: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def http(url: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:

@@ -12,7 +12,7 @@ import os
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -27,17 +27,12 @@ from depot.webhooks import enqueue, retry_dead
 from simulators.broker import Broker
 from simulators.webhooks import WebhookReceiver
 from sync.mqtt import BrokerAddress
-from tests.conftest import address, depot_sql
+from tests.conftest import address, depot_sql, wait_until
 
 WAIT_S = 20.0
 SECRET = b"merchant-secret-0123456789"
 
 
-def wait_until(predicate: Callable[[], object], what: str, timeout: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def health(service: DepotService) -> tuple[int, dict[str, Any]]:

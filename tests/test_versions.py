@@ -11,8 +11,7 @@ import html
 import re
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -29,24 +28,13 @@ from sync.errors import WireError
 from sync.journal import Journal
 from sync.uplink import Uplink
 from sync.wire import decode_status, encode_status, status_topic
-from tests.conftest import UplinkPatience, address
+from tests.conftest import FAST_SYNC, address, wait_until
 from tests.web import client, signed_in
 
 ROOT = Path(__file__).resolve().parent.parent
 WAIT_S = 20.0
-FAST_SYNC: UplinkPatience = {
-    "ack_timeout_s": 2.0,
-    "keepalive_s": 2,
-    "backoff_min_s": 0.1,
-    "backoff_max_s": 1.0,
-}
 
 
-def wait_until(predicate: Callable[[], object], what: str, timeout: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def test_the_version_is_the_installed_distributions() -> None:
