@@ -12,7 +12,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-__all__ = ["DELIVERED_CODES", "FAILURE_REASONS", "X12_IN_LOCKER", "X12_RETURNED", "ReasonCodes"]
+__all__ = [
+    "DELIVERED_BY",
+    "DELIVERED_CODES",
+    "FAILURE_REASONS",
+    "X12_IN_LOCKER",
+    "X12_RETURNED",
+    "ReasonCodes",
+]
 
 #: X12 214 "available for pickup": a parcel waiting in a locker.
 X12_IN_LOCKER = "AU"
@@ -24,26 +31,49 @@ X12_RETURNED = "3"
 class ReasonCodes:
     """How one delivery outcome is named in UPU tracking, X12 214 and INOVERT.
 
-    ``inovert`` is None where INOVERT has no justification for it (docs/DELIVERY.md leaves it
-    blank rather than pick a near miss).
+    ``x12`` is the X12 214 shipment status (AT7-01, element 157) and ``x12_reason`` the status
+    reason that goes with it (AT7-02, element 1651; "NS" is X12's "normal status"). ``inovert``
+    is None where INOVERT has no justification for it (docs/DELIVERY.md leaves it blank rather
+    than pick a near miss). UPU's own non-delivery reason list is not in the field reference,
+    so only its event code (``upu``) is named.
     """
 
     upu: str
     x12: str
     inovert: str | None
     text: str
+    x12_reason: str = "NS"
 
 
 #: Every failure reason a van may report, with its codes (docs/DELIVERY.md, "Failure reasons").
 FAILURE_REASONS: Mapping[str, ReasonCodes] = MappingProxyType(
     {
-        "not_at_home": ReasonCodes("EMH", "AH", "REN|DAF", "recipient not at home"),
-        "no_access": ReasonCodes("EMH", "AH", None, "no access to the address"),
-        "address_not_found": ReasonCodes("EMH", "AH", "REN|CAD", "address not found"),
-        "refused": ReasonCodes("EMH", "AH", "REN|SNC", "refused by the recipient"),
-        "damaged": ReasonCodes("EMH", "AH", None, "parcel damaged"),
-        "business_closed": ReasonCodes("EMH", "AH", None, "business closed"),
+        "not_at_home": ReasonCodes("EMH", "AH", "REN|DAF", "recipient not at home", "AQ"),
+        "no_access": ReasonCodes("EMH", "AH", None, "no access to the address", "AG"),
+        "address_not_found": ReasonCodes("EMH", "AH", "REN|CAD", "address not found", "A5"),
+        "refused": ReasonCodes("EMH", "AH", "REN|SNC", "refused by the recipient", "BS"),
+        "damaged": ReasonCodes("EMH", "AH", None, "parcel damaged", "BG"),
+        "business_closed": ReasonCodes("EMH", "AH", None, "business closed", "B1"),
+        "no_safe_place": ReasonCodes(
+            "EMH", "AH", "REN|DAF", "recipient not at home and no safe place allowed", "AG"
+        ),
+        "age_check_failed": ReasonCodes("EMH", "AH", None, "no one of age could show an ID", "AG"),
+        "reschedule_requested": ReasonCodes(
+            "EMH", "AH", None, "the customer asked for another day", "AD"
+        ),
+        "card_left": ReasonCodes(
+            "EMH", "AH", "REN|DAF", "no one in: a card was left with a code", "A1"
+        ),
     }
 )
-#: A delivered parcel's codes.
-DELIVERED_CODES = ReasonCodes("EMI", "D", "LIV|CFM", "delivered")
+#: A delivered parcel's codes, by whom it was handed to (`parcel_delivered`'s `to`): X12's
+#: "indirect delivery" (A3) where it did not go into the recipient's own hands.
+DELIVERED_BY: Mapping[str, ReasonCodes] = MappingProxyType(
+    {
+        "recipient": ReasonCodes("EMI", "D", "LIV|CFM", "delivered"),
+        "neighbour": ReasonCodes("EMI", "D", "LIV|CFM", "delivered to a neighbour", "A3"),
+        "safe_place": ReasonCodes("EMI", "D", "LIV|CFM", "left at the safe place", "A3"),
+    }
+)
+#: A delivered parcel's codes (into the recipient's hands).
+DELIVERED_CODES = DELIVERED_BY["recipient"]
