@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from parcel.care import NO_PREFERENCES, Care, CareError
 from parcel.errors import ParcelError
 
 MANIFEST_VERSION = 1
@@ -63,6 +64,13 @@ class Stop:
     instructions: str = ""
     locker: str | None = None
     collect: tuple[LockerReturn, ...] = ()
+    care: Mapping[str, Care] = field(default_factory=dict)
+    access_code: str = ""
+
+    def care_of(self, parcel: str) -> Care:
+        """The parcel's care (docs/DELIVERY.md): the depot's, or :data:`NO_PREFERENCES` when
+        the manifest names none for it (a depot older than care)."""
+        return self.care.get(parcel, NO_PREFERENCES)
 
     def to_doc(self) -> dict[str, Any]:
         return {
@@ -77,6 +85,8 @@ class Stop:
             "locker": self.locker,
             "parcels": list(self.parcels),
             "collect": [c.to_doc() for c in self.collect],
+            "care": {p: c.to_doc() for p, c in self.care.items()},
+            "access_code": self.access_code,
         }
 
 
@@ -260,6 +270,7 @@ def _stop(doc: Any, expected: int) -> Stop:
     if kind == "locker" and not (isinstance(locker, str) and locker):
         raise ManifestError(f"stop {expected}: a locker stop must name its locker")
     collect = _collect(doc.get("collect"), expected)
+    care = _care(doc.get("care"), expected, parcels)
     if collect and kind != "locker":
         raise ManifestError(f"stop {expected}: only a locker stop collects parcels")
     return Stop(
@@ -274,7 +285,26 @@ def _stop(doc: Any, expected: int) -> Stop:
         locker=locker if isinstance(locker, str) and locker else None,
         parcels=tuple(parcels),
         collect=collect,
+        care=care,
+        access_code=_text(doc, "access_code"),
     )
+
+
+def _care(raw: Any, stop: int, parcels: Sequence[str]) -> dict[str, Care]:
+    """A stop's `care`: each of its parcels' preferences (absent or null: none known)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise ManifestError(f"stop {stop}: care must be an object keyed by parcel id")
+    out = {}
+    for parcel, doc in raw.items():
+        if parcel not in parcels:
+            raise ManifestError(f"stop {stop}: care names {parcel}, which is not due there")
+        try:
+            out[parcel] = Care.from_doc(doc)
+        except CareError as exc:
+            raise ManifestError(f"stop {stop}: care of {parcel}: {exc}") from None
+    return out
 
 
 def _collect(raw: Any, stop: int) -> tuple[LockerReturn, ...]:

@@ -806,18 +806,25 @@ def test_the_policy_refuses_to_guess() -> None:
 
 
 def test_reason_codes_follow_the_delivery_contract() -> None:
-    inovert = {
-        "not_at_home": "REN|DAF",
-        "no_access": None,
-        "address_not_found": "REN|CAD",
-        "refused": "REN|SNC",
-        "damaged": None,
-        "business_closed": None,
+    # (INOVERT, X12 214 status reason) of each failure, as docs/DELIVERY.md's table says.
+    table = {
+        "not_at_home": ("REN|DAF", "AQ"),
+        "no_access": (None, "AG"),
+        "address_not_found": ("REN|CAD", "A5"),
+        "refused": ("REN|SNC", "BS"),
+        "damaged": (None, "BG"),
+        "business_closed": (None, "B1"),
+        "no_safe_place": ("REN|DAF", "AG"),
+        "age_check_failed": (None, "AG"),
+        "reschedule_requested": (None, "AD"),
+        "card_left": ("REN|DAF", "A1"),
     }
-    assert list(FAILURE_REASONS) == list(inovert)
+    assert list(FAILURE_REASONS) == list(table)
     for reason, codes in FAILURE_REASONS.items():
-        assert (codes.upu, codes.x12, codes.inovert) == ("EMH", "AH", inovert[reason])
+        got = (codes.upu, codes.x12, codes.inovert, codes.x12_reason)
+        assert got == ("EMH", "AH", *table[reason])
         assert codes.text
     assert ReasonCodes("EMI", "D", "LIV|CFM", "delivered") == DELIVERED_CODES
+    assert DELIVERED_CODES.x12_reason == "NS"
     with pytest.raises(TypeError):
         FAILURE_REASONS["lost"] = DELIVERED_CODES  # type: ignore[index]
