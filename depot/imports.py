@@ -78,6 +78,7 @@ from urllib.parse import urlsplit
 
 from depot.errors import DepotError
 from depot.policy import LOCKER_SIZES
+from parcel.care import Care, CareError
 from parcel.identify import (
     KINDS,
     Kind,
@@ -88,6 +89,8 @@ from parcel.identify import (
 )
 
 __all__ = [
+    "DEFAULT_VOLUME_L",
+    "DEFAULT_WEIGHT_KG",
     "FIELD_NAMES",
     "REQUIRED_FIELDS",
     "ImportFormat",
@@ -123,6 +126,11 @@ REQUIRED_FIELDS = ("parcel", "recipient", "address", "lat", "lon", "merchant", "
 
 _ALIASES = {alias: name for name, aliases in FIELD_NAMES.items() for alias in aliases}
 _DEFAULT_SIZE = "S"
+#: A parcel's weight when the import gives none (kg): a typical e-commerce parcel.
+DEFAULT_WEIGHT_KG = 2.0
+#: A parcel's volume when the import gives none (litres), by locker size: about half of the
+#: compartment it fits (InPost A 8x38x64 cm is 19.5 l, B 46 l, C 100 l; field reference 5).
+DEFAULT_VOLUME_L: Mapping[str, float] = MappingProxyType({"S": 10.0, "M": 23.0, "L": 50.0})
 _TRUE = frozenset({"true", "yes", "y", "1"})
 _FALSE = frozenset({"false", "no", "n", "0"})
 _TIME = re.compile(r"([0-9]{1,2}):([0-9]{2})")
@@ -166,6 +174,16 @@ class ParcelRecord:
     customer_webhook: str | None = None
     size: str = _DEFAULT_SIZE
     locker_ok: bool = True
+    care: Care = field(default_factory=Care.default)
+    access_code: str = ""
+    weight_kg: float = DEFAULT_WEIGHT_KG
+    volume_l: float | None = None
+
+    @property
+    def volume(self) -> float:
+        """Litres the parcel takes in a vehicle: its own, else :data:`DEFAULT_VOLUME_L` of its
+        locker size."""
+        return self.volume_l if self.volume_l is not None else DEFAULT_VOLUME_L[self.size]
 
     def to_doc(self) -> dict[str, Any]:
         """A JSON-ready dict for storage; :meth:`from_doc` reads it back."""
@@ -184,6 +202,10 @@ class ParcelRecord:
             "customer_webhook": self.customer_webhook,
             "size": self.size,
             "locker_ok": self.locker_ok,
+            "care": self.care.to_doc(),
+            "access_code": self.access_code,
+            "weight_kg": self.weight_kg,
+            "volume_l": self.volume_l,
         }
 
     @classmethod
@@ -223,6 +245,18 @@ class ParcelRecord:
         size = doc.get("size", _DEFAULT_SIZE)
         if size not in LOCKER_SIZES:
             raise ParcelImportError(f"stored parcel record: size {size!r} is not S, M or L")
+        try:
+            care = Care.from_doc(doc.get("care") or {})  # records from before care: the default
+        except CareError as exc:
+            raise ParcelImportError(f"stored parcel record: {exc}") from None
+        weight = doc.get("weight_kg", DEFAULT_WEIGHT_KG)
+        volume = doc.get("volume_l")
+        if not isinstance(weight, int | float) or isinstance(weight, bool) or not weight > 0:
+            raise ParcelImportError("stored parcel record: weight_kg must be a positive number")
+        if volume is not None and (
+            not isinstance(volume, int | float) or isinstance(volume, bool) or not volume > 0
+        ):
+            raise ParcelImportError("stored parcel record: volume_l must be a positive number")
         return cls(
             id=text("id"),
             raw=text("raw"),
@@ -238,6 +272,10 @@ class ParcelRecord:
             customer_webhook=text("customer_webhook", optional=True),
             size=size,
             locker_ok=locker_ok,
+            care=care,
+            access_code=text("access_code", optional=True) or "",
+            weight_kg=float(weight),
+            volume_l=None if volume is None else float(volume),
         )
 
 
