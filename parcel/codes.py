@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 __all__ = [
+    "CARD_LEFT_FOR",
     "DELIVERED_BY",
     "DELIVERED_CODES",
     "FAILURE_REASONS",
@@ -64,6 +65,20 @@ FAILURE_REASONS: Mapping[str, ReasonCodes] = MappingProxyType(
         "card_left": ReasonCodes(
             "EMH", "AH", "REN|DAF", "no one in: a card was left with a code", "A1"
         ),
+    }
+)
+#: Failures after which the courier leaves a card ("sorry we missed you") with a code the customer
+#: can use to choose what happens next: the parcel could have been handed over had someone been
+#: there. Not after a refusal, a damaged parcel, an address not found or a customer who asked
+#: for another day face to face.
+CARD_LEFT_FOR = frozenset(
+    {
+        "not_at_home",
+        "no_access",
+        "business_closed",
+        "no_safe_place",
+        "age_check_failed",
+        "card_left",
     }
 )
 #: A delivered parcel's codes, by whom it was handed to (`parcel_delivered`'s `to`): X12's
