@@ -6,7 +6,12 @@ makes a fleet reconnect in lock-step after a depot outage; here every wait is dr
 from the upper half of an exponentially growing window ("equal jitter").
 
 It runs paho's network loop in one thread of its own; every callback (connected, message,
-tick) runs in that thread, so the owner's state needs no locks against the network.
+tick) runs in that thread, so the owner's state needs no locks against the network. That thread
+is also the only one that touches the socket: a `client.publish()` from any other thread (the
+depot's logistics publishing manifests) only queues the packet and wakes the loop. paho, run
+without its own `loop_start()` thread, would otherwise write on the caller's thread, and two
+threads in one TLS connection at once corrupt OpenSSL's state: the simulated day died now and
+then with "free(): corrupted unsorted chunks" in `SSL_free` until this was so.
 
 "Connected" means "will receive": the session subscribes to its owner's topics itself and says
 it is connected only once the broker has acknowledged them (SUBACK). A broker drops a message
@@ -45,6 +50,10 @@ _SUBSCRIBING = "subscribing at the broker"
 # bad user name or password, not authorized, bad authentication method; paho reports a v3.1.1
 # broker's return codes 4 and 5 as the first two).
 _CREDENTIALS_REFUSED = frozenset({0x86, 0x87, 0x8C})
+
+
+def _loop_writes(_client: mqtt.Client, _userdata: Any, _sock: Any) -> None:
+    """paho's write hook: nothing to do, the network thread's loop writes what is queued."""
 
 
 @dataclass(frozen=True)
@@ -184,6 +193,10 @@ class MqttSession:
         c.on_disconnect = self._handle_disconnect
         c.on_message = self._handle_message
         c.on_subscribe = self._handle_subscribe
+        # Any registered "socket wants writing" hook makes paho queue every outgoing packet for
+        # the loop instead of writing it on the publishing thread (module docstring); the loop
+        # itself already selects for writing whenever packets wait, so the hook does nothing.
+        c.on_socket_register_write = _loop_writes
         self.client = c
 
     # --- lifecycle -------------------------------------------------------------------------
