@@ -10,7 +10,9 @@ killed at any instant comes back with exactly the round its journal tells.
 Must never: tell the courier anything is done before its event is committed; run a manifest
 older than the one it runs, or another van's; journal an outcome the courier's input does not
 support (a handover without a name, a safe place without a photo, a handover without the
-parcel's scan or the courier's reason for none); record a proof of delivery with a hole (no
+parcel's scan or the courier's reason for none, a signature without the signer's name);
+record as delivered a handover the parcel's care forbids (it is journaled as
+`outcome_refused` instead); keep an ID's number; record a proof of delivery with a hole (no
 scan and no reason, no fix and no reason: `DeliveryRound._pod`); talk to the broker (the
 uplink drains the journal; the depot reads `manifest_applied` as the van's acknowledgement).
 """
@@ -32,7 +34,11 @@ from drivers.errors import DriverError
 from drivers.photo import Jpeg
 from drivers.scanner import Scan
 from edge.errors import EdgeError
-from parcel.codes import DELIVERED_CODES, FAILURE_REASONS
+from edge.signature import CONTENT_TYPE as SIGNATURE_TYPE
+from edge.signature import Signature, SignatureError
+from parcel.cards import new_card_code
+from parcel.care import REFUSALS, Care, CareError, IdCheck
+from parcel.codes import CARD_LEFT_FOR, DELIVERED_BY, FAILURE_REASONS
 from parcel.geo import distance_m
 from parcel.identify import Rejection, identify
 from parcel.manifest import Manifest, ManifestError, Stop
@@ -63,6 +69,7 @@ ROUND_ENDED = "round_ended"
 PARCEL_RETURNED_TO_DEPOT = "parcel_returned_to_depot"
 RETURN_REFUSED = "return_refused"
 DAY_CLOSED = "day_closed"
+OUTCOME_REFUSED = "outcome_refused"  # a handover the parcel's care forbids: nothing delivered
 SCAN_REJECTED = "scan_rejected"  # an unreadable label, as the plain scan desk records it
 
 #: A fix further than this from the stop's coordinates marks the proof of delivery `far`.
@@ -86,6 +93,7 @@ NO_POSITION = "no_position"
 
 
 DELIVERED_TO = ("recipient", "neighbour", "safe_place")
+
 
 # Phases of a round. `idle`: no manifest yet; `closed`: the day is reconciled. In both a scan
 # is a load scan without a manifest.
@@ -141,6 +149,11 @@ class RoundError(EdgeError):
 
 class InvalidOutcome(RoundError):
     """An outcome the courier's input does not support (no name, no photo, unknown reason)."""
+
+
+class PreferenceRefused(RoundError):
+    """A handover the parcel's care forbids (`reason` is a parcel.care.REFUSALS key); the
+    refusal is journaled (`outcome_refused`), the parcel is not delivered."""
 
 
 class NotRecorded(RoundError):
@@ -265,6 +278,45 @@ def _no_scan(value: object) -> str | None:
     if reason is not None and reason not in NO_SCAN_REASONS:
         raise InvalidOutcome("bad_no_scan", f"no_scan must be one of {', '.join(NO_SCAN_REASONS)}")
     return reason
+
+
+def care_notes(care: Care) -> list[str]:
+    """What the courier must know of a parcel's care, in a few words each (the stop's screen).
+
+    Everything that limits the handover is named; a safe place only when one may be used."""
+    notes = []
+    if care.needs_signature:
+        notes.append("signature")
+    if care.age_min is not None:
+        notes.append(f"ID {care.age_min}+")
+    if not care.neighbour:
+        notes.append("no neighbour")
+    if care.safe_place and not care.needs_signature:
+        note = care.safe_place_note.strip()
+        notes.append(f"safe place: {note}" if note else "safe place allowed")
+    else:
+        notes.append("no safe place")
+    if care.locker_instead:
+        notes.append("customer prefers a locker")
+    return notes
+
+
+def _signature(value: object) -> Signature | None:
+    if value is None:
+        return None
+    try:
+        return Signature.from_doc(value)
+    except SignatureError as exc:
+        raise InvalidOutcome("bad_signature", str(exc)) from None
+
+
+def _id_check(value: object) -> IdCheck | None:
+    if value is None:
+        return None
+    try:
+        return IdCheck.from_doc(value)
+    except CareError as exc:
+        raise InvalidOutcome("bad_id_check", str(exc)) from None
 
 
 class DeliveryRound:
@@ -852,7 +904,26 @@ class DeliveryRound:
             collect = [c.parcel for c in where.collect]
             if collect:
                 say += f"; collect {len(collect)} expired: badge in, #2"
-            self._tell("ok", say, event, due=due_ids, collect=collect)
+            # What the door needs, on the screen before the first parcel comes out: the
+            # building's code and instructions, and each parcel's care (only parcels the
+            # manifest names a care for: an older depot's parcels show as before).
+            care = {p: care_notes(where.care[p]) for p in due_ids if p in where.care}
+            if where.access_code:
+                say += f"; access code {where.access_code}"
+            if where.instructions:
+                say += f"; {where.instructions}"
+            for p, notes in care.items():
+                say += f"; {p}: {', '.join(notes)}"
+            self._tell(
+                "ok",
+                say,
+                event,
+                due=due_ids,
+                collect=collect,
+                instructions=where.instructions,
+                access_code=where.access_code,
+                care=care,
+            )
             return event
 
     def _stop_here(self) -> Stop:
@@ -993,34 +1064,71 @@ class DeliveryRound:
         neighbour_address: str | None = None,
         photo: str | None = None,
         no_scan: str | None = None,
+        signature: Mapping[str, Any] | None = None,
+        signed_by: str | None = None,
+        id_check: Mapping[str, Any] | None = None,
     ) -> Event:
         """Handed over (or left in a safe place); the proof the courier must give comes first.
 
         That proof includes the parcel's scan at this visit, or the courier's `no_scan`
         reason (NO_SCAN_REASONS) when its label cannot be read: a handover is never recorded
-        on a typed id alone."""
+        on a typed id alone. A `signature` (the screen's strokes, edge.signature) comes with
+        the signer's printed name `signed_by`, which is also the `name` when none is given;
+        an `id_check` is the ID's type and year of birth (parcel.care.IdCheck), never its
+        number.
+
+        Before anything is recorded the parcel's care is asked (`Stop.care_of(...).refusal`,
+        in the van clock's UTC year): a handover it forbids is journaled as `outcome_refused`
+        and raises PreferenceRefused; the parcel stays on the van, not delivered."""
         no_scan = _no_scan(no_scan)
         name = _clean(name, "name")
         neighbour_address = _clean(neighbour_address, "neighbour_address")
         photo = _clean(photo, "photo")
+        signed_by = _clean(signed_by, "signed_by")
         if to not in DELIVERED_TO:
             raise InvalidOutcome("bad_to", f"to must be one of {', '.join(DELIVERED_TO)}")
-        if to == "recipient" and name is None:
-            raise InvalidOutcome("name_missing", "handed to the recipient: whose name?")
-        if to == "neighbour" and (name is None or neighbour_address is None):
+        strokes = _signature(signature)
+        checked = _id_check(id_check)
+        if strokes is not None and signed_by is None:
+            raise InvalidOutcome("signer_missing", "signed: the signer's printed name is needed")
+        if strokes is None and signed_by is not None:
             raise InvalidOutcome(
-                "neighbour_missing", "left with a neighbour: their name and address are needed"
+                "signature_missing", "signed_by without a signature: the signer signs first"
             )
-        if to != "neighbour" and neighbour_address is not None:
+        if to == "safe_place" and (strokes is not None or checked is not None):
             raise InvalidOutcome(
-                "bad_input", "neighbour_address is only for a parcel left with a neighbour"
+                "bad_input", "left in a safe place: nobody there to sign or show an ID"
             )
-        if to == "safe_place" and photo is None:
-            raise InvalidOutcome("photo_missing", "left in a safe place: a photo is needed")
+        if name is None:
+            name = signed_by
         with self._lock:
             stop, row = self._outcome_target(parcel, locker_stop=False, allowed=(None, FAILED))
+            care = stop.care_of(parcel)
+            refused = care.refusal(
+                to, signed=strokes is not None, id_check=checked, year=self._utc_year()
+            )
+            if refused is not None:
+                self._refuse_outcome(parcel, stop, to, refused, care)
+            if to == "recipient" and name is None:
+                raise InvalidOutcome("name_missing", "handed to the recipient: whose name?")
+            if to == "neighbour" and (name is None or neighbour_address is None):
+                raise InvalidOutcome(
+                    "neighbour_missing", "left with a neighbour: their name and address are needed"
+                )
+            if to != "neighbour" and neighbour_address is not None:
+                raise InvalidOutcome(
+                    "bad_input", "neighbour_address is only for a parcel left with a neighbour"
+                )
+            if to == "safe_place" and photo is None:
+                raise InvalidOutcome("photo_missing", "left in a safe place: a photo is needed")
             no_scan = self._unscanned_reason(row, stop, no_scan, required=True)
             picture, store = self._photo(photo)
+            signed: dict[str, Any] | None = None
+            if strokes is not None:
+                ref, statement = self._photo_outbox.statement(strokes.to_bytes(), SIGNATURE_TYPE)
+                signed = ref.as_payload()
+                store.append(statement)
+            codes = DELIVERED_BY[to]
             payload = {
                 "parcel": parcel,
                 "stop": stop.stop,
@@ -1029,8 +1137,12 @@ class DeliveryRound:
                 "neighbour_address": neighbour_address,
                 "photo": picture,
                 "pod": self._pod(row, stop, picture, no_scan),
-                "upu": DELIVERED_CODES.upu,
-                "x12": DELIVERED_CODES.x12,
+                "upu": codes.upu,
+                "x12": codes.x12,
+                "x12_reason": codes.x12_reason,
+                "signature": signed,
+                "signed_by": signed_by,
+                "id_check": checked.to_doc() if checked is not None else None,
             }
             (event,) = self._courier_commit(
                 [(PARCEL_DELIVERED, payload)],
@@ -1039,13 +1151,50 @@ class DeliveryRound:
                     *store,
                 ],
             )
-            self._tell_outcome(event, f"delivered ({to.replace('_', ' ')})")
+            say = f"delivered ({to.replace('_', ' ')})"
+            if signed_by is not None:
+                say += f", signed by {signed_by}"
+            if checked is not None:
+                say += f", ID checked ({checked.id_type.replace('_', ' ')}, {checked.birth_year})"
+            self._tell_outcome(event, say)
             return event
+
+    def _utc_year(self) -> int:
+        """The year by the van's clock, in UTC: the year an ID's holder is old enough in."""
+        return dt.datetime.fromtimestamp(self._clock.wall_ns() / 1e9, dt.UTC).year
+
+    def _refuse_outcome(self, parcel: str, stop: Stop, to: str, reason: str, care: Care) -> None:
+        """Journal a handover the parcel's care forbids, tell the courier, raise the refusal.
+
+        The event changes nothing on the van or at the depot: it is the record that the
+        courier tried (the depot counts refusals), so a forbidden handover never goes unseen."""
+        text = REFUSALS[reason]
+        (event,) = self._courier_commit(
+            [
+                (
+                    OUTCOME_REFUSED,
+                    {
+                        "parcel": parcel,
+                        "stop": stop.stop,
+                        "to": to,
+                        "reason": reason,
+                        "care": care.to_doc(),
+                    },
+                )
+            ],
+        )
+        self._tell("refuse", f"NOT delivered: {text}", event)
+        raise PreferenceRefused(reason, text)
 
     def fail(
         self, parcel: str, reason: str, photo: str | None = None, no_scan: str | None = None
     ) -> Event:
-        """A failed attempt; the parcel stays on the van (another stop, a locker, or back)."""
+        """A failed attempt; the parcel stays on the van (another stop, a locker, or back).
+
+        After a failure someone could have taken the parcel (parcel.codes.CARD_LEFT_FOR) at
+        an address, the courier leaves a card: the van makes its code (`card`, shown to be
+        written on it), which the customer uses to choose what happens next. An
+        `age_check_failed` is only for a parcel whose care asks for an age."""
         no_scan = _no_scan(no_scan)
         photo = _clean(photo, "photo")
         codes = FAILURE_REASONS.get(reason) if isinstance(reason, str) else None
@@ -1055,15 +1204,22 @@ class DeliveryRound:
             )
         with self._lock:
             stop, row = self._outcome_target(parcel, locker_stop=False, allowed=(None, FAILED))
+            if reason == "age_check_failed" and stop.care_of(parcel).age_min is None:
+                raise InvalidOutcome(
+                    "bad_reason", f"{parcel} has no age limit: age_check_failed does not apply"
+                )
             no_scan = self._unscanned_reason(row, stop, no_scan, required=False)
             picture, store = self._photo(photo)
+            card = new_card_code() if reason in CARD_LEFT_FOR and stop.kind == "address" else None
             payload = {
                 "parcel": parcel,
                 "stop": stop.stop,
                 "reason": reason,
                 "upu": codes.upu,
                 "x12": codes.x12,
+                "x12_reason": codes.x12_reason,
                 "attempt": row.failures + 1,
+                "card": card,
                 "pod": self._pod(row, stop, picture, no_scan),
             }
             (event,) = self._courier_commit(
@@ -1076,7 +1232,10 @@ class DeliveryRound:
                     *store,
                 ],
             )
-            self._tell_outcome(event, f"not delivered: {reason.replace('_', ' ')}")
+            say = f"not delivered: {reason.replace('_', ' ')}"
+            if card is not None:
+                say += f"; card: {card}"
+            self._tell_outcome(event, say)
             return event
 
     def redirect(
@@ -1287,6 +1446,12 @@ class DeliveryRound:
                 doc["due_here"] = self._in_manifest_order(
                     {r.parcel for r in rows if r.on_van and self._due_here(r, where)}
                 )
+                # The door's notes again, for a screen drawn afresh (a restarted handheld).
+                doc["access_code"] = where.access_code
+                doc["instructions"] = where.instructions
+                doc["care"] = {
+                    p: care_notes(where.care[p]) for p in doc["due_here"] if p in where.care
+                }
             return doc
 
     def progress(self) -> RoundProgress | None:
@@ -1363,7 +1528,17 @@ def _photo_file(spec: str) -> Jpeg:
 _COURIER_FIELDS: Mapping[str, tuple[str, ...]] = {
     "depart": (),
     "arrive": ("stop",),
-    "deliver": ("parcel", "to", "name", "neighbour_address", "photo", "no_scan"),
+    "deliver": (
+        "parcel",
+        "to",
+        "name",
+        "neighbour_address",
+        "photo",
+        "no_scan",
+        "signature",
+        "signed_by",
+        "id_check",
+    ),
     "fail": ("parcel", "reason", "photo", "no_scan"),
     "redirect": ("parcel", "locker", "photo", "no_scan"),
     "drop": ("parcel", "photo", "no_scan"),

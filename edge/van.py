@@ -61,8 +61,9 @@ log = logging.getLogger("edge.van")
 
 PARCEL_SCANNED = "parcel_scanned"
 MANIFEST_COMMAND = "manifest"
-#: A courier input line longer than this is refused whole (nobody types 64 KiB).
-MAX_COURIER_LINE = 64 * 1024
+#: A courier input line longer than this is refused whole (nobody types 256 KiB; a signature's
+#: strokes, at most 64 KiB canonical, come in one line with whatever spacing the screen uses).
+MAX_COURIER_LINE = 256 * 1024
 SYNC_SETTINGS = frozenset(
     {
         "batch_events",

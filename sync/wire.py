@@ -504,6 +504,9 @@ PHOTO_CONTENT_TYPE = "application/vnd.lastmile.photo-chunk.v1"
 MAX_PHOTO_BYTES = 1024 * 1024  # the depot refuses a photo larger than this (ours are ≤ 100 KB)
 MAX_CHUNK_BYTES = 64 * 1024
 _MAX_CHUNK_HEADER = 1024
+#: A signature's strokes (docs/DELIVERY.md) travel like a photo, as this content type; any
+#: other non-image type is refused.
+SIGNATURE_CONTENT_TYPE = "application/vnd.lastmile.signature+json"
 
 
 def photo_topic(device: str) -> str:
@@ -564,8 +567,10 @@ def decode_photo_chunk(payload: bytes) -> PhotoChunk:
         raise WireError(f"photo chunk of {len(data)} bytes (1 to {MAX_CHUNK_BYTES} allowed)")
     if offset < 0 or offset + len(data) > total:
         raise WireError(f"photo chunk {offset}+{len(data)} lies outside the photo's {total} bytes")
-    if not content_type.startswith("image/") or len(content_type) > 64:
-        raise WireError(f"photo content type {content_type!r} is not an image type")
+    if (
+        not content_type.startswith("image/") or len(content_type) > 64
+    ) and content_type != SIGNATURE_CONTENT_TYPE:
+        raise WireError(f"photo content type {content_type!r} is not an image or a signature")
     return PhotoChunk(sha, offset, total, content_type, bytes(data))
 
 
@@ -625,7 +630,12 @@ MAX_COMMAND_HOURS = 14 * 24.0  # a hold or reservation longer than two weeks is 
 #: A person's command (from the console) names who asked (`by`) and why (`reason`): both travel
 #: signed and the locker journals them with the command's answer.
 LOCKER_COMMANDS: Mapping[str, tuple[tuple[str, str, bool], ...]] = {
-    "reserve": (("parcel", "text", True), ("size", "size", False), ("hours", "hours", False)),
+    # `card_tag`: for a staffed counter, the parcel's card code and surname as a tag
+    # (parcel.cards.card_tag), so the customer may collect with the card; a locker ignores it.
+    "reserve": (
+        ("parcel", "text", True), ("size", "size", False), ("hours", "hours", False),
+        ("card_tag", "tag", False),
+    ),
     "extend_hold": (
         ("parcel", "text", True), ("hours", "hours", True), ("by", "text", False),
         ("reason", "text", False),
@@ -637,7 +647,17 @@ LOCKER_COMMANDS: Mapping[str, tuple[tuple[str, str, bool], ...]] = {
     "set_in_service": (
         ("compartment", "text", True), ("reason", "text", True), ("by", "text", False),
     ),
+    # A customer's return the locker is to take in (docs/DELIVERY.md, "Customer returns"):
+    # the return's id and size, and only the hashes of its code and QR (sync.return_codes)
+    # under the locker's return salt; `hours` is how long the code opens a door.
+    "expect_return": (
+        ("parcel", "text", True), ("size", "size", True), ("salt", "text", True),
+        ("code_hash", "text", True), ("qr_hash", "text", True), ("hours", "hours", True),
+    ),
 }
+
+
+_HEX = frozenset("0123456789abcdef")
 
 
 def check_command(action: str, args: Mapping[str, Any]) -> dict[str, Any]:
@@ -660,6 +680,10 @@ def check_command(action: str, args: Mapping[str, Any]) -> dict[str, Any]:
         value = args[name]
         if kind == "text" and not (isinstance(value, str) and value and value.isprintable()):
             raise WireError(f"{action}: {name} must be non-empty text")
+        if kind == "tag" and not (
+            isinstance(value, str) and len(value) == 64 and all(c in _HEX for c in value)
+        ):
+            raise WireError(f"{action}: {name} must be 64 lowercase hex digits")
         if kind == "size" and value not in COMMAND_SIZES:
             raise WireError(f"{action}: size must be one of {', '.join(COMMAND_SIZES)}")
         if kind == "hours" and (

@@ -292,6 +292,12 @@ def test_each_way_of_delivering_is_recorded_with_its_codes(
     assert neighbour.payload["to"] == "neighbour"
     assert neighbour.payload["neighbour_address"] == "Damrak 3"
     assert (neighbour.payload["upu"], neighbour.payload["x12"]) == ("EMI", "D")
+    assert neighbour.payload["x12_reason"] == "A3"  # indirect: not into the recipient's hands
+    assert {k: neighbour.payload[k] for k in ("signature", "signed_by", "id_check")} == {
+        "signature": None,
+        "signed_by": None,
+        "id_check": None,
+    }
     shot = write_doorstep_jpeg(tmp_path / "DCIM" / "IMG_7781.jpg", seed=7781)
     safe = rnd.deliver(P2, to="safe_place", photo=str(shot))
     photo = safe.payload["photo"]
@@ -389,16 +395,22 @@ def test_failures_carry_codes_and_count_attempts(journal: Journal) -> None:
     rnd.arrive(1)
     first = rnd.fail(P1, "not_at_home")
     assert first.kind == "delivery_failed"
-    assert {k: first.payload[k] for k in ("parcel", "stop", "reason", "upu", "x12", "attempt")} == {
+    assert {
+        k: first.payload[k]
+        for k in ("parcel", "stop", "reason", "upu", "x12", "x12_reason", "attempt")
+    } == {
         "parcel": P1,
         "stop": 1,
         "reason": "not_at_home",
         "upu": "EMH",
         "x12": "AH",
+        "x12_reason": "AQ",
         "attempt": 1,
     }
+    assert len(first.payload["card"]) == 9  # nobody home: a card with its code is left
     second = rnd.fail(P1, "refused")
     assert second.payload["attempt"] == 2
+    assert (second.payload["x12_reason"], second.payload["card"]) == ("BS", None)
     for reason, codes in FAILURE_REASONS.items():
         assert (codes.upu, codes.x12) == ("EMH", "AH"), reason
     # The door opens after all: a failed parcel can still be delivered at its stop.
