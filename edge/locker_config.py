@@ -106,6 +106,41 @@ def _camera_source(section: dict[str, Any]) -> int | str:
         raise LockerConfigError(f"[camera] {exc}") from exc
 
 
+def read_broker(
+    doc: dict[str, Any], base: Path, device_id: str, where: str
+) -> BrokerAddress | None:
+    """A device file's ``[broker]`` section (None: there is none), as a locker and a staffed
+    counter both write it; paths are relative to the file's folder, `base`. KeyError for a
+    missing ``port`` (the caller names the file); LockerConfigError for what else is wrong."""
+    if "broker" not in doc:
+        return None
+    b = doc["broker"]
+    password = b.get("password")
+    if "password_file" in b:
+        password = (base / b["password_file"]).read_text().strip()
+    password = password or os.environ.get("LASTMILE_MQTT_PASSWORD")
+    try:
+        tls_cert, tls_key = tls_client_files(base, b)
+    except ValueError as exc:
+        raise LockerConfigError(f"{where}: {exc}") from None
+    if not password and tls_cert is None:  # a client certificate names the device
+        raise LockerConfigError("broker password missing")
+    return BrokerAddress(
+        str(b.get("host", "127.0.0.1")),
+        int(b["port"]),
+        str(b.get("username", device_id)),
+        password or "",
+        tls_ca=str(base / b["ca_file"]) if "ca_file" in b else None,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+    )
+
+
+def read_key(text: str) -> bytes:
+    """A base64 key of the ``[depot]`` section (sealing key, command keys)."""
+    return _key(text)
+
+
 def load_locker_config(path: str | os.PathLike[str]) -> LockerConfig:
     """Read a locker's TOML file (see README for an example)."""
     base = Path(path).parent
@@ -132,28 +167,7 @@ def load_locker_config(path: str | os.PathLike[str]) -> LockerConfig:
             CompartmentSpec(str(c["id"]), int(c["board"]), int(c["lock"]), str(c["size"]))
             for c in doc["compartments"]
         ]
-        broker = None
-        if "broker" in doc:
-            b = doc["broker"]
-            password = b.get("password")
-            if "password_file" in b:
-                password = (base / b["password_file"]).read_text().strip()
-            password = password or os.environ.get("LASTMILE_MQTT_PASSWORD")
-            try:
-                tls_cert, tls_key = tls_client_files(base, b)
-            except ValueError as exc:
-                raise LockerConfigError(f"locker config {path}: {exc}") from None
-            if not password and tls_cert is None:  # a client certificate names the locker
-                raise LockerConfigError("broker password missing")
-            broker = BrokerAddress(
-                str(b.get("host", "127.0.0.1")),
-                int(b["port"]),
-                str(b.get("username", device_id)),
-                password or "",
-                tls_ca=str(base / b["ca_file"]) if "ca_file" in b else None,
-                tls_cert=tls_cert,
-                tls_key=tls_key,
-            )
+        broker = read_broker(doc, base, device_id, f"locker config {path}")
         depot = doc.get("depot", {})
         log = doc.get("log", {})
         if not isinstance(log, dict) or set(log) - {"level"}:

@@ -225,6 +225,24 @@ def _locker(args: argparse.Namespace) -> int:
     return _run_device("locker", make)
 
 
+def _counter(args: argparse.Namespace) -> int:
+    from edge.counter import CounterDevice
+    from edge.counter_config import load_counter_config
+    from edge.locker import JsonLinesDisplay
+    from lastmile import logs
+
+    def make() -> CounterDevice:
+        config = load_counter_config(args.config)
+        logs.for_device(config.device_id, config.log_level)
+        device = CounterDevice(config, JsonLinesDisplay())
+        # The staff's screen: JSON lines on stdin, an answer line each on stdout.
+        if sys.stdin is not None:
+            device.take_staff_input(sys.stdin.fileno())
+        return device
+
+    return _run_device("counter", make)
+
+
 def _check(args: argparse.Namespace) -> int:
     from lastmile.check import run_from_args
 
@@ -376,6 +394,7 @@ def _depot_plan(args: argparse.Namespace) -> int:
             {
                 "day": day,
                 "waiting_for_address": plan.unassigned,
+                "waiting_for_room": plan.deferred_by_reason(),  # left for another day, why
                 "manifests": {
                     van: {"version": m.version, "stops": len(m.stops), "parcels": len(m.parcels)}
                     for van, m in plan.manifests.items()
@@ -903,6 +922,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("locker", help="run a parcel locker: lock boards, keypad, scanner, sync")
     p.add_argument("--config", required=True, type=Path, help="the locker's TOML configuration")
     p.set_defaults(func=_locker)
+
+    p = sub.add_parser(
+        "counter", help="run a staffed collection point: scanner, staff screen on stdin, sync"
+    )
+    p.add_argument("--config", required=True, type=Path, help="the counter's TOML configuration")
+    p.set_defaults(func=_counter)
 
     p = sub.add_parser(
         "check",

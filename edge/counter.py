@@ -1,0 +1,783 @@
+"""A staffed collection point (a shop or post-office desk): check-in, holds, hand-out, returns.
+
+A counter is a locker whose doors are a person: a scanner and a screen at a desk, shelves
+behind it, no lock boards. It speaks the locker's events, credentials and depot commands
+(docs/DELIVERY.md, "Staffed collection point"), so the depot runs it with the locker's policy
+and states and needs no new event kind:
+
+- **check-in**: the staff scans a parcel the depot reserved here (`reserve`, as for a locker):
+  `parcel_deposited` with `compartment` = the shelf place ("shelf-12", shown to the staff) and
+  the same sealed credential a locker issues; the depot sends the customer code and QR. A
+  parcel not reserved is refused unless the config allows walk-in drops (`walk_in`).
+- **hand-out**: the customer's pickup code (typed by the staff) or QR (scanned) finds the
+  parcel; the screen says which shelf; the staff scans the parcel to prove it is that one,
+  types the customer's name, and the counter records `parcel_picked_up` with `name`. A card
+  code with a surname works the same when the depot's reservation carried its tag
+  (parcel.cards). Wrong codes are throttled by the locker's KeypadGuard.
+- **holds** expire as a locker's (`hold_expired`): the parcel goes on the returns pile; a
+  courier who identifies (badge) and scans it takes it (`parcel_returned`).
+
+One controller thread owns all state; scans, the staff's lines and depot commands are queued
+to it, so a depot command never waits in the network thread and two inputs never interleave.
+State lives in tables of the journal's SQLite file, written in the same transaction as the
+event that changed it.
+
+Must never: hold a pickup code, QR token or card code in plaintext anywhere (journal,
+tables, logs), hand out a parcel whose scan did not match the credential presented, record
+a hand-out without the name the staff typed, or carry out an unverified depot command.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import logging
+import queue
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from drivers.scanner import ScannerReader
+from edge.counter_config import CounterConfig
+from edge.credentials import (
+    CredentialError,
+    KeypadGuard,
+    StoredCredential,
+    hash_presented,
+    issue_credential,
+    sealed_for_depot,
+)
+from edge.errors import EdgeError
+from edge.locker import BADGE_PREFIX, QR_PREFIX, Display
+from edge.locker_device import INPUT_WAIT_S
+from edge.ports import require_port
+from parcel.cards import card_tag
+from parcel.identify import Rejection, identify
+from sync.clock import Clock
+from sync.errors import WireError
+from sync.journal import Journal, JournalTransaction
+from sync.signing import CommandRejected, CommandVerifier, ReplayStore, SqliteReplayStore
+from sync.uplink import DRAIN_ON_STOP_S, Uplink
+from sync.wire import check_command
+
+log = logging.getLogger("edge.counter")
+
+SCHEMA_VERSION = 1
+_SCHEMA = [
+    # One row per parcel the counter has known; `reserved`, `stored` and `expired` hold a
+    # shelf place. Tags are the credential's lookup hashes (edge.credentials), never secrets.
+    """CREATE TABLE held (
+        parcel TEXT PRIMARY KEY, shelf TEXT NOT NULL, state TEXT NOT NULL,
+        size TEXT, reserved_until_ns INTEGER, deposited_ns INTEGER, hold_until_ns INTEGER,
+        credential TEXT, code_tag TEXT, qr_tag TEXT, card_tag TEXT)""",
+    "CREATE INDEX held_code_tag ON held(code_tag)",
+    "CREATE INDEX held_qr_tag ON held(qr_tag)",
+    "CREATE INDEX held_card_tag ON held(card_tag)",
+    "CREATE TABLE counter_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE keypad (id INTEGER PRIMARY KEY CHECK (id = 1), guard TEXT NOT NULL)",
+]
+ON_SHELF = ("reserved", "stored", "expired")
+
+ALARM = "alarm"
+#: How long the staff's screen waits for the controller's answer to one line.
+STAFF_WAIT_S = 10.0
+#: The longest a healthy controller goes between two passes (a journal commit with its fsync
+#: on an SD card, a credential issued, a card tag's scrypt); three times that is a stall.
+CONTROLLER_PASS_S = 2.0
+MAX_NAME = 100
+
+
+class CounterError(EdgeError):
+    """A counter action could not be carried out."""
+
+
+@dataclass
+class _Handout:
+    """A hand-out under way at the desk: the credential matched, the parcel is being fetched."""
+
+    parcel: str
+    shelf: str
+    method: str  # code | qr | card
+    name: str | None = None  # known up front for a card hand-out
+    confirmed: bool = False  # the staff scanned the right parcel
+
+
+@dataclass
+class _CourierSession:
+    badge: str
+    until: float
+    returned: list[str] = field(default_factory=list)
+
+
+def _say(message: str, **facts: Any) -> dict[str, Any]:
+    return {"display": message, **facts}
+
+
+def _refuse(why: str, **facts: Any) -> dict[str, Any]:
+    """An answer to a staff line that did nothing: said, and marked so a screen can beep."""
+    return {"display": why, "refused": True, **facts}
+
+
+class Counter:
+    """A running counter. Inputs are queued (`scan`, `staff`, `command`); `start()` runs it."""
+
+    def __init__(
+        self,
+        config: CounterConfig,
+        journal: Journal,
+        display: Display,
+        *,
+        replay_store: ReplayStore | None = None,
+    ) -> None:
+        self.config = config
+        self.journal = journal
+        self.display = display
+        self._shelves = config.shelf_ids()
+        self._inbox: queue.Queue[Callable[[], None]] = queue.Queue()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._beat_at = time.monotonic()
+        self._handout: _Handout | None = None
+        self._courier: _CourierSession | None = None
+        journal.ensure_tables("counter", SCHEMA_VERSION, _SCHEMA)
+        self._salt = self._lookup_salt()
+        self._own_store: SqliteReplayStore | None = None
+        if replay_store is None:
+            replay_store = self._own_store = SqliteReplayStore(
+                config.journal.with_name(config.journal.name + ".commands")
+            )
+        self._verifier = CommandVerifier(
+            config.command_keys, target=config.device_id, seen=replay_store
+        )
+        self._guard = self._load_guard()
+        self._badge_guard = KeypadGuard()
+
+    def _lookup_salt(self) -> bytes:
+        rows = self.journal.query("SELECT value FROM counter_meta WHERE key='lookup_salt'")
+        if rows:
+            return bytes.fromhex(str(rows[0][0]))
+        salt = secrets.token_bytes(16)
+        with self.journal.transaction("cannot store the lookup salt") as tx:
+            tx.execute(
+                "INSERT INTO counter_meta(key, value) VALUES ('lookup_salt', ?)", (salt.hex(),)
+            )
+        return salt
+
+    def _load_guard(self) -> KeypadGuard:
+        rows = self.journal.query("SELECT guard FROM keypad WHERE id=1")
+        if not rows:
+            return KeypadGuard()
+        try:
+            return KeypadGuard.from_record(json.loads(rows[0][0]))
+        except (CredentialError, ValueError) as exc:
+            with self.journal.transaction() as tx:
+                self._alarm(tx, "keypad_state_damaged", error=str(exc))
+            return KeypadGuard()
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._beat_at = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="counter", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._inbox.put(lambda: None)
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        if self._own_store is not None:
+            self._own_store.close()
+            self._own_store = None
+
+    def health(self) -> list[str]:
+        """The controller thread, if it is dead or stalled (empty: healthy, or not started)."""
+        thread = self._thread
+        if thread is None:
+            return []
+        if not thread.is_alive():
+            return [f"counter controller {thread.name} is not running"]
+        limit = 3 * max(CONTROLLER_PASS_S, self.config.expiry_check_s)
+        if time.monotonic() - self._beat_at > limit:
+            return [f"counter controller {thread.name} stalled (no pass for over {limit:g} s)"]
+        return []
+
+    def status_line(self) -> str:
+        """`12/40 shelves in use, 2 to return`."""
+        counts = dict(self.journal.query("SELECT state, count(*) FROM held GROUP BY state"))
+        used = sum(int(counts.get(s, 0)) for s in ON_SHELF)
+        line = f"{used}/{len(self._shelves)} shelves in use"
+        if counts.get("expired"):
+            line += f", {counts['expired']} to return"
+        return line
+
+    # --- inputs (any thread) ---------------------------------------------------------------
+
+    def scan(self, data: str, aim: str | None = None) -> None:
+        """A read from the desk's scanner: a parcel label, a courier badge or a pickup QR.
+        What it leads to is shown on the display."""
+        self._inbox.put(lambda: self._show(self._on_scan(data, aim)))
+
+    def staff(self, line: str) -> dict[str, Any]:
+        """One line the staff sent from the screen (a JSON object, `{"do": ...}`); the answer
+        to show, `{"display": ..., facts}`. Waits for the controller at most STAFF_WAIT_S."""
+        answer: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+
+        def job() -> None:
+            try:
+                answer.set_result(self._on_staff(line))
+            except Exception as exc:
+                answer.set_exception(exc)
+
+        self._inbox.put(job)
+        try:
+            return answer.result(timeout=STAFF_WAIT_S)
+        except concurrent.futures.TimeoutError:
+            return _refuse("the counter is busy; try again")
+
+    def command(self, name: str, payload: bytes) -> None:
+        """A depot command as it came off the wire; verified on the controller thread."""
+        self._inbox.put(lambda: self._on_command(name, payload))
+
+    # --- the controller thread -------------------------------------------------------------
+
+    def _run(self) -> None:
+        next_check = time.monotonic()
+        while not self._stop.is_set():
+            self._beat_at = time.monotonic()
+            try:
+                job = self._inbox.get(timeout=max(0.0, next_check - time.monotonic()))
+            except queue.Empty:
+                job = None
+            try:
+                if job is not None:
+                    job()
+                if time.monotonic() >= next_check:
+                    next_check = time.monotonic() + self.config.expiry_check_s
+                    self._expire()
+            except Exception:
+                log.exception("counter controller step failed")  # one bad input, not the end
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _show(self, answer: Mapping[str, Any]) -> None:
+        facts = dict(answer)
+        self.display.show(str(facts.pop("display", "")), **facts)
+
+    def _now_ns(self) -> int:
+        return self.journal.clock.wall_ns()
+
+    def _alarm(self, tx: JournalTransaction, alarm: str, **facts: Any) -> None:
+        tx.append(ALARM, {"alarm": alarm, **facts})
+        log.warning("alarm %s %s", alarm, facts)
+
+    def _row(self, parcel: str) -> dict[str, Any] | None:
+        rows = self.journal.query(
+            "SELECT shelf, state, size, hold_until_ns FROM held WHERE parcel=?", (parcel,)
+        )
+        if not rows:
+            return None
+        shelf, state, size, until = rows[0]
+        return {"shelf": shelf, "state": state, "size": size, "hold_until_ns": until}
+
+    def _free_shelf(self) -> str | None:
+        used = {
+            str(r[0])
+            for r in self.journal.query(
+                "SELECT shelf FROM held WHERE state IN ('reserved', 'stored', 'expired')"
+            )
+        }
+        return next((s for s in self._shelves if s not in used), None)
+
+    def _courier_active(self) -> _CourierSession | None:
+        if self._courier is not None and time.monotonic() > self._courier.until:
+            self._courier = None
+        return self._courier
+
+    def _returns_pile(self) -> list[dict[str, str]]:
+        return [
+            {"parcel": str(p), "shelf": str(s)}
+            for p, s in self.journal.query(
+                "SELECT parcel, shelf FROM held WHERE state='expired' ORDER BY shelf, parcel"
+            )
+        ]
+
+    # --- scans -----------------------------------------------------------------------------
+
+    def _on_scan(self, data: str, aim: str | None) -> dict[str, Any]:
+        if data.startswith(BADGE_PREFIX):
+            return self._login(data[len(BADGE_PREFIX) :])
+        if data.startswith(QR_PREFIX):
+            return self._present("qr", data[len(QR_PREFIX) :])
+        try:
+            parcel = identify(data, aim).id
+        except Rejection as rejection:
+            with self.journal.transaction() as tx:
+                tx.append("dropoff_refused", {"raw": data, "reason": rejection.reason})
+            return _say("not a parcel label", reason=rejection.reason)
+        if self._handout is not None:
+            return self._confirm(parcel)
+        row = self._row(parcel)
+        courier = self._courier_active()
+        if courier is not None and row is not None and row["state"] == "expired":
+            return self._give_back(courier, parcel, row["shelf"])
+        if row is not None and row["state"] in ("stored", "expired"):
+            return _say(
+                "already here",
+                parcel=parcel,
+                shelf=row["shelf"],
+                state=row["state"],
+            )
+        return self._check_in(parcel, row)
+
+    def _check_in(self, parcel: str, row: dict[str, Any] | None) -> dict[str, Any]:
+        """Take a parcel in: onto the shelf the depot reserved for it, or a free one for a
+        walk-in drop if the config allows them. The deposit and its credential commit with
+        the shelf's new state."""
+        reserved = row is not None and row["state"] == "reserved"
+        shelf = row["shelf"] if reserved and row is not None else None
+        size = row["size"] if reserved and row is not None else None
+        if shelf is None:
+            reason = None
+            if not self.config.walk_in:
+                reason = "not reserved for this counter"
+            else:
+                shelf = self._free_shelf()
+                if shelf is None:
+                    reason = "counter full"
+            if reason is not None or shelf is None:
+                with self.journal.transaction() as tx:
+                    tx.append("dropoff_refused", {"parcel": parcel, "reason": reason})
+                return _say("parcel refused", parcel=parcel, reason=reason)
+        with self.journal.transaction("cannot record a check-in") as tx:
+            self._deposit(tx, parcel, shelf, size)
+        return _say(f"put it on {shelf}", parcel=parcel, shelf=shelf)
+
+    def _deposit(self, tx: JournalTransaction, parcel: str, shelf: str, size: Any) -> None:
+        while True:  # two parcels held here must never share a code
+            issued = issue_credential(lookup_salt=self._salt)
+            code_tag, qr_tag = issued.lookup_tags()
+            clash = self.journal.query(
+                "SELECT 1 FROM held WHERE code_tag=? AND state IN ('stored', 'expired')",
+                (code_tag,),
+            )
+            if not clash:
+                break
+        now = self._now_ns()
+        hold_until = now + int(self.config.hold_s * 1e9)
+        card = self.journal.query("SELECT card_tag FROM held WHERE parcel=?", (parcel,))
+        tx.execute(
+            "INSERT OR REPLACE INTO held(parcel, shelf, state, size, reserved_until_ns, "
+            "deposited_ns, hold_until_ns, credential, code_tag, qr_tag, card_tag) "
+            "VALUES (?,?,'stored',?,NULL,?,?,?,?,?,?)",
+            (
+                parcel,
+                shelf,
+                size,
+                now,
+                hold_until,
+                json.dumps(issued.stored.to_record()),
+                code_tag,
+                qr_tag,
+                card[0][0] if card else None,
+            ),
+        )
+        secret = {"code": issued.code, "qr": QR_PREFIX + issued.qr_token}
+        key = self.config.depot_sealing_key
+        sealed = (
+            sealed_for_depot(secret, key, locker_id=self.config.device_id, parcel_id=parcel)
+            if key
+            else None
+        )
+        tx.append(
+            "parcel_deposited",
+            {
+                "parcel": parcel,
+                "compartment": shelf,
+                "size": size,
+                "hold_until_ns": hold_until,
+                "credential_for_depot": sealed,
+            },
+        )
+
+    # --- hand-out --------------------------------------------------------------------------
+
+    def _present(
+        self, method: str, secret: str, name: str | None = None
+    ) -> dict[str, Any]:
+        """A customer's credential: found, counted (codes and card codes only: a QR token
+        cannot be guessed), and the hand-out of its parcel begins."""
+        if self._handout is not None:
+            h = self._handout
+            return _say(
+                "finish or cancel the hand-out under way first", parcel=h.parcel, shelf=h.shelf
+            )
+        now = time.monotonic()
+        guarded = method != "qr"
+        if guarded:
+            wait = self._guard.check(now)
+            if wait is not None:
+                with self.journal.transaction() as tx:
+                    tx.append(
+                        "pickup_attempt", {"method": method, "ok": False, "reason": "keypad locked"}
+                    )
+                return _say("too many wrong codes; wait", seconds=round(wait))
+        match = self._find(method, secret, name)
+        with self.journal.transaction() as tx:
+            if guarded:
+                lockout = self._guard.record_attempt(match is not None, now)
+                tx.execute(
+                    "INSERT OR REPLACE INTO keypad(id, guard) VALUES (1, ?)",
+                    (json.dumps(self._guard.to_record()),),
+                )
+                if lockout is not None:
+                    tx.append(
+                        "keypad_locked", {"seconds": lockout.seconds, "lockouts": lockout.count}
+                    )
+            facts: dict[str, Any] = {"method": method, "ok": match is not None}
+            if match is not None:
+                facts["parcel"] = match[0]
+            tx.append("pickup_attempt", facts)
+        if match is None:
+            return _say("code not recognised")
+        parcel, shelf = match
+        self._handout = _Handout(parcel, shelf, method, name=name)
+        return _say(f"fetch the parcel from {shelf} and scan it", parcel=parcel, shelf=shelf)
+
+    def _find(self, method: str, secret: str, name: str | None) -> tuple[str, str] | None:
+        """The parcel held here (on hold, or on the returns pile: the customer came late but
+        before the courier) that the secret collects, and its shelf."""
+        if method == "card":
+            tag = card_tag(self.config.device_id, secret, name or "")
+            if tag is None:
+                return None
+            rows = self.journal.query(
+                "SELECT parcel, shelf FROM held WHERE card_tag=? AND state IN "
+                "('stored', 'expired')",
+                (tag,),
+            )
+            return (str(rows[0][0]), str(rows[0][1])) if rows else None
+        is_code = method == "code"
+        presented = hash_presented(secret, self._salt, is_code=is_code)
+        if presented is None:
+            return None
+        column = "code_tag" if is_code else "qr_tag"
+        rows = self.journal.query(
+            f"SELECT parcel, shelf, credential FROM held "
+            f"WHERE {column}=? AND state IN ('stored', 'expired')",
+            (presented.tag,),
+        )
+        for parcel, shelf, record in rows:
+            try:
+                stored = StoredCredential.from_record(json.loads(record))
+            except (CredentialError, ValueError) as exc:
+                log.error("credential of %s is damaged: %s", parcel, exc)
+                continue
+            if presented.opens(stored):
+                return str(parcel), str(shelf)
+        return None
+
+    def _confirm(self, parcel: str) -> dict[str, Any]:
+        h = self._handout
+        assert h is not None
+        if parcel != h.parcel:
+            with self.journal.transaction() as tx:
+                tx.append(
+                    "handout_wrong_parcel", {"expected": h.parcel, "scanned": parcel}
+                )
+            return _say(
+                f"wrong parcel: fetch the one on {h.shelf}", parcel=h.parcel, shelf=h.shelf,
+                scanned=parcel,
+            )
+        h.confirmed = True
+        if h.name is not None:
+            return self._hand_over(h.name)
+        return _say("right parcel: type the customer's name", parcel=parcel)
+
+    def _hand_over(self, name: str) -> dict[str, Any]:
+        h = self._handout
+        assert h is not None and h.confirmed
+        with self.journal.transaction("cannot record a hand-out") as tx:
+            tx.execute("UPDATE held SET state='picked_up' WHERE parcel=?", (h.parcel,))
+            tx.append(
+                "parcel_picked_up",
+                {"parcel": h.parcel, "compartment": h.shelf, "name": name, "method": h.method},
+            )
+        self._handout = None
+        return _say("hand it over", parcel=h.parcel, name=name)
+
+    # --- couriers and returns --------------------------------------------------------------
+
+    def _login(self, badge: str) -> dict[str, Any]:
+        now = time.monotonic()
+        if self._badge_guard.check(now) is not None:
+            with self.journal.transaction() as tx:
+                tx.append("courier_refused", {"reason": "courier login locked"})
+            return _say("courier login locked")
+        known = badge in self.config.courier_badges
+        lockout = self._badge_guard.record_attempt(known, now)
+        if lockout is not None:
+            with self.journal.transaction() as tx:
+                self._alarm(tx, "badge_guessing", seconds=lockout.seconds)
+        if not known:
+            with self.journal.transaction() as tx:
+                tx.append("courier_refused", {"badge_known": False})
+            return _say("unknown courier")
+        self._courier = _CourierSession(badge, now + self.config.courier_session_s)
+        with self.journal.transaction() as tx:
+            tx.append("courier_identified", {"courier": badge})
+        return _say(
+            "courier welcome: scan each parcel to return, and each to check in",
+            courier=badge,
+            returns=self._returns_pile(),
+        )
+
+    def _give_back(self, courier: _CourierSession, parcel: str, shelf: str) -> dict[str, Any]:
+        with self.journal.transaction("cannot record a return") as tx:
+            tx.execute("UPDATE held SET state='returned' WHERE parcel=?", (parcel,))
+            tx.append(
+                "parcel_returned",
+                {"parcel": parcel, "compartment": shelf, "courier": courier.badge},
+            )
+        courier.returned.append(parcel)
+        left = self._returns_pile()
+        return _say(
+            "give it to the courier" if left else "give it to the courier; returns done",
+            parcel=parcel,
+            shelf=shelf,
+            returns=left,
+        )
+
+    def _expire(self) -> None:
+        """Reservations the depot made that lapsed free their shelf; holds that ran out put
+        their parcel on the returns pile."""
+        now = self._now_ns()
+        lapsed = self.journal.query(
+            "SELECT parcel, shelf FROM held WHERE state='reserved' AND reserved_until_ns <= ?",
+            (now,),
+        )
+        due = self.journal.query(
+            "SELECT parcel, shelf FROM held WHERE state='stored' AND hold_until_ns <= ?", (now,)
+        )
+        if not lapsed and not due:
+            return
+        with self.journal.transaction() as tx:
+            for parcel, shelf in lapsed:
+                tx.execute("DELETE FROM held WHERE parcel=?", (parcel,))
+                tx.append("reservation_lapsed", {"compartment": shelf, "parcel": parcel})
+            for parcel, shelf in due:
+                tx.execute("UPDATE held SET state='expired' WHERE parcel=?", (parcel,))
+                tx.append("hold_expired", {"parcel": parcel, "compartment": shelf})
+        for parcel, shelf in due:
+            self.display.show("hold expired: put it on the returns pile", parcel=parcel,
+                              shelf=shelf)
+
+    # --- the staff's screen ----------------------------------------------------------------
+
+    def _on_staff(self, line: str) -> dict[str, Any]:
+        """`{"do": "code", "code": "123456"}`, `{"do": "card", "card": "ABCD-2345", "name":
+        "A. Jansen"}`, `{"do": "name", "name": "A. Jansen"}`, `{"do": "cancel"}`,
+        `{"do": "badge", "badge": "C42"}`, `{"do": "logout"}`, `{"do": "returns"}`,
+        `{"do": "status"}` (README, "Staffed collection point")."""
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            return _refuse('not JSON: send {"do": ...}')
+        if not isinstance(doc, dict) or not isinstance(doc.get("do"), str):
+            return _refuse('send an object with "do"')
+        do = doc["do"]
+        if do == "code":
+            code = doc.get("code")
+            if not isinstance(code, str):
+                return _refuse("code needs a code")
+            return self._present("code", code.strip())
+        if do == "card":
+            card, name = doc.get("card"), _name(doc.get("name"))
+            if not isinstance(card, str) or name is None:
+                return _refuse("card needs a card code and the customer's name")
+            return self._present("card", card, name)
+        if do == "name":
+            name = _name(doc.get("name"))
+            h = self._handout
+            if name is None:
+                return _refuse(f"name must be printable text of 1..{MAX_NAME} characters")
+            if h is None:
+                return _refuse("no hand-out under way")
+            if not h.confirmed:
+                return _refuse("scan the parcel first", parcel=h.parcel, shelf=h.shelf)
+            return self._hand_over(name)
+        if do == "cancel":
+            h = self._handout
+            if h is None:
+                return _say("nothing to cancel")
+            self._handout = None
+            with self.journal.transaction() as tx:
+                tx.append("handout_cancelled", {"parcel": h.parcel, "compartment": h.shelf})
+            return _say(f"hand-out cancelled: the parcel stays on {h.shelf}", parcel=h.parcel)
+        if do == "badge":
+            badge = doc.get("badge")
+            if not isinstance(badge, str) or not badge:
+                return _refuse("badge needs a badge")
+            return self._login(badge)
+        if do == "logout":
+            self._courier = None
+            return _say("goodbye")
+        if do == "returns":
+            return _say("returns pile", returns=self._returns_pile())
+        if do == "status":
+            return _say(self.status_line())
+        return _refuse(f"unknown command {do!r}")
+
+    # --- depot commands --------------------------------------------------------------------
+
+    def _on_command(self, name: str, payload: bytes) -> None:
+        try:
+            cmd = self._verifier.verify(payload, now=time.time())
+        except CommandRejected as rejected:
+            with self.journal.transaction() as tx:
+                tx.append(
+                    "command_refused",
+                    {"topic": name, "reason": rejected.reason, "detail": str(rejected)},
+                )
+            return
+        try:
+            args = check_command(cmd.action, cmd.args)
+            with self.journal.transaction() as tx:
+                facts = self._apply(tx, cmd.action, args)
+                tx.append("command_accepted", {"id": cmd.id, "action": cmd.action, **facts})
+        except (CounterError, WireError, KeyError, TypeError, ValueError) as exc:
+            known = isinstance(exc, CounterError | WireError)
+            reason = str(exc) if known else f"bad arguments: {exc!r}"
+            with self.journal.transaction() as tx:
+                tx.append("command_failed", {"id": cmd.id, "action": cmd.action, "reason": reason})
+
+    def _apply(
+        self, tx: JournalTransaction, action: str, args: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Carry out a verified command inside `tx`; returns its facts."""
+        if action == "reserve":
+            parcel = str(args["parcel"])
+            row = self._row(parcel)
+            if row is not None and row["state"] == "reserved":
+                return {"parcel": parcel, "compartment": row["shelf"], "again": True}
+            if row is not None and row["state"] in ("stored", "expired"):
+                raise CounterError(f"parcel {parcel} is already held here")
+            # Any size fits a shelf: only room counts.
+            shelf = self._free_shelf()
+            if shelf is None:
+                raise CounterError("no free shelf place")
+            until = self._now_ns() + int(float(args.get("hours", 24)) * 3600e9)
+            tx.execute(
+                "INSERT OR REPLACE INTO held(parcel, shelf, state, size, reserved_until_ns, "
+                "card_tag) VALUES (?,?,'reserved',?,?,?)",
+                (parcel, shelf, args.get("size"), until, args.get("card_tag")),
+            )
+            return {"parcel": parcel, "compartment": shelf}
+        if action == "extend_hold":
+            parcel = str(args["parcel"])
+            rows = self.journal.query(
+                "SELECT hold_until_ns FROM held WHERE parcel=? AND state IN ('stored','expired')",
+                (parcel,),
+            )
+            if not rows:
+                raise CounterError(f"parcel {parcel} is not held here")
+            until = int(rows[0][0]) + int(float(args["hours"]) * 3600e9)
+            tx.execute(
+                "UPDATE held SET hold_until_ns=?, state='stored' WHERE parcel=?", (until, parcel)
+            )
+            asked = {k: args[k] for k in ("by", "reason") if k in args}
+            return {"parcel": parcel, "hold_until_ns": until, **asked}
+        if action in ("remote_open", "set_in_service"):
+            raise CounterError(f"a counter has no doors: {action} does not apply")
+        raise CounterError(f"unknown action {action!r}")
+
+
+def _name(value: object) -> str | None:
+    """The customer's name as the staff typed it, or None if it is not a usable name."""
+    if not isinstance(value, str):
+        return None
+    name = " ".join(value.split())
+    if not 0 < len(name) <= MAX_NAME or not name.isprintable():
+        return None
+    return name
+
+
+class CounterDevice:
+    """Everything a counter process runs: journal, scanner, counter, uplink; `start()` and
+    `stop()` it as one. The staff's screen sends lines on a descriptor (`take_staff_input`;
+    stdin in the CLI), read as the van's handheld is (edge.van.CourierInput)."""
+
+    def __init__(
+        self, config: CounterConfig, display: Display, *, clock: Clock | None = None
+    ) -> None:
+        self.config = config
+        self.journal = Journal(config.journal, config.device_id, clock=clock)
+        self.display = display
+        self.counter = Counter(config, self.journal, display)
+        self.reader: ScannerReader | None = None
+        self._scanner_up = threading.Event()
+        if config.scanner_port:
+            self.reader = ScannerReader(
+                config.scanner_port,
+                on_scan=lambda scan: self.counter.scan(scan.data, scan.aim),
+                on_connection=lambda up: self._scanner_up.set() if up else self._scanner_up.clear(),
+            )
+        self.uplink = (
+            Uplink(self.journal, config.broker, on_command=self.counter.command, **config.sync)
+            if config.broker
+            else None
+        )
+        self._staff_input: Any = None
+
+    def take_staff_input(self, fd: int) -> None:
+        """Read the staff's lines (JSON objects, one per line) from `fd` once started; each
+        answer is shown on the display."""
+        from edge.van import CourierInput  # the same reader as the van's handheld
+
+        def reply(answer: Mapping[str, Any]) -> None:
+            facts = dict(answer)
+            self.display.show(str(facts.pop("display", facts.pop("error", ""))), **facts)
+
+        self._staff_input = CourierInput(fd, self.counter.staff, reply)
+
+    def start(self) -> None:
+        """Start everything; a missing or busy scanner port raises PortError first."""
+        if self.config.scanner_port:
+            require_port(self.config.scanner_port, "scanner", "[scanner] port")
+        self.counter.start()
+        if self.reader is not None:
+            self.reader.start()
+        if self.uplink is not None:
+            self.uplink.start()
+        if self._staff_input is not None:
+            self._staff_input.start()
+        ready = self.reader is None or self._scanner_up.wait(INPUT_WAIT_S)
+        self.display.show(
+            "ready" if ready else "ready, but the scanner is missing",
+            counter=self.config.device_id,
+        )
+
+    def stop(self) -> None:
+        if self._staff_input is not None:
+            self._staff_input.stop()
+        if self.reader is not None:
+            self.reader.stop()
+        self.counter.stop()
+        if self.uplink is not None:
+            self.uplink.stop(drain_s=DRAIN_ON_STOP_S)
+        self.journal.close()
+
+    def health(self) -> list[str]:
+        """Dead or stalled threads by name (empty: all is well), as the locker says them."""
+        found = [] if self.reader is None else [self.reader.problem()]
+        problems = [p for p in found if p is not None] + self.counter.health()
+        return problems + (self.uplink.health() if self.uplink is not None else [])
+
+    def status_line(self) -> str:
+        """For `systemctl status`: `online, backlog 0, 12/40 shelves in use`."""
+        link = self.uplink.status_line() if self.uplink is not None else "no broker configured"
+        return f"{link}, {self.counter.status_line()}"
