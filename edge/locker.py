@@ -41,6 +41,16 @@ from edge.locker_config import CompartmentSpec, LockerConfig
 from parcel.identify import Rejection, identify
 from sync.errors import WireError
 from sync.journal import Journal, JournalTransaction
+from sync.return_codes import (
+    RETURN_QR_PREFIX,
+    ReturnCodeError,
+    check_hash_text,
+    code_hash,
+    is_return_code,
+    qr_hash,
+    salt_from_text,
+    same_hash,
+)
 from sync.signing import CommandRejected, CommandVerifier, ReplayStore, SqliteReplayStore
 from sync.wire import check_command
 
@@ -65,6 +75,20 @@ _SCHEMA = [
         bigger INTEGER NOT NULL DEFAULT 0)""",
     "CREATE TABLE keypad (id INTEGER PRIMARY KEY CHECK (id = 1), guard TEXT NOT NULL)",
 ]
+# Customers' returns the depot told the locker to take in (`expect_return`): only the hashes
+# of each code and QR (sync.return_codes), under the salt the depot keeps for this locker.
+# `state`: expected, dropped (in a compartment: a `parcels` row in state 'return'), lapsed.
+# `min_rank`: the size rank of the last compartment closed empty for it; the next opening
+# is bigger. Its own owner, so a locker from before returns gains the table at start.
+RETURNS_SCHEMA_VERSION = 1
+_RETURNS_SCHEMA = [
+    """CREATE TABLE expected_returns (
+        parcel TEXT PRIMARY KEY, size TEXT NOT NULL, salt TEXT NOT NULL,
+        code_hash TEXT NOT NULL, qr_hash TEXT NOT NULL, until_ns INTEGER NOT NULL,
+        state TEXT NOT NULL DEFAULT 'expected', min_rank REAL NOT NULL DEFAULT 0)""",
+    "CREATE INDEX expected_returns_code ON expected_returns(code_hash)",
+    "CREATE INDEX expected_returns_qr ON expected_returns(qr_hash)",
+]
 
 # Keypad lines (a serial keypad sends its keys, then CR, like a scanner without AIM).
 COURIER_PREFIX = "*"  # "*<badge>": a courier identifies on the keypad
@@ -76,6 +100,8 @@ BADGE_PREFIX = "LMC:"
 QR_PREFIX = "LMQR:"
 
 ALARM = "alarm"
+# The opening of a door for a customer's return (their code or QR; `expect_return`).
+RETURN_DROPOFF = "return_dropoff"
 # The longest a healthy controller goes between two passes of its loop besides its wait for
 # the next poll: one board's status with its retries (three 0.2 s attempts), a journal commit
 # with its fsync on an SD card, a credential issued. A controller silent for three times that,
@@ -162,6 +188,7 @@ class Locker:
         # Set once every board has answered a poll since start: the locker knows its doors.
         self.boards_seen = threading.Event()
         journal.ensure_tables("locker", SCHEMA_VERSION, _SCHEMA)
+        journal.ensure_tables("locker_returns", RETURNS_SCHEMA_VERSION, _RETURNS_SCHEMA)
         self._sync_compartments()
         self._salt = self._locker_salt()
         # Compartments with a recorded opening; only this thread writes openings, so the set
@@ -440,6 +467,8 @@ class Locker:
             self._login(data[len(BADGE_PREFIX) :])
         elif data.startswith(QR_PREFIX):
             self._pickup("qr", data[len(QR_PREFIX) :])
+        elif data.startswith(RETURN_QR_PREFIX):
+            self._return_dropoff("qr", data[len(RETURN_QR_PREFIX) :])
         elif self._courier_active() is not None:
             self._dropoff(data, aim)
         else:
@@ -456,6 +485,8 @@ class Locker:
             self._doesnt_fit()
         elif line == KEY_COLLECT_RETURNS and courier is not None:
             self._collect_returns(courier)
+        elif is_return_code(line):
+            self._return_dropoff("code", line)
         elif line.isdigit():
             self._pickup("code", line, presented)
         else:
@@ -473,7 +504,7 @@ class Locker:
             return
         held = self.journal.query(
             "SELECT compartment, state FROM parcels WHERE parcel=? AND "
-            "state IN ('stored', 'expired')",
+            "state IN ('stored', 'expired', 'return')",
             (parcel,),
         )
         busy = self.journal.query("SELECT compartment FROM openings WHERE parcel=?", (parcel,))
@@ -583,15 +614,7 @@ class Locker:
         busy = match is not None and (match[1] in self._open_cids or offline)
         with self.journal.transaction() as tx:
             if is_code:
-                lockout = self._guard.record_attempt(match is not None, now)
-                tx.execute(
-                    "INSERT OR REPLACE INTO keypad(id, guard) VALUES (1, ?)",
-                    (json.dumps(self._guard.to_record()),),
-                )
-                if lockout is not None:
-                    tx.append(
-                        "keypad_locked", {"seconds": lockout.seconds, "lockouts": lockout.count}
-                    )
+                self._count_code(tx, match is not None, now)
             tx.append(
                 "pickup_attempt",
                 {
@@ -612,6 +635,17 @@ class Locker:
             self.display.show("your door is already open", compartment=match[1])
         else:
             self._pulse(match[1], "pickup")
+
+    def _count_code(self, tx: JournalTransaction, ok: bool, now: float) -> None:
+        """One checked keypad code (a pickup's or a return's: one guard for both), the guard's
+        state stored with it, and the lockout it started, if any."""
+        lockout = self._guard.record_attempt(ok, now)
+        tx.execute(
+            "INSERT OR REPLACE INTO keypad(id, guard) VALUES (1, ?)",
+            (json.dumps(self._guard.to_record()),),
+        )
+        if lockout is not None:
+            tx.append("keypad_locked", {"seconds": lockout.seconds, "lockouts": lockout.count})
 
     def _find_credential(
         self, secret: str, is_code: bool, presented: PresentedSecret | None = None
@@ -639,13 +673,148 @@ class Locker:
                 return str(parcel), str(cid)
         return None
 
+    # --- customers' returns (the reverse leg) -------------------------------------------------
+
+    def _return_dropoff(self, method: str, secret: str) -> None:
+        """A customer's return code typed (or its QR shown): the smallest free compartment that
+        fits the return opens, recorded (and the code counted, right or wrong, against the
+        same keypad guard as pickup codes) in the commit before the pulse. The code opens
+        once: the door closing on an item takes the return in (`return_dropped`); closed
+        empty, the code opens a bigger compartment next time."""
+        now = time.monotonic()
+        is_code = method == "code"
+        if is_code:
+            wait = self._guard.check(now)
+            if wait is not None:
+                with self.journal.transaction() as tx:
+                    tx.append(
+                        "return_attempt", {"method": method, "ok": False, "reason": "keypad locked"}
+                    )
+                self.display.show("keypad locked", seconds=round(wait))
+                return
+        match = self._find_return(secret, is_code)
+        parcel = match[0] if match is not None else None
+        busy = parcel is not None and bool(
+            self.journal.query("SELECT 1 FROM openings WHERE parcel=?", (parcel,))
+        )
+        cid = None
+        if match is not None and not busy:
+            cid = self._choose_return(match[1], match[2])
+        with self.journal.transaction() as tx:
+            if is_code:
+                self._count_code(tx, match is not None, now)
+            found = {"parcel": parcel} if parcel else {}
+            tx.append("return_attempt", {"method": method, "ok": match is not None, **found})
+            if cid is not None:
+                self._record_opening(tx, cid, RETURN_DROPOFF, parcel)
+            elif parcel is not None and not busy:
+                tx.append("return_refused", {"parcel": parcel, "reason": "locker full"})
+        if parcel is None:
+            self.display.show("code not recognised")
+        elif busy:
+            self.display.show("your door is already open", parcel=parcel)
+        elif cid is None:
+            self.display.show("no compartment free for your return; try again later")
+        else:
+            self._pulse(cid, RETURN_DROPOFF)
+
+    def _find_return(self, secret: str, is_code: bool) -> tuple[str, str, float] | None:
+        """(return id, size, min_rank) of the expected return `secret` opens, if any: hashed
+        once per salt the depot used for this locker's returns (one, unless it changed)."""
+        column = "code_hash" if is_code else "qr_hash"
+        now = self._now_ns()
+        salts = self.journal.query(
+            "SELECT DISTINCT salt FROM expected_returns WHERE state='expected' AND until_ns > ?",
+            (now,),
+        )
+        for (salt_text,) in salts:
+            try:
+                salt = salt_from_text(str(salt_text))
+            except ReturnCodeError as exc:
+                log.error("an expected return's salt is damaged: %s", exc)
+                continue
+            presented = code_hash(secret, salt) if is_code else qr_hash(secret, salt)
+            if presented is None:
+                return None
+            rows = self.journal.query(
+                f"SELECT parcel, size, min_rank, {column} FROM expected_returns "
+                f"WHERE {column}=? AND salt=? AND state='expected' AND until_ns > ?",
+                (presented, salt_text, now),
+            )
+            for parcel, size, min_rank, stored in rows:
+                if same_hash(presented, str(stored)):
+                    return str(parcel), str(size), float(min_rank)
+        return None
+
+    def _choose_return(self, size: str, min_rank: float) -> str | None:
+        """The smallest free compartment of `size` or bigger, and bigger than one it was
+        closed empty in before."""
+        need = self.config.size_rank(size) if size in self.config.sizes else 0.0
+        fitting = [
+            c
+            for c in self._free_ids()
+            if self.config.size_rank(self._specs[c].size) >= need
+            and self.config.size_rank(self._specs[c].size) > min_rank
+        ]
+        if not fitting:
+            return None
+        return min(fitting, key=lambda c: (self.config.size_rank(self._specs[c].size), c))
+
+    def _take_return(self, tx: JournalTransaction, cid: str, parcel: str) -> None:
+        """The door closed on the customer's return: it sits in `cid` until a courier's `#2`
+        takes it out, as an expired parcel does (a `parcels` row in state 'return', with no
+        pickup credential: nobody collects it with a code)."""
+        now = self._now_ns()
+        tx.execute("UPDATE expected_returns SET state='dropped' WHERE parcel=?", (parcel,))
+        tx.execute(
+            "INSERT OR REPLACE INTO parcels(parcel, compartment, state, deposited_ns, "
+            "hold_until_ns, credential, code_tag, qr_tag) VALUES (?,?,'return',?,?,'','','')",
+            (parcel, cid, now, now),
+        )
+        tx.execute(
+            "UPDATE compartments SET state='occupied', parcel=?, reserved_for=NULL, "
+            "reserved_until_ns=NULL WHERE id=?",
+            (parcel, cid),
+        )
+        tx.append(
+            "return_dropped",
+            {"parcel": parcel, "compartment": cid, "size": self._specs[cid].size},
+        )
+
+    def _expect_return(self, tx: JournalTransaction, args: Mapping[str, Any]) -> dict[str, Any]:
+        """The depot's `expect_return`: remember the return's hashes until `hours` from now.
+        Sent again for a return still expected (a new code, a longer time), it replaces them;
+        for a return already dropped it changes nothing."""
+        parcel, size = str(args["parcel"]), str(args["size"])
+        try:
+            salt_from_text(str(args["salt"]))
+            code = check_hash_text(str(args["code_hash"]), "code hash")
+            qr = check_hash_text(str(args["qr_hash"]), "QR hash")
+        except ReturnCodeError as exc:
+            raise LockerError(str(exc)) from None
+        if size not in self.config.sizes:
+            raise LockerError(f"no compartment of size {size} in this locker")
+        known = self.journal.query(
+            "SELECT state FROM expected_returns WHERE parcel=?", (parcel,)
+        )
+        if known and known[0][0] == "dropped":
+            return {"parcel": parcel, "again": True, "state": "dropped"}
+        until = self._now_ns() + int(float(args["hours"]) * 3600e9)
+        tx.execute(
+            "INSERT OR REPLACE INTO expected_returns(parcel, size, salt, code_hash, qr_hash, "
+            "until_ns, state, min_rank) VALUES (?,?,?,?,?,?,'expected',0)",
+            (parcel, size, str(args["salt"]), code, qr, until),
+        )
+        return {"parcel": parcel, "size": size, "until_ns": until}
+
     # --- returns -----------------------------------------------------------------------------
 
     def _collect_returns(self, courier: _CourierSession) -> None:
         courier.returns = [
             str(r[0])
             for r in self.journal.query(
-                "SELECT compartment FROM parcels WHERE state='expired' ORDER BY compartment"
+                "SELECT compartment FROM parcels WHERE state IN ('expired', 'return') "
+                "ORDER BY compartment"
             )
         ]
         if not courier.returns:
@@ -678,6 +847,16 @@ class Locker:
                         (cid,),
                     )
                     tx.append("reservation_lapsed", {"compartment": cid, "parcel": parcel})
+        gone = self.journal.query(
+            "SELECT parcel FROM expected_returns WHERE state='expected' AND until_ns <= ?", (now,)
+        )
+        if gone:  # a return code that ran out opens nothing any more
+            with self.journal.transaction() as tx:
+                for (parcel,) in gone:
+                    tx.execute(
+                        "UPDATE expected_returns SET state='lapsed' WHERE parcel=?", (parcel,)
+                    )
+                    tx.append("return_lapsed", {"parcel": parcel})
         due = self.journal.query(
             "SELECT parcel, compartment FROM parcels WHERE state='stored' AND hold_until_ns <= ?",
             (now,),
@@ -773,6 +952,8 @@ class Locker:
             return {"compartment": cid, **_asked_by(args)}, cid
         if action == "set_in_service":
             return self._set_in_service(tx, str(args["compartment"]), args), None
+        if action == "expect_return":
+            return self._expect_return(tx, args), None
         raise LockerError(f"unknown action {action!r}")
 
     def _set_in_service(
@@ -1000,6 +1181,16 @@ class Locker:
                         "UPDATE compartments SET state='free', parcel=NULL WHERE id=?", (cid,)
                     )
                     tx.append("parcel_picked_up", {"compartment": cid, "parcel": parcel})
+            elif purpose == RETURN_DROPOFF:
+                if item:
+                    self._take_return(tx, cid, parcel)
+                else:
+                    rank = self.config.size_rank(self._specs[cid].size)
+                    tx.execute(
+                        "UPDATE expected_returns SET min_rank=max(min_rank, ?) WHERE parcel=?",
+                        (rank, parcel),
+                    )
+                    tx.append("return_dropoff_abandoned", {"compartment": cid, "parcel": parcel})
             elif purpose == "return":
                 if item:
                     tx.append("return_incomplete", {"compartment": cid, "parcel": parcel})
@@ -1024,6 +1215,14 @@ class Locker:
             courier = self._courier_active()
             if courier is not None:
                 self._next_return(courier)
+        elif purpose == RETURN_DROPOFF:
+            if item:
+                self.display.show("return received; thank you", compartment=cid, parcel=parcel)
+            else:
+                self.display.show(
+                    "nothing inside: enter your code again for a bigger compartment",
+                    compartment=cid,
+                )
         if reopen_bigger:
             rank = self.config.size_rank(self._specs[cid].size)
             nxt = self._choose(parcel, min_rank=rank)

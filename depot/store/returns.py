@@ -1,0 +1,120 @@
+"""Customers' returns: every statement on the `customer_returns` and `return_salts` tables.
+
+`depot.returns` books a return, and marks its steps as the parcel book's projection reports
+them; these functions only read and write the rows, on the connection the caller hands them,
+inside the caller's transaction (a booking commits with its parcel, its command and its
+notices). The SQL is the depot's shared dialect, run as it is by SQLite and translated by
+`depot.store.postgres` for PostgreSQL.
+
+Must never: commit or begin a transaction of its own, or hold a return code in plaintext
+(the rows keep its hash under the locker's salt and the code sealed to the depot's key).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from depot.store.base import Conn
+
+__all__ = [
+    "STEPS",
+    "counts",
+    "find",
+    "find_for",
+    "id_taken",
+    "insert",
+    "locker_salt",
+    "mark_step",
+    "open_code_hashes",
+]
+
+Row = tuple[Any, ...]
+#: The steps of a return after its booking, each the column of its time.
+STEPS = {"dropped": "dropped_ns", "collected": "collected_ns", "at_depot": "at_depot_ns"}
+_STEP_COLUMNS = frozenset(STEPS.values())
+_COLUMNS = (
+    "return_id, original, merchant, size, locker, code_hash, sealed_code, booked_by, "
+    "booked_ns, until_ns, dropped_ns, collected_ns, at_depot_ns, webhook, customer_webhook"
+)
+
+
+def locker_salt(conn: Conn, locker: str, new_salt: str) -> str:
+    """The return salt of `locker`: the one recorded, else `new_salt`, recorded now."""
+    conn.execute(
+        "INSERT OR IGNORE INTO return_salts (locker, salt) VALUES (?, ?)", (locker, new_salt)
+    )
+    row = conn.execute("SELECT salt FROM return_salts WHERE locker=?", (locker,)).fetchone()
+    return str(row[0])
+
+
+def open_code_hashes(conn: Conn, locker: str, now_ns: int) -> set[str]:
+    """Code hashes of the returns `locker` may still be handed: not dropped, not run out."""
+    rows = conn.execute(
+        "SELECT code_hash FROM customer_returns WHERE locker=? AND dropped_ns IS NULL "
+        "AND until_ns > ?",
+        (locker, now_ns),
+    ).fetchall()
+    return {str(r[0]) for r in rows}
+
+
+def insert(conn: Conn, **row: Any) -> None:
+    """A booked return (every column of `_COLUMNS` but the steps' times)."""
+    names = [c.strip() for c in _COLUMNS.split(",") if c.strip() not in _STEP_COLUMNS]
+    conn.execute(
+        f"INSERT INTO customer_returns ({', '.join(names)}) "
+        f"VALUES ({', '.join('?' for _ in names)})",
+        tuple(row[n] for n in names),
+    )
+
+
+def _as_dict(row: Row | None) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    names = [c.strip() for c in _COLUMNS.split(",")]
+    return dict(zip(names, row, strict=True))
+
+
+def find(conn: Conn, return_id: str) -> dict[str, Any] | None:
+    """The return booked under this id, or None."""
+    row = conn.execute(
+        f"SELECT {_COLUMNS} FROM customer_returns WHERE return_id=?", (return_id,)
+    ).fetchone()
+    return _as_dict(row)
+
+
+def find_for(conn: Conn, original: str) -> dict[str, Any] | None:
+    """The return booked for the delivered parcel `original`, or None."""
+    row = conn.execute(
+        f"SELECT {_COLUMNS} FROM customer_returns WHERE original=?", (original,)
+    ).fetchone()
+    return _as_dict(row)
+
+
+def id_taken(conn: Conn, parcel: str) -> bool:
+    """Whether a return or any parcel of the book already has this id."""
+    row = conn.execute(
+        "SELECT 1 FROM customer_returns WHERE return_id=? UNION SELECT 1 FROM parcels WHERE id=?",
+        (parcel, parcel),
+    ).fetchone()
+    return row is not None
+
+
+def mark_step(conn: Conn, return_id: str, step: str, now_ns: int) -> bool:
+    """Record when the return reached `step` (a key of STEPS); False when it had already,
+    so a step reported twice tells nobody twice."""
+    column = STEPS[step]
+    cur = conn.execute(
+        f"UPDATE customer_returns SET {column}=? WHERE return_id=? AND {column} IS NULL",
+        (now_ns, return_id),
+    )
+    return bool(cur.rowcount)
+
+
+def counts(conn: Conn) -> dict[str, int]:
+    """Returns booked, and how many reached each step."""
+    row = conn.execute(
+        "SELECT count(*), count(dropped_ns), count(collected_ns), count(at_depot_ns) "
+        "FROM customer_returns"
+    ).fetchone()
+    booked, dropped, collected, at_depot = (int(v or 0) for v in row)
+    return {"booked": booked, "dropped": dropped, "collected": collected, "at_depot": at_depot}
