@@ -60,6 +60,21 @@ Example::
     compartments = { S = 8, M = 6, L = 2 }
     title = "Central Station locker"   # what the pickup notice calls it (default: its name)
     address = "Stationsplein 1, Amsterdam"
+
+    [[lockers]]                        # a staffed collection point (`lastmile counter`)
+    name = "counter-1"
+    kind = "counter"
+    capacity = 40                      # parcels of any size held or reserved at once
+    lat = 52.36
+    lon = 4.88
+
+    [[vehicles]]                       # what a van device drives, for the day plan: a van in
+    name = "bike-1"                    # depot.vans without an entry is a "van" with its
+    type = "cargo_bike"                # type's defaults; an entry not in depot.vans joins
+    volume_l = 1500                    # the fleet. type: van | cargo_bike | on_foot; any of
+                                       # parcels, weight_kg, volume_l, shift_h, speed_kmh,
+                                       # stop_min, parcel_kg overrides the type's default
+                                       # (depot/vehicles.py says what they are and why)
 """
 
 from __future__ import annotations
@@ -69,12 +84,13 @@ import logging
 import os
 import tomllib
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from depot.errors import DepotError
+from depot.vehicles import Vehicle, VehicleError, vehicle
 from parcel.runlog import log_level
 from sync.mqtt import BrokerAddress, tls_client_files
 from sync.wire import MAX_COMMAND_HOURS
@@ -96,6 +112,11 @@ class LockerSiteConfig:
     compartments: Mapping[str, int]
     title: str = ""  # what customers are told it is called, e.g. "Station Square locker"
     address: str = ""  # where customers find it (the pickup notice says both)
+    # "locker", or "counter": a staffed collection point (`lastmile counter`) that speaks a
+    # locker's events and commands but has shelves: it takes a parcel of any size while fewer
+    # than `capacity` are held or reserved there (its `compartments` are unused).
+    kind: str = "locker"
+    capacity: int = 0
 
 
 @dataclass
@@ -120,6 +141,8 @@ class DepotConfig:
     extend_hold_h: float = 24.0  # what a customer's extend-hold link adds, once
     locker_confirm_min: float = 30.0  # a van's drop and the locker's word disagree this long
     lockers: list[LockerSiteConfig] = field(default_factory=list)
+    # [[vehicles]]: the type and limits of each van device that has an entry (all in `vans`)
+    vehicles: dict[str, Vehicle] = field(default_factory=dict)
     workers: int = 1  # depot processes sharing the broker's stream and the database
     worker_passwords: dict[int, str] = field(default_factory=dict)  # worker -> its own secret
     # worker -> its client certificate and key files (None, None: the broker asks for none)
@@ -129,6 +152,14 @@ class DepotConfig:
     # Settings the command line gave instead of the file's (database, workers): a reload
     # keeps them as they are.
     overridden: set[str] = field(default_factory=set)
+
+    def fleet(self, vans: Sequence[str] | None = None) -> list[Vehicle]:
+        """The vehicles of `vans` (default: all), as planning sees them: each its
+        `[[vehicles]]` entry, or a `van` with the type's defaults when it has none."""
+        return [
+            self.vehicles.get(name) or Vehicle.of_type(name, "van")
+            for name in (self.vans if vans is None else vans)
+        ]
 
     def broker_for(self, worker: int) -> BrokerAddress | None:
         """Worker `worker`'s broker account (1-based): the configured one when the depot runs
@@ -319,6 +350,14 @@ def load_depot_config(path: str | os.PathLike[str]) -> DepotConfig:
             k in SIZES and isinstance(v, int) and v >= 0 for k, v in comps.items()
         ):
             raise DepotConfigError(f"{where}.compartments must map S/M/L to counts")
+        kind = item.get("kind", "locker")
+        if kind not in ("locker", "counter"):
+            raise DepotConfigError(f'{where}.kind must be "locker" or "counter"')
+        capacity = item.get("capacity", 0)
+        if kind == "counter" and (
+            not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 1
+        ):
+            raise DepotConfigError(f"{where}.capacity must be a number of parcels (1 or more)")
         config.lockers.append(
             LockerSiteConfig(
                 item["name"],
@@ -327,8 +366,26 @@ def load_depot_config(path: str | os.PathLike[str]) -> DepotConfig:
                 dict(comps),
                 _text(item, "title", where),
                 _text(item, "address", where),
+                kind=kind,
+                capacity=capacity if kind == "counter" else 0,
             )
         )
+    vehicles = doc.get("vehicles", [])
+    if not isinstance(vehicles, list):
+        raise DepotConfigError("[[vehicles]] must be an array of tables")
+    for i, item in enumerate(vehicles):
+        where = f"vehicles[{i}]"
+        if not isinstance(item, dict):
+            raise DepotConfigError(f"{where} must be a table")
+        try:
+            one = vehicle(item, where=where)
+        except VehicleError as exc:
+            raise DepotConfigError(str(exc)) from None
+        if one.name in config.vehicles:
+            raise DepotConfigError(f"{where}.name {one.name!r} has an entry already")
+        config.vehicles[one.name] = one
+        if one.name not in config.vans:
+            config.vans.append(one.name)
     return config
 
 

@@ -1,8 +1,10 @@
-"""Route planning: which van takes which parcels, and in which order it drives to them.
+"""Route planning: which vehicle takes which parcels, in which order it drives to them, and
+which parcels wait for another day because no vehicle has the room or the time.
 
 Owns a simple, documented, deterministic heuristic and the manifest it produces. It is *not* a
-vehicle-routing solver: it knows straight-line distances only (no roads, traffic, service times
-or arrival times) and it gives no guarantee that a time window is met.
+vehicle-routing solver: it knows straight-line distances only (no roads or traffic), estimates
+a round's hours from them, a speed and a time per stop (`depot.vehicles`), and gives no
+guarantee that a time window is met.
 
 The heuristic, step by step:
 
@@ -12,14 +14,14 @@ The heuristic, step by step:
    are the distinct ones joined (``"; "`` and ``" / "``); its window is the one of its parcels
    that ends first (then starts first), the strictest promise made at that door. Its parcels
    are listed in parcel-id order.
-2. **Vans: a polar sweep.** Stops are sorted by their bearing from the depot (then distance,
-   then position and address). The sweep starts just after the widest empty angle around the
-   depot, so no van's sector straddles a natural gap (a river, an empty quarter), and is cut
-   into contiguous sectors, one per van in the order given, with stop counts differing by at
-   most one (the first vans get the extra). With ``capacity`` (parcels per van) a van takes
-   fewer stops when the next one would overfill it, and more when the vans after it could
-   not hold the rest otherwise; if the parcels cannot fit at all, :class:`RoutingError` says
-   so rather than leave parcels behind. Balance is by stops, not parcels or distance.
+2. **Vehicles: a polar sweep.** Stops are sorted by their bearing from the depot (then
+   distance, then position and address). The sweep starts just after the widest empty angle
+   around the depot, so no vehicle's sector straddles a natural gap (a river, an empty
+   quarter), and is cut into contiguous sectors, one per vehicle in the order given, sized in
+   stops by each vehicle's capacity in parcels (a cargo bike of 40 gets about a quarter of a
+   150-parcel van's share; equal shares, stop counts differing by at most one, the first
+   vehicles getting the extra, when any vehicle has no limit). Balance is by stops, not
+   parcels or distance. Limits are then kept by step 6.
 3. **Order: nearest neighbour, then 2-opt.** From the depot, the van goes to the nearest
    unvisited stop each time. The round is then improved by 2-opt (reverse a stretch of the
    round when that makes the whole round shorter by more than :data:`MIN_GAIN_M`), first
@@ -38,23 +40,52 @@ The heuristic, step by step:
    may be a sector away today, so it is not preferred. The collection joins the round's locker
    stop of that locker, after the doors.
 
+6. **Limits: what waits for another day** (`depot.vehicles`: parcels, kilograms, litres,
+   the heaviest parcel one courier lifts, and the shift: straight-line km / speed + stops x
+   stop time, the leg back included). Only whole stops move or wait, and nothing is dropped:
+   every parcel is on one stop or in :attr:`RoutePlan.deferred` with its reason
+   (:data:`DEFERRAL_REASONS`).
+
+   a. Before the sweep, what no vehicle can do waits: a parcel heavier than every vehicle's
+      courier may lift (``too_heavy_for_any_vehicle``) or bulkier than every vehicle
+      (``too_big_for_any_vehicle``), a door no shift reaches and comes back from
+      (``too_far_for_any_shift``). A door with more than any vehicle holds is the one stop
+      split across days: what fits the roomiest vehicle goes, the rest waits
+      (``stop_too_big``).
+   b. In its sector, a vehicle gives up the stops it cannot serve alone (a heavy parcel in a
+      cargo bike's sector), then, while its ordered round is over its load or its shift, the
+      stop that waited least and lies farthest from the depot: the farthest stops cost the
+      most time, and a far door gets the same promise tomorrow.
+   c. Every given-up stop (those that waited longest first, then the nearest) goes to the
+      round where it adds the fewest hours (cheapest insertion, then 2-opt) among the
+      vehicles that carry it within load and shift, any sector. A stop no round takes waits:
+      ``vehicle_full`` when every vehicle that could carry it is full, else ``shift_full``.
+   d. ``waited`` (times a parcel already waited or failed) ranks before distance in b and c,
+      so a parcel left behind today is among the first planned tomorrow.
+
+   Not modelled: time windows against the shift, breaks, loading time, collections (step
+   5 adds them after the limits) and road distances (the speed is set for straight lines).
+
 Determinism: the same records, vans and depot give the same plan, whatever the order of the
 records; every tie is broken on values, never on set or dict iteration order.
 
-Must never: drop or duplicate a parcel (every record is on exactly one stop of exactly one van,
-or planning fails), talk to the database or the network, or read a clock.
+Must never: drop or duplicate a parcel (every record is on exactly one stop of exactly one
+vehicle, or deferred with its reason), put a parcel on a vehicle over its limits, talk to the
+database or the network, or read a clock.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from itertools import pairwise
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Protocol
 
 from depot.errors import DepotError
+from depot.vehicles import Load, Vehicle, round_hours
 from parcel.geo import bearing_deg, distance_m
 from parcel.manifest import Manifest, Stop
 
@@ -62,11 +93,14 @@ if TYPE_CHECKING:
     from depot.imports import ParcelRecord
 
 __all__ = [
+    "DEFERRAL_REASONS",
     "MAX_2OPT_PASSES",
     "MIN_GAIN_M",
     "TIE_M",
+    "Deferred",
     "Located",
     "PlannedStop",
+    "RoutePlan",
     "RoutingError",
     "build_manifest",
     "group_stops",
@@ -124,12 +158,82 @@ class PlannedStop:
         return tuple(r.id for r in self.records)
 
     @property
+    def load(self) -> Load:
+        return Load.of(self.records)
+
+    @property
     def key(self) -> tuple[float, float, str]:
         """What makes two parcels one stop; also the last tie-break everywhere."""
         return _stop_key(self.lat, self.lon, self.address)
 
 
-# --- geometry ---------------------------------------------------------------------------------
+# --- planning ---------------------------------------------------------------------------------
+
+#: Why a parcel waits for another day (`RoutePlan.deferred`), in the operator's words.
+DEFERRAL_REASONS: Mapping[str, str] = MappingProxyType(
+    {
+        "too_heavy_for_any_vehicle": "heavier than any vehicle's courier may carry alone",
+        "too_big_for_any_vehicle": "bulkier than any vehicle holds",
+        "too_far_for_any_shift": "too far to reach and come back within any courier's shift",
+        "stop_too_big": "more for this door than any vehicle holds: the rest on the next round",
+        "vehicle_full": "the vehicles that could take it are full today",
+        "shift_full": "no round that could take it has the time left today",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """A parcel left at the depot for another day, and why (a key of DEFERRAL_REASONS)."""
+
+    parcel: str
+    reason: str
+    address: str
+
+
+class RoutePlan(Mapping[str, list[PlannedStop]]):
+    """Each vehicle's round (a mapping of vehicle name to its stops in driving order, every
+    vehicle present) and the parcels that wait for another day.
+
+    Every record given to :func:`plan_routes` is on exactly one stop of one round or in
+    :attr:`deferred`, once."""
+
+    def __init__(
+        self,
+        rounds: Mapping[str, list[PlannedStop]],
+        deferred: Sequence[Deferred],
+        vehicles: Sequence[Vehicle],
+        depot: tuple[float, float],
+    ) -> None:
+        self._rounds = dict(rounds)
+        self.deferred = tuple(deferred)
+        self.vehicles = {v.name: v for v in vehicles}
+        self.depot = depot
+
+    def __getitem__(self, van: str) -> list[PlannedStop]:
+        return self._rounds[van]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._rounds)
+
+    def __len__(self) -> int:
+        return len(self._rounds)
+
+    def __repr__(self) -> str:
+        return f"RoutePlan({self._rounds!r}, deferred={self.deferred!r})"
+
+    def load(self, van: str) -> Load:
+        return Load.of(r for s in self._rounds[van] for r in s.records)
+
+    def hours(self, van: str) -> float:
+        return round_hours(self.vehicles[van], self.depot, [(s.lat, s.lon) for s in self[van]])
+
+    def deferred_by_reason(self) -> dict[str, int]:
+        """How many parcels wait, per reason (only reasons that occur)."""
+        counts: dict[str, int] = {}
+        for d in self.deferred:
+            counts[d.reason] = counts.get(d.reason, 0) + 1
+        return dict(sorted(counts.items()))
 
 
 def route_length_m(
@@ -142,30 +246,52 @@ def route_length_m(
     return sum(distance_m(*a, *b) for a, b in pairwise(points))
 
 
-# --- planning ---------------------------------------------------------------------------------
-
-
 def plan_routes(
     records: Sequence[ParcelRecord],
-    vans: Sequence[str],
+    vans: Sequence[str | Vehicle],
     depot: tuple[float, float],
     *,
     capacity: int | None = None,
-) -> dict[str, list[PlannedStop]]:
-    """Every record on one stop of one van, each van's stops in driving order.
+    waited: Mapping[str, int] | None = None,
+) -> RoutePlan:
+    """Every record on one stop of one vehicle or deferred with its reason; each vehicle's
+    stops in driving order.
 
-    Every van in ``vans`` has an entry, empty when there are fewer stops than vans.
+    ``vans`` are :class:`Vehicle` s (limits, shift, speed, stop time) or bare names: a vehicle
+    with no limits but ``capacity`` parcels, if given. ``waited`` says how many times a
+    parcel has already waited or failed (step 6): such parcels are the last to be left behind.
+    Every vehicle has an entry, empty when there are fewer stops than vehicles.
     """
     if not vans:
         raise RoutingError("no vans to plan for")
-    if len(set(vans)) != len(vans):
-        raise RoutingError(f"a van is listed twice: {', '.join(vans)}")
+    names = [v.name if isinstance(v, Vehicle) else v for v in vans]
+    if len(set(names)) != len(names):
+        raise RoutingError(f"a van is listed twice: {', '.join(names)}")
     if capacity is not None and capacity < 1:
         raise RoutingError(f"capacity must be at least 1 parcel, got {capacity}")
-    stops = group_stops(records)
-    swept = _sweep(depot, stops)
-    sectors = _cut_sectors(swept, len(vans), capacity)
-    return {van: order_stops(depot, sector) for van, sector in zip(vans, sectors, strict=True)}
+    fleet = [
+        v if isinstance(v, Vehicle) else Vehicle(v, parcels=capacity, speed_kmh=25.0)
+        for v in vans
+    ]
+    deferred: list[Deferred] = []
+    stops = _doable(depot, group_stops(records), fleet, deferred, waited or {})
+    priority = _priorities(stops, waited or {})
+    sectors = _cut_sectors(_sweep(depot, stops), fleet)
+    rounds: dict[str, list[PlannedStop]] = {}
+    given_up: list[PlannedStop] = []
+    for vehicle, sector in zip(fleet, sectors, strict=True):
+        mine = [s for s in sector if _carries(vehicle, s, depot)]
+        given_up += [s for s in sector if not _carries(vehicle, s, depot)]
+        round_, dropped = _trim(depot, vehicle, order_stops(depot, mine), priority)
+        rounds[vehicle.name] = round_
+        given_up += dropped
+    _place(depot, given_up, rounds, fleet, priority, deferred)
+    return RoutePlan(
+        {v.name: rounds[v.name] for v in fleet},
+        sorted(deferred, key=lambda d: d.parcel),
+        fleet,
+        depot,
+    )
 
 
 def group_stops(records: Sequence[ParcelRecord]) -> list[PlannedStop]:
@@ -206,6 +332,75 @@ def _stop_of(group: Sequence[ParcelRecord]) -> PlannedStop:
     )
 
 
+def _carries(vehicle: Vehicle, stop: PlannedStop, depot: tuple[float, float]) -> bool:
+    """Whether ``vehicle`` could serve ``stop`` alone: it lifts every parcel, holds them all,
+    and drives there and back within its shift."""
+    if not all(vehicle.lifts(r) for r in stop.records) or not vehicle.holds(stop.load):
+        return False
+    return vehicle.within_shift(vehicle.hours(2 * _from(depot, stop), 1))
+
+
+def _from(depot: tuple[float, float], stop: Located) -> float:
+    return distance_m(*depot, stop.lat, stop.lon)
+
+
+def _doable(
+    depot: tuple[float, float],
+    stops: Sequence[PlannedStop],
+    fleet: Sequence[Vehicle],
+    deferred: list[Deferred],
+    waited: Mapping[str, int],
+) -> list[PlannedStop]:
+    """The stops some vehicle can serve on its own (step 6); what none can is deferred: a
+    parcel no courier may lift or no vehicle holds, a door too far for every shift. A door
+    with more than the roomiest vehicle holds is split: what fits goes (parcels that waited
+    longest first, then by id), the rest waits."""
+    doable = []
+    for stop in stops:
+        keep = []
+        for r in stop.records:
+            if any(v.lifts(r) for v in fleet):
+                keep.append(r)
+                continue
+            heavy = all(not v.lifts_weight(r.weight_kg) for v in fleet)
+            reason = "too_heavy_for_any_vehicle" if heavy else "too_big_for_any_vehicle"
+            deferred.append(Deferred(r.id, reason, stop.address))
+        if not keep:
+            continue
+        reach = [v for v in fleet if v.within_shift(v.hours(2 * _from(depot, stop), 1))]
+        if not reach:
+            deferred += [Deferred(r.id, "too_far_for_any_shift", stop.address) for r in keep]
+            continue
+        part = _stop_of(keep) if len(keep) < len(stop.records) else stop
+        if any(_carries(v, part, depot) for v in reach):
+            doable.append(part)
+            continue
+        first = sorted(keep, key=lambda r: (-waited.get(r.id, 0), r.id))
+        fits = max((_first_fit(v, first) for v in reach), key=len)
+        doable.append(_stop_of(sorted(fits, key=lambda r: r.id)))
+        taken = {r.id for r in fits}
+        deferred += [
+            Deferred(r.id, "stop_too_big", stop.address) for r in keep if r.id not in taken
+        ]
+    return doable
+
+
+def _first_fit(vehicle: Vehicle, records: Sequence[ParcelRecord]) -> list[ParcelRecord]:
+    load, taken = Load(), []
+    for r in records:
+        if vehicle.lifts(r) and vehicle.holds(load + Load.of([r])):
+            load = load + Load.of([r])
+            taken.append(r)
+    return taken
+
+
+def _priorities(
+    stops: Sequence[PlannedStop], waited: Mapping[str, int]
+) -> dict[tuple[float, float, str], int]:
+    """Per stop, the most times one of its parcels already waited or failed."""
+    return {s.key: max(waited.get(p, 0) for p in s.parcels) for s in stops}
+
+
 def _sweep(depot: tuple[float, float], stops: Sequence[PlannedStop]) -> list[PlannedStop]:
     """Stops by bearing from the depot, starting after the widest empty angle (step 2)."""
     if len(stops) < 2:
@@ -226,58 +421,107 @@ def _sweep(depot: tuple[float, float], stops: Sequence[PlannedStop]) -> list[Pla
     return [t[3] for t in placed[start:] + placed[:start]]
 
 
-def _vans_needed(counts: Sequence[int], capacity: int) -> int:
-    """Contiguous vans a run of stops needs when each van is filled up (the fewest possible)."""
-    vans, load = 0, capacity
-    for n in counts:
-        if load + n > capacity:
-            vans, load = vans + 1, 0
-        load += n
-    return vans
-
-
 def _cut_sectors(
-    stops: Sequence[PlannedStop], vans: int, capacity: int | None
+    stops: Sequence[PlannedStop], fleet: Sequence[Vehicle]
 ) -> list[list[PlannedStop]]:
-    counts = [len(s.records) for s in stops]
-    if capacity is not None:
-        too_big = [s for s in stops if len(s.records) > capacity]
-        if too_big:
-            s = too_big[0]
-            raise RoutingError(
-                f"the stop at {s.address!r} has {len(s.records)} parcels, more than a van's "
-                f"capacity of {capacity}"
-            )
-        needed = _vans_needed(counts, capacity)
-        if needed > vans:
-            raise RoutingError(
-                f"{sum(counts)} parcels need {needed} vans of {capacity} parcels in sweep "
-                f"order; {vans} given"
-            )
+    """Contiguous runs of the sweep, one per vehicle in fleet order, sized in stops by the
+    vehicle's capacity in parcels (equal when any vehicle has none); the first get the extra."""
+    limits = [v.parcels for v in fleet]
+    weights = [float(n) for n in limits if n is not None]
+    if len(weights) != len(fleet):
+        weights = [1.0] * len(fleet)
     sectors: list[list[PlannedStop]] = []
     i = 0
-    for j in range(vans):
-        left_vans = vans - j
-        target = math.ceil((len(stops) - i) / left_vans)
-        room = math.inf if capacity is None else capacity
-        take, load = 0, 0
-        while i + take < len(stops) and take < target and load + counts[i + take] <= room:
-            load += counts[i + take]
-            take += 1
-        if capacity is not None:
-            # Take more when the vans after this one could not carry the rest otherwise.
-            while (
-                i + take < len(stops)
-                and _vans_needed(counts[i + take :], capacity) > left_vans - 1
-                and load + counts[i + take] <= room
-            ):
-                load += counts[i + take]
-                take += 1
+    for j in range(len(fleet)):
+        share = weights[j] / sum(weights[j:])
+        take = len(stops) - i if j == len(fleet) - 1 else math.ceil((len(stops) - i) * share)
         sectors.append(list(stops[i : i + take]))
         i += take
-    if i != len(stops):  # pragma: no cover - the feasibility check above rules this out
-        raise RoutingError(f"{len(stops) - i} stops left without a van")
     return sectors
+
+
+def _trim(
+    depot: tuple[float, float],
+    vehicle: Vehicle,
+    round_: Sequence[PlannedStop],
+    priority: Mapping[tuple[float, float, str], int],
+) -> tuple[list[PlannedStop], list[PlannedStop]]:
+    """A round within the vehicle's load and shift (step 6): while it is over either, it gives
+    up the stop that waited least, farthest from the depot first. Returns the round (2-opt
+    again when it lost stops) and the stops given up."""
+    kept, dropped = list(round_), []
+
+    def over() -> bool:
+        load = Load.of(r for s in kept for r in s.records)
+        hours = vehicle.hours(route_length_m(depot, kept), len(kept))
+        return not (vehicle.holds(load) and vehicle.within_shift(hours))
+
+    while kept and over():
+        worst = min(kept, key=lambda s: (priority[s.key], -_from(depot, s), s.key))
+        kept.remove(worst)
+        dropped.append(worst)
+    return (_improve(depot, kept) if dropped else kept), dropped
+
+
+def _place(
+    depot: tuple[float, float],
+    stops: Sequence[PlannedStop],
+    rounds: dict[str, list[PlannedStop]],
+    fleet: Sequence[Vehicle],
+    priority: Mapping[tuple[float, float, str], int],
+    deferred: list[Deferred],
+) -> None:
+    """Stops a sector gave up go to the round they lengthen least in hours, among the vehicles
+    that carry them with the load and the shift still within limits (step 6); the ones that
+    waited longest, then the nearest the depot, are placed first. A stop no round takes
+    waits: `vehicle_full` when every vehicle that could carry it is full, else `shift_full`."""
+    touched: set[str] = set()
+    for stop in sorted(stops, key=lambda s: (-priority[s.key], _from(depot, s), s.key)):
+        best: tuple[float, int, int] | None = None
+        room = False
+        for index, vehicle in enumerate(fleet):
+            round_ = rounds[vehicle.name]
+            if not _carries(vehicle, stop, depot):
+                continue
+            if not vehicle.holds(Load.of(r for s in round_ for r in s.records) + stop.load):
+                continue
+            room = True
+            at, added_m = _cheapest_insertion(depot, round_, stop)
+            hours = vehicle.hours(route_length_m(depot, round_) + added_m, len(round_) + 1)
+            if vehicle.within_shift(hours):
+                cost = vehicle.hours(added_m, 1)
+                if best is None or (cost, index) < best[:2]:
+                    best = (cost, index, at)
+        if best is None:
+            reason = "shift_full" if room else "vehicle_full"
+            deferred += [Deferred(p, reason, stop.address) for p in stop.parcels]
+            continue
+        name = fleet[best[1]].name
+        rounds[name].insert(best[2], stop)
+        touched.add(name)
+    for name in touched:
+        rounds[name] = _improve(depot, rounds[name])
+
+
+def _cheapest_insertion(
+    depot: tuple[float, float], round_: Sequence[PlannedStop], stop: PlannedStop
+) -> tuple[int, float]:
+    """Where in ``round_`` the stop adds the fewest metres, and how many (ties: earliest)."""
+    points = [depot, *((s.lat, s.lon) for s in round_), depot]
+    here = (stop.lat, stop.lon)
+    best = (0, math.inf)
+    for i, (a, b) in enumerate(pairwise(points)):
+        added = distance_m(*a, *here) + distance_m(*here, *b) - distance_m(*a, *b)
+        if added < best[1]:
+            best = (i, added)
+    return best
+
+
+def _improve(depot: tuple[float, float], stops: Sequence[PlannedStop]) -> list[PlannedStop]:
+    """2-opt on a round as it stands (it never lengthens it)."""
+    points = [depot, *((s.lat, s.lon) for s in stops)]
+    dist = [[distance_m(*a, *b) for b in points] for a in points]
+    return [stops[k - 1] for k in _two_opt(dist, list(range(1, len(stops) + 1)))]
 
 
 def order_stops(
@@ -358,8 +602,11 @@ def build_manifest(
 ) -> Manifest:
     """The manifest a van runs: ``stops`` numbered 1..n in the order given.
 
-    The result is checked by reading it back as the van will (``Manifest.from_doc``), so a
-    manifest the van would refuse fails here, at the depot, instead.
+    Each stop carries its parcels' care (every parcel: its record's, docs/DELIVERY.md
+    "Delivery preferences") and its access code (the parcels' distinct codes joined
+    ``" / "``, as the instructions are). The result is checked by reading it back as the
+    van will (``Manifest.from_doc``), so a manifest the van would refuse fails here, at the
+    depot, instead.
     """
     if version < 1:
         raise RoutingError(f"manifest version must be at least 1, got {version}")
@@ -382,6 +629,8 @@ def build_manifest(
                 recipient=s.recipient,
                 window=s.window,
                 instructions=s.instructions,
+                care={r.id: r.care for r in s.records},
+                access_code=" / ".join(_distinct([r.access_code for r in s.records])),
             )
             for number, s in enumerate(stops, start=1)
         ),

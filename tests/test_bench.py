@@ -96,11 +96,22 @@ def test_bench_locker_reports_unlock_latency_and_polling_cpu(tmp_path: Path) -> 
 
 def test_bench_route_reports_plan_length_against_its_baselines(tmp_path: Path) -> None:
     r = bench(tmp_path, "route", "--parcels", "60", "--vans", "2", "--repeat", "1")
-    stops_per_van = [number(n) for n in listing(r["stops_per_van"])]
-    assert r["parcels"] == 60 and sum(stops_per_van) <= 60 and len(stops_per_van) == 2
+    stops_per_van = [number(n) for n in listing(r["stops_per_van"])]  # 2 vans and 1 bike
+    assert r["parcels"] == 60 and sum(stops_per_van) <= 60 and len(stops_per_van) == 3
     assert 0 < number(r["km_planned"]) <= number(r["km_nearest_neighbour_only"])
     assert number(r["ratio_planned_vs_nearest_neighbour"]) <= 1.0
     assert number(r["ratio_planned_vs_import_order"]) < 1.0
+    rounds = section(r["rounds"])
+    assert sorted(rounds) == ["bike-1", "van-1", "van-2"]
+    for figures in rounds.values():
+        f = section(figures)
+        assert number(f["parcels"]) <= number(f["parcels_max"])
+        assert number(f["kg"]) <= number(f["kg_max"])
+        assert number(f["hours"]) <= number(f["shift_h"])
+    assert number(r["parcels_planned"]) + number(r["parcels_deferred"]) == 60
+    met = section(r["targets_met"])
+    assert met["capacity_respected"] is True and met["shift_respected"] is True
+    assert met["nothing_dropped"] is True
 
 
 def test_bench_photo_reports_sizes_against_the_camera_app_s_jpeg(tmp_path: Path) -> None:

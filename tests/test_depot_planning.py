@@ -6,6 +6,7 @@ import json
 import math
 import random
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -465,7 +466,7 @@ def scattered(n: int, seed: int = 1, *, km: float = 8.0) -> list[ParcelRecord]:
     return out
 
 
-def parcels_of(plan: dict[str, list[PlannedStop]]) -> list[str]:
+def parcels_of(plan: Mapping[str, list[PlannedStop]]) -> list[str]:
     return [p for stops in plan.values() for s in stops for p in s.parcels]
 
 
@@ -551,11 +552,19 @@ def test_capacity_in_parcels() -> None:
     plan = plan_routes(records, ["a", "b", "c"], DEPOT, capacity=12)
     loads = [sum(len(s.records) for s in stops) for stops in plan.values()]
     assert sum(loads) == 30 and max(loads) <= 12
-    with pytest.raises(RoutingError, match="need 4 vans"):
-        plan_routes(records, ["a", "b", "c"], DEPOT, capacity=9)
+    # Too many for the vans: the rest waits for another day, each parcel with its reason.
+    full = plan_routes(records, ["a", "b", "c"], DEPOT, capacity=9)
+    loads = [sum(len(s.records) for s in stops) for stops in full.values()]
+    assert loads == [9, 9, 9]
+    assert {d.reason for d in full.deferred} == {"vehicle_full"} and len(full.deferred) == 3
+    assert sorted([*parcels_of(full), *(d.parcel for d in full.deferred)]) == sorted(
+        r.id for r in records
+    )
+    # One door with more than a van holds: what fits goes, the rest follows.
     same_door = [record(i, 52.4, 4.9, address="Depot Street 1") for i in range(1, 6)]
-    with pytest.raises(RoutingError, match="has 5 parcels, more than a van's capacity of 4"):
-        plan_routes(same_door, ["a", "b"], DEPOT, capacity=4)
+    split = plan_routes(same_door, ["a", "b"], DEPOT, capacity=4)
+    assert parcels_of(split) == [s10(i) for i in range(1, 5)]
+    assert [(d.parcel, d.reason) for d in split.deferred] == [(s10(5), "stop_too_big")]
 
 
 def test_capacity_pushes_stops_to_later_vans_and_back() -> None:
