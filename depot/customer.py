@@ -4,8 +4,14 @@ Every notice to a customer carries `tracking_url` = `{public_url}/t/{token}` (th
 without a public URL): the outbox row holds only the link's digest, and the URL is made at
 each send attempt (`NoticeRenderer`, as the pickup code is), so the token is in no table. The page
 behind it (`depot.web`) asks this module what to show (`customer_view`) and hands the
-customer's two requests to the depot service (`DepotService.customer_extend`,
-`DepotService.customer_redeliver`), which decide them with the depot's own rules.
+customer's requests to the depot service (`DepotService.customer_extend`,
+`DepotService.customer_redeliver`, `DepotService.customer_preferences`), which decide them
+with the depot's own rules.
+
+Delivery preferences: the page shows the parcel's care (`depot.preferences.care_of`) and,
+while a door delivery may still come (`depot.preferences.CHANGEABLE_STATES`), lets the
+customer change their part of it: a safe place and where, a neighbour, a locker instead. The
+merchant's signature and age check are shown, never offered for change.
 
 The token is an HMAC of the parcel id under a key derived from the depot's newest sealing key
 (as the extend-hold link's, `depot.pickup`, with its own context), 192 bits, base64url. It is
@@ -59,6 +65,13 @@ from depot.policy import (
     RequestDeclined,
     decide_on_redelivery_request,
 )
+from depot.preferences import (
+    PreferencesRefused,
+    care_of,
+    change_refusal,
+    locker_instead_refusal,
+)
+from depot.returns import has_return_section, open_return_section
 from depot.store import Conn, book, links
 from depot.tracking import (
     CUSTOMER_DEVICE,
@@ -68,10 +81,12 @@ from depot.tracking import (
     iso_utc,
     told_deposit,
 )
+from parcel.care import Care
 
 __all__ = [
     "EXTEND",
     "LINK_DAYS_AFTER_FINAL",
+    "PREFERENCES",
     "REDELIVER",
     "REFUSALS",
     "STATE_WORDS",
@@ -102,6 +117,7 @@ _TOKEN_BYTES = 24  # 192 bits: unguessable, 32 characters in a URL
 TRACKING_URL = "tracking_url"  # the key of the link in a customer's notice
 EXTEND = "extend_hold"  # the customer's two requests, as recorded in the timeline
 REDELIVER = "redeliver"
+PREFERENCES = "preferences_changed"  # the customer changed their delivery preferences
 
 #: The parcel's state in the customer's words (the page's headline).
 STATE_WORDS: Mapping[str, str] = {
@@ -114,6 +130,8 @@ STATE_WORDS: Mapping[str, str] = {
     "hold_expired": "No longer collectable from the locker",
     "returning": "On its way back to the sender",
     "at_depot": "At the depot",
+    "return_booked": "Return booked: drop it at the locker with your code",
+    "return_dropped": "Your return is in the locker; a courier collects it",
     "delivered": "Delivered",
     "picked_up": "Picked up",
     "returned_to_sender": "Returned to the sender",
@@ -132,15 +150,19 @@ _STEP_WORDS: Mapping[str, str] = {
     "collected_for_return": "Taken out of the locker by a courier",
     "returned_to_depot": "Back at the depot",
     "returned_to_sender": "Returned to the sender",
+    "deferred": "Waiting at the depot for a later round",
 }
 _NEXT_ACTION_WORDS: Mapping[str, str] = {
     "second_attempt": "We will try again on the next round",
     "locker": "We will take it to a parcel locker near you",
     "return_to_sender": "It will go back to the sender",
+    # planning could not have the locker the customer asked for (depot.service.plan_day)
+    "door": "No parcel locker near you could take it, so we bring it to your door",
 }
 _REQUEST_WORDS: Mapping[str, str] = {
     EXTEND: "You asked for more time to collect it",
     REDELIVER: "You asked for delivery on the next day",
+    PREFERENCES: "You changed your delivery preferences",
 }
 
 
@@ -159,7 +181,7 @@ class LinkExpired(DepotError):
 
 
 #: What the page may be told when a request is not taken (each message is for the customer).
-REFUSALS = (UnknownLink, LinkExpired, ExtendRefused, RequestDeclined)
+REFUSALS = (UnknownLink, LinkExpired, ExtendRefused, RequestDeclined, PreferencesRefused)
 
 
 @dataclass(frozen=True)
@@ -200,6 +222,10 @@ class CustomerView:
     extend_refused: str | None = None  # why not, in the customer's words
     can_redeliver: bool = False
     redeliver_refused: str | None = None
+    care: Care | None = None  # the delivery preferences now (`depot.preferences.care_of`)
+    can_change_care: bool = False
+    care_refused: str | None = None  # why the preferences cannot be changed now
+    locker_instead_refused: str | None = None  # why a locker instead is not offered
 
     def __repr__(self) -> str:
         """Without the code and its QR: a view that reaches a log line must not carry them."""
@@ -307,13 +333,15 @@ class NoticeRenderer:
         self._encode = encode
 
     def __call__(self, stored: bytes) -> bytes:
-        if _LINK_NEEDLE not in stored and PICKUP_NEEDLE not in stored:
+        returning = has_return_section(stored)  # a customer's return code (depot.returns)
+        if _LINK_NEEDLE not in stored and PICKUP_NEEDLE not in stored and not returning:
             return stored  # most rows: sent as stored
         doc = json.loads(stored)
         if not isinstance(doc, dict):
             return stored
         linked = _render_link(self._keys, doc)
         opened = open_pickup_section(self._keys, doc)
+        opened = open_return_section(self._keys, doc) or opened
         return self._encode(doc) if linked or opened else stored
 
 
@@ -361,7 +389,8 @@ def _words(step: str, details: Mapping[str, Any], sites: Mapping[str, LockerSite
         return "Arrived at the depot" if scanned else "The sender told us it is coming"
     if step == "attempted":
         reason = str(details.get("reason") or "")
-        return f"We tried to deliver it: {REASON_TEXT.get(reason, reason.replace('_', ' '))}"
+        words = f"We tried to deliver it: {REASON_TEXT.get(reason, reason.replace('_', ' '))}"
+        return words + " (we left a card with a code)" if details.get("card") else words
     if step == "next_action":
         return _NEXT_ACTION_WORDS.get(str(details.get("kind")), "")
     if step == REQUEST_STEP:
@@ -373,12 +402,17 @@ def _words(step: str, details: Mapping[str, Any], sites: Mapping[str, LockerSite
         if details.get("rerecorded"):
             words += " (a new pickup code: the earlier one no longer opens the door)"
         return words
+    # Signed for: the signer's name is not shown (whoever holds the link sees the page).
+    signed = isinstance(details.get("signature"), Mapping) and bool(details.get("signed_by"))
     if step == "delivered" and details.get("to") == "neighbour":
         # Where to fetch it: the customer's notice says the same.
         at = details.get("neighbour_address")
-        return f"Left with a neighbour at {at}" if isinstance(at, str) else "Left with a neighbour"
+        words = f"Left with a neighbour at {at}" if isinstance(at, str) else "Left with a neighbour"
+        return words + " (signed for)" if signed else words
     if step == "delivered" and details.get("to") == "safe_place":
         return "Delivered and left in a safe place"
+    if step == "delivered" and signed:
+        return "Delivered and signed for"
     return _STEP_WORDS.get(step, "")
 
 
@@ -496,6 +530,8 @@ def customer_view(
     except RequestDeclined as exc:
         redeliver_no = str(exc)
     final = state in FINAL_STATES
+    care = care_of(conn, link.parcel)
+    care_no = change_refusal(state)
     return CustomerView(
         parcel=link.parcel,
         state=state,
@@ -516,4 +552,8 @@ def customer_view(
         extend_refused=extend_no,
         can_redeliver=redeliver_no is None,
         redeliver_refused=redeliver_no,
+        care=care,
+        can_change_care=care is not None and care_no is None,
+        care_refused=care_no,
+        locker_instead_refused=locker_instead_refusal(info, care) if care is not None else None,
     )

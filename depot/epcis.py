@@ -48,8 +48,10 @@ A fact the book marked `late` (it reached the depot after a later one) keeps its
 since its eventTime places it in the past, unless its time is only the depot's receipt time.
 Every event carries `lm:state` and `lm:step`; `lm:x12` and `lm:upu` come from the device's
 payload or, failing that, from docs/DELIVERY.md (delivered D/EMI, attempted AH/EMH, in a
-locker AU, returned to sender 3); `lm:reason`, `lm:inovert`, `lm:van`, `lm:stop`,
-`lm:locker`, `lm:attempts`, `lm:late`, `lm:anomaly`, ... are copied from the entry's details.
+locker AU, returned to sender 3); a delivery's and a failed attempt's `lm:x12_reason` (X12
+214 AT7-02) is the entry's, else `parcel.codes`' for its `to` or reason; `lm:reason`,
+`lm:inovert`, `lm:van`, `lm:stop`, `lm:locker`, `lm:attempts`, `lm:late`, `lm:anomaly`, ...
+are copied from the entry's details.
 
 Why the extension URIs: CBV 2.0 has no business step for a delivery attempt (PROTOCOLS.md §5)
 nor for the hand-over at the door. `accepting` is the receiver's own step in its own system,
@@ -69,6 +71,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from depot.tracking import TimelineEntry, iso_utc
+from parcel.codes import DELIVERED_BY, FAILURE_REASONS
 from parcel.identify import gs1_mod10
 
 EPCIS_CONTEXT_URL = "https://ref.gs1.org/standards/epcis/2.0.0/epcis-context.jsonld"
@@ -128,6 +131,7 @@ _EXTENSION_KEYS = (
     "would_be",
     "manifest_version",
     "inovert",
+    "preference_violated",
 )
 _EVENT_ID_NS = uuid.UUID("0b8e4f3c-6a51-4b0e-8d7c-2f1e5a9c4d31")
 
@@ -181,6 +185,21 @@ def _step_mapping(entry: TimelineEntry) -> tuple[str, str | None]:
     return biz_step, disposition
 
 
+def _x12_reason(entry: TimelineEntry) -> str | None:
+    """The X12 214 status reason (AT7-02) of a delivery or a failed attempt: the entry's, else
+    parcel.codes' for its `to` or `reason` (entries stored before the depot kept one)."""
+    given = entry.details.get("x12_reason")
+    if isinstance(given, str) and given:
+        return given
+    if entry.step == "delivered":
+        codes = DELIVERED_BY.get(str(entry.details.get("to") or "recipient"))
+    elif entry.step == "attempted":
+        codes = FAILURE_REASONS.get(str(entry.details.get("reason")))
+    else:
+        return None
+    return codes.x12_reason if codes is not None else None
+
+
 def object_event(entry: TimelineEntry) -> dict[str, Any]:
     """One timeline entry as an EPCIS 2.0 ObjectEvent (action OBSERVE)."""
     biz_step, disposition = _step_mapping(entry)
@@ -206,6 +225,9 @@ def object_event(entry: TimelineEntry) -> dict[str, Any]:
     if entry.step != "anomaly":
         if x12:
             event["lm:x12"] = str(x12)
+        reason = _x12_reason(entry)
+        if x12 and reason:
+            event["lm:x12_reason"] = reason
         if upu:
             event["lm:upu"] = str(upu)
     for key in _EXTENSION_KEYS:

@@ -30,6 +30,30 @@ Fields (CSV column names and JSON keys; case, spaces and hyphens in names do not
     locker_ok         no        locker_ok, accepts_locker   (default true: the recipient
                                 accepts a redirect to a parcel locker; true/false, yes/no, 1/0)
 
+    delivery preferences (``parcel.care.Care``; docs/DELIVERY.md, "Delivery preferences"):
+    safe_place        no        safe_place, safe_place_ok   (default no: a safe-place drop is
+                                allowed only with the customer's word)
+    safe_place_note   no        safe_place_note, safe_place_where   (where, at most 200
+                                characters; only with safe_place yes)
+    neighbour_ok      no        neighbour_ok, neighbor_ok   (default yes)
+    signature         no        signature, signature_required   (default no: leave nothing
+                                without a signature and the signer's printed name)
+    age_min           no        age_min, min_age   (16, 18 or 21, or blank: an ID check)
+    locker_instead    no        locker_instead, prefer_locker   (default no: a locker rather
+                                than the door; needs locker_ok, a customer_webhook for the
+                                pickup code, and no age_min: a locker checks no ID)
+    care              no        care   (JSON only: the whole preferences object,
+                                ``Care.from_doc``; instead of the six fields above)
+    access_code       no        access_code, door_code, entry_code   (the building's code, at
+                                most 40 characters, no control characters or line breaks)
+
+    the parcel itself (vehicle planning):
+    weight_kg         no        weight_kg   (kg, more than 0 and at most 31.5: a parcel
+                                one person carries, the parcel networks' limit; default 2)
+    volume_l          no        volume_l, volume_litres   (litres, more than 0 and at most 500)
+    dims_cm           no        dims_cm, dimensions_cm   ("LxWxH" in cm, each side at most
+                                200; gives volume_l; not with volume_l)
+
 Decisions, each of which a merchant may meet:
 
 - The parcel id is the barcode text. ``<GS>`` and ``\\x1d`` (the four characters) stand for the
@@ -55,6 +79,14 @@ Decisions, each of which a merchant may meet:
   numbers count physical lines, the header being line 1.
 - JSON: a list of objects, or ``{"parcels": [...]}``; ``line_or_index`` is the 0-based index
   in that list. A parcel id must be a JSON string (a number would lose leading zeros).
+- Preferences that cannot hold together are the row's problem, not settled by a guess: a
+  safe place for a parcel that needs a signature or an ID check, a safe place's note without
+  the safe place, a locker instead where lockers are refused, for an age-checked parcel, or
+  without a customer_webhook to send the pickup code to. An access code is text (a JSON
+  number would lose its leading zeros).
+- Weights and sizes are read only from names that carry their unit (``weight_kg``, not
+  ``weight``: grams and pounds exist); a blank weight is :data:`DEFAULT_WEIGHT_KG`, a blank
+  volume is the locker size's (``ParcelRecord.volume``). A point is the decimal separator.
 
 ``source`` is the file's content when it is ``bytes`` and a path when it is a ``str`` or a
 ``Path``. The format is the ``format`` argument, else the path's suffix, else the content's
@@ -78,7 +110,7 @@ from urllib.parse import urlsplit
 
 from depot.errors import DepotError
 from depot.policy import LOCKER_SIZES
-from parcel.care import Care, CareError
+from parcel.care import AGE_LIMITS, Care, CareError
 from parcel.identify import (
     KINDS,
     Kind,
@@ -89,9 +121,14 @@ from parcel.identify import (
 )
 
 __all__ = [
+    "CARE_FIELDS",
     "DEFAULT_VOLUME_L",
     "DEFAULT_WEIGHT_KG",
     "FIELD_NAMES",
+    "MAX_ACCESS_CODE",
+    "MAX_SIDE_CM",
+    "MAX_VOLUME_L",
+    "MAX_WEIGHT_KG",
     "REQUIRED_FIELDS",
     "ImportFormat",
     "ImportProblem",
@@ -120,8 +157,33 @@ FIELD_NAMES: Mapping[str, tuple[str, ...]] = MappingProxyType(
         "customer_webhook": ("customer_webhook", "customer_webhook_url"),
         "size": ("size", "locker_size"),
         "locker_ok": ("locker_ok", "accepts_locker"),
+        "safe_place": ("safe_place", "safe_place_ok"),
+        "safe_place_note": ("safe_place_note", "safe_place_where"),
+        "neighbour_ok": ("neighbour_ok", "neighbor_ok"),
+        "signature": ("signature", "signature_required"),
+        "age_min": ("age_min", "min_age"),
+        "locker_instead": ("locker_instead", "prefer_locker"),
+        "care": ("care",),
+        "access_code": ("access_code", "door_code", "entry_code"),
+        # Names with their unit only: a bare "weight" may be grams or pounds (never guessed).
+        "weight_kg": ("weight_kg",),
+        "volume_l": ("volume_l", "volume_litres"),
+        "dims_cm": ("dims_cm", "dimensions_cm"),
     }
 )
+#: The fields that make a parcel's care, each of which ``care`` (JSON) gives instead.
+CARE_FIELDS = (
+    "safe_place", "safe_place_note", "neighbour_ok", "signature", "age_min", "locker_instead"
+)
+#: The heaviest parcel taken (kg): what one person may carry, the parcel networks' limit
+#: (DHL Paket and PostNL both stop at 31.5 kg; heavier goods go as freight).
+MAX_WEIGHT_KG = 31.5
+#: The largest parcel taken (litres; DHL's largest, 120x60x60 cm, is 432 l) and its longest
+#: side (cm).
+MAX_VOLUME_L = 500.0
+MAX_SIDE_CM = 200.0
+#: The longest access code taken: a door code, a key safe's, "1234# then 2nd floor bell".
+MAX_ACCESS_CODE = 40
 REQUIRED_FIELDS = ("parcel", "recipient", "address", "lat", "lon", "merchant", "webhook")
 
 _ALIASES = {alias: name for name, aliases in FIELD_NAMES.items() for alias in aliases}
@@ -137,6 +199,7 @@ _TIME = re.compile(r"([0-9]{1,2}):([0-9]{2})")
 _WINDOW_TEXT = re.compile(r"\s*([0-9:]+)\s*[-–]\s*([0-9:]+)\s*")
 _SCIENTIFIC = re.compile(r"[0-9](?:[.,][0-9]+)?[eE]\+?[0-9]+")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # tab and line breaks are text
+_DIMS = re.compile(r"\s*([0-9.]+)\s*[xX×*]\s*([0-9.]+)\s*[xX×*]\s*([0-9.]+)\s*(?:cm)?\s*")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 _BINARY_SAMPLE = 8192  # bytes looked at to tell a text file from a binary one
 _BINARY_SHARE = 0.1  # more than this share of odd bytes in the sample: not a text file
@@ -620,6 +683,15 @@ def _record(
     customer_webhook = _url(values.get("customer_webhook"), "customer_webhook", problem)
     size = _size(values.get("size"), problem)
     locker_ok = _flag(values.get("locker_ok"), "locker_ok", problem)
+    care = _care(
+        values,
+        locker_ok=locker_ok,
+        customer_webhook=not _blank(values.get("customer_webhook")),
+        problem=problem,
+    )
+    access_code = _access_code(values.get("access_code"), problem)
+    weight = _amount(values.get("weight_kg"), "weight_kg", "kg", MAX_WEIGHT_KG, problem)
+    volume = _volume(values, problem)
 
     if count or parcel is None or lat is None or lon is None or webhook is None:
         return None
@@ -638,6 +710,10 @@ def _record(
         customer_webhook=customer_webhook,
         size=size,
         locker_ok=locker_ok,
+        care=care,
+        access_code=access_code,
+        weight_kg=DEFAULT_WEIGHT_KG if weight is None else weight,
+        volume_l=volume,
     )
 
 
@@ -792,9 +868,11 @@ def _size(value: Any, problem: Callable[[str, str], None]) -> str:
     return str(size)
 
 
-def _flag(value: Any, name: str, problem: Callable[[str, str], None]) -> bool:
+def _flag(
+    value: Any, name: str, problem: Callable[[str, str], None], *, default: bool = True
+) -> bool:
     if _blank(value):
-        return True
+        return default
     if isinstance(value, bool):
         return value
     if isinstance(value, int) and value in (0, 1):
@@ -806,4 +884,146 @@ def _flag(value: Any, name: str, problem: Callable[[str, str], None]) -> bool:
         if word in _FALSE:
             return False
     problem(name, f"{name} {value!r} is not true/false (also yes/no, 1/0)")
-    return True
+    return default
+
+
+def _care(
+    values: Mapping[str, Any],
+    *,
+    locker_ok: bool,
+    customer_webhook: bool,
+    problem: Callable[[str, str], None],
+) -> Care:
+    """The row's delivery preferences: the JSON ``care`` object, or the separate fields (each
+    blank one takes :meth:`Care.default`'s value); then the rules no care may break here."""
+    given = [f for f in CARE_FIELDS if not _blank(values.get(f))]
+    whole = values.get("care")
+    if not _blank(whole):
+        if given:
+            problem("care", f"give care or the separate fields ({', '.join(given)}), not both")
+            return Care.default()
+        if not isinstance(whole, Mapping):
+            problem("care", "care must be a JSON object (in a CSV file, use the separate columns)")
+            return Care.default()
+        try:
+            care = Care.from_doc(whole)
+        except CareError as exc:
+            problem("care", str(exc))
+            return Care.default()
+    else:
+        safe_place = _flag(values.get("safe_place"), "safe_place", problem, default=False)
+        note = _text(values.get("safe_place_note"), "safe_place_note", problem) or ""
+        if note and not safe_place:
+            problem("safe_place_note", "a safe place's note needs safe_place yes")
+        try:
+            care = Care(
+                safe_place=safe_place,
+                safe_place_note=note,
+                neighbour=_flag(values.get("neighbour_ok"), "neighbour_ok", problem),
+                signature=_flag(values.get("signature"), "signature", problem, default=False),
+                age_min=_age(values.get("age_min"), problem),
+                locker_instead=_flag(
+                    values.get("locker_instead"), "locker_instead", problem, default=False
+                ),
+            )
+        except CareError as exc:  # the note's length: the only rule the fields leave to Care
+            problem("safe_place_note", str(exc))
+            return Care.default()
+    if care.safe_place and care.needs_signature:
+        what = "an ID check" if care.age_min is not None else "a signature"
+        problem("safe_place", f"a parcel that needs {what} cannot be left in a safe place")
+    if care.locker_instead:
+        if not locker_ok:
+            problem("locker_instead", "locker_instead needs locker_ok: the row refuses lockers")
+        elif care.age_min is not None:
+            problem("locker_instead", "a parcel with an age check cannot go to a locker: "
+                    "a locker checks no ID")
+        elif not customer_webhook:
+            problem("locker_instead", "locker_instead needs a customer_webhook: the pickup code "
+                    "is sent there")
+    return care
+
+
+def _age(value: Any, problem: Callable[[str, str], None]) -> int | None:
+    if _blank(value):
+        return None
+    text = value.strip() if isinstance(value, str) else value
+    if isinstance(text, str) and text.isdigit():
+        text = int(text)
+    if isinstance(text, int) and not isinstance(text, bool) and text in AGE_LIMITS:
+        return text
+    limits = ", ".join(map(str, AGE_LIMITS))
+    problem("age_min", f"age_min {value!r} is not one of {limits} (or blank: no age check)")
+    return None
+
+
+def _access_code(value: Any, problem: Callable[[str, str], None]) -> str:
+    if _blank(value):
+        return ""
+    if not isinstance(value, str):
+        problem("access_code", "access_code must be text (a number loses its leading zeros)")
+        return ""
+    text = value.strip()
+    if _CONTROL.search(text) or any(c in text for c in "\t\r\n"):
+        problem("access_code", "access_code must be one line without control characters")
+        return ""
+    if _SURROGATE.search(text):
+        problem("access_code", "access_code is not valid Unicode text")
+        return ""
+    if len(text) > MAX_ACCESS_CODE:
+        problem("access_code", f"access_code is longer than {MAX_ACCESS_CODE} characters")
+        return ""
+    return text
+
+
+def _amount(
+    value: Any, name: str, unit: str, limit: float, problem: Callable[[str, str], None]
+) -> float | None:
+    """A positive number up to `limit` (None when blank); a bad one is reported."""
+    if _blank(value):
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        problem(name, f"{name} must be a number")
+        return None
+    if isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            hint = " (use a point as the decimal separator)" if "," in value else ""
+            problem(name, f"{name} {value.strip()!r} is not a number{hint}")
+            return None
+    else:
+        number = float(value)
+    if not math.isfinite(number) or number <= 0:
+        problem(name, f"{name} {value!r} must be more than 0 {unit}")
+        return None
+    if number > limit:
+        why = ", the most one person may carry (send it as freight)" if unit == "kg" else ""
+        problem(name, f"{name} {value!r} is over {limit:g} {unit}{why}")
+        return None
+    return number
+
+
+def _volume(values: Mapping[str, Any], problem: Callable[[str, str], None]) -> float | None:
+    """Litres from ``volume_l``, or from ``dims_cm`` ("LxWxH", JSON also [L, W, H])."""
+    litres, dims = values.get("volume_l"), values.get("dims_cm")
+    if not _blank(litres) and not _blank(dims):
+        problem("dims_cm", "give volume_l or dims_cm, not both")
+        return None
+    if _blank(dims):
+        return _amount(litres, "volume_l", "l", MAX_VOLUME_L, problem)
+    if isinstance(dims, list) and len(dims) == 3:
+        sides: list[Any] = list(dims)
+    elif isinstance(dims, str) and (m := _DIMS.fullmatch(dims)):
+        sides = list(m.groups())
+    else:
+        problem("dims_cm", f"dims_cm {dims!r} is not LxWxH in centimetres, such as 40x30x20")
+        return None
+    found = [_amount(side, "dims_cm", "cm", MAX_SIDE_CM, problem) for side in sides]
+    if any(side is None for side in found):
+        return None
+    volume = math.prod(side for side in found if side is not None) / 1000.0
+    if volume > MAX_VOLUME_L:
+        problem("dims_cm", f"dims_cm {dims!r} is {volume:g} l, over {MAX_VOLUME_L:g} l")
+        return None
+    return volume

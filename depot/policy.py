@@ -22,7 +22,8 @@ The rules, in order:
       (default 3 km, straight line from the stop, inclusive) has a free compartment that fits,
       redirect to the nearest such locker (ties by locker name). Sizes are ordered S < M < L
       and a bigger compartment fits a smaller parcel; sizes other than these in a locker's
-      ``free`` table are ignored. Lockers in ``tried_lockers`` are skipped;
+      ``free`` table are ignored. A staffed counter (``LockerSite.room`` set) fits any size
+      while it has room. Lockers in ``tried_lockers`` are skipped;
    b. else, if ``attempts < max_attempts`` (default 2), a second attempt on the next round;
    c. else, return to sender.
 
@@ -85,6 +86,7 @@ __all__ = [
     "decide_after_reservation_refused",
     "decide_on_redelivery_request",
     "fits",
+    "nearest_locker",
 ]
 
 #: Locker compartment sizes from smallest to largest (InPost A/B/C: 8, 19, 41 cm high).
@@ -125,13 +127,16 @@ RETURN_AT_ONCE: Mapping[str, str] = MappingProxyType(
 class LockerSite:
     """A parcel locker as the policy sees it: where it is and how many compartments are free.
 
-    ``free`` maps a size letter to the number of free compartments of that size.
+    ``free`` maps a size letter to the number of free compartments of that size. A staffed
+    counter has shelves, not compartments: ``room`` is its free places for a parcel of any
+    size (None: a locker, judged by ``free``).
     """
 
     name: str
     lat: float
     lon: float
     free: Mapping[str, int]
+    room: int | None = None
 
 
 @dataclass(frozen=True)
@@ -302,6 +307,23 @@ def decide_on_redelivery_request(
     )
 
 
+def nearest_locker(
+    size: str,
+    lat: float,
+    lon: float,
+    lockers: Sequence[LockerSite],
+    *,
+    max_locker_km: float = DEFAULT_MAX_LOCKER_KM,
+) -> tuple[str, float] | None:
+    """The locker rule 3a would choose for a parcel of `size` at (`lat`, `lon`), and its
+    distance in km; None when no locker within `max_locker_km` has a fitting free
+    compartment. The depot's planning asks it for a parcel whose customer wants a locker
+    instead of the door, so both choose a locker the same way."""
+    _require_size(size)
+    found = _nearest_fitting_locker(size, lat, lon, lockers, frozenset(), max_locker_km)
+    return None if found is None else (found[0].name, found[1])
+
+
 def _require_size(size: str) -> None:
     if size not in LOCKER_SIZES:
         raise PolicyError(f"parcel size {size!r} is not one of {', '.join(LOCKER_SIZES)}")
@@ -319,7 +341,10 @@ def _nearest_fitting_locker(
     for site in lockers:
         if site.name in tried:
             continue
-        if not any(n > 0 and fits(size, s) for s, n in site.free.items()):
+        if site.room is not None:
+            if site.room <= 0:  # a counter takes any size while it has room
+                continue
+        elif not any(n > 0 and fits(size, s) for s, n in site.free.items()):
             continue
         km = distance_m(lat, lon, site.lat, site.lon) / 1000.0
         if km <= max_km:

@@ -25,15 +25,18 @@ import json
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from depot.alarms import notify_operator, open_count, raise_alarm
+from depot.cards import CARD_URL, CardAnswer, card_answer, card_url
 from depot.config import DepotConfig, load_depot_config
 from depot.customer import (
     EXTEND,
+    PREFERENCES,
     REDELIVER,
     TRACKING_URL,
     CustomerView,
@@ -64,11 +67,24 @@ from depot.policy import (
     PolicyError,
     decide_after_failure,
     decide_after_hold_expired,
+    nearest_locker,
 )
-from depot.routing import build_manifest, nearest_round, plan_routes
+from depot.preferences import (
+    PreferencesRefused,
+    care_of,
+    change_refusal,
+    customer_care,
+    locker_instead_refusal,
+    store_choices,
+    take_compartment,
+)
+from depot.returns import BookedReturn, ReturnDesk
+from depot.routing import DEFERRAL_REASONS, build_manifest, nearest_round, plan_routes
 from depot.store import Conn, book, collections, open_database, sends
 from depot.tracking import LockerDrop, Notification, ParcelBook, Transition, iso_utc
 from depot.webhooks import WebhookSender, encode_body, enqueue
+from parcel.cards import card_tag
+from parcel.care import Care
 from parcel.errors import ParcelError
 from parcel.manifest import LockerReturn, Manifest, Stop
 from parcel.runlog import needs_restart, reload_failed, reload_log_level, report_reload
@@ -83,7 +99,9 @@ log = logging.getLogger(__name__)
 COMMAND_TTL_S = 600.0  # a reserve that has not reached the locker in 10 min is sent afresh
 PUBACK_WAIT_S = 5.0
 # The transitions the exceptions policy acts on (`_react`); the projection queues them.
-REACT_TO = frozenset({"attempted", "hold_expired", "reserve_failed", "returning"})
+REACT_TO = frozenset(
+    {"attempted", "hold_expired", "reserve_failed", "returning", "return_dropped"}
+)
 SHARE_GROUP = "depot"  # the MQTT v5 shared subscription group of the depot's workers
 CLAIM_LEASE_S = 4 * PUBACK_WAIT_S  # real seconds a worker holds a manifest or command it sends
 # An abandoned drop-off waits this long (depot clock) for the locker's own retry (a bigger
@@ -127,6 +145,7 @@ _DEPOT_SETTINGS = {
     "extend_hold_h": "policy.extend_hold_h",
     "locker_confirm_min": "policy.locker_confirm_min",
     "lockers": "[[lockers]]",
+    "vehicles": "[[vehicles]]",
     "broker": "[broker]",
     "worker_passwords": "broker.password_file",
     "worker_certs": "broker.tls_cert",
@@ -157,6 +176,13 @@ class Arrival:
 class PlanResult:
     manifests: dict[str, Manifest]
     unassigned: list[str]
+    # Parcels the plan left at the depot for another day: parcel -> reason (a key of
+    # `depot.routing.DEFERRAL_REASONS`); each has a `deferred` timeline entry saying why.
+    deferred: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def deferred_by_reason(self) -> dict[str, int]:
+        """How many parcels waited, per reason."""
+        return dict(sorted(Counter(self.deferred.values()).items()))
 
 
 class DepotService:
@@ -226,6 +252,15 @@ class DepotService:
         speed = float(getattr(self.clock, "speed", 1.0)) or 1.0
         self._lease_ns = int(CLAIM_LEASE_S * speed * 1e9)
         self.decisions: list[tuple[str, NextAction]] = []
+        self.returns = ReturnDesk(
+            config=config,
+            database=self.database,
+            book=self.book,
+            keys=self.keys,
+            clock=self.clock,
+            send_command=self.send_command,
+            locker_sites=self._locker_sites,
+        )
 
     # --- running ----------------------------------------------------------------------------
 
@@ -476,7 +511,10 @@ class DepotService:
         return Arrival(parcel.id, unknown=info is None or not info.get("merchant"))
 
     def plan_day(self, day: str, vans: Sequence[str] | None = None) -> PlanResult:
-        """Assign every parcel waiting at the depot to a van and issue each van's manifest."""
+        """Assign every parcel waiting at the depot to a vehicle within its load and shift
+        (`depot.routing`, `[[vehicles]]`) and issue each one's manifest; a parcel no vehicle
+        has room or time for stays at the depot with a `deferred` timeline entry saying why
+        (`PlanResult.deferred`) and is among the first planned the next day."""
         vans = list(vans or self.config.vans)
         if not vans:
             raise DepotServiceError("no vans to plan for (depot.vans is empty)")
@@ -493,12 +531,27 @@ class DepotService:
                 unassigned.append(str(r["id"]))  # scanned in, but no address data yet
                 continue
             records.append(r)
+        records = self._care_and_lockers(records)
 
+        # A parcel that already waited a day or failed at the door is the last to wait again.
+        waited = Counter(self.book.times_deferred(before=day))
+        waited.update({str(r["id"]): int(r.get("attempts") or 0) for r in records})
         plans = plan_routes(
             [ParcelRecord.from_doc(r["record"]) for r in records],
-            vans,
+            self.config.fleet(vans),
             (self.config.lat, self.config.lon),
+            waited=waited,
         )
+        for left in plans.deferred:
+            text = DEFERRAL_REASONS[left.reason]
+            self.book.record_deferral(left.parcel, day=day, reason=left.reason, text=text)
+        if plans.deferred:
+            log.warning(
+                "plan of %s: %d parcels wait for another day (%s)",
+                day,
+                len(plans.deferred),
+                ", ".join(f"{n} {why}" for why, n in plans.deferred_by_reason().items()),
+            )
         lockers = {site.name: site for site in self.config.lockers}
         manifests: dict[str, Manifest] = {}
         for van, stops in plans.items():
@@ -520,7 +573,72 @@ class DepotService:
                     self.book.assign(parcel, van, stop.stop, manifest.version)
             self._note_collections(manifest)
         self._wake.set()
-        return PlanResult(manifests, unassigned)
+        return PlanResult(manifests, unassigned, {d.parcel: d.reason for d in plans.deferred})
+
+    def _care_and_lockers(self, records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Each waiting parcel's record with its care as it is now (the customer's choices
+        over the merchant's, `depot.preferences.care_of`), for the manifest; and each whose
+        customer asked for a locker instead of the door sent to a locker (`_locker_instead`)
+        unless the policy already sent it to one."""
+        sites = self._locker_sites()
+        out = []
+        for r in records:
+            with self.database.reading() as conn:
+                care = care_of(conn, str(r["id"]))
+            if care is None:
+                out.append(r)
+                continue
+            r = {**r, "record": {**r["record"], "care": care.to_doc()}}
+            if care.locker_instead and not (r.get("next_action") == "locker" and r.get("locker")):
+                r, sites = self._locker_instead(r, care, sites)
+            out.append(r)
+        return out
+
+    def _locker_instead(
+        self, r: dict[str, Any], care: Care, sites: list[LockerSite]
+    ) -> tuple[dict[str, Any], list[LockerSite]]:
+        """The customer asked for a locker instead of the door: the locker the policy would
+        choose after a failure (`depot.policy.nearest_locker`: the nearest with a fitting free
+        compartment within `[policy] max_locker_km` of the address), reserved the same way
+        (`reserve`; `_with_locker_stops` puts it on the round's locker stop). Without one it
+        goes to the door, with the reason in its timeline (next action `door`), said once
+        while the reason stays the same."""
+        parcel, record = str(r["id"]), r["record"]
+        size = str(record.get("size", "S"))
+        why = locker_instead_refusal(record, care)
+        found = None
+        if why is None:
+            found = nearest_locker(
+                size,
+                float(record["lat"]),
+                float(record["lon"]),
+                sites,
+                max_locker_km=self.config.max_locker_km,
+            )
+            if found is None:
+                why = (
+                    f"no locker within {self.config.max_locker_km:g} km has a free "
+                    f"compartment for a size {size} parcel"
+                )
+        asked = "the customer asked for a locker instead of the door"
+        if found is None:
+            if r.get("next_action") != "door":
+                self.book.set_next_action(parcel, "door", reason=f"{asked}, but {why}")
+            return {**r, "next_action": "door"}, sites
+        locker, km = found
+        self.book.set_next_action(
+            parcel,
+            "locker",
+            locker=locker,
+            reason=f"{asked}: {locker} is {km:.1f} km away with a free compartment for a "
+            f"size {size} parcel",
+        )
+        self.send_command(
+            locker, "reserve", {"parcel": parcel, "size": size, "hours": self.config.locker_hold_h}
+        )
+        return {**r, "next_action": "locker", "locker": locker}, take_compartment(
+            sites, locker, size
+        )
 
     def _with_locker_stops(
         self,
@@ -598,7 +716,12 @@ class DepotService:
 
     def _react(self, t: Transition) -> None:
         if t.state == "attempted":
-            self._after_failure(t.parcel, reason=str(t.details.get("reason", "")))
+            card = t.details.get("card")
+            self._after_failure(
+                t.parcel,
+                reason=str(t.details.get("reason", "")),
+                card=card if isinstance(card, str) else None,
+            )
         elif t.state == "hold_expired":
             decision = decide_after_hold_expired(str(t.details.get("locker") or t.device))
             self.book.set_next_action(t.parcel, decision.kind, reason=decision.reason)
@@ -606,17 +729,32 @@ class DepotService:
             self._plan_collection(t)
         elif t.state == "reserve_failed":
             self._after_failure(t.parcel, reason=None)
+        elif t.state == "return_dropped":  # a customer's return: collected like an expiry
+            self.returns.step(t.parcel, "dropped")
+            self._plan_collection(t)
         elif t.state == "returning":
             with self.database.transaction() as conn:  # out of its locker, if it was in one
                 collections.mark_done(conn, t.parcel, self.clock.wall_ns())
+            collected = t.step == "collected_for_return"
+            self.returns.step(t.parcel, "collected" if collected else "at_depot")
             if t.step != "collected_for_return":
                 # Back at the depot (the van's return scan): handed to the return to the
                 # merchant. Taken out of a locker, it is still in the courier's van.
                 self.book.mark_returned_to_sender(t.parcel)
 
     def _after_failure(
-        self, parcel: str, *, reason: str | None, tried_too: Sequence[str] = ()
+        self,
+        parcel: str,
+        *,
+        reason: str | None,
+        tried_too: Sequence[str] = (),
+        card: str | None = None,
     ) -> None:
+        """Decide what follows a failed attempt (or a refused reservation) and send it.
+
+        `card` is the code of the card the courier left: a staffed counter chosen for the
+        parcel gets its tag (parcel.cards.card_tag, never the code), so the customer can
+        collect there with the card and their name."""
         info = self.book.parcel(parcel)
         if info is None:
             return
@@ -638,15 +776,17 @@ class DepotService:
         if state == "returning":  # already back at the depot: hand it to the return at once
             self.book.mark_returned_to_sender(parcel)
         if decision.kind == "locker" and decision.locker is not None:
-            self.send_command(
-                decision.locker,
-                "reserve",
-                {
-                    "parcel": parcel,
-                    "size": str(record.get("size", "S")),
-                    "hours": self.config.locker_hold_h,
-                },
-            )
+            args: dict[str, Any] = {
+                "parcel": parcel,
+                "size": str(record.get("size", "S")),
+                "hours": self.config.locker_hold_h,
+            }
+            site = next((s for s in self.config.lockers if s.name == decision.locker), None)
+            if card is not None and site is not None and site.kind == "counter":
+                tag = card_tag(site.name, card, str(record.get("recipient", "")))
+                if tag is not None:
+                    args["card_tag"] = tag
+            self.send_command(decision.locker, "reserve", args)
             van = info.get("van")
             if van and info.get("state") not in ("at_depot",):
                 self._redirect_on_route(str(van), parcel, decision.locker)
@@ -700,7 +840,11 @@ class DepotService:
         if stop.kind == "locker" and stop.locker != drop.locker:
             return  # the policy sent it on to another locker (`_redirect_on_route`)
         stops = tuple(
-            dataclasses.replace(s, parcels=tuple(p for p in s.parcels if p != drop.parcel))
+            dataclasses.replace(
+                s,
+                parcels=tuple(p for p in s.parcels if p != drop.parcel),
+                care={p: c for p, c in s.care.items() if p != drop.parcel},
+            )
             for s in current.stops
         )
         self._issue(
@@ -719,6 +863,15 @@ class DepotService:
         reason: str,
         tried: list[str],
     ) -> NextAction:
+        """The policy's next action for a failed parcel. A parcel that must be signed for or
+        needs an ID check goes to no locker (a locker opens for a code alone), only to a
+        staffed counter, whose staff ask for both."""
+        with self.database.reading() as conn:
+            care = care_of(conn, str(info.get("id") or record.get("id") or ""))
+        sites = self._locker_sites()
+        if care is not None and care.needs_signature:
+            counters = {s.name for s in self.config.lockers if s.kind == "counter"}
+            sites = [s for s in sites if s.name in counters]
         return decide_after_failure(
             reason=reason,
             attempts=int(info.get("attempts") or 0),
@@ -728,7 +881,7 @@ class DepotService:
             size=str(record.get("size", "S")),
             stop_lat=float(record.get("lat", self.config.lat)),
             stop_lon=float(record.get("lon", self.config.lon)),
-            lockers=self._locker_sites(),
+            lockers=sites,
             tried_lockers=tuple(tried),
             max_attempts=self.config.max_attempts,
             max_locker_km=self.config.max_locker_km,
@@ -739,6 +892,10 @@ class DepotService:
         busy = self.book.locker_occupancy()
         sites = []
         for site in self.config.lockers:
+            if site.kind == "counter":  # shelves: any size, while places are left
+                room = site.capacity - sum(busy.get(site.name, {}).values())
+                sites.append(LockerSite(site.name, site.lat, site.lon, {}, room=max(0, room)))
+                continue
             free = dict(site.compartments)
             for size, n in busy.get(site.name, {}).items():
                 free[size] = max(0, free.get(size, 0) - n)
@@ -870,6 +1027,27 @@ class DepotService:
                     conn, parcel, van=manifest.van, day=manifest.day, version=manifest.version
                 )
 
+    # --- customers' returns (depot.returns) ---------------------------------------------------
+
+    def book_return(
+        self,
+        parcel: str,
+        *,
+        by: str,
+        size: str | None = None,
+        locker: str | None = None,
+        merchant: str | None = None,
+    ) -> BookedReturn:
+        """Book the return of a delivered parcel (`ReturnDesk.book`; ReturnRefused says why
+        not): the locker is told to expect it, the merchant and the customer are told."""
+        booked = self.returns.book(parcel, by=by, size=size, locker=locker, merchant=merchant)
+        self._wake.set()
+        return booked
+
+    def customer_returns(self) -> dict[str, int]:
+        """Customers' returns booked, dropped, collected and back at the depot."""
+        return self.returns.counts()
+
     # --- signed commands ---------------------------------------------------------------------
 
     def send_command(self, target: str, action: str, args: Mapping[str, Any]) -> str:
@@ -939,6 +1117,10 @@ class DepotService:
         body: Mapping[str, Any] = n.body
         if body.get("state") == "in_locker":
             body = self._pickup_notice(conn, n)
+        details = body.get("details")
+        if isinstance(details, Mapping) and details.get("card_left"):
+            # A failed attempt that left a card: where its code is typed (`depot.cards`).
+            body = {**body, "details": {**details, CARD_URL: card_url(self.public_url)}}
         if n.audience == "customer":  # the merchant's copy never: the page shows the code
             parcel = str(n.body.get("parcel"))
             link = link_at_rest(conn, self.keys, parcel, self.public_url, self.clock.wall_ns())
@@ -1059,6 +1241,60 @@ class DepotService:
         return command
 
     # --- the customer's page (depot.customer) ----------------------------------------------
+
+    def card_link(self, code: str) -> CardAnswer:
+        """Where the failure card with `code` leads (`depot.cards.card_answer`): its parcel's
+        tracking page while the journey is open, its link recorded so the page finds it.
+        CardUnreadable or UnknownCard say why not."""
+        with self.database.transaction() as conn:
+            return card_answer(conn, self.keys, code, self.clock.wall_ns())
+
+    def customer_preferences(self, token: str, form: Mapping[str, str]) -> Care:
+        """The customer changed their delivery preferences on their page (`form`: the page's
+        fields, `depot.preferences.customer_care`): stored, in the parcel's timeline
+        (`preferences_changed`), and, when the parcel is on a van's manifest today, that
+        manifest re-issued with the new care (`_reissue_with_care`), in one transaction. The
+        care now is returned; UnknownLink, LinkExpired or PreferencesRefused (in the
+        customer's words) say why not, and nothing is recorded then. The same choices again
+        record nothing."""
+        with self.database.transaction() as conn:
+            parcel = self._customer_parcel(conn, token)
+            info = book.parcel_row(conn, parcel) or {}
+            refusal = change_refusal(str(info.get("state")))
+            if refusal is not None:
+                raise PreferencesRefused(f"{refusal}, so they can no longer be changed")
+            current = care_of(conn, parcel) or Care.default()
+            care = customer_care(current, form, info)
+            if care == current:
+                return care
+            store_choices(conn, parcel, care, self.clock.wall_ns())
+            self.book.record_request(parcel, PREFERENCES, {"care": care.to_doc()})
+            self._reissue_with_care(parcel, info.get("van"), care)
+        log.info("customer changed the delivery preferences of %s", parcel)
+        self._wake.set()
+        return care
+
+    def _reissue_with_care(self, parcel: str, van: object, care: Care) -> None:
+        """The van that has `parcel` at an address stop of today's manifest gets a new
+        version of it with the parcel's new care, so the courier's screen and the van's
+        refusals follow the customer's word (as a redirect re-issues it, `_redirect_on_route`).
+        A parcel on its way to a locker keeps its locker stop: the door is not asked there."""
+        current = self._out_today(str(van)) if van else None
+        due = current.stop_of(parcel) if current is not None else None
+        if current is None or due is None or current.stop(due).kind != "address":
+            return
+        stops = tuple(
+            dataclasses.replace(s, care={**s.care, parcel: care}) if s.stop == due else s
+            for s in current.stops
+        )
+        updated = dataclasses.replace(
+            current,
+            version=self._next_version(current.van, current.day),
+            stops=stops,
+            issued_at=self.clock.wall_ns() / 1e9,
+        )
+        self._issue(updated)
+        log.info("%s's manifest v%d: new care for %s", current.van, updated.version, parcel)
 
     def tracking_link(self, parcel: str) -> str | None:
         """`parcel`'s tracking link, as its customer's notices carry it (recorded, so it
@@ -1298,15 +1534,11 @@ def _move_to_lockers(
 
 
 def _renumber(s: Stop, number: int, parcels: tuple[str, ...]) -> Stop:
-    return Stop(
+    """`s` as stop `number` with only `parcels`; the care of a parcel that left it goes with
+    it (a manifest names care only for parcels due at the stop), the rest is kept."""
+    return dataclasses.replace(
+        s,
         stop=number,
-        kind=s.kind,
-        lat=s.lat,
-        lon=s.lon,
         parcels=parcels,
-        address=s.address,
-        recipient=s.recipient,
-        window=s.window,
-        instructions=s.instructions,
-        locker=s.locker,
+        care={p: c for p, c in s.care.items() if p in parcels},
     )

@@ -51,6 +51,10 @@ State decisions beyond the contract's diagram (docs/DELIVERY.md, "Parcel states"
   not the one of the last deposit told, is such a re-record: one `in_locker` timeline entry
   that says so, and a new pickup notice (new code, the new hold) that replaces the earlier
   one, through the usual notify path. The same credential again tells nobody.
+- Outcomes at the door (`depot.outcomes`): a van's `outcome_refused` is a timeline entry
+  that moves nothing and tells nobody; a delivery is judged again against the depot's own
+  care of the parcel, and one that broke it is still applied (the van did hand it over) but
+  marked `preference_violated` and alarmed; a failed attempt's card is kept by its digest.
 - A device event's time is its wall clock when the device says that clock was synchronised,
   else the depot's receipt time (a van without a real-time clock may think it is 1970). The
   timeline is ordered by projection order, never by those times.
@@ -70,6 +74,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
+from depot import outcomes
 from depot.alarms import ALARM_KIND, record_device_alarm
 from depot.errors import DepotError
 from depot.store import Conn, DepotDatabase, StoreError, book, events, open_database
@@ -92,6 +97,8 @@ STATES = (
     "hold_expired",
     "returning",
     "at_depot",
+    "return_booked",
+    "return_dropped",
     "delivered",
     "picked_up",
     "returned_to_sender",
@@ -110,6 +117,10 @@ _CONTRACT_STEPS: dict[str, frozenset[str]] = {
     "in_locker": frozenset({"picked_up", "hold_expired"}),
     "hold_expired": frozenset({"picked_up", "in_locker"}),
     "returning": frozenset({"returned_to_sender"}),
+    # A customer's return (`depot.returns`): booked, into a locker; `returning` (a courier
+    # took it out) is a place, so it may follow either.
+    "return_booked": frozenset({"return_dropped", "loaded"}),
+    "return_dropped": frozenset(),
 }
 # Where the parcel physically is, said by the place itself, may follow any non-final state.
 _PLACES = frozenset({"at_depot", "in_locker", "returning"})
@@ -148,6 +159,10 @@ REASON_TEXT = {
     "refused": "the parcel was refused",
     "damaged": "the parcel is damaged",
     "business_closed": "the business was closed",
+    "no_safe_place": "nobody was at home and there is no safe place we may use",
+    "age_check_failed": "nobody of age could show an ID",
+    "reschedule_requested": "you asked for another day",
+    "card_left": "nobody was at home; we left a card",
 }
 # docs/DELIVERY.md "Failure reasons": the French INOVERT situation|justification, where defined.
 # The timeline's and the notice's words for a deposit the locker recorded again (above).
@@ -393,6 +408,19 @@ class _ParcelQueries:
         counts.update({str(s): int(n) for s, n in rows})
         return counts
 
+    def outcome_counts(
+        self,
+        counters: Sequence[str] = (),
+        start_ns: int | None = None,
+        end_ns: int | None = None,
+    ) -> dict[str, Any]:
+        """`preference_refusals`, `preference_violations`, `deliveries_by_method`
+        (`depot.outcomes.outcome_counts`); `counters` names the staffed counters."""
+        with self._reading() as conn:
+            return outcomes.outcome_counts(
+                conn, counters=frozenset(counters), start_ns=start_ns, end_ns=end_ns
+            )
+
     def van_versions(self) -> dict[str, dict[str, Any]]:
         """The manifest each van said it runs (`manifest_applied`), by van."""
         with self._reading() as conn:
@@ -603,6 +631,7 @@ def _van_facts(ev: _StoredEvent, loaded_of_van: Callable[[str], list[str]]) -> l
             "upu": p.get("upu", "EMI"),
             "x12": p.get("x12", "D"),
             "inovert": INOVERT["delivered"],
+            **outcomes.delivered_details(p),
             **_pod(p),
         }
         return [_Fact(parcel, "delivered", "delivered", details)]
@@ -617,9 +646,14 @@ def _van_facts(ev: _StoredEvent, loaded_of_van: Callable[[str], list[str]]) -> l
             "upu": p.get("upu", "EMH"),
             "x12": p.get("x12", "AH"),
             **({"inovert": INOVERT[reason]} if reason in INOVERT else {}),
+            **outcomes.failed_details(p, reason),
             **_pod(p),
         }
         return [_Fact(parcel, "attempted", "attempted", details, failed_attempt=reason)]
+    if kind == "outcome_refused":
+        # The van refused a handover the parcel's care forbids: recorded, nothing moves.
+        details = {"van": dev, "stop": stop, **outcomes.refused_details(p)}
+        return [_Fact(parcel, "outcome_refused", None, details)]
     if kind == "parcel_redirected":
         locker = _text(p, "locker")
         details = {"van": dev, "stop": stop, "locker": locker, **_pod(p)}
@@ -697,6 +731,9 @@ def _locker_facts(ev: _StoredEvent, command_parcel: Callable[[str], str | None])
     if kind == "parcel_returned":
         sets = {"compartment": None}
         return [_Fact(parcel, "collected_for_return", "returning", where, sets)]
+    if kind == "return_dropped":  # a customer's return, into a compartment with its code
+        details = {**where, "size": p.get("size")}
+        return [_Fact(parcel, "return_dropped", "return_dropped", details, where)]
     if kind == "reservation_lapsed":
         return [
             _Fact(
@@ -722,6 +759,7 @@ _VAN_KINDS = frozenset(
         "parcel_dropped_at_locker",
         "parcel_returned_to_depot",
         "parcel_collected_from_locker",
+        "outcome_refused",
         "day_closed",
     }
 )
@@ -735,6 +773,7 @@ _LOCKER_KINDS = frozenset(
         "parcel_returned",
         "reservation_lapsed",
         "dropoff_abandoned",
+        "return_dropped",
     }
 )
 _NEEDS_PARCEL = (_VAN_KINDS | _LOCKER_KINDS) - {
@@ -970,6 +1009,34 @@ class ParcelBook(_ParcelQueries):
                 notify=True,
             )
 
+    def book_return(
+        self, record_doc: Mapping[str, Any], *, now_ns: int, details: Mapping[str, Any]
+    ) -> None:
+        """Add a customer's return (`depot.returns`) in state `return_booked`, its next action
+        `return_to_sender`: it is never planned for delivery, and the van's return scan at the
+        depot ends it like any return. In the caller's transaction, if any; tells nobody
+        (the return desk tells the merchant and the customer itself)."""
+        parcel = str(record_doc["id"])
+        columns = self._record_columns(record_doc)
+        with self._lock, self._transaction() as conn:
+            if book.state_of(conn, parcel) is not None:
+                raise TrackingError(f"parcel {parcel} is in the book already")
+            book.insert_parcel(conn, parcel, now_ns, _dumps(record_doc), columns)
+            book.set_next_action(
+                conn, parcel, "return_to_sender", "return_booked", now_ns, None
+            )
+            self._record_entry(
+                conn,
+                parcel=parcel,
+                event_uuid="return_booked",
+                at_ns=now_ns,
+                state="return_booked",
+                step="return_booked",
+                device=DEPOT_DEVICE,
+                details=details,
+                notify=False,
+            )
+
     def record_request(self, parcel: str, request: str, details: Mapping[str, Any]) -> None:
         """A customer's request from their page (`depot.customer`): one timeline entry by
         `CUSTOMER_DEVICE` that moves nothing and tells nobody (the decision that follows, if
@@ -989,6 +1056,31 @@ class ParcelBook(_ParcelQueries):
                 details={"request": request, **details},
                 notify=False,
             )
+
+    def record_deferral(self, parcel: str, *, day: str, reason: str, text: str) -> None:
+        """The day plan of `day` left the parcel at the depot for another day
+        (`depot.routing`, step 6: `reason` and its words): one `deferred` entry by the depot
+        that moves nothing and tells nobody, once per parcel and day however often that day
+        is planned again."""
+        with self._lock, self._transaction() as conn:
+            self._record_entry(
+                conn,
+                parcel=parcel,
+                event_uuid=_deferral(day),
+                at_ns=self._clock.wall_ns(),
+                state=self._state_of(conn, parcel),
+                step="deferred",
+                device=DEPOT_DEVICE,
+                details={"day": day, "reason": reason, "reason_text": text},
+                notify=False,
+            )
+
+    def times_deferred(self, before: str) -> dict[str, int]:
+        """Per parcel still at the depot, how many days' plans before day `before` left it
+        there."""
+        with self._reading() as conn:
+            rows = book.deferrals_at_the_depot(conn, _deferral(before))
+        return {str(p): int(n) for p, n in rows}
 
     def note_command(self, command_id: str, *, locker: str, action: str, parcel: str) -> None:
         """Remember which parcel a signed locker command is about.
@@ -1206,6 +1298,17 @@ class ParcelBook(_ParcelQueries):
         book.update_parcel(conn, fact.parcel, sets)
         self._watch_locker_drop(conn, ev, fact, current, row[3])
         moved = verdict in ("move", "irregular")
+        outcomes.on_outcome(
+            conn,
+            parcel=fact.parcel,
+            step=fact.step,
+            device=ev.device,
+            event_uuid=ev.uuid,
+            at_ns=ev.at_ns,
+            details=details,
+            moved=moved,
+            now_ns=self._clock.wall_ns(),
+        )
         self._record_entry(
             conn,
             parcel=fact.parcel,
@@ -1356,6 +1459,7 @@ class ParcelBook(_ParcelQueries):
             return
         merchant, webhook, customer_webhook, locker, window = book.notify_targets(conn, parcel)
         body_details = _public_details(state, details, locker, window)
+        card = body_details.pop("card", None)  # the customer's copy only
         audiences: tuple[tuple[Audience, object], ...] = (
             ("merchant", webhook),
             ("customer", customer_webhook),
@@ -1374,13 +1478,22 @@ class ParcelBook(_ParcelQueries):
                 "parcel": parcel,
                 "state": state,
                 "at": iso_utc(at_ns),
-                "details": body_details,
+                "details": (
+                    {**body_details, "card": card}
+                    if card and audience == "customer"
+                    else body_details
+                ),
                 "merchant": merchant,
             }
             self._notify(conn, Notification(event_id, audience, str(url), body))
 
 
 _IN_A_LOCKER = frozenset({"in_locker", "hold_expired", "picked_up"})
+
+
+def _deferral(day: str) -> str:
+    """The event uuid of a day plan's `deferred` entry: one per parcel and day."""
+    return f"deferred:{day}"
 
 
 def told_deposit(conn: Conn, parcel: str, locker: str) -> dict[str, Any] | None:
@@ -1427,11 +1540,19 @@ def _public_details(
     if state == "out_for_delivery":
         return {"window": json.loads(window)} if isinstance(window, str) else {}
     if state == "attempted":
-        keep = ("reason", "reason_text", "attempts", "upu", "x12", "inovert")
-        return {k: details[k] for k in keep if k in details}
+        keep = ("reason", "reason_text", "attempts", "upu", "x12", "x12_reason", "inovert")
+        told = {k: details[k] for k in keep if k in details}
+        if details.get("card"):
+            told.update(card=details["card"], card_left=True)
+        return told
     if state == "delivered":
-        said = ("to", "name", "neighbour_address", "upu", "x12")
-        return {k: details[k] for k in said if details.get(k) is not None}
+        said = ("to", "name", "neighbour_address", "upu", "x12", "x12_reason", "signed_by")
+        told = {k: details[k] for k in said if details.get(k) is not None}
+        if isinstance(details.get("signature"), dict):
+            told["signed"] = True
+        if isinstance(details.get("id_check"), dict):  # the type only, never the year
+            told["id_checked"] = details["id_check"].get("id_type")
+        return told
     if state == "in_locker":
         found = {"locker": details.get("locker") or locker, "x12": "AU"}
         if details.get("hold_until"):

@@ -50,7 +50,7 @@ def test_only_the_network_thread_writes_to_the_socket(broker: Broker) -> None:
     user, password = broker.depot_credentials
     listener = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="listener")
     listener.username_pw_set(user, password)
-    listener.on_message = lambda _c, _u, msg: got.put(msg.payload)
+    listener.on_message = lambda _c, _u, msg: got.put(bytes(msg.payload))
     subscribed = threading.Event()
     listener.on_subscribe = lambda *_a: subscribed.set()
     listener.connect(broker.host, broker.port)

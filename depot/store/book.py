@@ -92,6 +92,17 @@ def at_the_depot(conn: Conn) -> list[Row]:
     ).fetchall()
 
 
+def deferrals_at_the_depot(conn: Conn, but: str) -> list[Row]:
+    """(parcel, day plans that left it at the depot) of the parcels still there, leaving out
+    the deferral entry `but` (today's: a plan made again does not count its own)."""
+    return conn.execute(
+        "SELECT t.parcel, count(*) FROM timeline t JOIN parcels p ON p.id = t.parcel "
+        "WHERE p.state IN ('received', 'at_depot') AND t.step = 'deferred' "
+        "AND t.event_uuid <> ? GROUP BY t.parcel ORDER BY t.parcel",
+        (but,),
+    ).fetchall()
+
+
 def locker_occupancy(conn: Conn) -> list[Row]:
     """(locker, size, count) of compartments held or reserved for parcels not yet gone."""
     return conn.execute(

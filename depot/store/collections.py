@@ -36,12 +36,13 @@ def plan(
 
 def open_collections(conn: Conn, locker: str | None = None) -> list[Row]:
     """(parcel, locker, compartment) of collections still to do: not done, and the parcel is
-    still expired in its compartment (an extended hold or a late pickup needs no courier).
+    still expired in its compartment (an extended hold or a late pickup needs no courier), or
+    is a customer's return dropped there (`depot.returns`).
     One row per parcel, by locker then compartment."""
     sql = (
         "SELECT c.parcel, c.locker, max(c.compartment) FROM collections c "
         "JOIN parcels p ON p.id = c.parcel "
-        "WHERE c.done_ns IS NULL AND p.state = 'hold_expired'"
+        "WHERE c.done_ns IS NULL AND p.state IN ('hold_expired', 'return_dropped')"
     )
     params: tuple[Any, ...] = ()
     if locker is not None:

@@ -378,6 +378,62 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE device_status ADD COLUMN software TEXT",
         ),
     ),
+    Migration(
+        18,
+        "outcomes at the door: failure cards' codes, and each handover's method",
+        (
+            # `digest` is the SHA-256 of the card's normalised code (`depot.cards`), never
+            # the code: the card page finds the parcel from it. A parcel keeps every card
+            # it was left (each attempt's); `depot.store.outcomes` owns both tables.
+            """CREATE TABLE IF NOT EXISTS card_codes (
+                digest TEXT PRIMARY KEY, parcel TEXT NOT NULL, event_uuid TEXT NOT NULL,
+                created_ns INTEGER NOT NULL)""",
+            "CREATE INDEX IF NOT EXISTS card_codes_parcel ON card_codes(parcel)",
+            # One row per handover that moved a parcel to delivered or picked up: `method`
+            # is signature / recipient / neighbour / safe_place (a van's) or locker (a
+            # collection site's; a counter is told apart by its `device`, from settings).
+            """CREATE TABLE IF NOT EXISTS handovers (
+                parcel TEXT NOT NULL, event_uuid TEXT NOT NULL, method TEXT NOT NULL,
+                device TEXT NOT NULL, at_ns INTEGER NOT NULL,
+                PRIMARY KEY (parcel, event_uuid))""",
+            "CREATE INDEX IF NOT EXISTS handovers_at ON handovers(at_ns)",
+        ),
+    ),
+    Migration(
+        19,
+        "customers' returns: each booked return, and each locker's return salt",
+        (
+            # One row per return (`depot.returns`; statements in `depot.store.returns`): the
+            # return's own parcel id, the delivered parcel it sends back (one return each),
+            # where it is to be dropped, the code's hash under the locker's salt (two open
+            # returns at a locker never share a code) and the code sealed to the depot's own
+            # key (to show it to the customer again), never the code; the time of each step.
+            """CREATE TABLE IF NOT EXISTS customer_returns (
+                return_id TEXT PRIMARY KEY, original TEXT NOT NULL UNIQUE, merchant TEXT,
+                size TEXT NOT NULL, locker TEXT NOT NULL, code_hash TEXT NOT NULL,
+                sealed_code TEXT, booked_by TEXT NOT NULL, booked_ns INTEGER NOT NULL,
+                until_ns INTEGER NOT NULL, dropped_ns INTEGER, collected_ns INTEGER,
+                at_depot_ns INTEGER, webhook TEXT, customer_webhook TEXT)""",
+            "CREATE INDEX IF NOT EXISTS customer_returns_locker ON customer_returns(locker)",
+            # The salt (random, not secret) a locker hashes every return code under: one per
+            # locker, so a typed code costs the locker one scrypt however many it expects.
+            """CREATE TABLE IF NOT EXISTS return_salts (
+                locker TEXT PRIMARY KEY, salt TEXT NOT NULL)""",
+        ),
+    ),
+    Migration(
+        20,
+        "customers' delivery preferences, as they set them on their tracking page",
+        (
+            # The customer's own choices (safe place and where, neighbour, locker instead) as
+            # a care document of those fields only, over the merchant's care in the parcel's
+            # record (`depot.preferences`): a merchant's re-import keeps them, and the
+            # merchant's signature and age check stay the merchant's. `depot.store.preferences`
+            # owns it.
+            """CREATE TABLE IF NOT EXISTS customer_care (
+                parcel TEXT PRIMARY KEY, care TEXT NOT NULL, changed_ns INTEGER NOT NULL)""",
+        ),
+    ),
 )
 LATEST = MIGRATIONS[-1].number
 assert [m.number for m in MIGRATIONS] == list(range(1, LATEST + 1)), "numbered without holes"

@@ -55,6 +55,11 @@ TABLES = (
     "console_users",
     "console_sessions",
     "api_tokens",
+    "card_codes",
+    "handovers",
+    "customer_returns",
+    "return_salts",
+    "customer_care",
 )
 # Columns PostgreSQL numbers itself (identity): copied as they are, then its counters moved on.
 _IDENTITY = {"events": "rowid", "gaps": "id", "quarantine": "id", "timeline": "id",

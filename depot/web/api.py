@@ -3,6 +3,8 @@
 Owns the JSON routes and their answers::
 
     GET /health                 {"ok": true, "problems": [], "parcels": n, "by_state": {...},
+                                 "preference_refusals": n, "preference_violations": n,
+                                 "deliveries_by_method": {"recipient": n, ...},
                                  "broker": {...}, "database": {...}, "webhooks": {...}, ...};
                                  503 with "ok": false and the problems, one sentence each
     GET /parcels[?state=S]      {"count": n, "parcels": [summary, ...]}
@@ -17,7 +19,16 @@ Owns the JSON routes and their answers::
                                  default), acknowledged or all
     POST /alarms/{id}/ack       body {"by": "name", "note": "..."} (both optional): the
                                  acknowledged alarm; 404 unknown, 409 acknowledged before
-    GET /photos/{sha256}        a proof-of-delivery photo (image/jpeg), once stored and verified
+    GET /photos/{sha256}        a proof-of-delivery photo (image/jpeg) or a signature's strokes
+                                (application/vnd.lastmile.signature+json), once stored and
+                                verified
+    POST /returns               body {"parcel": id, "size": "S"|"M"|"L", "locker": name,
+                                 "merchant": name} (all but parcel optional): 201 with the
+                                 booked return (`depot.returns`: its id, locker, until, the
+                                 return code and its QR text, for whoever books it); 404 an
+                                 unknown parcel (or another merchant's), 409 one not
+                                 delivered or returned before, 400 a bad size or locker
+    GET /returns/{id}           the return's track, as GET /parcels/{id} (no code)
     GET /parcels/{id}/extend-hold?token=T
                                 the page behind the pickup notice's link: one button
                                 (text/html); it POSTs to the same URL
@@ -62,6 +73,7 @@ from depot import alarms
 from depot.epcis import export_epcis
 from depot.errors import DepotError
 from depot.pickup import ExtendRefused
+from depot.returns import ReturnRefused
 from depot.store import DATABASE_ERRORS, Conn, DepotDatabase, events, is_busy
 from depot.tracking import STATES, UnknownParcelError, iso_utc
 from depot.web import auth
@@ -230,6 +242,11 @@ def _health(request: Request) -> Any:
     return doc if doc["ok"] else json_answer(503, doc)
 
 
+def counters(depot: WebDepot) -> list[str]:
+    """The collection sites that are staffed counters (their pickups count as `counter`)."""
+    return [s.name for s in depot.sites.lockers if getattr(s, "kind", "locker") == "counter"]
+
+
 def health_doc(depot: WebDepot) -> dict[str, Any]:
     """The depot's health as /health answers it (also the console's header light)."""
     doc: dict[str, Any] = {"ok": True, "problems": []}
@@ -243,6 +260,8 @@ def health_doc(depot: WebDepot) -> dict[str, Any]:
                 events_waiting=view.waiting_events(),
                 unmatched=len(view.unmatched()),
             )
+            # preference_refusals, preference_violations, deliveries_by_method (counts only)
+            doc.update(view.outcome_counts(counters(depot)))
     except _BOOK_ERRORS as exc:
         log.warning("depot API: health: the book cannot be read: %s", exc)
         doc["problems"].append(f"database error: {exc}")
@@ -334,7 +353,11 @@ def _photo(request: Request) -> Any:
     return Response(
         data,
         media_type=content_type,
-        headers={"Cache-Control": "private, max-age=31536000, immutable"},
+        # nosniff: a signature's strokes (JSON) are never read by a browser as markup.
+        headers={
+            "Cache-Control": "private, max-age=31536000, immutable",
+            "X-Content-Type-Options": "nosniff",
+        },
     )
 
 
@@ -419,6 +442,37 @@ def _extend(request: Request) -> Any:
 _NO_STORE = {"Cache-Control": "no-store"}
 
 
+@guarded
+def _book_return(request: Request) -> Any:
+    """A merchant's system (an API token) or an operator books a customer's return."""
+    who = caller(request, acting=True)
+    only(request)
+    body = _json_body(request)
+    unknown = sorted(set(body) - {"parcel", "size", "locker", "merchant"})
+    if unknown:
+        raise ApiError(400, f"unknown field(s): {', '.join(unknown)}")
+    fields = {k: body.get(k) for k in ("parcel", "size", "locker", "merchant")}
+    if not isinstance(fields["parcel"], str) or not fields["parcel"]:
+        raise ApiError(400, '"parcel" must name the delivered parcel')
+    if any(v is not None and not isinstance(v, str) for v in fields.values()):
+        raise ApiError(400, '"size", "locker" and "merchant" must be strings')
+    depot = depot_of(request)
+    if depot.actions is None:
+        raise ApiError(503, "this depot cannot book returns (no depot service)")
+    try:
+        booked = depot.actions.book_return(
+            fields["parcel"],
+            by=who,
+            size=fields["size"],
+            locker=fields["locker"],
+            merchant=fields["merchant"],
+        )
+    except ReturnRefused as exc:
+        extra = {"return": exc.existing} if exc.existing else None
+        raise ApiError(exc.status, str(exc), extra=extra) from None
+    return json_answer(201, booked.to_doc())
+
+
 def devices(conn: Conn) -> list[dict[str, Any]]:
     """Each device the depot has heard of: its link state from its last status message
     (`online`, or `offline` from its will or its goodbye), when it was last heard of (status or
@@ -481,6 +535,8 @@ def routes() -> list[Route]:
         Route("/epcis", _epcis, methods=["GET"]),
         Route("/vans", _vans, methods=["GET"]),
         Route("/photos/{sha256}", _photo, methods=["GET"]),
+        Route("/returns", _book_return, methods=["POST"]),
+        Route("/returns/{parcel}", _parcel, methods=["GET"]),
     ]
 
 

@@ -16,11 +16,14 @@ from typing import Any, Protocol
 from starlette.requests import Request
 from starlette.templating import Jinja2Templates
 
+from depot.cards import CardAnswer
 from depot.config import LockerSiteConfig
 from depot.customer import CustomerView
 from depot.policy import NextAction
+from depot.returns import BookedReturn
 from depot.tracking import ParcelBook
 from depot.web import auth
+from parcel.care import Care
 from sync.clock import Clock
 
 SESSION_COOKIE = "lm_session"
@@ -50,6 +53,11 @@ class DepotActions(Protocol):
 
     def customer_redeliver(self, token: str) -> NextAction: ...
 
+    def customer_preferences(self, token: str, form: Mapping[str, str]) -> Care: ...
+
+    # The failure card's page (`depot.web.pages.card`): where a card's code leads.
+    def card_link(self, code: str) -> CardAnswer: ...
+
     # The Exceptions queue (`depot.web.pages.exceptions`): an operator's decisions, by name.
     def operator_replan(self, parcel: str, by: str, *, alarm: int | None = None) -> str: ...
 
@@ -58,6 +66,16 @@ class DepotActions(Protocol):
     ) -> str: ...
 
     def operator_retry_webhook(self, event_id: str, by: str) -> None: ...
+    # A customer's return (`depot.returns`), booked by a merchant's system or the customer.
+    def book_return(
+        self,
+        parcel: str,
+        *,
+        by: str,
+        size: str | None = None,
+        locker: str | None = None,
+        merchant: str | None = None,
+    ) -> BookedReturn: ...
 
 
 @dataclass(frozen=True)

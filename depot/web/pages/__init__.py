@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute
 
-from depot.web.pages import customer, exceptions, fleet, lockers, parcels, today
+from depot.web.pages import card, customer, exceptions, fleet, lockers, parcels, today
 
 
 def routes() -> list[BaseRoute]:
@@ -13,6 +13,7 @@ def routes() -> list[BaseRoute]:
         *today.routes(),
         *fleet.routes(),
         *customer.routes(),
+        *card.routes(),
         *exceptions.routes(),
         *parcels.routes(),
         *lockers.routes(),

@@ -4,7 +4,11 @@ It shows the parcel's state and history in plain words, the delivery window and 
 and, while the parcel waits in a locker, where, the pickup code and its QR and until when
 (`depot.customer.customer_view` decides all of it; this module only draws it). Two buttons
 send the customer's requests to the depot service, which decides them by its own rules:
-more time in the locker (once) and delivery on the next day.
+more time in the locker (once) and delivery on the next day. A form changes the customer's
+delivery preferences (safe place and where, neighbour, locker instead;
+`DepotService.customer_preferences`); it sits outside the page's live part, so news from the
+depot never wipes a choice being made, and a form that does not say it is this form (cut
+off, too big) changes nothing: unticked boxes would otherwise read as "no" to everything.
 
 The token in the URL is the page's only authority, and it is also what keeps a forged form
 out: a page elsewhere cannot post to a link it does not know. A GET changes nothing (mail
@@ -24,7 +28,7 @@ import asyncio
 import datetime as dt
 import logging
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -36,6 +40,7 @@ from depot.customer import REFUSALS, CustomerView, LinkExpired, UnknownLink
 from depot.keys import CredentialError
 from depot.store import DATABASE_ERRORS
 from depot.web import live
+from depot.web.console import _form
 from depot.web.context import WebDepot
 
 log = logging.getLogger(__name__)
@@ -128,7 +133,7 @@ async def page(request: Request) -> Response:
     return await run_in_threadpool(_page, request)
 
 
-def _request(request: Request, kind: str) -> Response:
+def _request(request: Request, kind: str, form: Mapping[str, str] | None = None) -> Response:
     depot = _depot(request)
     token = request.path_params["token"]
     back = f"/t/{urllib.parse.quote(token)}"
@@ -138,6 +143,12 @@ def _request(request: Request, kind: str) -> Response:
         if kind == "extend":
             _, hours = depot.actions.customer_extend(token)
             note = f"Done: the locker keeps your parcel {hours:g} hours longer."
+        elif kind == "preferences":
+            if form is None or form.get("form") != "preferences":
+                note = "We could not read your choices; nothing was changed. Please try again."
+            else:
+                depot.actions.customer_preferences(token, form)
+                note = "Done: we deliver your parcel as you asked."
         else:
             depot.actions.customer_redeliver(token)
             note = "Done: we will bring your parcel again on the next delivery day."
@@ -169,6 +180,11 @@ async def extend(request: Request) -> Response:
 async def redeliver(request: Request) -> Response:
     await _drain(request)
     return await run_in_threadpool(_request, request, "redeliver")
+
+
+async def preferences(request: Request) -> Response:
+    form = await _form(request)
+    return await run_in_threadpool(_request, request, "preferences", form)
 
 
 async def follow(request: Request) -> Response:
@@ -209,5 +225,6 @@ def routes() -> list[BaseRoute]:
         Route("/t/{token}", page, methods=["GET"]),
         Route("/t/{token}/extend", extend, methods=["POST"]),
         Route("/t/{token}/redeliver", redeliver, methods=["POST"]),
+        Route("/t/{token}/preferences", preferences, methods=["POST"]),
         Route("/t/{token}/live", follow, methods=["GET"]),
     ]

@@ -9,10 +9,11 @@ the customer says and picks the line.
 stop, locker and compartment, attempts, the delivery window), what happened (the timeline,
 as `ParcelView.track` gives it), can we prove it (each proof of delivery a van recorded: the
 fix, its distance from the stop as the handheld measured it and from the parcel's address,
-the name given, the photo), who was told (the webhook outbox rows of its timeline entries:
-a notification's event id is `<timeline entry uuid>:<audience>`), and the EPCIS export for
-whoever asks next. Webhook URLs and the raw record stay off the page (they may carry a
-merchant's tokens), as in the JSON API.
+the name given, the photo; a signature drawn from its strokes, the signer's printed name, the
+ID check, a failure card's code, a broken preference), who was told (the webhook outbox
+rows of its timeline entries: a notification's event id is `<timeline entry uuid>:<audience>`),
+and the EPCIS export for whoever asks next. Webhook URLs and the raw record stay off the page
+(they may carry a merchant's tokens), as in the JSON API.
 """
 
 from __future__ import annotations
@@ -26,17 +27,20 @@ from starlette.requests import Request
 from starlette.routing import BaseRoute, Route
 
 from depot.store import outbox, search
-from depot.tracking import STATES, UnknownParcelError, iso_utc
+from depot.tracking import STATES, ParcelView, UnknownParcelError, iso_utc
 from depot.web.api import reader
 from depot.web.auth import Session
 from depot.web.console import page
 from depot.web.context import WebDepot
+from depot.web.signature import signature_svg
+from parcel.care import REFUSALS
 from parcel.geo import distance_m
 
 AUDIENCES = ("merchant", "customer")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-# Timeline details shown as they are; the proof of delivery has its own section.
-_HIDDEN_DETAILS = frozenset({"pod"})
+# Timeline details shown as they are; the proof of delivery (with a delivery's signature and
+# ID check) has its own section.
+_HIDDEN_DETAILS = frozenset({"pod", "signature", "id_check"})
 
 
 def _when(iso: str | None) -> str:
@@ -139,9 +143,43 @@ def _proofs(track: Mapping[str, Any], info: Mapping[str, Any]) -> list[dict[str,
                 "neighbour_address": details.get("neighbour_address"),
                 "reason": details.get("reason_text") or details.get("reason"),
                 "photo": sha if _SHA256.fullmatch(sha) else None,
+                **_outcome_proof(details),
             }
         )
     return found
+
+
+def _outcome_proof(details: Mapping[str, Any]) -> dict[str, Any]:
+    """A delivery's signature (its hash: `_one` draws it), printed name and ID check, the
+    card a failed attempt left, and the preference a delivery broke, for the proof section."""
+    signature = details.get("signature")
+    sha = str(signature.get("sha256", "")) if isinstance(signature, dict) else ""
+    id_check = details.get("id_check")
+    checked = None
+    if isinstance(id_check, dict):
+        kind = str(id_check.get("id_type") or "ID").replace("_", " ")
+        checked = f"{kind}, born {id_check.get('birth_year')}"
+    violated = details.get("preference_violated")
+    return {
+        "signature": sha if _SHA256.fullmatch(sha) else None,
+        "signature_svg": None,
+        "signed_by": details.get("signed_by"),
+        "id_checked": checked,
+        "card": details.get("card"),
+        "violated": REFUSALS.get(violated, violated) if isinstance(violated, str) else None,
+    }
+
+
+def _draw_signatures(view: ParcelView, proofs: list[dict[str, Any]]) -> None:
+    """Each proof's signature as SVG the depot draws from the stored strokes (never the
+    stored bytes as markup); left None while its bytes have not reached the depot."""
+    for proof in proofs:
+        if proof["signature"] is None:
+            continue
+        stored = view.photo(proof["signature"])
+        if stored is not None:
+            proof["signature_svg"] = signature_svg(stored[1])
+            proof["signature_unreadable"] = proof["signature_svg"] is None
 
 
 def _detail_text(details: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -159,6 +197,8 @@ def _one(request: Request, depot: WebDepot, session: Session) -> Mapping[str, An
             track = view.track(parcel)
             info = view.parcel(parcel) or {}
             entries = view.timeline_entries([parcel])
+            proofs = _proofs(track, info)
+            _draw_signatures(view, proofs)
     except UnknownParcelError:
         raise LookupError(f"no parcel {parcel}") from None
     about = {e.uuid: e for e in entries}
@@ -195,7 +235,7 @@ def _one(request: Request, depot: WebDepot, session: Session) -> Mapping[str, An
         "size": info.get("size"),
         "instructions": info.get("instructions"),
         "timeline": timeline,
-        "proofs": _proofs(track, info),
+        "proofs": proofs,
         "webhooks": webhooks,
     }
 

@@ -21,6 +21,8 @@ has one definition, stated here and counted by the database (`depot.store.dashbo
   failed attempt (a parcel that failed twice today counts once).
 - **By the hour**: the vans' door steps today (deliveries, failed attempts, redirects), by the
   hour they happened; a parcel that failed twice counts twice.
+- **Refused at the door / broke a preference**: a van's `outcome_refused` entries timed
+  today, and the `preference_violated` alarms raised today (`depot.outcomes`).
 - **Webhooks**: rows of the outbox waiting to be sent (and how long the oldest has waited),
   and dead letters, whatever day they died: both need a look until dealt with.
 - **Open alarms**: alarms nobody has acknowledged, by kind.
@@ -36,9 +38,10 @@ from typing import Any
 from starlette.requests import Request
 from starlette.routing import BaseRoute, Route
 
+from depot.outcomes import outcome_counts
 from depot.store import alarms, book, dashboard, outbox
 from depot.tracking import STATES
-from depot.web.api import health_doc, reader
+from depot.web.api import counters, health_doc, reader
 from depot.web.auth import Session
 from depot.web.console import page
 from depot.web.context import WebDepot
@@ -119,6 +122,7 @@ def _build(request: Request, depot: WebDepot, session: Session) -> Mapping[str, 
         oldest = outbox.oldest_pending_ns(conn)
         alarm_kinds = dashboard.open_alarm_kinds(conn)
         alarms_open = alarms.open_count(conn)
+        door = outcome_counts(conn, counters=counters(depot), start_ns=start, end_ns=end)
     by_state = [(s, counted.get(s, 0)) for s in STATES]
     by_state += sorted((s, n) for s, n in counted.items() if s not in STATES)
     with_window = window["inside"] + window["outside"]
@@ -141,6 +145,7 @@ def _build(request: Request, depot: WebDepot, session: Session) -> Mapping[str, 
         "alarm_kinds": alarm_kinds,
         "alarm_top": max((n for _, n in alarm_kinds), default=0) or 1,
         "alarms_open": alarms_open,
+        "door": door,
         "health": health_doc(depot),
     }
 
