@@ -592,6 +592,17 @@ class Locker:
 
     # --- pickup ------------------------------------------------------------------------------
 
+    def _keypad_locked(self, kind: str, method: str, now: float) -> bool:
+        """Whether the keypad is in a lockout after wrong codes; if so the attempt is journaled
+        as refused (`kind`: a pickup's or a return's) and the screen says how long to wait."""
+        wait = self._guard.check(now)
+        if wait is None:
+            return False
+        with self.journal.transaction() as tx:
+            tx.append(kind, {"method": method, "ok": False, "reason": "keypad locked"})
+        self.display.show("keypad locked", seconds=round(wait))
+        return True
+
     def _pickup(self, method: str, secret: str, presented: PresentedSecret | None = None) -> None:
         """One pickup attempt: hashed once (a code already by `key`), found by its lookup tag
         and verified with that same hash, recorded (right or wrong) in the same commit as the
@@ -600,15 +611,8 @@ class Locker:
         without its reason on record."""
         now = time.monotonic()
         is_code = method == "code"
-        if is_code:
-            wait = self._guard.check(now)
-            if wait is not None:
-                with self.journal.transaction() as tx:
-                    tx.append(
-                        "pickup_attempt", {"method": method, "ok": False, "reason": "keypad locked"}
-                    )
-                self.display.show("keypad locked", seconds=round(wait))
-                return
+        if is_code and self._keypad_locked("pickup_attempt", method, now):
+            return
         match = self._find_credential(secret, is_code, presented)
         offline = match is not None and self._specs[match[1]].board in self._offline
         busy = match is not None and (match[1] in self._open_cids or offline)
@@ -683,15 +687,8 @@ class Locker:
         empty, the code opens a bigger compartment next time."""
         now = time.monotonic()
         is_code = method == "code"
-        if is_code:
-            wait = self._guard.check(now)
-            if wait is not None:
-                with self.journal.transaction() as tx:
-                    tx.append(
-                        "return_attempt", {"method": method, "ok": False, "reason": "keypad locked"}
-                    )
-                self.display.show("keypad locked", seconds=round(wait))
-                return
+        if is_code and self._keypad_locked("return_attempt", method, now):
+            return
         match = self._find_return(secret, is_code)
         parcel = match[0] if match is not None else None
         busy = parcel is not None and bool(
