@@ -13,6 +13,19 @@ while a door delivery may still come (`depot.preferences.CHANGEABLE_STATES`), le
 customer change their part of it: a safe place and where, a neighbour, a locker instead. The
 merchant's signature and age check are shown, never offered for change.
 
+After a missed delivery: the page offers delivery again (`customer_redeliver`), or
+collection from a parcel locker or a staffed counter instead (`DepotService.customer_to_locker`,
+`customer_to_counter`; `pickup_choice` applies the policy's rule 7,
+`depot.policy.decide_on_pickup_choice`), each with the site it would be and only when the rule
+allows it. Once the parcel is bound for a locker or counter (the customer's choice or the
+policy's own), the page shows where to collect it instead of the choices.
+
+Returns: the page of a delivered (or picked-up) parcel offers its return
+(`DepotService.customer_return`: into the nearest locker with room, or to a courier at the
+door); once booked it shows the return (`depot.returns.return_on_page`): the locker, the code
+and its QR opened from their sealed copy while the return waits to be dropped, or the day a
+courier calls and a QR of the return's id to print as its label.
+
 The token is an HMAC of the parcel id under a key derived from the depot's newest sealing key
 (as the extend-hold link's, `depot.pickup`, with its own context), 192 bits, base64url. It is
 the same in every notice of a parcel (a notice re-made, another worker: no state to share),
@@ -61,9 +74,14 @@ from depot.pickup import (
 )
 from depot.policy import (
     DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_LOCKER_KM,
     NextAction,
+    PickupChoice,
+    PolicyError,
     RequestDeclined,
+    decide_on_pickup_choice,
     decide_on_redelivery_request,
+    free_sites,
 )
 from depot.preferences import (
     PreferencesRefused,
@@ -71,7 +89,14 @@ from depot.preferences import (
     change_refusal,
     locker_instead_refusal,
 )
-from depot.returns import has_return_section, open_return_section
+from depot.returns import (
+    RETURNABLE,
+    ReturnOnPage,
+    ReturnRefused,
+    has_return_section,
+    open_return_section,
+    return_on_page,
+)
 from depot.store import Conn, book, links
 from depot.tracking import (
     CUSTOMER_DEVICE,
@@ -86,21 +111,27 @@ from parcel.care import Care
 __all__ = [
     "EXTEND",
     "LINK_DAYS_AFTER_FINAL",
+    "PICKUP_REQUESTS",
     "PREFERENCES",
     "REDELIVER",
     "REFUSALS",
     "STATE_WORDS",
+    "TO_COUNTER",
+    "TO_LOCKER",
     "TRACKING_URL",
     "CustomerView",
     "LinkExpired",
     "NoticeRenderer",
+    "PickupOffer",
     "RequestDeclined",
     "TimelineLine",
     "UnknownLink",
     "customer_view",
     "find_link",
+    "last_card",
     "link_at_rest",
     "link_digest",
+    "pickup_choice",
     "record_link",
     "redelivery_decision",
     "tracking_path",
@@ -118,6 +149,9 @@ TRACKING_URL = "tracking_url"  # the key of the link in a customer's notice
 EXTEND = "extend_hold"  # the customer's two requests, as recorded in the timeline
 REDELIVER = "redeliver"
 PREFERENCES = "preferences_changed"  # the customer changed their delivery preferences
+TO_LOCKER = "to_locker"  # after a missed delivery: collect it from a locker instead
+TO_COUNTER = "to_counter"  # ... or from a staffed counter
+PICKUP_REQUESTS: Mapping[PickupChoice, str] = {"locker": TO_LOCKER, "counter": TO_COUNTER}
 
 #: The parcel's state in the customer's words (the page's headline).
 STATE_WORDS: Mapping[str, str] = {
@@ -163,6 +197,8 @@ _REQUEST_WORDS: Mapping[str, str] = {
     EXTEND: "You asked for more time to collect it",
     REDELIVER: "You asked for delivery on the next day",
     PREFERENCES: "You changed your delivery preferences",
+    TO_LOCKER: "You chose to collect it from a parcel locker",
+    TO_COUNTER: "You chose to collect it at a collection counter",
 }
 
 
@@ -181,7 +217,9 @@ class LinkExpired(DepotError):
 
 
 #: What the page may be told when a request is not taken (each message is for the customer).
-REFUSALS = (UnknownLink, LinkExpired, ExtendRefused, RequestDeclined, PreferencesRefused)
+REFUSALS = (
+    UnknownLink, LinkExpired, ExtendRefused, RequestDeclined, PreferencesRefused, ReturnRefused
+)
 
 
 @dataclass(frozen=True)
@@ -195,6 +233,18 @@ class TimelineLine:
     step: str
     words: str
     hold_until: str | None = None
+
+
+@dataclass(frozen=True)
+class PickupOffer:
+    """Where the customer's choice sends the parcel: the site (`kind` "locker" or "counter"),
+    its name and address for the customer, and its distance from the address in km."""
+
+    kind: str
+    site: str
+    title: str
+    address: str
+    km: float
 
 
 @dataclass(frozen=True)
@@ -226,6 +276,16 @@ class CustomerView:
     can_change_care: bool = False
     care_refused: str | None = None  # why the preferences cannot be changed now
     locker_instead_refused: str | None = None  # why a locker instead is not offered
+    # After a missed delivery: where each choice would send it, or why it is not offered
+    # (None and None: not offered and nothing to say, e.g. no counter at this depot).
+    locker_offer: PickupOffer | None = None
+    locker_refused: str | None = None
+    counter_offer: PickupOffer | None = None
+    counter_refused: str | None = None
+    site_kind: str | None = None  # `locker`'s kind: "locker" or "counter"
+    # A return of the parcel (`depot.returns`): the one booked, or whether one may be.
+    returned: ReturnOnPage | None = None
+    can_return: bool = False
 
     def __repr__(self) -> str:
         """Without the code and its QR: a view that reaches a log line must not carry them."""
@@ -392,6 +452,9 @@ def _words(step: str, details: Mapping[str, Any], sites: Mapping[str, LockerSite
         words = f"We tried to deliver it: {REASON_TEXT.get(reason, reason.replace('_', ' '))}"
         return words + " (we left a card with a code)" if details.get("card") else words
     if step == "next_action":
+        site = sites.get(str(details.get("locker")))
+        if details.get("kind") == "locker" and site is not None and site.kind == "counter":
+            return f"We will take it to {site.title or site.name}, a collection counter"
         return _NEXT_ACTION_WORDS.get(str(details.get("kind")), "")
     if step == REQUEST_STEP:
         return _REQUEST_WORDS.get(str(details.get("request")), "")
@@ -473,6 +536,79 @@ def redelivery_decision(
     )
 
 
+def pickup_choice(
+    conn: Conn,
+    parcel: str,
+    choice: PickupChoice,
+    *,
+    lockers: Sequence[LockerSiteConfig],
+    max_locker_km: float,
+) -> tuple[NextAction, PickupOffer]:
+    """What the policy says to the customer's choice of a locker or a counter for `parcel`
+    now (rule 7, `depot.policy.decide_on_pickup_choice`), with the site it would be;
+    RequestDeclined, said to the customer, when it does not grant it. The page and the
+    service both ask this, so the page offers exactly what the service then grants."""
+    info = book.parcel_row(conn, parcel)
+    if info is None:
+        raise UnknownLink()
+    record = _details(info.get("record"))
+    care = care_of(conn, parcel)
+    busy: dict[str, dict[str, int]] = {}
+    for locker, size, n in book.locker_occupancy(conn):
+        busy.setdefault(str(locker), {})[str(size)] = int(n)
+    asked = _requests(conn, parcel) & set(PICKUP_REQUESTS.values())
+    try:
+        decision, km = decide_on_pickup_choice(
+            choice=choice,
+            state=str(info["state"]),
+            next_action=info.get("next_action"),
+            last_reason=info.get("last_reason"),
+            attempts=int(info.get("attempts") or 0),
+            asked_before=bool(asked),
+            locker_ok=bool(record.get("locker_ok", True)),
+            needs_signature=care is not None and care.needs_signature,
+            size=str(record.get("size", "S")),
+            stop_lat=float(record["lat"]),
+            stop_lon=float(record["lon"]),
+            sites=free_sites(lockers, busy),
+            max_locker_km=max_locker_km,
+        )
+    except (PolicyError, KeyError, TypeError, ValueError):  # no size or position on record
+        raise RequestDeclined(f"we cannot place this parcel in a {choice}") from None
+    site = next(s for s in lockers if s.name == decision.locker)
+    offer = PickupOffer(choice, site.name, site.title or site.name, site.address, km)
+    return decision, offer
+
+
+def last_card(conn: Conn, parcel: str) -> str | None:
+    """The code of the card the parcel's last failed attempt left (its timeline's newest
+    `attempted` entry's `card`), or None when that attempt left none."""
+    for row in reversed(book.timeline_of(conn, parcel)):
+        if row[2] == "attempted" and "late" not in (details := _details(row[4])):
+            card = details.get("card")
+            return card if isinstance(card, str) and card else None
+    return None
+
+
+def _offers(
+    conn: Conn, parcel: str, lockers: Sequence[LockerSiteConfig], max_locker_km: float
+) -> dict[str, Any]:
+    """The page's fields for the locker and counter choices (`CustomerView.locker_offer` ...):
+    a choice the depot has no site for at all is neither offered nor explained."""
+    fields: dict[str, Any] = {}
+    choices: tuple[PickupChoice, ...] = ("locker", "counter")
+    for choice in choices:
+        if not any((s.kind == "counter") == (choice == "counter") for s in lockers):
+            continue
+        try:
+            fields[f"{choice}_offer"] = pickup_choice(
+                conn, parcel, choice, lockers=lockers, max_locker_km=max_locker_km
+            )[1]
+        except RequestDeclined as exc:
+            fields[f"{choice}_refused"] = str(exc)
+    return fields
+
+
 def extend_decision(conn: Conn, parcel: str) -> str | None:
     """Why the customer may not extend the hold now (`depot.pickup.extend_refusal`), or None."""
     info = book.parcel_row(conn, parcel) or {}
@@ -489,6 +625,7 @@ def customer_view(
     now_ns: int,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     can_command: bool = True,
+    max_locker_km: float = DEFAULT_MAX_LOCKER_KM,
 ) -> CustomerView:
     """What the page of `token` shows now (UnknownLink for a token no parcel has).
 
@@ -509,6 +646,8 @@ def customer_view(
     timeline, hold_until = _timeline(conn, link.parcel, sites)
     window = json.loads(info["window"]) if info.get("window") else None
     locker = info.get("locker") if state in ("redirected", "in_locker", "hold_expired") else None
+    if state in ("attempted", "at_depot") and info.get("next_action") == "locker":
+        locker = info.get("locker")  # bound for a locker or counter: where to collect it
     site = sites.get(str(locker)) if locker else None
     code = qr = size = None
     if state == "in_locker" and locker:
@@ -532,6 +671,8 @@ def customer_view(
     final = state in FINAL_STATES
     care = care_of(conn, link.parcel)
     care_no = change_refusal(state)
+    returned = return_on_page(conn, keys, link.parcel, sites)
+    offers = _offers(conn, link.parcel, lockers, max_locker_km) if can_command else {}
     return CustomerView(
         parcel=link.parcel,
         state=state,
@@ -556,4 +697,8 @@ def customer_view(
         can_change_care=care is not None and care_no is None,
         care_refused=care_no,
         locker_instead_refused=locker_instead_refusal(info, care) if care is not None else None,
+        returned=returned,
+        can_return=returned is None and state in RETURNABLE,
+        site_kind=site.kind if site is not None else None,
+        **offers,
     )

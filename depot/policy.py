@@ -49,6 +49,17 @@ one more drive. A redirect to a locker is not an attempt at the door.
    (:class:`RequestDeclined`, in words for the customer) otherwise: a parcel still on its
    first round needs nothing, one the policy sent to a locker is on its way there, one waiting
    in a locker is collected there (or its hold extended), and a final one is done.
+7. A customer chooses, from their tracking page (or the card's code), to collect the parcel
+   from a locker or a staffed counter instead (:func:`decide_on_pickup_choice`). Offered after
+   a failed attempt only (``attempted``, or ``at_depot`` with an attempt made), once, unless
+   the failure sends it back at once or the policy already sent it to a locker or counter.
+   A locker: the nearest with a fitting free compartment within ``max_locker_km`` of the
+   address (rule 3a's choice), never for a parcel whose sender refuses lockers
+   (``locker_ok``) or that must be signed for or needs an ID check (a locker opens for a code
+   alone). A counter: the nearest one with room, at any distance (the customer chose to go
+   there, and a counter's staff ask for a signature or an ID), also when lockers are
+   refused. Granted even when all door attempts are used: collecting costs no drive to the
+   door, and the parcel would otherwise go back to the sender.
 
 Must never: decide on a reason it does not know (it raises :class:`PolicyError` rather than
 guess), send a parcel to a locker the recipient refused or one that has no fitting
@@ -60,7 +71,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Literal
+from typing import Literal, Protocol
 
 from depot.errors import DepotError
 from parcel.codes import DELIVERED_CODES, FAILURE_REASONS, X12_IN_LOCKER, X12_RETURNED, ReasonCodes
@@ -78,14 +89,18 @@ __all__ = [
     "ActionKind",
     "LockerSite",
     "NextAction",
+    "PickupChoice",
     "PolicyError",
     "ReasonCodes",
     "RequestDeclined",
+    "SiteConfig",
     "decide_after_failure",
     "decide_after_hold_expired",
     "decide_after_reservation_refused",
+    "decide_on_pickup_choice",
     "decide_on_redelivery_request",
     "fits",
+    "free_sites",
     "nearest_locker",
 ]
 
@@ -96,6 +111,8 @@ DEFAULT_MAX_LOCKER_KM = 3.0
 
 
 ActionKind = Literal["second_attempt", "locker", "return_to_sender"]
+#: Where a customer may choose to collect a parcel after a missed delivery (rule 7).
+PickupChoice = Literal["locker", "counter"]
 
 
 class PolicyError(DepotError):
@@ -305,6 +322,113 @@ def decide_on_redelivery_request(
         f"the customer asked for delivery on the next day (attempt {attempts + 1} "
         f"of {max_attempts})",
     )
+
+
+class SiteConfig(Protocol):
+    """A locker or counter as the depot's configuration names it (`depot.config`)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def lat(self) -> float: ...
+    @property
+    def lon(self) -> float: ...
+    @property
+    def compartments(self) -> Mapping[str, int]: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def capacity(self) -> int: ...
+
+
+def free_sites(
+    sites: Sequence[SiteConfig], busy: Mapping[str, Mapping[str, int]]
+) -> list[LockerSite]:
+    """Each configured site as the policy sees it, given `busy` (locker -> size -> parcels held
+    or reserved there): a locker's free compartments per size, a counter's free places."""
+    out = []
+    for site in sites:
+        held = busy.get(site.name, {})
+        if site.kind == "counter":  # shelves: any size, while places are left
+            room = site.capacity - sum(held.values())
+            out.append(LockerSite(site.name, site.lat, site.lon, {}, room=max(0, room)))
+            continue
+        free = dict(site.compartments)
+        for size, n in held.items():
+            free[size] = max(0, free.get(size, 0) - n)
+        out.append(LockerSite(site.name, site.lat, site.lon, free))
+    return out
+
+
+#: States after a failed attempt in which the customer may choose a locker or a counter.
+_CHOOSABLE = frozenset({"attempted", "at_depot"})
+_PLACE_WORDS: Mapping[str, str] = {"locker": "a parcel locker", "counter": "a collection counter"}
+
+
+def decide_on_pickup_choice(
+    *,
+    choice: PickupChoice,
+    state: str,
+    next_action: str | None,
+    last_reason: str | None,
+    attempts: int,
+    asked_before: bool,
+    locker_ok: bool,
+    needs_signature: bool,
+    size: str,
+    stop_lat: float,
+    stop_lon: float,
+    sites: Sequence[LockerSite],
+    max_locker_km: float = DEFAULT_MAX_LOCKER_KM,
+) -> tuple[NextAction, float]:
+    """The customer chose to collect the parcel at a locker or a counter (rule 7): a
+    ``locker`` action naming the site and its distance from the address in km, or
+    :class:`RequestDeclined` saying why not, in the customer's words."""
+    place = _PLACE_WORDS[choice]
+    if state not in _CHOOSABLE or attempts < 1:
+        said = _NOT_REDELIVERABLE.get(state, f"the parcel is {state.replace('_', ' ')}")
+        if state == "at_depot":
+            said = "the parcel is still to go out for its first delivery"
+        elif state == "hold_expired":
+            said = "the time to collect it from the locker ran out"
+        raise RequestDeclined(f"{said}, so it cannot go to {place} now")
+    if asked_before:
+        raise RequestDeclined("you have chosen where to collect it already")
+    at_once = RETURN_AT_ONCE.get(last_reason or "")
+    if at_once is not None:
+        raise RequestDeclined(f"{at_once}, so it cannot go to {place}")
+    if next_action == "locker":
+        raise RequestDeclined("the parcel is on its way to be collected elsewhere already")
+    if choice == "locker":
+        if not locker_ok:
+            raise RequestDeclined("the sender does not allow a parcel locker for this parcel")
+        if needs_signature:
+            raise RequestDeclined(
+                "this parcel must be signed for, and a locker hands it out for a code alone"
+            )
+        lockers = [s for s in sites if s.room is None]
+        max_km = max_locker_km
+        none_left = (
+            f"no parcel locker within {max_locker_km:g} km of your address has room for it now"
+        )
+    else:
+        lockers = [s for s in sites if s.room is not None]
+        max_km = float("inf")  # the customer chose to go there
+        none_left = "no collection counter has room for it now"
+    if not lockers:
+        raise RequestDeclined(f"there is no {place.removeprefix('a ')} to send it to")
+    _require_size(size)
+    found = _nearest_fitting_locker(size, stop_lat, stop_lon, lockers, frozenset(), max_km)
+    if found is None:
+        raise RequestDeclined(none_left)
+    site, km = found
+    action = NextAction(
+        "locker",
+        site.name,
+        f"the customer chose to collect it at the {choice} {site.name}, {km:.1f} km from the "
+        f"address (attempt {attempts} missed)",
+    )
+    return action, km
 
 
 def nearest_locker(

@@ -24,6 +24,15 @@ plans its collection like an expired hold's (`depot.store.collections`), and tel
 at the depot ends it like every return to sender: `returned_to_sender` (final; the depot hands
 it to the merchant's returns), merchant told `return_at_depot`.
 
+A return may instead be handed to the courier at the door (`handover="door"`, the customer's
+page's second choice, or the API's): no locker and no code. The return's id is its label
+(the page shows it, with a QR of it, to print or write on the parcel). `DepotService` plans
+its pickup on the next round that passes the original's address (`pickups` of an address
+stop, `plan_pickup` records which round); the van's `return_collected_at_door` makes it
+`returning` (merchant told `return_collected`, the customer a receipt), and the evening's
+return scan ends it at the depot as above. A door return no courier took is planned again
+on every next day's round until one does.
+
 Must never: store, log or send to a merchant a return code in plaintext (the booking's answer
 is to whoever booked it: the customer, or the merchant's returns desk acting for them), book
 two returns of one parcel, or book a return of a parcel not delivered.
@@ -45,7 +54,7 @@ from depot.errors import DepotError
 from depot.keys import DepotKeys
 from depot.pickup import QR_ERROR, QR_SCALE
 from depot.policy import LockerSite, PolicyError, nearest_locker
-from depot.store import Conn, DepotDatabase
+from depot.store import Conn, DepotDatabase, book
 from depot.store import returns as rows
 from depot.tracking import ParcelBook, iso_utc
 from depot.webhooks import enqueue
@@ -63,14 +72,18 @@ from sync.signing import SealError, associated_data, public_raw, seal, unseal
 from sync.wire import COMMAND_SIZES
 
 __all__ = [
+    "HANDOVERS",
     "RETURNABLE",
     "RETURN_CODE",
     "RETURN_DAYS",
     "BookedReturn",
     "ReturnDesk",
+    "ReturnOnPage",
     "ReturnRefused",
     "has_return_section",
+    "open_return_code",
     "open_return_section",
+    "return_on_page",
 ]
 
 log = logging.getLogger(__name__)
@@ -79,6 +92,7 @@ RETURN_DAYS = 14  # the code opens a door this long; a locker takes at most 14 d
 RETURN_SERVICE = "RT"  # the S10 service indicator of the depot's own return ids
 RETURNABLE = frozenset({"delivered", "picked_up"})  # a return is of a parcel the customer has
 RETURN_CODE = "return_code"  # a customer's notice's key for the code: sealed at rest
+HANDOVERS = ("locker", "door")  # into a locker with a code; to the courier at the door
 _NEEDLE = b'"' + RETURN_CODE.encode() + b'":{'
 _DAY_NS = 86_400 * 10**9
 
@@ -96,29 +110,34 @@ class ReturnRefused(DepotError):
 
 @dataclass(frozen=True, repr=False)
 class BookedReturn:
-    """A booked return, with its code for whoever booked it (never stored in plaintext)."""
+    """A booked return, with its code for whoever booked it (never stored in plaintext).
+
+    A door return (`handover == "door"`) has no locker and no code: its id is its label."""
 
     return_id: str
     original: str
-    locker: str
+    locker: str | None
     size: str
     until_ns: int
-    code: str
-    qr_text: str
+    code: str | None
+    qr_text: str | None
+    handover: str = "locker"
 
     def __repr__(self) -> str:
-        return f"BookedReturn({self.return_id} of {self.original} at {self.locker})"
+        where = f"at {self.locker}" if self.locker else "at the door"
+        return f"BookedReturn({self.return_id} of {self.original} {where})"
 
     def to_doc(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "return": self.return_id,
             "parcel": self.original,
-            "locker": self.locker,
+            "handover": self.handover,
             "size": self.size,
             "until": iso_utc(self.until_ns),
-            "return_code": self.code,
-            "qr_text": self.qr_text,
         }
+        if self.handover == "locker":
+            doc.update(locker=self.locker, return_code=self.code, qr_text=self.qr_text)
+        return doc
 
 
 class ReturnDesk:
@@ -153,11 +172,17 @@ class ReturnDesk:
         size: str | None = None,
         locker: str | None = None,
         merchant: str | None = None,
+        handover: str = "locker",
     ) -> BookedReturn:
         """Book the return of the delivered parcel `original` (ReturnRefused says why not).
 
         `merchant`, when given (an API caller naming itself), must be the parcel's merchant.
-        """
+        `handover`: `locker` (a code for the locker chosen) or `door` (the courier takes it at
+        the original's address; no locker, no code)."""
+        if handover not in HANDOVERS:
+            raise ReturnRefused(f"handover must be one of {', '.join(HANDOVERS)}", status=400)
+        if handover == "door" and locker is not None:
+            raise ReturnRefused("a return handed to the courier goes to no locker", status=400)
         info = self._book.parcel(original)
         if info is None:
             raise ReturnRefused(f"unknown parcel {original!r}", status=404)
@@ -170,6 +195,12 @@ class ReturnDesk:
         size = size or str(record.get("size") or "S")
         if size not in COMMAND_SIZES:
             raise ReturnRefused(f"size must be one of {', '.join(COMMAND_SIZES)}", status=400)
+        if handover == "door":
+            if not isinstance(record.get("lat"), int | float) or not record.get("address"):
+                raise ReturnRefused(
+                    f"no address of {original} is known for a courier to call at", status=409
+                )
+            return self._book_door(original, info, size, by)
         if not self._keys.sealing:
             raise ReturnRefused("this depot has no credential-sealing key", status=503)
         site = self._choose_locker(locker, size, record)
@@ -203,6 +234,7 @@ class ReturnDesk:
                 until_ns=until,
                 webhook=info.get("webhook"),
                 customer_webhook=info.get("customer_webhook"),
+                handover="locker",
             )
             self._book.book_return(
                 {
@@ -235,6 +267,73 @@ class ReturnDesk:
         return BookedReturn(
             return_id, original, site.name, size, until, issued.code, issued.qr_text
         )
+
+    def _book_door(
+        self, original: str, info: Mapping[str, Any], size: str, by: str
+    ) -> BookedReturn:
+        """A return the customer hands to the courier at the original's address: the row
+        (no locker, no code), the book's parcel, the merchant and the customer told, in one
+        transaction. `DepotService` then plans its pickup."""
+        now = self._clock.wall_ns()
+        until = now + RETURN_DAYS * _DAY_NS
+        with self._database.transaction() as conn:
+            found = rows.find_for(conn, original)
+            if found is not None:
+                raise ReturnRefused(
+                    f"a return of {original} was booked before ({found['return_id']})",
+                    existing=str(found["return_id"]),
+                )
+            return_id = self._new_id(conn, original)
+            rows.insert(
+                conn,
+                return_id=return_id,
+                original=original,
+                merchant=info.get("merchant"),
+                size=size,
+                locker="",
+                code_hash="",
+                sealed_code=None,
+                booked_by=by,
+                booked_ns=now,
+                until_ns=until,
+                webhook=info.get("webhook"),
+                customer_webhook=info.get("customer_webhook"),
+                handover="door",
+            )
+            self._book.book_return(
+                {
+                    "id": return_id,
+                    "raw": return_id,
+                    "kind": "s10",
+                    "merchant": info.get("merchant"),
+                    "size": size,
+                    "return_of": original,
+                },
+                now_ns=now,
+                details={"return_of": original, "handover": "door", "by": by},
+            )
+            ret = rows.find(conn, return_id)
+            assert ret is not None
+            self._tell(conn, ret, "return_booked", now, site=None)
+        log.info("return %s of %s booked by %s, to be picked up at the door", return_id,
+                 original, by)
+        return BookedReturn(return_id, original, None, size, until, None, None, "door")
+
+    def door_pickups(self) -> list[dict[str, Any]]:
+        """Door returns no courier has taken yet, each with its original's record (`record`:
+        where to call), oldest first: `DepotService` puts them on rounds."""
+        with self._database.reading() as conn:
+            open_ = rows.open_door_pickups(conn)
+        out = []
+        for ret in open_:
+            info = self._book.parcel(str(ret["original"])) or {}
+            out.append({**ret, "record": info.get("record") or {}})
+        return out
+
+    def pickup_planned(self, return_id: str, van: str, day: str) -> None:
+        """A manifest of `van` for `day` lists the door return's pickup (the page says when)."""
+        with self._database.transaction() as conn:
+            rows.plan_pickup(conn, return_id, van, day)
 
     def _choose_locker(
         self, asked: str | None, size: str, record: Mapping[str, Any]
@@ -315,7 +414,8 @@ class ReturnDesk:
         with_code: bool = False,
     ) -> None:
         """The merchant's webhook for every step; the customer's notice at booking (with the
-        code, sealed) and at the drop (the receipt)."""
+        code, sealed) and at the drop (the receipt): for a door return, at booking (its id,
+        the label) and when the courier took it (the receipt)."""
         return_id = str(ret["return_id"])
         body: dict[str, Any] = {
             "event": event,
@@ -323,7 +423,8 @@ class ReturnDesk:
             "parcel": str(ret["original"]),
             "merchant": ret["merchant"],
             "at": iso_utc(now),
-            "locker": ret["locker"],
+            "handover": ret.get("handover") or "locker",
+            "locker": ret["locker"] or None,
         }
         if site is not None:
             body["locker_name"] = site.title or site.name
@@ -344,7 +445,9 @@ class ReturnDesk:
                 now_ns=now,
             )
         customer_url = ret.get("customer_webhook")
-        if customer_url and event in ("return_booked", "return_dropped"):
+        # The customer's receipt: the locker's drop, or the courier's pickup at the door.
+        receipt = "return_collected" if ret.get("handover") == "door" else "return_dropped"
+        if customer_url and event in ("return_booked", receipt):
             event_id = f"return:{return_id}:{event}:customer"
             doc = {"event_id": event_id, **body}
             if with_code and ret.get("sealed_code"):
@@ -367,22 +470,118 @@ def open_return_section(keys: DepotKeys, doc: dict[str, Any]) -> bool:
     section = doc.get(RETURN_CODE)
     if not isinstance(section, dict) or "sealed" not in section:
         return False
-    bound = associated_data(
-        RETURN_CODE_PURPOSE, str(section.get("locker")), str(section.get("return"))
+    code, qr_text = open_return_code(
+        keys, str(section["sealed"]), locker=str(section.get("locker")),
+        return_id=str(section.get("return")),
     )
+    qr = segno.make(qr_text, error=QR_ERROR)
+    doc[RETURN_CODE] = {
+        "code": code,
+        "qr_text": qr_text,
+        "qr_png": qr.png_data_uri(scale=QR_SCALE),
+    }
+    return True
+
+
+def open_return_code(
+    keys: DepotKeys, sealed: str, *, locker: str, return_id: str
+) -> tuple[str, str]:
+    """The code and QR text sealed for `return_id` at `locker` (the notice and the customer's
+    page both open it this way); ReturnRefused (503) when no sealing key of the depot does."""
+    bound = associated_data(RETURN_CODE_PURPOSE, locker, return_id)
     for key in keys.sealing:
         try:
-            opened = json.loads(unseal(key, str(section["sealed"]), bound))
+            opened = json.loads(unseal(key, sealed, bound))
         except SealError:
             continue
-        qr = segno.make(str(opened["qr"]), error=QR_ERROR)
-        doc[RETURN_CODE] = {
-            "code": str(opened["code"]),
-            "qr_text": str(opened["qr"]),
-            "qr_png": qr.png_data_uri(scale=QR_SCALE),
-        }
-        return True
+        return str(opened["code"]), str(opened["qr"])
     raise ReturnRefused("no sealing key of the depot opens this return code", status=503)
+
+
+@dataclass(frozen=True, repr=False)
+class ReturnOnPage:
+    """A parcel's return as its customer's page shows it. `code` and `qr_svg` only while a
+    locker return waits to be dropped; `label_svg` (a QR of the return's id) only while a door
+    return waits for the courier; `pickup_day` the day of the round that lists its pickup
+    (None: the next delivery day's plan takes it)."""
+
+    return_id: str
+    handover: str
+    state: str
+    words: str
+    locker_name: str | None = None
+    locker_address: str | None = None
+    until: str | None = None  # ISO UTC: the code opens a door until then
+    code: str | None = None
+    qr_svg: str | None = None
+    label_svg: str | None = None
+    pickup_day: str | None = None
+
+    def __repr__(self) -> str:
+        return f"ReturnOnPage({self.return_id}, {self.handover}, {self.state})"
+
+
+_RETURN_WORDS = {
+    "return_booked": "Return booked",
+    "return_dropped": "Your return is in the locker; a courier collects it",
+    "returning": "Your return is with our courier, on its way to the sender",
+    "returned_to_sender": "Your return is back at the depot and handed to the sender",
+}
+
+
+def return_on_page(
+    conn: Conn,
+    keys: DepotKeys,
+    original: str,
+    sites: Mapping[str, LockerSiteConfig],
+) -> ReturnOnPage | None:
+    """The return of `original` for its customer's page (None when none is booked). The code
+    is opened from its sealed copy at each view, as the pickup code is (when no key of the
+    depot's opens it, the page says the notice has it)."""
+    ret = rows.find_for(conn, original)
+    if ret is None:
+        return None
+    return_id = str(ret["return_id"])
+    handover = str(ret.get("handover") or "locker")
+    state = book.state_of(conn, return_id) or "return_booked"
+    words = _RETURN_WORDS.get(state, state.replace("_", " "))
+    if handover == "door":
+        label = None
+        if state == "return_booked":
+            words = "Return booked: a courier collects it at your door"
+            label = segno.make(return_id, error=QR_ERROR).svg_inline(
+                scale=QR_SCALE, omitsize=True
+            )
+        return ReturnOnPage(
+            return_id, handover, state, words, label_svg=label,
+            pickup_day=str(ret["pickup_day"]) if ret.get("pickup_day") else None,
+        )
+    site = sites.get(str(ret["locker"]))
+    code = qr_svg = None
+    if state == "return_booked" and ret.get("sealed_code"):
+        words = "Return booked: drop it at the locker with your code"
+        try:
+            code, qr_text = open_return_code(
+                keys, str(ret["sealed_code"]), locker=str(ret["locker"]), return_id=return_id
+            )
+        except ReturnRefused:  # the depot lost the key: the customer's notice has the code
+            log.warning("return %s: no sealing key opens its code for the page", return_id)
+            words = "Return booked: drop it at the locker with the code in your notice"
+        else:
+            qr_svg = segno.make(qr_text, error=QR_ERROR).svg_inline(
+                scale=QR_SCALE, omitsize=True
+            )
+    return ReturnOnPage(
+        return_id,
+        handover,
+        state,
+        words,
+        locker_name=(site.title or site.name) if site is not None else str(ret["locker"]),
+        locker_address=(site.address or None) if site is not None else None,
+        until=iso_utc(int(ret["until_ns"])),
+        code=code,
+        qr_svg=qr_svg,
+    )
 
 
 def has_return_section(stored: bytes) -> bool:

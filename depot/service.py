@@ -36,15 +36,19 @@ from depot.cards import CARD_URL, CardAnswer, card_answer, card_url
 from depot.config import DepotConfig, load_depot_config
 from depot.customer import (
     EXTEND,
+    PICKUP_REQUESTS,
     PREFERENCES,
     REDELIVER,
     TRACKING_URL,
     CustomerView,
     LinkExpired,
     NoticeRenderer,
+    PickupOffer,
     customer_view,
     find_link,
+    last_card,
     link_at_rest,
+    pickup_choice,
     record_link,
     redelivery_decision,
     tracking_url,
@@ -64,9 +68,12 @@ from depot.pickup import (
 from depot.policy import (
     LockerSite,
     NextAction,
+    PickupChoice,
     PolicyError,
+    RequestDeclined,
     decide_after_failure,
     decide_after_hold_expired,
+    free_sites,
     nearest_locker,
 )
 from depot.preferences import (
@@ -78,7 +85,7 @@ from depot.preferences import (
     store_choices,
     take_compartment,
 )
-from depot.returns import BookedReturn, ReturnDesk
+from depot.returns import BookedReturn, ReturnDesk, ReturnRefused
 from depot.routing import DEFERRAL_REASONS, build_manifest, nearest_round, plan_routes
 from depot.store import Conn, book, collections, open_database, sends
 from depot.tracking import LockerDrop, Notification, ParcelBook, Transition, iso_utc
@@ -86,7 +93,8 @@ from depot.webhooks import WebhookSender, encode_body, enqueue
 from parcel.cards import card_tag
 from parcel.care import Care
 from parcel.errors import ParcelError
-from parcel.manifest import LockerReturn, Manifest, Stop
+from parcel.geo import distance_m
+from parcel.manifest import DoorPickup, LockerReturn, Manifest, Stop
 from parcel.runlog import needs_restart, reload_failed, reload_log_level, report_reload
 from sync.clock import Clock, SystemClock
 from sync.errors import WireError
@@ -566,12 +574,15 @@ class DepotService:
             )
             manifests[van] = self._with_locker_stops(manifest, records, lockers)
         manifests = self._with_collections(manifests, lockers)
+        manifests = self._with_door_pickups(manifests)
         for van, manifest in manifests.items():
             self._issue(manifest)
             for stop in manifest.stops:
                 for parcel in stop.parcels:
                     self.book.assign(parcel, van, stop.stop, manifest.version)
             self._note_collections(manifest)
+            for ret in manifest.pickups:
+                self.returns.pickup_planned(ret, van, manifest.day)
         self._wake.set()
         return PlanResult(manifests, unassigned, {d.parcel: d.reason for d in plans.deferred})
 
@@ -735,9 +746,10 @@ class DepotService:
         elif t.state == "returning":
             with self.database.transaction() as conn:  # out of its locker, if it was in one
                 collections.mark_done(conn, t.parcel, self.clock.wall_ns())
-            collected = t.step == "collected_for_return"
+            # Out of a locker, or handed to the courier at the door: in the courier's van.
+            collected = t.step in ("collected_for_return", "collected_at_door")
             self.returns.step(t.parcel, "collected" if collected else "at_depot")
-            if t.step != "collected_for_return":
+            if not collected:
                 # Back at the depot (the van's return scan): handed to the return to the
                 # merchant. Taken out of a locker, it is still in the courier's van.
                 self.book.mark_returned_to_sender(t.parcel)
@@ -769,6 +781,17 @@ class DepotService:
         except PolicyError as exc:  # e.g. a reason this depot does not know: a person decides
             log.error("no policy decision for %s: %s", parcel, exc)
             return
+        self._carry_out(parcel, decision, info, card=card)
+
+    def _carry_out(
+        self, parcel: str, decision: NextAction, info: Mapping[str, Any], *, card: str | None
+    ) -> None:
+        """Record `decision` for `parcel` (`info`: the book's row before it) and act on it:
+        the policy's own after a failure, or the customer's choice of a locker or a counter
+        (`customer_to_locker`). A locker or counter is reserved with a signed command, with
+        the tag of the card `card` when it is a counter, and a van still out with the parcel
+        gets it moved to that site's stop."""
+        record = info.get("record") or {}
         self.decisions.append((parcel, decision))
         state = self.book.set_next_action(
             parcel, decision.kind, locker=decision.locker, reason=decision.reason
@@ -786,6 +809,14 @@ class DepotService:
                 tag = card_tag(site.name, card, str(record.get("recipient", "")))
                 if tag is not None:
                     args["card_tag"] = tag
+            if site is not None and site.kind == "counter":
+                # The counter's staff ask the proof the door would (parcel.care): the
+                # customer's signature, and an ID check for an age-limited parcel.
+                with self.database.reading() as conn:
+                    care = care_of(conn, parcel)
+                args["signature"] = care is not None and care.needs_signature
+                if care is not None and care.age_min is not None:
+                    args["age_min"] = care.age_min
             self.send_command(decision.locker, "reserve", args)
             van = info.get("van")
             if van and info.get("state") not in ("at_depot",):
@@ -889,18 +920,7 @@ class DepotService:
 
     def _locker_sites(self) -> list[LockerSite]:
         """Free compartments per locker: its sizes minus the parcels held or reserved there."""
-        busy = self.book.locker_occupancy()
-        sites = []
-        for site in self.config.lockers:
-            if site.kind == "counter":  # shelves: any size, while places are left
-                room = site.capacity - sum(busy.get(site.name, {}).values())
-                sites.append(LockerSite(site.name, site.lat, site.lon, {}, room=max(0, room)))
-                continue
-            free = dict(site.compartments)
-            for size, n in busy.get(site.name, {}).items():
-                free[size] = max(0, free.get(size, 0) - n)
-            sites.append(LockerSite(site.name, site.lat, site.lon, free))
-        return sites
+        return free_sites(self.config.lockers, self.book.locker_occupancy())
 
     def _redirect_on_route(self, van: str, parcel: str, locker: str) -> None:
         """A van still out gets a new manifest version with the parcel moved to a locker stop."""
@@ -1037,12 +1057,100 @@ class DepotService:
         size: str | None = None,
         locker: str | None = None,
         merchant: str | None = None,
+        handover: str = "locker",
     ) -> BookedReturn:
         """Book the return of a delivered parcel (`ReturnDesk.book`; ReturnRefused says why
-        not): the locker is told to expect it, the merchant and the customer are told."""
-        booked = self.returns.book(parcel, by=by, size=size, locker=locker, merchant=merchant)
+        not): the locker is told to expect it, the merchant and the customer are told. A
+        return handed over at the door (`handover="door"`) goes on the round of a van out
+        today that still calls at the address (`_plan_door_pickup`), else on the next day's
+        plan (`_with_door_pickups`)."""
+        booked = self.returns.book(
+            parcel, by=by, size=size, locker=locker, merchant=merchant, handover=handover
+        )
+        if booked.handover == "door":
+            try:
+                self._plan_door_pickup(booked.return_id)
+            except Exception:  # booked and told: the next day's plan takes it all the same
+                log.exception("door pickup of %s not planned today", booked.return_id)
         self._wake.set()
         return booked
+
+    def customer_return(self, token: str, how: str) -> BookedReturn:
+        """The customer booked a return from their page: `how` is `locker` (the nearest
+        locker with room, a code on the page) or `door` (a courier calls at the address).
+        UnknownLink, LinkExpired or ReturnRefused say why not."""
+        if how not in ("locker", "door"):
+            raise ReturnRefused("choose a parcel locker or the courier at your door", status=400)
+        with self.database.reading() as conn:
+            parcel = self._customer_parcel(conn, token)
+        return self.book_return(parcel, by="customer", handover=how)
+
+    def _plan_door_pickup(self, return_id: str) -> None:
+        """Put a door return's pickup on the stop at its address of a van out today that has
+        not called there yet (a new manifest version); without one, the next day's plan."""
+        ret = next((r for r in self.returns.door_pickups() if r["return_id"] == return_id), None)
+        if ret is None:
+            return
+        for van in self.config.vans:
+            current = self._out_today(van)
+            if current is None or current.picked_up_at(return_id) is not None:
+                continue
+            stop = next(
+                (
+                    s
+                    for s in current.stops
+                    if _same_door(s, ret["record"]) and self._not_called_yet(van, s)
+                ),
+                None,
+            )
+            if stop is None:
+                continue
+            updated = dataclasses.replace(
+                _with_pickup_at(current, stop.stop, return_id),
+                version=self._next_version(van, current.day),
+                issued_at=self.clock.wall_ns() / 1e9,
+            )
+            self._issue(updated)
+            self.returns.pickup_planned(return_id, van, current.day)
+            log.info("door pickup of %s added to %s's manifest v%d, stop %d", return_id, van,
+                     updated.version, stop.stop)
+            return
+
+    def _not_called_yet(self, van: str, stop: Stop) -> bool:
+        """Whether `van` still has to call at `stop`: a parcel of it is still on its way."""
+        for parcel in stop.parcels:
+            info = self.book.parcel(parcel) or {}
+            if info.get("van") == van and info.get("state") in _STILL_TO_CALL:
+                return True
+        return False
+
+    def _with_door_pickups(self, manifests: Mapping[str, Manifest]) -> dict[str, Manifest]:
+        """The day's manifests with every door return no courier has taken yet: on a stop at
+        its address when a round has one, else a new stop on the round passing nearest, where
+        it lengthens the round least (`_with_pickup_stop`)."""
+        out = dict(manifests)
+        for ret in self.returns.door_pickups():
+            return_id, record = str(ret["return_id"]), ret["record"]
+            if any(m.picked_up_at(return_id) is not None for m in out.values()):
+                continue
+            hit = next(
+                ((v, s) for v, m in out.items() for s in m.stops if _same_door(s, record)), None
+            )
+            if hit is not None:
+                van, stop = hit
+                out[van] = _with_pickup_at(out[van], stop.stop, return_id)
+                continue
+            try:
+                place = (float(record["lat"]), float(record["lon"]))
+            except (KeyError, TypeError, ValueError):
+                log.error("door return %s: its parcel's address has no position", return_id)
+                continue
+            nearest = nearest_round(place, {v: m.stops for v, m in out.items()}, self._here)
+            if nearest is None:
+                log.warning("door return %s: no round to pick it up on", return_id)
+                break
+            out[nearest] = _with_pickup_stop(out[nearest], record, return_id, self._here)
+        return out
 
     def customer_returns(self) -> dict[str, int]:
         """Customers' returns booked, dropped, collected and back at the depot."""
@@ -1317,6 +1425,7 @@ class DepotService:
                 now_ns=self.clock.wall_ns(),
                 max_attempts=self.config.max_attempts,
                 can_command=self.keys.signing is not None,
+                max_locker_km=self.config.max_locker_km,
             )
 
     def _customer_parcel(self, conn: Conn, token: str) -> str:
@@ -1354,6 +1463,39 @@ class DepotService:
         log.info("customer asked for %s to be delivered again: %s", parcel, decision.kind)
         self._wake.set()
         return decision
+
+    def customer_to_locker(self, token: str) -> PickupOffer:
+        """The customer chose, after a missed delivery, to collect the parcel from a locker
+        (`depot.policy.decide_on_pickup_choice`: the nearest with room within `[policy]
+        max_locker_km`): reserved and, with the parcel still on a van, moved to that locker's
+        stop (`_carry_out`, as the policy's own choice), the request in the timeline, in one
+        transaction. UnknownLink, LinkExpired or RequestDeclined say why not."""
+        return self._customer_pickup(token, "locker")
+
+    def customer_to_counter(self, token: str) -> PickupOffer:
+        """As `customer_to_locker`, to the nearest staffed counter with room; its `reserve`
+        carries the tag of the card the last attempt left, so the card and a name collect it."""
+        return self._customer_pickup(token, "counter")
+
+    def _customer_pickup(self, token: str, choice: PickupChoice) -> PickupOffer:
+        with self.database.transaction() as conn:
+            parcel = self._customer_parcel(conn, token)
+            decision, offer = pickup_choice(
+                conn,
+                parcel,
+                choice,
+                lockers=self.config.lockers,
+                max_locker_km=self.config.max_locker_km,
+            )
+            if self.keys.signing is None:
+                raise RequestDeclined("the depot cannot send commands to lockers just now")
+            card = last_card(conn, parcel)
+            info = self.book.parcel(parcel) or {}
+            self.book.record_request(parcel, PICKUP_REQUESTS[choice], {"site": offer.site})
+            self._carry_out(parcel, decision, info, card=card)
+        log.info("customer chose to collect %s at %s %s", parcel, choice, offer.site)
+        self._wake.set()
+        return offer
 
     # --- the operators' console (depot.web.pages.exceptions) --------------------------------
 
@@ -1531,6 +1673,68 @@ def _move_to_lockers(
         issued_at=manifest.issued_at if issued_at is None else issued_at,
         depot=manifest.depot,
     )
+
+
+# A parcel in one of these states is still to be handed over on its van's round.
+_STILL_TO_CALL = frozenset({"received", "at_depot", "loaded", "out_for_delivery"})
+
+
+def _door_text(text: object) -> str:
+    return " ".join(str(text or "").split()).casefold()
+
+
+def _same_door(stop: Stop, record: Mapping[str, Any]) -> bool:
+    """Whether `stop` calls at the address of the parcel `record`: the same address text
+    (case and spacing aside). Neighbours in one building are different doors."""
+    address = _door_text(record.get("address"))
+    return stop.kind == "address" and bool(address) and _door_text(stop.address) == address
+
+
+def _with_pickup_at(manifest: Manifest, number: int, return_id: str) -> Manifest:
+    """`manifest` with the door return's pickup added to stop `number` (same version)."""
+    stops = tuple(
+        dataclasses.replace(s, pickups=(*s.pickups, DoorPickup(return_id)))
+        if s.stop == number
+        else s
+        for s in manifest.stops
+    )
+    return dataclasses.replace(manifest, stops=stops)
+
+
+def _with_pickup_stop(
+    manifest: Manifest, record: Mapping[str, Any], return_id: str, depot: tuple[float, float]
+) -> Manifest:
+    """`manifest` with a new address stop for a door return at its original's address, put
+    among the address stops where it adds the least distance (locker stops stay last), the
+    stops renumbered. Checked by reading it back as the van will."""
+    lat, lon = float(record["lat"]), float(record["lon"])
+    doors = [s for s in manifest.stops if s.kind == "address"]
+    rest = [s for s in manifest.stops if s.kind != "address"]
+    after = (rest[0].lat, rest[0].lon) if rest else depot
+
+    def detour(i: int) -> float:
+        before = depot if i == 0 else (doors[i - 1].lat, doors[i - 1].lon)
+        nxt = (doors[i].lat, doors[i].lon) if i < len(doors) else after
+        return (
+            distance_m(*before, lat, lon) + distance_m(lat, lon, *nxt) - distance_m(*before, *nxt)
+        )
+
+    at = min(range(len(doors) + 1), key=detour)
+    stop = Stop(
+        stop=0,
+        kind="address",
+        lat=lat,
+        lon=lon,
+        parcels=(),
+        address=str(record.get("address") or ""),
+        recipient=str(record.get("recipient") or ""),
+        instructions=str(record.get("instructions") or ""),
+        access_code=str(record.get("access_code") or ""),
+        pickups=(DoorPickup(return_id),),
+    )
+    ordered = [*doors[:at], stop, *doors[at:], *rest]
+    stops = tuple(dataclasses.replace(s, stop=i) for i, s in enumerate(ordered, start=1))
+    return Manifest.from_doc(dataclasses.replace(manifest, stops=stops).to_doc())
 
 
 def _renumber(s: Stop, number: int, parcels: tuple[str, ...]) -> Stop:

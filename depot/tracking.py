@@ -37,8 +37,10 @@ State decisions beyond the contract's diagram (docs/DELIVERY.md, "Parcel states"
   `return_to_sender`, else `at_depot`; `set_next_action(..., "return_to_sender")` turns an
   `at_depot` parcel `returning`; a courier collecting an expired parcel from a locker
   (`parcel_returned`) makes it `returning`; the van that took it says so with
-  `parcel_collected_from_locker` (a timeline step, no state), and its return scan at the
-  depot, though it changes no state, is handed to the policy like a move. A parcel stays
+  `parcel_collected_from_locker` (a timeline step, no state); a customer's return handed to
+  the courier at the door (`return_collected_at_door`) makes it `returning` itself; and its
+  return scan at the depot, though it changes no state, is handed to the policy like a
+  move. A parcel stays
   `returning` until a person books it handed back (`mark_returned_to_sender`), because only
   then has it left the depot.
 - `hold_expired` is a state (the parcel is still in the compartment, no longer collectable);
@@ -678,6 +680,10 @@ def _van_facts(ev: _StoredEvent, loaded_of_van: Callable[[str], list[str]]) -> l
         # The locker's `parcel_returned` moves the parcel; this says which van has it.
         details = {"van": dev, "stop": stop, "locker": _text(p, "locker")}
         return [_Fact(parcel, "collected_by_van", None, details, {"van": dev})]
+    if kind == "return_collected_at_door":
+        # A customer's return handed to the courier at its door: in the van, for the depot.
+        details = {"van": dev, "stop": stop}
+        return [_Fact(parcel, "collected_at_door", "returning", details, {"van": dev})]
     return []
 
 
@@ -759,6 +765,7 @@ _VAN_KINDS = frozenset(
         "parcel_dropped_at_locker",
         "parcel_returned_to_depot",
         "parcel_collected_from_locker",
+        "return_collected_at_door",
         "outcome_refused",
         "day_closed",
     }

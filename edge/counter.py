@@ -14,6 +14,13 @@ and states and needs no new event kind:
   types the customer's name, and the counter records `parcel_picked_up` with `name`. A card
   code with a surname works the same when the depot's reservation carried its tag
   (parcel.cards). Wrong codes are throttled by the locker's KeypadGuard.
+- **proof**: a parcel the depot reserved with `signature` or `age_min` (it must be signed
+  for, or needs an ID check: parcel.care) is handed out only with the proof the door asks,
+  by the same rule (`Care.refusal`): the customer's signature strokes (edge.signature,
+  stored in the journal's photo outbox in the event's transaction, as the van does) and
+  the ID's type and year of birth, never its number. `parcel_picked_up` then carries
+  `signature`, `signed_by` and `id_check` as the van's `parcel_delivered` does; without the
+  proof the screen says why (`handout_refused` is journaled) and nothing is handed out.
 - **holds** expire as a locker's (`hold_expired`): the parcel goes on the returns pile; a
   courier who identifies (badge) and scans it takes it (`parcel_returned`).
 
@@ -24,12 +31,14 @@ event that changed it.
 
 Must never: hold a pickup code, QR token or card code in plaintext anywhere (journal,
 tables, logs), hand out a parcel whose scan did not match the credential presented, record
-a hand-out without the name the staff typed, or carry out an unverified depot command.
+a hand-out without the name the staff typed or without the proof its reservation asked,
+or carry out an unverified depot command.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import datetime as dt
 import json
 import logging
 import queue
@@ -42,6 +51,7 @@ from typing import Any
 
 from drivers.scanner import ScannerReader
 from edge.counter_config import CounterConfig
+from edge.counter_screen import ScreenDisplay, StaffSocket
 from edge.credentials import (
     CredentialError,
     KeypadGuard,
@@ -54,11 +64,15 @@ from edge.errors import EdgeError
 from edge.locker import BADGE_PREFIX, QR_PREFIX, Display
 from edge.locker_device import INPUT_WAIT_S
 from edge.ports import require_port
+from edge.signature import CONTENT_TYPE as SIGNATURE_TYPE
+from edge.signature import Signature, SignatureError
 from parcel.cards import card_tag
+from parcel.care import AGE_LIMITS, REFUSALS, Care, CareError, IdCheck
 from parcel.identify import Rejection, identify
 from sync.clock import Clock
 from sync.errors import WireError
 from sync.journal import Journal, JournalTransaction
+from sync.photos import PhotoOutbox
 from sync.signing import CommandRejected, CommandVerifier, ReplayStore, SqliteReplayStore
 from sync.uplink import DRAIN_ON_STOP_S, Uplink
 from sync.wire import check_command
@@ -80,6 +94,14 @@ _SCHEMA = [
     "CREATE TABLE keypad (id INTEGER PRIMARY KEY CHECK (id = 1), guard TEXT NOT NULL)",
 ]
 ON_SHELF = ("reserved", "stored", "expired")
+# The proof a reserved parcel's hand-out needs (the depot's `reserve` said so): a table of its
+# own, so a journal made before it gains it without touching `held`. A parcel without a row
+# needs no proof (a walk-in drop, a reservation that asked for none).
+PROOF_SCHEMA_VERSION = 1
+_PROOF_SCHEMA = [
+    "CREATE TABLE proof_needed (parcel TEXT PRIMARY KEY, age_min INTEGER, "
+    "signature INTEGER NOT NULL)",
+]
 
 ALARM = "alarm"
 #: How long the staff's screen waits for the controller's answer to one line.
@@ -103,6 +125,22 @@ class _Handout:
     method: str  # code | qr | card
     name: str | None = None  # known up front for a card hand-out
     confirmed: bool = False  # the staff scanned the right parcel
+    proof: Care = field(default_factory=Care)  # what the hand-out needs: signature, age_min
+
+    def needs(self) -> dict[str, Any]:
+        """The proof still to take, as facts for the staff's screen (empty: none)."""
+        if not self.proof.needs_signature:
+            return {}
+        needs = ["signature"] if self.proof.age_min is None else ["id_check", "signature"]
+        facts: dict[str, Any] = {"needs": needs}
+        if self.proof.age_min is not None:
+            facts["age_min"] = self.proof.age_min
+        return facts
+
+    def needs_said(self) -> str:
+        if self.proof.age_min is not None:
+            return f"check the ID ({self.proof.age_min}+) and take the signature"
+        return "take the signature" if self.proof.needs_signature else ""
 
 
 @dataclass
@@ -143,6 +181,8 @@ class Counter:
         self._handout: _Handout | None = None
         self._courier: _CourierSession | None = None
         journal.ensure_tables("counter", SCHEMA_VERSION, _SCHEMA)
+        journal.ensure_tables("counter_proof", PROOF_SCHEMA_VERSION, _PROOF_SCHEMA)
+        self._photos = PhotoOutbox(journal)  # signatures wait there for the depot, as photos
         self._salt = self._lookup_salt()
         self._own_store: SqliteReplayStore | None = None
         if replay_store is None:
@@ -445,8 +485,28 @@ class Counter:
         if match is None:
             return _say("code not recognised")
         parcel, shelf = match
-        self._handout = _Handout(parcel, shelf, method, name=name)
-        return _say(f"fetch the parcel from {shelf} and scan it", parcel=parcel, shelf=shelf)
+        h = self._handout = _Handout(parcel, shelf, method, name=name, proof=self._proof(parcel))
+        say = f"fetch the parcel from {shelf} and scan it"
+        if h.needs():
+            say += f"; {h.needs_said()} before it is handed out"
+        return _say(say, parcel=parcel, shelf=shelf, **h.needs())
+
+    def _proof(self, parcel: str) -> Care:
+        """What the depot's reservation asked of this parcel's hand-out (the one rule's
+        document, parcel.care, with only `signature` and `age_min` set)."""
+        rows = self.journal.query(
+            "SELECT age_min, signature FROM proof_needed WHERE parcel=?", (parcel,)
+        )
+        if not rows:
+            return Care()
+        age_min, signature = rows[0]
+        try:
+            return Care(signature=bool(signature), age_min=age_min)
+        except CareError as exc:  # a damaged row: ask the most, never less
+            strictest = max(AGE_LIMITS)
+            log.error("proof needed for %s is damaged (%s): asking for a %d+ ID check", parcel,
+                      exc, strictest)
+            return Care(signature=True, age_min=strictest)
 
     def _find(self, method: str, secret: str, name: str | None) -> tuple[str, str] | None:
         """The parcel held here (on hold, or on the returns pile: the customer came late but
@@ -494,21 +554,69 @@ class Counter:
                 scanned=parcel,
             )
         h.confirmed = True
-        if h.name is not None:
+        if h.name is not None and not h.needs():
             return self._hand_over(h.name)
+        if h.needs():
+            who = "" if h.name is not None else ", type the customer's name"
+            return _say(f"right parcel: {h.needs_said()}{who}", parcel=parcel, **h.needs())
         return _say("right parcel: type the customer's name", parcel=parcel)
 
-    def _hand_over(self, name: str) -> dict[str, Any]:
+    def _hand_over(
+        self,
+        name: str,
+        signature: Signature | None = None,
+        signed_by: str | None = None,
+        id_check: IdCheck | None = None,
+    ) -> dict[str, Any]:
+        """Record the hand-out, if the proof its reservation asked was given (the door's
+        rule: `Care.refusal` for a handover to the recipient, in the UTC year of the
+        journal's clock); else say why, journal `handout_refused`, and keep the hand-out
+        under way so the staff can take the proof or cancel."""
         h = self._handout
         assert h is not None and h.confirmed
+        refused = h.proof.refusal(
+            "recipient", signed=signature is not None, id_check=id_check, year=self._utc_year()
+        )
+        if refused is not None:
+            with self.journal.transaction() as tx:
+                tx.append(
+                    "handout_refused",
+                    {"parcel": h.parcel, "compartment": h.shelf, "reason": refused},
+                )
+            return _refuse(
+                f"NOT handed out: {REFUSALS[refused]}", reason=refused, parcel=h.parcel,
+                shelf=h.shelf, **h.needs(),
+            )
         with self.journal.transaction("cannot record a hand-out") as tx:
+            signed = None
+            if signature is not None:
+                signed = self._photos.stage(tx, signature.to_bytes(), SIGNATURE_TYPE).as_payload()
             tx.execute("UPDATE held SET state='picked_up' WHERE parcel=?", (h.parcel,))
+            tx.execute("DELETE FROM proof_needed WHERE parcel=?", (h.parcel,))
             tx.append(
                 "parcel_picked_up",
-                {"parcel": h.parcel, "compartment": h.shelf, "name": name, "method": h.method},
+                {
+                    "parcel": h.parcel,
+                    "compartment": h.shelf,
+                    "name": name,
+                    "method": h.method,
+                    "signature": signed,
+                    "signed_by": signed_by if signature is not None else None,
+                    "id_check": id_check.to_doc() if id_check is not None else None,
+                },
             )
         self._handout = None
-        return _say("hand it over", parcel=h.parcel, name=name)
+        facts: dict[str, Any] = {"parcel": h.parcel, "name": name}
+        if signature is not None:
+            facts["signed_by"] = signed_by
+        if id_check is not None:
+            facts["id_check"] = id_check.to_doc()
+        return _say("hand it over", **facts)
+
+    def _utc_year(self) -> int:
+        """The year by the journal's clock, in UTC: the year an ID's holder is old enough in
+        (the van's rule)."""
+        return dt.datetime.fromtimestamp(self._now_ns() / 1e9, dt.UTC).year
 
     # --- couriers and returns --------------------------------------------------------------
 
@@ -568,6 +676,7 @@ class Counter:
         with self.journal.transaction() as tx:
             for parcel, shelf in lapsed:
                 tx.execute("DELETE FROM held WHERE parcel=?", (parcel,))
+                tx.execute("DELETE FROM proof_needed WHERE parcel=?", (parcel,))
                 tx.append("reservation_lapsed", {"compartment": shelf, "parcel": parcel})
             for parcel, shelf in due:
                 tx.execute("UPDATE held SET state='expired' WHERE parcel=?", (parcel,))
@@ -580,9 +689,12 @@ class Counter:
 
     def _on_staff(self, line: str) -> dict[str, Any]:
         """`{"do": "code", "code": "123456"}`, `{"do": "card", "card": "ABCD-2345", "name":
-        "A. Jansen"}`, `{"do": "name", "name": "A. Jansen"}`, `{"do": "cancel"}`,
-        `{"do": "badge", "badge": "C42"}`, `{"do": "logout"}`, `{"do": "returns"}`,
-        `{"do": "status"}` (README, "Staffed collection point")."""
+        "A. Jansen"}`, `{"do": "name", "name": "A. Jansen"}` (with the proof a parcel needs:
+        `"signature": {"width", "height", "strokes"}`, `"signed_by"` (the name, when not
+        given), `"id_check": {"id_type", "birth_year"}`; `name` may be left out after a
+        card, which gave it), `{"do": "cancel"}`, `{"do": "badge", "badge": "C42"}`,
+        `{"do": "logout"}`, `{"do": "returns"}`, `{"do": "status"}` (docs/DELIVERY.md,
+        "Staffed collection point")."""
         try:
             doc = json.loads(line)
         except ValueError:
@@ -601,15 +713,16 @@ class Counter:
                 return _refuse("card needs a card code and the customer's name")
             return self._present("card", card, name)
         if do == "name":
-            name = _name(doc.get("name"))
             h = self._handout
+            given = doc.get("name")
+            name = _name(given if given is not None or h is None else h.name)
             if name is None:
                 return _refuse(f"name must be printable text of 1..{MAX_NAME} characters")
             if h is None:
                 return _refuse("no hand-out under way")
             if not h.confirmed:
                 return _refuse("scan the parcel first", parcel=h.parcel, shelf=h.shelf)
-            return self._hand_over(name)
+            return self._with_proof(name, doc)
         if do == "cancel":
             h = self._handout
             if h is None:
@@ -631,6 +744,27 @@ class Counter:
         if do == "status":
             return _say(self.status_line())
         return _refuse(f"unknown command {do!r}")
+
+    def _with_proof(self, name: str, doc: Mapping[str, Any]) -> dict[str, Any]:
+        """The staff's `name` line with the proof it carries, checked as the van checks the
+        courier's (edge.delivery): a bad signature or ID check is refused in one line."""
+        try:
+            raw = doc.get("signature")
+            signature = None if raw is None else Signature.from_doc(raw)
+            raw = doc.get("id_check")
+            id_check = None if raw is None else IdCheck.from_doc(raw)
+        except (SignatureError, CareError) as exc:
+            return _refuse(str(exc))
+        signed_by = doc.get("signed_by")
+        if signed_by is not None:
+            signed_by = _name(signed_by)
+            if signed_by is None:
+                return _refuse(f"signed_by must be printable text of 1..{MAX_NAME} characters")
+            if signature is None:
+                return _refuse("signed_by without a signature: the customer signs first")
+        elif signature is not None:
+            signed_by = name  # at the desk the one who signs is the one who takes it
+        return self._hand_over(name, signature, signed_by, id_check)
 
     # --- depot commands --------------------------------------------------------------------
 
@@ -676,7 +810,19 @@ class Counter:
                 "card_tag) VALUES (?,?,'reserved',?,?,?)",
                 (parcel, shelf, args.get("size"), until, args.get("card_tag")),
             )
-            return {"parcel": parcel, "compartment": shelf}
+            proof = Care(signature=bool(args.get("signature")), age_min=args.get("age_min"))
+            tx.execute("DELETE FROM proof_needed WHERE parcel=?", (parcel,))
+            if proof.needs_signature:
+                tx.execute(
+                    "INSERT INTO proof_needed(parcel, age_min, signature) VALUES (?,?,?)",
+                    (parcel, proof.age_min, int(proof.signature)),
+                )
+            facts: dict[str, Any] = {"parcel": parcel, "compartment": shelf}
+            if proof.needs_signature:  # said back, so the depot's log shows the staff know
+                facts["signature"] = True
+            if proof.age_min is not None:
+                facts["age_min"] = proof.age_min
+            return facts
         if action == "extend_hold":
             parcel = str(args["parcel"])
             rows = self.journal.query(
@@ -708,16 +854,26 @@ def _name(value: object) -> str | None:
 
 class CounterDevice:
     """Everything a counter process runs: journal, scanner, counter, uplink; `start()` and
-    `stop()` it as one. The staff's screen sends lines on a descriptor (`take_staff_input`;
-    stdin in the CLI), read as the van's handheld is (edge.van.CourierInput)."""
+    `stop()` it as one. The staff's screen is a unix socket when the config names one
+    (`[staff] socket`, edge.counter_screen: what is shown goes to `display` and to every
+    connected screen), else lines on a descriptor (`take_staff_input`; stdin in the CLI),
+    read as the van's handheld is (edge.van.CourierInput)."""
 
     def __init__(
         self, config: CounterConfig, display: Display, *, clock: Clock | None = None
     ) -> None:
         self.config = config
         self.journal = Journal(config.journal, config.device_id, clock=clock)
+        screens: ScreenDisplay | None = None
+        if config.staff_socket is not None:
+            display = screens = ScreenDisplay(display)
         self.display = display
         self.counter = Counter(config, self.journal, display)
+        self.staff_socket: StaffSocket | None = None
+        if screens is not None and config.staff_socket is not None:
+            self.staff_socket = screens.socket = StaffSocket(
+                config.staff_socket, self.counter.staff, self._reply
+            )
         self.reader: ScannerReader | None = None
         self._scanner_up = threading.Event()
         if config.scanner_port:
@@ -738,16 +894,19 @@ class CounterDevice:
         answer is shown on the display."""
         from edge.van import CourierInput  # the same reader as the van's handheld
 
-        def reply(answer: Mapping[str, Any]) -> None:
-            facts = dict(answer)
-            self.display.show(str(facts.pop("display", facts.pop("error", ""))), **facts)
+        self._staff_input = CourierInput(fd, self.counter.staff, self._reply)
 
-        self._staff_input = CourierInput(fd, self.counter.staff, reply)
+    def _reply(self, answer: Mapping[str, Any]) -> None:
+        facts = dict(answer)
+        self.display.show(str(facts.pop("display", facts.pop("error", ""))), **facts)
 
     def start(self) -> None:
-        """Start everything; a missing or busy scanner port raises PortError first."""
+        """Start everything; a missing or busy scanner port raises PortError first, a staff
+        socket that cannot be served StaffScreenError."""
         if self.config.scanner_port:
             require_port(self.config.scanner_port, "scanner", "[scanner] port")
+        if self.staff_socket is not None:
+            self.staff_socket.start()
         self.counter.start()
         if self.reader is not None:
             self.reader.start()
@@ -764,6 +923,8 @@ class CounterDevice:
     def stop(self) -> None:
         if self._staff_input is not None:
             self._staff_input.stop()
+        if self.staff_socket is not None:
+            self.staff_socket.stop()
         if self.reader is not None:
             self.reader.stop()
         self.counter.stop()
@@ -774,6 +935,8 @@ class CounterDevice:
     def health(self) -> list[str]:
         """Dead or stalled threads by name (empty: all is well), as the locker says them."""
         found = [] if self.reader is None else [self.reader.problem()]
+        if self.staff_socket is not None:
+            found.append(self.staff_socket.problem())
         problems = [p for p in found if p is not None] + self.counter.health()
         return problems + (self.uplink.health() if self.uplink is not None else [])
 

@@ -4,7 +4,12 @@ Read from TOML, in the locker's shape where the two share a setting (``[scanner]
 ``[couriers]``, ``[depot]``, ``[broker]``, ``[sync]``, ``[log]``, ``hold_hours``), so a
 technician who set up a locker reads this one at a glance. What a counter has instead of
 lock boards and compartments is a number of shelf places (``shelves``): the depot's
-``capacity`` for it should say the same.
+``capacity`` for it should say the same. ``shelves`` is also what tells a counter's file
+from a van's or a locker's (`lastmile check`).
+
+The staff's screen is the process's stdin unless ``[staff] socket`` names a unix socket for
+the desk's screen app (edge.counter_screen): under systemd stdin is /dev/null, so an
+installed counter needs it (`lastmile install` says so).
 
 Must never: accept a counter without shelves, nor open the scanner's port (that is the
 device's job, at start).
@@ -26,6 +31,8 @@ from sync.mqtt import BrokerAddress
 
 #: A desk holds what its shelves hold; more than this is a warehouse, not a counter.
 MAX_SHELVES = 10_000
+#: The longest path a unix socket may have (sun_path is 108 bytes with its NUL).
+MAX_SOCKET_PATH = 107
 
 
 class CounterConfigError(EdgeError):
@@ -53,12 +60,19 @@ class CounterConfig:
     sync: dict[str, Any] = field(default_factory=dict)
     log_level: int = logging.INFO
     source: Path | None = None
+    # The desk's screen app connects here (edge.counter_screen); None: stdin is the screen.
+    staff_socket: Path | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.shelves <= MAX_SHELVES:
             raise CounterConfigError(f"shelves must be 1..{MAX_SHELVES}, not {self.shelves}")
         if self.hold_s <= 0:
             raise CounterConfigError("hold_hours must be above 0")
+        if self.staff_socket is not None and len(os.fsencode(self.staff_socket)) > MAX_SOCKET_PATH:
+            raise CounterConfigError(
+                f"[staff] socket {self.staff_socket} is longer than the {MAX_SOCKET_PATH} bytes "
+                "a unix socket's path may have"
+            )
 
     def shelf_ids(self) -> list[str]:
         return [f"shelf-{i}" for i in range(1, self.shelves + 1)]
@@ -84,6 +98,12 @@ def load_counter_config(path: str | os.PathLike[str]) -> CounterConfig:
         log = doc.get("log", {})
         if not isinstance(log, dict) or set(log) - {"level"}:
             raise CounterConfigError(f"{where}: [log] takes only level")
+        staff = doc.get("staff", {})
+        if not isinstance(staff, dict) or set(staff) - {"socket"}:
+            raise CounterConfigError(f"{where}: [staff] takes only socket")
+        socket_path = staff.get("socket")
+        if socket_path is not None and not (isinstance(socket_path, str) and socket_path):
+            raise CounterConfigError(f"{where}: [staff] socket must be a path")
         return CounterConfig(
             device_id=device_id,
             journal=base / doc.get("journal", f"{device_id}.journal.db"),
@@ -99,6 +119,7 @@ def load_counter_config(path: str | os.PathLike[str]) -> CounterConfig:
             sync=dict(doc.get("sync", {})),
             log_level=log_level(log.get("level", "info")),
             source=Path(path),
+            staff_socket=base / socket_path if socket_path else None,
         )
     except LockerConfigError as exc:
         raise CounterConfigError(str(exc)) from exc

@@ -15,6 +15,12 @@ record as delivered a handover the parcel's care forbids (it is journaled as
 `outcome_refused` instead); keep an ID's number; record a proof of delivery with a hole (no
 scan and no reason, no fix and no reason: `DeliveryRound._pod`); talk to the broker (the
 uplink drains the journal; the depot reads `manifest_applied` as the van's acknowledgement).
+
+Door pickups: an address stop may list customers' returns to take at that door
+(`Stop.pickups`). At that stop the return's scan (its label is its id) or the courier's
+`{"do": "pickup"}` journals `return_collected_at_door`; the return is then on the van like a
+parcel collected from a locker and goes back with the evening's return scans. A return listed
+at another stop, or at none, is refused like any wrong scan.
 """
 
 from __future__ import annotations
@@ -65,6 +71,7 @@ DELIVERY_FAILED = "delivery_failed"
 PARCEL_REDIRECTED = "parcel_redirected"
 PARCEL_DROPPED_AT_LOCKER = "parcel_dropped_at_locker"
 PARCEL_COLLECTED_FROM_LOCKER = "parcel_collected_from_locker"
+RETURN_COLLECTED_AT_DOOR = "return_collected_at_door"  # a customer's return, taken at a door
 ROUND_ENDED = "round_ended"
 PARCEL_RETURNED_TO_DEPOT = "parcel_returned_to_depot"
 RETURN_REFUSED = "return_refused"
@@ -109,6 +116,8 @@ FAILED = "failed"
 REDIRECTED = "redirected"
 IN_LOCKER = "in_locker"
 COLLECTED = "collected"  # taken out of a locker (an expired hold): on the van, for the depot
+PICKED_UP = "picked_up_at_door"  # a customer's return taken at its door: on the van, for the depot
+_TAKEN_BACK = (COLLECTED, PICKED_UP)  # on the van for the depot, never due at a stop
 _FINAL = (DELIVERED, IN_LOCKER)
 
 Tone = Literal["ok", "repeat", "warn", "refuse", "wrong_stop", "error"]
@@ -599,7 +608,7 @@ class DeliveryRound:
         off_manifest = [
             p
             for p, r in rows.items()
-            if r.on_van and r.outcome != COLLECTED and manifest.stop_of(p) is None
+            if r.on_van and r.outcome not in _TAKEN_BACK and manifest.stop_of(p) is None
         ]
         for parcel, row in rows.items():
             due = manifest.stop_of(parcel)
@@ -767,10 +776,20 @@ class DeliveryRound:
         assert manifest is not None
         here = self._current_stop
         row = self._row(parcel)
-        if here is not None and self._collectable(row, manifest.stop(here)):
+        pickup_at = manifest.picked_up_at(parcel)
+        taken = row is not None and row.outcome == PICKED_UP
+        if here is not None and pickup_at == here and not taken:
+            return self._pickup(parcel, raw)
+        if here is not None and pickup_at is None and self._collectable(row, manifest.stop(here)):
             return self._collect(parcel, raw)
         refusal: tuple[str, Tone, str] | None = None
-        if row is not None and row.outcome == COLLECTED:
+        if taken:
+            refusal = ("already_done", "repeat", "return already picked up")
+        elif pickup_at is not None:
+            where = "arrive at a stop first" if here is None else "not for this stop"
+            refusal = ("not_this_stop", "wrong_stop", f"{where}: a return to pick up at stop "
+                       f"{pickup_at}")
+        elif row is not None and row.outcome == COLLECTED:
             refusal = ("already_done", "repeat", f"already collected from {row.locker}")
         elif row is None or not row.loaded:
             refusal = ("not_on_van", "refuse", "not loaded on this van")
@@ -790,7 +809,7 @@ class DeliveryRound:
                 "raw": raw,
                 "stop": here,
                 "reason": reason,
-                "due_stop": row.stop if row else None,
+                "due_stop": pickup_at if pickup_at is not None else (row.stop if row else None),
             }
             (event,) = self._commit("scan not stored", [(STOP_SCAN_REFUSED, payload)])
             self._tell(tone, say, event)
@@ -904,6 +923,9 @@ class DeliveryRound:
             collect = [c.parcel for c in where.collect]
             if collect:
                 say += f"; collect {len(collect)} expired: badge in, #2"
+            pickups = self._pickups_waiting(where)
+            if pickups:
+                say += f"; pick up {len(pickups)} return(s): {', '.join(pickups)}"
             # What the door needs, on the screen before the first parcel comes out: the
             # building's code and instructions, and each parcel's care (only parcels the
             # manifest names a care for: an older depot's parcels show as before).
@@ -920,6 +942,7 @@ class DeliveryRound:
                 event,
                 due=due_ids,
                 collect=collect,
+                pickups=pickups,
                 instructions=where.instructions,
                 access_code=where.access_code,
                 care=care,
@@ -1364,6 +1387,66 @@ class DeliveryRound:
         self._tell("ok" if listed else "warn", say if listed else f"{say} (not on the list)", event)
         return event
 
+    def _pickups_waiting(self, stop: Stop) -> list[str]:
+        """The returns listed at `stop` that are not on the van yet, in the manifest's order."""
+        taken = {
+            str(r[0])
+            for r in self.journal.query(
+                "SELECT parcel FROM delivery_parcels WHERE outcome=?", (PICKED_UP,)
+            )
+        }
+        return [p.parcel for p in stop.pickups if p.parcel not in taken]
+
+    def pickup(self, parcel: str, raw: str | None = None) -> Event:
+        """At an address stop: the customer handed the courier a return the stop lists; it is
+        on the van for the depot. A scan of that return at the stop does this; `raw` is the
+        scan, or None when the courier typed the id (no label, a torn one)."""
+        with self._lock:
+            stop = self._stop_here()
+            row = self._row(parcel)
+            if row is not None and row.outcome == PICKED_UP:
+                raise RoundError("already_done", f"{parcel} is already picked up")
+            if not any(p.parcel == parcel for p in stop.pickups):
+                manifest = self._require_manifest()
+                listed = manifest.picked_up_at(parcel)
+                where = f"it is picked up at stop {listed}" if listed else "no return of that id"
+                raise RoundError(
+                    "not_this_stop", f"{parcel} is not a pickup of stop {stop.stop}: {where}"
+                )
+            try:
+                return self._pickup(parcel, raw)
+            except JournalError as exc:
+                log.error("%s: %s", self.van_id, exc)
+                raise NotRecorded(
+                    "not_recorded", "NOT recorded: the device cannot store it"
+                ) from exc
+
+    def _pickup(self, parcel: str, raw: str | None) -> Event:
+        """Journal a return taken at the door and put it on the van, in one transaction."""
+        here = self._current_stop
+        assert here is not None
+        payload = {
+            "parcel": parcel,
+            "stop": here,
+            "raw": raw,
+            "fix": self._fix_doc(self._locate()),
+        }
+        (event,) = self._commit(
+            "pickup not stored",
+            [(RETURN_COLLECTED_AT_DOOR, payload)],
+            [
+                (
+                    "INSERT INTO delivery_parcels(parcel, stop, loaded_raw, outcome, locker) "
+                    "VALUES (?, NULL, ?, ?, NULL) ON CONFLICT(parcel) DO UPDATE SET stop=NULL, "
+                    "loaded_raw=excluded.loaded_raw, outcome=excluded.outcome, locker=NULL, "
+                    "returned_raw=NULL",
+                    (parcel, raw if raw is not None else parcel, PICKED_UP),
+                )
+            ],
+        )
+        self._tell("ok", f"return {parcel} picked up: on the van for the depot", event)
+        return event
+
     def end_round(self) -> Event:
         """Heading back: from now on a scan is a parcel coming back to the depot."""
         with self._lock:
@@ -1438,6 +1521,7 @@ class DeliveryRound:
                     "redirected": sum(r.outcome == REDIRECTED for r in rows),
                     "in_locker": sum(r.outcome == IN_LOCKER for r in rows),
                     "collected": sum(r.outcome == COLLECTED for r in rows),
+                    "picked_up": sum(r.outcome == PICKED_UP for r in rows),
                     "returned": sum(r.returned_raw is not None for r in rows),
                 },
             }
@@ -1452,6 +1536,7 @@ class DeliveryRound:
                 doc["care"] = {
                     p: care_notes(where.care[p]) for p in doc["due_here"] if p in where.care
                 }
+                doc["pickups"] = self._pickups_waiting(where)
             return doc
 
     def progress(self) -> RoundProgress | None:
@@ -1481,8 +1566,8 @@ class DeliveryRound:
         """One courier command as a JSON object -> a JSON-able result; RoundError if refused.
 
         `{"do": "depart" | "arrive" | "deliver" | "fail" | "redirect" | "drop" | "collect" |
-        "end_round" | "close_day" | "status", ...}`; unknown fields are refused, so a typo
-        cannot drop a name.
+        "pickup" | "end_round" | "close_day" | "status", ...}`; unknown fields are refused,
+        so a typo cannot drop a name.
         """
         if not isinstance(doc, Mapping):
             raise RoundError("bad_input", "a courier command is a JSON object")
@@ -1543,6 +1628,7 @@ _COURIER_FIELDS: Mapping[str, tuple[str, ...]] = {
     "redirect": ("parcel", "locker", "photo", "no_scan"),
     "drop": ("parcel", "photo", "no_scan"),
     "collect": ("parcel",),
+    "pickup": ("parcel",),
     "end_round": (),
     "close_day": (),
     "status": (),

@@ -1,12 +1,12 @@
 """`lastmile check --config FILE`: will this device work where it is being installed?
 
-A technician installing a van handheld, a parcel locker or a depot has a config file, cables
-and a network, and wants to hear in a few lines whether it will work before leaving: every
-serial port there and answering, the broker taking these credentials and certificates, a
-clock that is not in 1970, room on the disk for the days it may spend offline. Each of these
-is asked of the real part with the code that will use it (the drivers, `sync.mqtt`, the
-config loaders), so a check passes only where the device would; and each has a timeout, so
-the check itself never hangs on a dead cable.
+A technician installing a van handheld, a parcel locker, a staffed counter or a depot has a
+config file, cables and a network, and wants to hear in a few lines whether it will work
+before leaving: every serial port there and answering, the broker taking these credentials
+and certificates, a clock that is not in 1970, room on the disk for the days it may spend
+offline. Each of these is asked of the real part with the code that will use it (the
+drivers, `sync.mqtt`, the config loaders), so a check passes only where the device would;
+and each has a timeout, so the check itself never hangs on a dead cable.
 
 It changes nothing: no journal or database is created or migrated, and the broker session it
 opens acknowledges nothing, so whatever waits at the broker for the device still waits. It does
@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from depot.config import DepotConfig
+    from edge.counter_config import CounterConfig
     from edge.locker_config import LockerConfig
     from edge.van import VanConfig
     from sync.journal_check import RawRow
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
 __all__ = ["Finding", "add_arguments", "run_from_args"]
 
 Status = Literal["ok", "warn", "FAIL"]
-ROLES = ("van", "locker", "depot")
+ROLES = ("van", "locker", "counter", "depot")
 
 # A clock before this date was never set: this software did not exist then (a Raspberry Pi
 # without a real-time clock boots in 1970, or at the date its image was made). The release
@@ -115,7 +116,10 @@ def _days(text: str) -> int:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--config", required=True, type=Path, help="the van's, locker's or depot's TOML file"
+        "--config",
+        required=True,
+        type=Path,
+        help="the van's, locker's, counter's or depot's TOML file",
     )
     p.add_argument(
         "--role",
@@ -190,6 +194,12 @@ def _load_locker(path: Path) -> LockerConfig:
     return load_locker_config(path)
 
 
+def _load_counter(path: Path) -> CounterConfig:
+    from edge.counter_config import load_counter_config
+
+    return load_counter_config(path)
+
+
 def _load_depot(path: Path) -> DepotConfig:
     from depot.config import load_depot_config
 
@@ -199,6 +209,7 @@ def _load_depot(path: Path) -> DepotConfig:
 _LOADERS: dict[str, Callable[[Path], Any]] = {
     "van": _load_van,
     "locker": _load_locker,
+    "counter": _load_counter,
     "depot": _load_depot,
 }
 
@@ -206,9 +217,10 @@ _LOADERS: dict[str, Callable[[Path], Any]] = {
 def _load(path: Path, role: str | None) -> tuple[str, Any] | str:
     """(role, config) as the device's own loader reads it, or why the file cannot be used.
 
-    Without `role`, every loader is tried. A locker's file may well satisfy the van's loader
-    too (a scanner, a broker), but a van's never has the lock boards and compartments a
-    locker's loader insists on: a file both take is a locker's.
+    Without `role`, every loader is tried. A locker's or a counter's file may well satisfy
+    the van's loader too (a scanner, a broker), but a van's never has the lock boards and
+    compartments a locker's loader insists on, nor the `shelves` a counter's does: a file
+    the van's loader and one of those take is theirs.
     """
     accepted: dict[str, Any] = {}
     refused: dict[str, str] = {}
@@ -217,8 +229,9 @@ def _load(path: Path, role: str | None) -> tuple[str, Any] | str:
             accepted[name] = _LOADERS[name](path)
         except Exception as exc:  # whatever a loader raises, the device would not start
             refused[name] = " ".join(str(exc).split()) or type(exc).__name__
-    if "locker" in accepted:
-        return "locker", accepted["locker"]
+    for device in ("locker", "counter"):
+        if device in accepted and accepted.keys() <= {device, "van"}:
+            return device, accepted[device]
     if len(accepted) == 1:
         [(name, config)] = accepted.items()
         return name, config
@@ -232,8 +245,8 @@ def _load(path: Path, role: str | None) -> tuple[str, Any] | str:
         return refused["van"]  # not TOML, or no file: every loader said the same
     if hint == "":
         return (
-            f"{path} is not a van, locker or depot configuration (it has no [scanner], "
-            "[lockboard] or [depot] section)"
+            f"{path} is not a van, locker, counter or depot configuration (it has no "
+            "[scanner], [lockboard], shelves or [depot])"
         )
     return refused[hint]
 
@@ -247,6 +260,8 @@ def _likely_role(path: Path) -> str | None:
         return None
     if "lockboard" in doc or "compartments" in doc:
         return "locker"
+    if "shelves" in doc:
+        return "counter"
     if "scanner" in doc:
         return "van"
     if "depot" in doc:
@@ -262,6 +277,8 @@ def _checks(role: str, config: Any, path: Path, days: int) -> Iterator[Finding]:
         yield from _van_checks(config, path, days)
     elif role == "locker":
         yield from _locker_checks(config, path, days)
+    elif role == "counter":
+        yield from _counter_checks(config, path, days)
     else:
         yield from _depot_checks(config, path, days)
 
@@ -307,6 +324,68 @@ def _locker_checks(config: LockerConfig, path: Path, days: int) -> Iterator[Find
     rows, trouble = _journal_rows(config.journal)
     yield _clock(rows, trouble)
     yield _device_disk(config.journal, rows, LOCKER_EVENTS_PER_DAY, LOCKER_PAYLOAD_B, 0, days)
+
+
+def _counter_checks(config: CounterConfig, path: Path, days: int) -> Iterator[Finding]:
+    shelves = f"{config.shelves} shel{'f' if config.shelves == 1 else 'ves'}"
+    yield Finding("ok", "config", f"{path}: counter {config.device_id}, {shelves}")
+    if config.scanner_port:
+        yield _port_opens(config.scanner_port, "scanner", "[scanner] port", 9600, "counter")
+    else:
+        yield Finding(
+            "FAIL",
+            "scanner",
+            "no [scanner] port: the staff could check no parcel in and confirm no hand-out",
+        )
+    yield _staff_screen(config.staff_socket)
+    if config.broker is None:
+        yield Finding(
+            "warn",
+            "broker",
+            "no [broker]: the counter keeps its events to itself and takes no reservations",
+        )
+    else:
+        yield _broker(config.broker, config.device_id)
+        yield from _certificates(config.broker)
+    rows, trouble = _journal_rows(config.journal)
+    yield _clock(rows, trouble)
+    # A counter's day is a locker's: deposits, pickup attempts, pickups; a signature is a
+    # few kilobytes, far below a photo.
+    yield _device_disk(config.journal, rows, LOCKER_EVENTS_PER_DAY, LOCKER_PAYLOAD_B, 0, days)
+
+
+def _staff_screen(path: Path | None) -> Finding:
+    """Where the desk's screen app reaches the counter (edge.counter_screen); without a
+    socket it is stdin, which a service does not have."""
+    import stat
+
+    if path is None:
+        return Finding(
+            "warn",
+            "staff screen",
+            "no [staff] socket: the staff's screen is stdin, which under systemd is "
+            "/dev/null (fine run by hand)",
+        )
+    from lastmile.install import RUNTIME_DIR
+
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        # systemd makes its RuntimeDirectory when the service starts; any other place must be.
+        if not path.parent.is_dir() and not path.is_relative_to(str(RUNTIME_DIR)):
+            return Finding(
+                "FAIL", "staff screen", f"{path.parent} does not exist: no socket can be made there"
+            )
+        return Finding("ok", "staff screen", f"{path}: the counter listens there once started")
+    except OSError as exc:
+        return Finding("FAIL", "staff screen", f"cannot look at {path}: {exc.strerror}")
+    if not stat.S_ISSOCK(mode):
+        return Finding(
+            "FAIL", "staff screen", f"{path} is there and is not a socket: the counter would "
+            "not start"
+        )
+    return Finding("ok", "staff screen", f"{path}: a socket (a running counter's, or a stale "
+                   "one it replaces)")
 
 
 def _depot_checks(config: DepotConfig, path: Path, days: int) -> Iterator[Finding]:

@@ -235,8 +235,9 @@ def _counter(args: argparse.Namespace) -> int:
         config = load_counter_config(args.config)
         logs.for_device(config.device_id, config.log_level)
         device = CounterDevice(config, JsonLinesDisplay())
-        # The staff's screen: JSON lines on stdin, an answer line each on stdout.
-        if sys.stdin is not None:
+        # The staff's screen: the config's unix socket (a service's stdin is /dev/null), else
+        # JSON lines on stdin; an answer line each on stdout (and the socket's screens).
+        if config.staff_socket is None and sys.stdin is not None:
             device.take_staff_input(sys.stdin.fileno())
         return device
 
@@ -924,7 +925,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_locker)
 
     p = sub.add_parser(
-        "counter", help="run a staffed collection point: scanner, staff screen on stdin, sync"
+        "counter",
+        help="run a staffed collection point: scanner, staff screen (stdin or [staff] socket), "
+        "sync",
     )
     p.add_argument("--config", required=True, type=Path, help="the counter's TOML configuration")
     p.set_defaults(func=_counter)

@@ -1,4 +1,5 @@
-"""`lastmile install`: the files that make a van, a locker or the depot a systemd service.
+"""`lastmile install`: the files that make a van, a locker, a counter or the depot a systemd
+service.
 
 A device in the field has no one at a terminal: it must start at boot, restart after a crash,
 be stopped by a watchdog when it hangs, and run with no more rights than its job needs, so a
@@ -6,8 +7,10 @@ bug cannot write outside its own state. This module writes what the OS needs for
 unit, a sysusers and a tmpfiles entry, udev rules for the serial ports) and checks the one
 thing those restrictions would otherwise turn into a failure at the first delivery: every
 file the service writes must lie in its StateDirectory, the only place ProtectSystem=strict
-leaves writable. It starts and enables nothing: that stays the operator's (or the image
-builder's) decision, and a directory given as --root gets the same files as `/`.
+leaves writable (and, for a counter's staff screen socket, its RuntimeDirectory: a service's
+stdin is /dev/null, so the desk's screen app must reach it there). It starts and enables
+nothing: that stays the operator's (or the image builder's) decision, and a directory given
+as --root gets the same files as `/`.
 
 The unit, sysusers and tmpfiles syntaxes are a few fixed lines each; they are written here
 rather than through a templating or INI library, which would not know systemd's quoting.
@@ -23,10 +26,13 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-ROLES = ("van", "locker", "depot")
+ROLES = ("van", "locker", "counter", "depot")
 USER = "lastmile"  # the unprivileged account every role runs as (its group has the same name)
 STATE_DIR = PurePosixPath("/var/lib/lastmile")  # StateDirectory=lastmile: journals, photos, db
 CONFIG_DIR = PurePosixPath("/etc/lastmile")  # ConfigurationDirectory=lastmile
+# RuntimeDirectory=lastmile: a counter's staff screen socket. Mode 0750, so the desk's screen
+# app reaches the socket (itself 0660) when its account is in the service's group.
+RUNTIME_DIR = PurePosixPath("/run/lastmile")
 # The process tells systemd WATCHDOG=1 at half this interval (or more often); a process that
 # hangs (a wedged serial read, a deadlock) stays silent and systemd kills and restarts it. 30 s
 # is long enough that a slow SD card's fsync never trips it, short enough that a locker's
@@ -57,6 +63,7 @@ _BY_ID_NAME = re.compile(
 _DESCRIPTION = {
     "van": "lastmile-edge van: scanner, GNSS, journal and uplink to the depot",
     "locker": "lastmile-edge parcel locker: lock boards, keypad, scanner, journal and uplink",
+    "counter": "lastmile-edge staffed counter: scanner, staff screen socket, journal and uplink",
     "depot": "lastmile-edge depot: event ingest, parcel states, policy, manifests, webhooks",
 }
 
@@ -86,6 +93,7 @@ class _Needs:
     ports: list[_Port]
     state: list[_StatePath]
     camera: bool  # a video device: the account also needs the `video` group
+    runtime: bool = False  # it listens on a socket in RUNTIME_DIR (RuntimeDirectory=)
 
 
 @dataclass
@@ -127,6 +135,8 @@ def _read_needs(role: str, config: Path) -> _Needs:
                 ports.append(_Port("keypad", "[keypad] port", str(locker.keypad_port)))
             journal = _StatePath("journal", locker.journal, journal_fix)
             return _Needs(ports, [journal], _is_video_device(locker.camera_source))
+        if role == "counter":
+            return _counter_needs(config, journal_fix)
         from depot.config import load_depot_config
 
         depot = load_depot_config(config)
@@ -137,6 +147,29 @@ def _read_needs(role: str, config: Path) -> _Needs:
         return _Needs([], state, camera=False)
     except (EdgeError, DepotError, ValueError, TypeError) as exc:
         raise InstallError(str(exc)) from None
+
+
+def _counter_needs(config: Path, journal_fix: str) -> _Needs:
+    """A counter: its scanner, its journal, and the staff screen's socket, which it must
+    have (under systemd stdin is /dev/null: without the socket no hand-out could be made)."""
+    from edge.counter_config import load_counter_config
+
+    counter = load_counter_config(config)
+    ports = []
+    if counter.scanner_port is not None:
+        ports.append(_Port("scanner", "[scanner] port", counter.scanner_port))
+    journal = _StatePath("journal", counter.journal, journal_fix)
+    sock = counter.staff_socket
+    if sock is None:
+        raise InstallError(
+            "a counter under systemd has /dev/null for stdin, so its staff screen needs "
+            f'[staff] socket = "{RUNTIME_DIR}/{counter.device_id}.sock" (the desk\'s screen '
+            "app connects there)"
+        )
+    if PurePosixPath(os.path.normpath(sock.absolute())).is_relative_to(RUNTIME_DIR):
+        return _Needs(ports, [journal], camera=False, runtime=True)
+    fix = 'socket = "' + str(RUNTIME_DIR) + '/{}" in [staff]'
+    return _Needs(ports, [journal, _StatePath("[staff] socket", sock, fix)], camera=False)
 
 
 def _on_target(path: Path, root: Path) -> PurePosixPath:
@@ -186,9 +219,14 @@ def _groups(role: str, needs: _Needs) -> list[str]:
 
 
 def render_unit(
-    role: str, program: PurePosixPath, config: PurePosixPath, groups: list[str]
+    role: str,
+    program: PurePosixPath,
+    config: PurePosixPath,
+    groups: list[str],
+    runtime: bool = False,
 ) -> str:
-    """The service unit: notify and watchdog, restarts with a limit, and the sandbox."""
+    """The service unit: notify and watchdog, restarts with a limit, and the sandbox;
+    `runtime`: a RuntimeDirectory for a socket the service listens on."""
     command = " ".join(_word(w) for w in (str(program), role, "--config", str(config)))
     lines = [
         f"# Written by `lastmile install --role {role}`; running it again rewrites this file.",
@@ -215,6 +253,7 @@ def render_unit(
         "UMask=0027",
         "StateDirectory=lastmile",
         "StateDirectoryMode=0750",
+        *(["RuntimeDirectory=lastmile", "RuntimeDirectoryMode=0750"] if runtime else []),
         *(
             ["ConfigurationDirectory=lastmile", "ConfigurationDirectoryMode=0750"]
             if config.is_relative_to(CONFIG_DIR)
@@ -337,7 +376,7 @@ def install(role: str, config: Path, root: Path = Path("/")) -> Installed:
     groups = _groups(role, needs)
     files = {
         f"etc/systemd/system/lastmile-{role}.service": render_unit(
-            role, program, target_config, groups
+            role, program, target_config, groups, needs.runtime
         ),
         "usr/lib/sysusers.d/lastmile.conf": render_sysusers(role, groups),
         "usr/lib/tmpfiles.d/lastmile.conf": render_tmpfiles(role),

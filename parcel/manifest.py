@@ -12,6 +12,13 @@ depot. Those parcels are not delivered by this van, so they have no shelf and ar
 Must never: guess a missing field, or accept a stop list whose numbering has holes (the
 shelf positions and the courier's route are derived from it), or a parcel both delivered and
 collected, or collected at two stops.
+
+An `address` stop may also list **pickups** (`pickups`): customers' returns the courier takes
+at that door (`depot.returns`, handed over in person), scanned into the van and brought back
+to the depot. Like collections they are not delivered by this van (no shelf, not in
+`Manifest.parcels`); a parcel is never both delivered and picked up, nor picked up at two
+stops, nor both collected from a locker and picked up at a door; a manifest without `pickups`
+picks up none.
 """
 
 from __future__ import annotations
@@ -41,6 +48,17 @@ class LockerReturn:
         return {"parcel": self.parcel, "compartment": self.compartment}
 
 
+@dataclass(frozen=True)
+class DoorPickup:
+    """A customer's return to take at an `address` stop: the return's own parcel id, which is
+    also its label's text (the courier scans it, or types it when there is no label)."""
+
+    parcel: str
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"parcel": self.parcel}
+
+
 class ManifestError(ParcelError):
     """A manifest document that cannot be used as it is; `reason` says why."""
 
@@ -66,6 +84,7 @@ class Stop:
     collect: tuple[LockerReturn, ...] = ()
     care: Mapping[str, Care] = field(default_factory=dict)
     access_code: str = ""
+    pickups: tuple[DoorPickup, ...] = ()
 
     def care_of(self, parcel: str) -> Care:
         """The parcel's care (docs/DELIVERY.md): the depot's, or :data:`NO_PREFERENCES` when
@@ -87,6 +106,7 @@ class Stop:
             "collect": [c.to_doc() for c in self.collect],
             "care": {p: c.to_doc() for p, c in self.care.items()},
             "access_code": self.access_code,
+            "pickups": [p.to_doc() for p in self.pickups],
         }
 
 
@@ -104,10 +124,12 @@ class Manifest:
     _collect: dict[str, int] = field(
         default_factory=dict, init=False, compare=False, repr=False
     )
+    _pickup: dict[str, int] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         due: dict[str, int] = {}
         collect: dict[str, int] = {}
+        pickup: dict[str, int] = {}
         for s in self.stops:
             for p in s.parcels:
                 if p in due:
@@ -119,11 +141,24 @@ class Manifest:
                         f"parcel {c.parcel} is collected at stops {collect[c.parcel]} and {s.stop}"
                     )
                 collect[c.parcel] = s.stop
+            for d in s.pickups:
+                if d.parcel in pickup:
+                    raise ManifestError(
+                        f"parcel {d.parcel} is picked up at stops {pickup[d.parcel]} and {s.stop}"
+                    )
+                pickup[d.parcel] = s.stop
         both = sorted(set(due) & set(collect))
         if both:
             raise ManifestError(f"parcel {both[0]} is both delivered and collected")
+        both = sorted(set(due) & set(pickup))
+        if both:
+            raise ManifestError(f"parcel {both[0]} is both delivered and picked up")
+        both = sorted(set(collect) & set(pickup))
+        if both:
+            raise ManifestError(f"parcel {both[0]} is both collected and picked up")
         self._due.update(due)
         self._collect.update(collect)
+        self._pickup.update(pickup)
 
     @property
     def parcels(self) -> list[str]:
@@ -141,6 +176,15 @@ class Manifest:
     def collected_at(self, parcel: str) -> int | None:
         """The stop a parcel is to be collected at, or None when this round does not."""
         return self._collect.get(parcel)
+
+    @property
+    def pickups(self) -> list[str]:
+        """The customers' returns this round takes at doors, in stop order."""
+        return list(self._pickup)
+
+    def picked_up_at(self, parcel: str) -> int | None:
+        """The stop a return is to be picked up at, or None when this round does not."""
+        return self._pickup.get(parcel)
 
     def stop(self, number: int) -> Stop:
         if not 1 <= number <= len(self.stops):
@@ -273,6 +317,9 @@ def _stop(doc: Any, expected: int) -> Stop:
     care = _care(doc.get("care"), expected, parcels)
     if collect and kind != "locker":
         raise ManifestError(f"stop {expected}: only a locker stop collects parcels")
+    pickups = _pickups(doc.get("pickups"), expected)
+    if pickups and kind != "address":
+        raise ManifestError(f"stop {expected}: only an address stop picks up returns")
     return Stop(
         stop=expected,
         kind=kind,
@@ -287,6 +334,7 @@ def _stop(doc: Any, expected: int) -> Stop:
         collect=collect,
         care=care,
         access_code=_text(doc, "access_code"),
+        pickups=pickups,
     )
 
 
@@ -323,4 +371,26 @@ def _collect(raw: Any, stop: int) -> tuple[LockerReturn, ...]:
         if compartment is not None and not (isinstance(compartment, str) and compartment):
             raise ManifestError(f"stop {stop}: compartment must be a non-empty string or null")
         out.append(LockerReturn(parcel, compartment))
+    return tuple(out)
+
+
+def _pickups(raw: Any, stop: int) -> tuple[DoorPickup, ...]:
+    """A stop's `pickups` list: absent or null is none (manifests from before it existed)."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, Sequence) or isinstance(raw, str):
+        raise ManifestError(f"stop {stop}: pickups must be a list")
+    out: list[DoorPickup] = []
+    for item in raw:
+        if not isinstance(item, Mapping):
+            raise ManifestError(f"stop {stop}: each pickup is an object")
+        unknown = sorted(set(item) - {"parcel"})
+        if unknown:
+            raise ManifestError(f"stop {stop}: a pickup has only a parcel, not {unknown}")
+        parcel = item.get("parcel")
+        if not isinstance(parcel, str) or not parcel.strip() or parcel != parcel.strip():
+            raise ManifestError(f"stop {stop}: a pickup must name its parcel")
+        if any(p.parcel == parcel for p in out):
+            raise ManifestError(f"stop {stop}: parcel {parcel} is picked up twice")
+        out.append(DoorPickup(parcel))
     return tuple(out)

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from parcel.care import AGE_LIMITS
 from sync.errors import WireError
 
 WIRE_VERSION = 1
@@ -632,9 +633,11 @@ MAX_COMMAND_HOURS = 14 * 24.0  # a hold or reservation longer than two weeks is 
 LOCKER_COMMANDS: Mapping[str, tuple[tuple[str, str, bool], ...]] = {
     # `card_tag`: for a staffed counter, the parcel's card code and surname as a tag
     # (parcel.cards.card_tag), so the customer may collect with the card; a locker ignores it.
+    # `age_min` and `signature`: for a counter, the proof its staff must take at hand-out (an
+    # ID check for that age, the customer's signature), as the door would (parcel.care).
     "reserve": (
         ("parcel", "text", True), ("size", "size", False), ("hours", "hours", False),
-        ("card_tag", "tag", False),
+        ("card_tag", "tag", False), ("age_min", "age", False), ("signature", "bool", False),
     ),
     "extend_hold": (
         ("parcel", "text", True), ("hours", "hours", True), ("by", "text", False),
@@ -684,6 +687,11 @@ def check_command(action: str, args: Mapping[str, Any]) -> dict[str, Any]:
             isinstance(value, str) and len(value) == 64 and all(c in _HEX for c in value)
         ):
             raise WireError(f"{action}: {name} must be 64 lowercase hex digits")
+        if kind == "age" and (isinstance(value, bool) or value not in AGE_LIMITS):
+            ages = ", ".join(map(str, AGE_LIMITS))
+            raise WireError(f"{action}: {name} must be one of {ages}")
+        if kind == "bool" and not isinstance(value, bool):
+            raise WireError(f"{action}: {name} must be true or false")
         if kind == "size" and value not in COMMAND_SIZES:
             raise WireError(f"{action}: size must be one of {', '.join(COMMAND_SIZES)}")
         if kind == "hours" and (

@@ -219,7 +219,7 @@ def test_a_bad_config_is_one_line_and_exit_2(tmp_path: Path, content: str | None
     if content is not None and "[scanner]" in content and "\nport" in content:
         assert "lacks 'broker'" in line  # the van's own loader's words
     if content is not None and "greeting" in content:
-        assert "not a van, locker or depot configuration" in line
+        assert "not a van, locker, counter or depot configuration" in line
 
 
 # --- TLS ------------------------------------------------------------------------------------
@@ -352,6 +352,58 @@ def test_a_locker_asks_every_lock_board_and_fails_on_one_that_does_not_answer(
     [offline] = [c["detail"] for c in checks if c["status"] == "fail"]
     assert f"{boards.path}: no status reply from board 1 within 1 s" in offline
     assert "RS-485 A/B swapped?" in offline
+
+
+# --- a staffed counter ----------------------------------------------------------------------
+
+
+def test_a_counter_is_told_from_a_van_by_its_shelves_and_checks_scanner_screen_and_broker(
+    tmp_path: Path,
+) -> None:
+    password = secrets.token_hex(8)
+    (tmp_path / "counter-1.password").write_text(password)
+    with (
+        Broker(tmp_path / "broker", devices={"counter-1": password}) as broker,
+        SimulatedScanner(tmp_path / "scanner.tty") as scanner,
+    ):
+        # [scanner] and [broker] would satisfy the van's loader too: `shelves` decides.
+        config = tmp_path / "counter.toml"
+        text = (
+            'device_id = "counter-1"\njournal = "counter.db"\nshelves = 40\n'
+            f'[scanner]\nport = "{scanner.path}"\n'
+            f'[broker]\nhost = "{broker.host}"\nport = {broker.port}\n'
+            'password_file = "counter-1.password"\n'
+            '[staff]\nsocket = "/run/lastmile/counter-1.sock"\n'
+        )
+        config.write_text(text)
+        good = check(config, "--json")
+        config.write_text(text.replace(f'[scanner]\nport = "{scanner.path}"\n', "")
+                          .replace('[staff]\nsocket = "/run/lastmile/counter-1.sock"\n', ""))
+        bare = check(config)
+        (tmp_path / "staff.sock").write_text("in the way")
+        config.write_text(text.replace("/run/lastmile/counter-1.sock", "staff.sock"))
+        blocked = check(config, "--json")
+    assert good.returncode == 0, good.stdout + good.stderr
+    doc = json.loads(good.stdout)
+    assert (doc["role"], doc["device"]) == ("counter", "counter-1")
+    checks = findings(good)
+    assert [c["check"] for c in checks] == [
+        "config", "scanner", "staff screen", "broker", "clock", "disk",
+    ]
+    assert failed(checks) == [] and "40 shelves" in only(checks, "config")["detail"]
+    assert "/run/lastmile/counter-1.sock: the counter listens there once started" in only(
+        checks, "staff screen")["detail"]
+    assert "accepts counter-1 (plain TCP)" in only(checks, "broker")["detail"]
+    assert not (tmp_path / "counter.db").exists()  # the check makes nothing
+
+    assert bare.returncode == 1, bare.stdout + bare.stderr
+    said = {line[5:17].strip(): line for line in bare.stdout.splitlines()[:-1]}
+    assert said["scanner"].startswith("FAIL") and "no [scanner] port" in said["scanner"]
+    assert said["staff screen"].startswith("warn") and "/dev/null" in said["staff screen"]
+
+    assert blocked.returncode == 1
+    assert failed(findings(blocked)) == ["staff screen"]
+    assert "is there and is not a socket" in only(findings(blocked), "staff screen")["detail"]
 
 
 # --- the depot ------------------------------------------------------------------------------

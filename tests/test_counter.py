@@ -10,11 +10,16 @@ counter's events through their real uplinks and a real Mosquitto to a depot on S
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
+import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,8 +29,11 @@ import pytest
 from depot.config import DepotConfig, DepotConfigError, LockerSiteConfig, load_depot_config
 from depot.policy import LockerSite, decide_after_failure
 from depot.service import DepotService
+from depot.web import DepotWeb
+from depot.web.context import Sites
 from edge.counter import CounterDevice
 from edge.counter_config import CounterConfig, CounterConfigError, load_counter_config
+from edge.counter_screen import StaffScreenError, StaffSocket
 from edge.locker import BADGE_PREFIX
 from parcel.cards import card_tag, normal_card_code, surname_key
 from simulators.broker import Broker
@@ -43,8 +51,11 @@ from sync.signing import (
 )
 from sync.uplink import Uplink
 from tests.conftest import FAST_SYNC, address, wait_until
+from tests.test_console_lockers import Site
+from tests.test_customer_link import SettableClock
 from tests.test_depot_tracking import pod, record
 from tests.test_locker import Watch
+from tests.web import signed_in
 
 ROOT = Path(__file__).resolve().parent.parent
 PARCEL = "RB123456785GB"
@@ -229,6 +240,7 @@ def test_hand_out_by_code_needs_the_right_parcel_scanned_and_a_name(desk: Desk) 
     [picked] = desk.events("parcel_picked_up")
     assert picked == {
         "parcel": PARCEL, "compartment": "shelf-1", "name": "A. Jansen", "method": "code",
+        "signature": None, "signed_by": None, "id_check": None,
     }
     # The code was used: it finds nothing now, and the shelf is free again.
     assert desk.staff(do="code", code=secret["code"])["display"] == "code not recognised"
@@ -298,6 +310,120 @@ def test_card_codes_are_read_as_people_write_them() -> None:
     assert surname_key("A. van der Berg") == "berg" and surname_key("...") == ""
     assert card_tag("counter-1", CARD, "Jansen") != card_tag("counter-2", CARD, "Jansen")
     assert card_tag("counter-1", CARD, "  ") is None
+
+
+# --- proof at hand-out: signature and ID check ---------------------------------------------------
+
+SIGNED = {"width": 300, "height": 100, "strokes": [[[10, 50], [40, 20], [80, 60]], [[90, 40]]]}
+
+
+def this_year() -> int:
+    return time.gmtime().tm_year
+
+
+def test_an_age_limited_parcel_is_handed_out_only_with_an_id_check_and_a_signature(
+    desk: Desk,
+) -> None:
+    desk.reserve(age_min=18, signature=True)
+    accepted = desk.events("command_accepted")[-1]
+    assert (accepted["age_min"], accepted["signature"]) == (18, True)
+    secret = desk.check_in()
+    fetch = desk.staff(do="code", code=secret["code"])
+    assert fetch["needs"] == ["id_check", "signature"] and fetch["age_min"] == 18
+    assert fetch["display"] == (
+        "fetch the parcel from shelf-1 and scan it; check the ID (18+) and take the "
+        "signature before it is handed out"
+    )
+    desk.scanner.scan(PARCEL, aim=None)
+    desk.shown("right parcel: check the ID (18+) and take the signature, type the "
+               "customer's name")
+    # Each missing or failing proof: the reason on the screen, journaled, nothing handed out.
+    no_proof = desk.staff(do="name", name="A. Jansen")
+    assert no_proof["refused"] is True and no_proof["reason"] == "signature_required"
+    assert no_proof["display"] == (
+        "NOT handed out: this parcel needs a signature and the signer's printed name"
+    )
+    no_id = desk.staff(do="name", name="A. Jansen", signature=SIGNED)
+    assert no_id["reason"] == "id_check_required"
+    young = {"id_type": "id_card", "birth_year": this_year() - 18}  # perhaps not 18 yet
+    assert desk.staff(do="name", name="A. Jansen", signature=SIGNED, id_check=young)[
+        "reason"
+    ] == "under_age"
+    numbered = {"id_type": "passport", "birth_year": 1990, "number": "NX1234567"}
+    assert desk.staff(do="name", name="A. Jansen", signature=SIGNED, id_check=numbered)[
+        "display"
+    ] == "id_check keeps only id_type and birth_year, not number"
+    off_sheet = {**SIGNED, "strokes": [[[10, 50], [301, 20]]]}
+    assert "off the 300x100 sheet" in desk.staff(
+        do="name", name="A. Jansen", signature=off_sheet
+    )["display"]
+    assert [e["reason"] for e in desk.events("handout_refused")] == [
+        "signature_required", "id_check_required", "under_age",
+    ]
+    assert not desk.events("parcel_picked_up")
+    assert desk.device.counter.status_line() == "1/3 shelves in use"
+
+    adult = {"id_type": "driving_licence", "birth_year": 1990}
+    done = desk.staff(do="name", name="A. Jansen", signature=SIGNED, id_check=adult)
+    assert done["display"] == "hand it over" and done["signed_by"] == "A. Jansen"
+    [picked] = desk.events("parcel_picked_up")
+    assert picked["id_check"] == adult and picked["signed_by"] == "A. Jansen"
+    ref = picked["signature"]
+    assert ref["type"] == "application/vnd.lastmile.signature+json"
+    # The strokes wait in the photo outbox, canonical, named by their hash, for the uplink.
+    [(data, content_type)] = desk.device.journal.query(
+        "SELECT data, content_type FROM photo_outbox WHERE sha256=?", (ref["sha256"],)
+    )
+    assert content_type == ref["type"] and len(data) == ref["bytes"]
+    assert hashlib.sha256(data).hexdigest() == ref["sha256"]
+    assert json.loads(data) == {"v": 1, **SIGNED}
+    assert b" " not in data
+
+
+def test_a_card_hand_out_of_a_signed_for_parcel_waits_for_the_signature(desk: Desk) -> None:
+    tag = card_tag("counter-1", CARD, "A. Jansen")
+    assert tag is not None
+    desk.reserve(card_tag=tag, signature=True)
+    desk.check_in()
+    assert desk.staff(do="card", card=CARD, name="A. Jansen")["needs"] == ["signature"]
+    desk.scanner.scan(PARCEL, aim=None)
+    # The card gave the name, but the scan alone hands nothing out.
+    desk.shown("right parcel: take the signature")
+    assert not desk.events("parcel_picked_up")
+    # Signed by someone else for the customer: the printed name is the signer's.
+    done = desk.staff(do="name", signature=SIGNED, signed_by="P. Jansen")
+    assert done["display"] == "hand it over" and done["name"] == "A. Jansen"
+    [picked] = desk.events("parcel_picked_up")
+    assert (picked["name"], picked["signed_by"], picked["id_check"]) == (
+        "A. Jansen", "P. Jansen", None,
+    )
+    assert picked["method"] == "card" and picked["signature"]["bytes"] > 0
+
+
+def test_a_reservation_s_proof_is_checked_on_the_wire_and_forgotten_when_it_lapses(
+    tmp_path: Path,
+) -> None:
+    d = open_desk(tmp_path, shelves=1)
+    try:
+        d.command("reserve", parcel=PARCEL, age_min=17)
+        failed = d.watch.wait_event("command_failed", action="reserve")
+        assert failed.payload["reason"] == "reserve: age_min must be one of 16, 18, 21"
+        d.command("reserve", parcel=PARCEL, signature="yes")
+        d.watch.wait_event("command_failed", action="reserve",
+                           reason="reserve: signature must be true or false")
+        d.command("reserve", parcel=PARCEL, hours=0.0001, age_min=16)
+        d.watch.wait_event("reservation_lapsed", parcel=PARCEL)
+        assert d.device.journal.query("SELECT count(*) FROM proof_needed") == [(0,)]
+        # Reserved again without proof (the customer changed nothing that needs it): none asked.
+        d.reserve(PARCEL)
+        secret = d.check_in()
+        assert "needs" not in d.staff(do="code", code=secret["code"])
+        d.scanner.scan(PARCEL, aim=None)
+        d.shown("right parcel: type the customer's name")
+        assert d.staff(do="name", name="A. Jansen")["display"] == "hand it over"
+    finally:
+        d.device.stop()
+        d.scanner.close()
 
 
 # --- holds and returns --------------------------------------------------------------------------
@@ -395,6 +521,159 @@ def test_lastmile_counter_takes_the_staff_s_lines_on_stdin(tmp_path: Path) -> No
     assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
 
 
+# --- the staff screen over a unix socket (a service has no stdin) -------------------------------
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A directory with a short path: a unix socket's path is at most 107 bytes, and
+    pytest's tmp_path can be longer."""
+    with tempfile.TemporaryDirectory(prefix="lm-") as d:
+        yield Path(d)
+
+
+class ScreenApp:
+    """The desk's screen app: a unix socket client writing lines, reading JSON lines."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(10)
+        self.sock.connect(str(path))
+        self.lines = self.sock.makefile("r", encoding="utf-8")
+
+    def send(self, **doc: Any) -> None:
+        self.sock.sendall((json.dumps(doc) + "\n").encode())
+
+    def read(self) -> dict[str, Any]:
+        line = self.lines.readline()
+        assert line, "the counter closed the screen's connection"
+        doc: dict[str, Any] = json.loads(line)
+        return doc
+
+    def close(self) -> None:
+        self.lines.close()
+        self.sock.close()
+
+
+def test_the_staff_screen_app_works_the_desk_over_the_unix_socket(
+    tmp_path: Path, short_dir: Path
+) -> None:
+    path = short_dir / "staff.sock"
+    d = open_desk(tmp_path, staff_socket=path)
+    first = second = None
+    try:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o660  # the service's group connects
+        first, second = ScreenApp(path), ScreenApp(path)
+        wait_until(lambda: d.device.staff_socket is not None
+                   and d.device.staff_socket.screens == 2, "two screens connected")
+        d.reserve()
+        secret = d.check_in()
+        # What the scan led to is on both screens (and on the process's own display).
+        assert first.read()["display"] == "put it on shelf-1"
+        assert second.read()["display"] == "put it on shelf-1"
+        first.send(do="code", code=secret["code"])
+        answer = first.read()
+        assert answer["display"] == "fetch the parcel from shelf-1 and scan it"
+        assert second.read() == answer
+        d.scanner.scan(PARCEL, aim=None)
+        assert first.read()["display"] == "right parcel: type the customer's name"
+        first.sock.sendall(b"not json\n")
+        assert first.read()["refused"] is True
+        first.send(do="name", name="A. Jansen")
+        while (shown := first.read())["display"] != "hand it over":
+            assert shown.get("refused") is True  # the second screen's view of "not json"
+        d.watch.wait_event("parcel_picked_up", parcel=PARCEL)
+        # A screen that goes away is forgotten; the other goes on.
+        first.close()
+        first = None
+        wait_until(lambda: d.device.staff_socket is not None
+                   and d.device.staff_socket.screens == 1, "the first screen gone")
+        second.send(do="status")
+        while (shown := second.read())["display"] != "0/3 shelves in use":
+            pass
+    finally:
+        for app in (first, second):
+            if app is not None:
+                app.close()
+        d.device.stop()
+        d.scanner.close()
+    assert not path.exists()  # removed at stop
+
+
+def test_a_screen_that_stops_reading_is_dropped_and_never_holds_the_counter_up(
+    short_dir: Path,
+) -> None:
+    shown: list[Mapping[str, Any]] = []
+    server = StaffSocket(short_dir / "staff.sock", lambda line: {"display": line}, shown.append)
+    server.start()
+    stuck = ScreenApp(server.path)
+    try:
+        wait_until(lambda: server.screens == 1, "the screen connected")
+        started = time.monotonic()
+        big = {"display": "x" * 60_000}
+        for _ in range(200):  # 12 MB: far more than a socket buffers for a screen asleep
+            server.broadcast(big)
+        assert time.monotonic() - started < 5
+        assert server.screens == 0
+    finally:
+        stuck.close()
+        server.stop()
+
+
+def test_the_staff_socket_replaces_a_stale_one_but_not_a_live_one_or_a_file(
+    short_dir: Path,
+) -> None:
+    path = short_dir / "staff.sock"
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))  # a counter that died left it; nobody listens
+    stale.close()
+    server = StaffSocket(path, lambda line: {"display": "ok"}, lambda answer: None)
+    server.start()
+    try:
+        again = StaffSocket(path, lambda line: {"display": "ok"}, lambda answer: None)
+        with pytest.raises(StaffScreenError, match="another process listens at"):
+            again.start()
+        assert server.problem() is None
+    finally:
+        server.stop()
+    path.write_text("not a socket")
+    with pytest.raises(StaffScreenError, match="is there and is not a socket"):
+        StaffSocket(path, lambda line: {"display": "ok"}, lambda answer: None).start()
+    assert path.read_text() == "not a socket"
+
+
+def test_lastmile_counter_serves_the_staff_socket_with_stdin_at_dev_null(
+    tmp_path: Path, short_dir: Path
+) -> None:
+    path = short_dir / "staff.sock"
+    with SimulatedScanner(tmp_path / "scanner.tty") as scanner:
+        config = counter_toml(tmp_path, scanner.path, "walk_in = true")
+        config.write_text(config.read_text() + f'[staff]\nsocket = "{path}"\n')
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lastmile.cli", "counter", "--config", str(config)],
+            cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
+        )
+        app = None
+        try:
+            assert proc.stdout is not None
+            assert json.loads(proc.stdout.readline())["display"] == "ready"
+            app = ScreenApp(path)
+            app.send(do="status")  # answered: the counter has the screen
+            assert app.read()["display"] == "0/2 shelves in use"
+            scanner.scan(PARCEL)
+            assert app.read()["display"] == "put it on shelf-1"
+            app.send(do="status")
+            assert app.read()["display"] == "1/2 shelves in use"
+        finally:
+            if app is not None:
+                app.close()
+            proc.terminate()
+            proc.wait(timeout=20)
+    assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
+    assert not path.exists()
+
+
 # --- the depot ----------------------------------------------------------------------------------
 
 
@@ -426,9 +705,56 @@ def test_the_depot_reads_a_counter_and_its_policy_fits_any_size_while_there_is_r
     assert decide(0) is None
 
 
-def test_a_counter_s_events_reach_the_depot_and_move_the_parcel_like_a_locker_s(
-    broker: Broker, tmp_path: Path
-) -> None:
+@dataclass
+class Chain:
+    """A van's journal and a counter, each on its real uplink, a real Mosquitto, and a depot
+    on SQLite whose policy has the counter as its one collection site."""
+
+    service: DepotService
+    van: Journal
+    device: CounterDevice
+    watch: Watch
+    scanner: SimulatedScanner
+    sealing_private: bytes
+
+    def state(self) -> str:
+        return str(self.service.book.track(PARCEL)["state"])
+
+    def fail_at_the_door(self, **care: Any) -> None:
+        """The parcel imported (with `care`, if any), planned, loaded and not delivered: the
+        courier leaves card CARD."""
+        extra = {"care": care} if care else {}
+        self.service.book.receive(
+            record(PARCEL, size="L", **extra), now_ns=time.time_ns(), source="import"
+        )
+        plan = self.service.plan_day(time.strftime("%Y-%m-%d"), ["van-1"])
+        stop = plan.manifests["van-1"].stop_of(PARCEL)
+        self.van.append("parcel_loaded", {"parcel": PARCEL, "stop": stop, "shelf": 1,
+                                          "raw": PARCEL})
+        self.van.append("departed", {"version": 1, "loaded": [PARCEL], "missing": []})
+        self.van.append(
+            "delivery_failed",
+            {
+                "parcel": PARCEL, "stop": stop, "reason": "not_at_home", "attempt": 1,
+                "pod": pod(), "card": CARD,
+            },
+        )
+
+    def code(self) -> str:
+        """The customer's pickup code, as the depot unseals it to tell them."""
+        [deposit] = [e for e in self.watch.events if e.kind == "parcel_deposited"]
+        secret = json.loads(
+            unseal(
+                load_sealing_key(self.sealing_private),
+                str(deposit.payload["credential_for_depot"]),
+                associated_data(PICKUP_CREDENTIAL_PURPOSE, "counter-1", PARCEL),
+            )
+        )
+        return str(secret["code"])
+
+
+@pytest.fixture
+def chain(broker: Broker, tmp_path: Path) -> Iterator[Chain]:
     signing_private, signing_public = generate_keypair()
     sealing_private, sealing_public = generate_sealing_keypair()
     broker.add_device("counter-1", "counter-1-password-0123")
@@ -462,64 +788,11 @@ def test_a_counter_s_events_reach_the_depot_and_move_the_parcel_like_a_locker_s(
         watch,
     )
     device.journal.add_listener(watch.on_events)
-
-    def state() -> str:
-        return str(service.book.track(PARCEL)["state"])
-
     try:
         assert service.depot is not None and service.depot.session.wait_connected(10)
         device.start()
         van_link.start()
-        service.book.receive(record(PARCEL, size="L"), now_ns=time.time_ns(), source="import")
-        plan = service.plan_day(time.strftime("%Y-%m-%d"), ["van-1"])
-        stop = plan.manifests["van-1"].stop_of(PARCEL)
-        van.append("parcel_loaded", {"parcel": PARCEL, "stop": stop, "shelf": 1, "raw": PARCEL})
-        van.append("departed", {"version": 1, "loaded": [PARCEL], "missing": []})
-        van.append(
-            "delivery_failed",
-            {
-                "parcel": PARCEL,
-                "stop": stop,
-                "reason": "not_at_home",
-                "attempt": 1,
-                "pod": pod(),
-                "card": CARD,
-            },
-        )
-        # The policy sends the size-L parcel to the counter; its signed reservation comes
-        # over the broker, with the tag of the card the courier left, and the counter gives
-        # it a shelf.
-        accepted = watch.wait_event("command_accepted", timeout=30, action="reserve")
-        assert accepted.payload["compartment"] == "shelf-1"
-        assert device.counter.journal.query("SELECT card_tag FROM held WHERE parcel=?", (PARCEL,))[
-            0
-        ][0] == card_tag("counter-1", CARD, "A. Jansen")
-        scanner.scan(PARCEL)
-        watch.wait_event("parcel_deposited", parcel=PARCEL)
-        wait_until(lambda: state() == "in_locker", "the deposit at the depot")
-        track = service.book.track(PARCEL)
-        assert track["locker"] == "counter-1"
-        # The depot unseals the credential to tell the customer; the staff hands it out.
-        [deposit] = [e for e in watch.events if e.kind == "parcel_deposited"]
-        secret = json.loads(
-            unseal(
-                load_sealing_key(sealing_private),
-                str(deposit.payload["credential_for_depot"]),
-                associated_data(PICKUP_CREDENTIAL_PURPOSE, "counter-1", PARCEL),
-            )
-        )
-        assert device.counter.staff(json.dumps({"do": "code", "code": secret["code"]}))[
-            "shelf"
-        ] == "shelf-1"
-        scanner.scan(PARCEL, aim=None)
-        wait_until(
-            lambda: any(s["display"].startswith("right parcel") for s in watch.shown),
-            "the parcel confirmed",
-        )
-        device.counter.staff(json.dumps({"do": "name", "name": "A. Jansen"}))
-        wait_until(lambda: state() == "picked_up", "the hand-out at the depot")
-        steps = [e["step"] for e in service.book.track(PARCEL)["timeline"]]
-        assert "locker_reserved" in steps and steps[-1] == "picked_up"
+        yield Chain(service, van, device, watch, scanner, sealing_private)
     finally:
         device.stop()
         van_link.stop()
@@ -527,3 +800,146 @@ def test_a_counter_s_events_reach_the_depot_and_move_the_parcel_like_a_locker_s(
         scanner.close()
         service.stop()
 
+
+def test_a_counter_s_events_reach_the_depot_and_move_the_parcel_like_a_locker_s(
+    chain: Chain,
+) -> None:
+    service, device, watch, scanner = chain.service, chain.device, chain.watch, chain.scanner
+    chain.fail_at_the_door()
+    # The policy sends the size-L parcel to the counter; its signed reservation comes
+    # over the broker, with the tag of the card the courier left, and the counter gives
+    # it a shelf. The parcel asks for no proof: the reservation says so.
+    accepted = watch.wait_event("command_accepted", timeout=30, action="reserve")
+    assert accepted.payload["compartment"] == "shelf-1"
+    assert "signature" not in accepted.payload and "age_min" not in accepted.payload
+    assert device.counter.journal.query("SELECT card_tag FROM held WHERE parcel=?", (PARCEL,))[
+        0
+    ][0] == card_tag("counter-1", CARD, "A. Jansen")
+    scanner.scan(PARCEL)
+    watch.wait_event("parcel_deposited", parcel=PARCEL)
+    wait_until(lambda: chain.state() == "in_locker", "the deposit at the depot")
+    track = service.book.track(PARCEL)
+    assert track["locker"] == "counter-1"
+    # The depot unseals the credential to tell the customer; the staff hands it out.
+    assert device.counter.staff(json.dumps({"do": "code", "code": chain.code()}))[
+        "shelf"
+    ] == "shelf-1"
+    scanner.scan(PARCEL, aim=None)
+    wait_until(
+        lambda: any(s["display"].startswith("right parcel") for s in watch.shown),
+        "the parcel confirmed",
+    )
+    device.counter.staff(json.dumps({"do": "name", "name": "A. Jansen"}))
+    wait_until(lambda: chain.state() == "picked_up", "the hand-out at the depot")
+    steps = [e["step"] for e in service.book.track(PARCEL)["timeline"]]
+    assert "locker_reserved" in steps and steps[-1] == "picked_up"
+
+
+def test_the_depot_s_reservation_carries_the_proof_and_the_signature_reaches_it(
+    chain: Chain,
+) -> None:
+    """An 18+ parcel that failed at the door goes to the counter (never a locker); the
+    depot's `reserve` says what the staff must ask; the signature's strokes follow the
+    hand-out to the depot like a van's photo."""
+    device, watch, scanner = chain.device, chain.watch, chain.scanner
+    chain.fail_at_the_door(age_min=18)
+    accepted = watch.wait_event("command_accepted", timeout=30, action="reserve")
+    assert (accepted.payload["age_min"], accepted.payload["signature"]) == (18, True)
+    scanner.scan(PARCEL)
+    watch.wait_event("parcel_deposited", parcel=PARCEL)
+    assert device.counter.staff(json.dumps({"do": "code", "code": chain.code()}))[
+        "needs"
+    ] == ["id_check", "signature"]
+    scanner.scan(PARCEL, aim=None)
+    wait_until(
+        lambda: any(s["display"].startswith("right parcel") for s in watch.shown),
+        "the parcel confirmed",
+    )
+    refused = device.counter.staff(json.dumps({"do": "name", "name": "A. Jansen"}))
+    assert refused["reason"] == "signature_required"
+    done = device.counter.staff(json.dumps({
+        "do": "name", "name": "A. Jansen", "signature": SIGNED,
+        "id_check": {"id_type": "id_card", "birth_year": 1980},
+    }))
+    assert done["display"] == "hand it over"
+    wait_until(lambda: chain.state() == "picked_up", "the hand-out at the depot")
+    [picked] = [e for e in watch.events if e.kind == "parcel_picked_up"]
+    sha = picked.payload["signature"]["sha256"]
+    wait_until(lambda: chain.service.store.photo(sha) is not None, "the signature at the depot")
+    content_type, data = chain.service.store.photo(sha) or ("", b"")
+    assert content_type == "application/vnd.lastmile.signature+json"
+    assert json.loads(data) == {"v": 1, **SIGNED}
+
+
+# --- the console's Lockers page -----------------------------------------------------------------
+
+
+@pytest.fixture
+def counter_site(tmp_path: Path, depot_database: str) -> Iterator[Site]:
+    """A depot service with a counter of capacity 4 beside a locker, and its web port."""
+    sites = [
+        LockerSiteConfig("counter-1", 52.3705, 4.8955, {}, kind="counter", capacity=4,
+                         title="Kiosk Damrak"),
+        LockerSiteConfig("locker-1", 52.3701, 4.9001, {"S": 2}),
+    ]
+    signing, _ = generate_keypair()
+    sealing_private, _ = generate_sealing_keypair()
+    config = DepotConfig(
+        database=depot_database, lat=52.37, lon=4.90, vans=["van-1"], lockers=list(sites),
+        webhook_secrets={"shop-1": b"whsec-shop-1-0123456789", "customer": b"whsec-c-0123456"},
+    )
+    clock = SettableClock()
+    service = DepotService(
+        config, clock=clock, signing_key_pem=signing, sealing_key_pems=[sealing_private]
+    )
+    s = Site(service, depot_database, clock, tmp_path)
+    web = DepotWeb(
+        service.book, clock=clock, actions=service,
+        sites=Sites(depot=(52.37, 4.90), lockers=tuple(sites), vans=("van-1",)),
+    )
+    try:
+        web.start()
+        s.web = web
+        yield s
+    finally:
+        web.stop()
+        service.stop()
+        for journal in s.journals.values():
+            journal.close()
+
+
+def test_the_lockers_page_shows_a_counter_s_occupancy_against_its_capacity_not_a_grid(
+    counter_site: Site,
+) -> None:
+    s = counter_site
+    held, reserved, expired = PARCEL, OTHER, "RR876543216NL"
+    for parcel in (held, reserved, expired):
+        s.receive(parcel)
+    hour = 3600 * 10**9
+    until = s.clock.wall_ns() + 48 * hour
+    s.emit("counter-1", "parcel_deposited", parcel=held, compartment="shelf-1", size="S",
+           hold_until_ns=until, credential_for_depot=None)
+    s.emit("counter-1", "command_accepted", id="c-1", action="reserve", parcel=reserved,
+           compartment="shelf-2", signature=True, age_min=18)
+    s.emit("counter-1", "parcel_deposited", parcel=expired, compartment="shelf-3", size="S",
+           hold_until_ns=until - 96 * hour, credential_for_depot=None)
+    s.emit("counter-1", "hold_expired", parcel=expired, compartment="shelf-3")
+    operator = signed_in(s.url, s.service.database, "operator")
+    status, page = operator.get("/console/lockers")
+    assert status == 200
+    section = page[page.index('id="locker-counter-1"'):page.index('id="locker-locker-1"')]
+    occupancy = re.search(r'<p class="counter-occupancy"[^>]*>(.*?)</p>', section, re.S)
+    assert occupancy is not None
+    said = " ".join(re.sub(r"<[^>]+>", " ", occupancy.group(1)).split())
+    assert said == (
+        "Staffed counter: 2 / 4 parcels held (1 on the returns pile), 1 reserved, 1 free"
+    )
+    assert 'class="grid"' not in section and 'id="cell-counter-1' not in section
+    assert "Open remotely" not in section  # a counter has no doors
+    # Its holds, by shelf, can be extended like a locker's.
+    assert "<th>Shelf</th>" in section
+    assert f'id="hold-{held}"' in section and f'id="hold-{expired}"' in section
+    assert 'action="/console/lockers/counter-1/extend"' in section
+    # The locker beside it keeps its grid.
+    rest = page[page.index('id="locker-locker-1"'):]
+    assert 'class="grid"' in rest and "counter-occupancy" not in rest

@@ -47,6 +47,18 @@ size = "S"
 [keypad]
 port = "{SCANNER_BY_ID.replace("-if00", "-if01")}"
 """,
+    "counter": f"""
+device_id = "counter-1"
+journal = "/var/lib/lastmile/counter-1.journal.db"
+shelves = 40
+[broker]
+port = 8883
+password_file = "counter.password"
+[scanner]
+port = "{SCANNER_BY_ID}"
+[staff]
+socket = "/run/lastmile/counter-1.sock"
+""",
     "depot": """
 [depot]
 database = "/var/lib/lastmile/depot.db"
@@ -103,7 +115,7 @@ def require(tool: str) -> str:
     return found
 
 
-@pytest.mark.parametrize("role", ["van", "locker", "depot"])
+@pytest.mark.parametrize("role", ["van", "locker", "counter", "depot"])
 def test_the_unit_passes_systemd_analyze_verify_with_the_sandbox_asked_for(
     tmp_path: Path, role: str
 ) -> None:
@@ -142,6 +154,36 @@ def test_the_unit_passes_systemd_analyze_verify_with_the_sandbox_asked_for(
     assert not (root / "etc" / "systemd" / "system" / "multi-user.target.wants").exists()
     rules = root / "etc" / "udev" / "rules.d" / f"70-lastmile-{role}.rules"
     assert rules.exists() == (role != "depot")
+    # Only a counter listens on a socket (its staff screen's): its runtime directory.
+    runtime = ["lastmile"] if role == "counter" else None
+    assert s.get("RuntimeDirectory") == runtime
+    assert s.get("RuntimeDirectoryMode") == (["0750"] if runtime else None)
+
+
+def test_a_counter_gets_its_scanner_s_rule_and_must_have_a_staff_socket(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    done = install(root, "counter", write_config(root, "counter"))
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    rules = (root / "etc" / "udev" / "rules.d" / "70-lastmile-counter.rules").read_text()
+    [scanner] = [line for line in rules.splitlines() if not line.startswith("#")]
+    assert 'SYMLINK+="lastmile/scanner"' in scanner and "lockboard" not in rules
+    assert "systemctl enable --now lastmile-counter" not in done.stdout  # --root
+
+    # Without the socket an installed counter would have no staff screen (stdin: /dev/null).
+    bare = CONFIGS["counter"].replace('[staff]\nsocket = "/run/lastmile/counter-1.sock"\n', "")
+    refused = install(tmp_path / "bare", "counter", write_config(tmp_path / "bare", "counter",
+                                                                  bare))
+    assert refused.returncode == 2
+    assert len(refused.stderr.splitlines()) == 1, refused.stderr
+    assert '[staff] socket = "/run/lastmile/counter-1.sock"' in refused.stderr
+    assert "/dev/null" in refused.stderr
+    # A socket where the sandbox cannot write is refused like a journal there.
+    elsewhere = CONFIGS["counter"].replace("/run/lastmile/counter-1.sock", "/srv/staff.sock")
+    refused = install(tmp_path / "srv", "counter", write_config(tmp_path / "srv", "counter",
+                                                                 elsewhere))
+    assert refused.returncode == 2
+    assert "[staff] socket /srv/staff.sock lies outside /var/lib/lastmile" in refused.stderr
+    assert 'socket = "/run/lastmile/staff.sock" in [staff]' in refused.stderr
 
 
 @pytest.mark.parametrize(("role", "dialout"), [("van", True), ("depot", False)])

@@ -434,6 +434,19 @@ MIGRATIONS: tuple[Migration, ...] = (
                 parcel TEXT PRIMARY KEY, care TEXT NOT NULL, changed_ns INTEGER NOT NULL)""",
         ),
     ),
+    Migration(
+        21,
+        "customers' returns handed to the courier at the door",
+        (
+            # How the customer hands the return over: `locker` (with a code, as before) or
+            # `door` (to a courier at the original's address: no locker, `locker` and
+            # `code_hash` are '' and no code is sealed); and for a door return the van and
+            # day whose manifest lists its pickup (`depot.returns`, `DepotService`).
+            "ALTER TABLE customer_returns ADD COLUMN handover TEXT NOT NULL DEFAULT 'locker'",
+            "ALTER TABLE customer_returns ADD COLUMN pickup_van TEXT",
+            "ALTER TABLE customer_returns ADD COLUMN pickup_day TEXT",
+        ),
+    ),
 )
 LATEST = MIGRATIONS[-1].number
 assert [m.number for m in MIGRATIONS] == list(range(1, LATEST + 1)), "numbered without holes"

@@ -26,15 +26,19 @@ __all__ = [
     "locker_salt",
     "mark_step",
     "open_code_hashes",
+    "open_door_pickups",
+    "plan_pickup",
 ]
 
 Row = tuple[Any, ...]
 #: The steps of a return after its booking, each the column of its time.
 STEPS = {"dropped": "dropped_ns", "collected": "collected_ns", "at_depot": "at_depot_ns"}
 _STEP_COLUMNS = frozenset(STEPS.values())
+_LATER = _STEP_COLUMNS | {"pickup_van", "pickup_day"}  # not known at booking
 _COLUMNS = (
     "return_id, original, merchant, size, locker, code_hash, sealed_code, booked_by, "
-    "booked_ns, until_ns, dropped_ns, collected_ns, at_depot_ns, webhook, customer_webhook"
+    "booked_ns, until_ns, dropped_ns, collected_ns, at_depot_ns, webhook, customer_webhook, "
+    "handover, pickup_van, pickup_day"
 )
 
 
@@ -58,8 +62,9 @@ def open_code_hashes(conn: Conn, locker: str, now_ns: int) -> set[str]:
 
 
 def insert(conn: Conn, **row: Any) -> None:
-    """A booked return (every column of `_COLUMNS` but the steps' times)."""
-    names = [c.strip() for c in _COLUMNS.split(",") if c.strip() not in _STEP_COLUMNS]
+    """A booked return (every column of `_COLUMNS` but the steps' times and its pickup's
+    round; `handover` is `locker` or `door`)."""
+    names = [c.strip() for c in _COLUMNS.split(",") if c.strip() not in _LATER]
     conn.execute(
         f"INSERT INTO customer_returns ({', '.join(names)}) "
         f"VALUES ({', '.join('?' for _ in names)})",
@@ -97,6 +102,24 @@ def id_taken(conn: Conn, parcel: str) -> bool:
         (parcel, parcel),
     ).fetchone()
     return row is not None
+
+
+def open_door_pickups(conn: Conn) -> list[dict[str, Any]]:
+    """Door returns no courier has taken yet, oldest booking first (each is planned onto a
+    round until one does)."""
+    rows = conn.execute(
+        f"SELECT {_COLUMNS} FROM customer_returns WHERE handover='door' "
+        "AND collected_ns IS NULL AND at_depot_ns IS NULL ORDER BY booked_ns, return_id"
+    ).fetchall()
+    return [d for d in (_as_dict(r) for r in rows) if d is not None]
+
+
+def plan_pickup(conn: Conn, return_id: str, van: str, day: str) -> None:
+    """Record the round whose manifest lists the door return's pickup (the latest plan)."""
+    conn.execute(
+        "UPDATE customer_returns SET pickup_van=?, pickup_day=? WHERE return_id=?",
+        (van, day, return_id),
+    )
 
 
 def mark_step(conn: Conn, return_id: str, step: str, now_ns: int) -> bool:

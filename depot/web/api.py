@@ -23,9 +23,12 @@ Owns the JSON routes and their answers::
                                 (application/vnd.lastmile.signature+json), once stored and
                                 verified
     POST /returns               body {"parcel": id, "size": "S"|"M"|"L", "locker": name,
-                                 "merchant": name} (all but parcel optional): 201 with the
-                                 booked return (`depot.returns`: its id, locker, until, the
-                                 return code and its QR text, for whoever books it); 404 an
+                                 "merchant": name, "handover": "locker"|"door"} (all but
+                                 parcel optional): 201 with the booked return
+                                 (`depot.returns`: its id, handover, until; for a locker
+                                 return its locker, the return code and its QR text, for
+                                 whoever books it; a door return is picked up by a courier
+                                 at the parcel's address and has no code); 404 an
                                  unknown parcel (or another merchant's), 409 one not
                                  delivered or returned before, 400 a bad size or locker
     GET /returns/{id}           the return's track, as GET /parcels/{id} (no code)
@@ -448,14 +451,15 @@ def _book_return(request: Request) -> Any:
     who = caller(request, acting=True)
     only(request)
     body = _json_body(request)
-    unknown = sorted(set(body) - {"parcel", "size", "locker", "merchant"})
+    names = ("parcel", "size", "locker", "merchant", "handover")
+    unknown = sorted(set(body) - set(names))
     if unknown:
         raise ApiError(400, f"unknown field(s): {', '.join(unknown)}")
-    fields = {k: body.get(k) for k in ("parcel", "size", "locker", "merchant")}
+    fields = {k: body.get(k) for k in names}
     if not isinstance(fields["parcel"], str) or not fields["parcel"]:
         raise ApiError(400, '"parcel" must name the delivered parcel')
     if any(v is not None and not isinstance(v, str) for v in fields.values()):
-        raise ApiError(400, '"size", "locker" and "merchant" must be strings')
+        raise ApiError(400, '"size", "locker", "merchant" and "handover" must be strings')
     depot = depot_of(request)
     if depot.actions is None:
         raise ApiError(503, "this depot cannot book returns (no depot service)")
@@ -466,6 +470,7 @@ def _book_return(request: Request) -> Any:
             size=fields["size"],
             locker=fields["locker"],
             merchant=fields["merchant"],
+            handover=fields["handover"] or "locker",
         )
     except ReturnRefused as exc:
         extra = {"return": exc.existing} if exc.existing else None

@@ -18,7 +18,7 @@ from starlette.templating import Jinja2Templates
 
 from depot.cards import CardAnswer
 from depot.config import LockerSiteConfig
-from depot.customer import CustomerView
+from depot.customer import CustomerView, PickupOffer
 from depot.policy import NextAction
 from depot.returns import BookedReturn
 from depot.tracking import ParcelBook
@@ -53,6 +53,11 @@ class DepotActions(Protocol):
 
     def customer_redeliver(self, token: str) -> NextAction: ...
 
+    # After a missed delivery: collect it from a locker or a staffed counter instead.
+    def customer_to_locker(self, token: str) -> PickupOffer: ...
+
+    def customer_to_counter(self, token: str) -> PickupOffer: ...
+
     def customer_preferences(self, token: str, form: Mapping[str, str]) -> Care: ...
 
     # The failure card's page (`depot.web.pages.card`): where a card's code leads.
@@ -75,7 +80,11 @@ class DepotActions(Protocol):
         size: str | None = None,
         locker: str | None = None,
         merchant: str | None = None,
+        handover: str = "locker",
     ) -> BookedReturn: ...
+
+    # The customer's own return, from their page: `how` is "locker" or "door".
+    def customer_return(self, token: str, how: str) -> BookedReturn: ...
 
 
 @dataclass(frozen=True)

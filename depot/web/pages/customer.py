@@ -2,13 +2,19 @@
 
 It shows the parcel's state and history in plain words, the delivery window and the ETA,
 and, while the parcel waits in a locker, where, the pickup code and its QR and until when
-(`depot.customer.customer_view` decides all of it; this module only draws it). Two buttons
+(`depot.customer.customer_view` decides all of it; this module only draws it). Buttons
 send the customer's requests to the depot service, which decides them by its own rules:
-more time in the locker (once) and delivery on the next day. A form changes the customer's
-delivery preferences (safe place and where, neighbour, locker instead;
+more time in the locker (once); after a missed delivery, delivery on the next day, or
+collection from the locker (`POST /t/{token}/locker`) or the staffed counter
+(`POST /t/{token}/counter`) the page names, each offered only where the policy grants it.
+A form changes the customer's delivery preferences (safe place and where, neighbour, locker instead;
 `DepotService.customer_preferences`); it sits outside the page's live part, so news from the
 depot never wipes a choice being made, and a form that does not say it is this form (cut
 off, too big) changes nothing: unticked boxes would otherwise read as "no" to everything.
+A delivered (or picked-up) parcel's page offers its return (`POST /t/{token}/return`,
+`how=locker|door`, `DepotService.customer_return`); the page then shows the booked return:
+its locker, code and QR (opened at each view, never put in the redirect or the note), or the
+day a courier calls for it with its label to print.
 
 The token in the URL is the page's only authority, and it is also what keeps a forged form
 out: a page elsewhere cannot post to a link it does not know. A GET changes nothing (mail
@@ -36,7 +42,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from depot.customer import REFUSALS, CustomerView, LinkExpired, UnknownLink
+from depot.customer import REFUSALS, CustomerView, LinkExpired, PickupOffer, UnknownLink
 from depot.keys import CredentialError
 from depot.store import DATABASE_ERRORS
 from depot.web import live
@@ -95,6 +101,8 @@ def _page(request: Request) -> Response:
         "eta_stops": getattr(eta, "stops_before", None) if eta is not None else None,
         "hold_until_at": _iso_when(view.hold_until),
         "expires_at": _when(view.expires_ns),
+        "return_until_at": _iso_when(view.returned.until) if view.returned else None,
+        "pickup_day": _day(view.returned.pickup_day) if view.returned else None,
         "lines": [
             {"at": _when(line.at_ns), "words": line.words,
              "hold_until": _iso_when(line.hold_until)}
@@ -110,6 +118,16 @@ def _page(request: Request) -> Response:
     if request.cookies.get(NOTE_COOKIE):
         response.delete_cookie(NOTE_COOKIE, path=request.url.path)
     return response
+
+
+def _day(day: str | None) -> str | None:
+    """A round's day (YYYY-MM-DD) in the customer's words."""
+    if not day:
+        return None
+    try:
+        return dt.date.fromisoformat(day).strftime("%A %d %B")
+    except ValueError:
+        return day
 
 
 def _note(request: Request) -> str | None:
@@ -143,12 +161,32 @@ def _request(request: Request, kind: str, form: Mapping[str, str] | None = None)
         if kind == "extend":
             _, hours = depot.actions.customer_extend(token)
             note = f"Done: the locker keeps your parcel {hours:g} hours longer."
+        elif kind == "return":
+            how = (form or {}).get("how", "")
+            booked = depot.actions.customer_return(token, how)
+            note = (
+                "Done: your return is booked. Take it to the locker with the code below."
+                if booked.handover == "locker"
+                else "Done: your return is booked. A courier will collect it at your door."
+            )
         elif kind == "preferences":
             if form is None or form.get("form") != "preferences":
                 note = "We could not read your choices; nothing was changed. Please try again."
             else:
                 depot.actions.customer_preferences(token, form)
                 note = "Done: we deliver your parcel as you asked."
+        elif kind == "locker":
+            offer = depot.actions.customer_to_locker(token)
+            note = (
+                f"Done: we take your parcel to the locker at {_place(offer)}. When it is in, "
+                "this page shows your pickup code."
+            )
+        elif kind == "counter":
+            offer = depot.actions.customer_to_counter(token)
+            note = (
+                f"Done: your parcel will wait for you at {_place(offer)}. Bring the card we "
+                "left or the pickup code this page will show, and an ID with your name."
+            )
         else:
             depot.actions.customer_redeliver(token)
             note = "Done: we will bring your parcel again on the next delivery day."
@@ -167,6 +205,10 @@ def _request(request: Request, kind: str, form: Mapping[str, str] | None = None)
     return response
 
 
+def _place(offer: PickupOffer) -> str:
+    return f"{offer.title}, {offer.address}" if offer.address else offer.title
+
+
 async def _drain(request: Request) -> None:
     async for _ in request.stream():  # a form's body says nothing more than the button
         pass
@@ -182,9 +224,24 @@ async def redeliver(request: Request) -> Response:
     return await run_in_threadpool(_request, request, "redeliver")
 
 
+async def to_locker(request: Request) -> Response:
+    await _drain(request)
+    return await run_in_threadpool(_request, request, "locker")
+
+
+async def to_counter(request: Request) -> Response:
+    await _drain(request)
+    return await run_in_threadpool(_request, request, "counter")
+
+
 async def preferences(request: Request) -> Response:
     form = await _form(request)
     return await run_in_threadpool(_request, request, "preferences", form)
+
+
+async def book_return(request: Request) -> Response:
+    form = await _form(request)
+    return await run_in_threadpool(_request, request, "return", form)
 
 
 async def follow(request: Request) -> Response:
@@ -225,6 +282,9 @@ def routes() -> list[BaseRoute]:
         Route("/t/{token}", page, methods=["GET"]),
         Route("/t/{token}/extend", extend, methods=["POST"]),
         Route("/t/{token}/redeliver", redeliver, methods=["POST"]),
+        Route("/t/{token}/locker", to_locker, methods=["POST"]),
+        Route("/t/{token}/counter", to_counter, methods=["POST"]),
         Route("/t/{token}/preferences", preferences, methods=["POST"]),
+        Route("/t/{token}/return", book_return, methods=["POST"]),
         Route("/t/{token}/live", follow, methods=["GET"]),
     ]

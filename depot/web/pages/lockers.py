@@ -22,6 +22,11 @@ has the locker's journal (every event it synced) and the parcel book's reading o
 - *Alarms*: the open alarms of the locker (`depot.alarms`); those naming a compartment are
   marked on its cell too.
 
+*A staffed counter* (a site of kind ``counter``: shelves, no doors) is no grid: its
+``capacity`` (the settings') against its occupancy, the parcels the book has held there
+(`in_locker` and `hold_expired`, the latter on its returns pile), and those reserved, with
+its holds (which may be extended) and alarms; it has no compartment to open or put back.
+
 Each action is a POST through `console.action` (operator role, CSRF) to the depot service,
 which signs the command into its outbox with the operator's name and reason (`by`, `reason`
 in the command's arguments: recorded in `depot_commands`, journaled by the locker with its
@@ -155,6 +160,28 @@ def _grid(
     }
 
 
+def _counter(grid: dict[str, Any], site: LockerSiteConfig) -> dict[str, Any]:
+    """A counter's occupancy from its grid's counts: held (on its shelves or its returns
+    pile) and reserved, against the capacity the depot plans with."""
+    counts = grid["counts"]
+    held = counts["occupied"] + counts["expired"]
+    taken = held + counts["reserved"]
+    return {
+        **grid,
+        "kind": "counter",
+        "capacity": site.capacity,
+        "occupancy": {
+            "held": held,
+            "to_return": counts["expired"],
+            "reserved": counts["reserved"],
+            "free": max(0, site.capacity - taken),
+            "percent": round(100 * taken / site.capacity) if site.capacity else 0,
+        },
+        "cells": [],
+        "inferred": [],
+    }
+
+
 def _commands(conn: Conn, locker: str) -> list[dict[str, Any]]:
     answers: dict[str, tuple[str, dict[str, Any]]] = {}
     for kind, payload in facts.command_answers(conn, locker, ANSWERS_LOOKED_AT):
@@ -209,6 +236,9 @@ def _build(request: Request, depot: WebDepot, session: Session) -> Mapping[str, 
                 [a for a in alarms if a["device"] == name],
             )
             grid["commands"] = _commands(conn, name)
+            site = sites.get(name)
+            if site is not None and site.kind == "counter":
+                grid = _counter(grid, site)
             lockers.append(grid)
     return {
         "lockers": lockers,
