@@ -110,6 +110,7 @@ from urllib.parse import urlsplit
 
 from depot.errors import DepotError
 from depot.policy import LOCKER_SIZES
+from depot.preferences import locker_instead_refusal
 from parcel.care import AGE_LIMITS, Care, CareError
 from parcel.identify import (
     KINDS,
@@ -933,14 +934,12 @@ def _care(
         what = "an ID check" if care.age_min is not None else "a signature"
         problem("safe_place", f"a parcel that needs {what} cannot be left in a safe place")
     if care.locker_instead:
-        if not locker_ok:
-            problem("locker_instead", "locker_instead needs locker_ok: the row refuses lockers")
-        elif care.age_min is not None:
-            problem("locker_instead", "a parcel with an age check cannot go to a locker: "
-                    "a locker checks no ID")
-        elif not customer_webhook:
-            problem("locker_instead", "locker_instead needs a customer_webhook: the pickup code "
-                    "is sent there")
+        # The one rule planning and the customer's page apply too (depot.preferences).
+        why = locker_instead_refusal(
+            {"locker_ok": locker_ok, "customer_webhook": customer_webhook}, care
+        )
+        if why is not None:
+            problem("locker_instead", f"locker_instead is not possible: {why}")
     return care
 
 

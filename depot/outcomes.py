@@ -99,6 +99,16 @@ def delivered_details(payload: Mapping[str, Any]) -> dict[str, Any]:
     found: dict[str, Any] = {
         "x12_reason": codes.x12_reason if codes else given if isinstance(given, str) else None
     }
+    found.update(handout_proof(payload))
+    return found
+
+
+def handout_proof(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """The proof a handover carries beyond a photo, as kept: the signature's reference, the
+    printed name and the ID check (the van's `parcel_delivered`, a staffed counter's
+    `parcel_picked_up`). An ID check that is not one is not kept: `id_check_refused` says
+    why."""
+    found: dict[str, Any] = {}
     signature = _signature_ref(payload.get("signature"))
     if signature is not None:
         found["signature"] = signature
@@ -180,8 +190,13 @@ def on_outcome(
             signed = "signature" in details and "signed_by" in details
             method = "signature" if signed else str(details["to"])
             table.record_handover(conn, parcel, event_uuid, method, device, at_ns)
-    elif step == "picked_up" and moved:
-        table.record_handover(conn, parcel, event_uuid, "locker", device, at_ns)
+    elif step == "picked_up":
+        # Out of a locker or across a counter: into the customer's own hands.
+        violated = _judge(conn, parcel, device, event_uuid, at_ns, {**details, "to": "recipient"})
+        if violated is not None:
+            details[VIOLATION_ALARM] = violated
+        if moved:
+            table.record_handover(conn, parcel, event_uuid, "locker", device, at_ns)
     elif step == "attempted" and "card" in details:
         code = remember_card(conn, details["card"], parcel, event_uuid, now_ns)
         if code is None:

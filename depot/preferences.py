@@ -121,6 +121,8 @@ def locker_instead_refusal(info: Mapping[str, Any], care: Care) -> str | None:
         return "the sender does not allow a parcel locker for this parcel"
     if care.age_min is not None:
         return "this parcel needs an ID check at the door; a locker cannot do that"
+    if care.signature:
+        return "this parcel must be signed for; a locker cannot take a signature"
     if not info.get("customer_webhook"):
         return "we have no way to send you the locker's pickup code"
     return None

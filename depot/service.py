@@ -644,9 +644,7 @@ class DepotService:
             reason=f"{asked}: {locker} is {km:.1f} km away with a free compartment for a "
             f"size {size} parcel",
         )
-        self.send_command(
-            locker, "reserve", {"parcel": parcel, "size": size, "hours": self.config.locker_hold_h}
-        )
+        self.send_command(locker, "reserve", self._reserve_args(parcel, record, locker, None))
         return {**r, "next_action": "locker", "locker": locker}, take_compartment(
             sites, locker, size
         )
@@ -799,28 +797,36 @@ class DepotService:
         if state == "returning":  # already back at the depot: hand it to the return at once
             self.book.mark_returned_to_sender(parcel)
         if decision.kind == "locker" and decision.locker is not None:
-            args: dict[str, Any] = {
-                "parcel": parcel,
-                "size": str(record.get("size", "S")),
-                "hours": self.config.locker_hold_h,
-            }
-            site = next((s for s in self.config.lockers if s.name == decision.locker), None)
-            if card is not None and site is not None and site.kind == "counter":
-                tag = card_tag(site.name, card, str(record.get("recipient", "")))
-                if tag is not None:
-                    args["card_tag"] = tag
-            if site is not None and site.kind == "counter":
-                # The counter's staff ask the proof the door would (parcel.care): the
-                # customer's signature, and an ID check for an age-limited parcel.
-                with self.database.reading() as conn:
-                    care = care_of(conn, parcel)
-                args["signature"] = care is not None and care.needs_signature
-                if care is not None and care.age_min is not None:
-                    args["age_min"] = care.age_min
+            args = self._reserve_args(parcel, record, decision.locker, card)
             self.send_command(decision.locker, "reserve", args)
             van = info.get("van")
             if van and info.get("state") not in ("at_depot",):
                 self._redirect_on_route(str(van), parcel, decision.locker)
+
+    def _reserve_args(
+        self, parcel: str, record: Mapping[str, Any], site_name: str, card: str | None
+    ) -> dict[str, Any]:
+        """A `reserve` command's arguments for `parcel` at `site_name`. A staffed counter also
+        gets the tag of the card `card` (parcel.cards.card_tag, never the code) and the proof
+        its staff must ask, as the door would (parcel.care): a signature, an ID check's age."""
+        args: dict[str, Any] = {
+            "parcel": parcel,
+            "size": str(record.get("size", "S")),
+            "hours": self.config.locker_hold_h,
+        }
+        site = next((s for s in self.config.lockers if s.name == site_name), None)
+        if site is None or site.kind != "counter":
+            return args
+        if card is not None:
+            tag = card_tag(site.name, card, str(record.get("recipient", "")))
+            if tag is not None:
+                args["card_tag"] = tag
+        with self.database.reading() as conn:
+            care = care_of(conn, parcel)
+        args["signature"] = care is not None and care.needs_signature
+        if care is not None and care.age_min is not None:
+            args["age_min"] = care.age_min
+        return args
 
     def _check_locker_drops(self) -> None:
         """Act on drops the van and the locker still disagree about after their time: an

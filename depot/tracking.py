@@ -731,7 +731,8 @@ def _locker_facts(ev: _StoredEvent, command_parcel: Callable[[str], str | None])
         details = {**where, "does_not_fit": bool(p.get("does_not_fit"))}
         return [_Fact(parcel, "dropoff_abandoned", None, details)]
     if kind == "parcel_picked_up":
-        return [_Fact(parcel, "picked_up", "picked_up", where, {"compartment": None})]
+        details = {**where, **outcomes.handout_proof(p)}  # a counter's staff take proof
+        return [_Fact(parcel, "picked_up", "picked_up", details, {"compartment": None})]
     if kind == "hold_expired":
         return [_Fact(parcel, "hold_expired", "hold_expired", where)]
     if kind == "parcel_returned":

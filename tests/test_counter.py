@@ -869,6 +869,14 @@ def test_the_depot_s_reservation_carries_the_proof_and_the_signature_reaches_it(
     content_type, data = chain.service.store.photo(sha) or ("", b"")
     assert content_type == "application/vnd.lastmile.signature+json"
     assert json.loads(data) == {"v": 1, **SIGNED}
+    # The depot keeps the counter's proof with the hand-out, and judges it by the parcel's care.
+    [entry] = [
+        e for e in chain.service.book.track(PARCEL)["timeline"] if e["step"] == "picked_up"
+    ]
+    assert entry["details"]["signature"]["sha256"] == sha
+    assert entry["details"]["signed_by"] == "A. Jansen"
+    assert entry["details"]["id_check"] == {"id_type": "id_card", "birth_year": 1980}
+    assert "preference_violated" not in entry["details"]
 
 
 # --- the console's Lockers page -----------------------------------------------------------------

@@ -298,3 +298,20 @@ def web_token(database: DepotDatabase) -> str:
     from tests.web import api_token
 
     return api_token(database)
+
+
+def test_a_hand_out_across_a_counter_is_judged_like_a_handover_at_the_door(depot: Depot) -> None:
+    """A counter's `parcel_picked_up` carries the proof its staff took; a parcel that must be
+    signed for, handed out without it, broke its care as a door delivery would."""
+    depot.receive(care={"signature": True})
+    depot.emit("counter-1", "parcel_picked_up", parcel=PARCEL, compartment="shelf-1",
+               name="A. Jansen")
+    assert last_entry(depot)["details"]["preference_violated"] == "signature_required"
+    depot.receive(id=OTHER, raw=OTHER, care={"signature": True})
+    signature = sign(depot, strokes_bytes(), device="counter-1")
+    depot.emit("counter-1", "parcel_picked_up", parcel=OTHER, compartment="shelf-2",
+               name="A. Jansen", signature=signature, signed_by="A. Jansen")
+    details = last_entry(depot, OTHER)["details"]
+    assert "preference_violated" not in details
+    assert details["signed_by"] == "A. Jansen" and details["signature"] == signature
+    assert counts(depot, ("counter-1",))["preference_violations"] == 1

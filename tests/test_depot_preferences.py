@@ -82,11 +82,16 @@ def test_csv_preference_columns_become_the_parcels_care() -> None:
         ({"age_min": "adult"}, "age_min", "16, 18, 21"),
         ({"safe_place": "yes", "signature": "yes"}, "safe_place", "needs a signature"),
         ({"safe_place": "yes", "age_min": "18"}, "safe_place", "needs an ID check"),
-        ({"locker_instead": "yes"}, "locker_instead", "customer_webhook"),
+        ({"locker_instead": "yes"}, "locker_instead", "no way to send you the locker's pickup"),
         (
             {"locker_instead": "yes", "age_min": "18", "customer_webhook": "https://c.example"},
             "locker_instead",
-            "checks no ID",
+            "needs an ID check",
+        ),
+        (
+            {"locker_instead": "yes", "signature": "yes", "customer_webhook": "https://c.example"},
+            "locker_instead",
+            "must be signed for",
         ),
         ({"access_code": "12\t34"}, "access_code", "one line"),
         ({"access_code": "9" * 41}, "access_code", "40"),
@@ -121,7 +126,7 @@ def test_locker_instead_needs_a_recipient_who_accepts_lockers() -> None:
     result = read_import(data, format="csv")
     assert result.records == []
     assert [(e.field, e.line_or_index) for e in result.errors] == [("locker_instead", 2)]
-    assert "locker_ok" in result.errors[0].reason
+    assert "does not allow a parcel locker" in result.errors[0].reason
 
 
 def test_json_gives_care_as_an_object_or_as_fields_never_both() -> None:
