@@ -42,7 +42,6 @@ import datetime as dt
 import json
 import logging
 import queue
-import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -60,6 +59,7 @@ from edge.credentials import (
     issue_credential,
     sealed_for_depot,
 )
+from edge.desk import GUARD_TABLE, command_verifier, count_code, load_guard, lookup_salt
 from edge.errors import EdgeError
 from edge.locker import BADGE_PREFIX, QR_PREFIX, Display
 from edge.locker_device import INPUT_WAIT_S
@@ -73,7 +73,7 @@ from sync.clock import Clock
 from sync.errors import WireError
 from sync.journal import Journal, JournalTransaction
 from sync.photos import PhotoOutbox
-from sync.signing import CommandRejected, CommandVerifier, ReplayStore, SqliteReplayStore
+from sync.signing import CommandRejected, ReplayStore
 from sync.uplink import DRAIN_ON_STOP_S, Uplink
 from sync.wire import check_command
 
@@ -91,7 +91,7 @@ _SCHEMA = [
     "CREATE INDEX held_qr_tag ON held(qr_tag)",
     "CREATE INDEX held_card_tag ON held(card_tag)",
     "CREATE TABLE counter_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    "CREATE TABLE keypad (id INTEGER PRIMARY KEY CHECK (id = 1), guard TEXT NOT NULL)",
+    GUARD_TABLE,
 ]
 ON_SHELF = ("reserved", "stored", "expired")
 # The proof a reserved parcel's hand-out needs (the depot's `reserve` said so): a table of its
@@ -183,39 +183,15 @@ class Counter:
         journal.ensure_tables("counter", SCHEMA_VERSION, _SCHEMA)
         journal.ensure_tables("counter_proof", PROOF_SCHEMA_VERSION, _PROOF_SCHEMA)
         self._photos = PhotoOutbox(journal)  # signatures wait there for the depot, as photos
-        self._salt = self._lookup_salt()
-        self._own_store: SqliteReplayStore | None = None
-        if replay_store is None:
-            replay_store = self._own_store = SqliteReplayStore(
-                config.journal.with_name(config.journal.name + ".commands")
-            )
-        self._verifier = CommandVerifier(
-            config.command_keys, target=config.device_id, seen=replay_store
+        self._salt = lookup_salt(journal, "counter_meta")
+        self._verifier, self._own_store = command_verifier(
+            config.journal, config.command_keys, config.device_id, replay_store
         )
-        self._guard = self._load_guard()
+        self._guard = load_guard(journal, self._guard_damaged)
         self._badge_guard = KeypadGuard()
 
-    def _lookup_salt(self) -> bytes:
-        rows = self.journal.query("SELECT value FROM counter_meta WHERE key='lookup_salt'")
-        if rows:
-            return bytes.fromhex(str(rows[0][0]))
-        salt = secrets.token_bytes(16)
-        with self.journal.transaction("cannot store the lookup salt") as tx:
-            tx.execute(
-                "INSERT INTO counter_meta(key, value) VALUES ('lookup_salt', ?)", (salt.hex(),)
-            )
-        return salt
-
-    def _load_guard(self) -> KeypadGuard:
-        rows = self.journal.query("SELECT guard FROM keypad WHERE id=1")
-        if not rows:
-            return KeypadGuard()
-        try:
-            return KeypadGuard.from_record(json.loads(rows[0][0]))
-        except (CredentialError, ValueError) as exc:
-            with self.journal.transaction() as tx:
-                self._alarm(tx, "keypad_state_damaged", error=str(exc))
-            return KeypadGuard()
+    def _guard_damaged(self, tx: JournalTransaction, error: str) -> None:
+        self._alarm(tx, "keypad_state_damaged", error=error)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -469,15 +445,7 @@ class Counter:
         match = self._find(method, secret, name)
         with self.journal.transaction() as tx:
             if guarded:
-                lockout = self._guard.record_attempt(match is not None, now)
-                tx.execute(
-                    "INSERT OR REPLACE INTO keypad(id, guard) VALUES (1, ?)",
-                    (json.dumps(self._guard.to_record()),),
-                )
-                if lockout is not None:
-                    tx.append(
-                        "keypad_locked", {"seconds": lockout.seconds, "lockouts": lockout.count}
-                    )
+                count_code(tx, self._guard, match is not None, now)
             facts: dict[str, Any] = {"method": method, "ok": match is not None}
             if match is not None:
                 facts["parcel"] = match[0]

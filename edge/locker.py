@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -36,6 +35,7 @@ from edge.credentials import (
     issue_credential,
     sealed_for_depot,
 )
+from edge.desk import GUARD_TABLE, command_verifier, count_code, load_guard, lookup_salt
 from edge.errors import EdgeError
 from edge.locker_config import CompartmentSpec, LockerConfig
 from parcel.identify import Rejection, identify
@@ -51,7 +51,7 @@ from sync.return_codes import (
     salt_from_text,
     same_hash,
 )
-from sync.signing import CommandRejected, CommandVerifier, ReplayStore, SqliteReplayStore
+from sync.signing import CommandRejected, ReplayStore
 from sync.wire import check_command
 
 log = logging.getLogger("edge.locker")
@@ -73,7 +73,7 @@ _SCHEMA = [
         compartment TEXT PRIMARY KEY, purpose TEXT NOT NULL, parcel TEXT,
         unlocked_ns INTEGER NOT NULL, door_seen_open INTEGER NOT NULL DEFAULT 0,
         bigger INTEGER NOT NULL DEFAULT 0)""",
-    "CREATE TABLE keypad (id INTEGER PRIMARY KEY CHECK (id = 1), guard TEXT NOT NULL)",
+    GUARD_TABLE,
 ]
 # Customers' returns the depot told the locker to take in (`expect_return`): only the hashes
 # of each code and QR (sync.return_codes), under the salt the depot keeps for this locker.
@@ -190,45 +190,19 @@ class Locker:
         journal.ensure_tables("locker", SCHEMA_VERSION, _SCHEMA)
         journal.ensure_tables("locker_returns", RETURNS_SCHEMA_VERSION, _RETURNS_SCHEMA)
         self._sync_compartments()
-        self._salt = self._locker_salt()
+        self._salt = lookup_salt(journal, "locker_meta")
         # Compartments with a recorded opening; only this thread writes openings, so the set
         # mirrors the table and a poll need not ask SQLite about every door.
         self._open_cids = {str(r[0]) for r in journal.query("SELECT compartment FROM openings")}
-        self._own_store: SqliteReplayStore | None = None
-        if replay_store is None:
-            # Its own small file beside the journal: ids of commands already carried out.
-            replay_store = self._own_store = SqliteReplayStore(
-                config.journal.with_name(config.journal.name + ".commands")
-            )
-        self._verifier = CommandVerifier(
-            config.command_keys, target=config.device_id, seen=replay_store
+        self._verifier, self._own_store = command_verifier(
+            config.journal, config.command_keys, config.device_id, replay_store
         )
-        self._guard = self._load_guard()
+        self._guard = load_guard(journal, self._guard_damaged)
         # Guessing courier badges is throttled like guessing pickup codes.
         self._badge_guard = KeypadGuard()
 
-    def _locker_salt(self) -> bytes:
-        rows = self.journal.query("SELECT value FROM locker_meta WHERE key='lookup_salt'")
-        if rows:
-            return bytes.fromhex(str(rows[0][0]))
-        salt = secrets.token_bytes(16)
-        with self.journal.transaction("cannot store the lookup salt") as tx:
-            tx.execute(
-                "INSERT INTO locker_meta(key, value) VALUES ('lookup_salt', ?)", (salt.hex(),)
-            )
-        return salt
-
-    def _load_guard(self) -> KeypadGuard:
-        rows = self.journal.query("SELECT guard FROM keypad WHERE id=1")
-        if not rows:
-            return KeypadGuard()
-        try:
-            return KeypadGuard.from_record(json.loads(rows[0][0]))
-        except (CredentialError, ValueError) as exc:
-            # A damaged record must not keep the locker from starting, nor reset silently.
-            with self.journal.transaction() as tx:
-                self._alarm(tx, "keypad_state_damaged", error=str(exc))
-            return KeypadGuard()
+    def _guard_damaged(self, tx: JournalTransaction, error: str) -> None:
+        self._alarm(tx, "keypad_state_damaged", error=error)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -618,7 +592,7 @@ class Locker:
         busy = match is not None and (match[1] in self._open_cids or offline)
         with self.journal.transaction() as tx:
             if is_code:
-                self._count_code(tx, match is not None, now)
+                count_code(tx, self._guard, match is not None, now)  # one guard: pickups, returns
             tx.append(
                 "pickup_attempt",
                 {
@@ -639,17 +613,6 @@ class Locker:
             self.display.show("your door is already open", compartment=match[1])
         else:
             self._pulse(match[1], "pickup")
-
-    def _count_code(self, tx: JournalTransaction, ok: bool, now: float) -> None:
-        """One checked keypad code (a pickup's or a return's: one guard for both), the guard's
-        state stored with it, and the lockout it started, if any."""
-        lockout = self._guard.record_attempt(ok, now)
-        tx.execute(
-            "INSERT OR REPLACE INTO keypad(id, guard) VALUES (1, ?)",
-            (json.dumps(self._guard.to_record()),),
-        )
-        if lockout is not None:
-            tx.append("keypad_locked", {"seconds": lockout.seconds, "lockouts": lockout.count})
 
     def _find_credential(
         self, secret: str, is_code: bool, presented: PresentedSecret | None = None
@@ -699,7 +662,7 @@ class Locker:
             cid = self._choose_return(match[1], match[2])
         with self.journal.transaction() as tx:
             if is_code:
-                self._count_code(tx, match is not None, now)
+                count_code(tx, self._guard, match is not None, now)  # one guard: pickups, returns
             found = {"parcel": parcel} if parcel else {}
             tx.append("return_attempt", {"method": method, "ok": match is not None, **found})
             if cid is not None:
