@@ -88,7 +88,15 @@ from depot.preferences import (
 from depot.returns import BookedReturn, ReturnDesk, ReturnRefused
 from depot.routing import DEFERRAL_REASONS, build_manifest, nearest_round, plan_routes
 from depot.store import Conn, book, collections, open_database, sends
-from depot.tracking import LockerDrop, Notification, ParcelBook, Transition, iso_utc
+from depot.store import outcomes as outcome_table
+from depot.tracking import (
+    REQUEST_STEP,
+    LockerDrop,
+    Notification,
+    ParcelBook,
+    Transition,
+    iso_utc,
+)
 from depot.webhooks import WebhookSender, encode_body, enqueue
 from parcel.cards import card_tag
 from parcel.care import Care
@@ -1157,6 +1165,15 @@ class DepotService:
                 break
             out[nearest] = _with_pickup_stop(out[nearest], record, return_id, self._here)
         return out
+
+    def card_figures(self) -> dict[str, int]:
+        """Failure cards the vans left, and how many led their customer to a choice on the
+        parcel's page (deliver again, a locker, the counter)."""
+        with self.database.reading() as conn:
+            left, used = outcome_table.card_uses(
+                conn, REQUEST_STEP, {REDELIVER, *PICKUP_REQUESTS.values()}
+            )
+        return {"left": left, "used_on_page": used}
 
     def customer_returns(self) -> dict[str, int]:
         """Customers' returns booked, dropped, collected and back at the depot."""

@@ -6,11 +6,18 @@ publishes each van's manifest over MQTT (TLS, per-device accounts). Each van is 
 software (its journal on a simulated clock, its scanner and GNSS receiver on pseudo-terminals,
 its uplink through a link simulator that drops it into dead zones). Its courier
 (simulators.delivery_day) loads the van, drives the route with the GNSS following, attempts
-every door, records proof or a coded failure, and scans back what returns. The depot applies
+every door as its screen and the customer's wishes allow (a signature, an ID check; now and
+then trying what they forbid, which the van refuses), records proof or a coded failure, and
+scans back what returns; customers who find a card choose on the depot's card page
+(simulators.card_customers). The depot applies
 its exceptions policy to every failure: a locker with a fitting free compartment nearby (it
 reserves one with a signed command and sends the van an updated manifest), a second attempt
 the next day, or return to sender. Customers collect at the lockers with the code the depot
-received sealed (simulators.locker_day); uncollected parcels expire and go back. The depot
+received sealed (simulators.locker_day); uncollected parcels expire and go back. A staffed
+counter is a site of the policy's like a locker: its staff check parcels in and hand them out
+against the code, QR or card and a name (simulators.counter_day). A few customers send a
+delivered parcel back: booked on their page or through the shop, dropped at a locker with the
+code of their notice, collected by a van (simulators.returns_day). The depot
 tells merchants and customers each outcome by signed webhook, to a receiver that is down for
 an hour of the first day.
 
@@ -60,6 +67,7 @@ MERCHANTS = ("shop-a", "shop-b", "shop-c")
 # only those to a locker: a customer it cannot tell the pickup code cannot collect.
 CUSTOMER_HOOK = 0.85
 _LOCKER_STREETS = ("Stationsplein 12", "Museumplein 3", "Javaplein 21", "Mercatorplein 7")
+_COUNTER_STREETS = ("Ceintuurbaan 154", "Bilderdijkstraat 88", "Van Baerlestraat 41")
 STREETS = (
     "Keizersgracht",
     "Prinsengracht",
@@ -114,6 +122,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=2,
         help="parcel lockers that take failed deliveries (default 2; 0: none)",
+    )
+    p.add_argument(
+        "--counters",
+        type=int,
+        default=None,
+        help="staffed collection counters (a shop's desk) that take failed deliveries "
+        "(default: 1 when there are lockers, else 0)",
     )
     p.add_argument(
         "--locker-hold-h",
@@ -182,6 +197,7 @@ def run_from_args(args: argparse.Namespace) -> int:
             parcels_per_van=args.parcels,
             days=args.days,
             lockers=args.lockers,
+            counters=args.counters,
             locker_hold_h=args.locker_hold_h,
             speed=args.speed,
             broker=args.broker,
@@ -243,6 +259,9 @@ class DayPlan:
     noise_share: float = 0.02
     dead_zones_per_van: tuple[int, int] = (1, 3)
     lockers: int = 2
+    counters: int | None = None  # staffed counters; None: one when there are lockers
+    # Share of delivered parcels whose customer books a return (simulators.returns_day).
+    return_share: float = 0.03
     # Simulated hours a parcel waits in a locker (nights count): short, so that a two-day run
     # sees holds run out, the depot plan their collection and a van collect them.
     locker_hold_h: float = 6.0
@@ -507,7 +526,8 @@ class _World:
     def __init__(self, service: Any) -> None:
         self.service = service
         self.vans: list[tuple[str, Any, Any]] = []  # (name, van, link)
-        self.lockers: Any = None
+        self.lockers: Any = None  # the lockers and counters (counter_day.CollectionPoints)
+        self.others: list[Any] = []  # other people of the day acting now (`busy()`)
         self._changed = threading.Condition()
         self._answered: set[str] = set()  # depot command ids a locker answered
         self._gone: set[str] = set()  # ... or that one wait for them outlasted
@@ -561,11 +581,11 @@ class _World:
                 continue
             out.append(f"{name}: manifest v{wanted.version} not yet applied")
         if self.lockers is not None:
-            cut = {site.name for site in self.lockers.lockers if site.link.is_cut}
+            cut = {site.name for site in self.lockers.sites if site.link.is_cut}
             for name, journal in self.lockers.journals:
                 if name not in cut and journal.acked_seq < journal.last_seq:
                     out.append(f"{name}: events not yet confirmed by the depot")
-            for site in self.lockers.lockers:
+            for site in self.lockers.sites:
                 if site.people.busy():
                     out.append(f"{site.name}: people still at the locker")
             waiting = {
@@ -586,6 +606,7 @@ class _World:
                 for cid, target in waiting.items()
                 if cid not in self._answered
             ]
+        out += [f"{other.name}: still acting" for other in self.others if other.busy()]
         if not out and not self.service.settled(webhooks=False):
             out.append("depot: decisions or sends still waiting")
         return out
@@ -729,12 +750,15 @@ def run_day(
 
     `linger(report, depot)`, if given, runs once the report is made and before anything is
     stopped, with the depot service (its first worker): `--ui` keeps the depot up there."""
+    from dataclasses import replace
+
     from depot.config import DepotConfig, LockerSiteConfig
     from depot.service import DepotService
     from edge.van import Van, VanConfig
     from parcel.identify import identify
     from simulators.broker import start_broker
-    from simulators.delivery_day import Courier, Household, draw_fates, offset
+    from simulators.card_customers import CardCustomers
+    from simulators.delivery_day import Courier, Household, draw_door, draw_fates, offset
     from simulators.doorstep import DoorstepCamera
     from simulators.gnss import SimulatedGnss
     from simulators.link import LinkProxy
@@ -820,6 +844,14 @@ def run_day(
             row["window"] = f"{window[0]}-{window[1]}"
         if rng.random() < CUSTOMER_HOOK:
             row["customer_webhook"] = receiver.url("/customer")
+        # What the customer told the shop of their door, and who opens it (a draw of its own
+        # per parcel: the rest of the world is drawn as before).
+        wishes, at_door, next_door = draw_door(
+            parcel, plan.seed, home.recipient, locker_ok=home.locker_ok,
+            hooked="customer_webhook" in row,
+        )
+        world[parcel] = home = replace(home, wishes=wishes, at_door=at_door, next_door=next_door)
+        row.update(wishes.import_columns())
         import_rows.append(row)
     # A merchant file always has a few rows a depot must refuse, and says which.
     bad = smudged_s10(rng)
@@ -853,6 +885,38 @@ def run_day(
                     address=f"{_LOCKER_STREETS[j % len(_LOCKER_STREETS)]}, Amsterdam",
                 )
             )
+    # Staffed counters (a shop's parcel desk): sites of kind "counter" the policy sends
+    # failed parcels to as it does to lockers (simulators.counter_day).
+    counters = None
+    n_counters = plan.counters if plan.counters is not None else min(1, plan.lockers)
+    if n_counters > 0:
+        from simulators.counter_day import SHELVES, CounterDay
+
+        counters = CounterDay(
+            n_counters, seed=plan.seed, speed=plan.speed, hold_h=plan.locker_hold_h
+        )
+        passwords.update(counters.passwords)
+        for j, name in enumerate(counters.names):
+            lat, lon = offset(*DEPOT, 1500.0, 360.0 * j / n_counters + 120.0)
+            locker_sites.append(
+                LockerSiteConfig(
+                    name,
+                    lat,
+                    lon,
+                    {},
+                    title=f"Parcel desk {j + 1}",
+                    address=f"{_COUNTER_STREETS[j % len(_COUNTER_STREETS)]}, Amsterdam",
+                    kind="counter",
+                    capacity=SHELVES,
+                )
+            )
+    keys = points = None
+    if lockers is not None or counters is not None:
+        from simulators.counter_day import CollectionPoints, SiteKeys
+
+        keys = SiteKeys.of(lockers)
+        # What the couriers and the run see of the lockers and counters alike.
+        points = CollectionPoints(lockers, counters)
     broker = start_broker(
         workdir / "broker", passwords, kind=plan.broker, tls=True, depot_workers=plan.workers
     )
@@ -903,8 +967,8 @@ def run_day(
             DepotService(
                 depot_config,
                 clock=depot_clock,
-                signing_key_pem=lockers.command_signing_pem if lockers is not None else None,
-                sealing_key_pems=[lockers.sealing_pem] if lockers is not None else [],
+                signing_key_pem=keys.command_signing_pem if keys is not None else None,
+                sealing_key_pems=[keys.sealing_pem] if keys is not None else [],
                 worker=k,
             )
             for k in range(1, plan.workers + 1)
@@ -916,7 +980,8 @@ def run_day(
         f"broker: {broker_name} on {broker.host}:{broker.port} "
         f"({'TLS' if tls_ca else 'plain TCP'})\n"
         f"depot: {service.database.dialect}, {_n(plan.workers, 'worker')}; "
-        f"{_n(plan.vans, 'van')}, {_n(plan.lockers, 'locker')}, {_n(plan.days, 'day')}, "
+        f"{_n(plan.vans, 'van')}, {_n(plan.lockers, 'locker')}, {_n(n_counters, 'counter')}, "
+        f"{_n(plan.days, 'day')}, "
         f"seed {plan.seed}"
     )
     imported = service.import_parcels(import_file)
@@ -996,6 +1061,41 @@ def run_day(
             for site in lockers.lockers:
                 site.clock.catch_up(master)
                 clocks.append(site.clock)  # the night passes for the lockers' holds too
+        if counters is not None and keys is not None:
+            counters.on_visit = scheduler.at
+            counters.start(
+                _counter_device,
+                workdir=workdir,
+                broker_host=broker.host,
+                broker_port=broker.port,
+                mqtt5=broker.mqtt5,
+                tls_ca=tls_ca,
+                keys=keys,
+                receiver=receiver,
+                customers=world.get,
+                wall_start_ns=start_ns,
+                vans=names,
+                sync=sync_settings,
+                time_from=master,
+            )
+            clocks += [site.clock for site in counters.counters]  # their holds see the night
+        returns_desk = None
+        if lockers is not None and plan.return_share > 0:
+            returns_desk = _returns_desk(
+                plan, service, receiver, lockers, world, import_rows, scheduler, hour
+            )
+            returns_desk.start()
+            for van in vans:
+                returns_desk.watch(van.journal)
+        # The customers who find a card after a failed attempt (simulators.card_customers).
+        card_customers = CardCustomers(
+            seed=plan.seed,
+            receiver=receiver,
+            card_page=f"{service.public_url}/card",
+            schedule=scheduler.at,
+            hour=hour,
+        )
+        card_customers.start()
         for name, van, scanner, gnss in zip(names, vans, scanners, gnss_sims, strict=True):
             couriers.append(
                 Courier(
@@ -1008,19 +1108,23 @@ def run_day(
                     sim_wait=sim.sleep,
                     hour=hour,
                     rng=random.Random(f"{name}/{plan.seed}"),
-                    lockers=lockers,
+                    lockers=points,
                     strangers=[],
                     # Scenes rendered now, before the day: a shot at the door then takes ms.
                     camera_app=DoorstepCamera(workdir / "DCIM", seed=len(couriers) + 1),
+                    on_card=card_customers.card_left,
                 )
             )
         for name, van, link in zip(names, vans, links, strict=True):
             world_state.vans.append((name, van, link))
             world_state.watch(name, van.journal)
-        if lockers is not None:
-            world_state.lockers = lockers
-            for name, journal in lockers.journals:
+        if points is not None:
+            world_state.lockers = points
+            for name, journal in points.journals:
                 world_state.watch(name, journal)
+        if returns_desk is not None:
+            world_state.others.append(returns_desk)
+        world_state.others.append(card_customers)
         sim.settle = partial(world_state.wait, CATCH_UP_S)
         for day in range(1, plan.days + 1):
             if day > 1:
@@ -1075,7 +1179,7 @@ def run_day(
             scheduler.run_until(
                 DAY_END_H,
                 partial(_all_done, threads),
-                lambda h: say(_progress_line(h, names, vans, links, lockers)),
+                lambda h: say(_progress_line(h, names, vans, links, points)),
             )
             for t in threads:
                 t.join(5)
@@ -1097,23 +1201,33 @@ def run_day(
                 link.restore()
             _quiesce(vans, None, service, deadline=time.monotonic() + 30, webhooks=False)
             day_reports.append({"day": day, "date": date, "parcels": parcels_today})
-        if lockers is not None:
-            lockers.end_of_day()
+        if points is not None:
+            points.end_of_day()
+        if returns_desk is not None and not returns_desk.finish(20.0):
+            say("customers' returns: some customers were still busy at the end of the day")
+        if not card_customers.finish(20.0):
+            say("customers with a card: some were still at the card page at the end of the day")
         receiver.up()
-        for link in links + (lockers.links if lockers is not None else []):
+        for link in links + (points.links if points is not None else []):
             link.restore()
         say("days over; links restored, devices draining to the depot")
-        _quiesce(vans, lockers, service, deadline=time.monotonic() + 60, webhooks=False)
+        _quiesce(vans, points, service, deadline=time.monotonic() + 60, webhooks=False)
         if not service.settled():
             # Webhooks still waiting for their retry time: let simulated time run for them
             # (every device has drained, so nothing else can change any more).
             sim.release()
-            _quiesce(vans, lockers, service, deadline=time.monotonic() + 60)
+            _quiesce(vans, points, service, deadline=time.monotonic() + 60)
             sim.hold()
         cuts = len(dead_zones)
         report = _report(
-            plan, names, vans, feedbacks, couriers, links, service, receiver, cuts, lockers
+            plan, names, vans, feedbacks, couriers, links, service, receiver, cuts, lockers,
+            sites=points,
         )
+        report["customer_returns"] = service.customer_returns()
+        report["returning_customers"] = returns_desk.report() if returns_desk else None
+        report["counter"] = counters.report(service.store) if counters is not None else {}
+        report.update(_door_figures(service, couriers, card_customers))
+        report["ok"] = report["ok"] and report["preference_violations"] == 0
         report["import"] = {"received": len(imported.records), "refused": len(imported.errors)}
         report["days"] = day_reports
         report["broker"] = broker_name
@@ -1127,7 +1241,7 @@ def run_day(
         stopping.set()
         for courier in couriers:
             courier.watch.abort()
-        _all_at_once([van.stop for van in vans] + ([lockers.close] if lockers else []))
+        _all_at_once([van.stop for van in vans] + ([points.close] if points else []))
         for s in scanners + gnss_sims:
             s.close()
         for link in links:
@@ -1290,6 +1404,67 @@ def _locker_device(setup: Any) -> Any:
     return LockerDevice(config, setup.display, clock=setup.clock)
 
 
+def _counter_device(setup: Any) -> Any:
+    """The real counter software for one simulated counter (a CounterSetup of counter_day):
+    no staff socket, the simulated staff use its screen's lines (`counter.staff`)."""
+    from edge.counter import CounterDevice
+    from edge.counter_config import CounterConfig
+
+    config = CounterConfig(
+        device_id=setup.name,
+        journal=setup.journal,
+        shelves=setup.shelves,
+        hold_s=setup.hold_s,
+        # A parcel whose reservation lapsed (a short hold, the night) is still taken in while
+        # there is room, as a locker takes it: the depot learns of it from the deposit.
+        walk_in=True,
+        courier_badges=setup.courier_badges,
+        depot_sealing_key=setup.depot_sealing_key,
+        command_keys=[setup.command_key],
+        scanner_port=setup.scanner_port,
+        broker=setup.broker,
+        sync=dict(setup.sync),
+    )
+    return CounterDevice(config, setup.display, clock=setup.clock)
+
+
+def _returns_desk(
+    plan: DayPlan,
+    service: Any,
+    receiver: Any,
+    lockers: Any,
+    world: dict[str, Any],
+    import_rows: Sequence[Mapping[str, Any]],
+    scheduler: _Scheduler,
+    hour: Callable[[], float],
+) -> Any:
+    """The customers who send a delivered parcel back (simulators.returns_day), with the API
+    token the shops' returns desks use, made as an operator makes one (`depot token add`)."""
+    from depot.web.auth import add_token
+    from simulators.returns_day import ReturnsDesk
+
+    if service.api is None:
+        raise SimulatorError("the depot has no web port for the shops' returns desks")
+    told = {str(r["parcel"]) for r in import_rows if r.get("customer_webhook")}
+    return ReturnsDesk(
+        seed=plan.seed,
+        share=plan.return_share,
+        api_url=service.api.url,
+        api_token=add_token(service.database, "shops-returns-desk"),
+        receiver=receiver,
+        lockers=lockers,
+        lockers_at={
+            site.name: (site.lat, site.lon) for site in service.config.lockers
+            if site.kind == "locker"
+        },
+        world=world,
+        # Customers who gave the shop a way to be told (the import's column, label as printed).
+        hooked={p for p, home in world.items() if home.label.data.replace("\x1d", "<GS>") in told},
+        schedule=scheduler.at,
+        hour=hour,
+    )
+
+
 def _progress_line(
     h: float, names: list[str], vans: list[Any], links: list[Any], lockers: Any = None
 ) -> str:
@@ -1396,7 +1571,34 @@ def _pod_complete(pod: Mapping[str, Any]) -> bool:
     return identified and located
 
 
-ACCOUNTED = (*FINAL_STATES, "in_locker", "at_depot", "received")
+# A customer's return not yet dropped, or in its locker awaiting the van: where it should be.
+ACCOUNTED = (
+    *FINAL_STATES, "in_locker", "at_depot", "received", "return_booked", "return_dropped"
+)
+
+
+def _door_figures(service: Any, couriers: Sequence[Any], card_customers: Any) -> dict[str, Any]:
+    """What happened at the doors, as the depot recorded it (`depot.outcomes`: handovers the
+    vans refused for a parcel's care, deliveries that broke one, deliveries by method; the
+    cards the vans left), and the couriers' and customers' own counts beside it to compare.
+
+    `cards`: the depot's `card_figures` (left; used for a choice on the parcel's page)."""
+    counters = [site.name for site in service.config.lockers if site.kind == "counter"]
+    figures: dict[str, Any] = dict(service.book.outcome_counts(counters))
+    refused: Counter[str] = Counter()
+    for c in couriers:
+        refused.update(c.tally.care_refused)
+    figures["tried_forbidden"] = sum(c.tally.tried_forbidden for c in couriers)
+    figures["cards"] = service.card_figures()
+    figures["couriers_at_the_door"] = {
+        "tried_forbidden": figures["tried_forbidden"],
+        "refused_by_the_van": dict(sorted(refused.items())),
+        "signed": sum(c.tally.signed for c in couriers),
+        "id_checked": sum(c.tally.id_checked for c in couriers),
+        "cards_written": sum(c.tally.cards for c in couriers),
+    }
+    figures["card_customers"] = card_customers.report()
+    return figures
 
 
 def _report(
@@ -1410,6 +1612,8 @@ def _report(
     receiver: Any,
     cuts: int,
     lockers: Any = None,
+    *,
+    sites: Any = None,
 ) -> dict[str, Any]:
     from depot.pickup import notices_sent
     from depot.webhooks import stats
@@ -1455,9 +1659,9 @@ def _report(
             "resends": van.uplink.resends,
         }
     devices = [(name, van.journal) for name, van in zip(names, vans, strict=True)]
-    if lockers is not None:
-        devices += lockers.journals
-        for name, journal in lockers.journals:
+    if sites is not None:  # the lockers' and counters' journals
+        devices += sites.journals
+        for name, journal in sites.journals:
             _prev, events = journal.read(0, 10**9)
             for e in events:
                 created[e.uuid] = (name, e.seq)
@@ -1505,7 +1709,7 @@ def _report(
     collections = service.collections_planned()
     awaiting_collection = sorted(
         p
-        for p in (lockers.expired_inside() if lockers is not None else ())
+        for p in (sites.expired_inside() if sites is not None else ())
         if (info := service.book.parcel(p)) is not None
         and info["state"] == "hold_expired"
         and info["next_action"] == "return_to_sender"
@@ -1575,13 +1779,23 @@ def _report(
 
 # How the summary says a parcel's state (depot.tracking) and a decision (depot.policy).
 _STATE_WORDS = {
-    "picked_up": "picked up at a locker",
+    "picked_up": "picked up at a locker or counter",
     "returned_to_sender": "returned to sender",
-    "in_locker": "in a locker",
+    "in_locker": "in a locker or at a counter",
     "at_depot": "back at the depot",
     "received": "at the depot, never loaded",
     "hold_expired": "expired in a locker",
     "out_for_delivery": "out for delivery",
+    "return_booked": "customers' returns booked, not yet dropped",
+    "return_dropped": "customers' returns in a locker",
+}
+_METHOD_WORDS = {
+    "recipient": "to the recipient",
+    "neighbour": "to a neighbour",
+    "safe_place": "at a safe place",
+    "signature": "signed for",
+    "locker": "from a locker",
+    "counter": "at a counter",
 }
 _DECISION_WORDS = {
     "locker": "to a locker",
@@ -1618,6 +1832,27 @@ def _print_summary(r: dict[str, Any]) -> None:
             f"depot, {_n(lk['pickups'], 'pickup')}, {_n(lk['holds_extended'], 'hold')} "
             f"extended, {lk['expired']} expired, {lk['returned']} returned; "
             f"{_n(r['pickup_notices_sent'], 'pickup notice')} sent"
+        )
+    cr = r.get("customer_returns") or {}
+    if cr.get("booked"):
+        lines.append(
+            f"  customers' returns: {cr['booked']} booked, {cr['dropped']} dropped at a locker, "
+            f"{cr['collected']} collected by a van, {cr['at_depot']} back at the depot"
+        )
+    for name, c in (r.get("counter") or {}).items():
+        lines.append(
+            f"  {name}: {_n(c['checked_in'], 'parcel')} checked in, {c['handed_out']} handed "
+            f"out ({_counted(c['handed_out_by'])}), {c['expired']} expired, "
+            f"{c['returned']} given back to a courier"
+        )
+    if "deliveries_by_method" in r:
+        cards = r["cards"]
+        lines.append(
+            f"  at the door: delivered {_counted(r['deliveries_by_method'], _METHOD_WORDS)}; "
+            f"{_n(r['preference_refusals'], 'handover')} refused for the customer's wishes "
+            f"(couriers tried {r['tried_forbidden']} forbidden), "
+            f"{_n(r['preference_violations'], 'violation')}; {_n(cards['left'], 'card')} "
+            f"left, {cards['used_on_page']} used on the card page"
         )
     order = [*ACCOUNTED, *sorted(set(r["parcels"]) - set(ACCOUNTED))]
     lines += [

@@ -2,13 +2,26 @@
 
 Owns the world outside the van: where each parcel's recipient lives and what happens at the
 door (at home, a neighbour, a safe place, nobody, a refusal, a damaged box, an address that
-cannot be found), and the courier who works through the van's manifest: loading in the
+cannot be found), what the customer told the shop (`DoorWishes`: a safe place and where, a
+neighbour or not, a signature, an age check, a locker instead, the building's code) and who
+opens the door (`Person`: a year of birth and the ID at hand, or none), all drawn from the
+seed before the day; and the courier who works through the van's manifest: loading in the
 morning (scanning one parcel of another van by mistake, now and then leaving one behind),
 driving from stop to stop with the GNSS receiver following the road (tunnels lose the fix; a
 parked van is sometimes a street away), scanning at the door (sometimes the wrong parcel
 first, sometimes a label that will not read), recording the outcome, taking redirected
 parcels to lockers, collecting at a locker what the depot lists as expired there (badge, `#2`,
 each parcel taken out scanned into the van), and scanning back what returns in the evening.
+
+At the door the courier reads the van's screen (`status`: each parcel's care notes) and mostly
+does what it says: a handover it forbids becomes the failure that fits (`no_safe_place`,
+`not_at_home`), a parcel to sign for is signed on the handheld (strokes drawn from the seed)
+with the signer's printed name, an age-checked one gets the ID's type and year of birth, or
+`age_check_failed` when nobody at the door can show one. Sometimes (TRY_FORBIDDEN, TRY_UNSIGNED)
+the courier tries the fated handover as if there were no preference; the van refuses it
+(`PreferenceRefused`, its reason) and the courier then does the right thing. A failure that
+leaves a card: the courier writes the code the screen shows on it and puts it through the
+door (`on_card`, simulators.card_customers).
 
 The courier acts only through the van's inputs (its scanner's pseudo-terminal, its GNSS
 pseudo-terminal, its courier commands) and reads only what the van shows (its status, its
@@ -22,6 +35,7 @@ could not know (a parcel it never scanned is never "delivered with a scan").
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
@@ -61,6 +75,29 @@ UNREADABLE_LABEL = 0.015
 TUNNEL_STOP = 0.04
 FAR_PARKING = 0.03
 LEFT_BEHIND = 0.3  # chance that a van leaves one parcel at the depot in the morning
+
+# What customers tell the shop about their door (shares of parcels, drawn per parcel).
+SAFE_PLACE_OK = 0.40  # of parcels that need no signature: a safe place is allowed
+NEIGHBOUR_OK = 0.90
+SIGNATURE_NEEDED = 0.08  # "leave nothing without a signature"
+AGE_18 = 0.04  # alcohol: an ID check at the door (and a signature)
+LOCKER_INSTEAD = 0.04  # where lockers are allowed, the customer can be told, nothing to sign
+ACCESS_CODE = 0.10  # a block of flats with a code at its street door
+SAFE_PLACES = (
+    "behind the blue gate",
+    "in the garden shed",
+    "with the bins at the side",
+    "in the porch",
+    "under the bench by the door",
+    "in the box by the garage",
+)
+# Who opens the door of an age-checked parcel: a few cannot show an ID, a few are under age.
+NO_ID_AT_HAND = 0.06
+UNDER_AGE_AT_DOOR = 0.04
+ID_DOCUMENTS = ("id_card", "id_card", "id_card", "driving_licence", "passport")
+# How often the courier tries the fated handover as if there were no preference.
+TRY_FORBIDDEN = 0.25  # a safe place or neighbour the screen says no to
+TRY_UNSIGNED = 0.10  # a parcel the screen says to get signed (or an ID checked) for
 
 
 class Watchable(Protocol):
@@ -136,6 +173,143 @@ class LockerDropper(Protocol):
 
 
 @dataclass(frozen=True)
+class DoorWishes:
+    """What the customer (or the shop) said of the door, as the merchant's import carries it."""
+
+    safe_place: bool = False
+    safe_place_note: str = ""
+    neighbour: bool = True
+    signature: bool = False
+    age_min: int | None = None
+    locker_instead: bool = False
+    access_code: str = ""
+
+    def import_columns(self) -> dict[str, Any]:
+        """The import's columns for these wishes (depot/imports.py), only those that say
+        something: a merchant's file leaves a column blank where the customer said nothing."""
+        cols: dict[str, Any] = {}
+        if self.safe_place:
+            cols["safe_place"] = True
+            cols["safe_place_note"] = self.safe_place_note
+        if not self.neighbour:
+            cols["neighbour_ok"] = False
+        if self.signature:
+            cols["signature"] = True
+        if self.age_min is not None:
+            cols["age_min"] = self.age_min
+        if self.locker_instead:
+            cols["locker_instead"] = True
+        if self.access_code:
+            cols["access_code"] = self.access_code
+        return cols
+
+
+@dataclass(frozen=True)
+class Person:
+    """Someone who may take a parcel at the door: their name, year of birth and the identity
+    document they can show (None: none at hand)."""
+
+    name: str
+    birth_year: int
+    id_type: str | None
+
+
+def draw_door(
+    parcel: str, seed: int, recipient: str, *, locker_ok: bool, hooked: bool
+) -> tuple[DoorWishes, Person, Person]:
+    """The customer's wishes, who opens the recipient's door and the neighbour who would take
+    it in, from the seed and the parcel alone (so the rest of the world's draws stay as they
+    were). A locker instead only where the shop allows lockers, the customer can be sent the
+    pickup code (`hooked`) and nothing is to be signed for; a safe place never for a parcel
+    to sign for (the import refuses both, as the depot would)."""
+    rng = random.Random(f"door/{parcel}/{seed}")
+    age_min = 18 if rng.random() < AGE_18 else None
+    signature = rng.random() < SIGNATURE_NEEDED
+    signed_for = signature or age_min is not None
+    safe_place = not signed_for and rng.random() < SAFE_PLACE_OK
+    wishes = DoorWishes(
+        safe_place=safe_place,
+        safe_place_note=rng.choice(SAFE_PLACES) if safe_place else "",
+        neighbour=rng.random() < NEIGHBOUR_OK,
+        signature=signature,
+        age_min=age_min,
+        locker_instead=locker_ok and hooked and not signed_for and rng.random() < LOCKER_INSTEAD,
+        access_code=f"{rng.randint(0, 9999):04d}#" if rng.random() < ACCESS_CODE else "",
+    )
+    surname = recipient.split(". ", 1)[-1]
+    at_door = Person(recipient, rng.randint(1946, 2004), rng.choice(ID_DOCUMENTS))
+    if rng.random() < UNDER_AGE_AT_DOOR:  # the household's teenager opens the door
+        at_door = Person(f"{rng.choice('ABDEJKLMNST')}. {surname}", rng.randint(2008, 2011), None)
+        if rng.random() < 0.7:
+            at_door = dataclasses.replace(at_door, id_type="id_card")
+    elif rng.random() < NO_ID_AT_HAND:
+        at_door = dataclasses.replace(at_door, id_type=None)
+    next_door = Person(
+        f"{rng.choice('ABCDEFGHJKLMNPRSTW')}. {rng.choice(NEIGHBOURS)}",
+        rng.randint(1940, 2000),
+        rng.choice(ID_DOCUMENTS),
+    )
+    return wishes, at_door, next_door
+
+
+NEIGHBOURS = ("Dekker", "Hendriks", "van Dijk", "Peters", "Vos", "Kok", "Jacobs", "de Graaf")
+
+
+def draw_signature(rng: random.Random) -> dict[str, Any]:
+    """A signature as a finger draws it on the handheld's pad: one to three strokes of a few
+    dozen points, each a wavering line from left to right (edge.signature's document)."""
+    width, height = 480, 160
+    strokes = []
+    x = rng.randint(20, 80)
+    for _ in range(rng.randint(1, 3)):
+        points = []
+        y = rng.uniform(0.3, 0.7) * height
+        phase, amp = rng.uniform(0, 2 * math.pi), rng.uniform(10, 40)
+        for i in range(rng.randint(12, 40)):
+            x = min(width, x + rng.randint(3, 9))
+            wave = amp * math.sin(phase + i * rng.uniform(0.4, 0.9))
+            points.append([x, max(0, min(height, round(y + wave)))])
+        strokes.append(points)
+        x = min(width - 40, x + rng.randint(5, 30))
+    return {"width": width, "height": height, "strokes": strokes}
+
+
+@dataclass(frozen=True)
+class ScreenCare:
+    """One parcel's care as the courier reads it off the stop's screen (edge.delivery's
+    `care_notes`: "signature", "ID 18+", "no neighbour", "safe place: ...", "no safe place").
+    A parcel the screen names no care for: everything allowed, as before care existed."""
+
+    safe_place: bool = True
+    neighbour: bool = True
+    signature: bool = False
+    id_check: bool = False
+
+    @classmethod
+    def read(cls, notes: object) -> ScreenCare:
+        if not isinstance(notes, list):
+            return cls()
+        said = [str(n) for n in notes]
+        return cls(
+            safe_place=any(n.startswith("safe place") for n in said),
+            neighbour="no neighbour" not in said,
+            signature="signature" in said,
+            id_check=any(n.startswith("ID ") for n in said),
+        )
+
+    def allows(self, to: str) -> bool:
+        return {"safe_place": self.safe_place, "neighbour": self.neighbour}.get(to, True)
+
+
+# What the courier does instead when the van refuses a handover for the parcel's care.
+INSTEAD = {
+    "safe_place_not_allowed": "no_safe_place",
+    "neighbour_not_allowed": "not_at_home",
+    "under_age": "age_check_failed",
+}
+
+
+@dataclass(frozen=True)
 class Household:
     """The truth about one parcel's recipient, drawn from the seed."""
 
@@ -150,6 +324,9 @@ class Household:
     locker_ok: bool
     window: tuple[str, str] | None
     fates: tuple[tuple[str, str], ...]  # per attempt: ("deliver", to) or ("fail", reason)
+    wishes: DoorWishes = DoorWishes()
+    at_door: Person | None = None  # who opens the door for the recipient (None: themselves)
+    next_door: Person | None = None  # the neighbour who takes it in
 
     def fate(self, attempt: int) -> tuple[str, str]:
         return self.fates[min(attempt, len(self.fates)) - 1]
@@ -183,6 +360,18 @@ def metres(a: tuple[float, float], b: tuple[float, float]) -> float:
         + math.cos(la1) * math.cos(la2) * math.sin((lo2 - lo1) / 2) ** 2
     )
     return 2 * 6_371_000.0 * math.asin(math.sqrt(h))
+
+
+# The van's refusals for a parcel's care (parcel.care.REFUSALS), as its screen names them.
+REFUSED_FOR_CARE = frozenset(
+    {"safe_place_not_allowed", "neighbour_not_allowed", "signature_required",
+     "id_check_required", "under_age"}
+)
+
+
+def _shown(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """A courier command for the log, without a signature's hundreds of points."""
+    return {k: ("<strokes>" if k == "signature" else v) for k, v in doc.items()}
 
 
 class JournalWatch:
@@ -244,6 +433,11 @@ class CourierTally:
     refusals: Counter[str] = field(default_factory=Counter)
     gave_up: Counter[str] = field(default_factory=Counter)
     manifest_versions: list[int] = field(default_factory=list)
+    tried_forbidden: int = 0  # handovers tried as if the parcel had no preferences
+    care_refused: Counter[str] = field(default_factory=Counter)  # the van's refusals, by reason
+    signed: int = 0  # delivered with a signature on the handheld
+    id_checked: int = 0  # ... and an ID's type and year of birth
+    cards: int = 0  # cards written with the screen's code and left at the door
 
 
 class Courier:
@@ -264,6 +458,7 @@ class Courier:
         lockers: LockerDropper | None,
         strangers: Sequence[Label],
         camera_app: CameraApp,
+        on_card: Callable[[str, str], None] | None = None,
     ) -> None:
         self.name = name
         self.van = van
@@ -277,6 +472,7 @@ class Courier:
         self.lockers = lockers
         self.strangers = list(strangers)  # labels of other vans' parcels, for a wrong pick
         self.camera_app = camera_app
+        self.on_card = on_card  # the card through the door: (parcel, code as written)
         self.tally = CourierTally()
         self.watch = JournalWatch(van.journal)
         self.attempts: Counter[str] = Counter()
@@ -288,13 +484,17 @@ class Courier:
     # --- helpers ---------------------------------------------------------------------------
 
     def _do(self, doc: Mapping[str, Any]) -> dict[str, Any] | None:
+        return self._try(doc)[0]
+
+    def _try(self, doc: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+        """The van's answer, or None and the reason the screen gave for refusing it."""
         try:
-            return self.van.courier(doc)
+            return self.van.courier(doc), None
         except Exception as exc:  # the van refused: count it, the courier carries on
-            reason = getattr(exc, "reason", type(exc).__name__)
+            reason = str(getattr(exc, "reason", type(exc).__name__))
             self.tally.refusals[f"{doc.get('do')}: {reason}"] += 1
-            log.info("%s: van refused %s: %s", self.name, doc, exc)
-            return None
+            log.info("%s: van refused %s: %s", self.name, _shown(doc), exc)
+            return None, reason
 
     def _scan(self, label: Label, kinds: Sequence[str], **match: Any) -> Event | None:
         # The scanner driver counts identical reads within its debounce window (real time) as
@@ -439,6 +639,10 @@ class Courier:
                 )
                 if e is not None and e.kind == "stop_scan_refused":
                     self.tally.wrong_stop_refused += 1
+        # The stop's screen: each parcel's care notes, read before the first parcel comes out.
+        screen = self._do({"do": "status"}) or {}
+        care_shown = screen.get("care")
+        notes: Mapping[str, Any] = care_shown if isinstance(care_shown, dict) else {}
         for parcel in here:
             home = self.world[parcel]
             # A torn label: the courier types the outcome, and says why there is no scan.
@@ -452,23 +656,93 @@ class Courier:
             what, how = home.fate(self.attempts[parcel])
             self.sim_wait(self.rng.uniform(*SERVICE_S))
             if what == "deliver":
-                doc: dict[str, Any] = {"do": "deliver", "parcel": parcel, "to": how, **said}
-                if how == "recipient":
-                    doc["name"] = home.recipient
-                elif how == "neighbour":
-                    doc["name"] = f"neighbour of {home.recipient}"
-                    doc["neighbour_address"] = f"next door to {home.address}"
-                else:
-                    shot = self.camera_app.shoot(f"{self.name}-{parcel}", f"{parcel} {self.name}")
-                    doc["photo"] = str(shot)
-                if self._do(doc) is not None:
-                    self.tally.delivered += 1
-                    self.on_van.discard(parcel)
+                self._hand_over(home, how, ScreenCare.read(notes.get(parcel)), said)
             else:
-                if self._do({"do": "fail", "parcel": parcel, "reason": how, **said}) is not None:
-                    self.tally.failed[how] += 1
+                self._fail(parcel, how, said)
         if self.tunnel:
             self.gnss.tunnel(False)
+
+    def _hand_over(
+        self, home: Household, to: str, care: ScreenCare, said: Mapping[str, str]
+    ) -> None:
+        """The fated handover as the screen allows it. Mostly the courier does what the screen
+        says; now and then they try the handover as if the parcel had no preferences, the van
+        refuses it, and they do what its refusal says instead."""
+        parcel = home.parcel
+        proof = care.signature or care.id_check
+        forbidden = not care.allows(to)
+        tempted = (forbidden and self.rng.random() < TRY_FORBIDDEN) or (
+            not forbidden and proof and self.rng.random() < TRY_UNSIGNED
+        )
+        if forbidden and not tempted:
+            self._fail(parcel, INSTEAD[f"{to}_not_allowed"], said)
+            return
+        doc: dict[str, Any] = {"do": "deliver", "parcel": parcel, "to": to, **said}
+        taker = self._taker(home, to)
+        if to == "recipient":
+            doc["name"] = taker.name
+        elif to == "neighbour":
+            doc["name"] = taker.name
+            doc["neighbour_address"] = f"next door to {home.address}"
+        else:
+            shot = self.camera_app.shoot(f"{self.name}-{parcel}", f"{parcel} {self.name}")
+            doc["photo"] = str(shot)
+        if tempted:
+            self.tally.tried_forbidden += 1
+        elif proof and not self._prove(doc, taker, id_check=care.id_check):
+            self._fail(parcel, "age_check_failed", said)
+            return
+        for _ in range(3):  # the screen names one missing proof at a time
+            done, refused = self._try(doc)
+            if done is not None:
+                self.tally.delivered += 1
+                self.tally.signed += doc.get("signature") is not None
+                self.tally.id_checked += doc.get("id_check") is not None
+                self.on_van.discard(parcel)
+                return
+            if refused is None or refused not in REFUSED_FOR_CARE:
+                return  # some other refusal, counted; the parcel stays on the van
+            self.tally.care_refused[refused] += 1
+            if refused in INSTEAD:
+                self._fail(parcel, INSTEAD[refused], said)
+                return
+            # signature_required / id_check_required: the person at the door signs, shows an ID.
+            if not self._prove(doc, taker, id_check=care.id_check or "id_check" in refused):
+                self._fail(parcel, "age_check_failed", said)
+                return
+
+    def _taker(self, home: Household, to: str) -> Person:
+        """Who takes the parcel: the one who opens the recipient's door, or the neighbour."""
+        person = home.next_door if to == "neighbour" else home.at_door
+        if person is None:
+            name = home.recipient if to != "neighbour" else f"neighbour of {home.recipient}"
+            person = Person(name, 1980, "id_card")
+        return person
+
+    def _prove(self, doc: dict[str, Any], taker: Person, *, id_check: bool) -> bool:
+        """The taker signs on the handheld and prints their name; with `id_check` they show
+        their ID and the courier types its type and year of birth. False when they have none."""
+        if id_check:
+            if taker.id_type is None:
+                return False
+            doc["id_check"] = {"id_type": taker.id_type, "birth_year": taker.birth_year}
+        if "signature" not in doc:
+            doc["signature"] = draw_signature(self.rng)
+            doc["signed_by"] = taker.name
+        return True
+
+    def _fail(self, parcel: str, reason: str, said: Mapping[str, str]) -> None:
+        """A failed attempt; after one that leaves a card the courier writes the code the
+        screen shows on it and puts it through the door."""
+        done = self._do({"do": "fail", "parcel": parcel, "reason": reason, **said})
+        if done is None:
+            return
+        self.tally.failed[reason] += 1
+        card = done.get("card")
+        if isinstance(card, str) and card:
+            self.tally.cards += 1
+            if self.on_card is not None:
+                self.on_card(parcel, card)
 
     def _locker_stop(self, stop: StopLike) -> None:
         self._arrive(stop)

@@ -415,7 +415,7 @@ def _idle_compartments(seen: Sequence[Seen], all_ids: Sequence[str]) -> list[str
     broken: set[str] = set()
     for s in seen:
         cid, parcel = str(s.facts.get("compartment")), str(s.facts.get("parcel"))
-        if s.kind == "parcel_deposited":
+        if s.kind in ("parcel_deposited", "return_dropped"):
             holding.add(cid)
             reserved = {c: p for c, p in reserved.items() if p != parcel}
         elif s.kind in ("parcel_picked_up", "parcel_returned"):
@@ -500,10 +500,15 @@ class LockerTally:
     step_errors: int = 0
 
 
-class _People:
-    """The people at one locker, one after another: steps run in order on one thread."""
+class StepCounts(Protocol):
+    step_errors: int
 
-    def __init__(self, name: str, tally: LockerTally) -> None:
+
+class People:
+    """The people at one place (a locker; a counter's desk, simulators.counter_day), one after
+    another: steps run in order on one thread."""
+
+    def __init__(self, name: str, tally: StepCounts) -> None:
         self._jobs: queue.Queue[tuple[str, float, Callable[[], None]] | None] = queue.Queue()
         self._tally = tally
         self._thread = threading.Thread(target=self._run, name=f"people-{name}", daemon=True)
@@ -629,7 +634,7 @@ class SimulatedLocker:
         except BaseException:
             self.close()
             raise
-        self.people = _People(name, self.tally)
+        self.people = People(name, self.tally)
 
     @property
     def journal(self) -> Journal:
@@ -914,6 +919,37 @@ class SimulatedLocker:
         locker.key(KEY_LOGOUT)
         return taken
 
+    def drop_return(self, return_id: str, code: str, qr: str) -> bool:
+        """A customer drops their return: types the return code from the depot's notice on
+        the keypad (shows its QR instead while the keypad is locked), puts the parcel into
+        the door that opens once the locker has seen it open, and shuts it. True once the
+        locker took it in (`return_dropped`)."""
+        ends = frozenset(
+            {
+                "code not recognised",
+                "keypad locked",
+                "return_refused",
+                DOOR_STUCK,
+                "no compartment free for your return; try again later",
+            }
+        )
+        mark = self.watch.mark()
+        self.device.locker.key(code)
+        door = self._wait_door(mark, "return_dropoff", return_id, ends)
+        if door == "keypad locked":
+            self.tally.keypad_fallbacks_to_qr += 1
+            mark = self.watch.mark()
+            self.device.locker.scan(qr, "]Q1")
+            door = self._wait_door(mark, "return_dropoff", return_id, ends)
+        if not isinstance(door, OpenDoor):
+            if isinstance(door, str):
+                self.tally.gave_up[f"return drop: {door}"] += 1
+            return False
+        board, lock = self.where[door.compartment]
+        self.boards.put_parcel(board, lock)
+        self.boards.close_door(board, lock)
+        return self._wait_event(door.at, "return_dropped", parcel=return_id) is not None
+
     def _typo(self, code: str) -> str:
         at = self.rng.randrange(len(code))
         digit = self.rng.choice([d for d in "0123456789" if d != code[at]])
@@ -1002,6 +1038,12 @@ class LockerDay:
     def command_signing_pem(self) -> bytes:
         """The depot's command-signing key of this run (the lockers trust its public half)."""
         return self._command_private
+
+    @property
+    def public_keys(self) -> tuple[bytes, bytes]:
+        """(credential-sealing, command-verifying) public keys the lockers hold: a staffed
+        counter of the same run holds the same (the depot has one key of each)."""
+        return self._sealing_public, self._command_public
 
     @property
     def sealing_pem(self) -> bytes:
@@ -1124,6 +1166,23 @@ class LockerDay:
                 partial(site.people.put, f"pickup ({r.method})", partial(site.pickup, r)),
             )
         return True
+
+    def drop_return(
+        self, locker: str, return_id: str, code: str, qr: str, done: Callable[[bool], None]
+    ) -> None:
+        """A customer comes to `locker` to drop the return `return_id` with the code and QR
+        of their notice, queued with the other people there (SimulatedLocker.drop_return);
+        `done(dropped)` is called once they leave."""
+        site = self.lockers[self.names.index(locker)]
+
+        def step() -> None:
+            dropped = False
+            try:
+                dropped = site.drop_return(return_id, code, qr)
+            finally:
+                done(dropped)
+
+        site.people.put("return drop", step)
 
     @property
     def links(self) -> list[LinkProxy]:

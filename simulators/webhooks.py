@@ -276,6 +276,17 @@ class WebhookReceiver:
         with self._lock:
             return self._accepted.get(event_id, 0)
 
+    def bodies(self, path_prefix: str = "/") -> list[Any]:
+        """What the endpoint's owner has read: the JSON bodies of the verified requests it
+        answered 2xx whose path starts with `path_prefix` (a customer's inbox is
+        `"/customer"`), oldest first. A retried notice is there once per 2xx answer."""
+        with self._lock:
+            return [
+                r.body
+                for r in self._received
+                if r.verified and 200 <= r.status < 300 and r.path.startswith(path_prefix)
+            ]
+
     def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
         """Block until `predicate()` holds, re-checked after every answered request; False
         after `timeout` s."""

@@ -102,6 +102,9 @@ class Parcel:
     lon: float
     address: str
     customer: bool = False  # the customer asked for notifications too
+    # Where the customer allows a safe-place drop; None: they gave no word, so none is allowed
+    # (the depot's default care, docs/DELIVERY.md).
+    safe_place: str | None = None
 
     def row(self, receiver: WebhookReceiver) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -116,13 +119,24 @@ class Parcel:
         }
         if self.customer:
             doc["customer_webhook"] = receiver.url("/customer")
+        if self.safe_place is not None:
+            doc["safe_place"] = True
+            doc["safe_place_note"] = self.safe_place
         return doc
 
 
-def at(n: int, north_m: float, east_m: float, address_: str, *, customer: bool = False) -> Parcel:
+def at(
+    n: int,
+    north_m: float,
+    east_m: float,
+    address_: str,
+    *,
+    customer: bool = False,
+    safe_place: str | None = None,
+) -> Parcel:
     lat, lon = offset(*DEPOT, north_m, east_m)
     parcel_id = identify(s10(n)).id  # the canonical id, as the import will store it
-    return Parcel(parcel_id, lat, lon, address_, customer)
+    return Parcel(parcel_id, lat, lon, address_, customer, safe_place)
 
 
 class Screen:
@@ -635,10 +649,12 @@ def test_scans_of_another_van_s_parcel_and_at_the_wrong_stop_are_refused_and_cha
 def test_the_proof_of_delivery_says_no_fix_far_or_near_as_the_receiver_reports(
     open_day: Callable[..., DeliveryDay],
 ) -> None:
+    # Their customers allow a safe place: the last stop's parcel is left there, photographed
+    # (the route decides which parcel is last).
     parcels = [
-        at(41, 500, 0, "Damrak 1"),
-        at(42, 500, 900, "Dam 2"),
-        at(43, 1200, 900, "Rokin 3"),
+        at(41, 500, 0, "Damrak 1", safe_place="in the porch"),
+        at(42, 500, 900, "Dam 2", safe_place="in the porch"),
+        at(43, 1200, 900, "Rokin 3", safe_place="behind the blue gate"),
     ]
     day = open_day(parcels)
     rig = day.start_van("van-1")

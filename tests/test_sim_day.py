@@ -48,7 +48,9 @@ def test_two_days_every_parcel_accounted_for(seed: str) -> None:
     assert r["confirmed_to_courier"] == r["confirmed_at_depot"] > 0
     # Parcels: one merchant row refused, every other parcel somewhere a person can point at.
     assert r["import"] == {"received": 80, "refused": 1}
-    assert r["parcels_total"] == 80 and sum(r["parcels"].values()) == 80
+    # Customers' returns are parcels of the book too, each booked on a delivered one.
+    booked = r["customer_returns"]["booked"]
+    assert r["parcels_total"] == 80 + booked and sum(r["parcels"].values()) == 80 + booked
     assert r["unaccounted_parcels"] == 0
     assert r["parcels"]["delivered"] + r["parcels"]["picked_up"] >= 60
     assert 0.7 <= r["first_attempt_success_rate"] < 1.0
@@ -79,13 +81,20 @@ def test_lockers_take_the_depots_redirects() -> None:
     assert lockers["commands_refused"] == 0
     # Customers collected with what the depot's notices told them, and only with that.
     assert 0 < lockers["pickups"] <= lockers["pickup_notices_received"]
-    assert r["pickup_notices_sent"] == lockers["dropoffs"]
+    # ... and the staffed counter's check-ins get the same notice as a locker's deposits.
+    checked_in = sum(c["checked_in"] for c in r["counter"].values())
+    assert r["pickup_notices_sent"] == lockers["dropoffs"] + checked_in
     # A customer who could not come in time used the notice's link; the depot asked the
     # locker, which extended the hold.
     assert lockers["holds_extended"] == lockers["extend_links_used"] >= 1
     # Holds that ran out: the depot put each on a van's manifest, and a courier took it out.
-    assert r["collections_planned"] == r["collected_from_lockers"] == lockers["expired"] >= 1
-    assert lockers["returned"] == lockers["expired"]
+    # So were the counter's, and the customers' returns dropped into lockers.
+    at_counters = sum(c["expired"] for c in r["counter"].values())
+    dropped = r["customer_returns"]["dropped"]
+    planned = lockers["expired"] + at_counters + dropped
+    assert r["collections_planned"] == r["collected_from_lockers"] == planned
+    assert lockers["expired"] >= 1
+    assert lockers["returned"] == lockers["expired"] + dropped
     # Every alarm a locker raised is open at the depot, waiting for a person.
     assert r["alarms_open"] == sum(lockers["alarms"].values())
     # Injected faults raised their alarms, and nothing else did.
@@ -162,4 +171,5 @@ def test_the_day_holds_with_several_workers_on_both_backends(
     )
     assert (r["database"], r["workers"]) == (backend, workers)
     _invariants(r)
-    assert r["parcels_total"] == 50 and sum(r["decisions"].values()) > 0
+    assert r["parcels_total"] == 50 + r["customer_returns"]["booked"]  # returns are parcels
+    assert sum(r["decisions"].values()) > 0

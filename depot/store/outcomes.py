@@ -13,10 +13,14 @@ Must never: commit or begin a transaction of its own, or store a card code as gi
 
 from __future__ import annotations
 
+import json
+from collections.abc import Collection
+
 from depot.store.base import Conn
 
 __all__ = [
     "card_parcel",
+    "card_uses",
     "handover_counts",
     "record_handover",
     "refusal_count",
@@ -90,3 +94,30 @@ def violation_count(conn: Conn, start_ns: int | None = None, end_ns: int | None 
         f"SELECT count(*) FROM alarms WHERE alarm = 'preference_violated'{where}", params
     ).fetchone()
     return int(row[0])
+
+
+def card_uses(conn: Conn, request_step: str, choices: Collection[str]) -> tuple[int, int]:
+    """(cards left, parcels whose customer then made one of `choices` on the parcel's page):
+    a timeline entry `request_step` whose request is one of them, at or after the parcel's
+    first card. The card page itself counts nothing (it keeps no record of who looked)."""
+    first = {
+        str(p): int(ns)
+        for p, ns in conn.execute(
+            "SELECT parcel, min(created_ns) FROM card_codes GROUP BY parcel"
+        ).fetchall()
+    }
+    used = set()
+    for parcel, at_ns, details in conn.execute(
+        "SELECT parcel, at_ns, details FROM timeline WHERE step = ?", (request_step,)
+    ).fetchall():
+        since = first.get(str(parcel))
+        if since is None or int(at_ns) < since:
+            continue
+        try:
+            asked = json.loads(str(details)).get("request")
+        except (ValueError, AttributeError):
+            continue
+        if asked in choices:
+            used.add(str(parcel))
+    left = int(conn.execute("SELECT count(*) FROM card_codes").fetchone()[0])
+    return left, len(used)
