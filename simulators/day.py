@@ -17,7 +17,8 @@ received sealed (simulators.locker_day); uncollected parcels expire and go back.
 counter is a site of the policy's like a locker: its staff check parcels in and hand them out
 against the code, QR or card and a name (simulators.counter_day). A few customers send a
 delivered parcel back: booked on their page or through the shop, dropped at a locker with the
-code of their notice, collected by a van (simulators.returns_day). The depot
+code of their notice or handed to the courier whose round the depot sends to their door,
+collected by a van (simulators.returns_day). The depot
 tells merchants and customers each outcome by signed webhook, to a receiver that is down for
 an hour of the first day.
 
@@ -1596,6 +1597,8 @@ def _door_figures(service: Any, couriers: Sequence[Any], card_customers: Any) ->
         "signed": sum(c.tally.signed for c in couriers),
         "id_checked": sum(c.tally.id_checked for c in couriers),
         "cards_written": sum(c.tally.cards for c in couriers),
+        "returns_picked_up": sum(c.tally.picked_up for c in couriers),
+        "returns_not_ready": sum(c.tally.pickups_missed for c in couriers),
     }
     figures["card_customers"] = card_customers.report()
     return figures
@@ -1786,7 +1789,7 @@ _STATE_WORDS = {
     "received": "at the depot, never loaded",
     "hold_expired": "expired in a locker",
     "out_for_delivery": "out for delivery",
-    "return_booked": "customers' returns booked, not yet dropped",
+    "return_booked": "customers' returns booked, not yet dropped or handed over",
     "return_dropped": "customers' returns in a locker",
 }
 _METHOD_WORDS = {
@@ -1837,6 +1840,7 @@ def _print_summary(r: dict[str, Any]) -> None:
     if cr.get("booked"):
         lines.append(
             f"  customers' returns: {cr['booked']} booked, {cr['dropped']} dropped at a locker, "
+            f"{cr.get('at_door', 0)} handed to a courier at the door, "
             f"{cr['collected']} collected by a van, {cr['at_depot']} back at the depot"
         )
     for name, c in (r.get("counter") or {}).items():

@@ -98,6 +98,7 @@ ID_DOCUMENTS = ("id_card", "id_card", "id_card", "driving_licence", "passport")
 # How often the courier tries the fated handover as if there were no preference.
 TRY_FORBIDDEN = 0.25  # a safe place or neighbour the screen says no to
 TRY_UNSIGNED = 0.10  # a parcel the screen says to get signed (or an ID checked) for
+NOBODY_FOR_PICKUP = 0.15  # a door return's customer is out when the courier calls
 
 
 class Watchable(Protocol):
@@ -124,6 +125,8 @@ class StopLike(Protocol):
     def locker(self) -> str | None: ...
     @property
     def collect(self) -> Sequence[ReturnLike]: ...
+    @property
+    def pickups(self) -> Sequence[ReturnLike]: ...
 
 
 class ManifestLike(Protocol):
@@ -438,6 +441,8 @@ class CourierTally:
     signed: int = 0  # delivered with a signature on the handheld
     id_checked: int = 0  # ... and an ID's type and year of birth
     cards: int = 0  # cards written with the screen's code and left at the door
+    picked_up: int = 0  # customers' returns taken at their door
+    pickups_missed: int = 0  # ... listed, but nobody came to the door with it
 
 
 class Courier:
@@ -478,6 +483,7 @@ class Courier:
         self.attempts: Counter[str] = Counter()
         self.on_van: set[str] = set()
         self.collect_seen: set[str] = set()  # parcels listed to collect, already asked for
+        self.pickup_seen: set[str] = set()  # returns listed at a door, already called for
         self._last_read: dict[str, float] = {}
         self.tunnel = False  # the current stop has no sky (set on arrival)
 
@@ -548,13 +554,16 @@ class Courier:
             todo = [
                 s
                 for s in manifest.stops
-                if (s.stop not in done and self._has_work(s)) or self._to_collect(s)
+                if (s.stop not in done and self._has_work(s))
+                or self._to_collect(s)
+                or self._to_pick_up(s)
             ]
             if not todo:
                 break
             # Doors first, in the manifest's order; locker stops once the doors are done.
             doors = [s for s in todo if s.kind != "locker"]
             stop = doors[0] if doors else todo[0]
+            again = stop.stop in done  # back for what a re-issued manifest added here
             done.add(stop.stop)
             if not self._drive(where, (stop.lat, stop.lon)):
                 return
@@ -562,7 +571,7 @@ class Courier:
             if stop.kind == "locker":
                 self._locker_stop(stop)
             else:
-                self._door_stop(stop)
+                self._door_stop(stop, only_pickups=again)
         if not self._drive(where, self.depot):
             return
         self.gnss.move_to(*self.depot)
@@ -577,10 +586,20 @@ class Courier:
                 self.sim_wait(LOAD_SCAN_S)
         self.on_van.clear()
         self.collect_seen.clear()
+        self.pickup_seen.clear()
         self._do({"do": "close_day"})
 
     def _has_work(self, stop: StopLike) -> bool:
-        return any(p in self.on_van for p in stop.parcels) or self._to_collect(stop)
+        return (
+            any(p in self.on_van for p in stop.parcels)
+            or self._to_collect(stop)
+            or self._to_pick_up(stop)
+        )
+
+    def _to_pick_up(self, stop: StopLike) -> bool:
+        """The manifest lists customers' returns to take at this door the courier has not
+        called for (a manifest re-issued mid-round may add one)."""
+        return any(p.parcel not in self.pickup_seen for p in stop.pickups)
 
     def _to_collect(self, stop: StopLike) -> bool:
         """The manifest lists expired parcels here the courier has not asked the locker for
@@ -625,9 +644,10 @@ class Courier:
         self.sim_wait(5.0)  # a few epochs at the new place before the courier taps "arrived"
         self._do({"do": "arrive", "stop": stop.stop})
 
-    def _door_stop(self, stop: StopLike) -> None:
+    def _door_stop(self, stop: StopLike, *, only_pickups: bool = False) -> None:
         self._arrive(stop)
-        here = [p for p in stop.parcels if p in self.on_van]
+        # Back at a door already called at: its parcels had their attempt today.
+        here = [] if only_pickups else [p for p in stop.parcels if p in self.on_van]
         if here and self.rng.random() < WRONG_STOP_SCAN:
             # Sorted: a set's order changes from run to run, the seed's draws must not.
             later = sorted(p for p in self.on_van if p not in stop.parcels)
@@ -659,8 +679,32 @@ class Courier:
                 self._hand_over(home, how, ScreenCare.read(notes.get(parcel)), said)
             else:
                 self._fail(parcel, how, said)
+        self._pick_up(stop)
         if self.tunnel:
             self.gnss.tunnel(False)
+
+    def _pick_up(self, stop: StopLike) -> None:
+        """The customers' returns the screen lists here: when the customer is in, the courier
+        scans the label they printed and the return rides back to the depot with the van. When
+        nobody is in, the depot plans it again on a next round."""
+        for pickup in stop.pickups:
+            if pickup.parcel in self.pickup_seen:
+                continue
+            self.pickup_seen.add(pickup.parcel)
+            home = self.world.get(pickup.parcel)
+            self.sim_wait(self.rng.uniform(*SERVICE_S) / 2)
+            # No label yet: the depot's notice with its id had not reached the customer.
+            if home is None or self.rng.random() < NOBODY_FOR_PICKUP:
+                self.tally.pickups_missed += 1
+                continue
+            e = self._scan(
+                home.label,
+                ("return_collected_at_door", "stop_scan_refused"),
+                parcel=pickup.parcel,
+            )
+            if e is not None and e.kind == "return_collected_at_door":
+                self.tally.picked_up += 1
+                self.on_van.add(pickup.parcel)
 
     def _hand_over(
         self, home: Household, to: str, care: ScreenCare, said: Mapping[str, str]

@@ -1,14 +1,19 @@
-"""Customers' returns in the simulated day: booked, dropped at a locker, collected by a van.
+"""Customers' returns in the simulated day: booked, dropped at a locker or handed over at the
+door, collected by a van.
 
 Owns the customers who send a delivered parcel back (`lastmile sim`). A share of the customers
 whose parcel was delivered (drawn per parcel from the seed, about 3 %) book a return a while
 later: on their tracking page (the `tracking_url` of the depot's notices, its return form:
-`POST /t/{token}/return`, `how=locker`) or through the shop, whose returns desk books it on
-the depot's merchant API (`POST /returns` with its API token). The depot tells the customer
-the return code and the locker by signed webhook (the receiver gets it); the customer goes to
-that locker and types the code on its keypad (simulators.locker_day: the door that opens
-takes the parcel). The depot plans the collection, the courier of a van takes it out with the
-locker's returns (`#2`) and scans it back at the depot, as any parcel.
+`POST /t/{token}/return`) or through the shop, whose returns desk books it on the depot's
+merchant API (`POST /returns` with its API token). Most drop it at a locker (`how=locker`):
+the depot tells the customer the return code and the locker by signed webhook (the receiver
+gets it); the customer goes to that locker and types the code on its keypad
+(simulators.locker_day: the door that opens takes the parcel). The depot plans the
+collection, the courier of a van takes it out with the locker's returns (`#2`) and scans it
+back at the depot, as any parcel. The others hand it to the courier at the door
+(`how=door`, `handover=door`): the depot's notice names the return's id, which the customer
+prints as its label; the depot puts the pickup on a round that calls at the address (today's
+or the next day's), and the courier scans it there (simulators.delivery_day).
 
 The return parcel carries a label the courier can scan: its return id, an S10 the depot
 drew, printed as simulators.parcels prints an S10 label; it joins the day's world as a
@@ -45,6 +50,7 @@ log = logging.getLogger("simulators.returns_day")
 
 RETURN_SHARE = 0.03  # of the customers whose parcel was delivered
 PAGE_SHARE = 0.5  # book on the tracking page; the rest through the shop (merchant API)
+DOOR_SHARE = 0.35  # hand it to the courier at the door; the rest drop it at a locker
 BOOK_AFTER_H = (0.3, 2.5)  # hours after the delivery
 DROP_AFTER_H = (0.3, 1.5)  # hours after the booking
 LAST_DROP_H = DAY_END_H - 0.5  # later than this, the customer goes the next morning
@@ -59,6 +65,7 @@ class ReturnsTally:
     booked_by_shop: int = 0
     told_code: int = 0
     dropped: int = 0
+    for_the_door: int = 0  # told the return's id: the label for the courier who calls
     refused: Counter[str] = field(default_factory=Counter)
     gave_up: Counter[str] = field(default_factory=Counter)
     step_errors: int = 0
@@ -81,10 +88,13 @@ def _notices(receiver: WebhookReceiver, parcel: str) -> list[dict[str, Any]]:
 
 
 def return_notice(receiver: WebhookReceiver, parcel: str) -> dict[str, Any] | None:
-    """The notice of a booked return of `parcel` with its code (`return_code`), if it came."""
+    """The notice of a booked return of `parcel`, if it came: with its code (`return_code`)
+    for a locker, with only its id (`return`, the label) for the courier at the door."""
     for body in _notices(receiver, parcel):
+        if body.get("event") != "return_booked" or not isinstance(body.get("return"), str):
+            continue
         code = body.get("return_code")
-        if body.get("event") == "return_booked" and isinstance(code, dict) and "code" in code:
+        if body.get("handover") == "door" or (isinstance(code, dict) and "code" in code):
             return body
     return None
 
@@ -157,8 +167,9 @@ class ReturnsDesk:
             if book_h > LAST_DROP_H:
                 book_h = 24.0 + DAY_START_H + rng.uniform(0.2, 1.5)
             on_page = rng.random() < PAGE_SHARE
+            how = "door" if rng.random() < DOOR_SHARE else "locker"
             step = partial(
-                self.book, parcel, book_h, on_page, random.Random(rng.getrandbits(32))
+                self.book, parcel, book_h, on_page, how, random.Random(rng.getrandbits(32))
             )
             self.schedule(
                 book_h,
@@ -169,9 +180,13 @@ class ReturnsDesk:
 
     # --- the customer's steps -----------------------------------------------------------------
 
-    def book(self, parcel: str, book_h: float, on_page: bool, rng: random.Random) -> None:
+    def book(
+        self, parcel: str, book_h: float, on_page: bool, how: str, rng: random.Random
+    ) -> None:
         """Book the return (the page, or the shop's desk on the API), wait for the depot's
-        notice with the code, then plan the walk to the locker it names."""
+        notice; `how="locker"`: with the code, then plan the walk to the locker it names;
+        `how="door"`: with the return's id, the label for the courier (simulators.
+        delivery_day's courier takes it when a round calls at the door)."""
         home = self.world.get(parcel)
         if home is None:
             return
@@ -180,9 +195,13 @@ class ReturnsDesk:
              if isinstance(b.get("tracking_url"), str)),
             None,
         )
-        booked = on_page and link is not None and self._book_on_page(link)
+        booked = on_page and link is not None and self._book_on_page(link, how)
         if booked:
             self.tally.booked_on_page += 1
+        elif how == "door":
+            if not self._book_by_shop(parcel, str(home.merchant), handover="door"):
+                return
+            self.tally.booked_by_shop += 1
         else:
             # Through the shop; when the depot finds no locker near home, the customer names
             # the one they pass anyway (the nearest, however far).
@@ -204,17 +223,21 @@ class ReturnsDesk:
         if notice is None:
             self.tally.gave_up["no return code from the depot"] += 1
             return
-        self.tally.told_code += 1
         return_id = str(notice["return"])
+        label = dataclasses.replace(home, parcel=return_id, label=Label(return_id, "]C0", "post"))
+        if notice.get("handover") == "door":
+            # The customer prints the return's id (the page's QR of it) and waits for a van.
+            self.world[return_id] = label
+            self.tally.for_the_door += 1
+            return
+        self.tally.told_code += 1
         locker = str(notice.get("locker") or "")
         code = notice["return_code"]
         if locker not in self.lockers.names:
             self.tally.gave_up["a return to no locker of the day"] += 1
             return
         # The parcel, repacked, gets the return's label; it lives where the original went.
-        self.world[return_id] = dataclasses.replace(
-            home, parcel=return_id, label=Label(return_id, "]C0", "post")
-        )
+        self.world[return_id] = label
         # From the hour of the booking (the seed's), unless the notice came later than that.
         drop_h = max(book_h % 24.0 + rng.uniform(*DROP_AFTER_H), self.hour() + 0.1)
         if drop_h > LAST_DROP_H:
@@ -239,9 +262,9 @@ class ReturnsDesk:
         else:
             self.tally.gave_up["return drop failed"] += 1
 
-    def _book_on_page(self, link: str) -> bool:
+    def _book_on_page(self, link: str, how: str) -> bool:
         """The tracking page's return form; its answer is a redirect with a one-line note."""
-        form = urllib.parse.urlencode({"how": "locker"}).encode()
+        form = urllib.parse.urlencode({"how": how}).encode()
         request = urllib.request.Request(link.rstrip("/") + "/return", data=form, method="POST")
         request.add_header("Content-Type", "application/x-www-form-urlencoded")
         try:
@@ -258,10 +281,12 @@ class ReturnsDesk:
         self.tally.refused[note or f"page answered {status}"] += 1
         return False
 
-    def _book_by_shop(self, parcel: str, merchant: str, locker: str | None = None) -> bool:
+    def _book_by_shop(
+        self, parcel: str, merchant: str, locker: str | None = None, *, handover: str = "locker"
+    ) -> bool:
         """The shop's returns desk books it on the depot's API (its token), at `locker` when
-        the customer named one."""
-        doc = {"parcel": parcel, "merchant": merchant}
+        the customer named one, or for the courier at the door (`handover="door"`)."""
+        doc = {"parcel": parcel, "merchant": merchant, "handover": handover}
         if locker is not None:
             doc["locker"] = locker
         body = json.dumps(doc).encode()
@@ -291,6 +316,7 @@ class ReturnsDesk:
             "booked_by_shop": t.booked_by_shop,
             "told_code": t.told_code,
             "dropped": t.dropped,
+            "for_the_door": t.for_the_door,
             "refused": dict(sorted(t.refused.items())),
             "gave_up": dict(sorted(t.gave_up.items())),
             "step_errors": t.step_errors,

@@ -352,7 +352,7 @@ def test_a_door_return_is_planned_on_the_next_day_collected_and_ends_at_the_depo
     receipt = desk.wait_for("/customer", "return_collected")
     assert receipt["parcel"] == SOLD and receipt["handover"] == "door"
     assert desk.service.customer_returns() == {
-        "booked": 1, "dropped": 0, "collected": 1, "at_depot": 0
+        "booked": 1, "dropped": 0, "at_door": 1, "collected": 1, "at_depot": 0
     }
     # Collected: the day after's plan lists it nowhere.
     with desk.service.database.reading() as conn:
@@ -364,7 +364,7 @@ def test_a_door_return_is_planned_on_the_next_day_collected_and_ends_at_the_depo
     assert desk.state(ret) == "returned_to_sender"
     desk.wait_for("/merchant", "return_at_depot")
     assert desk.service.customer_returns() == {
-        "booked": 1, "dropped": 0, "collected": 1, "at_depot": 1
+        "booked": 1, "dropped": 0, "at_door": 1, "collected": 1, "at_depot": 1
     }
     steps = [e["step"] for e in desk.service.book.track(ret)["timeline"]]
     assert steps[0] == "return_booked"

@@ -331,7 +331,7 @@ def test_a_merchant_books_a_return_over_http_and_the_locker_gets_only_hashes(
     assert desk.post("/returns", {"parcel": SOLD, "size": "XL"})[0] in (400, 409)
     assert desk.post("/returns", {"parcel": SOLD}, token="lm_wrong")[0] == 401
     assert desk.service.customer_returns() == {
-        "booked": 1, "dropped": 0, "collected": 0, "at_depot": 0
+        "booked": 1, "dropped": 0, "at_door": 0, "collected": 0, "at_depot": 0
     }
 
 

@@ -5,7 +5,8 @@ locker and counter software on pseudo-terminals): the depot's policy sends some 
 to the counter, the courier hands them over there (the staff's check-in scan), customers
 collect with their notice's code or QR or the card and their name, one never comes and a
 courier takes it back; some customers book a return (tracking page or the shop's API), drop it
-at a locker with the code of their notice, a van collects it and scans it back at the depot.
+at a locker with the code of their notice or hand it to the courier at their door, a van
+collects it and scans it back at the depot.
 The figures asserted are the depot's own (its events, its book, `customer_returns`).
 """
 
@@ -42,10 +43,12 @@ def test_a_counter_checks_in_and_hands_out_and_a_return_goes_back_to_the_depot(
 
     def keep(_report: dict[str, Any], depot: Any) -> None:
         returns = depot.store.query(
-            "SELECT return_id, locker FROM customer_returns WHERE at_depot_ns IS NOT NULL"
+            "SELECT return_id, handover, locker FROM customer_returns "
+            "WHERE at_depot_ns IS NOT NULL"
         )
         seen["returns"] = {
-            str(rid): (str(locker), depot.book.parcel(str(rid))) for rid, locker in returns
+            str(rid): (str(how), str(locker), depot.book.parcel(str(rid)))
+            for rid, how, locker in returns
         }
         picked = depot.store.query(
             "SELECT payload FROM events WHERE device='counter-1' AND kind='parcel_picked_up'"
@@ -77,17 +80,26 @@ def test_a_counter_checks_in_and_hands_out_and_a_return_goes_back_to_the_depot(
     assert seen["methods"]["deliveries_by_method"]["counter"] == counter["handed_out"]
 
     # Customers' returns, as the depot counts them: every step reached, in order.
+    # Dropped into a locker, or handed to a courier at the door (which is its collection).
     returns = report["customer_returns"]
-    assert returns["booked"] >= returns["dropped"] >= returns["collected"]
+    assert returns["booked"] >= returns["dropped"] + returns["at_door"], returns
+    assert returns["dropped"] + returns["at_door"] >= returns["collected"] >= returns["at_door"]
     assert returns["collected"] >= returns["at_depot"] >= 1, returns
+    assert returns["at_door"] >= 1, returns
     assert len(seen["returns"]) == returns["at_depot"]
-    for rid, (locker, info) in seen["returns"].items():
-        assert rid.startswith("RT") and locker.startswith("locker-")
+    for rid, (how, locker, info) in seen["returns"].items():
+        assert rid.startswith("RT")
+        assert (how, locker[:7]) in (("locker", "locker-"), ("door", "")), (how, locker)
         assert info["state"] == "returned_to_sender", info
+    assert {how for how, _, _ in seen["returns"].values()} == {"locker", "door"}
     customers = report["returning_customers"]
-    assert customers["told_code"] == customers["booked_on_page"] + customers["booked_by_shop"]
+    told = customers["told_code"] + customers["for_the_door"]
+    assert told == customers["booked_on_page"] + customers["booked_by_shop"], customers
     assert customers["booked_on_page"] >= 1 and customers["booked_by_shop"] >= 1, customers
     assert customers["step_errors"] == 0
+    # Each door return the customer had ready was scanned at the door by a courier.
+    couriers = report["couriers_at_the_door"]
+    assert couriers["returns_picked_up"] == returns["at_door"], couriers
 
     # The summary says both in words, within 100 columns.
     _print_summary(report)
@@ -104,7 +116,7 @@ def test_a_run_without_lockers_or_counters_has_no_collection_points() -> None:
     assert report["ok"] is True
     assert report["counter"] == {} and report["returning_customers"] is None
     assert report["customer_returns"] == {
-        "booked": 0, "dropped": 0, "collected": 0, "at_depot": 0
+        "booked": 0, "dropped": 0, "at_door": 0, "collected": 0, "at_depot": 0
     }
 
 

@@ -134,10 +134,18 @@ def mark_step(conn: Conn, return_id: str, step: str, now_ns: int) -> bool:
 
 
 def counts(conn: Conn) -> dict[str, int]:
-    """Returns booked, and how many reached each step."""
+    """Returns booked, and how many reached each step: `dropped` into a locker, `at_door`
+    handed to a courier at the door, `collected` by a van (either way), `at_depot`."""
     row = conn.execute(
-        "SELECT count(*), count(dropped_ns), count(collected_ns), count(at_depot_ns) "
-        "FROM customer_returns"
+        "SELECT count(*), count(dropped_ns), "
+        "count(CASE WHEN handover = 'door' THEN collected_ns END), "
+        "count(collected_ns), count(at_depot_ns) FROM customer_returns"
     ).fetchone()
-    booked, dropped, collected, at_depot = (int(v or 0) for v in row)
-    return {"booked": booked, "dropped": dropped, "collected": collected, "at_depot": at_depot}
+    booked, dropped, at_door, collected, at_depot = (int(v or 0) for v in row)
+    return {
+        "booked": booked,
+        "dropped": dropped,
+        "at_door": at_door,
+        "collected": collected,
+        "at_depot": at_depot,
+    }
