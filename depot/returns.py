@@ -207,46 +207,24 @@ class ReturnDesk:
         now = self._clock.wall_ns()
         until = now + RETURN_DAYS * _DAY_NS
         with self._database.transaction() as conn:
-            found = rows.find_for(conn, original)
-            if found is not None:
-                raise ReturnRefused(
-                    f"a return of {original} was booked before ({found['return_id']})",
-                    existing=str(found["return_id"]),
-                )
+            return_id = self._new_return(conn, original)
             salt = salt_from_text(rows.locker_salt(conn, site.name, salt_text(new_salt())))
             taken = rows.open_code_hashes(conn, site.name, now)
             issued = issue_return_code(salt)
             while issued.code_hash in taken:  # two returns at one locker never share a code
                 issued = issue_return_code(salt)
-            return_id = self._new_id(conn, original)
-            sealed = self._seal(issued, site.name, return_id)
-            rows.insert(
+            ret = self._record(
                 conn,
-                return_id=return_id,
-                original=original,
-                merchant=info.get("merchant"),
+                return_id,
+                original,
+                info,
                 size=size,
+                by=by,
+                now=now,
+                until=until,
                 locker=site.name,
                 code_hash=issued.code_hash,
-                sealed_code=sealed,
-                booked_by=by,
-                booked_ns=now,
-                until_ns=until,
-                webhook=info.get("webhook"),
-                customer_webhook=info.get("customer_webhook"),
-                handover="locker",
-            )
-            self._book.book_return(
-                {
-                    "id": return_id,
-                    "raw": return_id,
-                    "kind": "s10",
-                    "merchant": info.get("merchant"),
-                    "size": size,
-                    "return_of": original,
-                },
-                now_ns=now,
-                details={"return_of": original, "locker": site.name, "by": by},
+                sealed_code=self._seal(issued, site.name, return_id),
             )
             self._send_command(
                 site.name,
@@ -260,8 +238,6 @@ class ReturnDesk:
                     "hours": float(RETURN_DAYS * 24),
                 },
             )
-            ret = rows.find(conn, return_id)
-            assert ret is not None
             self._tell(conn, ret, "return_booked", now, site=site, with_code=True)
         log.info("return %s of %s booked by %s at %s", return_id, original, by, site.name)
         return BookedReturn(
@@ -277,47 +253,76 @@ class ReturnDesk:
         now = self._clock.wall_ns()
         until = now + RETURN_DAYS * _DAY_NS
         with self._database.transaction() as conn:
-            found = rows.find_for(conn, original)
-            if found is not None:
-                raise ReturnRefused(
-                    f"a return of {original} was booked before ({found['return_id']})",
-                    existing=str(found["return_id"]),
-                )
-            return_id = self._new_id(conn, original)
-            rows.insert(
-                conn,
-                return_id=return_id,
-                original=original,
-                merchant=info.get("merchant"),
-                size=size,
-                locker="",
-                code_hash="",
-                sealed_code=None,
-                booked_by=by,
-                booked_ns=now,
-                until_ns=until,
-                webhook=info.get("webhook"),
-                customer_webhook=info.get("customer_webhook"),
-                handover="door",
+            return_id = self._new_return(conn, original)
+            ret = self._record(
+                conn, return_id, original, info, size=size, by=by, now=now, until=until
             )
-            self._book.book_return(
-                {
-                    "id": return_id,
-                    "raw": return_id,
-                    "kind": "s10",
-                    "merchant": info.get("merchant"),
-                    "size": size,
-                    "return_of": original,
-                },
-                now_ns=now,
-                details={"return_of": original, "handover": "door", "by": by},
-            )
-            ret = rows.find(conn, return_id)
-            assert ret is not None
             self._tell(conn, ret, "return_booked", now, site=None)
         log.info("return %s of %s booked by %s, to be picked up at the door", return_id,
                  original, by)
         return BookedReturn(return_id, original, None, size, until, None, None, "door")
+
+    def _new_return(self, conn: Conn, original: str) -> str:
+        """A new return id for `original`, refused when a return of it was booked before."""
+        found = rows.find_for(conn, original)
+        if found is not None:
+            raise ReturnRefused(
+                f"a return of {original} was booked before ({found['return_id']})",
+                existing=str(found["return_id"]),
+            )
+        return self._new_id(conn, original)
+
+    def _record(
+        self,
+        conn: Conn,
+        return_id: str,
+        original: str,
+        info: Mapping[str, Any],
+        *,
+        size: str,
+        by: str,
+        now: int,
+        until: int,
+        locker: str | None = None,
+        code_hash: str = "",
+        sealed_code: str | None = None,
+    ) -> dict[str, Any]:
+        """Store a booked return of `original` (`info`: its book entry): its row (into
+        `locker` with a code, or for the door when `locker` is None) and its parcel in the
+        book (`return_booked`); the stored row."""
+        handover = "door" if locker is None else "locker"
+        rows.insert(
+            conn,
+            return_id=return_id,
+            original=original,
+            merchant=info.get("merchant"),
+            size=size,
+            locker=locker or "",
+            code_hash=code_hash,
+            sealed_code=sealed_code,
+            booked_by=by,
+            booked_ns=now,
+            until_ns=until,
+            webhook=info.get("webhook"),
+            customer_webhook=info.get("customer_webhook"),
+            handover=handover,
+        )
+        where = {"handover": "door"} if locker is None else {"locker": locker}
+        self._book.book_return(
+            {
+                "id": return_id,
+                "raw": return_id,
+                "kind": "s10",
+                "merchant": info.get("merchant"),
+                "size": size,
+                "return_of": original,
+            },
+            now_ns=now,
+            details={"return_of": original, **where, "by": by},
+        )
+        ret = rows.find(conn, return_id)
+        assert ret is not None
+        return ret
 
     def door_pickups(self) -> list[dict[str, Any]]:
         """Door returns no courier has taken yet, each with its original's record (`record`:

@@ -366,7 +366,7 @@ def test_a_dropped_return_is_collected_by_the_van_passing_nearest_and_ends_at_th
     assert desk.state(ret) == "returned_to_sender"
     desk.wait_for("/merchant", "return_at_depot")
     assert desk.service.customer_returns() == {
-        "booked": 1, "dropped": 1, "collected": 1, "at_depot": 1
+        "booked": 1, "dropped": 1, "at_door": 0, "collected": 1, "at_depot": 1
     }
     steps = [e["step"] for e in desk.service.book.track(ret)["timeline"]]
     assert steps[:2] == ["return_booked", "return_dropped"]
