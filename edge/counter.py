@@ -44,38 +44,47 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from drivers.scanner import ScannerReader
 from edge.counter_config import CounterConfig
 from edge.counter_screen import ScreenDisplay, StaffSocket
-from edge.credentials import (
-    CredentialError,
-    KeypadGuard,
-    StoredCredential,
-    hash_presented,
-    issue_credential,
-    sealed_for_depot,
+from edge.credentials import KeypadGuard
+from edge.desk import (
+    BADGE_PREFIX,
+    GUARD_TABLE,
+    QR_PREFIX,
+    Controller,
+    badge_refusal,
+    carry_out,
+    command_verifier,
+    extend_hold,
+    find_credential,
+    issue_unique,
+    journal_attempt,
+    journal_deposit,
+    load_guard,
+    lockout_wait,
+    lookup_salt,
+    parcel_label,
+    raise_alarm,
 )
-from edge.desk import GUARD_TABLE, command_verifier, count_code, load_guard, lookup_salt
 from edge.errors import EdgeError
-from edge.locker import BADGE_PREFIX, QR_PREFIX, Display
+from edge.locker import Display
 from edge.locker_device import INPUT_WAIT_S
 from edge.ports import require_port
 from edge.signature import CONTENT_TYPE as SIGNATURE_TYPE
 from edge.signature import Signature, SignatureError
 from parcel.cards import card_tag
 from parcel.care import AGE_LIMITS, REFUSALS, Care, CareError, IdCheck
-from parcel.identify import Rejection, identify
+from parcel.identify import Rejection
 from sync.clock import Clock
-from sync.errors import WireError
 from sync.journal import Journal, JournalTransaction
 from sync.photos import PhotoOutbox
-from sync.signing import CommandRejected, ReplayStore
+from sync.signing import ReplayStore
 from sync.uplink import DRAIN_ON_STOP_S, Uplink
-from sync.wire import check_command
 
 log = logging.getLogger("edge.counter")
 
@@ -103,7 +112,6 @@ _PROOF_SCHEMA = [
     "signature INTEGER NOT NULL)",
 ]
 
-ALARM = "alarm"
 #: How long the staff's screen waits for the controller's answer to one line.
 STAFF_WAIT_S = 10.0
 #: The longest a healthy controller goes between two passes (a journal commit with its fsync
@@ -174,17 +182,14 @@ class Counter:
         self.journal = journal
         self.display = display
         self._shelves = config.shelf_ids()
-        self._inbox: queue.Queue[Callable[[], None]] = queue.Queue()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._beat_at = time.monotonic()
+        self._controller = Controller("counter")
         self._handout: _Handout | None = None
         self._courier: _CourierSession | None = None
         journal.ensure_tables("counter", SCHEMA_VERSION, _SCHEMA)
         journal.ensure_tables("counter_proof", PROOF_SCHEMA_VERSION, _PROOF_SCHEMA)
         self._photos = PhotoOutbox(journal)  # signatures wait there for the depot, as photos
         self._salt = lookup_salt(journal, "counter_meta")
-        self._verifier, self._own_store = command_verifier(
+        self._verifier, self._controller.own_store = command_verifier(
             config.journal, config.command_keys, config.device_id, replay_store
         )
         self._guard = load_guard(journal, self._guard_damaged)
@@ -196,31 +201,14 @@ class Counter:
     # --- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._beat_at = time.monotonic()
-        self._thread = threading.Thread(target=self._run, name="counter", daemon=True)
-        self._thread.start()
+        self._controller.start(self._run)
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        self._inbox.put(lambda: None)
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-        if self._own_store is not None:
-            self._own_store.close()
-            self._own_store = None
+        self._controller.stop(timeout)
 
     def health(self) -> list[str]:
         """The controller thread, if it is dead or stalled (empty: healthy, or not started)."""
-        thread = self._thread
-        if thread is None:
-            return []
-        if not thread.is_alive():
-            return [f"counter controller {thread.name} is not running"]
-        limit = 3 * max(CONTROLLER_PASS_S, self.config.expiry_check_s)
-        if time.monotonic() - self._beat_at > limit:
-            return [f"counter controller {thread.name} stalled (no pass for over {limit:g} s)"]
-        return []
+        return self._controller.health(max(CONTROLLER_PASS_S, self.config.expiry_check_s))
 
     def status_line(self) -> str:
         """`12/40 shelves in use, 2 to return`."""
@@ -236,7 +224,7 @@ class Counter:
     def scan(self, data: str, aim: str | None = None) -> None:
         """A read from the desk's scanner: a parcel label, a courier badge or a pickup QR.
         What it leads to is shown on the display."""
-        self._inbox.put(lambda: self._show(self._on_scan(data, aim)))
+        self._controller.inbox.put(lambda: self._show(self._on_scan(data, aim)))
 
     def staff(self, line: str) -> dict[str, Any]:
         """One line the staff sent from the screen (a JSON object, `{"do": ...}`); the answer
@@ -249,7 +237,7 @@ class Counter:
             except Exception as exc:
                 answer.set_exception(exc)
 
-        self._inbox.put(job)
+        self._controller.inbox.put(job)
         try:
             return answer.result(timeout=STAFF_WAIT_S)
         except concurrent.futures.TimeoutError:
@@ -257,16 +245,17 @@ class Counter:
 
     def command(self, name: str, payload: bytes) -> None:
         """A depot command as it came off the wire; verified on the controller thread."""
-        self._inbox.put(lambda: self._on_command(name, payload))
+        self._controller.inbox.put(lambda: self._on_command(name, payload))
 
     # --- the controller thread -------------------------------------------------------------
 
     def _run(self) -> None:
+        ctl = self._controller
         next_check = time.monotonic()
-        while not self._stop.is_set():
-            self._beat_at = time.monotonic()
+        while not ctl.stopping.is_set():
+            ctl.beat_at = time.monotonic()
             try:
-                job = self._inbox.get(timeout=max(0.0, next_check - time.monotonic()))
+                job = ctl.inbox.get(timeout=max(0.0, next_check - time.monotonic()))
             except queue.Empty:
                 job = None
             try:
@@ -288,8 +277,7 @@ class Counter:
         return self.journal.clock.wall_ns()
 
     def _alarm(self, tx: JournalTransaction, alarm: str, **facts: Any) -> None:
-        tx.append(ALARM, {"alarm": alarm, **facts})
-        log.warning("alarm %s %s", alarm, facts)
+        raise_alarm(tx, log, alarm, **facts)
 
     def _row(self, parcel: str) -> dict[str, Any] | None:
         rows = self.journal.query(
@@ -329,12 +317,9 @@ class Counter:
             return self._login(data[len(BADGE_PREFIX) :])
         if data.startswith(QR_PREFIX):
             return self._present("qr", data[len(QR_PREFIX) :])
-        try:
-            parcel = identify(data, aim).id
-        except Rejection as rejection:
-            with self.journal.transaction() as tx:
-                tx.append("dropoff_refused", {"raw": data, "reason": rejection.reason})
-            return _say("not a parcel label", reason=rejection.reason)
+        parcel = parcel_label(self.journal, data, aim)
+        if isinstance(parcel, Rejection):
+            return _say("not a parcel label", reason=parcel.reason)
         if self._handout is not None:
             return self._confirm(parcel)
         row = self._row(parcel)
@@ -374,15 +359,7 @@ class Counter:
         return _say(f"put it on {shelf}", parcel=parcel, shelf=shelf)
 
     def _deposit(self, tx: JournalTransaction, parcel: str, shelf: str, size: Any) -> None:
-        while True:  # two parcels held here must never share a code
-            issued = issue_credential(lookup_salt=self._salt)
-            code_tag, qr_tag = issued.lookup_tags()
-            clash = self.journal.query(
-                "SELECT 1 FROM held WHERE code_tag=? AND state IN ('stored', 'expired')",
-                (code_tag,),
-            )
-            if not clash:
-                break
+        issued, code_tag, qr_tag = issue_unique(self.journal, self._salt, "held")
         now = self._now_ns()
         hold_until = now + int(self.config.hold_s * 1e9)
         card = self.journal.query("SELECT card_tag FROM held WHERE parcel=?", (parcel,))
@@ -402,22 +379,15 @@ class Counter:
                 card[0][0] if card else None,
             ),
         )
-        secret = {"code": issued.code, "qr": QR_PREFIX + issued.qr_token}
-        key = self.config.depot_sealing_key
-        sealed = (
-            sealed_for_depot(secret, key, locker_id=self.config.device_id, parcel_id=parcel)
-            if key
-            else None
-        )
-        tx.append(
-            "parcel_deposited",
-            {
-                "parcel": parcel,
-                "compartment": shelf,
-                "size": size,
-                "hold_until_ns": hold_until,
-                "credential_for_depot": sealed,
-            },
+        journal_deposit(
+            tx,
+            issued,
+            parcel=parcel,
+            place=shelf,
+            size=size,
+            hold_until=hold_until,
+            sealing_key=self.config.depot_sealing_key,
+            device_id=self.config.device_id,
         )
 
     # --- hand-out --------------------------------------------------------------------------
@@ -435,21 +405,14 @@ class Counter:
         now = time.monotonic()
         guarded = method != "qr"
         if guarded:
-            wait = self._guard.check(now)
+            wait = lockout_wait(self.journal, self._guard, "pickup_attempt", method, now)
             if wait is not None:
-                with self.journal.transaction() as tx:
-                    tx.append(
-                        "pickup_attempt", {"method": method, "ok": False, "reason": "keypad locked"}
-                    )
                 return _say("too many wrong codes; wait", seconds=round(wait))
         match = self._find(method, secret, name)
+        found = match[0] if match is not None else None
         with self.journal.transaction() as tx:
-            if guarded:
-                count_code(tx, self._guard, match is not None, now)
-            facts: dict[str, Any] = {"method": method, "ok": match is not None}
-            if match is not None:
-                facts["parcel"] = match[0]
-            tx.append("pickup_attempt", facts)
+            guard = self._guard if guarded else None
+            journal_attempt(tx, "pickup_attempt", method, found, guard, now)
         if match is None:
             return _say("code not recognised")
         parcel, shelf = match
@@ -490,24 +453,10 @@ class Counter:
             )
             return (str(rows[0][0]), str(rows[0][1])) if rows else None
         is_code = method == "code"
-        presented = hash_presented(secret, self._salt, is_code=is_code)
-        if presented is None:
-            return None
-        column = "code_tag" if is_code else "qr_tag"
-        rows = self.journal.query(
-            f"SELECT parcel, shelf, credential FROM held "
-            f"WHERE {column}=? AND state IN ('stored', 'expired')",
-            (presented.tag,),
+        return find_credential(
+            self.journal, secret, self._salt, is_code, log,
+            table="held", place="shelf", states=("stored", "expired"),
         )
-        for parcel, shelf, record in rows:
-            try:
-                stored = StoredCredential.from_record(json.loads(record))
-            except (CredentialError, ValueError) as exc:
-                log.error("credential of %s is damaged: %s", parcel, exc)
-                continue
-            if presented.opens(stored):
-                return str(parcel), str(shelf)
-        return None
 
     def _confirm(self, parcel: str) -> dict[str, Any]:
         h = self._handout
@@ -590,19 +539,11 @@ class Counter:
 
     def _login(self, badge: str) -> dict[str, Any]:
         now = time.monotonic()
-        if self._badge_guard.check(now) is not None:
-            with self.journal.transaction() as tx:
-                tx.append("courier_refused", {"reason": "courier login locked"})
-            return _say("courier login locked")
-        known = badge in self.config.courier_badges
-        lockout = self._badge_guard.record_attempt(known, now)
-        if lockout is not None:
-            with self.journal.transaction() as tx:
-                self._alarm(tx, "badge_guessing", seconds=lockout.seconds)
-        if not known:
-            with self.journal.transaction() as tx:
-                tx.append("courier_refused", {"badge_known": False})
-            return _say("unknown courier")
+        refused = badge_refusal(
+            self.journal, self._badge_guard, self.config.courier_badges, badge, now, log
+        )
+        if refused is not None:
+            return _say(refused)
         self._courier = _CourierSession(badge, now + self.config.courier_session_s)
         with self.journal.transaction() as tx:
             tx.append("courier_identified", {"courier": badge})
@@ -737,25 +678,16 @@ class Counter:
     # --- depot commands --------------------------------------------------------------------
 
     def _on_command(self, name: str, payload: bytes) -> None:
-        try:
-            cmd = self._verifier.verify(payload, now=time.time())
-        except CommandRejected as rejected:
-            with self.journal.transaction() as tx:
-                tx.append(
-                    "command_refused",
-                    {"topic": name, "reason": rejected.reason, "detail": str(rejected)},
-                )
-            return
-        try:
-            args = check_command(cmd.action, cmd.args)
-            with self.journal.transaction() as tx:
-                facts = self._apply(tx, cmd.action, args)
-                tx.append("command_accepted", {"id": cmd.id, "action": cmd.action, **facts})
-        except (CounterError, WireError, KeyError, TypeError, ValueError) as exc:
-            known = isinstance(exc, CounterError | WireError)
-            reason = str(exc) if known else f"bad arguments: {exc!r}"
-            with self.journal.transaction() as tx:
-                tx.append("command_failed", {"id": cmd.id, "action": cmd.action, "reason": reason})
+        """Verified and carried out as a locker's are (edge.desk.carry_out); a counter has no
+        door to open after the commit."""
+        carry_out(
+            self.journal,
+            self._verifier,
+            name,
+            payload,
+            lambda tx, action, args: (self._apply(tx, action, args), None),
+            CounterError,
+        )
 
     def _apply(
         self, tx: JournalTransaction, action: str, args: Mapping[str, Any]
@@ -792,19 +724,10 @@ class Counter:
                 facts["age_min"] = proof.age_min
             return facts
         if action == "extend_hold":
-            parcel = str(args["parcel"])
-            rows = self.journal.query(
-                "SELECT hold_until_ns FROM held WHERE parcel=? AND state IN ('stored','expired')",
-                (parcel,),
-            )
-            if not rows:
-                raise CounterError(f"parcel {parcel} is not held here")
-            until = int(rows[0][0]) + int(float(args["hours"]) * 3600e9)
-            tx.execute(
-                "UPDATE held SET hold_until_ns=?, state='stored' WHERE parcel=?", (until, parcel)
-            )
-            asked = {k: args[k] for k in ("by", "reason") if k in args}
-            return {"parcel": parcel, "hold_until_ns": until, **asked}
+            extended = extend_hold(self.journal, tx, "held", args)
+            if extended is None:
+                raise CounterError(f"parcel {args['parcel']} is not held here")
+            return extended
         if action in ("remote_open", "set_in_service"):
             raise CounterError(f"a counter has no doors: {action} does not apply")
         raise CounterError(f"unknown action {action!r}")

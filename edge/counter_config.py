@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.errors import EdgeError
-from edge.locker_config import DEFAULT_HOLD_H, LockerConfigError, read_broker, read_key
+from edge.locker_config import DEFAULT_HOLD_H, LockerConfigError, read_broker, read_key, read_log
 from parcel.runlog import log_level
 from sync.mqtt import BrokerAddress
 
@@ -95,9 +95,7 @@ def load_counter_config(path: str | os.PathLike[str]) -> CounterConfig:
         if not isinstance(walk_in, bool):
             raise CounterConfigError(f"{where}: walk_in must be true or false")
         depot = doc.get("depot", {})
-        log = doc.get("log", {})
-        if not isinstance(log, dict) or set(log) - {"level"}:
-            raise CounterConfigError(f"{where}: [log] takes only level")
+        log = read_log(doc, where)  # LockerConfigError: said as a CounterConfigError below
         staff = doc.get("staff", {})
         if not isinstance(staff, dict) or set(staff) - {"socket"}:
             raise CounterConfigError(f"{where}: [staff] takes only socket")

@@ -21,25 +21,35 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from drivers.lockboard import BoardStatus, LockBoardError, LockBus
-from edge.credentials import (
-    CredentialError,
-    KeypadGuard,
-    PresentedSecret,
-    StoredCredential,
-    hash_presented,
-    issue_credential,
-    sealed_for_depot,
+from edge.credentials import KeypadGuard, PresentedSecret, hash_presented
+from edge.desk import BADGE_PREFIX as BADGE_PREFIX  # re-exported: the bench, tests use it
+from edge.desk import (
+    GUARD_TABLE,
+    Controller,
+    asked_by,
+    badge_refusal,
+    carry_out,
+    command_verifier,
+    extend_hold,
+    find_credential,
+    issue_unique,
+    journal_attempt,
+    journal_deposit,
+    load_guard,
+    lockout_wait,
+    lookup_salt,
+    parcel_label,
+    raise_alarm,
 )
-from edge.desk import GUARD_TABLE, command_verifier, count_code, load_guard, lookup_salt
+from edge.desk import QR_PREFIX as QR_PREFIX  # re-exported: locker_device, tests use it
 from edge.errors import EdgeError
 from edge.locker_config import CompartmentSpec, LockerConfig
-from parcel.identify import Rejection, identify
-from sync.errors import WireError
+from parcel.identify import Rejection
 from sync.journal import Journal, JournalTransaction
 from sync.return_codes import (
     RETURN_QR_PREFIX,
@@ -51,8 +61,7 @@ from sync.return_codes import (
     salt_from_text,
     same_hash,
 )
-from sync.signing import CommandRejected, ReplayStore
-from sync.wire import check_command
+from sync.signing import ReplayStore
 
 log = logging.getLogger("edge.locker")
 
@@ -95,11 +104,7 @@ COURIER_PREFIX = "*"  # "*<badge>": a courier identifies on the keypad
 KEY_DOESNT_FIT = "#1"
 KEY_COLLECT_RETURNS = "#2"
 KEY_LOGOUT = "#0"
-# Scanner data with these prefixes is not a parcel label.
-BADGE_PREFIX = "LMC:"
-QR_PREFIX = "LMQR:"
 
-ALARM = "alarm"
 # The opening of a door for a customer's return (their code or QR; `expect_return`).
 RETURN_DROPOFF = "return_dropoff"
 # The longest a healthy controller goes between two passes of its loop besides its wait for
@@ -151,12 +156,6 @@ class _CourierSession:
     returns: list[str] = field(default_factory=list)
 
 
-def _asked_by(args: Mapping[str, Any]) -> dict[str, Any]:
-    """Who asked for a command and why, when a person did (the console sends both): journaled
-    with its answer, so the locker's own record says who opened a door remotely."""
-    return {k: args[k] for k in ("by", "reason") if k in args}
-
-
 class Locker:
     """A running locker. Inputs are queued (`scan`, `key`, `command`); `start()` runs it."""
 
@@ -175,10 +174,7 @@ class Locker:
         self.display = display
         self._specs: dict[str, CompartmentSpec] = {c.id: c for c in config.compartments}
         self._by_lock = {(c.board, c.lock): c.id for c in config.compartments}
-        self._inbox: queue.Queue[Callable[[], None]] = queue.Queue()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._beat_at = time.monotonic()  # the controller's last pass
+        self._controller = Controller("locker")
         self._doors: dict[str, _Door] = {}
         self._unlock_started: dict[str, float] = {}  # monotonic time of each pending unlock
         self._offline: set[int] = set()
@@ -194,7 +190,7 @@ class Locker:
         # Compartments with a recorded opening; only this thread writes openings, so the set
         # mirrors the table and a poll need not ask SQLite about every door.
         self._open_cids = {str(r[0]) for r in journal.query("SELECT compartment FROM openings")}
-        self._verifier, self._own_store = command_verifier(
+        self._verifier, self._controller.own_store = command_verifier(
             config.journal, config.command_keys, config.device_id, replay_store
         )
         self._guard = load_guard(journal, self._guard_damaged)
@@ -207,21 +203,11 @@ class Locker:
     # --- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._beat_at = time.monotonic()
-        self._thread = threading.Thread(target=self._run, name="locker", daemon=True)
-        self._thread.start()
+        self._controller.start(self._run)
 
     def health(self) -> list[str]:
         """The controller thread, if it is dead or stalled (empty: healthy, or not started)."""
-        thread = self._thread
-        if thread is None:
-            return []
-        if not thread.is_alive():
-            return [f"locker controller {thread.name} is not running"]
-        limit = 3 * max(CONTROLLER_PASS_S, self.config.poll_interval_s)
-        if time.monotonic() - self._beat_at > limit:
-            return [f"locker controller {thread.name} stalled (no pass for over {limit:g} s)"]
-        return []
+        return self._controller.health(max(CONTROLLER_PASS_S, self.config.poll_interval_s))
 
     def status_line(self) -> str:
         """`12/40 occupied`, then compartments out of service and boards not answering."""
@@ -238,20 +224,13 @@ class Locker:
         return line
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        self._inbox.put(lambda: None)
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-        if self._own_store is not None:
-            self._own_store.close()
-            self._own_store = None
+        self._controller.stop(timeout)
 
     # --- inputs (any thread) ---------------------------------------------------------------
 
     def scan(self, data: str, aim: str | None = None) -> None:
         """A read from the locker's scanner: a parcel label, a courier badge or a pickup QR."""
-        self._inbox.put(lambda: self._on_scan(data, aim))
+        self._controller.inbox.put(lambda: self._on_scan(data, aim))
 
     def key(self, line: str) -> None:
         """A line from the keypad: a pickup code, a courier code, or a function key.
@@ -264,11 +243,11 @@ class Locker:
         """
         line = line.strip()
         presented = hash_presented(line, self._salt, is_code=True) if line.isdigit() else None
-        self._inbox.put(lambda: self._on_key(line, presented))
+        self._controller.inbox.put(lambda: self._on_key(line, presented))
 
     def command(self, name: str, payload: bytes) -> None:
         """A depot command as it came off the wire; verified before anything is done."""
-        self._inbox.put(lambda: self._on_command(name, payload))
+        self._controller.inbox.put(lambda: self._on_command(name, payload))
 
     # --- the controller thread -------------------------------------------------------------
 
@@ -280,15 +259,16 @@ class Locker:
         two boards of a round the queue is looked at without waiting, and one waiting input
         goes first; the round still goes on one board per step however busy the queue is.
         """
+        ctl = self._controller
         next_poll = time.monotonic()
         due: list[int] = []  # boards of the current round not yet asked
-        while not self._stop.is_set():
-            self._beat_at = time.monotonic()
+        while not ctl.stopping.is_set():
+            ctl.beat_at = time.monotonic()
             try:
                 if due:
-                    job = self._inbox.get_nowait()
+                    job = ctl.inbox.get_nowait()
                 else:
-                    job = self._inbox.get(timeout=max(0.0, next_poll - time.monotonic()))
+                    job = ctl.inbox.get(timeout=max(0.0, next_poll - time.monotonic()))
             except queue.Empty:
                 job = None
             try:
@@ -353,8 +333,7 @@ class Locker:
         return self.journal.clock.wall_ns()
 
     def _alarm(self, tx: JournalTransaction, alarm: str, **facts: Any) -> None:
-        tx.append(ALARM, {"alarm": alarm, **facts})
-        log.warning("alarm %s %s", alarm, facts)
+        raise_alarm(tx, log, alarm, **facts)
 
     def _choose(self, parcel: str, min_rank: float = 0.0) -> str | None:
         """The compartment reserved for the parcel, else the smallest free one big enough."""
@@ -415,21 +394,12 @@ class Locker:
         return self._courier
 
     def _login(self, badge: str) -> None:
-        now = time.monotonic()
-        if self._badge_guard.check(now) is not None:
-            with self.journal.transaction() as tx:
-                tx.append("courier_refused", {"reason": "courier login locked"})
-            self.display.show("courier login locked")
-            return
-        known = badge in self.config.courier_badges
-        lockout = self._badge_guard.record_attempt(known, now)
-        if lockout is not None:
-            with self.journal.transaction() as tx:
-                self._alarm(tx, "badge_guessing", seconds=lockout.seconds)
-        if not known:
-            with self.journal.transaction() as tx:
-                tx.append("courier_refused", {"badge_known": False})
-            self.display.show("unknown courier")
+        refused = badge_refusal(
+            self.journal, self._badge_guard, self.config.courier_badges, badge,
+            time.monotonic(), log,
+        )
+        if refused is not None:
+            self.display.show(refused)
             return
         self._courier = _CourierSession(badge, time.monotonic() + self.config.courier_session_s)
         with self.journal.transaction() as tx:
@@ -469,12 +439,9 @@ class Locker:
     # --- drop-off ----------------------------------------------------------------------------
 
     def _dropoff(self, data: str, aim: str | None) -> None:
-        try:
-            parcel = identify(data, aim).id
-        except Rejection as rejection:
-            with self.journal.transaction() as tx:
-                tx.append("dropoff_refused", {"raw": data, "reason": rejection.reason})
-            self.display.show("parcel refused", reason=rejection.reason)
+        parcel = parcel_label(self.journal, data, aim)
+        if isinstance(parcel, Rejection):
+            self.display.show("parcel refused", reason=parcel.reason)
             return
         held = self.journal.query(
             "SELECT compartment, state FROM parcels WHERE parcel=? AND "
@@ -510,17 +477,7 @@ class Locker:
         self.display.show("close the door empty; a bigger compartment will open", compartment=cid)
 
     def _deposit(self, tx: JournalTransaction, cid: str, parcel: str) -> None:
-        while True:  # two parcels in one locker must never share a code
-            # Issued under the locker's own salt: its stored hashes are its index entries, and
-            # a pickup costs one scrypt (edge.credentials, "One salt per locker").
-            issued = issue_credential(lookup_salt=self._salt)
-            code_tag, qr_tag = issued.lookup_tags()
-            clash = self.journal.query(
-                "SELECT 1 FROM parcels WHERE code_tag=? AND state IN ('stored', 'expired')",
-                (code_tag,),
-            )
-            if not clash:
-                break
+        issued, code_tag, qr_tag = issue_unique(self.journal, self._salt, "parcels")
         now = self._now_ns()
         hold_until = now + int(self.config.hold_s * 1e9)
         tx.execute(
@@ -542,26 +499,15 @@ class Locker:
             "reserved_until_ns=NULL WHERE id=?",
             (parcel, cid),
         )
-        secret = {"code": issued.code, "qr": QR_PREFIX + issued.qr_token}
-        sealed = (
-            sealed_for_depot(
-                secret,
-                self.config.depot_sealing_key,
-                locker_id=self.config.device_id,
-                parcel_id=parcel,
-            )
-            if self.config.depot_sealing_key
-            else None
-        )
-        tx.append(
-            "parcel_deposited",
-            {
-                "parcel": parcel,
-                "compartment": cid,
-                "size": self._specs[cid].size,
-                "hold_until_ns": hold_until,
-                "credential_for_depot": sealed,
-            },
+        journal_deposit(
+            tx,
+            issued,
+            parcel=parcel,
+            place=cid,
+            size=self._specs[cid].size,
+            hold_until=hold_until,
+            sealing_key=self.config.depot_sealing_key,
+            device_id=self.config.device_id,
         )
 
     # --- pickup ------------------------------------------------------------------------------
@@ -569,11 +515,9 @@ class Locker:
     def _keypad_locked(self, kind: str, method: str, now: float) -> bool:
         """Whether the keypad is in a lockout after wrong codes; if so the attempt is journaled
         as refused (`kind`: a pickup's or a return's) and the screen says how long to wait."""
-        wait = self._guard.check(now)
+        wait = lockout_wait(self.journal, self._guard, kind, method, now)
         if wait is None:
             return False
-        with self.journal.transaction() as tx:
-            tx.append(kind, {"method": method, "ok": False, "reason": "keypad locked"})
         self.display.show("keypad locked", seconds=round(wait))
         return True
 
@@ -590,17 +534,10 @@ class Locker:
         match = self._find_credential(secret, is_code, presented)
         offline = match is not None and self._specs[match[1]].board in self._offline
         busy = match is not None and (match[1] in self._open_cids or offline)
+        found = match[0] if match is not None else None
         with self.journal.transaction() as tx:
-            if is_code:
-                count_code(tx, self._guard, match is not None, now)  # one guard: pickups, returns
-            tx.append(
-                "pickup_attempt",
-                {
-                    "method": method,
-                    "ok": match is not None,
-                    **({"parcel": match[0]} if match else {}),
-                },
-            )
+            guard = self._guard if is_code else None  # one guard: pickups, returns
+            journal_attempt(tx, "pickup_attempt", method, found, guard, now)
             if match is not None and not busy:
                 self._record_opening(tx, match[1], "pickup", match[0])
         if match is None:
@@ -619,26 +556,10 @@ class Locker:
     ) -> tuple[str, str] | None:
         """The stored parcel and compartment `secret` opens, if any. `presented` is its hash
         when the caller made it already (Locker.key); a malformed secret is never hashed."""
-        if presented is None:
-            presented = hash_presented(secret, self._salt, is_code=is_code)
-        if presented is None:
-            return None
-        column = "code_tag" if is_code else "qr_tag"
-        rows = self.journal.query(
-            f"SELECT parcel, compartment, credential FROM parcels "
-            f"WHERE {column}=? AND state='stored'",
-            (presented.tag,),
+        return find_credential(
+            self.journal, secret, self._salt, is_code, log, presented=presented,
+            table="parcels", place="compartment", states=("stored",),
         )
-        for parcel, cid, record in rows:
-            try:
-                stored = StoredCredential.from_record(json.loads(record))
-            except (CredentialError, ValueError) as exc:
-                # A damaged record opens nothing, and the attempt is still counted.
-                log.error("credential of %s is damaged: %s", parcel, exc)
-                continue
-            if presented.opens(stored):
-                return str(parcel), str(cid)
-        return None
 
     # --- customers' returns (the reverse leg) -------------------------------------------------
 
@@ -661,10 +582,8 @@ class Locker:
         if match is not None and not busy:
             cid = self._choose_return(match[1], match[2])
         with self.journal.transaction() as tx:
-            if is_code:
-                count_code(tx, self._guard, match is not None, now)  # one guard: pickups, returns
-            found = {"parcel": parcel} if parcel else {}
-            tx.append("return_attempt", {"method": method, "ok": match is not None, **found})
+            guard = self._guard if is_code else None  # one guard: pickups, returns
+            journal_attempt(tx, "return_attempt", method, parcel, guard, now)
             if cid is not None:
                 self._record_opening(tx, cid, RETURN_DROPOFF, parcel)
             elif parcel is not None and not busy:
@@ -831,29 +750,9 @@ class Locker:
     # --- commands ----------------------------------------------------------------------------
 
     def _on_command(self, name: str, payload: bytes) -> None:
-        try:
-            cmd = self._verifier.verify(payload, now=time.time())
-        except CommandRejected as rejected:
-            with self.journal.transaction() as tx:
-                tx.append(
-                    "command_refused",
-                    {"topic": name, "reason": rejected.reason, "detail": str(rejected)},
-                )
-            return
-        pulse: str | None = None
-        try:
-            # The change and its `command_accepted` commit together: the depot hears of
-            # every reservation or extension that took effect, and of no other.
-            args = check_command(cmd.action, cmd.args)
-            with self.journal.transaction() as tx:
-                facts, pulse = self._apply(tx, cmd.action, args)
-                tx.append("command_accepted", {"id": cmd.id, "action": cmd.action, **facts})
-        except (LockerError, WireError, KeyError, TypeError, ValueError) as exc:
-            known = isinstance(exc, LockerError | WireError)
-            reason = str(exc) if known else f"bad arguments: {exc!r}"
-            with self.journal.transaction() as tx:
-                tx.append("command_failed", {"id": cmd.id, "action": cmd.action, "reason": reason})
-            return
+        """Verified and carried out as a counter's are (edge.desk.carry_out); a `remote_open`
+        pulses its door only once the opening and its `command_accepted` are committed."""
+        pulse = carry_out(self.journal, self._verifier, name, payload, self._apply, LockerError)
         if pulse is not None:
             self._pulse(pulse, "remote_open")
 
@@ -886,20 +785,10 @@ class Locker:
             )
             return {"parcel": parcel, "compartment": cid}, None
         if action == "extend_hold":
-            parcel = str(args["parcel"])
-            hours = float(args["hours"])
-            rows = self.journal.query(
-                "SELECT hold_until_ns FROM parcels WHERE parcel=? AND "
-                "state IN ('stored','expired')",
-                (parcel,),
-            )
-            if not rows:
-                raise LockerError(f"parcel {parcel} is not in this locker")
-            until = int(rows[0][0]) + int(hours * 3600e9)
-            tx.execute(
-                "UPDATE parcels SET hold_until_ns=?, state='stored' WHERE parcel=?", (until, parcel)
-            )
-            return {"parcel": parcel, "hold_until_ns": until, **_asked_by(args)}, None
+            extended = extend_hold(self.journal, tx, "parcels", args)
+            if extended is None:
+                raise LockerError(f"parcel {args['parcel']} is not in this locker")
+            return extended, None
         if action == "remote_open":
             cid = str(args["compartment"])
             if cid not in self._specs:
@@ -909,7 +798,7 @@ class Locker:
             if self._specs[cid].board in self._offline:
                 raise LockerError(f"the board of {cid} is off the bus")
             self._record_opening(tx, cid, "remote_open", self._compartment(cid)["parcel"])
-            return {"compartment": cid, **_asked_by(args)}, cid
+            return {"compartment": cid, **asked_by(args)}, cid
         if action == "set_in_service":
             return self._set_in_service(tx, str(args["compartment"]), args), None
         if action == "expect_return":
@@ -945,7 +834,7 @@ class Locker:
             "reserved_until_ns=? WHERE id=?",
             (now_state, reserved_for, reserved_until, cid),
         )
-        facts = {"compartment": cid, "state": now_state, "was": out_reason, **_asked_by(args)}
+        facts = {"compartment": cid, "state": now_state, "was": out_reason, **asked_by(args)}
         tx.append("compartment_in_service", facts)
         # A door whose contents were not checked while it was out of service is looked at
         # afresh at the next change its sensors report.

@@ -136,6 +136,16 @@ def read_broker(
     )
 
 
+def read_log(doc: dict[str, Any], where: str) -> dict[str, Any]:
+    """A device file's ``[log]`` section, as a locker and a staffed counter both write it: only
+    ``level`` (parcel.runlog.log_level reads it), so a misspelt key is said, not ignored.
+    LockerConfigError, naming the file (`where`), for anything else."""
+    log = doc.get("log", {})
+    if not isinstance(log, dict) or set(log) - {"level"}:
+        raise LockerConfigError(f"{where}: [log] takes only level")
+    return log
+
+
 def read_key(text: str) -> bytes:
     """A base64 key of the ``[depot]`` section (sealing key, command keys)."""
     return _key(text)
@@ -169,9 +179,7 @@ def load_locker_config(path: str | os.PathLike[str]) -> LockerConfig:
         ]
         broker = read_broker(doc, base, device_id, f"locker config {path}")
         depot = doc.get("depot", {})
-        log = doc.get("log", {})
-        if not isinstance(log, dict) or set(log) - {"level"}:
-            raise LockerConfigError(f"locker config {path}: [log] takes only level")
+        log = read_log(doc, f"locker config {path}")
         return LockerConfig(
             device_id=device_id,
             journal=base / doc.get("journal", f"{device_id}.journal.db"),
