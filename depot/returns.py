@@ -31,7 +31,11 @@ its pickup on the next round that passes the original's address (`pickups` of an
 stop, `plan_pickup` records which round); the van's `return_collected_at_door` makes it
 `returning` (merchant told `return_collected`, the customer a receipt), and the evening's
 return scan ends it at the depot as above. A door return no courier took is planned again
-on every next day's round until one does.
+on every next day's round until one does. When the courier called and could not take it
+(the van's `return_pickup_missed`: nobody in, not packed), the merchant and the customer are
+told `return_pickup_missed` (the reason, and that a next round picks it up), once per such
+event, and only while it still waits at the door: a courier who took it after all (the
+customer came running) makes that news stale.
 
 Must never: store, log or send to a merchant a return code in plaintext (the booking's answer
 is to whoever booked it: the customer, or the merchant's returns desk acting for them), book
@@ -403,6 +407,33 @@ class ReturnDesk:
             self._tell(conn, ret, f"return_{step}", now, site=sites.get(str(ret["locker"])))
         return True
 
+    def pickup_missed(self, return_id: str, event: str, details: Mapping[str, Any]) -> bool:
+        """A courier could not take the door return `return_id` (the van's event `event`,
+        its timeline `details`: reason, day): the merchant and the customer told once per
+        event (the event's id is in the notices' ids, so a replay adds nothing and a miss on
+        another day is news again). Nothing is told when the return is no longer waiting at
+        the door (taken after all, or back at the depot). False for a parcel that is no
+        return."""
+        now = self._clock.wall_ns()
+        with self._database.transaction() as conn:
+            ret = rows.find(conn, return_id)
+            if ret is None:
+                return False
+            waiting = ret.get("collected_ns") is None and ret.get("at_depot_ns") is None
+            if not waiting or book.state_of(conn, return_id) != "return_booked":
+                return True
+            reason = str(details.get("reason") or "")
+            said = {
+                "reason": reason or None,
+                "reason_text": details.get("reason_text"),
+                "day": details.get("day"),
+                "words": _missed_words(details.get("reason_text")),
+            }
+            self._tell(
+                conn, ret, "return_pickup_missed", now, site=None, occurrence=event, said=said
+            )
+        return True
+
     def counts(self) -> dict[str, int]:
         """`customer_returns` of the simulated day: booked, dropped, collected, at_depot."""
         with self._database.reading() as conn:
@@ -417,10 +448,15 @@ class ReturnDesk:
         *,
         site: LockerSiteConfig | None,
         with_code: bool = False,
+        occurrence: str | None = None,
+        said: Mapping[str, Any] | None = None,
     ) -> None:
         """The merchant's webhook for every step; the customer's notice at booking (with the
         code, sealed) and at the drop (the receipt): for a door return, at booking (its id,
-        the label) and when the courier took it (the receipt)."""
+        the label), when the courier called and could not take it, and when the courier took
+        it (the receipt). A step that may happen more than once (a missed pickup) names its
+        `occurrence` (the van's event id) in the notices' ids, so each is told once; `said`
+        adds its facts to the body."""
         return_id = str(ret["return_id"])
         body: dict[str, Any] = {
             "event": event,
@@ -438,9 +474,11 @@ class ReturnDesk:
         if event == "return_booked":
             body["size"] = ret["size"]
             body["until"] = iso_utc(int(ret["until_ns"]))
+        body.update(said or {})
+        once = f"{event}:{occurrence}" if occurrence else event
         merchant_url = ret.get("webhook")
         if merchant_url:
-            event_id = f"return:{return_id}:{event}:merchant"
+            event_id = f"return:{return_id}:{once}:merchant"
             enqueue(
                 conn,
                 event_id=event_id,
@@ -452,8 +490,8 @@ class ReturnDesk:
         customer_url = ret.get("customer_webhook")
         # The customer's receipt: the locker's drop, or the courier's pickup at the door.
         receipt = "return_collected" if ret.get("handover") == "door" else "return_dropped"
-        if customer_url and event in ("return_booked", receipt):
-            event_id = f"return:{return_id}:{event}:customer"
+        if customer_url and event in ("return_booked", receipt, "return_pickup_missed"):
+            event_id = f"return:{return_id}:{once}:customer"
             doc = {"event_id": event_id, **body}
             if with_code and ret.get("sealed_code"):
                 doc[RETURN_CODE] = {
@@ -465,6 +503,15 @@ class ReturnDesk:
                 conn, event_id=event_id, url=str(customer_url), body=doc, key_id="customer",
                 now_ns=now,
             )
+
+
+def _missed_words(reason_text: object) -> str:
+    """A missed door pickup in the customer's words (their notice and their page)."""
+    why = f" ({reason_text})" if isinstance(reason_text, str) and reason_text else ""
+    return (
+        f"Our courier called for your return but could not take it{why}; "
+        "it will be picked up on a next round"
+    )
 
 
 def open_return_section(keys: DepotKeys, doc: dict[str, Any]) -> bool:
@@ -508,7 +555,7 @@ class ReturnOnPage:
     """A parcel's return as its customer's page shows it. `code` and `qr_svg` only while a
     locker return waits to be dropped; `label_svg` (a QR of the return's id) only while a door
     return waits for the courier; `pickup_day` the day of the round that lists its pickup
-    (None: the next delivery day's plan takes it)."""
+    (None: the next delivery day's plan takes it, as after a courier missed it there)."""
 
     return_id: str
     handover: str
@@ -552,14 +599,19 @@ def return_on_page(
     words = _RETURN_WORDS.get(state, state.replace("_", " "))
     if handover == "door":
         label = None
+        pickup_day = str(ret["pickup_day"]) if ret.get("pickup_day") else None
         if state == "return_booked":
             words = "Return booked: a courier collects it at your door"
+            missed = _missed_since_plan(conn, return_id, pickup_day)
+            if missed is not None:
+                # The round that listed it has called: the next day's plan takes it again.
+                words = f"Return booked: our courier called but could not take it ({missed})"
+                pickup_day = None
             label = segno.make(return_id, error=QR_ERROR).svg_inline(
                 scale=QR_SCALE, omitsize=True
             )
         return ReturnOnPage(
-            return_id, handover, state, words, label_svg=label,
-            pickup_day=str(ret["pickup_day"]) if ret.get("pickup_day") else None,
+            return_id, handover, state, words, label_svg=label, pickup_day=pickup_day
         )
     site = sites.get(str(ret["locker"]))
     code = qr_svg = None
@@ -587,6 +639,25 @@ def return_on_page(
         code=code,
         qr_svg=qr_svg,
     )
+
+
+def _missed_since_plan(conn: Conn, return_id: str, pickup_day: str | None) -> str | None:
+    """The reason's words of the courier's last missed pickup of a door return when it was
+    on the round of `pickup_day` (the latest plan) or later, else None (never missed, or
+    planned again since). A miss whose round's day the depot did not know counts as since."""
+    for _at, _state, step, _device, details in reversed(book.timeline_of(conn, return_id)):
+        if step != "pickup_missed":
+            continue
+        try:
+            said = json.loads(str(details))
+        except ValueError:
+            said = {}
+        said = said if isinstance(said, dict) else {}
+        day = said.get("day")
+        if pickup_day is not None and isinstance(day, str) and day < pickup_day:
+            return None
+        return str(said.get("reason_text") or "nobody could hand it over")
+    return None
 
 
 def has_return_section(stored: bytes) -> bool:

@@ -116,7 +116,7 @@ COMMAND_TTL_S = 600.0  # a reserve that has not reached the locker in 10 min is 
 PUBACK_WAIT_S = 5.0
 # The transitions the exceptions policy acts on (`_react`); the projection queues them.
 REACT_TO = frozenset(
-    {"attempted", "hold_expired", "reserve_failed", "returning", "return_dropped"}
+    {"attempted", "hold_expired", "reserve_failed", "returning", "return_dropped", "pickup_missed"}
 )
 SHARE_GROUP = "depot"  # the MQTT v5 shared subscription group of the depot's workers
 CLAIM_LEASE_S = 4 * PUBACK_WAIT_S  # real seconds a worker holds a manifest or command it sends
@@ -749,6 +749,10 @@ class DepotService:
         elif t.state == "return_dropped":  # a customer's return: collected like an expiry
             self.returns.step(t.parcel, "dropped")
             self._plan_collection(t)
+        elif t.state == "pickup_missed":
+            # The courier could not take a door return: its customer and merchant are told
+            # (once per van event); it stays uncollected, so the next day's plan takes it again.
+            self.returns.pickup_missed(t.parcel, t.event_uuid, t.details)
         elif t.state == "returning":
             with self.database.transaction() as conn:  # out of its locker, if it was in one
                 collections.mark_done(conn, t.parcel, self.clock.wall_ns())

@@ -38,9 +38,12 @@ State decisions beyond the contract's diagram (docs/DELIVERY.md, "Parcel states"
   `at_depot` parcel `returning`; a courier collecting an expired parcel from a locker
   (`parcel_returned`) makes it `returning`; the van that took it says so with
   `parcel_collected_from_locker` (a timeline step, no state); a customer's return handed to
-  the courier at the door (`return_collected_at_door`) makes it `returning` itself; and its
-  return scan at the depot, though it changes no state, is handed to the policy like a
-  move. A parcel stays
+  the courier at the door (`return_collected_at_door`) makes it `returning` itself; one the
+  courier could not take there (`return_pickup_missed`) is a `pickup_missed` step that moves
+  nothing (the return is still booked, waiting at the door for a next round) but is handed
+  to the policy once, like a refused reservation, so the customer and merchant hear of it;
+  and its return scan at the depot, though it changes no state, is handed to the policy like
+  a move. A parcel stays
   `returning` until a person books it handed back (`mark_returned_to_sender`), because only
   then has it left the depot.
 - `hold_expired` is a state (the parcel is still in the compartment, no longer collectable);
@@ -81,6 +84,7 @@ from depot.alarms import ALARM_KIND, record_device_alarm
 from depot.errors import DepotError
 from depot.store import Conn, DepotDatabase, StoreError, book, events, open_database
 from depot.store.sqlite import close_reader, read_only
+from parcel.codes import PICKUP_MISSED_REASONS
 from sync.clock import Clock, SystemClock
 
 log = logging.getLogger(__name__)
@@ -249,7 +253,8 @@ class Transition:
 
     `state` is the state the parcel entered (`attempted` again for a second failed attempt),
     or `reserve_failed` when a locker refused a reservation: the parcel is where it was
-    (`previous`), and the policy must choose again.
+    (`previous`), and the policy must choose again; or `pickup_missed` when a courier could
+    not take a customer's return at its door (still `return_booked`: the return desk tells).
     """
 
     parcel: str
@@ -606,7 +611,11 @@ def _pod(payload: Mapping[str, Any]) -> dict[str, Any]:
     return {"pod": pod} if isinstance(pod, dict) else {}
 
 
-def _van_facts(ev: _StoredEvent, loaded_of_van: Callable[[str], list[str]]) -> list[_Fact]:
+def _van_facts(
+    ev: _StoredEvent,
+    loaded_of_van: Callable[[str], list[str]],
+    day_of_van: Callable[[str], str | None],
+) -> list[_Fact]:
     p, kind, dev = ev.payload, ev.kind, ev.device
     parcel = _text(p, "parcel")
     stop = p.get("stop") if isinstance(p.get("stop"), int) else None
@@ -684,6 +693,20 @@ def _van_facts(ev: _StoredEvent, loaded_of_van: Callable[[str], list[str]]) -> l
         # A customer's return handed to the courier at its door: in the van, for the depot.
         details = {"van": dev, "stop": stop}
         return [_Fact(parcel, "collected_at_door", "returning", details, {"van": dev})]
+    if kind == "return_pickup_missed":
+        # The courier called and could not take it: still booked, planned again; nothing
+        # moves. `day` is the round's (the van's events come in order, so the manifest it
+        # last said it runs is the one it ran then): the customer's page compares it with
+        # the day of the round that lists the pickup now.
+        reason = _text(p, "reason") or "unknown"
+        details = {
+            "van": dev,
+            "stop": stop,
+            "reason": reason,
+            "reason_text": PICKUP_MISSED_REASONS.get(reason, reason.replace("_", " ")),
+            "day": day_of_van(dev),
+        }
+        return [_Fact(parcel, "pickup_missed", None, details)]
     return []
 
 
@@ -767,6 +790,7 @@ _VAN_KINDS = frozenset(
         "parcel_returned_to_depot",
         "parcel_collected_from_locker",
         "return_collected_at_door",
+        "return_pickup_missed",
         "outcome_refused",
         "day_closed",
     }
@@ -1199,7 +1223,9 @@ class ParcelBook(_ParcelQueries):
         if only_parcel is None:
             self._van_side_effects(conn, ev)
         if ev.kind in _VAN_KINDS:
-            facts = _van_facts(ev, lambda van: self._loaded_of(conn, van))
+            facts = _van_facts(
+                ev, lambda van: self._loaded_of(conn, van), lambda van: self._day_of(conn, van)
+            )
         else:
             facts = _locker_facts(ev, lambda cid: self._command_parcel(conn, cid))
         if not facts and only_parcel is None and ev.kind in _NEEDS_PARCEL:
@@ -1216,6 +1242,11 @@ class ParcelBook(_ParcelQueries):
     @staticmethod
     def _loaded_of(conn: Conn, van: str) -> list[str]:
         return book.loaded_on(conn, van)
+
+    @staticmethod
+    def _day_of(conn: Conn, van: str) -> str | None:
+        row = book.van_manifest(conn, van)
+        return str(row[1]) if row is not None else None
 
     @staticmethod
     def _command_parcel(conn: Conn, command_id: str) -> str | None:
@@ -1333,7 +1364,9 @@ class ParcelBook(_ParcelQueries):
         # A van's return scan of a parcel already `returning` (a courier took it out of a
         # locker) is when it is back at the depot: the policy books the return then.
         back = step == "returned_to_depot" and verdict == "repeat"
-        if moved or back or step == "reserve_failed":
+        # Steps that move nothing but ask for a decision or a word: a refused reservation (the
+        # next locker), a door pickup the courier missed (the customer and merchant told).
+        if moved or back or step in ("reserve_failed", "pickup_missed"):
             return Transition(
                 parcel=fact.parcel,
                 state=new_state if moved or back else step,

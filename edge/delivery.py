@@ -20,7 +20,11 @@ Door pickups: an address stop may list customers' returns to take at that door
 (`Stop.pickups`). At that stop the return's scan (its label is its id) or the courier's
 `{"do": "pickup"}` journals `return_collected_at_door`; the return is then on the van like a
 parcel collected from a locker and goes back with the evening's return scans. A return listed
-at another stop, or at none, is refused like any wrong scan.
+at another stop, or at none, is refused like any wrong scan. When nobody hands it over, the
+courier says why (`{"do": "pickup_missed"}`: `return_pickup_missed`, one of
+`parcel.codes.PICKUP_MISSED_REASONS`): the stop no longer lists it and it is not on the van,
+so the depot can tell the customer and plan it again; should the customer come running after
+all, its scan or `pickup` at that stop still takes it and wins.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from edge.signature import CONTENT_TYPE as SIGNATURE_TYPE
 from edge.signature import Signature, SignatureError
 from parcel.cards import new_card_code
 from parcel.care import REFUSALS, Care, CareError, IdCheck
-from parcel.codes import CARD_LEFT_FOR, DELIVERED_BY, FAILURE_REASONS
+from parcel.codes import CARD_LEFT_FOR, DELIVERED_BY, FAILURE_REASONS, PICKUP_MISSED_REASONS
 from parcel.geo import distance_m
 from parcel.identify import Rejection, identify
 from parcel.manifest import Manifest, ManifestError, Stop
@@ -72,6 +76,7 @@ PARCEL_REDIRECTED = "parcel_redirected"
 PARCEL_DROPPED_AT_LOCKER = "parcel_dropped_at_locker"
 PARCEL_COLLECTED_FROM_LOCKER = "parcel_collected_from_locker"
 RETURN_COLLECTED_AT_DOOR = "return_collected_at_door"  # a customer's return, taken at a door
+RETURN_PICKUP_MISSED = "return_pickup_missed"  # ... that the courier could not take there
 ROUND_ENDED = "round_ended"
 PARCEL_RETURNED_TO_DEPOT = "parcel_returned_to_depot"
 RETURN_REFUSED = "return_refused"
@@ -117,6 +122,9 @@ REDIRECTED = "redirected"
 IN_LOCKER = "in_locker"
 COLLECTED = "collected"  # taken out of a locker (an expired hold): on the van, for the depot
 PICKED_UP = "picked_up_at_door"  # a customer's return taken at its door: on the van, for the depot
+# A customer's return the courier could not take at its door: never loaded, so never on the van
+# (not in `end_round`'s on_van nor `close_day`'s unaccounted); no longer waiting at its stop.
+PICKUP_MISSED = "pickup_missed"
 _TAKEN_BACK = (COLLECTED, PICKED_UP)  # on the van for the depot, never due at a stop
 _FINAL = (DELIVERED, IN_LOCKER)
 
@@ -835,7 +843,8 @@ class DeliveryRound:
         if row is not None and row.returned_raw is not None:
             reason, tone, say = "already_returned", "repeat", "already scanned back"
         elif row is None or not row.on_van:
-            what = row.outcome if row is not None and row.outcome in _FINAL else "not loaded"
+            shown = (*_FINAL, PICKUP_MISSED)
+            what = row.outcome if row is not None and row.outcome in shown else "not loaded"
             reason, tone, say = "not_on_van", "refuse", f"not on this van ({what})"
         else:
             (event,) = self._commit(
@@ -1388,14 +1397,16 @@ class DeliveryRound:
         return event
 
     def _pickups_waiting(self, stop: Stop) -> list[str]:
-        """The returns listed at `stop` that are not on the van yet, in the manifest's order."""
-        taken = {
+        """The returns listed at `stop` that are not on the van yet and that the courier has
+        not recorded missed today, in the manifest's order."""
+        done = {
             str(r[0])
             for r in self.journal.query(
-                "SELECT parcel FROM delivery_parcels WHERE outcome=?", (PICKED_UP,)
+                "SELECT parcel FROM delivery_parcels WHERE outcome IN (?, ?)",
+                (PICKED_UP, PICKUP_MISSED),
             )
         }
-        return [p.parcel for p in stop.pickups if p.parcel not in taken]
+        return [p.parcel for p in stop.pickups if p.parcel not in done]
 
     def pickup(self, parcel: str, raw: str | None = None) -> Event:
         """At an address stop: the customer handed the courier a return the stop lists; it is
@@ -1446,6 +1457,51 @@ class DeliveryRound:
         )
         self._tell("ok", f"return {parcel} picked up: on the van for the depot", event)
         return event
+
+    def pickup_missed(self, parcel: str, reason: str) -> Event:
+        """At an address stop: the courier could not take a return the stop lists (`reason`,
+        one of parcel.codes.PICKUP_MISSED_REASONS: nobody in, or not packed yet). Journaled so
+        the depot can tell the customer and plan it again; the stop no longer lists it, and it
+        is not on the van. A later scan or `pickup` of it at this stop still takes it."""
+        if not isinstance(reason, str) or reason not in PICKUP_MISSED_REASONS:
+            raise InvalidOutcome(
+                "bad_reason", f"reason must be one of {', '.join(PICKUP_MISSED_REASONS)}"
+            )
+        with self._lock:
+            stop = self._stop_here()
+            row = self._row(parcel)
+            if row is not None and row.outcome == PICKED_UP:
+                raise RoundError("already_done", f"{parcel} is already picked up")
+            if row is not None and row.outcome == PICKUP_MISSED:
+                raise RoundError("already_done", f"{parcel} is already recorded missed")
+            if not any(p.parcel == parcel for p in stop.pickups):
+                manifest = self._require_manifest()
+                listed = manifest.picked_up_at(parcel)
+                where = f"it is picked up at stop {listed}" if listed else "no return of that id"
+                raise RoundError(
+                    "not_this_stop", f"{parcel} is not a pickup of stop {stop.stop}: {where}"
+                )
+            if row is not None and row.on_van:  # taken out of a locker earlier: it is here
+                raise RoundError("on_van", f"{parcel} is on the van already")
+            payload = {
+                "parcel": parcel,
+                "stop": stop.stop,
+                "reason": reason,
+                "fix": self._fix_doc(self._locate()),
+            }
+            (event,) = self._courier_commit(
+                [(RETURN_PICKUP_MISSED, payload)],
+                [
+                    (
+                        "INSERT INTO delivery_parcels(parcel, stop, outcome) VALUES (?, NULL, ?) "
+                        "ON CONFLICT(parcel) DO UPDATE SET stop=NULL, outcome=excluded.outcome",
+                        (parcel, PICKUP_MISSED),
+                    )
+                ],
+            )
+            say = f"return {parcel} not picked up: {PICKUP_MISSED_REASONS[reason]}"
+            self._tell("warn", say, event)
+            return event
 
     def end_round(self) -> Event:
         """Heading back: from now on a scan is a parcel coming back to the depot."""
@@ -1522,6 +1578,7 @@ class DeliveryRound:
                     "in_locker": sum(r.outcome == IN_LOCKER for r in rows),
                     "collected": sum(r.outcome == COLLECTED for r in rows),
                     "picked_up": sum(r.outcome == PICKED_UP for r in rows),
+                    "pickup_missed": sum(r.outcome == PICKUP_MISSED for r in rows),
                     "returned": sum(r.returned_raw is not None for r in rows),
                 },
             }
@@ -1566,8 +1623,8 @@ class DeliveryRound:
         """One courier command as a JSON object -> a JSON-able result; RoundError if refused.
 
         `{"do": "depart" | "arrive" | "deliver" | "fail" | "redirect" | "drop" | "collect" |
-        "pickup" | "end_round" | "close_day" | "status", ...}`; unknown fields are refused,
-        so a typo cannot drop a name.
+        "pickup" | "pickup_missed" | "end_round" | "close_day" | "status", ...}`; unknown
+        fields are refused, so a typo cannot drop a name.
         """
         if not isinstance(doc, Mapping):
             raise RoundError("bad_input", "a courier command is a JSON object")
@@ -1587,7 +1644,7 @@ class DeliveryRound:
             args["parcel"] = self._parcel_id(args["parcel"])
         if "stop" in fields and "stop" not in args:
             raise RoundError("bad_input", f"{do} needs a stop number")
-        if do in ("fail", "redirect") and fields[1] not in args:
+        if do in ("fail", "redirect", "pickup_missed") and fields[1] not in args:
             raise InvalidOutcome(f"{fields[1]}_missing", f"{do} needs a {fields[1]}")
         action: Callable[..., Event] = getattr(self, _COURIER_METHODS.get(do, do))
         return _event_facts(action(**args))
@@ -1629,6 +1686,7 @@ _COURIER_FIELDS: Mapping[str, tuple[str, ...]] = {
     "drop": ("parcel", "photo", "no_scan"),
     "collect": ("parcel",),
     "pickup": ("parcel",),
+    "pickup_missed": ("parcel", "reason"),
     "end_round": (),
     "close_day": (),
     "status": (),

@@ -17,6 +17,7 @@ __all__ = [
     "DELIVERED_BY",
     "DELIVERED_CODES",
     "FAILURE_REASONS",
+    "PICKUP_MISSED_REASONS",
     "X12_IN_LOCKER",
     "X12_RETURNED",
     "ReasonCodes",
@@ -79,6 +80,15 @@ CARD_LEFT_FOR = frozenset(
         "no_safe_place",
         "age_check_failed",
         "card_left",
+    }
+)
+#: Why a courier at the door could not take a customer's return its stop lists (the van's
+#: `return_pickup_missed`), with the words the customer and merchant are told. A return has no
+#: delivery codes to report: nothing was delivered or tried, the return waits for a next round.
+PICKUP_MISSED_REASONS: Mapping[str, str] = MappingProxyType(
+    {
+        "not_at_home": "nobody was in",
+        "not_ready": "the return was not packed or labelled yet",
     }
 )
 #: A delivered parcel's codes, by whom it was handed to (`parcel_delivered`'s `to`): X12's

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from depot.store import returns as rows
-from edge.delivery import DeliveryRound, RoundError
+from edge.delivery import DeliveryRound, InvalidOutcome, RoundError
 from parcel.identify import s10_check_digit
 from parcel.manifest import DoorPickup, LockerReturn, Manifest, ManifestError, Stop
 from sync.journal import Journal
@@ -36,6 +36,7 @@ from tests.test_returns import desk as desk
 NEXT_DAY = "2026-11-22"
 P1, P2 = s10(101), s10(102)
 RET, OTHER_RET = "RT123456785NL", f"RT00000001{s10_check_digit('00000001')}NL"
+NOT_READY_RET = f"RT00000002{s10_check_digit('00000002')}NL"
 
 
 # --- the manifest: a stop's pickups ----------------------------------------------------------
@@ -217,6 +218,104 @@ def test_a_typed_pickup_is_recorded_without_a_scan(
     assert _events(journal, "manifest_applied")[-1]["off_manifest"] == []
 
 
+def _two_pickups_manifest() -> bytes:
+    stops = (
+        Stop(1, 52.37, 4.89, parcels=(P1,), address="Damrak 1"),
+        Stop(2, 52.36, 4.88, parcels=(P2,), address="Rokin 2",
+             pickups=(DoorPickup(RET), DoorPickup(NOT_READY_RET))),
+    )
+    return Manifest(van="van-1", version=1, day=DAY, stops=stops).to_json()
+
+
+def test_a_missed_pickup_leaves_the_stop_and_the_van_and_a_later_pickup_still_wins(
+    tmp_path: Path,
+) -> None:
+    journal = Journal(tmp_path / "van.db", "van-1")
+    screen = Screen()
+    round_ = DeliveryRound(journal, screen, van_id="van-1", position=lambda: None)
+    round_.apply_manifest(_two_pickups_manifest())
+    for p in (P1, P2):
+        round_.scan(p)
+    round_.courier({"do": "depart"})
+    missed = {"do": "pickup_missed", "parcel": RET, "reason": "not_at_home"}
+    with pytest.raises(RoundError, match="arrive at a stop first"):
+        round_.courier(missed)
+
+    # At another stop, or for a return this stop does not list, it is refused; so is a
+    # reason the courier cannot give, or none.
+    round_.courier({"do": "arrive", "stop": 1})
+    with pytest.raises(RoundError, match="picked up at stop 2") as refused:
+        round_.courier(missed)
+    assert refused.value.reason == "not_this_stop"
+    round_.courier({"do": "arrive", "stop": 2})
+    with pytest.raises(RoundError, match="no return of that id") as refused:
+        round_.courier({**missed, "parcel": OTHER_RET})
+    assert refused.value.reason == "not_this_stop"
+    with pytest.raises(InvalidOutcome, match="not_at_home, not_ready") as bad:
+        round_.courier({**missed, "reason": "raining"})
+    assert bad.value.reason == "bad_reason"
+    with pytest.raises(InvalidOutcome) as bad:
+        round_.courier({"do": "pickup_missed", "parcel": RET})
+    assert bad.value.reason == "reason_missing"
+    assert _events(journal, "return_pickup_missed") == []
+    assert round_.status()["pickups"] == [RET, NOT_READY_RET]
+
+    # Nobody in: journaled at this stop, no longer waiting here, not on the van.
+    said = round_.courier(missed)
+    assert said["event"] == "return_pickup_missed"
+    assert _events(journal, "return_pickup_missed") == [
+        {"parcel": RET, "stop": 2, "reason": "not_at_home", "fix": None}
+    ]
+    assert screen.lines[-1][0] == "warn" and "nobody was in" in screen.lines[-1][1]
+    not_ready = round_.courier(
+        {"do": "pickup_missed", "parcel": NOT_READY_RET.lower(), "reason": "not_ready"}
+    )
+    assert not_ready["parcel"] == NOT_READY_RET and not_ready["stop"] == 2
+    with pytest.raises(RoundError, match="already recorded missed") as refused:
+        round_.courier(missed)
+    assert refused.value.reason == "already_done"
+    assert len(_events(journal, "return_pickup_missed")) == 2
+    status = round_.status()
+    assert status["pickups"] == []
+    assert status["parcels"]["pickup_missed"] == 2 and status["parcels"]["on_van"] == 2
+    assert status["parcels"]["loaded"] == 2 and status["parcels"]["on_manifest"] == 2
+
+    # The van restarts: its journal tells the same round.
+    journal.close()
+    journal = Journal(tmp_path / "van.db", "van-1")
+    screen = Screen()
+    round_ = DeliveryRound(journal, screen, van_id="van-1", position=lambda: None)
+    assert round_.current_stop == 2 and round_.status()["pickups"] == []
+    assert round_.status()["parcels"]["pickup_missed"] == 2
+    round_.courier({"do": "arrive", "stop": 2})  # the screen drawn afresh lists neither
+    assert screen.lines[-1][2]["pickups"] == [] and "pick up" not in screen.lines[-1][1]
+
+    # The customer comes running with it after all: its scan at the stop takes it.
+    taken = round_.scan(RET)
+    assert taken is not None and taken.kind == "return_collected_at_door"
+    assert round_.status()["parcels"]["pickup_missed"] == 1
+    assert round_.status()["parcels"]["picked_up"] == 1
+    with pytest.raises(RoundError, match="already picked up") as refused:
+        round_.courier(missed)
+    assert refused.value.reason == "already_done"
+
+    # The evening: the taken return is on the van, the missed one is not, and nothing is
+    # unaccounted for it.
+    round_.scan(P2)
+    round_.courier({"do": "deliver", "parcel": P2, "name": "B. Visser"})
+    ended = round_.courier({"do": "end_round"})
+    assert RET in ended["on_van"] and NOT_READY_RET not in ended["on_van"]
+    refused_back = round_.scan(NOT_READY_RET)
+    assert refused_back is not None and refused_back.kind == "return_refused"
+    assert refused_back.payload["reason"] == "not_on_van"
+    round_.scan(RET)
+    round_.scan(P1)
+    closed = round_.courier({"do": "close_day"})
+    assert closed["unaccounted"] == [] and NOT_READY_RET not in closed["returned"]
+    assert RET in closed["returned"]
+    journal.close()
+
+
 # --- the depot: booking, planning onto a round, the steps, the merchant told ----------------
 
 
@@ -373,6 +472,109 @@ def test_a_door_return_is_planned_on_the_next_day_collected_and_ends_at_the_depo
     time.sleep(0.3)
     assert len(desk.events("/customer", "return_collected")) == 1
     assert len(desk.events("/merchant", "return_collected")) == 1
+
+
+DAY_AFTER = "2026-11-23"
+
+
+def _at_the_door(desk: Desk) -> tuple[str, str, DeliveryRound]:
+    """SOLD's door return booked and planned on NEXT_DAY's round, which has departed and
+    arrived at its stop. (return id, van, the van's round on its real journal)."""
+    _sold_and_closed(desk)
+    status, doc = desk.post("/returns", {"parcel": SOLD, "handover": "door"})
+    assert status == 201
+    ret = str(doc["return"])
+    _receive(desk, LATER, (NORTH[0] + 0.01, NORTH[1]), "Noordweg 40")
+    _receive(desk, AGAIN, SOUTH, "Zuidlaan 9")
+    planned = desk.service.plan_day(NEXT_DAY).manifests
+    van = next(v for v, m in planned.items() if m.picked_up_at(ret) is not None)
+    if van not in desk.journals:
+        desk.journals[van] = Journal(desk.tmp / f"{van}.journal.db", van)
+    round_ = DeliveryRound(desk.journals[van], Screen(), van_id=van, position=lambda: None)
+    round_.apply_manifest(desk.service.current_manifest(van).to_json())  # type: ignore[union-attr]
+    round_.scan(LATER)
+    round_.courier({"do": "depart"})
+    round_.courier({"do": "arrive", "stop": planned[van].picked_up_at(ret)})
+    return ret, van, round_
+
+
+def _notices(desk: Desk, ret: str, event: str) -> int:
+    """Notices about `ret`'s `event` in the outbox, sent or not (each counts once)."""
+    with desk.service.database.reading() as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM webhook_outbox WHERE event_id LIKE ?",
+            (f"return:{ret}:{event}%",),
+        ).fetchone()
+    return int(row[0])
+
+
+def test_a_missed_door_pickup_is_told_once_and_planned_again(desk: Desk) -> None:
+    ret, van, round_ = _at_the_door(desk)
+    stop = round_.current_stop
+    round_.courier({"do": "pickup_missed", "parcel": ret, "reason": "not_at_home"})
+    _sync(desk, van)
+
+    # Still booked, waiting at the door; a timeline step says what happened.
+    assert desk.state(ret) == "return_booked"
+    last = desk.service.book.track(ret)["timeline"][-1]
+    assert last["step"] == "pickup_missed" and last["state"] == "return_booked"
+    assert last["details"]["van"] == van and last["details"]["stop"] == stop
+    assert last["details"]["reason"] == "not_at_home" and last["details"]["day"] == NEXT_DAY
+    merchant = desk.wait_for("/merchant", "return_pickup_missed")
+    assert merchant["return"] == ret and merchant["parcel"] == SOLD
+    assert merchant["reason"] == "not_at_home" and merchant["day"] == NEXT_DAY
+    customer = desk.wait_for("/customer", "return_pickup_missed")
+    assert customer["handover"] == "door" and customer["reason_text"] == "nobody was in"
+    assert "could not take it" in customer["words"] and "next round" in customer["words"]
+    assert desk.service.customer_returns()["collected"] == 0
+
+    # The same event again: the batch sent again, and the projection's cursor rewound.
+    desk.acked[van] = 0
+    _sync(desk, van)
+    with desk.service.database.transaction() as conn:
+        conn.execute(
+            "INSERT INTO unprojected(rowid) SELECT rowid FROM events "
+            "WHERE kind='return_pickup_missed'"
+        )
+    desk.service.process()
+    steps = [e["step"] for e in desk.service.book.track(ret)["timeline"]]
+    assert steps.count("pickup_missed") == 1
+    assert _notices(desk, ret, "return_pickup_missed") == 2  # the merchant and the customer
+    time.sleep(0.3)
+    assert len(desk.events("/merchant", "return_pickup_missed")) == 1
+    assert len(desk.events("/customer", "return_pickup_missed")) == 1
+
+    # The customer's page no longer promises today's round.
+    phone = Phone(desk.web.url)
+    page = phone.get(_page_of(desk, SOLD))[1]
+    assert "our courier called but could not take it (nobody was in)" in page
+    assert "on the next delivery day" in page
+
+    # Not collected: the next day's plan puts it on a round again, and the page says when.
+    round_.courier({"do": "end_round"})
+    round_.scan(LATER)
+    round_.courier({"do": "close_day"})
+    _sync(desk, van)
+    with desk.service.database.reading() as conn:
+        assert [r["return_id"] for r in rows.open_door_pickups(conn)] == [ret]
+    _receive(desk, s10(205), (NORTH[0] + 0.01, NORTH[1]), "Noordweg 41")
+    planned = desk.service.plan_day(DAY_AFTER).manifests
+    assert [v for v, m in planned.items() if m.picked_up_at(ret) is not None] != []
+    page = phone.get(_page_of(desk, SOLD))[1]
+    assert "Monday 23 November" in page and "could not take it" not in page
+
+
+def test_a_missed_pickup_the_courier_then_took_tells_only_the_receipt(desk: Desk) -> None:
+    ret, van, round_ = _at_the_door(desk)
+    round_.courier({"do": "pickup_missed", "parcel": ret, "reason": "not_ready"})
+    round_.courier({"do": "pickup", "parcel": ret})  # packed after all, before the van left
+    _sync(desk, van)  # both in one batch: the miss is no news any more
+    assert desk.state(ret) == "returning"
+    steps = [e["step"] for e in desk.service.book.track(ret)["timeline"]]
+    assert steps[-2:] == ["pickup_missed", "collected_at_door"]
+    desk.wait_for("/customer", "return_collected")
+    assert _notices(desk, ret, "return_pickup_missed") == 0
+    assert _notices(desk, ret, "return_collected") == 2
 
 
 # --- the customer's page: the return form ------------------------------------------------------
