@@ -6,7 +6,10 @@ pseudo-terminal, its uplink reaching the broker through its own LinkProxy), buil
 scenario runner (simulators/day.py) from a `CounterSetup`: like every simulator, this module
 never imports the device software it stands in front of. The depot lists it as a site of kind
 "counter" with a capacity, so its policy sends some failed parcels there as it sends others to
-lockers; around it, one after another at the desk (locker_day.People):
+lockers, and the run treats it as it treats a locker: what the two kinds of site share (the
+device, its link, watch and people; what the run asks of all sites) is written once, in
+locker_day's SimulatedSite and SiteDay. Around it, one after another at the desk
+(locker_day.People):
 
 - a courier whose van's manifest has a stop at the counter hands the parcel over: the staff
   scan it in (the counter's check-in: `parcel_deposited`, "put it on shelf-N");
@@ -52,9 +55,16 @@ from simulators.locker_day import (
     CustomerInbox,
     LockerDay,
     LockerWatch,
-    People,
     Seen,
+    SimulatedSite,
+    SiteContext,
+    SiteDay,
+    SiteDevice,
+    SiteKeys,
     courier_badge,
+    depot_events,
+    find_seen,
+    n_parcels,
 )
 from simulators.parcels import Label
 from simulators.scanner import SimulatedScanner
@@ -62,8 +72,6 @@ from simulators.webhooks import WebhookReceiver
 from sync.clock import ScaledClock
 from sync.journal import Journal
 from sync.mqtt import BrokerAddress
-from sync.signing import generate_keypair, generate_sealing_keypair
-from sync.uplink import Uplink
 
 log = logging.getLogger("simulators.counter_day")
 
@@ -80,8 +88,6 @@ SAME_DAY_PICKUP = 0.6  # of those who come: the rest come the next morning
 CARD_SHARE = 0.4  # of those who have a card: come with the card and their name
 QR_SHARE = 0.3  # of the rest: show the QR of the notice, else say the code
 WRONG_FIRST_SHARE = 0.2  # say a wrong code first
-# The people at a counter finish their queue within this after the day's last action.
-FINISH_S = 20.0
 
 Method = Literal["code", "qr", "card"]
 
@@ -95,30 +101,6 @@ class Recipient(Protocol):
 
     @property
     def recipient(self) -> str: ...
-
-
-@dataclass(frozen=True)
-class SiteKeys:
-    """The depot's command-signing and credential-sealing keys of the run: the depot holds the
-    private halves, every locker and counter the public ones."""
-
-    command_signing_pem: bytes
-    command_public: bytes
-    sealing_pem: bytes
-    sealing_public: bytes
-
-    @classmethod
-    def of(cls, lockers: LockerDay | None) -> SiteKeys:
-        """The lockers' keys when the day has lockers (the depot has one key of each), else
-        new ones."""
-        if lockers is not None:
-            sealing_public, command_public = lockers.public_keys
-            return cls(
-                lockers.command_signing_pem, command_public, lockers.sealing_pem, sealing_public
-            )
-        sealing_private, sealing_public = generate_sealing_keypair()
-        command_private, command_public = generate_keypair()
-        return cls(command_private, command_public, sealing_private, sealing_public)
 
 
 @dataclass(frozen=True)
@@ -145,21 +127,11 @@ class StaffScreen(Protocol):
     def staff(self, line: str) -> Mapping[str, Any]: ...
 
 
-class CounterDeviceLike(Protocol):
+class CounterDeviceLike(SiteDevice, Protocol):
     """A counter device as the scenario runner built it."""
 
     @property
     def counter(self) -> StaffScreen: ...
-
-    @property
-    def journal(self) -> Journal: ...
-
-    @property
-    def uplink(self) -> Uplink | None: ...
-
-    def start(self) -> None: ...
-
-    def stop(self) -> None: ...
 
 
 BuildCounter = Callable[[CounterSetup], CounterDeviceLike]
@@ -224,84 +196,52 @@ def _line(doc: Mapping[str, Any]) -> str:
     return json.dumps(doc, separators=(",", ":"))
 
 
-def _find(seen: Sequence[Seen], after: int, kind: str, **match: Any) -> int | None:
-    for i in range(after, len(seen)):
-        s = seen[i]
-        if s.kind == kind and all(s.facts.get(k) == v for k, v in match.items()):
-            return i
-    return None
-
-
-class SimulatedCounter:
+class SimulatedCounter(SimulatedSite[CounterDeviceLike, CounterTally]):
     """One counter of the day: its desk scanner, the real counter device, its link, its
     people (the staff and whoever is at the desk)."""
+
+    _log = log
+    scanner: SimulatedScanner
 
     def __init__(
         self,
         name: str,
         password: str,
+        clock: ScaledClock,
+        context: SiteContext,
         *,
         build: BuildCounter,
-        workdir: Path,
-        broker_host: str,
-        broker_port: int,
-        mqtt5: bool,
-        tls_ca: str | None,
-        clock: ScaledClock,
-        keys: SiteKeys,
-        hold_h: float,
-        badges: frozenset[str],
-        sync: Mapping[str, Any],
-        inbox: CustomerInbox,
         receiver: WebhookReceiver | None,
         customers: Callable[[str], Recipient | None],
-        seed: int,
     ) -> None:
-        self.name = name
-        self.clock = clock
-        self.speed = clock.speed
-        self.inbox = inbox
+        super().__init__(name, clock, context, tally=CounterTally())
         self.receiver = receiver
         self.customers = customers
-        self.rng = random.Random(f"{name}/{seed}")
-        self.tally = CounterTally()
-        self.watch = LockerWatch()
         self.checked_in: set[str] = set()
-        self._closers: list[Callable[[], None]] = []
-        try:
-            self.scanner = SimulatedScanner(workdir / f"{name}.tty")
+
+        def scanner() -> None:
+            self.scanner = SimulatedScanner(context.workdir / f"{name}.tty")
             self._closers.append(self.scanner.close)
-            self.link = LinkProxy(broker_host, broker_port, name=name)
-            self.link.start()
-            self._closers.append(self.link.stop)
-            self.device = build(
+
+        def device(broker: BrokerAddress) -> CounterDeviceLike:
+            return build(
                 CounterSetup(
                     name=name,
-                    journal=workdir / f"{name}.journal.db",
+                    journal=context.workdir / f"{name}.journal.db",
                     scanner_port=str(self.scanner.path),
                     shelves=SHELVES,
-                    hold_s=hold_h * 3600,
-                    courier_badges=badges,
-                    depot_sealing_key=keys.sealing_public,
-                    command_key=keys.command_public,
-                    broker=BrokerAddress(
-                        "127.0.0.1", self.link.port, name, password, mqtt5=mqtt5, tls_ca=tls_ca
-                    ),
-                    sync=dict(sync),
+                    hold_s=context.hold_h * 3600,
+                    courier_badges=context.badges,
+                    depot_sealing_key=context.keys.sealing_public,
+                    command_key=context.keys.command_public,
+                    broker=broker,
+                    sync=dict(context.sync),
                     clock=clock,
                     display=self.watch,
                 )
             )
-            self._closers.insert(0, self.device.stop)
-            self.device.journal.add_listener(self.watch.on_events)
-        except BaseException:
-            self.close()
-            raise
-        self.people = People(name, self.tally)
 
-    @property
-    def journal(self) -> Journal:
-        return self.device.journal
+        self._bring_up(password, context, scanner, device)
 
     def start(self) -> bool:
         """Start the counter and its people; True once it says it is ready."""
@@ -309,26 +249,10 @@ class SimulatedCounter:
         self.device.start()
         self.people.start()
         ready = self.watch.wait(
-            lambda seen: True if _find(seen, mark, "display", counter=self.name) else None, 5.0
+            lambda seen: True if find_seen(seen, mark, "display", counter=self.name) else None,
+            5.0,
         )
         return ready is not None
-
-    def end_of_day(self, timeout: float) -> bool:
-        """The last customer leaves; the people give up what they still wait for."""
-        done = self.people.finish(timeout)
-        if not done:
-            self.watch.abort()
-            self.people.finish(5.0)
-        return done
-
-    def close(self) -> None:
-        self.watch.abort()
-        for close in self._closers:
-            try:
-                close()
-            except Exception:
-                log.exception("closing %s", self.name)
-        self._closers.clear()
 
     def parcels_held(self) -> int:
         held: set[str] = set()
@@ -340,11 +264,11 @@ class SimulatedCounter:
                 held.discard(parcel)
         return len(held)
 
-    # --- waiting like a person ----------------------------------------------------------------
+    def progress_line(self) -> str:
+        state = self.link_state()
+        return f"{self.name} {state}, {n_parcels(self.parcels_held())} held"
 
-    def _gave_up(self, what: str) -> None:
-        self.tally.gave_up[what] += 1
-        log.warning("%s: %s", self.name, what)
+    # --- waiting like a person ----------------------------------------------------------------
 
     def _wait(self, find: Callable[[Sequence[Seen]], int | None], what: str) -> Seen | None:
         at = self.watch.wait(find, WAIT_S)
@@ -459,7 +383,7 @@ class SimulatedCounter:
             self._gave_up(f"not handed out: {answer.get('reason') or answer.get('display')}")
             self._say({"do": "cancel"})
 
-    def give_back(self, van: str) -> list[str]:
+    def collect_returns(self, van: str) -> list[str]:
         """The courier of `van`, sent by the depot, takes what is on the returns pile: the
         staff type the badge, then scan each parcel the screen lists. The parcels taken."""
         self.tally.collections += 1
@@ -473,7 +397,7 @@ class SimulatedCounter:
                 continue
             mark = self.watch.mark()
             self.scanner.scan(customer.label.data, customer.label.aim)
-            returned = partial(_find, after=mark, kind="parcel_returned", parcel=parcel)
+            returned = partial(find_seen, after=mark, kind="parcel_returned", parcel=parcel)
             if self._wait(returned, "parcel_returned") is not None:
                 taken.append(parcel)
         self._say({"do": "logout"})
@@ -490,27 +414,19 @@ class SimulatedCounter:
         year = time.gmtime(self.clock.wall_ns() / 1e9).tm_year
         return year - random.Random(customer.recipient).randint(20, 75)
 
-    def _typo(self, code: str) -> str:
-        at = self.rng.randrange(len(code))
-        digit = self.rng.choice([d for d in "0123456789" if d != code[at]])
-        return code[:at] + digit + code[at + 1 :]
 
-
-class CounterDay:
+class CounterDay(SiteDay[SimulatedCounter]):
     """The staffed counters of one simulated day: accounts, devices, customers, figures."""
 
+    _log = log
+
     def __init__(self, count: int, *, seed: int, speed: float, hold_h: float) -> None:
-        self.names = [f"counter-{j + 1}" for j in range(count)]
-        self.seed = seed
-        self.speed = speed
-        self.hold_h = hold_h
-        # Its own random stream: the vans' and lockers' days are the same with and without it.
-        self.rng = random.Random(f"counters/{seed}")
-        self.passwords = {n: f"pw-{n}-{self.rng.getrandbits(64):x}" for n in self.names}
-        self.counters: list[SimulatedCounter] = []
+        super().__init__("counter", count, seed=seed, speed=speed, hold_h=hold_h)
         self.visits: list[Visit] = []
-        # Set by the scenario runner: queue a person's visit at a simulated hour.
-        self.on_visit: Callable[[float, str, str, Callable[[], None]], None] | None = None
+
+    @property
+    def counters(self) -> list[SimulatedCounter]:
+        return self.sites
 
     def start(
         self,
@@ -530,39 +446,19 @@ class CounterDay:
         time_from: ScaledClock | None = None,
     ) -> None:
         """Build (with `build`) and start every counter; the depot must be running."""
-        inbox = CustomerInbox(receiver)
+        self.inbox = CustomerInbox(receiver)
         badges = frozenset(courier_badge(v) for v in vans)
-        for name in self.names:
-            clock = ScaledClock(wall_start_ns, self.speed, boot_id=f"boot-{name}-{self.seed}")
-            if time_from is not None:
-                clock.catch_up(time_from)
-            self.counters.append(
-                SimulatedCounter(
-                    name,
-                    self.passwords[name],
-                    build=build,
-                    workdir=workdir,
-                    broker_host=broker_host,
-                    broker_port=broker_port,
-                    mqtt5=mqtt5,
-                    tls_ca=tls_ca,
-                    clock=clock,
-                    keys=keys,
-                    hold_h=self.hold_h,
-                    badges=badges,
-                    sync=sync,
-                    inbox=inbox,
-                    receiver=receiver,
-                    customers=customers,
-                    seed=self.seed,
-                )
-            )
-        for site in self.counters:
-            if not site.start():
-                log.warning("%s never said it was ready", site.name)
-
-    def _site(self, name: str) -> SimulatedCounter:
-        return self.counters[self.names.index(name)]
+        context = SiteContext(
+            workdir, broker_host, broker_port, mqtt5, tls_ca, badges, sync,
+            keys, self.hold_h, self.inbox, self.seed,
+        )  # fmt: skip
+        self._start_sites(
+            partial(SimulatedCounter, build=build, receiver=receiver, customers=customers),
+            context,
+            wall_start_ns=wall_start_ns,
+            time_from=time_from,
+            not_ready="said it was ready",
+        )
 
     def bring(self, van: str, label: Label, parcel: str, counter: str, at_h: float) -> bool:
         """A courier hands `parcel` over at `counter` now; True once it is on a shelf. The
@@ -582,13 +478,9 @@ class CounterDay:
             return False
         visit = self._draw_visit(parcel, at_h)
         self.visits.append(visit)
-        if visit.pickup_h is not None and self.on_visit is not None:
-            self.on_visit(
-                visit.pickup_h,
-                site.name,
-                f"pickup ({visit.method})",
-                partial(site.people.put, f"pickup ({visit.method})", partial(site.hand_out, visit)),
-            )
+        if visit.pickup_h is not None:
+            what = f"pickup ({visit.method})"
+            self._visit(site, visit.pickup_h, what, partial(site.hand_out, visit))
         return True
 
     def _draw_visit(self, parcel: str, at_h: float) -> Visit:
@@ -612,98 +504,17 @@ class CounterDay:
         visit.wrong_first = visit.method == "code" and rng.random() < WRONG_FIRST_SHARE
         return visit
 
-    def collect(self, van: str, counter: str, at_h: float) -> list[str]:
-        """The courier of `van` takes the returns pile at `counter` now (blocking, bounded)."""
-        site = self._site(counter)
-        taken: list[str] = []
-        done = threading.Event()
-
-        def step() -> None:
-            try:
-                taken.extend(site.give_back(van))
-            finally:
-                done.set()
-
-        site.people.put(f"collection by {van}", step)
-        if not done.wait(WAIT_S * 4):
-            site.tally.gave_up["collection took too long"] += 1
-        return list(taken)
-
-    @property
-    def sites(self) -> list[SimulatedCounter]:
-        return list(self.counters)
-
-    @property
-    def links(self) -> list[LinkProxy]:
-        return [site.link for site in self.counters]
-
-    @property
-    def journals(self) -> list[tuple[str, Journal]]:
-        return [(site.name, site.journal) for site in self.counters]
-
-    def end_of_day(self) -> None:
-        for site in self.counters:
-            if not site.end_of_day(FINISH_S):
-                log.error("%s: people still busy at the end of the day", site.name)
-
-    def drain(self, deadline: float) -> None:
-        for site in self.counters:
-            uplink = site.device.uplink
-            if uplink is not None:
-                uplink.wait_acked(site.journal.last_seq, max(0.1, deadline - time.monotonic()))
-
-    def progress(self) -> list[str]:
-        parts = []
-        for site in self.counters:
-            uplink = site.device.uplink
-            state = (
-                "dead zone"
-                if site.link.is_cut
-                else ("online" if uplink is not None and uplink.connected else "offline")
-            )
-            held = site.parcels_held()
-            parts.append(f"{site.name} {state}, {held} parcel{'' if held == 1 else 's'} held")
-        return parts
-
-    def close(self) -> None:
-        """Stop every counter, all at once (each uplink takes up to a second to stop)."""
-        threads = [threading.Thread(target=site.close) for site in self.counters]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-
-    def expired_inside(self) -> set[str]:
-        """Parcels whose hold ran out that are still on a counter's returns pile."""
-        waiting: set[str] = set()
-        for site in self.counters:
-            _prev, events = site.journal.read(0, 10**9)
-            for e in events:
-                parcel = str(e.payload.get("parcel"))
-                if e.kind == "hold_expired":
-                    waiting.add(parcel)
-                elif e.kind in ("parcel_picked_up", "parcel_returned") or (
-                    e.kind == "command_accepted" and e.payload.get("action") == "extend_hold"
-                ):
-                    waiting.discard(parcel)
-        return waiting
-
     def report(self, store: DepotStore) -> dict[str, Any]:
         """Per counter, from the events the depot stored: parcels `checked_in`, `handed_out`
         (and by what: code, QR, card), `expired`, `returned` (to a courier), hand-outs
         `refused` for want of proof, and the script's side to compare."""
         out: dict[str, Any] = {}
         for site in self.counters:
-            rows = store.query(
-                "SELECT kind, payload FROM events WHERE device=? ORDER BY journal, seq",
-                (site.name,),
+            events = depot_events(store, site.name)
+            kinds = Counter(kind for kind, _ in events)
+            methods = Counter(
+                str(p.get("method")) for kind, p in events if kind == "parcel_picked_up"
             )
-            kinds: Counter[str] = Counter()
-            methods: Counter[str] = Counter()
-            for kind, payload in rows:
-                kinds[str(kind)] += 1
-                if kind == "parcel_picked_up":
-                    methods[str(json.loads(str(payload)).get("method"))] += 1
             t = site.tally
             out[site.name] = {
                 "checked_in": kinds["parcel_deposited"],

@@ -913,7 +913,8 @@ def run_day(
             )
     keys = points = None
     if lockers is not None or counters is not None:
-        from simulators.counter_day import CollectionPoints, SiteKeys
+        from simulators.counter_day import CollectionPoints
+        from simulators.locker_day import SiteKeys
 
         keys = SiteKeys.of(lockers)
         # What the couriers and the run see of the lockers and counters alike.
@@ -1598,7 +1599,7 @@ def _door_figures(service: Any, couriers: Sequence[Any], card_customers: Any) ->
         "id_checked": sum(c.tally.id_checked for c in couriers),
         "cards_written": sum(c.tally.cards for c in couriers),
         "returns_picked_up": sum(c.tally.picked_up for c in couriers),
-        "returns_not_ready": sum(c.tally.pickups_missed for c in couriers),
+        "returns_missed": sum(c.tally.pickups_missed for c in couriers),
     }
     figures["card_customers"] = card_customers.report()
     return figures

@@ -686,16 +686,25 @@ class Courier:
     def _pick_up(self, stop: StopLike) -> None:
         """The customers' returns the screen lists here: when the customer is in, the courier
         scans the label they printed and the return rides back to the depot with the van. When
-        nobody is in, the depot plans it again on a next round."""
+        nobody is in, the courier records the missed pickup; the depot tells the customer and
+        plans it again on a next round."""
         for pickup in stop.pickups:
             if pickup.parcel in self.pickup_seen:
                 continue
             self.pickup_seen.add(pickup.parcel)
             home = self.world.get(pickup.parcel)
             self.sim_wait(self.rng.uniform(*SERVICE_S) / 2)
-            # No label yet: the depot's notice with its id had not reached the customer.
-            if home is None or self.rng.random() < NOBODY_FOR_PICKUP:
-                self.tally.pickups_missed += 1
+            # No label yet (the depot's notice with its id had not reached the customer), or
+            # nobody in: the courier says so on the handheld, and the depot tells the customer.
+            missed = (
+                "not_ready"
+                if home is None
+                else "not_at_home" if self.rng.random() < NOBODY_FOR_PICKUP else None
+            )
+            if home is None or missed is not None:
+                said = {"do": "pickup_missed", "parcel": pickup.parcel, "reason": missed}
+                if self._do(said) is not None:
+                    self.tally.pickups_missed += 1
                 continue
             e = self._scan(
                 home.label,

@@ -24,6 +24,10 @@ the locker, written down here on their own, so a change on the locker's side sho
 that goes wrong. Their steps run in order on one thread per locker, queued by the day's
 scheduler at their simulated time, so a person waiting for a door never holds up the vans.
 
+What a locker shares with a staffed counter (simulators.counter_day) has its one owner here: a
+site's device, link, watch and people (`SimulatedSite`), the sites of one kind in the day
+(`SiteDay`: links, journals, end of day, drain, progress, collections), the run's keys.
+
 Must never: do the depot's work (open a credential, sign or publish a command), read a
 pickup code anywhere but from the depot's notice, touch a door before the
 locker has seen it open, wait without a bound, or count a fault as injected that was not.
@@ -43,12 +47,13 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 from depot.ingest import DepotStore
 from simulators.day import DAY_END_H, DAY_START_H
@@ -103,8 +108,9 @@ COMMAND_TTL_S = 600.0
 # length but at most this long in real time: the people at the locker wait meanwhile, since
 # the locker would send them to doors it cannot open (see board_outage).
 OUTAGE_AFTER_ALARM_S = 0.3
-# The people at a locker finish their queue within this after the day's last action; then the
-# rest give up at once (a locker that stopped answering must not hold the day for minutes).
+# The people at a locker (or a counter's desk) finish their queue within this after the day's
+# last action; then the rest give up at once (a site that stopped answering must not hold the
+# day for minutes).
 FINISH_S = 20.0
 
 # The scenario.
@@ -190,11 +196,9 @@ class LockerInputs(Protocol):
     def stop(self, timeout: float = 5.0) -> None: ...
 
 
-class LockerDeviceLike(Protocol):
-    """A locker device as the scenario runner built it."""
-
-    @property
-    def locker(self) -> LockerInputs: ...
+class SiteDevice(Protocol):
+    """A site's device as the scenario runner built it: a locker's, or a counter's
+    (simulators.counter_day), each with more of its own."""
 
     @property
     def journal(self) -> Journal: ...
@@ -205,6 +209,13 @@ class LockerDeviceLike(Protocol):
     def start(self) -> None: ...
 
     def stop(self) -> None: ...
+
+
+class LockerDeviceLike(SiteDevice, Protocol):
+    """A locker device as the scenario runner built it."""
+
+    @property
+    def locker(self) -> LockerInputs: ...
 
 
 BuildLocker = Callable[[LockerSetup], LockerDeviceLike]
@@ -356,7 +367,8 @@ class LockerWatch:
         return found[0] if found else None
 
 
-def _find(seen: Sequence[Seen], after: int, kind: str, **match: Any) -> int | None:
+def find_seen(seen: Sequence[Seen], after: int, kind: str, **match: Any) -> int | None:
+    """Where the first `kind` after `after` whose facts match `match` is in `seen`, if any."""
     for i in range(after, len(seen)):
         s = seen[i]
         if s.kind == kind and all(s.facts.get(k) == v for k, v in match.items()):
@@ -385,7 +397,7 @@ def _door_finder(
                 ended = s.kind if s.kind != "display" else str(s.facts["display"])
         if unlock is not None:
             cid = str(seen[unlock].facts["compartment"])
-            opened = _find(seen, unlock + 1, "door_opened", compartment=cid)
+            opened = find_seen(seen, unlock + 1, "door_opened", compartment=cid)
             if opened is not None:
                 return (OpenDoor(cid, seen[unlock].facts.get("parcel"), opened),)
         return None if ended is None else (ended,)
@@ -563,70 +575,112 @@ class People:
                     self._unfinished -= 1
 
 
-class SimulatedLocker:
-    """One locker of the day: its boards, the real locker device, its link, its people."""
+# --- what every site of the day has (a locker; a counter's desk, simulators.counter_day) ------
+
+
+@dataclass(frozen=True)
+class SiteKeys:
+    """The depot's command-signing and credential-sealing keys of the run: the depot holds the
+    private halves, every locker and counter the public ones."""
+
+    command_signing_pem: bytes
+    command_public: bytes
+    sealing_pem: bytes
+    sealing_public: bytes
+
+    @classmethod
+    def new(cls) -> SiteKeys:
+        """New keys, one of each kind."""
+        sealing_private, sealing_public = generate_sealing_keypair()
+        command_private, command_public = generate_keypair()
+        return cls(command_private, command_public, sealing_private, sealing_public)
+
+    @classmethod
+    def of(cls, lockers: LockerDay | None) -> SiteKeys:
+        """The lockers' keys when the day has lockers (the depot has one key of each), else
+        new ones."""
+        return lockers.keys if lockers is not None else cls.new()
+
+
+@dataclass(frozen=True)
+class SiteContext:
+    """What every site of one kind in the day is built with: the folder for its files, the
+    broker (each site reaches it through a LinkProxy of its own), the couriers' badges it
+    knows, its uplink's sync settings, the depot's keys, how long it holds a parcel, the
+    customers' inbox, and the run's seed."""
+
+    workdir: Path
+    broker_host: str
+    broker_port: int
+    mqtt5: bool
+    tls_ca: str | None
+    badges: frozenset[str]
+    sync: Mapping[str, Any]
+    keys: SiteKeys
+    hold_h: float
+    inbox: CustomerInbox
+    seed: int
+
+
+class SiteTally(StepCounts, Protocol):
+    """What the script counts at every site: the waits people gave up, by what for."""
+
+    gave_up: Counter[str]
+
+
+DeviceT = TypeVar("DeviceT", bound=SiteDevice)
+TallyT = TypeVar("TallyT", bound=SiteTally)
+
+
+def n_parcels(n: int) -> str:
+    """How many parcels, in words: "1 parcel", "2 parcels"."""
+    return f"{n} parcel{'' if n == 1 else 's'}"
+
+
+class SimulatedSite(ABC, Generic[DeviceT, TallyT]):
+    """One site of the day: the real device on its own clock, its link to the broker, and its
+    people, who see the device only through its watch (what it showed and journaled)."""
+
+    _log: ClassVar[logging.Logger] = log  # each kind of site logs under its module's name
+    device: DeviceT
+    link: LinkProxy
+    people: People
 
     def __init__(
-        self,
-        name: str,
-        password: str,
-        *,
-        build: BuildLocker,
-        workdir: Path,
-        broker_host: str,
-        broker_port: int,
-        mqtt5: bool,
-        tls_ca: str | None = None,
-        clock: ScaledClock,
-        sealing_public: bytes,
-        command_public: bytes,
-        hold_h: float,
-        badges: frozenset[str],
-        sync: Mapping[str, Any],
-        inbox: CustomerInbox,
-        seed: int,
+        self, name: str, clock: ScaledClock, context: SiteContext, *, tally: TallyT
     ) -> None:
         self.name = name
         self.clock = clock
         self.speed = clock.speed
-        self.inbox = inbox
-        self.rng = random.Random(f"{name}/{seed}")
-        self.tally = LockerTally()
+        self.inbox = context.inbox
+        self.rng = random.Random(f"{name}/{context.seed}")
+        self.tally = tally
         self.watch = LockerWatch()
-        self.deposited: set[str] = set()
-        self.reserved: dict[str, str] = {}
-        specs = compartments()
-        self.where = {c.id: (c.board, c.lock) for c in specs}
-        self.size = {c.id: c.size for c in specs}
         self._closers: list[Callable[[], None]] = []
+
+    def _bring_up(
+        self,
+        password: str,
+        context: SiteContext,
+        parts: Callable[[], None],
+        build: Callable[[BrokerAddress], DeviceT],
+    ) -> None:
+        """Open the site's own parts (`parts`: they add their closers), its link, then the
+        device `build` makes to reach the broker through that link; then its people. What
+        was opened is closed again when a step fails."""
         try:
-            self.boards = SimulatedLockBoards(
-                BOARDS, link=workdir / f"{name}.lockbus", locks_per_board=len(LOCK_SIZES)
-            )
-            self._closers.append(self.boards.close)
-            self.link = LinkProxy(broker_host, broker_port, name=name)
+            parts()
+            self.link = LinkProxy(context.broker_host, context.broker_port, name=self.name)
             self.link.start()
             self._closers.append(self.link.stop)
             self.device = build(
-                LockerSetup(
-                    name=name,
-                    journal=workdir / f"{name}.journal.db",
-                    lockboard_port=self.boards.path,
-                    boards=BOARDS,
-                    compartments=specs,
-                    hold_s=hold_h * 3600,
-                    door_open_alarm_s=DOOR_OPEN_ALARM_S,
-                    jam_timeout_s=JAM_TIMEOUT_S,
-                    poll_interval_s=POLL_INTERVAL_S,
-                    courier_badges=badges,
-                    depot_sealing_key=sealing_public,
-                    command_key=command_public,
-                    broker=BrokerAddress(
-                        "127.0.0.1", self.link.port, name, password, mqtt5=mqtt5, tls_ca=tls_ca
-                    ),
-                    sync=dict(sync),
-                    clock=clock,
-                    display=self.watch,
+                BrokerAddress(
+                    "127.0.0.1",
+                    self.link.port,
+                    self.name,
+                    password,
+                    mqtt5=context.mqtt5,
+                    tls_ca=context.tls_ca,
                 )
             )
             self._closers.insert(0, self.device.stop)
@@ -634,11 +688,116 @@ class SimulatedLocker:
         except BaseException:
             self.close()
             raise
-        self.people = People(name, self.tally)
+        self.people = People(self.name, self.tally)
 
     @property
     def journal(self) -> Journal:
         return self.device.journal
+
+    @abstractmethod
+    def start(self) -> bool:
+        """Start the device and its people; True once the device says it is ready."""
+
+    def end_of_day(self, timeout: float) -> bool:
+        """The last visitor leaves. False when people were still waiting for the site after
+        `timeout`: they give up."""
+        done = self.people.finish(timeout)
+        self._people_left()
+        if not done:
+            self.watch.abort()
+            self.people.finish(5.0)
+        return done
+
+    def _people_left(self) -> None:
+        """Called once the people's queue ran out, or `end_of_day`'s timeout did."""
+
+    def close(self) -> None:
+        self.watch.abort()
+        for close in self._closers:
+            try:
+                close()
+            except Exception:
+                self._log.exception("closing %s", self.name)
+        self._closers.clear()
+
+    def link_state(self) -> str:
+        """Whether the device's uplink is online, offline, or cut off in a dead zone."""
+        uplink = self.device.uplink
+        return (
+            "dead zone"
+            if self.link.is_cut
+            else ("online" if uplink is not None and uplink.connected else "offline")
+        )
+
+    @abstractmethod
+    def progress_line(self) -> str:
+        """One line on how the site stands, for the run's progress."""
+
+    @abstractmethod
+    def collect_returns(self, van: str) -> list[str]:
+        """The courier of `van`, sent by the depot, takes what the site holds for a courier.
+        The parcels taken."""
+
+    def _gave_up(self, what: str) -> None:
+        self.tally.gave_up[what] += 1
+        self._log.warning("%s: %s", self.name, what)
+
+    def _typo(self, code: str) -> str:
+        at = self.rng.randrange(len(code))
+        digit = self.rng.choice([d for d in "0123456789" if d != code[at]])
+        return code[:at] + digit + code[at + 1 :]
+
+
+class SimulatedLocker(SimulatedSite[LockerDeviceLike, LockerTally]):
+    """One locker of the day: its boards, the real locker device, its link, its people."""
+
+    boards: SimulatedLockBoards
+
+    def __init__(
+        self,
+        name: str,
+        password: str,
+        clock: ScaledClock,
+        context: SiteContext,
+        *,
+        build: BuildLocker,
+    ) -> None:
+        super().__init__(name, clock, context, tally=LockerTally())
+        self.deposited: set[str] = set()
+        self.reserved: dict[str, str] = {}
+        specs = compartments()
+        self.where = {c.id: (c.board, c.lock) for c in specs}
+        self.size = {c.id: c.size for c in specs}
+
+        def boards() -> None:
+            self.boards = SimulatedLockBoards(
+                BOARDS, link=context.workdir / f"{name}.lockbus", locks_per_board=len(LOCK_SIZES)
+            )
+            self._closers.append(self.boards.close)
+
+        def device(broker: BrokerAddress) -> LockerDeviceLike:
+            return build(
+                LockerSetup(
+                    name=name,
+                    journal=context.workdir / f"{name}.journal.db",
+                    lockboard_port=self.boards.path,
+                    boards=BOARDS,
+                    compartments=specs,
+                    hold_s=context.hold_h * 3600,
+                    door_open_alarm_s=DOOR_OPEN_ALARM_S,
+                    jam_timeout_s=JAM_TIMEOUT_S,
+                    poll_interval_s=POLL_INTERVAL_S,
+                    courier_badges=context.badges,
+                    depot_sealing_key=context.keys.sealing_public,
+                    command_key=context.keys.command_public,
+                    broker=broker,
+                    sync=dict(context.sync),
+                    clock=clock,
+                    display=self.watch,
+                )
+            )
+
+        self._bring_up(password, context, boards, device)
 
     def start(self) -> bool:
         """Start the locker and its people; True once it has looked at its boards."""
@@ -651,25 +810,25 @@ class SimulatedLocker:
 
         False when people were still waiting for the locker after `timeout`: they give up.
         """
-        done = self.people.finish(timeout)
-        self.tally.max_lag_min = round(self.people.max_lag_s * self.speed / 60, 1)
-        if not done:
-            self.watch.abort()
-            self.people.finish(5.0)
+        done = super().end_of_day(timeout)
         self.device.locker.stop()
         return done
 
-    def close(self) -> None:
-        self.watch.abort()
-        for close in self._closers:
-            try:
-                close()
-            except Exception:
-                log.exception("closing %s", self.name)
-        self._closers.clear()
+    def _people_left(self) -> None:
+        self.tally.max_lag_min = round(self.people.max_lag_s * self.speed / 60, 1)
 
     def parcels_inside(self) -> int:
         return len(_holds(self.watch.snapshot()))
+
+    def progress_line(self) -> str:
+        state = self.link_state()
+        unsent = self.journal.unacked
+        inside = self.parcels_inside()
+        return (
+            f"{self.name} {self.journal.last_seq} events"
+            + (f", {unsent} unsent" if unsent else "")
+            + f", {state}, {n_parcels(inside)} inside"
+        )
 
     # --- the schedule ---------------------------------------------------------------------
 
@@ -701,14 +860,10 @@ class SimulatedLocker:
 
     # --- waiting like a person --------------------------------------------------------------
 
-    def _gave_up(self, what: str) -> None:
-        self.tally.gave_up[what] += 1
-        log.warning("%s: %s", self.name, what)
-
     def _wait_event(
         self, after: int, kind: str, timeout: float = WAIT_S, **match: Any
     ) -> int | None:
-        at = self.watch.wait(lambda seen: _find(seen, after, kind, **match), timeout)
+        at = self.watch.wait(lambda seen: find_seen(seen, after, kind, **match), timeout)
         if at is None:
             self._gave_up(f"no {kind}")
         return at
@@ -950,42 +1105,136 @@ class SimulatedLocker:
         self.boards.close_door(board, lock)
         return self._wait_event(door.at, "return_dropped", parcel=return_id) is not None
 
-    def _typo(self, code: str) -> str:
-        at = self.rng.randrange(len(code))
-        digit = self.rng.choice([d for d in "0123456789" if d != code[at]])
-        return code[:at] + digit + code[at + 1 :]
+
+# --- all sites of one kind in the day -------------------------------------------------------
 
 
-# --- all lockers of the day -----------------------------------------------------------------
+SiteT = TypeVar("SiteT", bound="SimulatedSite[Any, Any]")
 
 
-def _clock_from(clock: ScaledClock, time_from: ScaledClock | None) -> ScaledClock:
-    if time_from is not None:
-        clock.catch_up(time_from)  # one time base with the rest of the simulation
-    return clock
+class SiteDay(Generic[SiteT]):
+    """The sites of one kind in a simulated day (lockers; counters, simulators.counter_day):
+    their accounts, and what the run asks of them all at once."""
+
+    _log: ClassVar[logging.Logger] = log
+
+    def __init__(self, kind: str, count: int, *, seed: int, speed: float, hold_h: float) -> None:
+        self.names = [f"{kind}-{j + 1}" for j in range(count)]
+        self.seed = seed
+        self.speed = speed
+        self.hold_h = hold_h
+        # Its own random stream: the vans' day, and the other kind of sites', are the same with
+        # and without these sites.
+        self.rng = random.Random(f"{kind}s/{seed}")
+        self.passwords = {n: f"pw-{n}-{self.rng.getrandbits(64):x}" for n in self.names}
+        self.sites: list[SiteT] = []
+        self.inbox = CustomerInbox(None)
+        # Set by the scenario runner: queue a person's visit at a simulated hour.
+        self.on_visit: Callable[[float, str, str, Callable[[], None]], None] | None = None
+
+    def _start_sites(
+        self,
+        site: Callable[[str, str, ScaledClock, SiteContext], SiteT],
+        context: SiteContext,
+        *,
+        wall_start_ns: int,
+        time_from: ScaledClock | None,
+        not_ready: str,
+    ) -> None:
+        """Build every site with `site(name, password, its clock, context)` and start them
+        all; `not_ready` says what one that is not ready never did. With `time_from`, every
+        site's clock shares that clock's time base from its first read."""
+        for name in self.names:
+            clock = ScaledClock(wall_start_ns, self.speed, boot_id=f"boot-{name}-{self.seed}")
+            if time_from is not None:
+                clock.catch_up(time_from)  # one time base with the rest of the simulation
+            self.sites.append(site(name, self.passwords[name], clock, context))
+        for s in self.sites:
+            if not s.start():
+                self._log.warning("%s never %s", s.name, not_ready)
+
+    def _site(self, name: str) -> SiteT:
+        return self.sites[self.names.index(name)]
+
+    def _visit(self, site: SiteT, at_h: float, what: str, step: Callable[[], None]) -> None:
+        """Have `on_visit` queue a person's `step` with the site's people at `at_h`."""
+        if self.on_visit is not None:
+            self.on_visit(at_h, site.name, what, partial(site.people.put, what, step))
+
+    def collect(self, van: str, site: str, at_h: float) -> list[str]:
+        """The courier of `van` collects what waits for a courier at `site` now (blocking,
+        bounded); the parcels taken, which the courier now has in hand."""
+        where = self._site(site)
+        taken: list[str] = []
+        done = threading.Event()
+
+        def collect() -> None:
+            try:
+                taken.extend(where.collect_returns(van))
+            finally:
+                done.set()
+
+        where.people.put(f"collection by {van}", collect)
+        if not done.wait(WAIT_S * 4):
+            where.tally.gave_up["collection took too long"] += 1
+        return list(taken)
+
+    @property
+    def links(self) -> list[LinkProxy]:
+        return [site.link for site in self.sites]
+
+    @property
+    def journals(self) -> list[tuple[str, Journal]]:
+        return [(site.name, site.journal) for site in self.sites]
+
+    def end_of_day(self) -> None:
+        for site in self.sites:
+            if not site.end_of_day(FINISH_S):
+                self._log.error("%s: people still busy at the end of the day", site.name)
+
+    def drain(self, deadline: float) -> None:
+        for site in self.sites:
+            uplink = site.device.uplink
+            if uplink is not None:
+                uplink.wait_acked(site.journal.last_seq, max(0.1, deadline - time.monotonic()))
+
+    def progress(self) -> list[str]:
+        return [site.progress_line() for site in self.sites]
+
+    def close(self) -> None:
+        """Stop every site, all at once (each uplink takes up to a second to stop)."""
+        threads = [threading.Thread(target=site.close) for site in self.sites]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    def expired_inside(self) -> set[str]:
+        """Parcels whose hold ran out that are still at their site, as the sites' journals
+        tell it (a courier has not taken them yet)."""
+        waiting: set[str] = set()
+        for site in self.sites:
+            _prev, events = site.journal.read(0, 10**9)
+            waiting |= expired_inside(events)
+        return waiting
 
 
-class LockerDay:
+class LockerDay(SiteDay[SimulatedLocker]):
     """The lockers of one simulated day: accounts, keys, devices, script, and their figures."""
 
     def __init__(
         self, count: int, *, seed: int, speed: float, hold_h: float, redirect_share: float
     ) -> None:
-        self.names = [f"locker-{j + 1}" for j in range(count)]
-        self.seed = seed
-        self.speed = speed
-        self.hold_h = hold_h
+        super().__init__("locker", count, seed=seed, speed=speed, hold_h=hold_h)
         self.redirect_share = redirect_share
-        # Its own random stream: the vans' day is the same with and without lockers.
-        self.rng = random.Random(f"lockers/{seed}")
-        self.passwords = {n: f"pw-{n}-{self.rng.getrandbits(64):x}" for n in self.names}
-        self._sealing_private, self._sealing_public = generate_sealing_keypair()
-        self._command_private, self._command_public = generate_keypair()
-        self.lockers: list[SimulatedLocker] = []
-        self.inbox = CustomerInbox(None)
+        # The depot's keys of the run; a staffed counter of the same run holds the same
+        # public halves (the depot has one key of each).
+        self.keys = SiteKeys.new()
         self.scripts: list[LockerScript] = []
-        # Set by the scenario runner: queue a person's visit at a simulated hour.
-        self.on_visit: Callable[[float, str, str, Callable[[], None]], None] | None = None
+
+    @property
+    def lockers(self) -> list[SimulatedLocker]:
+        return self.sites
 
     def start(
         self,
@@ -1007,49 +1256,17 @@ class LockerDay:
         `time_from`, every locker's clock shares that clock's time base from its first read."""
         self.inbox = CustomerInbox(receiver)
         badges = frozenset(courier_badge(v) for v in vans)
-        for name in self.names:
-            site = SimulatedLocker(
-                name,
-                self.passwords[name],
-                build=build,
-                workdir=workdir,
-                broker_host=broker_host,
-                broker_port=broker_port,
-                mqtt5=mqtt5,
-                tls_ca=tls_ca,
-                clock=_clock_from(
-                    ScaledClock(wall_start_ns, self.speed, boot_id=f"boot-{name}-{self.seed}"),
-                    time_from,
-                ),
-                sealing_public=self._sealing_public,
-                command_public=self._command_public,
-                hold_h=self.hold_h,
-                badges=badges,
-                sync=sync,
-                inbox=self.inbox,
-                seed=self.seed,
-            )
-            self.lockers.append(site)
-        for site in self.lockers:
-            if not site.start():
-                log.warning("%s never polled its boards", site.name)
-
-    @property
-    def command_signing_pem(self) -> bytes:
-        """The depot's command-signing key of this run (the lockers trust its public half)."""
-        return self._command_private
-
-    @property
-    def public_keys(self) -> tuple[bytes, bytes]:
-        """(credential-sealing, command-verifying) public keys the lockers hold: a staffed
-        counter of the same run holds the same (the depot has one key of each)."""
-        return self._sealing_public, self._command_public
-
-    @property
-    def sealing_pem(self) -> bytes:
-        """The depot's credential-sealing key of this run (the lockers seal to its public
-        half; only the depot opens what they seal)."""
-        return self._sealing_private
+        context = SiteContext(
+            workdir, broker_host, broker_port, mqtt5, tls_ca, badges, sync,
+            self.keys, self.hold_h, self.inbox, self.seed,
+        )  # fmt: skip
+        self._start_sites(
+            partial(SimulatedLocker, build=build),
+            context,
+            wall_start_ns=wall_start_ns,
+            time_from=time_from,
+            not_ready="polled its boards",
+        )
 
     # --- the depot-driven day (simulators/day.py): redirects decided by the depot ----------
 
@@ -1071,24 +1288,6 @@ class LockerDay:
             _plan_faults(self.rng, script, first=j == 0)
             out += [(at_h, site.name, what, run) for at_h, what, run in site.schedule(script)]
         return out
-
-    def collect(self, van: str, locker: str, at_h: float) -> list[str]:
-        """The courier of `van` collects the expired parcels at `locker` now (blocking,
-        bounded); the parcels taken out, which the courier now has in hand."""
-        site = self.lockers[self.names.index(locker)]
-        taken: list[str] = []
-        done = threading.Event()
-
-        def collect() -> None:
-            try:
-                taken.extend(site.collect_returns(van))
-            finally:
-                done.set()
-
-        site.people.put(f"collection by {van}", collect)
-        if not done.wait(WAIT_S * 4):
-            site.tally.gave_up["collection took too long"] += 1
-        return list(taken)
 
     def bring(self, van: str, label: Label, parcel: str, locker: str, at_h: float) -> bool:
         """A courier hands `parcel` over at `locker` now; True once it is in a compartment.
@@ -1151,20 +1350,10 @@ class LockerDay:
         site.people.put("drop-off", drop)
         if not done.wait(WAIT_S * 3) or parcel not in site.deposited:
             return False
-        if r.extend_h is not None and self.on_visit is not None:
-            self.on_visit(
-                r.extend_h,
-                site.name,
-                "asks for more time",
-                partial(site.people.put, "asks for more time", partial(site.extend_hold, r)),
-            )
-        if r.pickup_h is not None and self.on_visit is not None:
-            self.on_visit(
-                r.pickup_h,
-                site.name,
-                f"pickup ({r.method})",
-                partial(site.people.put, f"pickup ({r.method})", partial(site.pickup, r)),
-            )
+        if r.extend_h is not None:
+            self._visit(site, r.extend_h, "asks for more time", partial(site.extend_hold, r))
+        if r.pickup_h is not None:
+            self._visit(site, r.pickup_h, f"pickup ({r.method})", partial(site.pickup, r))
         return True
 
     def drop_return(
@@ -1184,64 +1373,10 @@ class LockerDay:
 
         site.people.put("return drop", step)
 
-    @property
-    def links(self) -> list[LinkProxy]:
-        return [site.link for site in self.lockers]
-
-    @property
-    def journals(self) -> list[tuple[str, Journal]]:
-        return [(site.name, site.journal) for site in self.lockers]
-
-    def end_of_day(self) -> None:
-        for site in self.lockers:
-            if not site.end_of_day(FINISH_S):
-                log.error("%s: people still busy at the end of the day", site.name)
-
-    def drain(self, deadline: float) -> None:
-        for site in self.lockers:
-            uplink = site.device.uplink
-            if uplink is not None:
-                uplink.wait_acked(site.journal.last_seq, max(0.1, deadline - time.monotonic()))
-
-    def progress(self) -> list[str]:
-        parts = []
-        for site in self.lockers:
-            uplink = site.device.uplink
-            state = (
-                "dead zone"
-                if site.link.is_cut
-                else ("online" if uplink is not None and uplink.connected else "offline")
-            )
-            unsent = site.journal.unacked
-            inside = site.parcels_inside()
-            parts.append(
-                f"{site.name} {site.journal.last_seq} events"
-                + (f", {unsent} unsent" if unsent else "")
-                + f", {state}, {inside} parcel{'' if inside == 1 else 's'} inside"
-            )
-        return parts
-
-    def close(self) -> None:
-        """Stop every locker, all at once (each uplink takes up to a second to stop)."""
-        threads = [threading.Thread(target=site.close) for site in self.lockers]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-
-    def expired_inside(self) -> set[str]:
-        """Parcels whose hold ran out that are still in their compartments, as the lockers'
-        journals tell it (a courier has not taken them out yet)."""
-        waiting: set[str] = set()
-        for site in self.lockers:
-            _prev, events = site.journal.read(0, 10**9)
-            waiting |= expired_inside(events)
-        return waiting
-
     def report(self, store: DepotStore) -> dict[str, Any]:
         """The lockers' figures, counted from the events the depot stored."""
         return locker_figures(
-            [(site, _depot_events(store, site.name)) for site in self.lockers],
+            [(site, depot_events(store, site.name)) for site in self.lockers],
             self.inbox,
             redirects_traced=_redirects_traced(store, self.scripts, self.names),
         )
@@ -1261,7 +1396,8 @@ def expired_inside(events: Sequence[Event]) -> set[str]:
     return expired
 
 
-def _depot_events(store: DepotStore, device: str) -> list[tuple[str, dict[str, Any]]]:
+def depot_events(store: DepotStore, device: str) -> list[tuple[str, dict[str, Any]]]:
+    """(kind, payload) of each event the depot stored from `device`, in the journal's order."""
     rows = store.query(
         "SELECT kind, payload FROM events WHERE device=? ORDER BY journal, seq", (device,)
     )
@@ -1279,7 +1415,7 @@ def _redirects_traced(store: DepotStore, scripts: Sequence[LockerScript], names:
     traced = 0
     for name, script in zip(names, scripts, strict=True):
         deposited = {
-            p.get("parcel") for k, p in _depot_events(store, name) if k == "parcel_deposited"
+            p.get("parcel") for k, p in depot_events(store, name) if k == "parcel_deposited"
         }
         traced += sum(1 for r in script.redirects if r.parcel in scanned and r.parcel in deposited)
     return traced

@@ -21,11 +21,11 @@ import pytest
 
 from simulators.counter_day import (
     CollectionPoints,
-    SiteKeys,
     cards_told,
     signature_strokes,
 )
 from simulators.day import DayPlan, _print_summary, run_day
+from simulators.locker_day import SiteKeys
 from simulators.parcels import Label
 from simulators.webhooks import WebhookReceiver
 
