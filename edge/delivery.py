@@ -38,7 +38,7 @@ import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 from drivers.errors import DriverError
 from drivers.photo import Jpeg
@@ -59,6 +59,7 @@ from sync.photos import PhotoOutbox
 from sync.wire import Event
 
 log = logging.getLogger("edge.delivery")
+_T = TypeVar("_T")
 
 # --- the contract's vocabulary (docs/DELIVERY.md) --------------------------------------------
 
@@ -869,8 +870,15 @@ class DeliveryRound:
         statements: Sequence[tuple[str, Sequence[Any]]] = (),
         then: Callable[[JournalTransaction], list[Event]] | None = None,
     ) -> list[Event]:
+        return self._typed(
+            lambda: self._commit("courier input not stored", events, statements, then)
+        )
+
+    def _typed(self, record: Callable[[], _T]) -> _T:
+        """`record()` for a courier's command: a journal that cannot store it is the courier's
+        `NotRecorded` (a scan's path says so on the screen itself, `_on_scan`)."""
         try:
-            return self._commit("courier input not stored", events, statements, then)
+            return record()
         except JournalError as exc:
             log.error("%s: %s", self.van_id, exc)
             raise NotRecorded("not_recorded", "NOT recorded: the device cannot store it") from exc
@@ -1356,13 +1364,7 @@ class DeliveryRound:
                 raise RoundError("already_done", f"{parcel} is already collected")
             if not self._collectable(row, stop):
                 raise RoundError("on_van", f"{parcel} is on the van: it did not come out here")
-            try:
-                return self._collect(parcel, raw)
-            except JournalError as exc:
-                log.error("%s: %s", self.van_id, exc)
-                raise NotRecorded(
-                    "not_recorded", "NOT recorded: the device cannot store it"
-                ) from exc
+            return self._typed(lambda: self._collect(parcel, raw))
 
     def _collect(self, parcel: str, raw: str | None) -> Event:
         manifest = self._manifest
@@ -1413,24 +1415,22 @@ class DeliveryRound:
         on the van for the depot. A scan of that return at the stop does this; `raw` is the
         scan, or None when the courier typed the id (no label, a torn one)."""
         with self._lock:
-            stop = self._stop_here()
-            row = self._row(parcel)
-            if row is not None and row.outcome == PICKED_UP:
-                raise RoundError("already_done", f"{parcel} is already picked up")
-            if not any(p.parcel == parcel for p in stop.pickups):
-                manifest = self._require_manifest()
-                listed = manifest.picked_up_at(parcel)
-                where = f"it is picked up at stop {listed}" if listed else "no return of that id"
-                raise RoundError(
-                    "not_this_stop", f"{parcel} is not a pickup of stop {stop.stop}: {where}"
-                )
-            try:
-                return self._pickup(parcel, raw)
-            except JournalError as exc:
-                log.error("%s: %s", self.van_id, exc)
-                raise NotRecorded(
-                    "not_recorded", "NOT recorded: the device cannot store it"
-                ) from exc
+            self._listed_pickup(parcel, self._row(parcel))
+            return self._typed(lambda: self._pickup(parcel, raw))
+
+    def _listed_pickup(self, parcel: str, row: _Parcel | None) -> Stop:
+        """The stop the van is at, when it lists the return `parcel` and the return is not
+        picked up yet (`row`: the van's row of it); else RoundError says why."""
+        stop = self._stop_here()
+        if row is not None and row.outcome == PICKED_UP:
+            raise RoundError("already_done", f"{parcel} is already picked up")
+        if not any(p.parcel == parcel for p in stop.pickups):
+            listed = self._require_manifest().picked_up_at(parcel)
+            where = f"it is picked up at stop {listed}" if listed else "no return of that id"
+            raise RoundError(
+                "not_this_stop", f"{parcel} is not a pickup of stop {stop.stop}: {where}"
+            )
+        return stop
 
     def _pickup(self, parcel: str, raw: str | None) -> Event:
         """Journal a return taken at the door and put it on the van, in one transaction."""
@@ -1468,19 +1468,11 @@ class DeliveryRound:
                 "bad_reason", f"reason must be one of {', '.join(PICKUP_MISSED_REASONS)}"
             )
         with self._lock:
-            stop = self._stop_here()
             row = self._row(parcel)
-            if row is not None and row.outcome == PICKED_UP:
-                raise RoundError("already_done", f"{parcel} is already picked up")
             if row is not None and row.outcome == PICKUP_MISSED:
+                self._stop_here()  # arrived first, as every stop command
                 raise RoundError("already_done", f"{parcel} is already recorded missed")
-            if not any(p.parcel == parcel for p in stop.pickups):
-                manifest = self._require_manifest()
-                listed = manifest.picked_up_at(parcel)
-                where = f"it is picked up at stop {listed}" if listed else "no return of that id"
-                raise RoundError(
-                    "not_this_stop", f"{parcel} is not a pickup of stop {stop.stop}: {where}"
-                )
+            stop = self._listed_pickup(parcel, row)
             if row is not None and row.on_van:  # taken out of a locker earlier: it is here
                 raise RoundError("on_van", f"{parcel} is on the van already")
             payload = {
