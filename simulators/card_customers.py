@@ -38,7 +38,7 @@ from html.parser import HTMLParser
 from typing import Any
 
 from simulators.day import DAY_END_H, DAY_START_H
-from simulators.locker_day import WAIT_S, People
+from simulators.locker_day import WAIT_S, PageVisitors
 from simulators.webhooks import WebhookReceiver
 
 log = logging.getLogger("simulators.card_customers")
@@ -72,11 +72,6 @@ class CardTally:
     step_errors: int = 0
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None  # the page's answer is the 303 itself; the customer follows it by hand
-
-
 class _Buttons(HTMLParser):
     """The POST forms of a page: their actions, in the page's order."""
 
@@ -95,7 +90,7 @@ def _note(cookie: str) -> str:
     return urllib.parse.unquote(cookie.partition("=")[2].partition(";")[0]).strip('"')
 
 
-class CardCustomers:
+class CardCustomers(PageVisitors):
     """The customers who find a card, each acting once, in simulated time (`schedule`)."""
 
     name = "customers with a card"
@@ -117,19 +112,9 @@ class CardCustomers:
         self.hour = hour
         self.share = share
         self.tally = CardTally()
-        self.people = People("card customers", self.tally)
-        self._opener = urllib.request.build_opener(_NoRedirect)
+        super().__init__("card customers", self.tally)
         self._lock = threading.Lock()  # couriers of several vans leave cards at once
         self._cards: Counter[str] = Counter()  # cards left per parcel
-
-    def start(self) -> None:
-        self.people.start()
-
-    def finish(self, timeout: float) -> bool:
-        return self.people.finish(timeout)
-
-    def busy(self) -> bool:
-        return self.people.busy()
 
     def card_left(self, parcel: str, code: str) -> None:
         """The courier put a card with `code` through `parcel`'s door (the courier's thread):
@@ -204,7 +189,7 @@ class CardCustomers:
     def _offered(self, tracking: str) -> dict[str, str] | None:
         """The choices the parcel's page offers now: choice -> its form's action."""
         try:
-            with self._opener.open(tracking, timeout=WAIT_S) as answer:
+            with self.opener.open(tracking, timeout=WAIT_S) as answer:
                 html = answer.read().decode("utf-8", errors="replace")
         except (urllib.error.URLError, OSError) as exc:
             self.tally.gave_up[f"tracking page unreachable: {exc}"] += 1
@@ -224,7 +209,7 @@ class CardCustomers:
         request = urllib.request.Request(url, data=data, method="POST")
         request.add_header("Content-Type", "application/x-www-form-urlencoded")
         try:
-            with self._opener.open(request, timeout=WAIT_S) as answer:
+            with self.opener.open(request, timeout=WAIT_S) as answer:
                 status, headers = answer.status, answer.headers
         except urllib.error.HTTPError as exc:
             status, headers = exc.code, exc.headers

@@ -575,6 +575,31 @@ class People:
                     self._unfinished -= 1
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # the page's answer is the 303 itself, with its one-line note
+
+
+class PageVisitors:
+    """Customers who act on the depot's web pages, one step after another (`people`, run
+    as `People`): the card's customers (simulators.card_customers), the ones who send a
+    parcel back (simulators.returns_day). Their `opener` does not follow a page's redirect:
+    the 303 and its one-line note are the page's answer, the customer follows it by hand."""
+
+    def __init__(self, name: str, tally: StepCounts) -> None:
+        self.people = People(name, tally)
+        self.opener = urllib.request.build_opener(_NoRedirect)
+
+    def start(self) -> None:
+        self.people.start()
+
+    def finish(self, timeout: float) -> bool:
+        return self.people.finish(timeout)
+
+    def busy(self) -> bool:
+        return self.people.busy()
+
+
 # --- what every site of the day has (a locker; a counter's desk, simulators.counter_day) ------
 
 

@@ -40,7 +40,7 @@ from typing import Any
 
 from simulators.day import DAY_END_H, DAY_START_H
 from simulators.delivery_day import metres
-from simulators.locker_day import CREDENTIAL_WAIT_S, WAIT_S, LockerDay, People
+from simulators.locker_day import CREDENTIAL_WAIT_S, WAIT_S, LockerDay, PageVisitors
 from simulators.parcels import Label
 from simulators.webhooks import WebhookReceiver
 from sync.journal import Journal
@@ -99,12 +99,7 @@ def return_notice(receiver: WebhookReceiver, parcel: str) -> dict[str, Any] | No
     return None
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None  # the page's answer is the 303 itself, with its one-line note
-
-
-class ReturnsDesk:
+class ReturnsDesk(PageVisitors):
     """The customers who send parcels back, and the shops' returns desks acting for them."""
 
     name = "customers sending returns"
@@ -136,17 +131,7 @@ class ReturnsDesk:
         self.schedule = schedule
         self.hour = hour
         self.tally = ReturnsTally()
-        self.people = People("returns", self.tally)
-        self._opener = urllib.request.build_opener(_NoRedirect)
-
-    def start(self) -> None:
-        self.people.start()
-
-    def finish(self, timeout: float) -> bool:
-        return self.people.finish(timeout)
-
-    def busy(self) -> bool:
-        return self.people.busy()
+        super().__init__("returns", self.tally)
 
     def watch(self, journal: Journal) -> None:
         """Hear of the deliveries `journal` (a van's) records: the customers who then want to
@@ -268,7 +253,7 @@ class ReturnsDesk:
         request = urllib.request.Request(link.rstrip("/") + "/return", data=form, method="POST")
         request.add_header("Content-Type", "application/x-www-form-urlencoded")
         try:
-            with self._opener.open(request, timeout=WAIT_S) as answer:
+            with self.opener.open(request, timeout=WAIT_S) as answer:
                 status, cookie = answer.status, answer.headers.get("Set-Cookie", "")
         except urllib.error.HTTPError as exc:
             status, cookie = exc.code, exc.headers.get("Set-Cookie", "")
