@@ -312,18 +312,13 @@ def _locker_checks(config: LockerConfig, path: Path, days: int) -> Iterator[Find
         yield _port_opens(config.scanner_port, "scanner", "[scanner] port", 9600, "locker")
     if config.keypad_port:
         yield _port_opens(config.keypad_port, "keypad", "[keypad] port", 9600, "locker")
-    if config.broker is None:
-        yield Finding(
-            "warn",
-            "broker",
-            "no [broker]: the locker keeps its events to itself and takes no depot commands",
-        )
-    else:
-        yield _broker(config.broker, config.device_id)
-        yield from _certificates(config.broker)
-    rows, trouble = _journal_rows(config.journal)
-    yield _clock(rows, trouble)
-    yield _device_disk(config.journal, rows, LOCKER_EVENTS_PER_DAY, LOCKER_PAYLOAD_B, 0, days)
+    yield from _site_sync(
+        config.broker,
+        config.device_id,
+        "the locker keeps its events to itself and takes no depot commands",
+        config.journal,
+        days,
+    )
 
 
 def _counter_checks(config: CounterConfig, path: Path, days: int) -> Iterator[Finding]:
@@ -338,20 +333,30 @@ def _counter_checks(config: CounterConfig, path: Path, days: int) -> Iterator[Fi
             "no [scanner] port: the staff could check no parcel in and confirm no hand-out",
         )
     yield _staff_screen(config.staff_socket)
-    if config.broker is None:
-        yield Finding(
-            "warn",
-            "broker",
-            "no [broker]: the counter keeps its events to itself and takes no reservations",
-        )
+    yield from _site_sync(
+        config.broker,
+        config.device_id,
+        "the counter keeps its events to itself and takes no reservations",
+        config.journal,
+        days,
+    )
+
+
+def _site_sync(
+    broker: BrokerAddress | None, device_id: str, without: str, journal: Path, days: int
+) -> Iterator[Finding]:
+    """A locker's or a counter's broker, certificates, clock and disk. A site works without
+    a broker (it keeps its events), so a missing `[broker]` warns, saying what is lost
+    (`without`). A counter's day is a locker's: deposits, pickup attempts, pickups; its
+    signatures are a few kilobytes, far below a photo."""
+    if broker is None:
+        yield Finding("warn", "broker", f"no [broker]: {without}")
     else:
-        yield _broker(config.broker, config.device_id)
-        yield from _certificates(config.broker)
-    rows, trouble = _journal_rows(config.journal)
+        yield _broker(broker, device_id)
+        yield from _certificates(broker)
+    rows, trouble = _journal_rows(journal)
     yield _clock(rows, trouble)
-    # A counter's day is a locker's: deposits, pickup attempts, pickups; a signature is a
-    # few kilobytes, far below a photo.
-    yield _device_disk(config.journal, rows, LOCKER_EVENTS_PER_DAY, LOCKER_PAYLOAD_B, 0, days)
+    yield _device_disk(journal, rows, LOCKER_EVENTS_PER_DAY, LOCKER_PAYLOAD_B, 0, days)
 
 
 def _staff_screen(path: Path | None) -> Finding:
