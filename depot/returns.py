@@ -267,7 +267,9 @@ class ReturnDesk:
         return BookedReturn(return_id, original, None, size, until, None, None, "door")
 
     def _new_return(self, conn: Conn, original: str) -> str:
-        """A new return id for `original`, refused when a return of it was booked before."""
+        """A new return id for `original`, refused when a return of it was booked before
+        (the parcel locked first: the page and the shop's desk may book it at once)."""
+        self._database.lock_parcel(conn, original)
         found = rows.find_for(conn, original)
         if found is not None:
             raise ReturnRefused(

@@ -1393,7 +1393,7 @@ class DepotService:
         customer's words) say why not, and nothing is recorded then. The same choices again
         record nothing."""
         with self.database.transaction() as conn:
-            parcel = self._customer_parcel(conn, token)
+            parcel = self._customer_acts(conn, token)
             info = book.parcel_row(conn, parcel) or {}
             refusal = change_refusal(str(info.get("state")))
             if refusal is not None:
@@ -1461,12 +1461,19 @@ class DepotService:
             raise LinkExpired()
         return link.parcel
 
+    def _customer_acts(self, conn: Conn, token: str) -> str:
+        """The parcel of `token`, locked for this transaction (`lock_parcel`): what the
+        customer's request reads of it next stays true until it has acted."""
+        parcel = self._customer_parcel(conn, token)
+        self.database.lock_parcel(conn, parcel)
+        return parcel
+
     def customer_extend(self, token: str) -> tuple[str, float]:
         """The customer asked for more time from their page: `extend_hold` for the parcel of
         `token` (the same rule, once, before the hold ends), and the request in its timeline,
         in one transaction. UnknownLink, LinkExpired or ExtendRefused say why not."""
         with self.database.transaction() as conn:
-            parcel = self._customer_parcel(conn, token)
+            parcel = self._customer_acts(conn, token)
             proof = extend_token(self.keys, parcel)
             if proof is None:
                 raise ExtendRefused("this depot cannot extend holds just now")
@@ -1482,7 +1489,7 @@ class DepotService:
         policy's reason, in the customer's words) when it is not taken; nothing is recorded
         then."""
         with self.database.transaction() as conn:
-            parcel = self._customer_parcel(conn, token)
+            parcel = self._customer_acts(conn, token)
             decision = redelivery_decision(conn, parcel, max_attempts=self.config.max_attempts)
             self.book.record_request(parcel, REDELIVER, {})
             self.book.set_next_action(parcel, decision.kind, reason=decision.reason)
@@ -1506,7 +1513,7 @@ class DepotService:
 
     def _customer_pickup(self, token: str, choice: PickupChoice) -> PickupOffer:
         with self.database.transaction() as conn:
-            parcel = self._customer_parcel(conn, token)
+            parcel = self._customer_acts(conn, token)
             decision, offer = pickup_choice(
                 conn,
                 parcel,

@@ -14,12 +14,13 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 from depot.ingest import DepotStore
-from depot.store import LATEST, MIGRATIONS, Conn, Database, StoreError, migrate
+from depot.store import LATEST, MIGRATIONS, Conn, Database, StoreError, migrate, open_database
 from depot.store.transfer import copy_depot, verify_chains
 from depot.tracking import ParcelBook
 from depot.webhooks import stats
@@ -246,3 +247,36 @@ def test_a_copy_takes_every_table_the_migrations_make(tmp_path: Path) -> None:
     finally:
         database.close()
     assert made == set(COPIED)
+
+
+def test_two_processes_deciding_about_one_parcel_take_turns(depot_database: str) -> None:
+    # A customer's double click served by two workers: the second request to decide about a
+    # parcel waits until the first has committed, so it reads what the first wrote. Another
+    # parcel is not held up on PostgreSQL (SQLite has one writer at a time anyway).
+    first, second = open_database(depot_database), open_database(depot_database)
+    entered = threading.Event()
+
+    def decide(parcel: str) -> None:
+        with second.transaction() as conn:
+            second.lock_parcel(conn, parcel)
+            entered.set()
+
+    try:
+        with first.transaction() as conn:
+            first.lock_parcel(conn, "RB123456785GB")
+            waiting = threading.Thread(target=decide, args=("RB123456785GB",), daemon=True)
+            waiting.start()
+            assert not entered.wait(0.5), "the second decided while the first still held it"
+        assert entered.wait(10.0)
+        waiting.join(10.0)
+        if depot_database.startswith("postgresql"):
+            entered.clear()
+            with first.transaction() as conn:
+                first.lock_parcel(conn, "RB123456785GB")
+                other = threading.Thread(target=decide, args=("RR123456785NL",), daemon=True)
+                other.start()
+                assert entered.wait(10.0), "another parcel waited for this one's lock"
+            other.join(10.0)
+    finally:
+        first.close()
+        second.close()

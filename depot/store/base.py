@@ -95,6 +95,15 @@ class DepotDatabase(abc.ABC):
     def close_reader(self, conn: Conn) -> None: ...
 
     @abc.abstractmethod
+    def lock_parcel(self, conn: Conn, parcel: str) -> None:
+        """Inside a transaction: be the only one deciding about this parcel until it ends.
+
+        A customer's request (a double click served by two workers, a return booked on the
+        page while the shop books it too) reads the parcel's state and then acts on it; a
+        second request must read what the first wrote, not what both read before.
+        """
+
+    @abc.abstractmethod
     def lock_stream(self, conn: Conn, device: str, journal: str) -> None:
         """Inside a transaction: be the only writer of this device journal until it ends.
 

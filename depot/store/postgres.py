@@ -44,6 +44,7 @@ READER_WAIT_S = 10.0
 _MIGRATION_LOCK = 0x6C6D_6D67  # "lmmg": one migrating process at a time
 _PROJECTION_LOCK = 0x6C6D_7072  # "lmpr"
 _STREAM_LOCKS = 0x6C6D_7374  # "lmst": the first half of a (class, journal) advisory key
+_PARCEL_LOCKS = 0x6C6D_7063  # "lmpc": ... of a (class, parcel) advisory key
 
 
 def redacted(url: str) -> str:
@@ -255,6 +256,10 @@ class PgDatabase(DepotDatabase):
             self._readers.putconn(conn.raw)
         else:
             conn.raw.close()
+
+    def lock_parcel(self, conn: Conn, parcel: str) -> None:
+        key = zlib.crc32(parcel.encode())
+        conn.execute("SELECT pg_advisory_xact_lock(?::int, ?::int)", (_PARCEL_LOCKS, key - 2**31))
 
     def lock_stream(self, conn: Conn, device: str, journal: str) -> None:
         key = zlib.crc32(f"{device}\0{journal}".encode())

@@ -135,6 +135,9 @@ class Database(DepotDatabase):
     def close_reader(self, conn: Conn) -> None:
         close_reader(conn)
 
+    def lock_parcel(self, conn: Conn, parcel: str) -> None:
+        """Nothing to do: `BEGIN IMMEDIATE` already made this the only writer of the file."""
+
     def lock_stream(self, conn: Conn, device: str, journal: str) -> None:
         """Nothing to do: `BEGIN IMMEDIATE` already made this the only writer of the file."""
 
