@@ -611,6 +611,13 @@ def _pod(payload: Mapping[str, Any]) -> dict[str, Any]:
     return {"pod": pod} if isinstance(pod, dict) else {}
 
 
+def _reason(payload: Mapping[str, Any], words: Mapping[str, str]) -> tuple[str, str]:
+    """A van event's `reason` and its words for people (`words`; a code the table does not
+    know is shown as its own words): what a timeline entry and its notices say."""
+    reason = _text(payload, "reason") or "unknown"
+    return reason, words.get(reason, reason.replace("_", " "))
+
+
 def _van_facts(
     ev: _StoredEvent,
     loaded_of_van: Callable[[str], list[str]],
@@ -647,12 +654,12 @@ def _van_facts(
         }
         return [_Fact(parcel, "delivered", "delivered", details)]
     if kind == "delivery_failed":
-        reason = _text(p, "reason") or "unknown"
+        reason, words = _reason(p, REASON_TEXT)
         details = {
             "van": dev,
             "stop": stop,
             "reason": reason,
-            "reason_text": REASON_TEXT.get(reason, reason.replace("_", " ")),
+            "reason_text": words,
             "van_attempt": p.get("attempt"),
             "upu": p.get("upu", "EMH"),
             "x12": p.get("x12", "AH"),
@@ -698,12 +705,12 @@ def _van_facts(
         # moves. `day` is the round's (the van's events come in order, so the manifest it
         # last said it runs is the one it ran then): the customer's page compares it with
         # the day of the round that lists the pickup now.
-        reason = _text(p, "reason") or "unknown"
+        reason, words = _reason(p, PICKUP_MISSED_REASONS)
         details = {
             "van": dev,
             "stop": stop,
             "reason": reason,
-            "reason_text": PICKUP_MISSED_REASONS.get(reason, reason.replace("_", " ")),
+            "reason_text": words,
             "day": day_of_van(dev),
         }
         return [_Fact(parcel, "pickup_missed", None, details)]
